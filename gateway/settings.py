@@ -1,0 +1,258 @@
+"""Static settings: one TOML file, every key overridable from the environment.
+
+A key's environment name is `PEEL_` + its dotted path upper-cased with `_` for `.`:
+`[listeners.public] bind` is `PEEL_LISTENERS_PUBLIC_BIND`. Unknown keys and bad values are refused
+with the key's name (`ConfigError`). Settings are read once at start (and on SIGHUP); the rules that
+change at run time live in the store, not here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.errors import ConfigError
+
+# Environment variables that steer the CLI, not settings keys.
+NOT_SETTINGS = frozenset({"PEEL_CONFIG", "PEEL_ADMIN_URL", "PEEL_ADMIN_TOKEN"})
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    url: str = "sqlite:///./peel.db"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    bind: str = ""
+
+    @property
+    def host(self) -> str:
+        return split_bind(self.bind)[0]
+
+    @property
+    def port(self) -> int:
+        return split_bind(self.bind)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenersSettings:
+    public: ListenerSettings = ListenerSettings("0.0.0.0:8080")
+    admin: ListenerSettings = ListenerSettings("127.0.0.1:9901")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    workers: int = 1
+    # seconds that in-flight requests get to finish after SIGTERM
+    grace_period: float = 30.0
+    log_level: str = "info"
+    # the last good route table's document, loaded at start when the store is unreachable
+    snapshot_path: str = "./.peel/snapshot.json"
+    # how often each worker asks the store for a newer config version
+    poll_interval: float = 0.25
+    # downstream keep-alive: an idle client connection is closed after this many seconds
+    keepalive_timeout: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    # networks whose X-Forwarded-* / Forwarded headers are kept (and appended to); from anyone
+    # else they are replaced
+    trusted_proxies: tuple[str, ...] = ()
+    connect_timeout: float = 5.0
+    # from the end of the request until the response head arrives
+    response_timeout: float = 60.0
+    # between two reads of an upstream response body
+    idle_timeout: float = 60.0
+    # idle keep-alive connections kept per endpoint
+    max_idle_per_endpoint: int = 64
+    # an idle upstream connection older than this is closed rather than reused
+    upstream_keepalive: float = 30.0
+    request_id_header: str = "X-Request-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogSettings:
+    # "stdout", "off", or a file path
+    target: str = "stdout"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database: DatabaseSettings = DatabaseSettings()
+    listeners: ListenersSettings = ListenersSettings()
+    server: ServerSettings = ServerSettings()
+    proxy: ProxySettings = ProxySettings()
+    access_log: AccessLogSettings = AccessLogSettings()
+
+
+def split_bind(bind: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port)."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{bind!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port {number} is out of range")
+    return host, number
+
+
+T = TypeVar("T")
+
+
+def _check(key: str, obj: Any) -> None:
+    """Value checks that types alone do not express."""
+    try:
+        if isinstance(obj, ListenerSettings):
+            split_bind(obj.bind)
+        elif isinstance(obj, ServerSettings):
+            if obj.workers < 1:
+                raise ValueError("workers must be at least 1")
+            if obj.log_level not in LOG_LEVELS:
+                raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+            for name in ("grace_period", "poll_interval", "keepalive_timeout"):
+                if getattr(obj, name) <= 0:
+                    raise ValueError(f"{name} must be positive")
+        elif isinstance(obj, ProxySettings):
+            for net in obj.trusted_proxies:
+                ipaddress.ip_network(net, strict=False)
+            for name in ("connect_timeout", "response_timeout", "idle_timeout",
+                         "upstream_keepalive"):
+                if getattr(obj, name) <= 0:
+                    raise ValueError(f"{name} must be positive")
+            if obj.max_idle_per_endpoint < 0:
+                raise ValueError("max_idle_per_endpoint must not be negative")
+        elif isinstance(obj, DatabaseSettings) and "://" not in obj.url:
+            raise ValueError(f"url {obj.url!r} is not a SQLAlchemy URL such as sqlite:///./peel.db")
+    except ValueError as exc:
+        raise ConfigError(key or "settings", str(exc)) from exc
+
+
+def _convert(key: str, kind: Any, value: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(key, f"must be a list of strings, not {value!r}")
+    elif isinstance(kind, type) and is_dataclass(kind):
+        return _build(kind, key, value)
+    raise ConfigError(key, f"must be of type {getattr(kind, '__name__', kind)}, not {value!r}")
+
+
+def _build(cls: type[T], prefix: str, data: Any) -> T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix, f"must be a table, not {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(where, f"unknown key; known here: {', '.join(sorted(names))}")
+    values = {}
+    default = cls()
+    for f in fields(cls):  # type: ignore[arg-type]
+        where = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in data:
+            values[f.name] = _convert(where, hints[f.name], data[f.name])
+    obj = replace(default, **values)  # type: ignore[type-var]
+    _check(prefix, obj)
+    return obj
+
+
+def _leaf_keys(cls: type[Any], prefix: str = "") -> dict[str, Any]:
+    """Every dotted settings key with its type."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        kind = hints[f.name]
+        if isinstance(kind, type) and is_dataclass(kind):
+            out.update(_leaf_keys(kind, key))
+        else:
+            out[key] = kind
+    return out
+
+
+def env_name(key: str) -> str:
+    return "PEEL_" + key.upper().replace(".", "_")
+
+
+def _parse_env(key: str, kind: Any, text: str) -> Any:
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(key, f"{env_name(key)}={text!r} is not a boolean")
+    if kind is int or kind is float:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(key, f"{env_name(key)}={text!r} is not a number") from None
+    if typing.get_origin(kind) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return text
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key, f"{parts[0]} must be a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (when given) and the environment into validated `Settings`."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError("--config", f"{file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{file} is not valid TOML: {exc}") from None
+    by_env = {env_name(k): (k, t) for k, t in _leaf_keys(Settings).items()}
+    for name, text in env.items():
+        if not name.startswith("PEEL_") or name in NOT_SETTINGS:
+            continue
+        if name not in by_env:
+            raise ConfigError(name, "unknown setting in the environment")
+        key, kind = by_env[name]
+        _set_dotted(data, key, _parse_env(key, kind, text))
+    return _build(Settings, "", data)
+
+
+def settings_type_names() -> Mapping[str, str]:
+    """Every settings key with its type name, for docs and `--help`."""
+    return types.MappingProxyType({k: getattr(t, "__name__", str(t))
+                                   for k, t in _leaf_keys(Settings).items()})

@@ -1,0 +1,503 @@
+"""The rule model: services and routes as values, parsed from and printed to the declarative document.
+
+`Document.parse(data)` takes what YAML or JSON gave (plain dicts and lists) and either returns a
+valid document or raises `RuleError` naming the first wrong field, such as
+`routes[orders].match.path_regex`, and the value. `Document.to_dict()` prints the canonical form:
+defaults left out, so `export` then `apply` changes nothing.
+
+Nothing here does I/O. Cross-references (unknown service, duplicate names, two routes with the same
+match and priority) are checked by `Document.parse` too, so a document that parses is one that can be
+stored and compiled.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.errors import RuleError
+
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
+TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST_RE = re.compile(rf"^(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}$")
+TEMPLATE_PARAM_RE = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
+# Header values may hold visible ASCII, spaces and tabs (RFC 9110 field-value, without obs-text).
+HEADER_VALUE_RE = re.compile(r"^[\t\x20-\x7e]*$")
+PATH_KINDS = ("path", "path_prefix", "path_template", "path_regex")
+
+
+def _type_name(value: object) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "an integer",
+            bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def _mapping(value: object, where: str, allowed: Iterable[str]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise RuleError(where, f"must be a mapping, not {_type_name(value)}", value)
+    allowed_set = set(allowed)
+    for key in value:
+        if key not in allowed_set:
+            raise RuleError(f"{where}.{key}" if where != "document" else str(key),
+                            f"unknown field; allowed: {', '.join(sorted(allowed_set))}")
+    return value
+
+
+def _string(value: object, where: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise RuleError(where, f"must be a string, not {_type_name(value)}", value)
+    if not empty and not value:
+        raise RuleError(where, "must not be empty", value)
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise RuleError(where, f"must be a list, not {_type_name(value)}", value)
+    return list(value)
+
+
+def _name(value: object, where: str) -> str:
+    name = _string(value, where)
+    if not NAME_RE.match(name):
+        raise RuleError(where, "must be 1-63 lower-case letters, digits, '.', '_' or '-', "
+                        "starting and ending with a letter or digit", value)
+    return name
+
+
+def _regex(value: object, where: str) -> str:
+    pattern = _string(value, where)
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise RuleError(where, f"is not a valid regular expression: {exc}", value) from exc
+    return pattern
+
+
+def _header_name(value: object, where: str) -> str:
+    name = _string(value, where)
+    if not TOKEN_RE.match(name):
+        raise RuleError(where, "is not a valid header name", value)
+    return name
+
+
+def _header_value(value: object, where: str) -> str:
+    text = _string(value, where, empty=True)
+    if not HEADER_VALUE_RE.match(text):
+        raise RuleError(where, "may hold only visible ASCII characters, spaces and tabs", value)
+    return text
+
+
+def _path(value: object, where: str) -> str:
+    path = _string(value, where)
+    if not path.startswith("/"):
+        raise RuleError(where, "must start with '/'", value)
+    if any(c in path for c in "?#") or any(ord(c) <= 0x20 or ord(c) >= 0x7f for c in path):
+        raise RuleError(where, "must be a plain path: no query, fragment, spaces or control "
+                        "characters", value)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Services
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One `scheme://host:port` of a service."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @classmethod
+    def parse(cls, value: object, where: str) -> Endpoint:
+        text = _string(value, where)
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise RuleError(where, f"is not a valid endpoint URL: {exc}", value) from exc
+        if parts.scheme not in ("http", "https"):
+            raise RuleError(where, "must be an http:// or https:// URL", value)
+        if not parts.hostname:
+            raise RuleError(where, "must name a host", value)
+        if parts.username or parts.password or parts.query or parts.fragment or \
+                parts.path not in ("", "/"):
+            raise RuleError(where, "must be scheme://host:port only: no user, path, query or "
+                            "fragment", value)
+        default_port = 443 if parts.scheme == "https" else 80
+        return cls(parts.scheme, parts.hostname.lower(), port if port is not None else default_port)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A named upstream: a pool of endpoints."""
+
+    name: str
+    endpoints: tuple[Endpoint, ...]
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> Service:
+        m = _mapping(data, where, ("name", "endpoints"))
+        if "name" not in m:
+            raise RuleError(f"{where}.name", "is required")
+        name = _name(m["name"], f"{where}.name")
+        where = f"services[{name}]"
+        raw = _list(m.get("endpoints", []), f"{where}.endpoints")
+        if not raw:
+            raise RuleError(f"{where}.endpoints", "needs at least one endpoint", m.get("endpoints"))
+        endpoints = tuple(Endpoint.parse(e, f"{where}.endpoints[{i}]") for i, e in enumerate(raw))
+        seen: set[Endpoint] = set()
+        for i, e in enumerate(endpoints):
+            if e in seen:
+                raise RuleError(f"{where}.endpoints[{i}]", "is listed twice", e.url)
+            seen.add(e)
+        return cls(name, endpoints)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "endpoints": [e.url for e in self.endpoints]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes
+
+
+@dataclass(frozen=True, slots=True)
+class FieldMatch:
+    """A predicate on one header, query parameter or cookie.
+
+    Exactly one of `value` (exact), `regex` (searched, anchor it yourself) or `present` applies.
+    """
+
+    name: str
+    value: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+
+    @classmethod
+    def parse(cls, data: object, where: str, *, header: bool) -> FieldMatch:
+        m = _mapping(data, where, ("name", "value", "regex", "present"))
+        if "name" not in m:
+            raise RuleError(f"{where}.name", "is required")
+        check = _header_name if header else _string
+        name = check(m["name"], f"{where}.name")
+        given = [k for k in ("value", "regex", "present") if k in m]
+        if len(given) != 1:
+            raise RuleError(where, "needs exactly one of value, regex or present", dict(m))
+        if "value" in m:
+            return cls(name, value=_string(m["value"], f"{where}.value", empty=True))
+        if "regex" in m:
+            return cls(name, regex=_regex(m["regex"], f"{where}.regex"))
+        if not isinstance(m["present"], bool):
+            raise RuleError(f"{where}.present", "must be true or false", m["present"])
+        return cls(name, present=m["present"])
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.value is not None:
+            out["value"] = self.value
+        elif self.regex is not None:
+            out["regex"] = self.regex
+        else:
+            out["present"] = self.present
+        return out
+
+    def key(self) -> tuple[str, str | None, str | None, bool | None]:
+        return (self.name.lower(), self.value, self.regex, self.present)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The predicates of a route. An empty match accepts every request."""
+
+    hosts: tuple[str, ...] = ()
+    path: str | None = None
+    path_prefix: str | None = None
+    path_template: str | None = None
+    path_regex: str | None = None
+    methods: tuple[str, ...] = ()
+    headers: tuple[FieldMatch, ...] = ()
+    query: tuple[FieldMatch, ...] = ()
+    cookies: tuple[FieldMatch, ...] = ()
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> Match:
+        m = _mapping(data, where, ("hosts", *PATH_KINDS, "methods", "headers", "query", "cookies"))
+        kinds = [k for k in PATH_KINDS if k in m]
+        if len(kinds) > 1:
+            raise RuleError(f"{where}.{kinds[1]}", f"only one of {', '.join(PATH_KINDS)} may be given")
+        hosts: list[str] = []
+        for i, h in enumerate(_list(m.get("hosts", []), f"{where}.hosts")):
+            host = _string(h, f"{where}.hosts[{i}]").lower()
+            if not HOST_RE.match(host):
+                raise RuleError(f"{where}.hosts[{i}]", "must be a host name or *.suffix, without "
+                                "a port", h)
+            if host in hosts:
+                raise RuleError(f"{where}.hosts[{i}]", "is listed twice", h)
+            hosts.append(host)
+        methods: list[str] = []
+        for i, meth in enumerate(_list(m.get("methods", []), f"{where}.methods")):
+            method = _string(meth, f"{where}.methods[{i}]")
+            if not TOKEN_RE.match(method) or method.upper() != method:
+                raise RuleError(f"{where}.methods[{i}]", "must be an upper-case method name", meth)
+            if method in methods:
+                raise RuleError(f"{where}.methods[{i}]", "is listed twice", meth)
+            methods.append(method)
+        path = _path(m["path"], f"{where}.path") if "path" in m else None
+        prefix = _path(m["path_prefix"], f"{where}.path_prefix") if "path_prefix" in m else None
+        if prefix is not None and len(prefix) > 1 and prefix.endswith("/"):
+            raise RuleError(f"{where}.path_prefix", "must not end with '/' (prefixes match on "
+                            "segment boundaries already)", prefix)
+        template = None
+        if "path_template" in m:
+            template = _path(m["path_template"], f"{where}.path_template")
+            names: set[str] = set()
+            for seg in template.split("/")[1:]:
+                if "{" in seg or "}" in seg:
+                    if not TEMPLATE_PARAM_RE.match(seg):
+                        raise RuleError(f"{where}.path_template", "a parameter must fill a whole "
+                                        "segment, like /orders/{id}", template)
+                    if seg in names:
+                        raise RuleError(f"{where}.path_template", f"parameter {seg} is used twice",
+                                        template)
+                    names.add(seg)
+        regex = _regex(m["path_regex"], f"{where}.path_regex") if "path_regex" in m else None
+
+        def preds(key: str, header: bool) -> tuple[FieldMatch, ...]:
+            items = _list(m.get(key, []), f"{where}.{key}")
+            return tuple(FieldMatch.parse(d, f"{where}.{key}[{i}]", header=header)
+                         for i, d in enumerate(items))
+
+        return cls(tuple(hosts), path, prefix, template, regex, tuple(methods),
+                   preds("headers", True), preds("query", False), preds("cookies", False))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.hosts:
+            out["hosts"] = list(self.hosts)
+        for kind in PATH_KINDS:
+            value = getattr(self, kind)
+            if value is not None:
+                out[kind] = value
+        if self.methods:
+            out["methods"] = list(self.methods)
+        for key in ("headers", "query", "cookies"):
+            items: tuple[FieldMatch, ...] = getattr(self, key)
+            if items:
+                out[key] = [p.to_dict() for p in items]
+        return out
+
+    def key(self) -> tuple[object, ...]:
+        """An order-insensitive identity: two routes with equal keys match the same requests."""
+        return (frozenset(self.hosts), self.path, self.path_prefix, self.path_template,
+                self.path_regex, frozenset(self.methods), frozenset(p.key() for p in self.headers),
+                frozenset(p.key() for p in self.query), frozenset(p.key() for p in self.cookies))
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRules:
+    """Header edits: `set` replaces, `add` appends, `remove` deletes (applied remove, set, add)."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> HeaderRules:
+        m = _mapping(data, where, ("set", "add", "remove"))
+
+        def pairs(key: str) -> tuple[tuple[str, str], ...]:
+            raw = m.get(key, {})
+            if not isinstance(raw, Mapping):
+                raise RuleError(f"{where}.{key}", f"must be a mapping, not {_type_name(raw)}", raw)
+            return tuple((_header_name(k, f"{where}.{key}"),
+                          _header_value(v, f"{where}.{key}.{k}")) for k, v in raw.items())
+
+        remove = tuple(_header_name(h, f"{where}.remove[{i}]")
+                       for i, h in enumerate(_list(m.get("remove", []), f"{where}.remove")))
+        return cls(pairs("set"), pairs("add"), remove)
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.set:
+            out["set"] = dict(self.set)
+        if self.add:
+            out["add"] = dict(self.add)
+        if self.remove:
+            out["remove"] = list(self.remove)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """What a route changes before forwarding and on the way back.
+
+    `path_prefix` replaces the matched `match.path_prefix` (`/` strips it); `path_regex` with
+    `replacement` rewrites the whole path (Python `re.sub` syntax, `\\1` or `\\g<name>`); `host` sets
+    the upstream Host header (absent: the client's Host is kept).
+    """
+
+    path_prefix: str | None = None
+    path_regex: str | None = None
+    replacement: str | None = None
+    host: str | None = None
+    request_headers: HeaderRules = field(default_factory=HeaderRules)
+    response_headers: HeaderRules = field(default_factory=HeaderRules)
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> Rewrite:
+        m = _mapping(data, where, ("path_prefix", "path_regex", "replacement", "host",
+                                   "request_headers", "response_headers"))
+        prefix = _path(m["path_prefix"], f"{where}.path_prefix") if "path_prefix" in m else None
+        regex = _regex(m["path_regex"], f"{where}.path_regex") if "path_regex" in m else None
+        replacement = (_string(m["replacement"], f"{where}.replacement", empty=True)
+                       if "replacement" in m else None)
+        if prefix is not None and regex is not None:
+            raise RuleError(f"{where}.path_regex", "only one of path_prefix or path_regex may be given")
+        if (regex is None) != (replacement is None):
+            raise RuleError(f"{where}.replacement" if regex is not None else f"{where}.path_regex",
+                            "path_regex and replacement go together")
+        if regex is not None and replacement is not None:
+            try:
+                re.compile(regex).sub(replacement, "")
+            except (re.error, IndexError) as exc:
+                raise RuleError(f"{where}.replacement", f"does not fit path_regex: {exc}",
+                                replacement) from exc
+        host = None
+        if "host" in m:
+            host = _string(m["host"], f"{where}.host").lower()
+            hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+            if not HOST_RE.match(hostname) or hostname.startswith("*"):
+                raise RuleError(f"{where}.host", "must be a host name, optionally with :port", host)
+        return cls(prefix, regex, replacement, host,
+                   HeaderRules.parse(m.get("request_headers", {}), f"{where}.request_headers"),
+                   HeaderRules.parse(m.get("response_headers", {}), f"{where}.response_headers"))
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.path_prefix, self.path_regex, self.host)) or \
+            bool(self.request_headers) or bool(self.response_headers)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("path_prefix", "path_regex", "replacement", "host"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.request_headers:
+            out["request_headers"] = self.request_headers.to_dict()
+        if self.response_headers:
+            out["response_headers"] = self.response_headers.to_dict()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A stored rule: a match, what to change, and the service that answers."""
+
+    name: str
+    match: Match
+    service: str
+    priority: int = 0
+    rewrite: Rewrite = field(default_factory=Rewrite)
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> Route:
+        m = _mapping(data, where, ("name", "match", "service", "priority", "rewrite"))
+        if "name" not in m:
+            raise RuleError(f"{where}.name", "is required")
+        name = _name(m["name"], f"{where}.name")
+        where = f"routes[{name}]"
+        if "service" not in m:
+            raise RuleError(f"{where}.service", "is required")
+        service = _name(m["service"], f"{where}.service")
+        priority = m.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool) or \
+                not -1_000_000 <= priority <= 1_000_000:
+            raise RuleError(f"{where}.priority", "must be an integer between -1000000 and 1000000",
+                            priority)
+        match = Match.parse(m.get("match", {}), f"{where}.match")
+        rewrite = Rewrite.parse(m.get("rewrite", {}), f"{where}.rewrite")
+        if rewrite.path_prefix is not None and match.path_prefix is None:
+            raise RuleError(f"{where}.rewrite.path_prefix", "needs match.path_prefix to replace",
+                            rewrite.path_prefix)
+        return cls(name, match, service, priority, rewrite)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "match": self.match.to_dict(),
+                               "service": self.service}
+        if self.priority:
+            out["priority"] = self.priority
+        if self.rewrite:
+            out["rewrite"] = self.rewrite.to_dict()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole document
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """All services and routes of one config version, in a stable order (by name)."""
+
+    services: tuple[Service, ...] = ()
+    routes: tuple[Route, ...] = ()
+
+    @classmethod
+    def parse(cls, data: object) -> Document:
+        if data is None:
+            data = {}
+        m = _mapping(data, "document", ("services", "routes"))
+        services = [Service.parse(s, f"services[{i}]")
+                    for i, s in enumerate(_list(m.get("services") or [], "services"))]
+        routes = [Route.parse(r, f"routes[{i}]")
+                  for i, r in enumerate(_list(m.get("routes") or [], "routes"))]
+        return cls.build(services, routes)
+
+    @classmethod
+    def build(cls, services: Iterable[Service], routes: Iterable[Route]) -> Document:
+        """Check cross-references and return the document in canonical order."""
+        by_name: dict[str, Service] = {}
+        for s in services:
+            if s.name in by_name:
+                raise RuleError(f"services[{s.name}].name", "is used by another service", s.name)
+            by_name[s.name] = s
+        route_names: set[str] = set()
+        seen_match: dict[tuple[object, ...], str] = {}
+        route_list = list(routes)
+        for r in route_list:
+            if r.name in route_names:
+                raise RuleError(f"routes[{r.name}].name", "is used by another route", r.name)
+            route_names.add(r.name)
+            if r.service not in by_name:
+                raise RuleError(f"routes[{r.name}].service", "names no service", r.service)
+            key = (r.priority, r.match.key())
+            if key in seen_match:
+                raise RuleError(f"routes[{r.name}].match", f"has the same match and priority as "
+                                f"route {seen_match[key]!r}; give one of them a priority",
+                                r.match.to_dict())
+            seen_match[key] = r.name
+        return cls(tuple(sorted(by_name.values(), key=lambda s: s.name)),
+                   tuple(sorted(route_list, key=lambda r: r.name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"services": [s.to_dict() for s in self.services],
+                "routes": [r.to_dict() for r in self.routes]}
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def route(self, name: str) -> Route | None:
+        return next((r for r in self.routes if r.name == name), None)
