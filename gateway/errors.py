@@ -67,7 +67,15 @@ class PreconditionFailed(ConflictError):
 
 
 class StoreError(PeelError):
-    """The store cannot be used: unreachable, not migrated, or migrated by newer code."""
+    """The store cannot be used: unreachable, not migrated, or migrated by newer code.
+
+    `unreachable` is true when the database could not be reached at all (as opposed to a schema
+    that is behind or ahead): a gateway may then start from its last good snapshot.
+    """
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class UpstreamError(PeelError):
