@@ -1,0 +1,168 @@
+"""The declarative document: what parses, what is refused (with which field), and round trips."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.errors import RuleError
+from routes.model import Document, Endpoint
+
+SAMPLE = """
+services:
+  - name: legacy
+    endpoints: [http://10.0.0.5:8080]
+  - name: orders
+    endpoints: [http://10.0.0.7:9000, http://10.0.0.8:9000]
+routes:
+  - name: orders
+    match: {path_prefix: /orders, methods: [GET, POST]}
+    service: orders
+  - name: legacy-default
+    match: {path_prefix: /}
+    service: legacy
+"""
+
+
+def doc(services: list[dict[str, Any]] | None = None, routes: list[dict[str, Any]] | None = None
+        ) -> dict[str, Any]:
+    return {"services": services if services is not None else
+            [{"name": "legacy", "endpoints": ["http://127.0.0.1:8081"]}],
+            "routes": routes or []}
+
+
+def route(**fields: Any) -> dict[str, Any]:
+    return {"name": "r", "service": "legacy", **fields}
+
+
+def test_design_example_parses_and_round_trips() -> None:
+    document = Document.parse(yaml.safe_load(SAMPLE))
+    assert [s.name for s in document.services] == ["legacy", "orders"]
+    assert [r.name for r in document.routes] == ["legacy-default", "orders"]
+    assert document.route("orders") is not None
+    assert document.route("orders").match.methods == ("GET", "POST")  # type: ignore[union-attr]
+    again = Document.parse(yaml.safe_load(yaml.safe_dump(document.to_dict())))
+    assert again == document
+    assert again.to_dict() == document.to_dict()
+
+
+def test_every_field_round_trips() -> None:
+    data = doc(routes=[route(
+        name="full", priority=5,
+        match={"hosts": ["api.example.com", "*.example.org"], "path_template": "/orders/{id}",
+               "methods": ["GET"], "headers": [{"name": "X-Beta", "value": "1"},
+                                               {"name": "X-Trace", "present": False}],
+               "query": [{"name": "debug", "regex": "^(1|true)$"}],
+               "cookies": [{"name": "session", "present": True}]},
+        rewrite={"path_regex": "^/orders/(.*)$", "replacement": r"/v2/orders/\1",
+                 "host": "orders.internal:9000",
+                 "request_headers": {"set": {"X-From": "peel"}, "add": {"Via": "peel"},
+                                     "remove": ["Cookie"]},
+                 "response_headers": {"remove": ["Server"]}})])
+    document = Document.parse(data)
+    assert document.to_dict() == data
+    assert Document.parse(document.to_dict()) == document
+
+
+def test_endpoint_default_ports_and_ipv6() -> None:
+    assert Endpoint.parse("http://svc", "e").port == 80
+    assert Endpoint.parse("https://svc", "e").port == 443
+    assert Endpoint.parse("http://[::1]:9000", "e").url == "http://[::1]:9000"
+    assert Endpoint.parse("http://API.Example.com:81/", "e").url == "http://api.example.com:81"
+
+
+REFUSED: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown top-level field", {"servicez": []}, "servicez"),
+    ("unknown service field", doc([{"name": "a", "endpoints": ["http://x:1"], "weight": 1}]),
+     "services[0].weight"),
+    ("service without endpoints", doc([{"name": "a", "endpoints": []}]), "services[a].endpoints"),
+    ("endpoint not a URL", doc([{"name": "a", "endpoints": ["10.0.0.1:80"]}]),
+     "services[a].endpoints[0]"),
+    ("endpoint with a path", doc([{"name": "a", "endpoints": ["http://x:1/api"]}]),
+     "services[a].endpoints[0]"),
+    ("endpoint bad port", doc([{"name": "a", "endpoints": ["http://x:99999"]}]),
+     "services[a].endpoints[0]"),
+    ("endpoint listed twice", doc([{"name": "a", "endpoints": ["http://x:1", "http://X:1"]}]),
+     "services[a].endpoints[1]"),
+    ("duplicate service", doc([{"name": "a", "endpoints": ["http://x:1"]},
+                               {"name": "a", "endpoints": ["http://y:1"]}]), "services[a].name"),
+    ("bad service name", doc([{"name": "Bad Name", "endpoints": ["http://x:1"]}]),
+     "services[0].name"),
+    ("route without service", doc(routes=[{"name": "r"}]), "routes[r].service"),
+    ("unknown service", doc(routes=[route(service="nope")]), "routes[r].service"),
+    ("duplicate route", doc(routes=[route(match={"path": "/a"}), route(match={"path": "/b"})]),
+     "routes[r].name"),
+    ("bad regex", doc(routes=[route(match={"path_regex": "(unclosed"})]),
+     "routes[r].match.path_regex"),
+    ("two path kinds", doc(routes=[route(match={"path": "/a", "path_prefix": "/a"})]),
+     "routes[r].match.path_prefix"),
+    ("path without slash", doc(routes=[route(match={"path_prefix": "orders"})]),
+     "routes[r].match.path_prefix"),
+    ("prefix with trailing slash", doc(routes=[route(match={"path_prefix": "/orders/"})]),
+     "routes[r].match.path_prefix"),
+    ("template half segment", doc(routes=[route(match={"path_template": "/o/x{id}"})]),
+     "routes[r].match.path_template"),
+    ("lower-case method", doc(routes=[route(match={"methods": ["get"]})]),
+     "routes[r].match.methods[0]"),
+    ("host with port", doc(routes=[route(match={"hosts": ["a.com:80"]})]),
+     "routes[r].match.hosts[0]"),
+    ("header predicate with two forms",
+     doc(routes=[route(match={"headers": [{"name": "X", "value": "1", "present": True}]})]),
+     "routes[r].match.headers[0]"),
+    ("bad header name", doc(routes=[route(match={"headers": [{"name": "X Y", "value": "1"}]})]),
+     "routes[r].match.headers[0].name"),
+    ("unknown match field", doc(routes=[route(match={"paths": "/"})]), "routes[r].match.paths"),
+    ("priority not an int", doc(routes=[route(priority="high")]), "routes[r].priority"),
+    ("regex without replacement", doc(routes=[route(rewrite={"path_regex": "^/a"})]),
+     "routes[r].rewrite.replacement"),
+    ("replacement group missing",
+     doc(routes=[route(rewrite={"path_regex": "^/a", "replacement": r"/\2"})]),
+     "routes[r].rewrite.replacement"),
+    ("prefix rewrite without prefix match",
+     doc(routes=[route(match={"path": "/a"}, rewrite={"path_prefix": "/b"})]),
+     "routes[r].rewrite.path_prefix"),
+    ("header value with newline",
+     doc(routes=[route(rewrite={"request_headers": {"set": {"X-A": "a\r\nB: c"}}})]),
+     "routes[r].rewrite.request_headers.set.X-A"),
+    ("same match and priority",
+     doc(routes=[route(name="a", match={"path_prefix": "/x", "methods": ["GET", "POST"]}),
+                 route(name="b", match={"methods": ["POST", "GET"], "path_prefix": "/x"})]),
+     "routes[b].match"),
+]
+
+
+@pytest.mark.parametrize(("data", "field"), [(d, f) for _, d, f in REFUSED],
+                         ids=[name for name, _, _ in REFUSED])
+def test_refused_documents_name_the_field(data: dict[str, Any], field: str) -> None:
+    with pytest.raises(RuleError) as caught:
+        Document.parse(data)
+    assert caught.value.field == field
+    assert field in str(caught.value)
+
+
+def test_same_match_with_another_priority_is_allowed() -> None:
+    Document.parse(doc(routes=[route(name="a", match={"path": "/x"}),
+                               route(name="b", match={"path": "/x"}, priority=1)]))
+
+
+def test_refusal_carries_the_value() -> None:
+    with pytest.raises(RuleError) as caught:
+        Document.parse(doc([{"name": "a", "endpoints": ["ftp://x"]}]))
+    assert caught.value.value == "ftp://x"
+
+
+names = st.from_regex(r"^[a-z][a-z0-9-]{0,10}[a-z0-9]$", fullmatch=True)
+
+
+@given(st.lists(names, min_size=1, max_size=6, unique=True),
+       st.lists(st.from_regex(r"^(/[a-z0-9]{1,5}){1,3}$", fullmatch=True), max_size=6, unique=True))
+def test_round_trip_property(service_names: list[str], prefixes: list[str]) -> None:
+    services = [{"name": n, "endpoints": [f"http://h{i}:80{i}"]} for i, n in enumerate(service_names)]
+    routes = [{"name": f"r{i}", "match": {"path_prefix": p}, "service": service_names[i % len(service_names)]}
+              for i, p in enumerate(prefixes)]
+    document = Document.parse({"services": services, "routes": routes})
+    assert Document.parse(document.to_dict()) == document
