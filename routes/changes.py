@@ -1,0 +1,111 @@
+"""Edits of a document, and committing one as a new config version.
+
+The edits are pure functions from a `Document` to a new `Document`; they go through
+`Document.build`, so a change that would leave a dangling reference or a duplicate match is refused
+with the field that is wrong. `commit_change` is the one way the admin API writes: it reads the
+latest version, applies the edit, shows the diff, and commits only when something changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from gateway.errors import NotFoundError, PreconditionFailed, RuleError
+from routes.diff import DocumentDiff, diff
+from routes.model import Document, Route, Service
+from routes.store import ConfigVersion, VersionInfo
+
+Edit = Callable[[Document], Document]
+Check = Callable[[Document], None]
+# Attempts when no If-Match was given and other writers keep committing in between.
+ATTEMPTS = 3
+
+
+class VersionStore(Protocol):
+    """What committing needs from the store (`routes.store.Store` is one)."""
+
+    def latest(self) -> ConfigVersion: ...
+
+    def get(self, version: int) -> ConfigVersion: ...
+
+    def commit(self, document: Document, *, actor: str, reason: str, expected: int | None = None,
+               summary: str | None = None) -> VersionInfo: ...
+
+
+def put_service(doc: Document, service: Service) -> Document:
+    """Add `service`, or replace the service of the same name."""
+    return Document.build([s for s in doc.services if s.name != service.name] + [service], doc.routes)
+
+
+def delete_service(doc: Document, name: str) -> Document:
+    """Remove service `name`; refused while a route still sends requests to it."""
+    if doc.service(name) is None:
+        raise NotFoundError(f"services[{name}]", "no such service", name)
+    users = [r.name for r in doc.routes if r.service == name]
+    if users:
+        raise RuleError(f"services[{name}]", f"is used by route{'s' if len(users) > 1 else ''} "
+                        f"{', '.join(users)}; delete them or point them elsewhere first", name)
+    return Document.build([s for s in doc.services if s.name != name], doc.routes)
+
+
+def put_route(doc: Document, route: Route) -> Document:
+    """Add `route`, or replace the route of the same name."""
+    return Document.build(doc.services, [r for r in doc.routes if r.name != route.name] + [route])
+
+
+def delete_route(doc: Document, name: str) -> Document:
+    if doc.route(name) is None:
+        raise NotFoundError(f"routes[{name}]", "no such route", name)
+    return Document.build(doc.services, [r for r in doc.routes if r.name != name])
+
+
+def replace_document(new: Document) -> Edit:
+    """The edit that replaces everything with `new` (what `peel apply` does)."""
+    return lambda _old: new
+
+
+def commit_change(store: VersionStore, edit: Edit, *, actor: str, reason: str,
+                  if_match: int | None = None,
+                  check: Check | None = None) -> tuple[VersionInfo | None, DocumentDiff]:
+    """Apply `edit` to the latest document and commit the result as a new config version.
+
+    Returns the new version (None when the edit changes nothing, and nothing is written) and the
+    diff. With `if_match`, the edit applies only to that version: when it is no longer the latest,
+    `PreconditionFailed`. Without it, a change that lost a race with another writer is re-applied
+    to the newer document, up to `ATTEMPTS` times. `check` (the admin API compiles the document
+    into a route table) runs before anything is written and refuses by raising.
+    """
+    for attempt in range(1, ATTEMPTS + 1):
+        latest = store.latest()
+        if if_match is not None and if_match != latest.version:
+            raise PreconditionFailed("If-Match", f"config version {if_match} is not the latest "
+                                     f"({latest.version} is); read it again and retry", if_match)
+        document = edit(latest.document)
+        change = diff(latest.document, document)
+        if not change:
+            return None, change
+        if check is not None:
+            check(document)
+        try:
+            info = store.commit(document, actor=actor, reason=reason, expected=latest.version,
+                                summary=change.summary())
+        except PreconditionFailed:
+            if if_match is not None or attempt == ATTEMPTS:
+                raise
+            continue
+        return info, change
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def rollback_to(store: VersionStore, version: int, actor: str, reason: str, *,
+                if_match: int | None = None,
+                check: Check | None = None) -> tuple[VersionInfo | None, DocumentDiff]:
+    """Commit a new config version whose document equals version `version`'s.
+
+    Nothing is written when the latest document already equals it. NotFoundError when `version`
+    does not exist.
+    """
+    target = store.get(version).document
+    return commit_change(store, replace_document(target), actor=actor, reason=reason,
+                         if_match=if_match, check=check)

@@ -1,0 +1,132 @@
+"""The difference between two documents: what a dry run shows and what history summarises.
+
+Pure: services and routes are compared by name on their canonical dicts (`to_dict()`), so two
+documents that print the same are equal here too, whatever order they were written in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from routes.model import Document
+
+Kind = Literal["service", "route"]
+
+# Values a field has when `to_dict()` leaves it out, so "priority 0 -> 10" reads naturally.
+_DEFAULTS: dict[Kind, dict[str, Any]] = {
+    "service": {},
+    "route": {"priority": 0, "match": {}, "rewrite": {}},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """A service or route present on both sides with different contents.
+
+    `fields` names the top-level fields that differ; `old` and `new` hold just those fields.
+    """
+
+    kind: Kind
+    name: str
+    fields: tuple[str, ...]
+    old: dict[str, Any]
+    new: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "fields": list(self.fields), "old": self.old, "new": self.new}
+
+
+@dataclass(frozen=True, slots=True)
+class KindDiff:
+    """Added, removed and changed items of one kind; added and removed are canonical dicts."""
+
+    kind: Kind
+    added: tuple[dict[str, Any], ...] = ()
+    removed: tuple[dict[str, Any], ...] = ()
+    changed: tuple[Changed, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"added": list(self.added), "removed": list(self.removed),
+                "changed": [c.to_dict() for c in self.changed]}
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentDiff:
+    """What changes from one document to another. False when nothing does."""
+
+    services: KindDiff
+    routes: KindDiff
+
+    def __bool__(self) -> bool:
+        return bool(self.services or self.routes)
+
+    def summary(self) -> str:
+        """A short line such as `+1 route, ~1 service`, or `no change`."""
+        parts: list[str] = []
+        for sign, attr in (("+", "added"), ("~", "changed"), ("-", "removed")):
+            for kinds in (self.services, self.routes):
+                count = len(getattr(kinds, attr))
+                if count:
+                    parts.append(f"{sign}{count} {kinds.kind}{'' if count == 1 else 's'}")
+        return ", ".join(parts) or "no change"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "services": self.services.to_dict(),
+                "routes": self.routes.to_dict()}
+
+    def to_text(self) -> str:
+        """A readable listing, one line per item: `+` added, `~` changed, `-` removed.
+
+        Services are added before the routes that use them and removed after them, the order in
+        which an operator reads a change.
+        """
+        lines: list[str] = []
+        for kinds in (self.services, self.routes):
+            lines += [f"+ {kinds.kind} {item['name']}" for item in kinds.added]
+        for kinds in (self.services, self.routes):
+            for c in kinds.changed:
+                fields = "; ".join(f"{f} {_show(c.old[f])} -> {_show(c.new[f])}" for f in c.fields)
+                lines.append(f"~ {kinds.kind} {c.name}: {fields}")
+        for kinds in (self.routes, self.services):
+            lines += [f"- {kinds.kind} {item['name']}" for item in kinds.removed]
+        return "\n".join(lines) if lines else "no change"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(", ", ": "), sort_keys=False)
+
+
+def _compare(kind: Kind, old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> KindDiff:
+    before = {item["name"]: item for item in old}
+    after = {item["name"]: item for item in new}
+    defaults = _DEFAULTS[kind]
+    changed: list[Changed] = []
+    for name in sorted(before.keys() & after.keys()):
+        a, b = before[name], after[name]
+        if a == b:
+            continue
+        keys = [k for k in b if k != "name"] + [k for k in a if k not in b]
+        fields = tuple(k for k in keys if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)))
+        changed.append(Changed(kind, name, fields,
+                               {f: a.get(f, defaults.get(f)) for f in fields},
+                               {f: b.get(f, defaults.get(f)) for f in fields}))
+    return KindDiff(kind,
+                    tuple(after[n] for n in sorted(after.keys() - before.keys())),
+                    tuple(before[n] for n in sorted(before.keys() - after.keys())),
+                    tuple(changed))
+
+
+def diff(old: Document, new: Document) -> DocumentDiff:
+    """What changes when `new` replaces `old`."""
+    return DocumentDiff(
+        _compare("service", [s.to_dict() for s in old.services], [s.to_dict() for s in new.services]),
+        _compare("route", [r.to_dict() for r in old.routes], [r.to_dict() for r in new.routes]),
+    )

@@ -1,0 +1,393 @@
+"""The store: config versions, admin tokens, and the schema check and upgrade. The only module with SQL.
+
+Synchronous on purpose: the admin API calls it from a thread pool, the watcher from its own thread,
+and the CLI directly. Each public method is one short transaction on its own pooled connection.
+
+A commit is one transaction that reads the latest version and inserts latest + 1. Writers are
+serialised so two commits never both read the same latest version: SQLite by `BEGIN IMMEDIATE`
+(the write lock is taken before the read), PostgreSQL by a transaction-scoped advisory lock. The
+primary key on `version` stays as the backstop and turns into `ConflictError`.
+
+The SQLite file defaults to WAL with a busy timeout, so readers (gateways polling the latest
+version) never block the writer and a second writer waits instead of failing at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+from gateway.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
+from migrations import SchemaState, alembic_config, read_schema_state
+from routes.model import NAME_RE, Document
+from routes.schema import admin_tokens, config_versions
+
+# PostgreSQL advisory lock key serialising commits: sha256(b"peel-commit")[:8] as a signed bigint.
+COMMIT_LOCK_KEY = int.from_bytes(hashlib.sha256(b"peel-commit").digest()[:8], "big", signed=True)
+# NOTIFY channel told about every new config version (payload: the version number).
+NOTIFY_CHANNEL = "peel_config"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+TOKEN_PREFIX = "peel_"
+# verify_token writes last_used_at at most this often per token: one write a minute, not per request
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One config version without its document (what history lists)."""
+
+    version: int
+    created_at: datetime
+    actor: str
+    reason: str
+    summary: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigVersion:
+    """One config version with the whole document it committed."""
+
+    version: int
+    created_at: datetime
+    actor: str
+    reason: str
+    document: Document
+    summary: str = ""
+
+    @property
+    def info(self) -> VersionInfo:
+        return VersionInfo(self.version, self.created_at, self.actor, self.reason, self.summary)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """An admin token as listed: never the token itself."""
+
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+EMPTY_VERSION = ConfigVersion(0, _EPOCH, "", "no config version committed yet", Document())
+
+
+def encode_document(document: Document) -> str:
+    """The canonical JSON of a document: equal documents give equal text."""
+    return json.dumps(document.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_document(text_: str, version: int) -> Document:
+    try:
+        return Document.parse(json.loads(text_))
+    except (ValueError, RuleError) as exc:
+        raise StoreError(f"config version {version} holds a document this Peel cannot read: {exc}") \
+            from exc
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """Config versions and admin tokens in one SQL database (SQLite file or PostgreSQL).
+
+    `Store("sqlite://")` is an in-memory store on a single shared connection, for tests and
+    throw-away tools: it forgets everything when closed, and its threads share one transaction
+    scope, so use it from one thread at a time.
+    """
+
+    def __init__(self, url: str) -> None:
+        try:
+            self._url: URL = make_url(url)
+        except ArgumentError as exc:
+            raise StoreError(f"database.url is not a database URL: {exc}") from exc
+        self.safe_url = self._url.render_as_string(hide_password=True)
+        self._engine = self._make_engine()
+
+    # -- engine set-up ----------------------------------------------------------------------
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self._url.get_backend_name()
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def _make_engine(self) -> Engine:
+        backend = self.dialect
+        if backend not in ("sqlite", "postgresql"):
+            raise StoreError(f"database.url: Peel stores rules in SQLite or PostgreSQL, not {backend!r} "
+                             f"({self.safe_url})")
+        kwargs: dict[str, Any] = {}
+        memory = backend == "sqlite" and self._url.database in (None, "", ":memory:")
+        if memory:
+            kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+        elif backend == "sqlite":
+            assert self._url.database is not None
+            Path(self._url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                      "check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+        try:
+            engine = create_engine(self._url, **kwargs)
+        except ModuleNotFoundError as exc:
+            raise StoreError(f"no driver for {self.safe_url}: {exc.name} is not installed "
+                             "(for PostgreSQL install peel[postgres])") from exc
+        except ArgumentError as exc:
+            raise StoreError(f"database.url: {exc} ({self.safe_url})") from exc
+        if backend == "sqlite":
+            _sqlite_transactions(engine, wal=not memory)
+        return engine
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _connect(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction; committed when the block ends, rolled back when it raises."""
+        try:
+            with self._engine.connect() as conn:
+                if write:
+                    conn.execution_options(peel_write=True)
+                with conn.begin():
+                    yield conn
+        except (OperationalError, InterfaceError) as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            raise StoreError(f"the store at {self.safe_url} cannot be used: {reason}") from exc
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def schema_state(self) -> SchemaState:
+        with self._connect() as conn:
+            return read_schema_state(conn)
+
+    def check_schema(self) -> None:
+        """Raise `StoreError` unless the database is migrated to exactly this code's schema."""
+        state = self.schema_state()
+        if state.current is None:
+            raise StoreError(f"the store at {self.safe_url} is not initialised; run `peel db upgrade`")
+        if state.unknown:
+            raise StoreError(
+                f"the store at {self.safe_url} has schema revision {state.current}, which this Peel "
+                f"does not know (it knows up to {state.head}): it was migrated by a newer Peel; "
+                "upgrade Peel on this machine")
+        if state.current != state.head:
+            raise StoreError(f"the store at {self.safe_url} has schema revision {state.current}, "
+                             f"behind {state.head}; run `peel db upgrade`")
+
+    def upgrade(self) -> None:
+        """Migrate the database to this code's schema (alembic upgrade head); a no-op when current."""
+        from alembic import command
+
+        try:
+            if self._engine.pool.__class__ is StaticPool:
+                # in-memory: the schema must land on the one connection this store uses
+                with self._engine.connect() as conn:
+                    command.upgrade(alembic_config(connection=conn), "head")
+                    conn.commit()
+            else:
+                command.upgrade(alembic_config(self._url.render_as_string(hide_password=False)), "head")
+        except (OperationalError, InterfaceError) as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            raise StoreError(f"cannot migrate the store at {self.safe_url}: {reason}") from exc
+
+    # -- config versions ------------------------------------------------------------------------
+
+    def latest_version(self) -> int:
+        """The newest config version number; 0 when nothing was ever committed."""
+        with self._connect() as conn:
+            return int(conn.scalar(select(func.coalesce(func.max(config_versions.c.version), 0))) or 0)
+
+    def latest(self) -> ConfigVersion:
+        with self._connect() as conn:
+            row = conn.execute(select(config_versions).order_by(config_versions.c.version.desc())
+                               .limit(1)).first()
+        return EMPTY_VERSION if row is None else _config_version(row._mapping)
+
+    def get(self, version: int) -> ConfigVersion:
+        with self._connect() as conn:
+            row = conn.execute(select(config_versions)
+                               .where(config_versions.c.version == version)).first()
+        if row is None:
+            raise NotFoundError("version", "no such config version", version)
+        return _config_version(row._mapping)
+
+    def history(self, limit: int = 50) -> list[VersionInfo]:
+        """The newest `limit` config versions, newest first, without their documents."""
+        c = config_versions.c
+        with self._connect() as conn:
+            rows = conn.execute(select(c.version, c.created_at, c.actor, c.reason, c.summary)
+                                .order_by(c.version.desc()).limit(max(limit, 0))).all()
+        return [VersionInfo(r.version, r.created_at, r.actor, r.reason, r.summary) for r in rows]
+
+    def commit(self, document: Document, *, actor: str, reason: str, expected: int | None = None,
+               summary: str | None = None) -> VersionInfo:
+        """Store `document` as config version latest + 1, in one transaction.
+
+        When `expected` is given and is not the latest version, raise `PreconditionFailed` (field
+        `If-Match`) and write nothing. `summary` defaults to the diff against the latest document.
+        """
+        body = encode_document(document)
+        try:
+            with self._connect(write=True) as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": COMMIT_LOCK_KEY})
+                latest = int(conn.scalar(select(func.coalesce(func.max(config_versions.c.version), 0)))
+                             or 0)
+                if expected is not None and expected != latest:
+                    raise PreconditionFailed(
+                        "If-Match", f"config version {expected} is not the latest ({latest} is); "
+                        "read it again and retry", expected)
+                if summary is None:
+                    summary = self._summary_against(conn, latest, document)
+                info = VersionInfo(latest + 1, _now(), actor, reason, summary)
+                conn.execute(insert(config_versions).values(
+                    version=info.version, created_at=info.created_at, actor=actor, reason=reason,
+                    summary=summary, document=body))
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_notify(:channel, :payload)"),
+                                 {"channel": NOTIFY_CHANNEL, "payload": str(info.version)})
+        except IntegrityError as exc:
+            raise ConflictError("version", "another change was committed at the same time; retry") \
+                from exc
+        return info
+
+    @staticmethod
+    def _summary_against(conn: Connection, latest: int, document: Document) -> str:
+        from routes.diff import diff
+
+        previous = Document()
+        if latest:
+            body = conn.scalar(select(config_versions.c.document)
+                               .where(config_versions.c.version == latest))
+            previous = decode_document(str(body), latest)
+        return diff(previous, document).summary()
+
+    # -- admin tokens ---------------------------------------------------------------------------
+
+    def create_token(self, name: str) -> str:
+        """Create an admin token called `name`; return the token, which is shown only this once.
+
+        A revoked token's name may be reused (the revoked row is replaced); an active one may not.
+        """
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise RuleError("name", "must be 1-63 lower-case letters, digits, '.', '_' or '-', "
+                            "starting and ending with a letter or digit", name)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        t = admin_tokens.c
+        try:
+            with self._connect(write=True) as conn:
+                revoked_at = conn.execute(select(t.revoked_at).where(t.name == name)).first()
+                if revoked_at is not None:
+                    if revoked_at[0] is None:
+                        raise ConflictError("name", "an active token has this name; revoke it first",
+                                            name)
+                    conn.execute(delete(admin_tokens).where(t.name == name))
+                conn.execute(insert(admin_tokens).values(name=name, token_hash=hash_token(token),
+                                                         created_at=_now()))
+        except IntegrityError as exc:
+            raise ConflictError("name", "an active token has this name; revoke it first", name) \
+                from exc
+        return token
+
+    def verify_token(self, token: str) -> str | None:
+        """The name of the active token `token`, or None. Notes the use at most once a minute."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        digest = hash_token(token)
+        t = admin_tokens.c
+        with self._connect() as conn:
+            row = conn.execute(select(t.id, t.name, t.token_hash, t.last_used_at)
+                               .where(t.token_hash == digest, t.revoked_at.is_(None))).first()
+        if row is None or not hmac.compare_digest(row.token_hash, digest):
+            return None
+        now = _now()
+        if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+            # the WHERE repeats the staleness test, so concurrent requests write once
+            with self._connect(write=True) as conn:
+                cutoff = now - LAST_USED_RESOLUTION
+                conn.execute(update(admin_tokens)
+                             .where(t.id == row.id,
+                                    t.last_used_at.is_(None) | (t.last_used_at <= cutoff))
+                             .values(last_used_at=now))
+        return str(row.name)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        t = admin_tokens.c
+        with self._connect() as conn:
+            rows = conn.execute(select(t.name, t.created_at, t.last_used_at, t.revoked_at)
+                                .order_by(t.name)).all()
+        return [TokenInfo(r.name, r.created_at, r.last_used_at, r.revoked_at) for r in rows]
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke the active token `name` (NotFoundError when there is none)."""
+        t = admin_tokens.c
+        with self._connect(write=True) as conn:
+            done = conn.execute(update(admin_tokens).where(t.name == name, t.revoked_at.is_(None))
+                                .values(revoked_at=_now())).rowcount
+        if not done:
+            raise NotFoundError("name", "no active token has this name", name)
+
+
+def _config_version(row: Any) -> ConfigVersion:
+    version = int(row["version"])
+    return ConfigVersion(version, row["created_at"], row["actor"], row["reason"],
+                         decode_document(row["document"], version), row["summary"])
+
+
+def _sqlite_transactions(engine: Engine, *, wal: bool) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, say when transactions begin.
+
+    Python's sqlite3 begins transactions lazily and never with IMMEDIATE, so two writers could both
+    read the latest version before either takes the write lock. (SQLAlchemy's documented recipe for
+    pysqlite, plus `BEGIN IMMEDIATE` for connections marked `peel_write`.)
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if wal:
+                cursor.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("peel_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
