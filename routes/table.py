@@ -1,0 +1,242 @@
+"""The route table: compiled routes and services of one config version, and the index that finds them.
+
+A table is built by `routes.compiler.compile_document` and never changes afterwards; the data plane
+reads `holder.table` once per request and calls `table.match(...)`.
+
+The index. Routes are bucketed by host: an exact-host dict, a dict of wildcard suffixes (a request
+host is looked up once per label: `a.b.example.com` tries `b.example.com`, `example.com`, `com`)
+and one bucket for routes without hosts. Each bucket is a trie of path segments (a dict of literal
+children and at most one `{param}` child). Exact and template routes hang on the node where their
+path ends; prefix routes, anchored regex routes (on their literal segments) and routes without a
+path hang on the node where they start to accept. A lookup walks the trie along the request's
+segments collecting those candidates, orders them by their precompiled precedence rank and returns
+the first whose remaining predicates hold. The work is proportional to the path's depth and the
+handful of candidates on it, not to the number of routes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from gateway.errors import NoEndpoint
+from routes.matcher import CompiledMatch, FieldChecks, Headers, RequestFacts
+from routes.model import Endpoint, Route
+from routes.rewrite import HeaderEdit, PathRewrite
+
+# A candidate: (precedence rank over the whole table, route). Ranks are unique, so sorting a list of
+# candidates compares integers only.
+Entry = tuple[int, "CompiledRoute"]
+
+
+class RoundRobin:
+    """The endpoint balancer: each endpoint in turn. Kept apart so that a real balancer replaces it."""
+
+    __slots__ = ("_counter", "_endpoints")
+
+    def __init__(self, endpoints: tuple[Endpoint, ...]) -> None:
+        self._endpoints = endpoints
+        # next() on itertools.count is atomic under the GIL: safe from several threads.
+        self._counter = itertools.count()
+
+    def pick(self) -> Endpoint:
+        endpoints = self._endpoints
+        if not endpoints:
+            raise NoEndpoint("the service has no endpoints")
+        return endpoints[next(self._counter) % len(endpoints)]
+
+
+class CompiledService:
+    """A service of the route table: its name, its endpoints and the balancer that picks one."""
+
+    __slots__ = ("_balancer", "endpoints", "name")
+
+    def __init__(self, name: str, endpoints: tuple[Endpoint, ...]) -> None:
+        self.name = name
+        self.endpoints = endpoints
+        self._balancer = RoundRobin(endpoints)
+
+    def pick(self) -> Endpoint:
+        return self._balancer.pick()
+
+    def __repr__(self) -> str:
+        return f"CompiledService({self.name!r}, {len(self.endpoints)} endpoints)"
+
+
+class CompiledRoute:
+    """A route ready for the request path.
+
+    `spec` is the stored `routes.model.Route`. The hot attributes (`methods`, `path_regex`,
+    `fields`) are copied flat out of `match` so that a lookup reads them with one attribute access.
+    """
+
+    __slots__ = ("fields", "match", "methods", "name", "path_regex", "priority", "request_headers",
+                 "response_headers", "rewrite_path", "service", "spec", "upstream_host")
+
+    def __init__(self, spec: Route, service: CompiledService, match: CompiledMatch,
+                 rewrite_path: PathRewrite, request_headers: HeaderEdit,
+                 response_headers: HeaderEdit) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.priority = spec.priority
+        self.service = service
+        self.match = match
+        self.methods: frozenset[str] | None = match.methods
+        self.path_regex: re.Pattern[str] | None = match.path.regex
+        self.fields: FieldChecks | None = match.fields
+        self.rewrite_path = rewrite_path
+        self.upstream_host: str | None = spec.rewrite.host
+        self.request_headers = request_headers
+        self.response_headers = response_headers
+
+    def params(self, path: str) -> dict[str, str]:
+        """The `{param}` values of a template route for a path it matched."""
+        return self.match.path.params(path)
+
+    def __repr__(self) -> str:
+        return f"CompiledRoute({self.name!r} -> {self.service.name!r})"
+
+
+class TrieNode:
+    """One path segment of a bucket's trie.
+
+    `through` holds candidates that accept any path reaching this node (prefix, anchored regex,
+    no path); `end` holds those that need the path to end here (exact, template). Both are sorted by
+    rank. Nodes are filled by the compiler and frozen (lists turned into tuples) before use.
+    """
+
+    __slots__ = ("children", "end", "param", "through")
+
+    def __init__(self) -> None:
+        self.children: dict[str, TrieNode] = {}
+        self.param: TrieNode | None = None
+        self.through: tuple[Entry, ...] | list[Entry] = []
+        self.end: tuple[Entry, ...] | list[Entry] = []
+
+    def child(self, segment: str | None) -> TrieNode:
+        if segment is None:
+            if self.param is None:
+                self.param = TrieNode()
+            return self.param
+        node = self.children.get(segment)
+        if node is None:
+            node = self.children[segment] = TrieNode()
+        return node
+
+    def freeze(self) -> None:
+        self.through = tuple(sorted(self.through, key=_rank))
+        self.end = tuple(sorted(self.end, key=_rank))
+        for node in self.children.values():
+            node.freeze()
+        if self.param is not None:
+            self.param.freeze()
+
+
+def _rank(entry: Entry) -> int:
+    return entry[0]
+
+
+def _walk(node: TrieNode, segments: list[str], i: int, out: list[Entry]) -> None:
+    """Collect the candidates along `segments[i:]` below `node` (recursing only into `{param}`s)."""
+    n = len(segments)
+    while True:
+        if node.through:
+            out.extend(node.through)
+        if i == n:
+            if node.end:
+                out.extend(node.end)
+            return
+        segment = segments[i]
+        i += 1
+        param = node.param
+        if param is not None and segment:
+            _walk(param, segments, i, out)
+        child = node.children.get(segment)
+        if child is None:
+            return
+        node = child
+
+
+class RouteTable:
+    """The immutable compiled form of all routes of one config version.
+
+    `match(method, host, path, query, headers)` takes the method, the host lower-case without port,
+    the normalised path, the raw query string (bytes, without `?`) and the ASGI header list, and
+    returns the winning `CompiledRoute` or None.
+    """
+
+    __slots__ = ("_exact", "_hostless", "_wildcard", "routes", "services", "version")
+
+    def __init__(self, version: int, routes: tuple[CompiledRoute, ...],
+                 services: Mapping[str, CompiledService], exact: dict[str, TrieNode],
+                 wildcard: dict[str, TrieNode], hostless: TrieNode) -> None:
+        self.version = version
+        self.routes = routes
+        self.services: Mapping[str, CompiledService] = MappingProxyType(dict(services))
+        self._exact = exact
+        self._wildcard = wildcard
+        self._hostless = hostless
+
+    def candidates(self, host: str, path: str) -> list[Entry]:
+        """Every route the index places on this host and path, best first (not yet filtered)."""
+        segments = path[1:].split("/")
+        out: list[Entry] = []
+        root = self._exact.get(host)
+        if root is not None:
+            _walk(root, segments, 0, out)
+        wildcard = self._wildcard
+        if wildcard:
+            dot = host.find(".", 1)
+            while dot != -1:
+                root = wildcard.get(host[dot + 1:])
+                if root is not None:
+                    _walk(root, segments, 0, out)
+                dot = host.find(".", dot + 1)
+        _walk(self._hostless, segments, 0, out)
+        if len(out) > 1:
+            out.sort()
+        return out
+
+    def match(self, method: str, host: str, path: str, query: bytes,
+              headers: Headers) -> CompiledRoute | None:
+        facts: RequestFacts | None = None
+        for _, route in self.candidates(host, path):
+            methods = route.methods
+            if methods is not None and method not in methods:
+                continue
+            regex = route.path_regex
+            if regex is not None and regex.search(path) is None:
+                continue
+            fields = route.fields
+            if fields is not None:
+                if facts is None:
+                    facts = RequestFacts(query, headers)
+                if not fields.accepts(facts):
+                    continue
+            return route
+        return None
+
+    def match_with_params(self, method: str, host: str, path: str, query: bytes,
+                          headers: Headers) -> tuple[CompiledRoute, dict[str, str]] | None:
+        """`match`, plus the `{param}` values a template route captured."""
+        route = self.match(method, host, path, query, headers)
+        return None if route is None else (route, route.params(path))
+
+    def routes_host(self, host: str) -> bool:
+        """Whether some route names this host, exactly or by a `*.suffix` (absolute-form targets)."""
+        if host in self._exact:
+            return True
+        dot = host.find(".", 1)
+        while dot != -1:
+            if host[dot + 1:] in self._wildcard:
+                return True
+            dot = host.find(".", dot + 1)
+        return False
+
+    def route(self, name: str) -> CompiledRoute | None:
+        return next((r for r in self.routes if r.name == name), None)
+
+    def __repr__(self) -> str:
+        return f"RouteTable(version={self.version}, {len(self.routes)} routes)"
