@@ -1,0 +1,130 @@
+"""The admin API: a starlette app over the store, with bearer auth and problem+json errors.
+
+    build_admin_app(store, ready=..., settings=...) -> Starlette
+
+Middleware is pure ASGI (no `BaseHTTPMiddleware`, which breaks the contextvars OpenTelemetry
+relies on): `ProblemGuard` outermost turns anything unexpected into a 500 problem without a
+traceback, then `BearerAuth`. Errors raised on purpose (`RuleError` and its subclasses, starlette's
+404/405) are mapped once, here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+from starlette.routing import Route as HTTPRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import problems
+from gateway.admin.auth import BearerAuth, TokenCache
+from gateway.admin.config import ConfigResource
+from gateway.admin.matching import MatchResource
+from gateway.admin.openapi import openapi_document
+from gateway.admin.rules import rule_routes
+from gateway.admin.wire import problem_response
+from gateway.errors import RuleError, StoreError
+from gateway.settings import Settings
+from routes.store import Store
+
+log = logging.getLogger("peel.admin")
+
+_HTTP_CODES = {404: "not-found", 405: "method-not-allowed"}
+
+
+class ProblemGuard:
+    """Answers 500 problem+json for any exception that escaped the app, before the head was sent.
+
+    The traceback goes to the log, never to the client.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("admin API: unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            body = problems.encode(problems.problem(500, "internal-error",
+                                                    "unexpected error; the gateway's log has the details"))
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", problems.CONTENT_TYPE.encode()),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
+async def _rule_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RuleError)
+    return problem_response(problems.from_rule_error(exc))
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    log.error("admin API: store unavailable: %s", exc)
+    return problem_response(problems.problem(503, "store-unavailable", str(exc)))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http-error")
+    detail = exc.detail if exc.status_code != 404 else f"no admin API resource at {request.url.path}"
+    return problem_response(problems.problem(exc.status_code, code, detail), exc.headers)
+
+
+def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settings,
+                    token_cache_seconds: float = 5.0) -> Starlette:
+    """The admin API over `store`. `ready()` answers `/readyz` (a table is loaded, not draining).
+
+    `settings` are the process's static settings (kept on `app.state` for handlers that need them).
+    """
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if ready():
+            return JSONResponse({"status": "ready"})
+        return problem_response(problems.problem(503, "not-ready", "no route table is loaded yet, "
+                                                 "or the gateway is draining"))
+
+    routes: list[BaseRoute] = [
+        HTTPRoute("/healthz", healthz, methods=["GET"]),
+        HTTPRoute("/readyz", readyz, methods=["GET"]),
+        *rule_routes(store),
+        *ConfigResource(store).routes(),
+        *MatchResource(store).routes(),
+    ]
+    document = openapi_document()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    routes.append(HTTPRoute("/openapi.json", openapi, methods=["GET"]))
+    tokens = TokenCache(store.verify_token, ttl=token_cache_seconds)
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(ProblemGuard), Middleware(BearerAuth, tokens=tokens)],
+        exception_handlers={RuleError: _rule_error, StoreError: _store_error, HTTPException: _http_error},
+    )
+    app.state.settings = settings
+    app.state.store = store
+    return app

@@ -1,0 +1,116 @@
+"""`/api/v1/config`: the latest document, the history of config versions, apply, rollback, diff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as HTTPRoute
+
+from gateway.admin.wire import BadRequest, actor, answer, body_object, if_match, query_int, read_json
+from gateway.admin.writes import check_compiles, commit_edit, diff_body, write_answer
+from gateway.errors import PreconditionFailed, RuleError
+from routes.changes import rollback_to
+from routes.diff import diff
+from routes.model import Document
+from routes.store import ConfigVersion, Store
+
+HISTORY_DEFAULT = 50
+HISTORY_MAX = 1000
+
+
+def version_body(cv: ConfigVersion) -> dict[str, Any]:
+    """A config version with its document, as `GET /config` and `/config/versions/{n}` answer."""
+    return {"version": cv.version, "created_at": cv.created_at, "actor": cv.actor,
+            "reason": cv.reason, "summary": cv.summary, "document": cv.document.to_dict()}
+
+
+class ConfigResource:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def routes(self) -> list[HTTPRoute]:
+        base = "/api/v1/config"
+        return [HTTPRoute(base, self.latest, methods=["GET"]),
+                HTTPRoute(base + "/versions", self.history, methods=["GET"]),
+                HTTPRoute(base + "/versions/{n:int}", self.version, methods=["GET"]),
+                HTTPRoute(base + "/apply", self.apply, methods=["POST"]),
+                HTTPRoute(base + "/rollback", self.rollback, methods=["POST"]),
+                HTTPRoute(base + "/diff", self.diff, methods=["GET"])]
+
+    async def latest(self, request: Request) -> Response:
+        cv = await run_in_threadpool(self.store.latest)
+        return answer(version_body(cv), version=cv.version)
+
+    async def history(self, request: Request) -> Response:
+        limit = query_int(request, "limit", HISTORY_DEFAULT, minimum=1) or HISTORY_DEFAULT
+        if limit > HISTORY_MAX:
+            raise BadRequest("limit", f"must be at most {HISTORY_MAX}", limit)
+        versions, live = await run_in_threadpool(
+            lambda: (self.store.history(limit), self.store.latest_version()))
+        return answer({"version": live, "versions": versions}, version=live)
+
+    async def version(self, request: Request) -> Response:
+        cv = await run_in_threadpool(self.store.get, request.path_params["n"])
+        live = await run_in_threadpool(self.store.latest_version)
+        return answer(version_body(cv), version=live)
+
+    async def apply(self, request: Request) -> Response:
+        body = body_object(await read_json(request), ("document", "dry_run", "reason"), ("document",))
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise RuleError("dry_run", "must be true or false", dry_run)
+        reason = body.get("reason", "apply")
+        if not isinstance(reason, str):
+            raise RuleError("reason", "must be a string", reason)
+        document = Document.parse(body["document"])
+        if dry_run:
+            expected = if_match(request)
+
+            def preview() -> tuple[int, dict[str, Any]]:
+                current = self.store.latest()
+                if expected is not None and expected != current.version:
+                    raise PreconditionFailed("If-Match", f"config version {expected} is not the "
+                                             f"latest ({current.version})", expected)
+                check_compiles(document)
+                return current.version, diff_body(diff(current.document, document))
+
+            live, shown = await run_in_threadpool(preview)
+            return answer({"version": live, "dry_run": True, "changed": False, **shown}, version=live)
+        info, change, live = await commit_edit(request, self.store, lambda _: document,
+                                               reason or "apply")
+        return write_answer(info, change, live, extra={"dry_run": False})
+
+    async def rollback(self, request: Request) -> Response:
+        body = body_object(await read_json(request), ("version", "reason"), ("version",))
+        target = body["version"]
+        if not isinstance(target, int) or isinstance(target, bool) or target < 1:
+            raise RuleError("version", "must be a config version number (1 or more)", target)
+        reason = body.get("reason", f"rollback to {target}")
+        if not isinstance(reason, str):
+            raise RuleError("reason", "must be a string", reason)
+        expected = if_match(request)
+        who = actor(request)
+        info, change = await run_in_threadpool(
+            lambda: rollback_to(self.store, target, who, reason or f"rollback to {target}",
+                                if_match=expected, check=check_compiles))
+        live = info.version if info is not None else await run_in_threadpool(self.store.latest_version)
+        return write_answer(info, change, live, extra={"rolled_back_to": target})
+
+    async def diff(self, request: Request) -> Response:
+        start = query_int(request, "from", None)
+        end = query_int(request, "to", None)
+        if start is None:
+            raise BadRequest("from", "is required (a config version; 0 is the empty document)")
+
+        def load() -> tuple[int, dict[str, Any]]:
+            live = self.store.latest_version()
+            old = self.store.get(start).document if start else Document()
+            stop = live if end is None else end
+            new = self.store.get(stop).document if stop else Document()
+            return live, {"from": start, "to": stop, **diff_body(diff(old, new))}
+
+        live, shown = await run_in_threadpool(load)
+        return answer(shown, version=live)

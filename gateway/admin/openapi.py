@@ -1,0 +1,255 @@
+"""The admin API's OpenAPI 3.1 document, written out as data.
+
+It is built from plain dicts rather than introspected, so it says exactly what the handlers do,
+including the shapes of the declarative document; a test checks that every registered route is
+described here.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+def _obj(properties: dict[str, Schema], required: tuple[str, ...] = (), **extra: Any) -> Schema:
+    out: Schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        out["required"] = list(required)
+    out.update(extra)
+    return out
+
+
+NAME: Schema = {"type": "string", "pattern": r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"}
+PATH: Schema = {"type": "string", "pattern": "^/"}
+FIELD_MATCH = _obj({"name": {"type": "string"}, "value": {"type": "string"},
+                    "regex": {"type": "string", "format": "regex"}, "present": {"type": "boolean"}},
+                   ("name",), description="Exactly one of value, regex (searched) or present.")
+HEADER_RULES = _obj({"set": {"type": "object", "additionalProperties": {"type": "string"}},
+                     "add": {"type": "object", "additionalProperties": {"type": "string"}},
+                     "remove": _array({"type": "string"})})
+
+SCHEMAS: dict[str, Schema] = {
+    "Service": _obj({"name": NAME,
+                     "endpoints": {**_array({"type": "string", "format": "uri"}), "minItems": 1}},
+                    ("name", "endpoints"), description="A named upstream: a pool of endpoints."),
+    "FieldMatch": FIELD_MATCH,
+    "Match": _obj({"hosts": _array({"type": "string"}), "path": PATH, "path_prefix": PATH,
+                   "path_template": PATH, "path_regex": {"type": "string", "format": "regex"},
+                   "methods": _array({"type": "string"}), "headers": _array(_ref("FieldMatch")),
+                   "query": _array(_ref("FieldMatch")), "cookies": _array(_ref("FieldMatch"))},
+                  description="The predicates of a route; at most one path kind. Empty matches all."),
+    "HeaderRules": HEADER_RULES,
+    "Rewrite": _obj({"path_prefix": PATH, "path_regex": {"type": "string", "format": "regex"},
+                     "replacement": {"type": "string"}, "host": {"type": "string"},
+                     "request_headers": _ref("HeaderRules"), "response_headers": _ref("HeaderRules")}),
+    "Route": _obj({"name": NAME, "match": _ref("Match"), "service": NAME,
+                   "priority": {"type": "integer", "minimum": -1000000, "maximum": 1000000, "default": 0},
+                   "rewrite": _ref("Rewrite")}, ("name", "service"),
+                  description="A stored rule: a match, what to change, and the service that answers."),
+    "Document": _obj({"services": _array(_ref("Service")), "routes": _array(_ref("Route"))},
+                     description="The declarative document, as `peel export` prints it."),
+    "VersionInfo": {"type": "object", "required": ["version", "created_at", "actor", "reason"],
+                    "properties": {"version": {"type": "integer"},
+                                   "created_at": {"type": "string", "format": "date-time"},
+                                   "actor": {"type": "string"}, "reason": {"type": "string"}}},
+    "ConfigVersion": {"allOf": [_ref("VersionInfo"),
+                                {"type": "object", "required": ["document"],
+                                 "properties": {"document": _ref("Document")}}]},
+    "History": {"type": "object", "properties": {"version": {"type": "integer"},
+                                                 "versions": _array(_ref("VersionInfo"))}},
+    "Diff": {"type": "object", "description": "Added, removed and changed services and routes.",
+             "additionalProperties": True},
+    "DiffAnswer": {"type": "object", "required": ["diff", "summary", "diff_text"],
+                   "properties": {"from": {"type": "integer"}, "to": {"type": "integer"},
+                                  "diff": _ref("Diff"), "summary": {"type": "string"},
+                                  "diff_text": {"type": "string"}}},
+    "WriteResult": {"type": "object", "required": ["version", "changed", "diff", "summary"],
+                    "description": "`version` is the live config version after the write; `created` "
+                                   "is present when the write made a new one.",
+                    "properties": {"version": {"type": "integer"}, "changed": {"type": "boolean"},
+                                   "created": _ref("VersionInfo"), "diff": _ref("Diff"),
+                                   "summary": {"type": "string"}, "diff_text": {"type": "string"},
+                                   "dry_run": {"type": "boolean"}, "rolled_back_to": {"type": "integer"},
+                                   "service": _ref("Service"), "route": _ref("Route")}},
+    "ServiceList": {"type": "object", "properties": {"version": {"type": "integer"},
+                                                     "services": _array(_ref("Service"))}},
+    "RouteList": {"type": "object", "properties": {"version": {"type": "integer"},
+                                                   "routes": _array(_ref("Route"))}},
+    "ServiceAnswer": {"type": "object", "properties": {"version": {"type": "integer"},
+                                                       "service": _ref("Service")}},
+    "RouteAnswer": {"type": "object", "properties": {"version": {"type": "integer"},
+                                                     "route": _ref("Route")}},
+    "ApplyRequest": _obj({"document": _ref("Document"), "dry_run": {"type": "boolean", "default": False},
+                          "reason": {"type": "string"}}, ("document",)),
+    "RollbackRequest": _obj({"version": {"type": "integer", "minimum": 1}, "reason": {"type": "string"}},
+                            ("version",)),
+    "MatchRequest": _obj({"method": {"type": "string", "default": "GET"},
+                          "url": {"type": "string", "description": "http://host/path?query, or a path "
+                                  "with the host in headers.Host"},
+                          "headers": {"type": "object", "additionalProperties": {"type": "string"}}},
+                         ("url",)),
+    "MatchResult": {"type": "object",
+                    "required": ["version", "route", "service", "endpoints", "path", "upstream_path"],
+                    "properties": {"version": {"type": "integer"}, "route": {"type": "string"},
+                                   "service": {"type": "string"},
+                                   "endpoints": _array({"type": "string", "format": "uri"}),
+                                   "priority": {"type": "integer"}, "path": {"type": "string"},
+                                   "upstream_path": {"type": "string"},
+                                   "upstream_host": {"type": ["string", "null"]}}},
+    "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+    "Problem": {"type": "object", "description": "RFC 9457 problem details.",
+                "required": ["type", "title", "status", "code", "detail"],
+                "properties": {"type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
+                               "status": {"type": "integer"}, "code": {"type": "string"},
+                               "detail": {"type": "string"},
+                               "field": {"type": "string", "description": "the refused field"},
+                               "value": {"description": "the refused value"}}},
+}
+
+ETAG = {"ETag": {"description": 'The config version this answer reflects, like "12".',
+                 "schema": {"type": "string"}}}
+IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": 'Refuse the write (412) unless this is the latest config version, like "12".'}
+REASON = {"name": "Peel-Reason", "in": "header", "required": False, "schema": {"type": "string"},
+          "description": "Why: recorded with the new config version."}
+NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": NAME}
+
+
+def _problem(description: str) -> Schema:
+    return {"description": description,
+            "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+
+
+def _ok(schema: str, description: str = "OK") -> Schema:
+    return {"description": description, "headers": ETAG,
+            "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _body(schema: str) -> Schema:
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+COMMON = {"401": _problem("No token, or an unknown or revoked one"),
+          "503": _problem("The store is unavailable")}
+WRITE_ERRORS = {"400": _problem("Not JSON, or a malformed header"),
+                "404": _problem("No such service, route or config version"),
+                "409": _problem("Collides with what is stored (duplicate name)"),
+                "412": _problem("If-Match named a config version that is no longer the latest"),
+                "413": _problem("The body is too large"),
+                "422": _problem("A refused rule: `field` and `value` say which")}
+
+
+def _op(summary: str, responses: dict[str, Schema], *, body: str | None = None,
+        params: list[Schema] | None = None, write: bool = False, tag: str = "rules") -> Schema:
+    op: Schema = {"summary": summary, "tags": [tag], "responses": {**responses, **COMMON}}
+    if write:
+        op["responses"] = {**WRITE_ERRORS, **op["responses"]}
+    if body is not None:
+        op["requestBody"] = _body(body)
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _collection(kind: str, schema: str) -> dict[str, Schema]:
+    base = f"/api/v1/{kind}s"
+    return {
+        base: {
+            "get": _op(f"List {kind}s of the latest config version", {"200": _ok(f"{schema}List")}),
+            "post": _op(f"Create a {kind} (409 when the name exists)",
+                        {"201": _ok("WriteResult", "Created; a new config version"),
+                         "200": _ok("WriteResult", "No change")},
+                        body=schema, params=[IF_MATCH, REASON], write=True),
+        },
+        base + "/{name}": {
+            "parameters": [NAME_PARAM],
+            "get": _op(f"One {kind}", {"200": _ok(f"{schema}Answer"), "404": _problem("No such name")}),
+            "put": _op(f"Create or replace a {kind}", {"200": _ok("WriteResult")}, body=schema,
+                       params=[IF_MATCH, REASON], write=True),
+            "delete": _op(f"Delete a {kind}", {"200": _ok("WriteResult")}, params=[IF_MATCH, REASON],
+                          write=True),
+        },
+    }
+
+
+def _version() -> str:
+    try:
+        return metadata.version("peel")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def openapi_document() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document served at `/openapi.json`."""
+    unauthenticated: list[dict[str, list[str]]] = []
+    paths: dict[str, Schema] = {
+        "/healthz": {"get": {"summary": "Liveness", "tags": ["health"], "security": unauthenticated,
+                             "responses": {"200": {"description": "The process answers",
+                                                   "content": {"application/json":
+                                                               {"schema": _ref("Status")}}}}}},
+        "/readyz": {"get": {"summary": "Readiness: a route table is loaded and the gateway is not "
+                                       "draining", "tags": ["health"], "security": unauthenticated,
+                            "responses": {"200": {"description": "Ready",
+                                                  "content": {"application/json":
+                                                              {"schema": _ref("Status")}}},
+                                          "503": _problem("Not ready")}}},
+        "/openapi.json": {"get": {"summary": "This document", "tags": ["meta"],
+                                  "responses": {"200": {"description": "OpenAPI 3.1",
+                                                        "content": {"application/json": {}}},
+                                                **COMMON}}},
+        **_collection("service", "Service"),
+        **_collection("route", "Route"),
+        "/api/v1/config": {"get": _op("The latest config version with its document",
+                                      {"200": _ok("ConfigVersion")}, tag="config")},
+        "/api/v1/config/versions": {"get": _op(
+            "History of config versions, newest first", {"200": _ok("History")}, tag="config",
+            params=[{"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}])},
+        "/api/v1/config/versions/{n}": {"get": _op(
+            "One config version with its document",
+            {"200": _ok("ConfigVersion"), "404": _problem("No such config version")}, tag="config",
+            params=[{"name": "n", "in": "path", "required": True, "schema": {"type": "integer"}}])},
+        "/api/v1/config/apply": {"post": _op(
+            "Replace the whole document; with dry_run only the diff is returned",
+            {"200": _ok("WriteResult")}, body="ApplyRequest", params=[IF_MATCH], write=True,
+            tag="config")},
+        "/api/v1/config/rollback": {"post": _op(
+            "Commit a new config version whose document is version N's",
+            {"200": _ok("WriteResult")}, body="RollbackRequest", params=[IF_MATCH], write=True,
+            tag="config")},
+        "/api/v1/config/diff": {"get": _op(
+            "The difference between two config versions",
+            {"200": _ok("DiffAnswer"), "400": _problem("Missing or bad version"),
+             "404": _problem("No such config version")}, tag="config",
+            params=[{"name": "from", "in": "query", "required": True, "schema": {"type": "integer"}},
+                    {"name": "to", "in": "query", "required": False, "schema": {"type": "integer"},
+                     "description": "default: the latest"}])},
+        "/api/v1/match": {"post": _op(
+            "Which route and service would answer this request",
+            {"200": _ok("MatchResult"), "400": _problem("Not JSON or a refused path"),
+             "404": _problem("No route matches (code no-route)"),
+             "422": _problem("A bad method, URL or header")}, body="MatchRequest", tag="match")},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Peel admin API", "version": _version(),
+                 "description": "Services, routes and config versions of a Peel gateway. Every "
+                                "change creates a config version with the token's name as actor."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "A token from "
+                                                                     "`peel token create NAME`"}}},
+    }

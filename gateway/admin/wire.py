@@ -1,0 +1,153 @@
+"""How the admin API reads requests and writes answers: capped JSON bodies, versions, reasons.
+
+Every answer is JSON; every refusal is RFC 9457 problem+json (`gateway.problems`). Reads and writes
+carry `ETag: "<config version>"` so a client can send it back as `If-Match` and be refused (412)
+when someone else changed the rules in between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway import problems
+from gateway.errors import RuleError
+
+# Big enough for a 10k-route document, small enough that one request cannot exhaust memory.
+MAX_BODY = 32 * 1024 * 1024
+REASON_HEADER = "peel-reason"
+ACTOR_KEY = "peel.actor"
+
+
+class BadRequest(RuleError):
+    """The request itself is malformed (not JSON, a bad header, a bad query parameter)."""
+
+    status = 400
+    code = "bad-request"
+
+
+class BodyTooLarge(RuleError):
+    status = 413
+    code = "body-too-large"
+
+
+class JSON(JSONResponse):
+    """Compact JSON; datetimes and dataclasses printed the way the API documents them."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(plain(content), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def plain(value: Any) -> Any:
+    """Turn store values (frozen dataclasses, datetimes, tuples) into JSON-ready values."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if hasattr(value, "to_dict"):
+            return plain(value.to_dict())
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def answer(content: Any, *, version: int | None, status: int = 200) -> Response:
+    """A JSON answer; `version` becomes the ETag (the config version the answer reflects)."""
+    headers = {"ETag": etag(version)} if version is not None else None
+    return JSON(content, status_code=status, headers=headers)
+
+
+def problem_response(body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response:
+    return Response(problems.encode(body), status_code=int(body["status"]),
+                    media_type=problems.CONTENT_TYPE, headers=dict(headers or {}))
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def if_match(request: Request) -> int | None:
+    """The config version named by `If-Match: "<version>"` (or None when absent).
+
+    `*` means "whatever is there" and is the same as no header. A weak tag (`W/"3"`) is accepted:
+    config versions have no byte-level representation for weak and strong to differ on.
+    """
+    raw = request.headers.get("if-match")
+    if raw is None or raw.strip() == "*":
+        return None
+    text = raw.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise BadRequest("If-Match", 'must be a config version in quotes, like "12"', raw)
+    return int(text)
+
+
+def reason_header(request: Request, default: str) -> str:
+    """The `Peel-Reason` header (UTF-8 bytes are allowed); `default` when absent or blank."""
+    raw = request.headers.get(REASON_HEADER)
+    if raw is None:
+        return default
+    try:
+        # Starlette decodes header bytes as latin-1; a CLI sends UTF-8.
+        text = raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        text = raw
+    return text.strip() or default
+
+
+def actor(request: Request) -> str:
+    """The name of the token that authenticated this request (set by `BearerAuth`)."""
+    return str(request.scope[ACTOR_KEY])
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, refusing bodies over `MAX_BODY` before reading them whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise BodyTooLarge("body", f"is larger than {MAX_BODY} bytes", int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BodyTooLarge("body", f"is larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data.strip():
+        raise BadRequest("body", "is empty; a JSON value is required")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest("body", f"is not valid JSON: {exc}") from None
+
+
+def body_object(data: Any, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check a request object's keys: unknown fields are refused, like in the document model."""
+    if not isinstance(data, dict):
+        raise RuleError("body", "must be a JSON object", type(data).__name__)
+    for key in data:
+        if key not in allowed:
+            raise RuleError(str(key), f"unknown field; allowed: {', '.join(allowed)}")
+    for key in required:
+        if key not in data:
+            raise RuleError(key, "is required")
+    return data
+
+
+def query_int(request: Request, name: str, default: int | None, *, minimum: int = 0) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        raise BadRequest(name, f"must be an integer of at least {minimum}", raw)
+    return int(raw)
