@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 from routes.model import FieldMatch, Match
 
@@ -160,12 +160,12 @@ class PathPattern:
 
 
 class FieldPredicate:
-    """A compiled `FieldMatch`: tested against every value a name has in the request (or None)."""
+    """A compiled query or cookie `FieldMatch`, tested against every value the name has (or None)."""
 
     __slots__ = ("name", "present", "regex", "value")
 
-    def __init__(self, spec: FieldMatch, *, fold_name: bool) -> None:
-        self.name = spec.name.lower() if fold_name else spec.name
+    def __init__(self, spec: FieldMatch) -> None:
+        self.name = spec.name
         self.value = spec.value
         self.regex = re.compile(spec.regex) if spec.regex is not None else None
         self.present = spec.present
@@ -181,11 +181,45 @@ class FieldPredicate:
         return self.value in values
 
 
+class HeaderPredicate:
+    """A compiled header `FieldMatch`, on raw bytes as in the ASGI header list.
+
+    The name is lower-cased and the exact value latin-1 encoded here, so that testing a request
+    decodes nothing unless a regex has to read a value.
+    """
+
+    __slots__ = ("name", "present", "regex", "value")
+
+    def __init__(self, spec: FieldMatch) -> None:
+        self.name = spec.name.lower().encode("latin-1")
+        self.value = spec.value.encode("latin-1") if spec.value is not None else None
+        self.regex = re.compile(spec.regex) if spec.regex is not None else None
+        self.present = spec.present
+
+    def test(self, values: list[bytes] | None) -> bool:
+        if self.present is not None:
+            return (values is not None) is self.present
+        if values is None:
+            return False
+        if self.regex is not None:
+            search = self.regex.search
+            return any(search(v.decode("latin-1")) is not None for v in values)
+        return self.value in values
+
+
+def _unquote(text: str) -> str:
+    # `+` is a space in form-encoded queries; escapes are UTF-8 (invalid bytes become U+FFFD).
+    if "%" in text:
+        return unquote_to_bytes(text.replace("+", " ")).decode("utf-8", "replace")
+    return text.replace("+", " ") if "+" in text else text
+
+
 class RequestFacts:
     """The headers, query parameters and cookies of one request, each parsed on first use.
 
     Most routes have no such predicates, so a lookup builds this only when a candidate needs it,
-    and parses only the part that candidate asks about.
+    and parses only the part that candidate asks about. Header names are lower-cased here, so a
+    caller may pass them in any case.
     """
 
     __slots__ = ("_cookies", "_headers", "_query", "raw_headers", "raw_query")
@@ -193,37 +227,54 @@ class RequestFacts:
     def __init__(self, raw_query: bytes, raw_headers: Headers) -> None:
         self.raw_query = raw_query
         self.raw_headers = raw_headers
-        self._headers: dict[str, list[str]] | None = None
+        self._headers: dict[bytes, list[bytes]] | None = None
         self._query: dict[str, list[str]] | None = None
         self._cookies: dict[str, list[str]] | None = None
 
-    def headers(self) -> dict[str, list[str]]:
-        if self._headers is None:
-            parsed: dict[str, list[str]] = {}
+    def headers(self) -> dict[bytes, list[bytes]]:
+        parsed = self._headers
+        if parsed is None:
+            parsed = self._headers = {}
             for name, value in self.raw_headers:
-                parsed.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
-            self._headers = parsed
-        return self._headers
+                key = name.lower()
+                values = parsed.get(key)
+                if values is None:
+                    parsed[key] = [value]
+                else:
+                    values.append(value)
+        return parsed
 
     def query(self) -> dict[str, list[str]]:
-        if self._query is None:
-            parsed: dict[str, list[str]] = {}
-            for name, value in parse_qsl(self.raw_query.decode("latin-1"), keep_blank_values=True):
-                parsed.setdefault(name, []).append(value)
-            self._query = parsed
-        return self._query
+        parsed = self._query
+        if parsed is None:
+            parsed = self._query = {}
+            # latin-1 maps bytes to characters one to one; escapes are decoded as UTF-8 below.
+            text = self.raw_query.decode("latin-1")
+            plain = "%" not in text and "+" not in text
+            for pair in text.split("&"):
+                if not pair:
+                    continue
+                name, _, value = pair.partition("=")
+                if not plain:
+                    name, value = _unquote(name), _unquote(value)
+                values = parsed.get(name)
+                if values is None:
+                    parsed[name] = [value]
+                else:
+                    values.append(value)
+        return parsed
 
     def cookies(self) -> dict[str, list[str]]:
-        if self._cookies is None:
-            parsed: dict[str, list[str]] = {}
-            for header in self.headers().get("cookie", ()):
-                for pair in header.split(";"):
+        parsed = self._cookies
+        if parsed is None:
+            parsed = self._cookies = {}
+            for header in self.headers().get(b"cookie", ()):
+                for pair in header.decode("latin-1").split(";"):
                     name, eq, value = pair.partition("=")
                     name = name.strip()
                     if eq and name:
                         parsed.setdefault(name, []).append(value.strip())
-            self._cookies = parsed
-        return self._cookies
+        return parsed
 
 
 class FieldChecks:
@@ -232,9 +283,9 @@ class FieldChecks:
     __slots__ = ("cookies", "headers", "query")
 
     def __init__(self, match: Match) -> None:
-        self.headers = tuple(FieldPredicate(p, fold_name=True) for p in match.headers)
-        self.query = tuple(FieldPredicate(p, fold_name=False) for p in match.query)
-        self.cookies = tuple(FieldPredicate(p, fold_name=False) for p in match.cookies)
+        self.headers = tuple(HeaderPredicate(p) for p in match.headers)
+        self.query = tuple(FieldPredicate(p) for p in match.query)
+        self.cookies = tuple(FieldPredicate(p) for p in match.cookies)
 
     def __bool__(self) -> bool:
         return bool(self.headers or self.query or self.cookies)
@@ -242,16 +293,19 @@ class FieldChecks:
     def accepts(self, facts: RequestFacts) -> bool:
         if self.headers:
             headers = facts.headers()
-            if not all(p.test(headers.get(p.name)) for p in self.headers):
-                return False
+            for h in self.headers:
+                if not h.test(headers.get(h.name)):
+                    return False
         if self.query:
             query = facts.query()
-            if not all(p.test(query.get(p.name)) for p in self.query):
-                return False
+            for p in self.query:
+                if not p.test(query.get(p.name)):
+                    return False
         if self.cookies:
             cookies = facts.cookies()
-            if not all(p.test(cookies.get(p.name)) for p in self.cookies):
-                return False
+            for p in self.cookies:
+                if not p.test(cookies.get(p.name)):
+                    return False
         return True
 
 
