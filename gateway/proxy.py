@@ -1,0 +1,410 @@
+"""The data plane: a raw ASGI app that matches, rewrites, forwards and streams back.
+
+Per request: read the route table once; normalise the path (route and forward the same form);
+refuse absolute-form targets for hosts no route names (Peel is not an open proxy); match; build
+the upstream request (hop-by-hop headers stripped, forwarded headers, request id, route edits);
+forward it on a pooled upstream connection; stream the response back with backpressure both ways.
+
+Failures before the response started become `application/problem+json` answers (the `code` comes
+from the error class, the request id is included); after it started the downstream connection is
+reset, so a cut body can never pass for a complete one. Starlette is deliberately not used here:
+its Request/Response objects alone cost more than the whole throughput budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httptools
+
+from gateway import problems
+from gateway.accesslog import AccessLog
+from gateway.errors import UpstreamError
+from gateway.headers import ForwardingRules, new_request_id, strip_hop_by_hop, valid_request_id
+from gateway.holder import TableHolder
+from gateway.http1 import LAST_CHUNK, chunk, request_head
+from gateway.paths import normalise
+from gateway.pool import ExchangeAborted, UpstreamConnection, UpstreamPool
+from gateway.protocol import DOWNSTREAM, TARGET, Downstream
+from gateway.settings import ProxySettings, Settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("peel.proxy")
+_perf = time.perf_counter
+_PROBLEM = problems.CONTENT_TYPE.encode()
+_NO_BODY_STATUS = (204, 304)
+
+
+class _Request:
+    """What the access log needs to know about one request, filled in as it goes."""
+
+    __slots__ = ("bytes_in", "bytes_out", "endpoint", "error", "request_id", "route", "sent",
+                 "service", "started", "status", "upstream")
+
+    def __init__(self, request_id: bytes) -> None:
+        self.request_id = request_id
+        self.route: str | None = None
+        self.service: str | None = None
+        self.endpoint: str | None = None
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.upstream: float | None = None
+        self.error: str | None = None
+        self.started = False  # the response head went downstream
+        self.sent = False  # the request went upstream completely
+
+
+class ProxyApp:
+    """The data-plane ASGI 3 app of the public (and outbound) listeners.
+
+    `holder` gives the current route table; `pool` the upstream connections (closed on lifespan
+    shutdown or `aclose()`); `settings` is `Settings` or just its `proxy` part; `access_log` may
+    be None for none.
+    """
+
+    def __init__(self, holder: TableHolder, pool: UpstreamPool, settings: ProxySettings | Settings,
+                 access_log: AccessLog | None = None) -> None:
+        if isinstance(settings, Settings):
+            settings = settings.proxy
+        self._holder = holder
+        self._pool = pool
+        self._rules = ForwardingRules(settings.trusted_proxies, settings.request_id_header)
+        self._rid_name = self._rules.request_id_name
+        self._response_timeout = settings.response_timeout
+        self._idle_timeout = settings.idle_timeout
+        self._log = access_log if access_log is not None and access_log.enabled else None
+
+    async def aclose(self) -> None:
+        await self._pool.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        t0 = _perf()
+        rid_name = self._rid_name
+        request_id: bytes | None = None
+        host: bytes | None = None
+        hosts = 0
+        length: bytes | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+                hosts += 1
+            elif name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == rid_name and request_id is None and valid_request_id(value):
+                request_id = value
+        req = _Request(request_id or new_request_id())
+        try:
+            if hosts > 1:
+                await self._problem(send, req, 400, "bad-request", "more than one Host header")
+            else:
+                await self._handle(scope, receive, send, req, host, length, chunked)
+        except ExchangeAborted:
+            req.error = req.error or "downstream-disconnected"
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            req.error = "internal-error"
+            if not req.started:
+                await self._problem(send, req, 500, "internal-error",
+                                    f"the gateway failed on this request ({type(exc).__name__})")
+            else:
+                self._abort_downstream(scope)
+        finally:
+            if self._log is not None:
+                client = scope.get("client")
+                self._log.log(req.request_id, client[0] if client else None, scope["method"],
+                              scope.get("path", ""), req.route, req.service, req.endpoint,
+                              req.status, req.bytes_in, req.bytes_out, _perf() - t0, req.upstream,
+                              req.error)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, req: _Request,
+                      host_header: bytes | None, length: bytes | None, chunked: bool) -> None:
+        table = self._holder.table
+        if table is None:
+            return await self._problem(send, req, 503, "no-route-table", "no route table loaded yet")
+        try:
+            path = normalise(scope["raw_path"])
+        except ValueError as exc:
+            return await self._problem(send, req, 400, "bad-path", f"the request path is refused: {exc}")
+        scope["path"] = path
+        extensions = scope.get("extensions") or {}
+        target: bytes | None = extensions.get(TARGET)
+        host = _hostname(host_header) if host_header is not None else ""
+        if target is not None and target[:1] != b"/":
+            # Absolute form (or `*`, or authority form): only for hosts that a route names.
+            target_host = _absolute_host(target)
+            if target_host is None or not table.routes_host(target_host):
+                return await self._problem(send, req, 400, "not-an-open-proxy",
+                                           "not an open proxy: the request target names a host "
+                                           "that no route serves")
+            host = target_host
+        method: str = scope["method"]
+        query: bytes = scope["query_string"]
+        route = table.match(method, host, path, query, scope["headers"])
+        if route is None:
+            return await self._problem(send, req, 404, "no-route", "no route matches this request")
+        req.route = route.name
+        service = route.service
+        req.service = service.name
+        try:
+            endpoint = service.pick()
+        except UpstreamError as exc:
+            req.error = exc.code
+            return await self._problem(send, req, exc.status, exc.code, str(exc) or exc.code)
+        req.endpoint = endpoint.url
+
+        client = scope.get("client")
+        headers = self._rules.upstream_request(
+            scope["headers"], client=client[0] if client else None, scheme=scope["scheme"],
+            host=host_header, request_id=req.request_id)
+        upstream_host = route.upstream_host
+        if upstream_host is not None:
+            headers.append((b"host", upstream_host.encode("ascii")))
+        elif host_header is not None:
+            headers.append((b"host", host_header))
+        else:
+            headers.append((b"host", endpoint.url.split("://", 1)[1].encode("ascii")))
+        has_body = length is not None or chunked
+        if chunked:
+            # Content-Length from the client is refused with chunked by the listener's parser.
+            headers.append((b"transfer-encoding", b"chunked"))
+        headers = route.request_headers.apply(headers)
+        new_path = route.rewrite_path(path)
+        target_out = new_path.encode("ascii", "backslashreplace")
+        if query:
+            target_out += b"?" + query
+        head = request_head(method, target_out, headers)
+
+        downstream: Downstream | None = extensions.get(DOWNSTREAM)
+        await self._forward(scope, receive, send, req, route, endpoint, head, has_body, chunked,
+                            downstream)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, req: _Request, route: Any,
+                       endpoint: Any, head: bytes, has_body: bool, chunked: bool,
+                       downstream: Downstream | None) -> None:
+        pool = self._pool
+        method = scope["method"]
+        conn: UpstreamConnection | None = None
+        upload: asyncio.Task[None] | None = None
+        try:
+            try:
+                conn = pool.take_idle(endpoint) or await pool.connect(endpoint)
+            except UpstreamError as exc:
+                req.error = exc.code
+                return await self._problem(send, req, exc.status, exc.code, str(exc))
+            if downstream is not None:
+                if downstream.lost:
+                    conn.close()
+                    raise ExchangeAborted("the downstream closed the connection")
+                downstream.on_lost = conn.abort_exchange
+            payload: bytes | None = head
+            if has_body:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise ExchangeAborted("the downstream closed the connection")
+                body: bytes = message.get("body", b"")
+                req.bytes_in = len(body)
+                if chunked and body:
+                    body = chunk(body)
+                if message.get("more_body", False):
+                    payload = None  # streamed: not replayable
+                    conn.begin(head_request=method == "HEAD")
+                    conn.write(head + body if body else head)
+                    upload = asyncio.get_running_loop().create_task(
+                        self._upload(conn, receive, chunked, req))
+                else:
+                    payload = head + body + (LAST_CHUNK if chunked else b"")
+            t_sent = _perf()
+            if payload is not None:
+                conn.begin(head_request=method == "HEAD")
+                conn.write(payload)
+                req.sent = True
+            reader = conn.reader
+            assert reader is not None
+            retried = False
+            while reader.head is None:
+                error = conn.error
+                if error is not None:
+                    if payload is not None and not retried and conn.stale():
+                        # The keep-alive race: the upstream closed the idle connection as the
+                        # request went out. Nothing was processed; replay once on a new one.
+                        retried = True
+                        conn = await pool.connect(endpoint)
+                        if downstream is not None:
+                            downstream.on_lost = conn.abort_exchange
+                        conn.begin(head_request=method == "HEAD")
+                        conn.write(payload)
+                        reader = conn.reader
+                        assert reader is not None
+                        continue
+                    raise error
+                if upload is not None and not upload.done():
+                    await conn.wait(None, "response head")
+                else:
+                    await conn.wait(self._response_timeout, "response head")
+            req.upstream = _perf() - t_sent
+            await self._respond(send, req, route, conn, upload, downstream)
+        except UpstreamError as exc:
+            req.error = exc.code
+            if conn is not None:
+                conn.close(abort=True)
+            if not req.started:
+                await self._problem(send, req, exc.status, exc.code, str(exc))
+            else:
+                log.warning("response from %s cut short: %s", req.endpoint, exc)
+                self._abort_downstream(scope)
+        except BaseException:
+            if conn is not None:
+                conn.close(abort=True)
+            raise
+        finally:
+            if downstream is not None:
+                downstream.on_lost = None
+            if upload is not None and not upload.done():
+                upload.cancel()
+
+    async def _respond(self, send: Send, req: _Request, route: Any, conn: UpstreamConnection,
+                       upload: asyncio.Task[None] | None, downstream: Downstream | None) -> None:
+        reader = conn.reader
+        assert reader is not None and reader.head is not None
+        head = reader.head
+        status = head.status
+        rid_name = self._rid_name
+        drop = (rid_name, b"content-length") if status in _NO_BODY_STATUS else (rid_name,)
+        headers = strip_hop_by_hop(head.headers, drop)
+        headers = route.response_headers.apply(headers)
+        headers.append((rid_name, req.request_id))
+        req.status = status
+        start = {"type": "http.response.start", "status": status, "headers": headers}
+        if reader.done:
+            # The whole response came with the head (the common small answer): two sends.
+            data = conn.take() if conn.body else b""
+            self._finish(conn, upload, req, downstream)
+            req.started = True
+            await send(start)
+            req.bytes_out = len(data)
+            await send({"type": "http.response.body", "body": data, "more_body": False})
+            return
+        req.started = True
+        await send(start)
+        idle_timeout = self._idle_timeout
+        while True:
+            if conn.body:
+                data = conn.take()
+                done = reader.done
+                if done:
+                    self._finish(conn, upload, req, downstream)
+                req.bytes_out += len(data)
+                await send({"type": "http.response.body", "body": data, "more_body": not done})
+                if done:
+                    return
+            elif reader.done:
+                self._finish(conn, upload, req, downstream)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            elif (error := conn.error) is not None:
+                raise error
+            else:
+                await conn.wait(idle_timeout, "response data")
+
+    def _finish(self, conn: UpstreamConnection, upload: asyncio.Task[None] | None,
+                req: _Request, downstream: Downstream | None) -> None:
+        """The response is read: the connection goes back when the request was sent in full."""
+        if downstream is not None:
+            # From here on the connection may serve another request: a late disconnect of this
+            # downstream must not abort that one.
+            downstream.on_lost = None
+        if upload is not None and not upload.done():
+            conn.close()
+        elif req.sent:
+            self._pool.release(conn)
+        else:
+            conn.close()
+
+    async def _upload(self, conn: UpstreamConnection, receive: Receive, chunked: bool,
+                      req: _Request) -> None:
+        """Stream the rest of the request body upstream, as fast as the upstream takes it."""
+        idle_timeout = self._idle_timeout
+        try:
+            while not conn.closed:
+                message = await receive()
+                if message["type"] != "http.request":
+                    conn.abort_exchange()
+                    return
+                body = message.get("body", b"")
+                if body:
+                    req.bytes_in += len(body)
+                    conn.write(chunk(body) if chunked else body)
+                    await conn.drain(idle_timeout)
+                if not message.get("more_body", False):
+                    if chunked:
+                        conn.write(LAST_CHUNK)
+                    req.sent = not conn.closed
+                    return
+        finally:
+            conn.wake()
+
+    async def _problem(self, send: Send, req: _Request, status: int, code: str, detail: str) -> None:
+        req.status = status
+        req.error = req.error or code
+        body = problems.encode(problems.problem(status, code, detail,
+                                                request_id=req.request_id.decode("ascii")))
+        req.started = True
+        req.bytes_out = len(body)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", _PROBLEM),
+                                (b"content-length", b"%d" % len(body)),
+                                (self._rid_name, req.request_id)]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    def _abort_downstream(self, scope: Scope) -> None:
+        downstream = (scope.get("extensions") or {}).get(DOWNSTREAM)
+        if isinstance(downstream, Downstream):
+            downstream.abort()
+        else:
+            # Without Peel's protocol, raising makes the server close the connection.
+            raise ExchangeAborted("response cut short") from None
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _hostname(host: bytes) -> str:
+    """The Host header's host, lower-case, without the port."""
+    text = host.decode("latin-1").lower()
+    if text.startswith("["):
+        end = text.find("]")
+        return text[1:end] if end > 0 else text
+    return text.split(":", 1)[0] if ":" in text else text
+
+
+def _absolute_host(target: bytes) -> str | None:
+    if not (target[:7].lower() == b"http://" or target[:8].lower() == b"https://"):
+        return None
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    return url.host.decode("latin-1").lower() if url.host else None
