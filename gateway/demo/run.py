@@ -122,15 +122,14 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def peel_program() -> str:
-    """How the operator should type `peel` in the printed commands."""
+def peel_alias() -> str | None:
+    """An `alias peel=...` line for the banner when `peel` on PATH is not this installation's."""
     script = Path(sys.executable).parent / "peel"
     found = shutil.which("peel")
     if found and script.exists() and Path(found).resolve() == script.resolve():
-        return "peel"
-    if script.exists():
-        return str(script)
-    return f"{shlex.quote(sys.executable)} -m gateway.cli"
+        return None
+    target = str(script) if script.exists() else f"{sys.executable} -m gateway.cli"
+    return f"alias peel={shlex.quote(target)}"
 
 
 class Demo:
@@ -226,7 +225,8 @@ class Demo:
             return None
 
     def banner(self) -> str:
-        peel = peel_program()
+        peel = "peel"
+        alias = peel_alias()
         public = f"http://localhost:{self.ports.public}"
         version = self.latest_version()
         rollback = (f"{peel} config rollback {version}    # back to version {version}: /orders on the "
@@ -249,6 +249,7 @@ class Demo:
             "In another shell:",
             f"  export PEEL_ADMIN_URL={self.admin_url} PEEL_ADMIN_TOKEN={self.token}",
             f"  export PEEL_CONFIG={shlex.quote(str(self.config))}",
+            *([f"  {alias}"] if alias else []),
             "",
             "Then try:",
             f"  1. curl -i {public}/orders    # X-Served-By: legacy-monolith",
