@@ -1,0 +1,256 @@
+"""The real `peel` command (a subprocess) against the admin API served by uvicorn on a free port.
+
+The admin API runs in a background thread over a SQLite store in a temp dir; every `peel` call is
+a separate process with only its own `PEEL_*` environment, as an operator would run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+import yaml
+
+from gateway.admin.app import build_admin_app
+from gateway.cli import build_parser
+from gateway.settings import Settings
+from routes.store import Store
+
+DOCUMENT = """\
+services:
+  - name: legacy
+    endpoints: [http://10.0.0.5:8080]
+  - name: orders
+    endpoints: [http://10.0.0.7:9000, http://10.0.0.8:9000]
+routes:
+  - name: orders
+    match: {path_prefix: /orders, methods: [GET, POST]}
+    service: orders
+    rewrite: {path_prefix: /v2/orders}
+  - name: legacy-default
+    match: {path_prefix: /}
+    service: legacy
+"""
+
+
+class Peel:
+    """Runs `python -m gateway.cli` with a clean environment pointing at one store and admin API."""
+
+    def __init__(self, env: dict[str, str], store: Store) -> None:
+        self.env = env
+        self.store = store
+
+    def __call__(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+                 expect: int | None = 0) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "gateway.cli", *args], input=stdin,
+                                capture_output=True, text=True, timeout=60,
+                                env={**self.env, **(env or {})})
+        if expect is not None:
+            assert result.returncode == expect, (args, result.stdout, result.stderr)
+        return result
+
+    def fails(self, *args: str, code: int = 1, env: dict[str, str] | None = None) -> str:
+        """Run a command that must fail with `code`; for 1, the one stderr line after `peel: `."""
+        result = self(*args, env=env, expect=code)
+        if code == 1:
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith("peel: "), result.stderr
+            return lines[0].removeprefix("peel: ")
+        return result.stderr
+
+
+def _clean_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, str, Store]]:
+    """(database URL, admin URL, store): an admin API on a free loopback port."""
+    url = f"sqlite:///{tmp_path / 'peel.db'}"
+    store = Store(url)
+    store.upgrade()
+    app = build_admin_app(store, ready=lambda: True, settings=Settings())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", proxy_headers=False))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the admin API did not start"
+        assert thread.is_alive(), "the admin API thread died"
+        time.sleep(0.01)
+    yield url, f"http://127.0.0.1:{port}", store
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+    store.close()
+
+
+@pytest.fixture
+def peel(served: tuple[str, str, Store]) -> Peel:
+    url, admin, store = served
+    env = {**_clean_environ(), "PEEL_DATABASE_URL": url, "PEEL_ADMIN_URL": admin}
+    token = Peel(env, store)("token", "create", "ops").stdout.strip()
+    assert token.startswith("peel_") and "\n" not in token
+    env["PEEL_ADMIN_TOKEN"] = token
+    return Peel(env, store)
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_apply_dry_run_then_apply_then_round_trip_changes_nothing(peel: Peel, tmp_path: Path) -> None:
+    doc = _write(tmp_path, "peel.yaml", DOCUMENT)
+    out = peel("apply", "-f", doc, "--dry-run").stdout
+    assert "+ route orders" in out and "+ service legacy" in out
+    assert "dry run" in out
+    assert peel.store.latest_version() == 0
+    out = peel("apply", "-f", doc, "--reason", "import").stdout
+    assert out.splitlines()[-1] == "config version 1"
+    exported = peel("export").stdout
+    assert yaml.safe_load(exported) == yaml.safe_load(DOCUMENT) | {
+        "routes": sorted(yaml.safe_load(DOCUMENT)["routes"], key=lambda r: r["name"])}
+    assert peel("export").stdout == exported, "export is stable"
+    out = peel("apply", "-f", "-", stdin=exported).stdout
+    assert out.startswith("no change")
+    assert peel.store.latest_version() == 1
+    json_doc = peel("export", "--json").stdout
+    assert peel("apply", "-f", "-", stdin=json_doc).stdout.startswith("no change")
+    (info,) = peel.store.history()
+    assert (info.actor, info.reason) == ("ops", "import")
+
+
+def test_services_and_routes_set_get_list_delete(peel: Peel, tmp_path: Path) -> None:
+    peel("services", "set", "legacy", "--endpoint", "http://10.0.0.5:8080", "--reason", "first")
+    peel("services", "set", "orders", "--endpoint", "http://10.0.0.7:9000",
+         "--endpoint", "http://10.0.0.8:9000")
+    assert yaml.safe_load(peel("services", "get", "orders").stdout) == {
+        "name": "orders", "endpoints": ["http://10.0.0.7:9000", "http://10.0.0.8:9000"]}
+    out = peel("routes", "set", "orders", "--service", "orders", "--path-prefix", "/orders",
+               "--method", "GET", "--method", "post", "--header", "X-Beta: 1", "--strip-prefix",
+               "--set-host", "orders.internal", "--priority", "5").stdout
+    assert "+ route orders" in out and out.splitlines()[-1] == "config version 3"
+    assert yaml.safe_load(peel("routes", "get", "orders").stdout) == {
+        "name": "orders", "service": "orders", "priority": 5,
+        "match": {"path_prefix": "/orders", "methods": ["GET", "POST"],
+                  "headers": [{"name": "X-Beta", "value": "1"}]},
+        "rewrite": {"path_prefix": "/", "host": "orders.internal"}}
+    route_file = _write(tmp_path, "route.yaml", "match: {path_prefix: /}\nservice: legacy\n")
+    peel("routes", "set", "legacy-default", "-f", route_file)
+    lines = peel("routes", "list").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "MATCH", "SERVICE", "PRIORITY"]
+    assert lines[1].split() == ["legacy-default", "prefix=/", "legacy", "0"]
+    assert lines[2].split() == ["orders", "GET,POST", "prefix=/orders", "header:X-Beta=1", "orders", "5"]
+    assert lines[0].index("SERVICE") == lines[1].index(" legacy ") + 1 == lines[2].rindex(" orders ") + 1
+    services = peel("services", "list").stdout.splitlines()
+    assert services[1].split() == ["legacy", "http://10.0.0.5:8080"]
+    assert peel("services", "set", "legacy", "--endpoint", "http://10.0.0.5:8080").stdout.startswith(
+        "no change")
+    peel("routes", "delete", "orders", "--if-match", "4")
+    peel("services", "delete", "orders")
+    assert "not-found" not in peel.fails("routes", "get", "orders")
+    assert [r.version for r in peel.store.history()] == [6, 5, 4, 3, 2, 1]
+
+
+def test_refusals_exit_1_with_one_line_naming_field_and_value(peel: Peel, tmp_path: Path) -> None:
+    peel("apply", "-f", _write(tmp_path, "doc.yaml", DOCUMENT))
+    reason = peel.fails("routes", "set", "x", "--service", "nowhere", "--path", "/x")
+    assert reason == "routes[x].service: names no service (got 'nowhere')"
+    reason = peel.fails("routes", "set", "x", "--service", "orders", "--path-regex", "/(")
+    assert reason.startswith("routes[x].match.path_regex: is not a valid regular expression")
+    reason = peel.fails("services", "delete", "orders")
+    assert reason.startswith("services[orders]: is used by route orders")
+    reason = peel.fails("services", "set", "x", "--endpoint", "ftp://h:1")
+    assert "services[x].endpoints[0]" in reason and "ftp://h:1" in reason
+    reason = peel.fails("services", "set", "x", "--endpoint", "http://h:1", "--if-match", "0")
+    assert reason.startswith("If-Match: config version 0 is not the latest")
+    bad = _write(tmp_path, "bad.yaml", "services: [{name: a, endpoints: [http://a:1], weight: 1}]\n")
+    assert peel.fails("apply", "-f", bad).startswith("services[0].weight: unknown field")
+    assert "not valid YAML" in peel.fails("apply", "-f", _write(tmp_path, "broken.yaml", "a: [\n"))
+    assert "cannot read" in peel.fails("apply", "-f", str(tmp_path / "missing.yaml"))
+    assert peel.store.latest_version() == 1
+
+
+def test_unreachable_admin_and_bad_token_are_one_line_failures(peel: Peel) -> None:
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    reason = peel.fails("routes", "list", "--admin", f"http://127.0.0.1:{port}")
+    assert reason.startswith(f"cannot reach the admin API at http://127.0.0.1:{port}")
+    reason = peel.fails("routes", "list", env={"PEEL_ADMIN_TOKEN": "peel_wrong"})
+    assert reason.startswith("the admin API refused the token")
+    reason = peel.fails("routes", "list", env={"PEEL_ADMIN_TOKEN": ""})
+    assert reason.startswith("no admin token")
+    peel.store.revoke_token("ops")
+    assert peel.fails("services", "list").startswith("the admin API refused the token")
+
+
+def test_usage_errors_exit_2(peel: Peel) -> None:
+    for args in (("frobnicate",), ("routes",), ("routes", "set", "x"), ("apply",),
+                 ("config", "show", "one"), ("match", "GET", "http://x/", "-H", "no-colon"),
+                 ("routes", "set", "x", "--path", "/a", "--path-prefix", "/b", "--service", "s"),
+                 ("routes", "set", "x", "-f", "r.yaml", "--service", "s"), ()):
+        result = peel(*args, expect=2)
+        assert "usage: peel" in result.stderr, args
+
+
+def test_match_history_show_diff_rollback(peel: Peel, tmp_path: Path) -> None:
+    peel("apply", "-f", _write(tmp_path, "doc.yaml", DOCUMENT), "--reason", "one")
+    out = peel("match", "GET", "http://shop.example/orders/7?x=1").stdout
+    assert "orders (priority 0)" in out and "http://10.0.0.7:9000" in out and "GET /v2/orders/7" in out
+    out = peel("match", "POST", "http://shop.example/orders/7", "--json").stdout
+    assert yaml.safe_load(out)["route"] == "orders"
+    peel("routes", "delete", "legacy-default", "--reason", "legacy off")
+    assert peel.fails("match", "GET", "http://shop.example/cart") == \
+        "no route matches GET http://shop.example/cart"
+    lines = peel("config", "history").stdout.splitlines()
+    assert lines[0].split() == ["VERSION", "CREATED", "ACTOR", "CHANGE", "REASON"]
+    assert lines[1].split()[0] == "2" and lines[1].endswith("legacy off")
+    assert "ops" in lines[2] and lines[2].endswith("one")
+    assert len(peel("config", "history", "--limit", "1").stdout.splitlines()) == 2
+    shown = peel("config", "show", "1").stdout
+    assert shown.startswith("# config version 1 by ops")
+    assert peel("config", "diff", "1", "2").stdout.strip() == "- route legacy-default"
+    out = peel("config", "rollback", "1", "--reason", "undo").stdout
+    assert "+ route legacy-default" in out and "config version 3" in out
+    assert peel.store.get(3).document == peel.store.get(1).document
+    assert peel("apply", "-f", "-", stdin=shown).stdout.startswith("no change")
+    assert peel.fails("config", "show", "9") == "version: no such config version (got 9)"
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield prefix
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_command_has_help(peel: Peel) -> None:
+    commands = list(_commands(build_parser()))
+    assert ("config", "rollback") in commands and ("token", "create") in commands
+    # All at once: thirty interpreter start-ups one after another would dominate the test's time.
+    procs = [(command, subprocess.Popen([sys.executable, "-m", "gateway.cli", *command, "--help"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=peel.env)) for command in commands]
+    for command, proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (command, err)
+        assert ("usage: peel " + " ".join(command)).strip() in " ".join(out.split()), command
