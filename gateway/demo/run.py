@@ -285,6 +285,10 @@ class Demo:
         except Interrupted:
             return 0
         except DemoFailed as exc:
+            if self.stop_requested.is_set():
+                # Ctrl-C in a terminal also reaches a `peel` command the demo was running; its
+                # failure is then the stop the operator asked for, not an error.
+                return 0
             self.children.say(f"peel demo: {exc}")
             print(f"peel demo: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -159,3 +160,35 @@ def test_sample_yaml_round_trips() -> None:
     text = sample_yaml("http://127.0.0.1:1", "http://127.0.0.1:2")
     assert Document.parse(yaml.safe_load(text)).to_dict() == \
         sample_document("http://127.0.0.1:1", "http://127.0.0.1:2")
+
+
+def test_demo_settings_are_accepted_by_peel(tmp_path: Path) -> None:
+    from gateway.demo.run import Ports, write_settings
+    from gateway.settings import load_settings
+
+    directory = tmp_path / "with space \"and quote\""
+    directory.mkdir()
+    settings = load_settings(write_settings(directory, Ports(18080, 19901, 18081, 18082)), {})
+    assert settings.listeners.public.bind == "127.0.0.1:18080"
+    assert settings.listeners.admin.bind == "127.0.0.1:19901"
+    assert settings.database.url == f"sqlite:///{directory / 'peel.db'}"
+    assert settings.access_log.target == str(directory / "access.log")
+    assert settings.server.snapshot_path == str(directory / "snapshot.json")
+    assert settings.server.grace_period < 10  # Ctrl-C must not wait the production drain
+
+
+def test_demo_refuses_a_port_given_twice() -> None:
+    from gateway.demo.run import DemoFailed, Ports, check_ports
+
+    with pytest.raises(DemoFailed, match="--orders-port"):
+        check_ports(Ports(18080, 19901, 18081, 18081))
+
+
+def test_demo_children_ignore_peel_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.demo.run import child_environment
+
+    monkeypatch.setenv("PEEL_LISTENERS_PUBLIC_BIND", "0.0.0.0:1")
+    monkeypatch.setenv("PEEL_ADMIN_TOKEN", "x")
+    env = child_environment()
+    assert not [k for k in env if k.startswith("PEEL_")]
+    assert env["PYTHONUNBUFFERED"] == "1"
