@@ -91,11 +91,13 @@ def load_document(path: str) -> Any:
         raise PeelError(f"{'stdin' if path == '-' else path} is not valid YAML or JSON: {exc}") from None
 
 
-def table(rows: Sequence[Sequence[object]], header: Sequence[str], out: TextIO | None = None) -> None:
-    """Columns aligned to their widest cell; the last column is not padded."""
+def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None, out: TextIO | None = None) -> None:
+    """Columns aligned to their widest cell; the last column is not padded. No header when None."""
     out = out or sys.stdout
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    cells = ([[str(c) for c in header]] if header else []) + [[str(c) for c in row] for row in rows]
+    if not cells:
+        return
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     for r in cells:
         out.write("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) +
                   ("  " if len(r) > 1 else "") + r[-1] + "\n")
@@ -146,8 +148,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.workers is not None:
-        if args.workers < 1:
-            raise PeelError("--workers must be at least 1")
         settings = replace(settings, server=replace(settings.server, workers=args.workers))
     return serve(settings, _config_path(args))
 
@@ -307,7 +307,7 @@ def cmd_match(args: argparse.Namespace) -> int:
     host = answer["upstream_host"] or "the client's Host"
     table([("route", f"{answer['route']} (priority {answer['priority']})"),
            ("service", f"{answer['service']}: {', '.join(answer['endpoints'])}"),
-           ("upstream", f"{args.method.upper()} {answer['upstream_path']} (Host: {host})")], ("", ""))
+           ("upstream", f"{args.method.upper()} {answer['upstream_path']} (Host: {host})")], None)
     return 0
 
 
@@ -354,6 +354,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 # -- the parser ----------------------------------------------------------------------------------
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def header_arg(text: str) -> tuple[str, str]:
@@ -403,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     p = add(commands, "serve", cmd_serve, "run the gateway (listeners, admin API)")
-    p.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
+    p.add_argument("--workers", type=positive, help="worker processes (default: server.workers)")
     add(nest(add(commands, "db", None, "the store's schema")), "upgrade", cmd_db_upgrade,
         "create or migrate the store's tables")
     tokens = nest(add(commands, "token", None, "admin API tokens (local: uses the store)"))
@@ -465,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = nest(add(commands, "config", None, "config versions: history, show, diff, rollback"))
     add(config, "history", cmd_history, "list config versions, newest first").add_argument(
-        "--limit", type=int, default=20)
-    add(config, "show", cmd_show, "print config version N").add_argument("version", type=int)
+        "--limit", type=positive, default=20)
+    add(config, "show", cmd_show, "print config version N").add_argument("version", type=positive)
     p = add(config, "diff", cmd_diff, "what changed from version N to M")
     p.add_argument("old", type=int, metavar="N")
     p.add_argument("new", type=int, metavar="M", nargs="?", help="default: the latest")

@@ -206,14 +206,32 @@ def test_usage_errors_exit_2(peel: Peel) -> None:
     for args in (("frobnicate",), ("routes",), ("routes", "set", "x"), ("apply",),
                  ("config", "show", "one"), ("match", "GET", "http://x/", "-H", "no-colon"),
                  ("routes", "set", "x", "--path", "/a", "--path-prefix", "/b", "--service", "s"),
-                 ("routes", "set", "x", "-f", "r.yaml", "--service", "s"), ()):
+                 ("routes", "set", "x", "-f", "r.yaml", "--service", "s"), ("serve", "--workers", "0"),
+                 ("config", "history", "--limit", "-1"), ()):
         result = peel(*args, expect=2)
         assert "usage: peel" in result.stderr, args
+
+
+def test_local_commands_on_an_unmigrated_store_name_the_fix(tmp_path: Path) -> None:
+    env = {**_clean_environ(), "PEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}"}
+    peel = Peel(env, Store(env["PEEL_DATABASE_URL"]))
+    assert "peel db upgrade" in peel.fails("token", "create", "ops")
+    assert "PEEL_NOPE" in peel.fails("token", "list", env={"PEEL_NOPE": "1"})
+    peel("db", "upgrade")
+    token = peel("token", "create", "ops").stdout.strip()
+    assert peel.store.verify_token(token) == "ops"
+    assert peel.fails("token", "create", "ops").startswith("name: an active token has this name")
+    assert peel("token", "list").stdout.splitlines()[1].split()[0] == "ops"
+    peel("token", "revoke", "ops")
+    assert peel.store.verify_token(token) is None
+    assert "revoked" in peel("token", "list").stdout
+    peel.store.close()
 
 
 def test_match_history_show_diff_rollback(peel: Peel, tmp_path: Path) -> None:
     peel("apply", "-f", _write(tmp_path, "doc.yaml", DOCUMENT), "--reason", "one")
     out = peel("match", "GET", "http://shop.example/orders/7?x=1").stdout
+    assert out.splitlines()[0].split()[:2] == ["route", "orders"]
     assert "orders (priority 0)" in out and "http://10.0.0.7:9000" in out and "GET /v2/orders/7" in out
     out = peel("match", "POST", "http://shop.example/orders/7", "--json").stdout
     assert yaml.safe_load(out)["route"] == "orders"
