@@ -31,6 +31,19 @@ from routes.rewrite import HeaderEdit, PathRewrite
 Entry = tuple[int, "CompiledRoute"]
 
 
+class _Frozen:
+    """Refuses attribute assignment after construction: a live table is shared by every request."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; compile a new table instead")
+
+    def _init(self, **values: object) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
 class RoundRobin:
     """The endpoint balancer: each endpoint in turn. Kept apart so that a real balancer replaces it."""
 
@@ -65,7 +78,7 @@ class CompiledService:
         return f"CompiledService({self.name!r}, {len(self.endpoints)} endpoints)"
 
 
-class CompiledRoute:
+class CompiledRoute(_Frozen):
     """A route ready for the request path.
 
     `spec` is the stored `routes.model.Route`. The hot attributes (`methods`, `path_regex`,
@@ -74,22 +87,26 @@ class CompiledRoute:
 
     __slots__ = ("fields", "match", "methods", "name", "path_regex", "priority", "request_headers",
                  "response_headers", "rewrite_path", "service", "spec", "upstream_host")
+    spec: Route
+    name: str
+    priority: int
+    service: CompiledService
+    match: CompiledMatch
+    methods: frozenset[str] | None
+    path_regex: re.Pattern[str] | None
+    fields: FieldChecks | None
+    rewrite_path: PathRewrite
+    upstream_host: str | None
+    request_headers: HeaderEdit
+    response_headers: HeaderEdit
 
     def __init__(self, spec: Route, service: CompiledService, match: CompiledMatch,
                  rewrite_path: PathRewrite, request_headers: HeaderEdit,
                  response_headers: HeaderEdit) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.priority = spec.priority
-        self.service = service
-        self.match = match
-        self.methods: frozenset[str] | None = match.methods
-        self.path_regex: re.Pattern[str] | None = match.path.regex
-        self.fields: FieldChecks | None = match.fields
-        self.rewrite_path = rewrite_path
-        self.upstream_host: str | None = spec.rewrite.host
-        self.request_headers = request_headers
-        self.response_headers = response_headers
+        self._init(spec=spec, name=spec.name, priority=spec.priority, service=service, match=match,
+                   methods=match.methods, path_regex=match.path.regex, fields=match.fields,
+                   rewrite_path=rewrite_path, upstream_host=spec.rewrite.host,
+                   request_headers=request_headers, response_headers=response_headers)
 
     def params(self, path: str) -> dict[str, str]:
         """The `{param}` values of a template route for a path it matched."""
@@ -159,7 +176,7 @@ def _walk(node: TrieNode, segments: list[str], i: int, out: list[Entry]) -> None
         node = child
 
 
-class RouteTable:
+class RouteTable(_Frozen):
     """The immutable compiled form of all routes of one config version.
 
     `match(method, host, path, query, headers)` takes the method, the host lower-case without port,
@@ -168,16 +185,19 @@ class RouteTable:
     """
 
     __slots__ = ("_exact", "_hostless", "_wildcard", "routes", "services", "version")
+    version: int
+    routes: tuple[CompiledRoute, ...]
+    services: Mapping[str, CompiledService]
+    _exact: Mapping[str, TrieNode]
+    _wildcard: Mapping[str, TrieNode]
+    _hostless: TrieNode
 
     def __init__(self, version: int, routes: tuple[CompiledRoute, ...],
                  services: Mapping[str, CompiledService], exact: dict[str, TrieNode],
                  wildcard: dict[str, TrieNode], hostless: TrieNode) -> None:
-        self.version = version
-        self.routes = routes
-        self.services: Mapping[str, CompiledService] = MappingProxyType(dict(services))
-        self._exact = exact
-        self._wildcard = wildcard
-        self._hostless = hostless
+        self._init(version=version, routes=routes, services=MappingProxyType(dict(services)),
+                   _exact=exact, _wildcard=wildcard,
+                   _hostless=hostless)
 
     def candidates(self, host: str, path: str) -> list[Entry]:
         """Every route the index places on this host and path, best first (not yet filtered)."""
