@@ -1,0 +1,198 @@
+"""The upstream leg's HTTP/1.1 reader: heads, framing, chunked decoding, strictness."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.errors import ProtocolError
+from gateway.http1 import (
+    CHUNKED,
+    LAST_CHUNK,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    ResponseReader,
+    chunk,
+    parse_head,
+    request_head,
+)
+
+
+def read_all(raw: bytes, *, head_request: bool = False, pieces: list[int] | None = None,
+             eof: bool = False) -> tuple[ResponseReader, bytes]:
+    reader = ResponseReader(head_request=head_request)
+    body = b""
+    cuts = sorted(set(pieces or []))
+    start = 0
+    for cut in [*cuts, len(raw)]:
+        if cut <= start or cut > len(raw):
+            continue
+        body += reader.feed(raw[start:cut])
+        start = cut
+    if eof:
+        reader.feed_eof()
+    return reader, body
+
+
+def test_request_head() -> None:
+    assert request_head("GET", b"/a?b=1", [(b"host", b"x"), (b"accept", b"*/*")]) == (
+        b"GET /a?b=1 HTTP/1.1\r\nhost: x\r\naccept: */*\r\n\r\n")
+    assert chunk(b"hello") == b"5\r\nhello\r\n"
+    assert LAST_CHUNK == b"0\r\n\r\n"
+
+
+def test_head_parsing() -> None:
+    head = parse_head(b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+                      b"Set-Cookie: a=1\r\nSet-Cookie: b=2")
+    assert (head.status, head.reason, head.framing, head.content_length, head.keep_alive) == (
+        201, b"Created", LENGTH, 5, True)
+    assert head.headers == [(b"content-type", b"text/plain"), (b"set-cookie", b"a=1"),
+                            (b"set-cookie", b"b=2"), (b"content-length", b"5")]
+    assert parse_head(b"HTTP/1.1 200").reason == b""
+    assert parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0").keep_alive is False
+    assert parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 1").keep_alive is False
+    assert parse_head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1").keep_alive
+    assert parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7").content_length == 7
+
+
+@pytest.mark.parametrize(("head", "framing"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10", LENGTH),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0", NO_BODY),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked", CHUNKED),
+    (b"HTTP/1.1 200 OK", UNTIL_CLOSE),
+    (b"HTTP/1.1 204 No Content", NO_BODY),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99", NO_BODY),
+    (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked", NO_BODY),
+])
+def test_framing(head: bytes, framing: int) -> None:
+    assert parse_head(head).framing == framing
+
+
+def test_until_close_is_never_reusable() -> None:
+    assert parse_head(b"HTTP/1.1 200 OK").keep_alive is False
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -5",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0x5",
+    b"HTTP/1.1 200 OK\r\nContent-Length: ",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+    b"HTTP/1.1 200 OK\r\nX: a\nb",
+    b"HTTP/1.1 200 OK\r\nX: a\rb",
+    b"HTTP/1.1 200 OK\r\nX: a\x00b",
+    b"HTTP/1.1 200 OK\r\n folded: yes",
+    b"HTTP/1.1 200 OK\r\nBad Name: x",
+    b"HTTP/1.1 200 OK\r\nNoColon",
+    b"HTTP/1.1 200 OK\r\n: empty-name",
+    b"HTTP/2 200",
+    b"HTTP/1.1 20 OK",
+    b"HTTP/1.1 2000 OK",
+    b"HTTP/1.1 099 Low",
+    b"HTTP/1.1 600 High",
+    b"SSH-2.0-OpenSSH_9.2",
+])
+def test_ambiguous_or_malformed_heads_are_refused(head: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_head(head)
+
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world"
+CHUNKED_RESPONSE = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"5;ext=1\r\nhello\r\n1\r\n \r\n05\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n")
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(CHUNKED_RESPONSE)), max_size=12))
+def test_chunked_body_survives_any_split(cuts: list[int]) -> None:
+    reader, body = read_all(CHUNKED_RESPONSE, pieces=cuts)
+    assert body == b"hello world"
+    assert reader.done and reader.reusable
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(RESPONSE)), max_size=8))
+def test_length_body_survives_any_split(cuts: list[int]) -> None:
+    reader, body = read_all(RESPONSE, pieces=cuts)
+    assert body == b"hello world" and reader.done and reader.reusable
+
+
+def test_interim_responses_are_skipped() -> None:
+    raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + RESPONSE
+    reader, body = read_all(raw, pieces=[10, 30])
+    assert reader.head is not None and reader.head.status == 200 and body == b"hello world"
+
+
+def test_unasked_switching_protocols_is_refused() -> None:
+    with pytest.raises(ProtocolError):
+        ResponseReader().feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+
+
+def test_head_response_has_no_body_whatever_it_announces() -> None:
+    reader, body = read_all(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n", head_request=True)
+    assert body == b"" and reader.done and reader.reusable
+    reader, _ = read_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", head_request=True)
+    assert reader.done and reader.reusable
+
+
+def test_304_with_length_has_no_body() -> None:
+    reader, body = read_all(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n")
+    assert body == b"" and reader.done and reader.reusable
+
+
+def test_bytes_beyond_the_response_make_the_connection_unusable() -> None:
+    reader, body = read_all(RESPONSE + b"HTTP/1.1 200 OK\r\n")
+    assert body == b"hello world" and reader.done and not reader.reusable
+    reader, _ = read_all(b"HTTP/1.1 204 No Content\r\n\r\nextra")
+    assert reader.done and not reader.reusable
+    reader = ResponseReader()
+    reader.feed(RESPONSE)
+    reader.feed(b"late")
+    assert not reader.reusable
+
+
+def test_close_delimited_body_ends_at_eof() -> None:
+    reader, body = read_all(b"HTTP/1.1 200 OK\r\n\r\nall of it", pieces=[25], eof=True)
+    assert body == b"all of it" and reader.done and not reader.reusable
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    b"HTTP/1.1 200 OK\r\nContent-Le",
+    b"",
+])
+def test_eof_before_the_end_is_a_protocol_error(raw: bytes) -> None:
+    reader = ResponseReader()
+    reader.feed(raw)
+    with pytest.raises(ProtocolError):
+        reader.feed_eof()
+
+
+@pytest.mark.parametrize("body", [
+    b"zz\r\nhello\r\n0\r\n\r\n",
+    b"-5\r\nhello\r\n0\r\n\r\n",
+    b"5\r\nhelloXX0\r\n\r\n",
+    b"\r\nhello\r\n",
+    b"1" * 20 + b"\r\n",
+    b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n",
+])
+def test_malformed_chunks_are_refused(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ResponseReader().feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+
+
+def test_oversize_head_is_refused() -> None:
+    reader = ResponseReader()
+    with pytest.raises(ProtocolError):
+        for _ in range(80):
+            reader.feed(b"X-Filler: " + b"f" * 1000 + b"\r\n")
+
+
+def test_connection_close_response_is_not_reusable() -> None:
+    reader, _ = read_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+    assert reader.done and not reader.reusable
