@@ -29,7 +29,7 @@ Request = tuple[str, str, str, bytes, list[tuple[bytes, bytes]]]
 BASE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"host", b"shop.example.com"), (b"user-agent", b"bench/1.0"), (b"accept", b"*/*"),
     (b"cookie", b"session=abc; theme=dark")]
-REGEX_ROUTES = [
+REGEX_ROUTES: list[dict[str, Any]] = [
     {"name": "php", "match": {"path_regex": r"^/legacy/.*\.php$"}, "service": "legacy", "priority": 1},
     {"name": "jsp", "match": {"path_regex": r"\.jsp$"}, "service": "legacy", "priority": 1},
     {"name": "report", "match": {"path_regex": r"^/reports/\d{4}/\d{2}$"}, "service": "svc1"},

@@ -4,7 +4,8 @@ A table is built by `routes.compiler.compile_document` and never changes afterwa
 reads `holder.table` once per request and calls `table.match(...)`.
 
 The index. Routes are bucketed by host: an exact-host dict, a dict of wildcard suffixes (a request
-host is looked up once per label: `a.b.example.com` tries `b.example.com`, `example.com`, `com`)
+host is looked up by its shorter label suffixes: `a.b.example.com` may try `b.example.com`,
+`example.com` and `com`, but only the lengths some wildcard has)
 and one bucket for routes without hosts. Each bucket is a trie of path segments (a dict of literal
 children and at most one `{param}` child). Exact and template routes hang on the node where their
 path ends; prefix routes, anchored regex routes (on their literal segments) and routes without a
@@ -184,20 +185,37 @@ class RouteTable(_Frozen):
     returns the winning `CompiledRoute` or None.
     """
 
-    __slots__ = ("_exact", "_hostless", "_wildcard", "routes", "services", "version")
+    __slots__ = ("_exact", "_hostless", "_wildcard", "_wildcard_labels", "routes", "services",
+                 "version")
     version: int
     routes: tuple[CompiledRoute, ...]
     services: Mapping[str, CompiledService]
     _exact: Mapping[str, TrieNode]
     _wildcard: Mapping[str, TrieNode]
+    _wildcard_labels: tuple[int, ...]
     _hostless: TrieNode
 
     def __init__(self, version: int, routes: tuple[CompiledRoute, ...],
                  services: Mapping[str, CompiledService], exact: dict[str, TrieNode],
                  wildcard: dict[str, TrieNode], hostless: TrieNode) -> None:
+        # The index dicts stay plain dicts (private, never handed out): a MappingProxyType would add
+        # an indirection to every lookup on the hot path.
         self._init(version=version, routes=routes, services=MappingProxyType(dict(services)),
-                   _exact=exact, _wildcard=wildcard,
-                   _hostless=hostless)
+                   _exact=exact, _wildcard=wildcard, _hostless=hostless,
+                   _wildcard_labels=tuple(sorted({s.count(".") + 1 for s in wildcard}, reverse=True)))
+
+    def _wildcard_roots(self, host: str) -> list[TrieNode]:
+        """The wildcard buckets whose suffix `host` ends with (after at least one more label)."""
+        roots: list[TrieNode] = []
+        dots = host.count(".")
+        for labels in self._wildcard_labels:
+            if labels <= dots:
+                # The last `labels` labels; something must be left in front of them.
+                suffix = host.split(".", dots + 1 - labels)[-1]
+                root = self._wildcard.get(suffix)
+                if root is not None and len(host) > len(suffix) + 1:
+                    roots.append(root)
+        return roots
 
     def candidates(self, host: str, path: str) -> list[Entry]:
         """Every route the index places on this host and path, best first (not yet filtered)."""
@@ -206,14 +224,9 @@ class RouteTable(_Frozen):
         root = self._exact.get(host)
         if root is not None:
             _walk(root, segments, 0, out)
-        wildcard = self._wildcard
-        if wildcard:
-            dot = host.find(".", 1)
-            while dot != -1:
-                root = wildcard.get(host[dot + 1:])
-                if root is not None:
-                    _walk(root, segments, 0, out)
-                dot = host.find(".", dot + 1)
+        if self._wildcard_labels:
+            for root in self._wildcard_roots(host):
+                _walk(root, segments, 0, out)
         _walk(self._hostless, segments, 0, out)
         if len(out) > 1:
             out.sort()
@@ -248,12 +261,7 @@ class RouteTable(_Frozen):
         """Whether some route names this host, exactly or by a `*.suffix` (absolute-form targets)."""
         if host in self._exact:
             return True
-        dot = host.find(".", 1)
-        while dot != -1:
-            if host[dot + 1:] in self._wildcard:
-                return True
-            dot = host.find(".", dot + 1)
-        return False
+        return bool(self._wildcard_labels) and bool(self._wildcard_roots(host))
 
     def route(self, name: str) -> CompiledRoute | None:
         return next((r for r in self.routes if r.name == name), None)

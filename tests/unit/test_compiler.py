@@ -77,9 +77,9 @@ def test_table_is_immutable(table: RouteTable) -> None:
         table.services["x"] = table.services["legacy"]  # type: ignore[index]
     assert isinstance(table.routes, tuple)
     with pytest.raises(AttributeError):
-        table.version = 8  # type: ignore[misc]
+        table.version = 8
     with pytest.raises(AttributeError):
-        table.routes[0].service = table.services["legacy"]  # type: ignore[misc]
+        table.routes[0].service = table.services["legacy"]
 
 
 def test_pick_takes_endpoints_in_turn(table: RouteTable) -> None:

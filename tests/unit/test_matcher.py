@@ -221,6 +221,9 @@ def test_wildcard_host_is_a_label_suffix(suffix: list[str], host_labels: list[st
     host = ".".join(host_labels)
     labels_match = len(host_labels) > len(suffix) and host_labels[-len(suffix):] == suffix
     assert host_matches(pattern, host) is labels_match
+    assert accepts({"hosts": [pattern]}, host=host) is labels_match
+    assert table_of({"name": "r", "match": {"hosts": [pattern]}, "service": "svc"}).routes_host(host) \
+        is labels_match
 
 
 SEGMENT = st.sampled_from(["a", "b", "ab", "1", "a.b", "x-y"])

@@ -111,7 +111,7 @@ def test_rule_decides(rule: str, win: dict[str, Any], lose: dict[str, Any],
 
 
 def test_a_route_whose_other_predicates_fail_gives_way() -> None:
-    routes = [{"name": "beta", "priority": 5, "match": {"path_prefix": "/orders",
+    routes: list[dict[str, Any]] = [{"name": "beta", "priority": 5, "match": {"path_prefix": "/orders",
                                                         "cookies": [{"name": "beta", "value": "1"}]}},
               {"name": "orders", "match": {"path_prefix": "/orders"}},
               {"name": "default", "match": {"path_prefix": "/"}}]
