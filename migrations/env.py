@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import logging.config
+from typing import Any
 
 from alembic import context
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import Engine, create_engine, event, pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from migrations import MIGRATION_LOCK_KEY
 from routes.schema import metadata
@@ -30,6 +32,7 @@ config = context.config
 # waits for a table lock once migrating.
 WAIT_FOR_OTHER_MIGRATION = "300s"
 DDL_LOCK_TIMEOUT = "10s"
+SQLITE_BUSY_TIMEOUT_MS = 300_000
 
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
     # Only when run from the alembic command line: Peel's own process keeps its logging setup.
@@ -80,6 +83,24 @@ def _migrate_locked(connection: Connection) -> None:
             connection.commit()
 
 
+def _sqlite_immediate_transactions(engine: Engine) -> None:
+    """Make a SQLite migration one real transaction that holds the write lock from its start.
+
+    Python's sqlite3 module commits before DDL on its own and begins lazily, so without this a
+    failed migration leaves half a schema, and two processes migrating at once both find the
+    database empty and then collide.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def run_migrations_offline() -> None:
     url = _url()
     context.configure(url=url, target_metadata=metadata, literal_binds=True, compare_type=True,
@@ -94,6 +115,8 @@ def run_migrations_online() -> None:
         _migrate_locked(given)
         return
     engine = create_engine(_url(), poolclass=pool.NullPool)
+    if engine.dialect.name == "sqlite":
+        _sqlite_immediate_transactions(engine)
     try:
         with engine.connect() as connection:
             _migrate_locked(connection)

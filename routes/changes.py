@@ -18,8 +18,8 @@ from routes.store import ConfigVersion, VersionInfo
 
 Edit = Callable[[Document], Document]
 Check = Callable[[Document], None]
-# Attempts when no If-Match was given and other writers keep committing in between.
-ATTEMPTS = 3
+# Re-applications of an edit when no If-Match was given and other writers committed in between.
+RETRIES = 3
 
 
 class VersionStore(Protocol):
@@ -73,10 +73,10 @@ def commit_change(store: VersionStore, edit: Edit, *, actor: str, reason: str,
     Returns the new version (None when the edit changes nothing, and nothing is written) and the
     diff. With `if_match`, the edit applies only to that version: when it is no longer the latest,
     `PreconditionFailed`. Without it, a change that lost a race with another writer is re-applied
-    to the newer document, up to `ATTEMPTS` times. `check` (the admin API compiles the document
+    to the newer document, up to `RETRIES` times. `check` (the admin API compiles the document
     into a route table) runs before anything is written and refuses by raising.
     """
-    for attempt in range(1, ATTEMPTS + 1):
+    for attempt in range(RETRIES + 1):
         latest = store.latest()
         if if_match is not None and if_match != latest.version:
             raise PreconditionFailed("If-Match", f"config version {if_match} is not the latest "
@@ -91,7 +91,7 @@ def commit_change(store: VersionStore, edit: Edit, *, actor: str, reason: str,
             info = store.commit(document, actor=actor, reason=reason, expected=latest.version,
                                 summary=change.summary())
         except PreconditionFailed:
-            if if_match is not None or attempt == ATTEMPTS:
+            if if_match is not None or attempt == RETRIES:
                 raise
             continue
         return info, change

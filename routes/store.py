@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ TOKEN_PREFIX = "peel_"
 # verify_token writes last_used_at at most this often per token: one write a minute, not per request
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 _EPOCH = datetime.fromtimestamp(0, UTC)
+_MIGRATION_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,17 +213,21 @@ class Store:
         """Migrate the database to this code's schema (alembic upgrade head); a no-op when current."""
         from alembic import command
 
-        try:
-            if self._engine.pool.__class__ is StaticPool:
-                # in-memory: the schema must land on the one connection this store uses
-                with self._engine.connect() as conn:
-                    command.upgrade(alembic_config(connection=conn), "head")
-                    conn.commit()
-            else:
-                command.upgrade(alembic_config(self._url.render_as_string(hide_password=False)), "head")
-        except (OperationalError, InterfaceError) as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-            raise StoreError(f"cannot migrate the store at {self.safe_url}: {reason}") from exc
+        # alembic keeps the running migration in module globals, so one migration per process at a
+        # time; other processes are held off by the database (advisory lock, BEGIN IMMEDIATE)
+        with _MIGRATION_LOCK:
+            try:
+                if isinstance(self._engine.pool, StaticPool):
+                    # in-memory: the schema must land on the one connection this store uses
+                    with self._engine.connect() as conn:
+                        command.upgrade(alembic_config(connection=conn), "head")
+                        conn.commit()
+                else:
+                    command.upgrade(alembic_config(self._url.render_as_string(hide_password=False)),
+                                    "head")
+            except (OperationalError, InterfaceError) as exc:
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+                raise StoreError(f"cannot migrate the store at {self.safe_url}: {reason}") from exc
 
     # -- config versions ------------------------------------------------------------------------
 
