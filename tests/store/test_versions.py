@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -31,6 +32,10 @@ def document(**extra: Any) -> Document:
                                         "service": "legacy"}]}
     data.update(extra)
     return Document.parse(data)
+
+
+def adding(svc: Service, doc: Document) -> Document:
+    return put_service(doc, svc)
 
 
 def stored_rows(store: Store) -> int:
@@ -162,8 +167,8 @@ def test_concurrent_edits_never_lose_an_update(store: Store) -> None:
         for i in range(per_thread):
             name = f"w{n}-{i}"
             try:
-                info, _ = commit_change(store, lambda d, name=name: put_service(d, service(name)),
-                                        actor=f"writer{n}", reason=name)
+                info, _ = commit_change(store, partial(adding, service(name)), actor=f"writer{n}",
+                                        reason=name)
             except PreconditionFailed:
                 refused.append(name)  # lost the race more often than the retries allow: fine
             except BaseException as exc:
