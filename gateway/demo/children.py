@@ -42,7 +42,9 @@ class Child:
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             self.tail.append(line)
-            with self._lock:
+            # Keep draining even when our own output is gone (`peel demo | head`): a child blocked
+            # on a full pipe would stop serving.
+            with self._lock, contextlib.suppress(OSError, ValueError):
                 self._out.write(f"[{self.name}] {line}\n")
                 self._out.flush()
 
@@ -92,7 +94,7 @@ class Children:
 
     def say(self, text: str) -> None:
         """Print one message of the demo itself, never interleaved inside a child's line."""
-        with self.lock:
+        with self.lock, contextlib.suppress(OSError, ValueError):  # never let output stop a clean-up
             self.out.write(text + "\n")
             self.out.flush()
 
