@@ -70,11 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `peel demo` (the CLI calls this on its `demo` subparser)."""
     parser.add_argument("--dir", default=DEFAULT_DIR,
                         help="where the demo keeps its settings, store and logs (default: %(default)s)")
-    parser.add_argument("--public-port", type=int, default=8080, help="gateway public listener (%(default)s)")
-    parser.add_argument("--admin-port", type=int, default=9901, help="admin API (%(default)s)")
-    parser.add_argument("--monolith-port", type=int, default=8081, help="sample monolith (%(default)s)")
-    parser.add_argument("--orders-port", type=int, default=8082, help="sample orders service (%(default)s)")
-
+    for option, default, what in (("--public-port", 8080, "the gateway's public listener"),
+                                  ("--admin-port", 9901, "the admin API"),
+                                  ("--monolith-port", 8081, "the sample monolith"),
+                                  ("--orders-port", 8082, "the sample orders service")):
+        parser.add_argument(option, type=int, default=default, metavar="PORT",
+                            help=f"{what} on 127.0.0.1 (default: %(default)s)")
 
 def check_ports(ports: Ports) -> None:
     """Refuse busy or repeated ports up front, naming the option that changes each."""
