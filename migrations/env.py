@@ -54,6 +54,9 @@ def _configure(connection: Connection) -> None:
         compare_type=True,
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
+        # SQLite does roll DDL back; alembic assumes it cannot, and would then read the current
+        # revision outside the transaction that holds the write lock
+        transactional_ddl=True,
     )
 
 

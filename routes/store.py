@@ -126,6 +126,9 @@ class Store:
             self._url: URL = make_url(url)
         except ArgumentError as exc:
             raise StoreError(f"database.url is not a database URL: {exc}") from exc
+        if self._url.drivername == "postgresql":
+            # psycopg (3) is the driver Peel ships with; SQLAlchemy's default would be psycopg2
+            self._url = self._url.set(drivername="postgresql+psycopg")
         self.safe_url = self._url.render_as_string(hide_password=True)
         self._engine = self._make_engine()
 
@@ -151,7 +154,7 @@ class Store:
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
         elif backend == "sqlite":
             assert self._url.database is not None
-            Path(self._url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(self._url.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
                                       "check_same_thread": False}
         else:

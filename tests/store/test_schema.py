@@ -57,7 +57,7 @@ def test_store_behind_the_code_is_refused_naming_the_upgrade_command(store: Stor
 
 
 def test_two_nodes_upgrading_at_once_both_succeed(store_url: str, tmp_path: Path) -> None:
-    # Two processes, as two gateways would be; both wait on a file so they start together.
+    # Separate processes, as gateways on several VMs would be; they wait on a file to start together.
     go = tmp_path / "go"
     script = (
         "import sys, time, pathlib\n"
@@ -68,7 +68,7 @@ def test_two_nodes_upgrading_at_once_both_succeed(store_url: str, tmp_path: Path
         "Store(sys.argv[1]).upgrade()\n"
     )
     nodes = [subprocess.Popen([sys.executable, "-c", script, store_url, str(go)],
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
     go.touch()
     for node in nodes:
         _, stderr = node.communicate(timeout=120)
@@ -99,6 +99,11 @@ def test_unreachable_database_names_the_url_without_the_password() -> None:
     message = str(info.value)
     assert "127.0.0.1:1/peel" in message
     assert "s3cret-pw" not in message
+
+
+def test_plain_postgresql_url_uses_the_psycopg_driver() -> None:
+    store = Store("postgresql://peel@db.internal/peel")
+    assert store.engine.dialect.driver == "psycopg"
 
 
 def test_unsupported_database_is_refused() -> None:
