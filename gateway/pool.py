@@ -125,9 +125,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the exchange ----------------------------------------------------------------------------
 
-    def begin(self, *, head_request: bool) -> None:
-        """Start an exchange: a fresh response reader."""
-        self.reader = ResponseReader(head_request=head_request)
+    def begin(self, *, head_request: bool, drop: frozenset[bytes] = frozenset()) -> None:
+        """Start an exchange: a fresh response reader (`drop`: see `http1.parse_head`)."""
+        self.reader = ResponseReader(head_request=head_request, drop=drop)
         self.got_bytes = False
 
     def stale(self) -> bool:

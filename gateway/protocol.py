@@ -9,11 +9,15 @@
    the upstream. The handle calls back when the connection is lost (so the upstream exchange is
    cancelled at once) and can abort the connection when a response must be cut short.
 
-Both hooks cost one dict per request; everything else is uvicorn's own code path.
+3. A `CoalescingWriter` in front of the transport, so a response head and a small body leave in
+   one system call instead of two.
+
+The hooks cost one dict per request; everything else is uvicorn's own code path.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -55,19 +59,84 @@ class Downstream:
             callback()
 
 
+class CoalescingWriter:
+    """Stands in for the transport in uvicorn's request cycles: pairs of writes leave as one.
+
+    uvicorn writes a response head and its body separately, each a `send()` system call; for the
+    small answers that dominate gateway traffic that is a third of the data plane's CPU. This
+    writer holds a write until the next one (then both go out in one call) or until the end of
+    the current loop iteration, whichever comes first. Order is always kept; nothing waits
+    longer than one iteration.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            if len(data) >= _HOLD_BELOW:
+                self._transport.write(data)
+                return
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        self._held = None
+        if len(data) < _JOIN_BELOW:
+            self._transport.write(held + data)
+        else:
+            self._transport.writelines((held, data))
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+# A write this large goes out at once (nothing to gain by waiting); two writes whose sum is below
+# _JOIN_BELOW are joined (a copy is cheaper than a vectored write for small buffers).
+_HOLD_BELOW = 16 * 1024
+_JOIN_BELOW = 64 * 1024
+
+
 class PeelHttpProtocol(HttpToolsProtocol):
     """The HTTP/1.1 protocol Peel's listeners run (pass the class as uvicorn's `http`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._downstream = Downstream(self)
+        self._writer: CoalescingWriter | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._writer = CoalescingWriter(transport, self.loop)
 
     def on_headers_complete(self) -> None:
         # on_message_begin made a fresh scope and on_url collected the whole target; the ASGI task
         # is created by the parent below, so the scope is complete before the app sees it.
         scope: Any = self.scope  # uvicorn types extensions as dict[str, dict]; ours hold bytes
         scope["extensions"] = {TARGET: self.url, DOWNSTREAM: self._downstream}
+        previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not previous and cycle is not None:
+            cycle.transport = self._writer  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -24,7 +24,7 @@ import httptools
 from gateway import problems
 from gateway.accesslog import AccessLog
 from gateway.errors import UpstreamError
-from gateway.headers import ForwardingRules, new_request_id, strip_hop_by_hop, valid_request_id
+from gateway.headers import ForwardingRules, new_request_id, valid_request_id
 from gateway.holder import TableHolder
 from gateway.http1 import LAST_CHUNK, chunk, request_head
 from gateway.paths import normalise
@@ -40,7 +40,6 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("peel.proxy")
 _perf = time.perf_counter
 _PROBLEM = problems.CONTENT_TYPE.encode()
-_NO_BODY_STATUS = (204, 304)
 
 
 class _Request:
@@ -79,6 +78,8 @@ class ProxyApp:
         self._pool = pool
         self._rules = ForwardingRules(settings.trusted_proxies, settings.request_id_header)
         self._rid_name = self._rules.request_id_name
+        # Peel's request id replaces the upstream's own in the response.
+        self._drop = frozenset({self._rid_name})
         self._response_timeout = settings.response_timeout
         self._idle_timeout = settings.idle_timeout
         self._log = access_log if access_log is not None and access_log.enabled else None
@@ -223,7 +224,7 @@ class ProxyApp:
                     body = chunk(body)
                 if message.get("more_body", False):
                     payload = None  # streamed: not replayable
-                    conn.begin(head_request=method == "HEAD")
+                    conn.begin(head_request=method == "HEAD", drop=self._drop)
                     conn.write(head + body if body else head)
                     upload = asyncio.get_running_loop().create_task(
                         self._upload(conn, receive, chunked, req))
@@ -231,7 +232,7 @@ class ProxyApp:
                     payload = head + body + (LAST_CHUNK if chunked else b"")
             t_sent = _perf()
             if payload is not None:
-                conn.begin(head_request=method == "HEAD")
+                conn.begin(head_request=method == "HEAD", drop=self._drop)
                 conn.write(payload)
                 req.sent = True
             reader = conn.reader
@@ -247,7 +248,7 @@ class ProxyApp:
                         conn = await pool.connect(endpoint)
                         if downstream is not None:
                             downstream.on_lost = conn.abort_exchange
-                        conn.begin(head_request=method == "HEAD")
+                        conn.begin(head_request=method == "HEAD", drop=self._drop)
                         conn.write(payload)
                         reader = conn.reader
                         assert reader is not None
@@ -284,11 +285,9 @@ class ProxyApp:
         assert reader is not None and reader.head is not None
         head = reader.head
         status = head.status
-        rid_name = self._rid_name
-        drop = (rid_name, b"content-length") if status in _NO_BODY_STATUS else (rid_name,)
-        headers = strip_hop_by_hop(head.headers, drop)
-        headers = route.response_headers.apply(headers)
-        headers.append((rid_name, req.request_id))
+        # The reader already left out hop-by-hop headers (http1.parse_head).
+        headers = route.response_headers.apply(head.headers)
+        headers.append((self._rid_name, req.request_id))
         req.status = status
         start = {"type": "http.response.start", "status": status, "headers": headers}
         if reader.done:

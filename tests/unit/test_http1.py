@@ -44,10 +44,14 @@ def test_request_head() -> None:
 
 
 def test_head_parsing() -> None:
-    head = parse_head(b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
-                      b"Set-Cookie: a=1\r\nSet-Cookie: b=2")
+    head = parse_head(b"HTTP/1.1 201 Created\r\nContent-Type: text/plain \r\nContent-Length: 5\r\n"
+                      b"Set-Cookie: a=1\r\nSet-Cookie:b=2\r\nKeep-Alive: timeout=5\r\n"
+                      b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Request-Id: up\r\n"
+                      b"Proxy-Authenticate: Basic\r\nTrailer: X-T\r\nUpgrade: h2c",
+                      drop=frozenset({b"x-request-id"}))
     assert (head.status, head.reason, head.framing, head.content_length, head.keep_alive) == (
         201, b"Created", LENGTH, 5, True)
+    # End-to-end headers only: hop-by-hop, nominated and dropped names are left out.
     assert head.headers == [(b"content-type", b"text/plain"), (b"set-cookie", b"a=1"),
                             (b"set-cookie", b"b=2"), (b"content-length", b"5")]
     assert parse_head(b"HTTP/1.1 200").reason == b""
@@ -135,13 +139,16 @@ def test_unasked_switching_protocols_is_refused() -> None:
 def test_head_response_has_no_body_whatever_it_announces() -> None:
     reader, body = read_all(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n", head_request=True)
     assert body == b"" and reader.done and reader.reusable
+    assert reader.head is not None and reader.head.headers == [(b"content-length", b"500")]
     reader, _ = read_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", head_request=True)
     assert reader.done and reader.reusable
 
 
 def test_304_with_length_has_no_body() -> None:
-    reader, body = read_all(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n")
+    reader, body = read_all(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: x\r\n\r\n")
     assert body == b"" and reader.done and reader.reusable
+    # Passed downstream, the length would make the server expect a body.
+    assert reader.head is not None and reader.head.headers == [(b"etag", b"x")]
 
 
 def test_bytes_beyond_the_response_make_the_connection_unusable() -> None:
