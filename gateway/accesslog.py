@@ -19,6 +19,8 @@ import time
 from collections import deque
 from typing import IO, Any
 
+from routes.model import Endpoint
+
 FIELDS = ("time", "request_id", "client", "method", "path", "route", "service", "endpoint",
           "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "error")
 _BATCH = 256  # lines written per GIL hand-over: a long batch would stall the event loop
@@ -50,9 +52,12 @@ class AccessLog:
             self._thread.start()
 
     def log(self, request_id: bytes, client: str | None, method: str, path: str, route: str | None,
-            service: str | None, endpoint: str | None, status: int, bytes_in: int, bytes_out: int,
+            service: str | None, endpoint: Endpoint | str | None, status: int, bytes_in: int, bytes_out: int,
             duration: float, upstream: float | None, error: str | None) -> None:
-        """Queue one line; never blocks. `duration` and `upstream` are in seconds."""
+        """Queue one line; never blocks. `duration` and `upstream` are in seconds.
+
+        `endpoint` may be the `Endpoint` itself: its URL is then formatted by the writer thread.
+        """
         queue = self._queue
         if len(queue) >= self._max or not self.enabled:
             if self.enabled:
@@ -120,7 +125,8 @@ class AccessLog:
         return (f'{{"time":"{self._rfc3339(when)}",'
                 f'"request_id":{_quote(request_id.decode("ascii", "replace"))},'
                 f'"client":{_text(client)},"method":{_quote(method)},"path":{_quote(path)},'
-                f'"route":{_text(route)},"service":{_text(service)},"endpoint":{_text(endpoint)},'
+                f'"route":{_text(route)},"service":{_text(service)},'
+                f'"endpoint":{_text(_url(endpoint))},'
                 f'"status":{status:d},"bytes_in":{bytes_in:d},"bytes_out":{bytes_out:d},'
                 f'"duration_ms":{duration * 1000:.3f},'
                 f'"upstream_ms":{"null" if upstream is None else format(upstream * 1000, ".3f")},'
@@ -128,6 +134,10 @@ class AccessLog:
 
 
 _quote = json.encoder.encode_basestring
+
+
+def _url(endpoint: Endpoint | str | None) -> str | None:
+    return endpoint if endpoint is None or isinstance(endpoint, str) else endpoint.url
 
 
 def _text(value: str | None) -> str:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import re
 
-# pchar and "/" (RFC 3986): unreserved, sub-delims, ":" and "@". A path made only of these, with no
-# dot segment and no empty segment, is already normal: the common case returns after one regex.
-_PLAIN = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
+# pchar (RFC 3986: unreserved, sub-delims, ":" and "@") in segments that are not empty and do not
+# start with "." (so no dot segment, no "//"): such a path is already normal, and the common case
+# returns after this one regex.
+_PLAIN = re.compile(rb"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*)*/?")
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -34,10 +35,10 @@ def normalise(raw_path: bytes) -> str:
 
     Raises ValueError (answered with 400) when the path cannot be made canonical safely.
     """
+    if _PLAIN.fullmatch(raw_path) and raw_path:
+        return raw_path.decode("ascii")
     if not raw_path.startswith(b"/"):
         raise ValueError("the path must start with '/'")
-    if _PLAIN.fullmatch(raw_path) and b"/." not in raw_path and b"//" not in raw_path:
-        return raw_path.decode("ascii")
     return _remove_dot_segments(_decode(raw_path))
 
 

@@ -11,6 +11,9 @@
 
 3. A `CoalescingWriter` in front of the transport, so a response head and a small body leave in
    one system call instead of two.
+4. A head timeout: a connection must deliver a complete request head within the keep-alive
+   timeout, whether it is new, idle between requests, or trickling a head byte by byte
+   (uvicorn times only the idle case, with a timer per response).
 
 The hooks cost one dict per request; everything else is uvicorn's own code path.
 """
@@ -122,12 +125,18 @@ class PeelHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._downstream = Downstream(self)
         self._writer: CoalescingWriter | None = None
+        # Since when this connection waits for a complete request head; None while a request
+        # is being served. See _HeadTimer.
+        self.waiting_since: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._writer = CoalescingWriter(transport, self.loop)
+        self.waiting_since = self.loop.time()
+        _HeadTimer.ensure(self.server_state, self.loop, self.timeout_keep_alive)
 
     def on_headers_complete(self) -> None:
+        self.waiting_since = None
         # on_message_begin made a fresh scope and on_url collected the whole target; the ASGI task
         # is created by the parent below, so the scope is complete before the app sees it.
         scope: Any = self.scope  # uvicorn types extensions as dict[str, dict]; ours hold bytes
@@ -138,9 +147,54 @@ class PeelHttpProtocol(HttpToolsProtocol):
         if cycle is not previous and cycle is not None:
             cycle.transport = self._writer  # type: ignore[assignment]
 
+    def on_response_complete(self) -> None:
+        # uvicorn's own, except that the keep-alive wait is timed by _HeadTimer instead of a
+        # call_later per response (which cost more than the rest of this method).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.waiting_since = self.loop.time()
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._downstream._connection_lost()
+
+
+class _HeadTimer:
+    """Closes connections that wait too long for a complete request head.
+
+    One ticker per server scans its connections a few times a second. It covers uvicorn's
+    keep-alive timeout (idle between requests) and what uvicorn lacks: a first request, or a
+    head trickled byte by byte (slowloris), must also be complete within the keep-alive timeout,
+    because the clock only stops when a whole head has arrived.
+    """
+
+    @staticmethod
+    def ensure(state: Any, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        if getattr(state, "peel_head_timer", False):
+            return
+        state.peel_head_timer = True
+        interval = max(0.05, min(1.0, timeout / 4))
+        loop.call_later(interval, _HeadTimer.tick, state, loop, timeout, interval)
+
+    @staticmethod
+    def tick(state: Any, loop: asyncio.AbstractEventLoop, timeout: float, interval: float) -> None:
+        connections = state.connections
+        if not connections:
+            state.peel_head_timer = False  # the next connection starts a new ticker
+            return
+        deadline = loop.time() - timeout
+        for protocol in list(connections):
+            since = getattr(protocol, "waiting_since", None)
+            if since is not None and since <= deadline and not protocol.transport.is_closing():
+                protocol.transport.close()
+        loop.call_later(interval, _HeadTimer.tick, state, loop, timeout, interval)
 
 
 def downstream_of(scope: Any) -> Downstream | None:

@@ -31,6 +31,7 @@ from gateway.paths import normalise
 from gateway.pool import ExchangeAborted, UpstreamConnection, UpstreamPool
 from gateway.protocol import DOWNSTREAM, TARGET, Downstream
 from gateway.settings import ProxySettings, Settings
+from routes.model import Endpoint
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,7 +53,7 @@ class _Request:
         self.request_id = request_id
         self.route: str | None = None
         self.service: str | None = None
-        self.endpoint: str | None = None
+        self.endpoint: Endpoint | None = None
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -167,7 +168,7 @@ class ProxyApp:
         except UpstreamError as exc:
             req.error = exc.code
             return await self._problem(send, req, exc.status, exc.code, str(exc) or exc.code)
-        req.endpoint = endpoint.url
+        req.endpoint = endpoint
 
         client = scope.get("client")
         headers = self._rules.upstream_request(
@@ -267,7 +268,7 @@ class ProxyApp:
             if not req.started:
                 await self._problem(send, req, exc.status, exc.code, str(exc))
             else:
-                log.warning("response from %s cut short: %s", req.endpoint, exc)
+                log.warning("response from %s cut short: %s", endpoint.url, exc)
                 self._abort_downstream(scope)
         except BaseException:
             if conn is not None:

@@ -121,6 +121,8 @@ def standard_document(urls: dict[str, str]) -> dict[str, object]:
 
 
 PROXY_SETTINGS = """
+[server]
+keepalive_timeout = 1.0
 [proxy]
 trusted_proxies = ["127.0.0.2/32"]
 connect_timeout = 1.0

@@ -331,3 +331,38 @@ def test_access_log_has_one_line_per_request(proxy: Proxy) -> None:
     assert record["method"] == "GET" and record["path"] == "/e/echo" and record["error"] is None
     assert isinstance(record["upstream_ms"], float) and isinstance(record["duration_ms"], float)
     assert str(record["time"]).endswith("Z")
+
+
+# -- downstream connections ---------------------------------------------------------------------
+
+
+def closed_after(sock: socket.socket, timeout: float) -> float:
+    """Seconds until the proxy closes `sock` (reading and discarding whatever it sends)."""
+    started = time.monotonic()
+    sock.settimeout(timeout)
+    while sock.recv(65536):
+        pass
+    return time.monotonic() - started
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_timeout(proxy: Proxy) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"GET /e/echo HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert 0.8 <= closed_after(sock, 5) < 3.0
+
+
+def test_a_head_trickled_byte_by_byte_is_cut_off(proxy: Proxy) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"GET /e/echo HTTP/1.1\r\nHost: a\r\n")
+        started = time.monotonic()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            while time.monotonic() - started < 5:
+                sock.sendall(b"X-Slow: 1\r\n")
+                time.sleep(0.1)  # the slow client's pace, not synchronisation
+        assert time.monotonic() - started < 3.0
+
+
+def test_a_connection_that_never_sends_a_request_is_closed(proxy: Proxy) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        assert 0.8 <= closed_after(sock, 5) < 3.0
