@@ -140,7 +140,7 @@ class ProxyApp:
         if table is None:
             return await self._problem(send, req, 503, "no-route-table", "no route table loaded yet")
         try:
-            path = normalise(scope["raw_path"])
+            path = normalise(scope.get("raw_path") or scope["path"].encode("utf-8"))
         except ValueError as exc:
             return await self._problem(send, req, 400, "bad-path", f"the request path is refused: {exc}")
         scope["path"] = path
