@@ -1,0 +1,151 @@
+"""Keeps one process's route table current: poll the store, compile off the loop, swap whole.
+
+The request path never waits for any of this. Each poll is one cheap query (the latest config
+version number) run in a thread; only when it moved is the document loaded and compiled, also in a
+thread, and the new table assigned to the holder in one step. When the store cannot be reached the
+last good table keeps serving; at start, when the store is down, the last good document is read
+from the snapshot file on local disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import PeelError
+from gateway.holder import TableHolder
+from routes.compiler import compile_document
+from routes.model import Document
+from routes.store import Store
+from routes.table import RouteTable
+
+log = logging.getLogger("peel.watcher")
+
+
+def write_snapshot(path: Path, version: int, document: Document) -> None:
+    """Write the document atomically (temp file, fsync, rename) so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps({"version": version, "document": document.to_dict()}, separators=(",", ":"))
+    fd, tmp = tempfile.mkstemp(prefix=".snapshot-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_snapshot(path: Path) -> tuple[int, Document] | None:
+    """The snapshot's version and document, or None when there is none or it is unreadable."""
+    try:
+        data: Any = json.loads(path.read_text())
+        return int(data["version"]), Document.parse(data["document"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, PeelError) as exc:
+        log.warning("ignoring the route snapshot %s: %s", path, exc)
+        return None
+
+
+class Watcher:
+    """Polls `store` every `interval` seconds and swaps newer tables into `holder`.
+
+    `write_snapshots` is on in one process per gateway (the one that owns the admin listener), so
+    several workers do not race on the same file.
+    """
+
+    def __init__(self, store: Store, holder: TableHolder, *, interval: float, snapshot: Path,
+                 write_snapshots: bool = True,
+                 compile: Callable[[Document, int], RouteTable] = compile_document) -> None:
+        self.store = store
+        self.holder = holder
+        self.interval = interval
+        self.snapshot = snapshot
+        self.write_snapshots = write_snapshots
+        self.compile = compile
+        self.store_ok = False
+        self.last_error: str | None = None
+        self.reloads = 0
+        self._failing_version: int | None = None
+
+    @property
+    def version(self) -> int:
+        table = self.holder.table
+        return table.version if table is not None else -1
+
+    def load_snapshot(self) -> bool:
+        """Serve the snapshot's table when nothing newer is loaded. True when one was loaded."""
+        found = read_snapshot(self.snapshot)
+        if found is None or found[0] <= self.version:
+            return False
+        version, document = found
+        self._swap(self.compile(document, version), source="snapshot")
+        return True
+
+    def refresh(self) -> bool:
+        """One synchronous poll: load, compile and swap when the store has a newer version.
+
+        Returns True when a new table was swapped in. Raises nothing: store failures are kept in
+        `last_error` and the current table stays.
+        """
+        try:
+            latest = self.store.latest_version()
+            self._set_store_ok(True)
+        except PeelError as exc:
+            self._set_store_ok(False, str(exc))
+            return False
+        except Exception as exc:  # a driver error the store did not wrap: still keep serving
+            self._set_store_ok(False, f"{type(exc).__name__}: {exc}")
+            return False
+        if latest == self.version or latest == self._failing_version:
+            return False
+        try:
+            current = self.store.get(latest) if latest else self.store.latest()
+            table = self.compile(current.document, current.version)
+        except Exception as exc:
+            # A table that fails to compile leaves the previous one live; say so once per version.
+            self._failing_version = latest
+            self.last_error = f"config version {latest} could not be loaded: {exc}"
+            log.error("%s; still serving version %d", self.last_error, self.version)
+            return False
+        self._failing_version = None
+        self._swap(table, source="store")
+        if self.write_snapshots:
+            try:
+                write_snapshot(self.snapshot, current.version, current.document)
+            except OSError as exc:
+                log.warning("could not write the route snapshot %s: %s", self.snapshot, exc)
+        return True
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            await asyncio.to_thread(self.refresh)
+            await asyncio.sleep(self.interval)
+
+    def _swap(self, table: RouteTable, *, source: str) -> None:
+        self.holder.table = table
+        self.holder.loaded_at = time.time()
+        self.reloads += 1
+        log.info("route table version %d loaded from the %s (%d routes)", table.version, source,
+                 len(table.routes))
+
+    def _set_store_ok(self, ok: bool, error: str | None = None) -> None:
+        if ok and not self.store_ok:
+            if self.last_error is not None:
+                log.info("store reachable again")
+            self.last_error = None
+        elif not ok and (self.store_ok or self.last_error != error):
+            log.error("store unreachable, serving config version %d: %s", self.version, error)
+            self.last_error = error
+        self.store_ok = ok
