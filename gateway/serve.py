@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -40,7 +39,6 @@ from routes.store import Store
 from routes.watcher import Watcher
 
 log = logging.getLogger("peel.serve")
-WORKER_FD_ENV = "PEEL_INTERNAL_PUBLIC_FD"
 
 
 def configure_logging(level: str) -> None:
@@ -123,10 +121,13 @@ class Runtime:
         self.servers.append(server)
         return server
 
-    def stop(self) -> None:
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         if self.stopping:
-            for server in self.servers:  # a second signal: stop waiting for in-flight requests
-                server.force_exit = True
+            # Only a second Ctrl-C stops waiting for in-flight requests: a repeated SIGTERM (a
+            # process-group kill after the one to the main process) must not cut the drain short.
+            if sig == signal.SIGINT:
+                for server in self.servers:
+                    server.force_exit = True
             return
         self.stopping = True
         systemd.notify("STOPPING=1")
@@ -139,7 +140,7 @@ class Runtime:
 def install_signals(runtime: Runtime, config_path: str | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runtime.stop)
+        loop.add_signal_handler(sig, runtime.stop, sig)
     loop.add_signal_handler(signal.SIGHUP, reload_settings, runtime, config_path)
 
 
@@ -230,11 +231,10 @@ class Supervisor:
 
     def spawn(self, slot: int) -> None:
         fd = self.public.fileno()
-        env = {**os.environ, WORKER_FD_ENV: str(fd)}
-        args = [sys.executable, "-m", "gateway.serve", "--worker"]
+        args = [sys.executable, "-m", "gateway.serve", "--worker", "--fd", str(fd)]
         if self.config_path:
             args += ["--config", self.config_path]
-        self.procs[slot] = subprocess.Popen(args, pass_fds=(fd,), env=env)
+        self.procs[slot] = subprocess.Popen(args, pass_fds=(fd,))
         log.info("worker %d started (pid %d)", slot, self.procs[slot].pid)
 
     async def run(self) -> None:
@@ -301,9 +301,9 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
 def worker_main(argv: list[str]) -> int:
     """Entry of a worker process started by the master (not a user command)."""
     config_path = argv[argv.index("--config") + 1] if "--config" in argv else None
+    fd = int(argv[argv.index("--fd") + 1])
     settings = load_settings(config_path)
     configure_logging(settings.server.log_level)
-    fd = int(os.environ.pop(WORKER_FD_ENV))
     try:
         return _run(run_worker(settings, fd, config_path))
     except PeelError as exc:
