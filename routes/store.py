@@ -190,7 +190,8 @@ class Store:
                     yield conn
         except (OperationalError, InterfaceError) as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-            raise StoreError(f"the store at {self.safe_url} cannot be used: {reason}") from exc
+            raise StoreError(f"the store at {self.safe_url} cannot be used: {reason}",
+                             unreachable=True) from exc
 
     # -- schema -------------------------------------------------------------------------------
 

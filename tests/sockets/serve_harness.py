@@ -1,0 +1,112 @@
+"""A real `peel serve` process on free loopback ports, with its own store in a temp dir."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from routes.model import Document
+from routes.store import Store
+from tests.sockets.conftest import ROOT, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PeelServe:
+    """`peel serve` with a store at `url` (a temp SQLite file unless given)."""
+
+    tmp: Path
+    url: str = ""
+    workers: int = 1
+    extra_settings: str = ""
+    public_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.url = self.url or f"sqlite:///{self.tmp / 'peel.db'}"
+        self.config = self.tmp / "peel.toml"
+        self.config.write_text(
+            f'[database]\nurl = "{self.url}"\n'
+            f'[listeners.public]\nbind = "127.0.0.1:{self.public_port}"\n'
+            f'[listeners.admin]\nbind = "127.0.0.1:{self.admin_port}"\n'
+            f'[server]\nworkers = {self.workers}\nsnapshot_path = "{self.tmp / "snapshot.json"}"\n'
+            f"grace_period = 10\n{self.extra_settings}\n"
+            f'[access_log]\ntarget = "{self.tmp / "access.log"}"\n')
+        self.log = self.tmp / "serve.log"
+
+    def store(self) -> Store:
+        return Store(self.url)
+
+    def commit(self, document: dict[str, Any], reason: str = "test") -> int:
+        store = self.store()
+        try:
+            return store.commit(Document.parse(document), actor="test", reason=reason).version
+        finally:
+            store.close()
+
+    def start(self, *, wait: bool = True) -> PeelServe:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            wait_for(self.ready, 30, f"peel serve to be ready (log: {self.log})")
+        return self
+
+    def ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"peel serve exited with {self.process.returncode}:\n"
+                                 + self.log.read_text())
+        try:
+            status, _, _ = self.get("/readyz", port=self.admin_port, timeout=1)
+        except OSError:
+            return False
+        return status == 200
+
+    def get(self, target: str, *, port: int | None = None, timeout: float = 10,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.public_port, timeout=timeout)
+        try:
+            conn.request("GET", target, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def children(self) -> list[int]:
+        assert self.process is not None
+        try:
+            text = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
