@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.cli import admin_url, build_parser, dump_yaml, header_arg, match_summary, route_from_flags, table
+from gateway.cli import build_parser
+from gateway.cli.args import header_arg
+from gateway.cli.context import admin_url
+from gateway.cli.documents import dump_yaml
+from gateway.cli.output import match_summary, table
+from gateway.cli.rules import route_from_flags
 from routes.model import Document
 
 

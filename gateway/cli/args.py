@@ -1,0 +1,71 @@
+"""Building blocks every command group uses to declare its commands: sub-parsers that accept the
+global options, the options of a write, and argument types whose errors are usage errors."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TypeAlias
+
+from gateway.admin_client import DEFAULT_ADMIN_URL
+
+Handler = Callable[[argparse.Namespace], int]
+#: A usage check argparse cannot express: the problem as text, or None when the arguments are fine.
+Check = Callable[[argparse.Namespace], str | None]
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def header_arg(text: str) -> tuple[str, str]:
+    """`'Name: value'` as (name, value), both stripped."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The global options, accepted before or after the command (SUPPRESS keeps the top's value)."""
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    g = parser.add_argument_group("global options")
+    g.add_argument("--config", metavar="FILE", default=default(None),
+                   help="settings file (default: $PEEL_CONFIG)")
+    g.add_argument("--admin", metavar="URL", default=default(None),
+                   help=f"admin API (default: $PEEL_ADMIN_URL, the settings' admin listener, "
+                        f"or {DEFAULT_ADMIN_URL})")
+    g.add_argument("--token", default=default(None), help="admin API token (default: $PEEL_ADMIN_TOKEN)")
+    g.add_argument("--json", action="store_true", default=default(False), help="print JSON")
+
+
+def write_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that makes a new config version."""
+    parser.add_argument("--reason", help="why: recorded with the new config version")
+    parser.add_argument("--if-match", type=int, metavar="VERSION",
+                        help="refuse unless VERSION is still the latest config version")
+
+
+def add_command(group: Commands, name: str, handler: Handler | None, help_text: str, *,
+                check: Check | None = None) -> argparse.ArgumentParser:
+    """A command (or a group of actions when `handler` is None) that takes the global options.
+
+    `check`, when given, runs after parsing; a problem it reports is a usage error (exit 2).
+    """
+    sub = group.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+    global_options(sub, top=False)
+    if handler is not None:
+        sub.set_defaults(handler=handler)
+    if check is not None:
+        sub.set_defaults(usage_check=check)
+    return sub
+
+
+def actions(command: argparse.ArgumentParser) -> Commands:
+    """The actions of a command group, such as `list` and `set` under `routes`."""
+    return command.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -1,0 +1,197 @@
+"""Rule commands, through the admin API: apply, export, services, routes and match."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from gateway.admin_client import AdminError
+from gateway.cli.args import Commands, actions, add_command, header_arg, write_options
+from gateway.cli.context import admin_client
+from gateway.cli.documents import dump_yaml, load_document
+from gateway.cli.output import match_summary, print_json, print_write, table
+from gateway.errors import PeelError
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    document = load_document(args.file)
+    with admin_client(args) as client:
+        answer = client.apply(document, dry_run=args.dry_run, reason=args.reason, if_match=args.if_match)
+    print_write(args, answer)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with admin_client(args) as client:
+        answer = client.config(args.version)
+    if args.json:
+        print_json(answer["document"])
+    else:
+        sys.stdout.write(dump_yaml(answer["document"]))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with admin_client(args) as client:
+        answer = client.items(args.kind)
+    items = answer[args.kind]
+    if args.json:
+        print_json(items)
+    elif args.kind == "services":
+        table([(s["name"], ", ".join(s["endpoints"])) for s in items], ("NAME", "ENDPOINTS"))
+    else:
+        table([(r["name"], match_summary(r.get("match", {})), r["service"], r.get("priority", 0))
+               for r in items], ("NAME", "MATCH", "SERVICE", "PRIORITY"))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with admin_client(args) as client:
+        item = client.item(args.kind, args.name)[args.kind[:-1]]
+    if args.json:
+        print_json(item)
+    else:
+        sys.stdout.write(dump_yaml(item))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with admin_client(args) as client:
+        answer = client.delete_item(args.kind, args.name, reason=args.reason, if_match=args.if_match)
+    print_write(args, answer)
+    return 0
+
+
+def cmd_service_set(args: argparse.Namespace) -> int:
+    with admin_client(args) as client:
+        answer = client.put_item("services", args.name, {"name": args.name, "endpoints": args.endpoint},
+                                 reason=args.reason, if_match=args.if_match)
+    print_write(args, answer)
+    return 0
+
+
+def route_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The route body `peel routes set NAME ...` sends: the flags, or the -f file."""
+    if args.file is not None:
+        given = load_document(args.file)
+        if not isinstance(given, dict):
+            raise PeelError(f"{args.file} must hold one route (a mapping)")
+        return {"name": args.name, **given}
+    match: dict[str, Any] = {}
+    if args.host:
+        match["hosts"] = args.host
+    for kind in ("path", "path_prefix", "path_template", "path_regex"):
+        if getattr(args, kind) is not None:
+            match[kind] = getattr(args, kind)
+    if args.method:
+        match["methods"] = [m.upper() for m in args.method]
+    if args.header:
+        match["headers"] = [{"name": n, "value": v} for n, v in args.header]
+    route: dict[str, Any] = {"name": args.name, "match": match, "service": args.service}
+    if args.priority:
+        route["priority"] = args.priority
+    rewrite: dict[str, Any] = {}
+    if args.strip_prefix:
+        rewrite["path_prefix"] = "/"
+    elif args.replace_prefix is not None:
+        rewrite["path_prefix"] = args.replace_prefix
+    if args.set_host is not None:
+        rewrite["host"] = args.set_host
+    if rewrite:
+        route["rewrite"] = rewrite
+    return route
+
+
+def check_route_set(args: argparse.Namespace) -> str | None:
+    """-f gives the whole route, the flags give it otherwise; never both, never neither."""
+    flags = [args.service, args.path, args.path_prefix, args.path_template, args.path_regex,
+             args.host, args.method, args.header, args.priority, args.strip_prefix,
+             args.replace_prefix, args.set_host]
+    if args.file is None and not args.service:
+        return "routes set: --service is required unless -f gives the route"
+    if args.file is not None and any(flags):
+        return "routes set: -f gives the whole route; leave out the other route flags"
+    return None
+
+
+def cmd_route_set(args: argparse.Namespace) -> int:
+    route = route_from_flags(args)
+    with admin_client(args) as client:
+        answer = client.put_item("routes", args.name, route, reason=args.reason, if_match=args.if_match)
+    print_write(args, answer)
+    return 0
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    with admin_client(args) as client:
+        try:
+            answer = client.match(args.method.upper(), args.url, dict(args.header))
+        except AdminError as exc:
+            if exc.problem.get("code") == "no-route":
+                raise AdminError(f"no route matches {args.method.upper()} {args.url}") from None
+            raise
+    if args.json:
+        print_json(answer)
+        return 0
+    host = answer["upstream_host"] or "the client's Host"
+    table([("route", f"{answer['route']} (priority {answer['priority']})"),
+           ("service", f"{answer['service']}: {', '.join(answer['endpoints'])}"),
+           ("upstream", f"{args.method.upper()} {answer['upstream_path']} (Host: {host})")], None)
+    return 0
+
+
+def _route_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", help="the route as YAML or JSON instead of the flags")
+    p.add_argument("--service", help="the service that answers (required without -f)")
+    paths = p.add_mutually_exclusive_group()
+    for flag, meta in (("--path", "P"), ("--path-prefix", "P"), ("--path-template", "T"),
+                       ("--path-regex", "R")):
+        paths.add_argument(flag, metavar=meta)
+    p.add_argument("--host", action="append", help="a host or *.suffix; repeatable")
+    p.add_argument("--method", action="append", help="repeatable")
+    p.add_argument("--header", action="append", type=header_arg, metavar="'NAME: VALUE'",
+                   help="an exact header value; repeatable")
+    p.add_argument("--priority", type=int, default=0)
+    rewrites = p.add_mutually_exclusive_group()
+    rewrites.add_argument("--strip-prefix", action="store_true",
+                          help="remove the matched path prefix upstream")
+    rewrites.add_argument("--replace-prefix", metavar="P", help="replace the matched prefix")
+    p.add_argument("--set-host", metavar="H", help="the Host header sent upstream")
+
+
+def register(commands: Commands) -> None:
+    """apply, export, services, routes and match."""
+    p = add_command(commands, "apply", cmd_apply, "replace all rules with a YAML or JSON document")
+    p.add_argument("-f", "--file", required=True, help="the document; - reads stdin")
+    p.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
+    write_options(p)
+    p = add_command(commands, "export", cmd_export, "print the rules as the YAML document apply takes")
+    p.add_argument("--version", type=int, help="an older config version (default: the latest)")
+
+    for kind in ("services", "routes"):
+        group = actions(add_command(commands, kind, None, f"list, show, set or delete {kind}"))
+        add_command(group, "list", cmd_list, f"list {kind}").set_defaults(kind=kind)
+        p = add_command(group, "get", cmd_get, f"print one of the {kind}")
+        p.add_argument("name")
+        p.set_defaults(kind=kind)
+        p = add_command(group, "delete", cmd_delete, f"delete one of the {kind}")
+        p.add_argument("name")
+        p.set_defaults(kind=kind)
+        write_options(p)
+        if kind == "services":
+            p = add_command(group, "set", cmd_service_set, "create or replace a service")
+            p.add_argument("name")
+            p.add_argument("--endpoint", action="append", required=True, metavar="URL",
+                           help="scheme://host:port; repeat for several")
+        else:
+            p = add_command(group, "set", cmd_route_set, "create or replace a route (the whole route)",
+                            check=check_route_set)
+            p.add_argument("name")
+            _route_flags(p)
+        write_options(p)
+
+    p = add_command(commands, "match", cmd_match, "which route and service would answer a request")
+    p.add_argument("method")
+    p.add_argument("url", help="http://host/path?query")
+    p.add_argument("-H", "--header", action="append", type=header_arg, default=[], metavar="'NAME: VALUE'")
