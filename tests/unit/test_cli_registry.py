@@ -1,0 +1,59 @@
+"""The `peel` command groups: one registry line per group, the help order, usage checks as exit 2."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from gateway.cli import build_parser, main, parser
+from gateway.cli.args import Commands, add_command
+
+Leaves = dict[tuple[str, ...], argparse.ArgumentParser]
+
+
+def _leaves(p: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Leaves:
+    """Every runnable command, by its words (`("routes", "set")`)."""
+    found: Leaves = {}
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        found[path] = p
+    for action in subs:
+        for name, child in action.choices.items():
+            found.update(_leaves(child, (*path, name)))
+    return found
+
+
+def test_help_lists_the_commands_in_registry_order() -> None:
+    usage = build_parser().format_help()
+    commands = ["serve", "db", "token", "demo", "apply", "export", "services", "routes", "match", "config"]
+    positions = [usage.index(f"\n    {name} ") for name in commands]
+    assert positions == sorted(positions)
+
+
+def test_every_command_runs_something() -> None:
+    leaves = _leaves(build_parser())
+    assert ("routes", "set") in leaves and ("config", "rollback") in leaves
+    for path, leaf in leaves.items():
+        assert callable(leaf.get_default("handler")), " ".join(path)
+
+
+def test_a_new_group_is_one_register_function_in_the_registry(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    def hello(args: argparse.Namespace) -> int:
+        print(f"hello {args.who}")
+        return 0
+
+    def register(commands: Commands) -> None:
+        add_command(commands, "hello", hello, "say hello").add_argument("who")
+
+    monkeypatch.setattr(parser, "COMMAND_GROUPS", (*parser.COMMAND_GROUPS, register))
+    assert main(["hello", "world", "--json"]) == 0
+    assert capsys.readouterr().out == "hello world\n"
+
+
+def test_a_failed_usage_check_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["routes", "set", "r", "--path", "/x"])
+    assert exit_.value.code == 2
+    assert "--service is required unless -f gives the route" in capsys.readouterr().err
