@@ -42,7 +42,8 @@ def delete_service(doc: Document, name: str) -> Document:
     """Remove service `name`; refused while a route still sends requests to it."""
     if doc.service(name) is None:
         raise NotFoundError(f"services[{name}]", "no such service", name)
-    users = [r.name for r in doc.routes if r.service == name]
+    users = [r.name for r in doc.routes
+             if r.service == name or (r.migration is not None and r.migration.to == name)]
     if users:
         raise RuleError(f"services[{name}]", f"is used by route{'s' if len(users) > 1 else ''} "
                         f"{', '.join(users)}; delete them or point them elsewhere first", name)

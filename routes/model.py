@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from facade.model import Migration
 from gateway.errors import RuleError
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -404,17 +405,21 @@ class Rewrite:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A stored rule: a match, what to change, and the service that answers."""
+    """A stored rule: a match, what to change, and the service that answers.
+
+    With a `migration`, `service` is the `from` side and the migration says when `to` answers.
+    """
 
     name: str
     match: Match
     service: str
     priority: int = 0
     rewrite: Rewrite = field(default_factory=Rewrite)
+    migration: Migration | None = None
 
     @classmethod
     def parse(cls, data: object, where: str) -> Route:
-        m = _mapping(data, where, ("name", "match", "service", "priority", "rewrite"))
+        m = _mapping(data, where, ("name", "match", "service", "priority", "rewrite", "migration"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
         name = _name(m["name"], f"{where}.name")
@@ -432,7 +437,11 @@ class Route:
         if rewrite.path_prefix is not None and match.path_prefix is None:
             raise RuleError(f"{where}.rewrite.path_prefix", "needs match.path_prefix to replace",
                             rewrite.path_prefix)
-        return cls(name, match, service, priority, rewrite)
+        migration = Migration.parse(m["migration"], f"{where}.migration") if "migration" in m else None
+        if migration is not None and migration.to == service:
+            raise RuleError(f"{where}.migration.to", "must differ from the route's service (the "
+                            "service the route moves away from)", migration.to)
+        return cls(name, match, service, priority, rewrite, migration)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "match": self.match.to_dict(),
@@ -441,6 +450,8 @@ class Route:
             out["priority"] = self.priority
         if self.rewrite:
             out["rewrite"] = self.rewrite.to_dict()
+        if self.migration is not None:
+            out["migration"] = self.migration.to_dict()
         return out
 
 
@@ -483,6 +494,8 @@ class Document:
             route_names.add(r.name)
             if r.service not in by_name:
                 raise RuleError(f"routes[{r.name}].service", "names no service", r.service)
+            if r.migration is not None and r.migration.to not in by_name:
+                raise RuleError(f"routes[{r.name}].migration.to", "names no service", r.migration.to)
             key = (r.priority, r.match.key())
             if key in seen_match:
                 raise RuleError(f"routes[{r.name}].match", f"has the same match and priority as "

@@ -1,0 +1,71 @@
+"""The facade decision: which side of a migration answers a request. Pure.
+
+    decide(migration, facts, rand, now) -> Decision
+
+`facts` are what the proxy read from the request (the cohort key, the trusted beta user, the
+method and whether a body was buffered). The stage's behaviour comes from its `StagePolicy`, so a
+new stage is a new row in `facade.model.STAGES`, not a branch in the proxy. `rand` and `now` are
+injected for the stages that sample or expire (a shadow percentage, timed rules); the stages of
+today are deterministic, which is what makes the canary sticky.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from facade.bucketing import in_share
+from facade.model import Migration
+
+Side = Literal["to", "from"]
+# Why a request went where it went: for tests, `peel match` and the access log.
+Reason = Literal["stage", "percent", "beta-allow", "beta-deny"]
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the decision needs from one request.
+
+    `key` is the cohort key (header or cookie value, else the client address); `beta_user` is the
+    beta user id only when the value was trusted (`facade.beta`), else None.
+    """
+
+    key: str
+    beta_user: str | None = None
+    method: str = "GET"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which side answers, and whether `from` may answer when `to` fails.
+
+    `fallback`: a failure of `to` may be answered by `from` (the method is checked by the proxy,
+    which also knows whether the body fitted). `count_misses`: a failure of `to` that `from` would
+    have answered is counted as a retired miss.
+    """
+
+    side: Side
+    reason: Reason
+    fallback: bool = False
+    count_misses: bool = False
+
+
+def decide(migration: Migration, facts: Facts, salt: str,
+           rand: Callable[[], float] | None = None, now: float = 0.0) -> Decision:
+    """Decide for one request. `salt` is the migration's salt (the route name by default)."""
+    policy = migration.policy
+    beta = migration.beta
+    user = facts.beta_user
+    if user is not None and beta is not None:
+        if policy.deny and user in beta.deny:
+            return Decision("from", "beta-deny")
+        if policy.split != "none" and user in beta.allow:
+            return Decision("to", "beta-allow", policy.fallback, policy.counts_misses)
+    if policy.split == "none":
+        return Decision("from", "stage")
+    if policy.split == "all":
+        return Decision("to", "stage", policy.fallback, policy.counts_misses)
+    if in_share(salt, facts.key, migration.share):
+        return Decision("to", "percent", policy.fallback, policy.counts_misses)
+    return Decision("from", "percent")
