@@ -80,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_ports(ports: Ports) -> None:
     """Refuse busy or repeated ports up front, naming the option that changes each."""
     seen: dict[int, str] = {}
+    # Mistakes in the arguments first, so they are named whatever else runs on this machine.
     for what, option, port in ports.named():
         if not 1 <= port <= 65535:
             raise DemoFailed(f"{option} {port} is not a port number (1-65535)")
@@ -87,6 +88,7 @@ def check_ports(ports: Ports) -> None:
             raise DemoFailed(f"port {port} is given for both {seen[port]} and {what}; "
                              f"choose another with {option}")
         seen[port] = what
+    for what, option, port in ports.named():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             # The same option `peel serve` binds with, so a port in TIME_WAIT is not called busy.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
