@@ -51,8 +51,19 @@ def valid_request_id(value: bytes) -> bool:
 
 def nominated(value: bytes) -> set[bytes]:
     """The header names a `Connection` value nominates as hop-by-hop."""
-    tokens = {t.strip().lower() for t in value.split(b",")}
-    return tokens - _NOT_NOMINATIONS
+    return _add_nominated(None, value) or set()
+
+
+def _add_nominated(extra: set[bytes] | None, value: bytes) -> set[bytes] | None:
+    """`extra` plus the names the `Connection` value nominates; None while nothing is nominated.
+
+    One call per `Connection` field, so the two single-pass header loops below share it without
+    adding a call per header.
+    """
+    names = {t.strip().lower() for t in value.split(b",")} - _NOT_NOMINATIONS
+    if not names:
+        return extra
+    return names if extra is None else extra | names
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], drop: tuple[bytes, ...] = ()) -> Headers:
@@ -62,9 +73,7 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], drop: tuple[bytes, 
     for name, value in headers:
         if name in HOP_BY_HOP:
             if name == b"connection":
-                names = nominated(value)
-                if names:
-                    extra = names if extra is None else extra | names
+                extra = _add_nominated(extra, value)
             continue
         if name in drop:
             continue
@@ -134,9 +143,7 @@ class ForwardingRules:
         for name, value in headers:
             if name in HOP_BY_HOP:
                 if name == b"connection":
-                    names = nominated(value)
-                    if names:
-                        extra = names if extra is None else extra | names
+                    extra = _add_nominated(extra, value)
                 continue
             if name in _FORWARDING:
                 # Several fields of one name are one comma-separated list (RFC 9110 5.3).
