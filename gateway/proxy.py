@@ -1,7 +1,9 @@
 """The data plane: a raw ASGI app that matches, rewrites, forwards and streams back.
 
 Per request: read the route table once; normalise the path (route and forward the same form);
-refuse absolute-form targets for hosts no route names (Peel is not an open proxy); match; build
+refuse absolute-form targets for hosts no route names (Peel is not an open proxy); strip beta
+headers and cookies that untrusted downstreams sent; match; for a migrated route ask its compiled
+migration which service answers (and, when `to` fails, answer from `from` per its fallback); build
 the upstream request (hop-by-hop headers stripped, forwarded headers, request id, route edits);
 forward it on a pooled upstream connection; stream the response back with backpressure both ways.
 
@@ -21,6 +23,10 @@ from typing import Any
 
 import httptools
 
+from facade.beta import BetaTrust
+from facade.compiled import BetaFilter, BetaUsers, CompiledMigration
+from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
+from facade.fallback import Watch, buffer_body, prefixed_body, replay_body
 from gateway import problems
 from gateway.accesslog import AccessLog
 from gateway.errors import UpstreamError
@@ -30,8 +36,9 @@ from gateway.http1 import LAST_CHUNK, chunk, request_head
 from gateway.paths import normalise
 from gateway.pool import ExchangeAborted, UpstreamConnection, UpstreamPool
 from gateway.protocol import DOWNSTREAM, TARGET, Downstream
-from gateway.settings import ProxySettings, Settings
+from gateway.settings import FacadeSettings, ProxySettings, Settings
 from routes.model import Endpoint
+from routes.table import CompiledService, RouteTable
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,6 +48,7 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("peel.proxy")
 _perf = time.perf_counter
 _PROBLEM = problems.CONTENT_TYPE.encode()
+_NO_USERS: BetaUsers = {}
 
 
 class _Request:
@@ -67,14 +75,22 @@ class ProxyApp:
     """The data-plane ASGI 3 app of the public (and outbound) listeners.
 
     `holder` gives the current route table; `pool` the upstream connections (closed on lifespan
-    shutdown or `aclose()`); `settings` is `Settings` or just its `proxy` part; `access_log` may
-    be None for none.
+    shutdown or `aclose()`); `settings` is `Settings` or just its `proxy` part (the facade's beta
+    trust then comes from `facade`, default: nobody trusted); `access_log` may be None for none;
+    `counts` receives the per-route traffic counts of migrations (None: not counted).
     """
 
     def __init__(self, holder: TableHolder, pool: UpstreamPool, settings: ProxySettings | Settings,
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None, *, facade: FacadeSettings | None = None,
+                 counts: TrafficCounts | None = None) -> None:
         if isinstance(settings, Settings):
+            facade = facade or settings.facade
             settings = settings.proxy
+        facade = facade or FacadeSettings()
+        self._trust = BetaTrust(facade.trusted_networks, facade.beta_secret)
+        # The beta filter of the last table seen, rebuilt when the table is swapped.
+        self._beta: tuple[object, BetaFilter] | None = None
+        self.counts = counts if counts is not None else TrafficCounts()
         self._holder = holder
         self._pool = pool
         self._rules = ForwardingRules(settings.trusted_proxies, settings.request_id_header)
@@ -157,17 +173,76 @@ class ProxyApp:
             host = target_host
         method: str = scope["method"]
         query: bytes = scope["query_string"]
+        client = scope.get("client")
+        client_addr: str | None = client[0] if client else None
+        beta_users = _NO_USERS
+        if table.beta_headers or table.beta_cookies:
+            # Beta values steer routing: an untrusted one is gone before matching and forwarding.
+            cleaned, beta_users = self._beta_filter(table).apply(scope["headers"], client_addr)
+            if cleaned is not None:
+                scope["headers"] = cleaned
         route = table.match(method, host, path, query, scope["headers"])
         if route is None:
             return await self._problem(send, req, 404, "no-route", "no route matches this request")
         req.route = route.name
-        service = route.service
+        migration: CompiledMigration | None = route.migration
+        if migration is None:
+            await self._send_to(scope, receive, send, req, route, route.service, host_header, path,
+                                query, length, chunked, None)
+            return
+        decision = migration.decide(scope["headers"], client_addr, method, beta_users)
+        counts = self.counts
+        if decision.side == "from":
+            counts.add(route.name, table.version, FROM)
+            await self._send_to(scope, receive, send, req, route, migration.from_service, host_header,
+                                path, query, length, chunked, None)
+            return
+        counts.add(route.name, table.version, TO)
+        replay = decision.fallback and migration.fallback.allows_method(method)
+        has_body = length is not None or chunked
+        if replay and has_body:
+            body, complete = await buffer_body(receive, migration.fallback.max_body)
+            # Larger than the buffer: sent to `to` only (the rest streamed), without a fallback.
+            replay = complete and len(body) <= migration.fallback.max_body
+            receive = replay_body(body) if complete else prefixed_body(body, receive)
+        watch = Watch(migration, replay) if replay or decision.count_misses else None
+        failed = await self._send_to(scope, receive, send, req, route, migration.to_service,
+                                     host_header, path, query, length, chunked, watch)
+        if failed is None:
+            return
+        if not replay:
+            counts.add(route.name, table.version, RETIRED_MISSES)
+            return
+        counts.add(route.name, table.version, FALLBACK)
+        req.error = None
+        req.sent = False
+        req.upstream = None
+        await self._send_to(scope, receive, send, req, route, migration.from_service, host_header,
+                            path, query, length, chunked, None)
+        # Until the access log has its own fields: the line shows which `to` failure was answered
+        # by `from` (route: the migrated route, service: the `from` service).
+        req.error = f"fallback:{failed}" if req.error is None else req.error
+
+    def _beta_filter(self, table: RouteTable) -> BetaFilter:
+        cached = self._beta
+        if cached is None or cached[0] is not table:
+            cached = self._beta = (table, BetaFilter(table.beta_headers, table.beta_cookies, self._trust))
+        return cached[1]
+
+    async def _send_to(self, scope: Scope, receive: Receive, send: Send, req: _Request, route: Any,
+                       service: CompiledService, host_header: bytes | None, path: str,
+                       query: bytes, length: bytes | None, chunked: bool,
+                       watch: Watch | None) -> str | None:
+        """Forward to one endpoint of `service`; the error code when `watch` saw `to` fail."""
         req.service = service.name
         try:
             endpoint = service.pick()
         except UpstreamError as exc:
+            if watch is not None and watch.on_error and watch.replay:
+                return exc.code
             req.error = exc.code
-            return await self._problem(send, req, exc.status, exc.code, str(exc) or exc.code)
+            await self._problem(send, req, exc.status, exc.code, str(exc) or exc.code)
+            return exc.code if watch is not None and watch.on_error else None
         req.endpoint = endpoint
 
         client = scope.get("client")
@@ -190,15 +265,21 @@ class ProxyApp:
         target_out = new_path.encode("ascii", "backslashreplace")
         if query:
             target_out += b"?" + query
-        head = request_head(method, target_out, headers)
+        head = request_head(scope["method"], target_out, headers)
 
-        downstream: Downstream | None = extensions.get(DOWNSTREAM)
-        await self._forward(scope, receive, send, req, route, endpoint, head, has_body, chunked,
-                            downstream)
+        downstream: Downstream | None = (scope.get("extensions") or {}).get(DOWNSTREAM)
+        return await self._forward(scope, receive, send, req, route, endpoint, head, has_body, chunked,
+                                   downstream, watch)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, req: _Request, route: Any,
                        endpoint: Any, head: bytes, has_body: bool, chunked: bool,
-                       downstream: Downstream | None) -> None:
+                       downstream: Downstream | None, watch: Watch | None = None) -> str | None:
+        """Forward one request and stream the answer back.
+
+        With `watch`, a failure of this (the `to`) side is returned as its code: a connect error or
+        timeout (when `watch.on_error`) or one of `watch.statuses`. When `watch.replay` nothing
+        reaches the downstream then, so the caller can ask `from`.
+        """
         pool = self._pool
         method = scope["method"]
         conn: UpstreamConnection | None = None
@@ -207,8 +288,11 @@ class ProxyApp:
             try:
                 conn = pool.take_idle(endpoint) or await pool.connect(endpoint)
             except UpstreamError as exc:
+                if watch is not None and watch.on_error and watch.replay:
+                    return exc.code
                 req.error = exc.code
-                return await self._problem(send, req, exc.status, exc.code, str(exc))
+                await self._problem(send, req, exc.status, exc.code, str(exc))
+                return exc.code if watch is not None and watch.on_error else None
             if downstream is not None:
                 if downstream.lost:
                     conn.close()
@@ -260,16 +344,31 @@ class ProxyApp:
                 else:
                     await conn.wait(self._response_timeout, "response head")
             req.upstream = _perf() - t_sent
+            failed: str | None = None
+            if watch is not None and reader.head.status in watch.statuses:
+                failed = f"status-{reader.head.status}"
+                if watch.replay:
+                    # Its answer is not wanted: `from` answers instead.
+                    conn.close(abort=True)
+                    return failed
             await self._respond(send, req, route, conn, upload, downstream)
+            return failed
         except UpstreamError as exc:
             req.error = exc.code
             if conn is not None:
                 conn.close(abort=True)
             if not req.started:
+                if watch is not None and watch.on_error:
+                    if watch.replay:
+                        req.error = None
+                        return exc.code
+                    await self._problem(send, req, exc.status, exc.code, str(exc))
+                    return exc.code
                 await self._problem(send, req, exc.status, exc.code, str(exc))
             else:
                 log.warning("response from %s cut short: %s", endpoint.url, exc)
                 self._abort_downstream(scope)
+            return None
         except BaseException:
             if conn is not None:
                 conn.close(abort=True)

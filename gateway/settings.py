@@ -87,12 +87,24 @@ class AccessLogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FacadeSettings:
+    # networks whose beta header/cookie values are honoured as plain user ids; from anyone else
+    # only a value signed with `beta_secret` is (and an unsigned one is stripped)
+    trusted_networks: tuple[str, ...] = ()
+    # HMAC key of signed beta values (`peel beta sign`); empty: no signed values; else >= 32 chars
+    beta_secret: str = ""
+    # how often each serving process writes its per-route traffic counts to the store
+    counts_interval: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings = DatabaseSettings()
     listeners: ListenersSettings = ListenersSettings()
     server: ServerSettings = ServerSettings()
     proxy: ProxySettings = ProxySettings()
     access_log: AccessLogSettings = AccessLogSettings()
+    facade: FacadeSettings = FacadeSettings()
 
 
 def split_bind(bind: str) -> tuple[str, int]:
@@ -133,6 +145,13 @@ def _check(key: str, obj: Any) -> None:
                     raise ValueError(f"{name} must be positive")
             if obj.max_idle_per_endpoint < 0:
                 raise ValueError("max_idle_per_endpoint must not be negative")
+        elif isinstance(obj, FacadeSettings):
+            for net in obj.trusted_networks:
+                ipaddress.ip_network(net, strict=False)
+            if obj.beta_secret and len(obj.beta_secret) < 32:
+                raise ValueError("beta_secret must be at least 32 characters (or empty for none)")
+            if obj.counts_interval <= 0:
+                raise ValueError("counts_interval must be positive")
         elif isinstance(obj, DatabaseSettings) and "://" not in obj.url:
             raise ValueError(f"url {obj.url!r} is not a SQLAlchemy URL such as sqlite:///./peel.db")
     except ValueError as exc:

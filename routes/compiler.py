@@ -18,6 +18,7 @@ judged by the most specific host of the route that it matches.
 
 from __future__ import annotations
 
+from facade.compiled import CompiledMigration
 from gateway.errors import RuleError
 from routes.matcher import KIND_RANK, CompiledMatch
 from routes.model import Document
@@ -48,10 +49,17 @@ def compile_document(document: Document, version: int) -> RouteTable:
         service = services.get(spec.service)
         if service is None:
             raise RuleError(f"routes[{spec.name}].service", "names no service", spec.service)
+        migration = None
+        if spec.migration is not None:
+            to = services.get(spec.migration.to)
+            if to is None:
+                raise RuleError(f"routes[{spec.name}].migration.to", "names no service",
+                                spec.migration.to)
+            migration = CompiledMigration(spec.migration, spec.name, service, to)
         routes.append(CompiledRoute(spec, service, CompiledMatch(spec.match),
                                     compile_path_rewrite(spec.match, spec.rewrite),
                                     compile_header_rules(spec.rewrite.request_headers),
-                                    compile_header_rules(spec.rewrite.response_headers)))
+                                    compile_header_rules(spec.rewrite.response_headers), migration))
 
     placed = [(precedence_key(route, host), host, route)
               for route in routes for host in (route.match.hosts or ("",))]

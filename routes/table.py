@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from facade.compiled import CompiledMigration
 from gateway.errors import NoEndpoint
 from routes.matcher import CompiledMatch, FieldChecks, Headers, RequestFacts
 from routes.model import Endpoint, Route
@@ -86,8 +87,9 @@ class CompiledRoute(_Frozen):
     `fields`) are copied flat out of `match` so that a lookup reads them with one attribute access.
     """
 
-    __slots__ = ("fields", "match", "methods", "name", "path_regex", "priority", "request_headers",
-                 "response_headers", "rewrite_path", "service", "spec", "upstream_host")
+    __slots__ = ("fields", "match", "methods", "migration", "name", "path_regex", "priority",
+                 "request_headers", "response_headers", "rewrite_path", "service", "spec",
+                 "upstream_host")
     spec: Route
     name: str
     priority: int
@@ -100,14 +102,17 @@ class CompiledRoute(_Frozen):
     upstream_host: str | None
     request_headers: HeaderEdit
     response_headers: HeaderEdit
+    # None for a route without a migration; `service` is then the only side
+    migration: CompiledMigration | None
 
     def __init__(self, spec: Route, service: CompiledService, match: CompiledMatch,
                  rewrite_path: PathRewrite, request_headers: HeaderEdit,
-                 response_headers: HeaderEdit) -> None:
+                 response_headers: HeaderEdit, migration: CompiledMigration | None = None) -> None:
         self._init(spec=spec, name=spec.name, priority=spec.priority, service=service, match=match,
                    methods=match.methods, path_regex=match.path.regex, fields=match.fields,
                    rewrite_path=rewrite_path, upstream_host=spec.rewrite.host,
-                   request_headers=request_headers, response_headers=response_headers)
+                   request_headers=request_headers, response_headers=response_headers,
+                   migration=migration)
 
     def params(self, path: str) -> dict[str, str]:
         """The `{param}` values of a template route for a path it matched."""
@@ -185,8 +190,8 @@ class RouteTable(_Frozen):
     returns the winning `CompiledRoute` or None.
     """
 
-    __slots__ = ("_exact", "_hostless", "_wildcard", "_wildcard_labels", "routes", "services",
-                 "version")
+    __slots__ = ("_exact", "_hostless", "_wildcard", "_wildcard_labels", "beta_cookies",
+                 "beta_headers", "routes", "services", "version")
     version: int
     routes: tuple[CompiledRoute, ...]
     services: Mapping[str, CompiledService]
@@ -194,15 +199,23 @@ class RouteTable(_Frozen):
     _wildcard: Mapping[str, TrieNode]
     _wildcard_labels: tuple[int, ...]
     _hostless: TrieNode
+    # the beta headers (lower-case) and cookies that some migration names: stripped from
+    # untrusted downstreams before matching
+    beta_headers: frozenset[bytes]
+    beta_cookies: frozenset[str]
 
     def __init__(self, version: int, routes: tuple[CompiledRoute, ...],
                  services: Mapping[str, CompiledService], exact: dict[str, TrieNode],
                  wildcard: dict[str, TrieNode], hostless: TrieNode) -> None:
+        sources = [r.migration.beta_source for r in routes
+                   if r.migration is not None and r.migration.beta_source is not None]
         # The index dicts stay plain dicts (private, never handed out): a MappingProxyType would add
         # an indirection to every lookup on the hot path.
         self._init(version=version, routes=routes, services=MappingProxyType(dict(services)),
                    _exact=exact, _wildcard=wildcard, _hostless=hostless,
-                   _wildcard_labels=tuple(sorted({s.count(".") + 1 for s in wildcard}, reverse=True)))
+                   _wildcard_labels=tuple(sorted({s.count(".") + 1 for s in wildcard}, reverse=True)),
+                   beta_headers=frozenset(n for k, n in sources if isinstance(n, bytes)),
+                   beta_cookies=frozenset(n for k, n in sources if isinstance(n, str)))
 
     def _wildcard_roots(self, host: str) -> list[TrieNode]:
         """The wildcard buckets whose suffix `host` ends with (after at least one more label)."""

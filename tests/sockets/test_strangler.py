@@ -1,0 +1,218 @@
+"""The strangler facade on real processes: `peel serve` between http.client and named upstreams.
+
+Each upstream answers every request with its own name (and a fixed status), so a test sees which
+side of a migration answered. The module's gateway serves one document with a migration per
+situation; the story test at the end drives one migration through its whole life over the admin
+API and the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from facade.beta import sign
+from facade.bucketing import in_share
+from tests.sockets.serve_harness import PeelServe
+from tests.sockets.upstreams import Refusing, ThreadServer, read_body, read_head
+
+SECRET = "k" * 40
+TRUSTED = "127.0.0.2"
+UNTRUSTED = "127.0.0.3"
+
+
+class Named(ThreadServer):
+    """Answers every request with `status` and its name as the body; records what it saw."""
+
+    def __init__(self, name: str, status: int = 200) -> None:
+        super().__init__()
+        self.name = name
+        self.status = status
+        self.seen: list[tuple[str, str, dict[str, str], int]] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     number: int) -> None:
+        while (head := await read_head(reader)) is not None:
+            method, target, headers = head
+            length, _ = await read_body(reader, headers)
+            self.seen.append((method, target, {k.lower(): v for k, v in headers}, length))
+            body = self.name.encode()
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (self.status, len(body), body))
+            await writer.drain()
+
+
+class Sides:
+    def __init__(self) -> None:
+        self.legacy = Named("legacy").start()
+        self.orders = Named("orders").start()
+        self.broken = Named("broken", 503).start()
+        self.refusing = Refusing()
+
+    def stop(self) -> None:
+        for server in (self.legacy, self.orders, self.broken):
+            server.stop()
+        self.refusing.stop()
+
+
+def document(sides: Sides) -> dict[str, Any]:
+    services = [{"name": "legacy", "endpoints": [sides.legacy.url]},
+                {"name": "orders", "endpoints": [sides.orders.url]},
+                {"name": "broken", "endpoints": [sides.broken.url]},
+                {"name": "refusing", "endpoints": [sides.refusing.url]}]
+    beta = {"header": "X-Beta-User", "allow": ["alice"], "deny": ["bob"]}
+    routes = [
+        {"name": "default", "match": {"path_prefix": "/"}, "service": "legacy"},
+        {"name": "orders", "match": {"path_prefix": "/orders"}, "service": "legacy",
+         "migration": {"to": "orders", "stage": "canary", "percent": 10,
+                       "cohort": {"header": "X-User-Id"}, "beta": beta}},
+        {"name": "cookies", "match": {"path_prefix": "/cookies"}, "service": "legacy",
+         "migration": {"to": "orders", "stage": "canary", "cohort": {"cookie": "sid"},
+                       "beta": {"cookie": "beta", "allow": ["alice"]}}},
+        {"name": "shipping", "match": {"path_prefix": "/shipping"}, "service": "legacy",
+         "migration": {"to": "broken", "stage": "migrated", "fallback": {"max_body": 1024}}},
+        {"name": "refused", "match": {"path_prefix": "/refused"}, "service": "legacy",
+         "migration": {"to": "refusing", "stage": "migrated"}},
+        {"name": "gone", "match": {"path_prefix": "/gone"}, "service": "legacy",
+         "migration": {"to": "broken", "stage": "retired"}},
+    ]
+    return {"services": services, "routes": routes}
+
+
+@pytest.fixture(scope="module")
+def sides() -> Iterator[Sides]:
+    s = Sides()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, sides: Sides) -> Iterator[PeelServe]:
+    peel = PeelServe(tmp_path_factory.mktemp("strangler"),
+                     extra_settings=f'[facade]\ntrusted_networks = ["{TRUSTED}/32"]\n'
+                                    f'beta_secret = "{SECRET}"\n')
+    peel.store().upgrade()
+    peel.commit(document(sides))
+    peel.start()
+    yield peel
+    peel.stop()
+
+
+def call(peel: PeelServe, method: str, target: str, headers: dict[str, str] | None = None,
+         body: bytes | None = None, source: str | None = None,
+         conn: http.client.HTTPConnection | None = None) -> tuple[int, str]:
+    own = conn is None
+    if conn is None:
+        conn = http.client.HTTPConnection("127.0.0.1", peel.public_port, timeout=10,
+                                          source_address=(source, 0) if source else None)
+    try:
+        conn.request(method, target, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        if own:
+            conn.close()
+
+
+def test_canary_share_is_sticky_per_user_and_predicted_by_the_bucket(gateway: PeelServe) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.public_port, timeout=10)
+    users = [f"user-{i}" for i in range(1000)]
+    answered = {u: call(gateway, "GET", "/orders/1", {"X-User-Id": u}, conn=conn)[1] for u in users}
+    again = {u: call(gateway, "GET", "/orders/2", {"X-User-Id": u}, conn=conn)[1] for u in users[:200]}
+    conn.close()
+    # Every user lands where the documented hash says: the same on any gateway and any restart.
+    assert all(answered[u] == ("orders" if in_share("orders", u, 1000) else "legacy") for u in users)
+    assert all(again[u] == answered[u] for u in again)
+    share = sum(a == "orders" for a in answered.values()) / len(users) * 100
+    assert 7 <= share <= 13
+
+
+def test_beta_allow_and_deny_from_a_trusted_network(gateway: PeelServe) -> None:
+    outside = next(f"u{i}" for i in range(1000) if not in_share("orders", f"u{i}", 1000))
+    inside = next(f"u{i}" for i in range(1000) if in_share("orders", f"u{i}", 1000))
+    assert call(gateway, "GET", "/orders", {"X-User-Id": outside, "X-Beta-User": "alice"},
+                source=TRUSTED)[1] == "orders"
+    assert call(gateway, "GET", "/orders", {"X-User-Id": inside, "X-Beta-User": "bob"},
+                source=TRUSTED)[1] == "legacy"
+    assert call(gateway, "GET", "/orders", {"X-User-Id": inside}, source=TRUSTED)[1] == "orders"
+
+
+def test_spoofed_beta_header_from_an_untrusted_address_never_reaches_the_new_service(
+        gateway: PeelServe, sides: Sides) -> None:
+    outside = [f"u{i}" for i in range(300) if not in_share("orders", f"u{i}", 1000)]
+    before = len(sides.orders.seen)
+    for user in outside:
+        status, side = call(gateway, "GET", "/orders", {"X-User-Id": user, "X-Beta-User": "alice"},
+                            source=UNTRUSTED)
+        assert (status, side) == (200, "legacy")
+    assert len(sides.orders.seen) == before
+    # Nor does the spoofed header travel on to the old one.
+    assert all("x-beta-user" not in headers for _, _, headers, _ in sides.legacy.seen[-len(outside):])
+
+
+def test_a_signed_beta_value_is_honoured_from_anywhere(gateway: PeelServe, sides: Sides) -> None:
+    outside = next(f"u{i}" for i in range(1000) if not in_share("orders", f"u{i}", 1000))
+    signed = sign(SECRET, "alice", 4_000_000_000)
+    assert call(gateway, "GET", "/orders", {"X-User-Id": outside, "X-Beta-User": signed},
+                source=UNTRUSTED)[1] == "orders"
+    assert sides.orders.seen[-1][2]["x-beta-user"] == signed
+    forged = signed[:-4] + "AAAA"
+    assert call(gateway, "GET", "/orders", {"X-User-Id": outside, "X-Beta-User": forged},
+                source=UNTRUSTED)[1] == "legacy"
+
+
+def test_beta_cookie_is_stripped_alone_from_untrusted_downstreams(gateway: PeelServe,
+                                                                  sides: Sides) -> None:
+    status, side = call(gateway, "GET", "/cookies", {"Cookie": "sid=s1; beta=alice; theme=dark"},
+                        source=UNTRUSTED)
+    assert (status, side) == (200, "legacy")
+    assert sides.legacy.seen[-1][2]["cookie"] == "sid=s1; theme=dark"
+    assert call(gateway, "GET", "/cookies", {"Cookie": "sid=s1; beta=alice"}, source=TRUSTED)[1] \
+        == "orders"
+
+
+@pytest.mark.parametrize("target", ["/shipping/1", "/refused/1"])
+def test_failing_new_service_is_answered_by_the_old_one(gateway: PeelServe, sides: Sides,
+                                                       target: str) -> None:
+    assert call(gateway, "GET", target) == (200, "legacy")
+    assert sides.legacy.seen[-1][1] == target
+
+
+def test_fallback_replays_a_small_idempotent_body(gateway: PeelServe, sides: Sides) -> None:
+    assert call(gateway, "PUT", "/shipping/1", body=b"x" * 1000) == (200, "legacy")
+    assert sides.legacy.seen[-1][0] == "PUT" and sides.legacy.seen[-1][3] == 1000
+    assert sides.broken.seen[-1][3] == 1000
+
+
+@pytest.mark.parametrize("method, size", [("POST", 10), ("PUT", 5000)])
+def test_no_fallback_for_unsafe_methods_or_bodies_over_the_buffer(gateway: PeelServe, sides: Sides,
+                                                                  method: str, size: int) -> None:
+    before = len(sides.legacy.seen)
+    assert call(gateway, method, "/shipping/1", body=b"y" * size) == (503, "broken")
+    assert sides.broken.seen[-1][3] == size
+    assert len(sides.legacy.seen) == before
+
+
+def test_retired_has_no_fallback(gateway: PeelServe, sides: Sides) -> None:
+    before = len(sides.legacy.seen)
+    assert call(gateway, "GET", "/gone/1") == (503, "broken")
+    assert len(sides.legacy.seen) == before
+
+
+def test_access_log_marks_the_fallback(gateway: PeelServe) -> None:
+    call(gateway, "GET", "/refused/log")
+    log = Path(gateway.tmp / "access.log")
+    from tests.sockets.conftest import wait_for
+
+    def logged() -> bool:
+        return log.exists() and any('"/refused/log"' in line for line in log.read_text().splitlines())
+
+    wait_for(logged, 5, "the access log line")
+    line = json.loads(next(li for li in log.read_text().splitlines() if '"/refused/log"' in li))
+    assert line["route"] == "refused" and line["service"] == "legacy" and line["status"] == 200
+    assert line["error"] == "fallback:upstream-connect-failed"
