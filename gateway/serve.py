@@ -28,7 +28,6 @@ import uvicorn
 
 from gateway import systemd
 from gateway.accesslog import AccessLog
-from gateway.admin.app import build_admin_app
 from gateway.errors import ConfigError, PeelError, StoreError
 from gateway.holder import TableHolder
 from gateway.listener import make_server, uvicorn_config
@@ -116,6 +115,9 @@ class Runtime:
         return server, access_log, pool
 
     def admin(self, store: Store) -> uvicorn.Server:
+        # Imported here: worker processes never serve the admin API and need not carry starlette.
+        from gateway.admin.app import build_admin_app
+
         app = build_admin_app(store, ready=self.ready, settings=self.settings)
         server = make_server(uvicorn_config(app, self.settings, listener="admin"))
         self.servers.append(server)
