@@ -8,16 +8,18 @@ latest version, applies the edit, shows the diff, and commits only when somethin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from gateway.errors import NotFoundError, PreconditionFailed, RuleError
 from routes.diff import DocumentDiff, diff
 from routes.model import Document, Route, Service
-from routes.store import ConfigVersion, VersionInfo
+from routes.store import ConfigVersion, Transition, VersionInfo
 
 Edit = Callable[[Document], Document]
 Check = Callable[[Document], None]
+# The migration transitions an edit makes, from (old document, new document).
+Transitions = Callable[[Document, Document], Sequence[Transition]]
 # Re-applications of an edit when no If-Match was given and other writers committed in between.
 RETRIES = 3
 
@@ -30,7 +32,7 @@ class VersionStore(Protocol):
     def get(self, version: int) -> ConfigVersion: ...
 
     def commit(self, document: Document, *, actor: str, reason: str, expected: int | None = None,
-               summary: str | None = None) -> VersionInfo: ...
+               summary: str | None = None, transitions: Sequence[Transition] = ()) -> VersionInfo: ...
 
 
 def put_service(doc: Document, service: Service) -> Document:
@@ -67,15 +69,16 @@ def replace_document(new: Document) -> Edit:
 
 
 def commit_change(store: VersionStore, edit: Edit, *, actor: str, reason: str,
-                  if_match: int | None = None,
-                  check: Check | None = None) -> tuple[VersionInfo | None, DocumentDiff]:
+                  if_match: int | None = None, check: Check | None = None,
+                  transitions: Transitions | None = None) -> tuple[VersionInfo | None, DocumentDiff]:
     """Apply `edit` to the latest document and commit the result as a new config version.
 
     Returns the new version (None when the edit changes nothing, and nothing is written) and the
     diff. With `if_match`, the edit applies only to that version: when it is no longer the latest,
     `PreconditionFailed`. Without it, a change that lost a race with another writer is re-applied
     to the newer document, up to `RETRIES` times. `check` (the admin API compiles the document
-    into a route table) runs before anything is written and refuses by raising.
+    into a route table) runs before anything is written and refuses by raising. `transitions`
+    names the migration transitions of the change; they are stored in the same transaction.
     """
     for attempt in range(RETRIES + 1):
         latest = store.latest()
@@ -88,9 +91,15 @@ def commit_change(store: VersionStore, edit: Edit, *, actor: str, reason: str,
             return None, change
         if check is not None:
             check(document)
+        # Only a change with transitions passes them: fakes of this seam need not know about them.
         try:
-            info = store.commit(document, actor=actor, reason=reason, expected=latest.version,
-                                summary=change.summary())
+            if transitions is not None:
+                info = store.commit(document, actor=actor, reason=reason, expected=latest.version,
+                                    summary=change.summary(),
+                                    transitions=transitions(latest.document, document))
+            else:
+                info = store.commit(document, actor=actor, reason=reason, expected=latest.version,
+                                    summary=change.summary())
         except PreconditionFailed:
             if if_match is not None or attempt == RETRIES:
                 raise

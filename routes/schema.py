@@ -73,3 +73,38 @@ admin_tokens = Table(
     Column("last_used_at", UtcDateTime(), nullable=True),
     Column("revoked_at", UtcDateTime(), nullable=True),
 )
+
+# One row per migration transition (start, shift, promote, retire, rollback), written in the same
+# transaction as the config version it made, so the history and the documents never disagree.
+migration_transitions = Table(
+    "migration_transitions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("route", String(63), nullable=False, index=True),
+    Column("action", String(16), nullable=False),
+    # None when a migration starts on a route that had none
+    Column("from_stage", String(16), nullable=True),
+    Column("to_stage", String(16), nullable=False),
+    # the canary share after the transition, in basis points (1/100 of a percent)
+    Column("share", Integer, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("config_version", Integer, nullable=False),
+)
+
+# Requests per migrated route, side and serving process, added to every few seconds by each
+# process. Keyed by the config version of the route table that served them, so the counts since a
+# transition are the rows from its config version on.
+traffic_counts = Table(
+    "traffic_counts",
+    metadata,
+    Column("route", String(63), primary_key=True),
+    Column("config_version", Integer, primary_key=True, autoincrement=False),
+    Column("instance", String(128), primary_key=True),
+    Column("to_count", Integer, nullable=False),
+    Column("from_count", Integer, nullable=False),
+    Column("fallback_count", Integer, nullable=False),
+    Column("retired_misses", Integer, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)

@@ -26,6 +26,7 @@ from gateway import problems
 from gateway.admin.auth import BearerAuth, TokenCache
 from gateway.admin.config import ConfigResource
 from gateway.admin.matching import MatchResource
+from gateway.admin.migrations import migration_routes
 from gateway.admin.openapi import openapi_document
 from gateway.admin.rules import rule_routes
 from gateway.admin.wire import problem_response
@@ -112,6 +113,7 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         *rule_routes(store),
         *ConfigResource(store).routes(),
         *MatchResource(store).routes(),
+        *migration_routes(store),
     ]
     document = openapi_document()
 

@@ -54,8 +54,53 @@ SCHEMAS: dict[str, Schema] = {
                      "request_headers": _ref("HeaderRules"), "response_headers": _ref("HeaderRules")}),
     "Route": _obj({"name": NAME, "match": _ref("Match"), "service": NAME,
                    "priority": {"type": "integer", "minimum": -1000000, "maximum": 1000000, "default": 0},
-                   "rewrite": _ref("Rewrite")}, ("name", "service"),
+                   "rewrite": _ref("Rewrite"), "migration": _ref("Migration")}, ("name", "service"),
                   description="A stored rule: a match, what to change, and the service that answers."),
+    "KeySource": _obj({"header": {"type": "string"}, "cookie": {"type": "string"}},
+                      description="Where a value comes from: a header or a cookie (one of them)."),
+    "Beta": _obj({"header": {"type": "string"}, "cookie": {"type": "string"},
+                  "allow": _array({"type": "string"}), "deny": _array({"type": "string"})},
+                 description="Beta users by a trusted header or cookie: allow gets `to` from canary "
+                             "on, deny never gets `to` while a `from` exists."),
+    "Fallback": _obj({"statuses": _array({"type": "integer", "minimum": 200, "maximum": 599}),
+                      "on_error": {"type": "boolean", "default": True},
+                      "max_body": {"type": "integer", "minimum": 0, "default": 65536},
+                      "unsafe_methods": {"type": "boolean", "default": False}}),
+    "Migration": _obj({"to": NAME, "stage": {"enum": ["legacy", "canary", "migrated", "retired"],
+                                             "default": "legacy"},
+                       "percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 0},
+                       "cohort": _ref("KeySource"), "salt": {"type": "string"}, "beta": _ref("Beta"),
+                       "fallback": _ref("Fallback")}, ("to",),
+                      description="The strangling of the route from its `service` to `to`."),
+    "MigrationStatus": {"type": "object", "properties": {
+        "route": NAME, "from": NAME, "to": NAME, "stage": {"type": "string"},
+        "percent": {"type": "number"}, "migration": _ref("Migration"),
+        "since": {"type": ["object", "null"], "description": "the last transition"},
+        "counts": {"type": "object", "description": "requests since the last transition, summed "
+                   "over every gateway process: to, from, fallback, retired_misses",
+                   "additionalProperties": {"type": "integer"}}}},
+    "MigrationList": {"type": "object", "properties": {"version": {"type": "integer"},
+                                                       "migrations": _array(_ref("MigrationStatus"))}},
+    "MigrationAnswer": {"type": "object", "properties": {"version": {"type": "integer"},
+                                                         "migration": _ref("MigrationStatus")}},
+    "Transition": {"type": "object", "properties": {
+        "route": NAME, "action": {"type": "string"}, "from_stage": {"type": ["string", "null"]},
+        "to_stage": {"type": "string"}, "percent": {"type": "number"}, "actor": {"type": "string"},
+        "reason": {"type": "string"}, "time": {"type": "string", "format": "date-time"},
+        "config_version": {"type": "integer"}}},
+    "TransitionHistory": {"type": "object", "properties": {"version": {"type": "integer"},
+                                                           "route": NAME,
+                                                           "transitions": _array(_ref("Transition"))}},
+    "TransitionResult": {"type": "object", "description": "The write result plus the migration now.",
+                         "properties": {"version": {"type": "integer"}, "changed": {"type": "boolean"},
+                                        "action": {"type": "string"}, "created": _ref("VersionInfo"),
+                                        "migration": _ref("MigrationStatus"), "diff": _ref("Diff"),
+                                        "summary": {"type": "string"}, "diff_text": {"type": "string"}}},
+    "StartRequest": _obj({"to": NAME, "cohort": _ref("KeySource"), "beta": _ref("Beta"),
+                          "salt": {"type": "string"}, "reason": {"type": "string"}}, ("to",)),
+    "ShiftRequest": _obj({"percent": {"type": "number", "minimum": 0, "maximum": 100},
+                          "reason": {"type": "string"}}, ("percent",)),
+    "ReasonRequest": _obj({"reason": {"type": "string"}}),
     "Document": _obj({"services": _array(_ref("Service")), "routes": _array(_ref("Route"))},
                      description="The declarative document, as `peel export` prints it."),
     "VersionInfo": {"type": "object", "required": ["version", "created_at", "actor", "reason"],
@@ -182,6 +227,44 @@ def _collection(kind: str, schema: str) -> dict[str, Schema]:
     }
 
 
+def _migrations() -> dict[str, Schema]:
+    base = "/api/v1/migrations"
+    route = {"name": "route", "in": "path", "required": True, "schema": NAME}
+    refused = {"404": _problem("No such route, or it has no migration"),
+               "409": _problem("The stage does not allow this transition (field: the stage)"),
+               "412": _problem("If-Match named a config version that is no longer the latest"),
+               "422": _problem("A refused value: unknown service, percent outside 0-100 ...")}
+
+    def transition(summary: str, body: str, required: bool = True) -> Schema:
+        op = _op(summary, {"200": _ok("TransitionResult"), **refused}, body=body,
+                 params=[IF_MATCH, REASON], tag="migrations")
+        op["requestBody"]["required"] = required
+        return op
+
+    paths: dict[str, Schema] = {
+        base: {"get": _op("Every migration: stage, percent, cohort and request counts since its last "
+                          "transition", {"200": _ok("MigrationList")}, tag="migrations")},
+        base + "/{route}": {"parameters": [route], "get": _op(
+            "One migration", {"200": _ok("MigrationAnswer"), "404": _problem("No such migration")},
+            tag="migrations")},
+        base + "/{route}/history": {"parameters": [route], "get": _op(
+            "The route's transitions, newest first", {"200": _ok("TransitionHistory"),
+                                                       "404": _problem("No such route")},
+            tag="migrations", params=[{"name": "limit", "in": "query", "required": False,
+                                       "schema": {"type": "integer", "minimum": 1, "default": 100}}])},
+        base + "/{route}/start": {"parameters": [route], "post": transition(
+            "Start a migration to a service (stage legacy)", "StartRequest")},
+        base + "/{route}/shift": {"parameters": [route], "post": transition(
+            "Send a sticky percentage of users to `to` (stage canary)", "ShiftRequest")},
+    }
+    for action, summary in (("promote", "All users to `to`, `from` kept as fallback (migrated)"),
+                            ("retire", "No more fallback to `from` (retired; from migrated only)"),
+                            ("rollback", "All traffic back to `from` (legacy), from any stage")):
+        paths[f"{base}/{{route}}/{action}"] = {"parameters": [route],
+                                               "post": transition(summary, "ReasonRequest", False)}
+    return paths
+
+
 def _version() -> str:
     try:
         return metadata.version("peel")
@@ -239,6 +322,7 @@ def openapi_document() -> dict[str, Any]:
             {"200": _ok("MatchResult"), "400": _problem("Not JSON or a refused path"),
              "404": _problem("No route matches (code no-route)"),
              "422": _problem("A bad method, URL or header")}, body="MatchRequest", tag="match")},
+        **_migrations(),
     }
     return {
         "openapi": "3.1.0",

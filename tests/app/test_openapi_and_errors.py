@@ -47,7 +47,8 @@ async def test_openapi_request_bodies_and_refs_resolve(admin: Admin) -> None:
     assert writes
     for path, method in writes:
         assert "requestBody" in doc["paths"][path][method], (path, method)
-    assert set(schemas["Route"]["properties"]) == {"name", "match", "service", "priority", "rewrite"}
+    assert set(schemas["Route"]["properties"]) == {"name", "match", "service", "priority", "rewrite",
+                                                   "migration"}
     assert set(schemas["MatchRequest"]["properties"]) == {"method", "url", "headers"}
     assert set(schemas["Match"]["properties"]) >= {"hosts", "path_prefix", "methods", "headers",
                                                      "query", "cookies"}
