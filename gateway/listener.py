@@ -11,6 +11,7 @@ Why each option is what it is:
 - `access_log=False`: Peel writes its own access log (`gateway.accesslog`), off the loop.
 - `lifespan="off"` on the data plane: the process (`gateway.serve`) owns start-up and closes the
   pool itself; the admin app keeps starlette's lifespan.
+- `http` carries the `[limits]` section (framing limits and the edge timeouts, `docs/edge.md`).
 - `timeout_keep_alive` from `server.keepalive_timeout`, `timeout_graceful_shutdown` from
   `server.grace_period` (uvicorn's default is unbounded), backlog 2048, no concurrency limit.
 """
@@ -60,7 +61,7 @@ def uvicorn_config(app: Any, settings: Settings, *, listener: str, sock_fd: int 
         host=host,
         port=port,
         loop="uvloop",
-        http=PeelHttpProtocol,
+        http=PeelHttpProtocol.configured(settings.limits),
         ws="none",
         lifespan=lifespan,
         log_level=log_level or settings.server.log_level,

@@ -98,6 +98,30 @@ class FacadeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """Edge limits of the data-plane listeners, enforced before routing (`docs/edge.md`)."""
+
+    # bytes of the request line (method, target, version) -> 414
+    max_request_line: int = 8 * 1024
+    # bytes of the header section, and its number of fields -> 431
+    max_header_bytes: int = 60 * 1024
+    max_headers: int = 100
+    # bytes of a request body, declared or chunked; 0 = no limit -> 413
+    max_body: int = 0
+    # seconds from a connection's opening (or the end of the last response, once a byte of the
+    # next head arrived) to a complete request head -> 408; 0: server.keepalive_timeout
+    header_timeout: float = 0.0
+    # seconds a request body may go without a byte arriving -> 408 (or a reset once answering)
+    body_idle_timeout: float = 30.0
+    # open downstream connections per listener per process; 0 = no limit; beyond it -> 503
+    max_connections: int = 0
+    # seconds a response may wait for a client that stopped reading; then the connection is cut
+    write_timeout: float = 60.0
+    # header names with "_" that would read as a trusted header ("X_Forwarded_For") are refused
+    allow_underscore_headers: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings = DatabaseSettings()
     listeners: ListenersSettings = ListenersSettings()
@@ -105,6 +129,7 @@ class Settings:
     proxy: ProxySettings = ProxySettings()
     access_log: AccessLogSettings = AccessLogSettings()
     facade: FacadeSettings = FacadeSettings()
+    limits: LimitsSettings = LimitsSettings()
 
 
 def split_bind(bind: str) -> tuple[str, int]:
@@ -152,6 +177,18 @@ def _check(key: str, obj: Any) -> None:
                 raise ValueError("beta_secret must be at least 32 characters (or empty for none)")
             if obj.counts_interval <= 0:
                 raise ValueError("counts_interval must be positive")
+        elif isinstance(obj, LimitsSettings):
+            for name in ("max_request_line", "max_header_bytes", "max_headers"):
+                if getattr(obj, name) < 1:
+                    raise ValueError(f"{name} must be at least 1")
+            for name in ("max_body", "max_connections"):
+                if getattr(obj, name) < 0:
+                    raise ValueError(f"{name} must not be negative (0: no limit)")
+            if obj.header_timeout < 0:
+                raise ValueError("header_timeout must not be negative (0: server.keepalive_timeout)")
+            for name in ("body_idle_timeout", "write_timeout"):
+                if getattr(obj, name) <= 0:
+                    raise ValueError(f"{name} must be positive")
         elif isinstance(obj, DatabaseSettings) and "://" not in obj.url:
             raise ValueError(f"url {obj.url!r} is not a SQLAlchemy URL such as sqlite:///./peel.db")
     except ValueError as exc:
