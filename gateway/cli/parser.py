@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from gateway.cli import config, local, rules
+from gateway.cli import config, local, migrate, rules
 from gateway.cli.args import Commands, global_options
 
 COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     local.register,    # serve, db, token, demo
     rules.register,    # apply, export, services, routes, match
     config.register,   # config history, show, diff, rollback
+    migrate.register,  # migrate start, shift, promote, retire, rollback, status, history; beta sign
 )
 
 

@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from facade.beta import sign
 from facade.bucketing import in_share
+from tests.sockets.conftest import ROOT, wait_for
 from tests.sockets.serve_harness import PeelServe
 from tests.sockets.upstreams import Refusing, ThreadServer, read_body, read_head
 
@@ -207,8 +213,6 @@ def test_retired_has_no_fallback(gateway: PeelServe, sides: Sides) -> None:
 def test_access_log_marks_the_fallback(gateway: PeelServe) -> None:
     call(gateway, "GET", "/refused/log")
     log = Path(gateway.tmp / "access.log")
-    from tests.sockets.conftest import wait_for
-
     def logged() -> bool:
         return log.exists() and any('"/refused/log"' in line for line in log.read_text().splitlines())
 
@@ -216,3 +220,135 @@ def test_access_log_marks_the_fallback(gateway: PeelServe) -> None:
     line = json.loads(next(li for li in log.read_text().splitlines() if '"/refused/log"' in li))
     assert line["route"] == "refused" and line["service"] == "legacy" and line["status"] == 200
     assert line["error"] == "fallback:upstream-connect-failed"
+
+
+# -- the whole story ---------------------------------------------------------------------------
+
+
+STORY_DOC = """\
+services:
+  - name: legacy
+    endpoints: [{legacy}]
+  - name: orders
+    endpoints: [{orders}]
+routes:
+  - name: orders
+    match: {{path_prefix: /orders}}
+    service: legacy
+  - name: default
+    match: {{path_prefix: /}}
+    service: legacy
+"""
+
+
+class Operator:
+    """Runs the real `peel` command against one gateway's admin API, as an operator would."""
+
+    def __init__(self, peel: PeelServe, token: str) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
+        self.env.update(PEEL_ADMIN_URL=f"http://127.0.0.1:{peel.admin_port}", PEEL_ADMIN_TOKEN=token)
+
+    def __call__(self, *args: str, stdin: str | None = None, expect: int = 0) -> str:
+        result = subprocess.run([sys.executable, "-m", "gateway.cli", *args], input=stdin, cwd=ROOT,
+                                capture_output=True, text=True, timeout=60, env=self.env)
+        assert result.returncode == expect, (args, result.stdout, result.stderr)
+        return result.stdout + result.stderr
+
+
+def sides_of(peel: PeelServe, users: list[str]) -> dict[str, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", peel.public_port, timeout=10)
+    try:
+        return {u: call(peel, "GET", "/orders/1", {"X-User-Id": u}, conn=conn)[1] for u in users}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def story(tmp_path: Path) -> Iterator[tuple[PeelServe, Named, Named]]:
+    legacy, orders = Named("legacy").start(), Named("orders").start()
+    peel = PeelServe(tmp_path, extra_settings=f'[facade]\ntrusted_networks = ["{TRUSTED}/32"]\n')
+    peel.store().upgrade()
+    peel.commit(yaml.safe_load(STORY_DOC.format(legacy=legacy.url, orders=orders.url)))
+    peel.start()
+    yield peel, legacy, orders
+    peel.stop()
+    legacy.stop()
+    orders.stop()
+
+
+def test_the_whole_story(story: tuple[PeelServe, Named, Named], tmp_path: Path) -> None:
+    peel, legacy, orders = story
+    store = peel.store()
+    peel_cli = Operator(peel, store.create_token("ops"))
+    users = [f"user-{i}" for i in range(1000)]
+    canary = [u for u in users if in_share("orders", u, 1000)]
+    others = [u for u in users if not in_share("orders", u, 1000)]
+
+    # start: stage legacy, nothing moves yet
+    out = peel_cli("migrate", "start", "orders", "--to", "orders", "--cohort-header", "X-User-Id",
+                   "--beta-header", "X-Beta-User", "--reason", "peel orders off the monolith")
+    assert "now legacy" in out
+    assert set(sides_of(peel, users[:50]).values()) == {"legacy"}
+
+    # refused transitions write nothing and say why
+    version = store.latest_version()
+    assert "not allowed from stage legacy" in peel_cli("migrate", "retire", "orders", expect=1)
+    assert "percent" in peel_cli("migrate", "shift", "orders", "--percent", "150", expect=1)
+    assert "names no service" in peel_cli("migrate", "start", "orders", "--to", "nope", expect=1)
+    assert store.latest_version() == version
+
+    # shift to 10 %: exactly the users the bucket predicts, on every request
+    peel_cli("migrate", "shift", "orders", "--percent", "10")
+    wait_for(lambda: sides_of(peel, canary[:1])[canary[0]] == "orders", 5, "the shift to apply")
+    first = sides_of(peel, users)
+    assert [u for u in users if first[u] == "orders"] == canary
+    assert 8.5 <= len(canary) / 10 <= 11.5
+    assert sides_of(peel, users[:300]) == {u: first[u] for u in users[:300]}
+
+    # a second gateway on the same store decides identically
+    (tmp_path / "second").mkdir()
+    second = PeelServe(tmp_path / "second", url=peel.url).start()
+    try:
+        assert sides_of(second, users[:300]) == {u: first[u] for u in users[:300]}
+    finally:
+        second.stop()
+
+    # add a beta user and deny another, through the document (export, edit, apply)
+    document = yaml.safe_load(peel_cli("export"))
+    route = next(r for r in document["routes"] if r["name"] == "orders")
+    route["migration"]["beta"].update(allow=[others[0]], deny=[canary[0]])
+    peel_cli("apply", "-f", "-", "--reason", "beta users", stdin=yaml.safe_dump(document))
+    wait_for(lambda: call(peel, "GET", "/orders", {"X-User-Id": others[0], "X-Beta-User": others[0]},
+                          source=TRUSTED)[1] == "orders", 5, "the beta allow-list to apply")
+    assert call(peel, "GET", "/orders", {"X-User-Id": canary[0], "X-Beta-User": canary[0]},
+                source=TRUSTED)[1] == "legacy"
+    # spoofed from an untrusted address: never the new service
+    assert call(peel, "GET", "/orders", {"X-User-Id": others[0], "X-Beta-User": others[0]},
+                source=UNTRUSTED)[1] == "legacy"
+
+    # promote: everyone but the denied user
+    peel_cli("migrate", "promote", "orders")
+    wait_for(lambda: sides_of(peel, others[1:2])[others[1]] == "orders", 5, "the promotion")
+    assert set(sides_of(peel, others[:100]).values()) == {"orders"}
+
+    # break the new service: the old one answers
+    orders.status = 503
+    tried, answered = len(orders.seen), len(legacy.seen)
+    assert set(sides_of(peel, others[:50]).values()) == {"legacy"}
+    assert len(orders.seen) - tried == 50 and len(legacy.seen) - answered == 50
+
+    # status and history
+    status = peel_cli("migrate", "status", "orders")
+    assert "stage    migrated" in status and "legacy -> orders" in status
+    history = peel_cli("migrate", "history", "orders")
+    assert [line.split()[2] for line in history.splitlines()[1:]] == ["promote", "shift", "start"]
+
+    # rollback: all traffic on the old service within a second
+    orders.status = 200
+    peel_cli("migrate", "rollback", "orders", "--reason", "orders is broken")
+    rolled_back = time.monotonic()
+    wait_for(lambda: set(sides_of(peel, canary[:20]).values()) == {"legacy"}, 1.0,
+             "all traffic back on legacy")
+    assert time.monotonic() - rolled_back < 1.0
+    assert set(sides_of(peel, users[:200]).values()) == {"legacy"}
+    store.close()

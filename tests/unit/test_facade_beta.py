@@ -47,3 +47,22 @@ def test_trust_by_network_or_signature() -> None:
     assert trust.user("alice", None, 0) is None
     assert trust.user(sign(SECRET, "carol", 100), "192.168.0.1", 0) == "carol"
     assert BetaTrust().user("alice", "127.0.0.1", 0) is None
+
+
+def test_peel_beta_sign_prints_a_value_that_verifies(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from gateway.cli import main
+
+    monkeypatch.setenv("PEEL_FACADE_BETA_SECRET", SECRET)
+    assert main(["beta", "sign", "alice", "--ttl", "1h"]) == 0
+    value = capsys.readouterr().out.strip()
+    assert verify(SECRET.encode(), value, time.time()) == "alice"
+    assert verify(SECRET.encode(), value, time.time() + 3601) is None
+    monkeypatch.delenv("PEEL_FACADE_BETA_SECRET")
+    assert main(["beta", "sign", "alice"]) == 1
+    assert "facade.beta_secret" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["beta", "sign", "alice", "--ttl", "soon"])
+    assert usage.value.code == 2
