@@ -34,6 +34,7 @@ from typing import TextIO
 
 from gateway.demo.children import Child, Children
 from gateway.demo.sample import sample_yaml
+from gateway.demo.walkthrough import strangler_steps
 
 DEFAULT_DIR = "./.peel/demo"
 STARTUP_SECONDS = 60.0
@@ -264,6 +265,8 @@ class Demo:
             f"  7. {peel} export",
             f"  8. curl -o /dev/null -w '%{{size_download}} bytes in %{{time_total}} s\\n' "
             f"'{public}/download?mb=100'    # 100 MiB streamed through the gateway",
+            "",
+            *strangler_steps(peel, public),
             "",
             "Ctrl-C stops everything.",
             "=" * 78,
