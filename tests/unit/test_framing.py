@@ -1,0 +1,198 @@
+"""The edge framing rules (`gateway.framing`): table cases and fuzzing of heads and chunked bodies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.errors import ConfigError
+from gateway.framing import (
+    CHUNKED,
+    LENGTH,
+    NO_BODY,
+    ChunkedBody,
+    HeadLimits,
+    Refusal,
+    check_head,
+    refusal_response,
+)
+from gateway.settings import load_settings
+
+LIMITS = HeadLimits(max_request_line=100, max_header_bytes=300, max_headers=5, max_body=1000)
+
+
+def head(*lines: bytes, request: bytes = b"GET / HTTP/1.1") -> bytes:
+    return b"\r\n".join((request, *lines)) + b"\r\n\r\n"
+
+
+def refused(block: bytes, limits: HeadLimits = LIMITS) -> tuple[int, str]:
+    with pytest.raises(Refusal) as info:
+        check_head(block, limits)
+    return info.value.status, info.value.code
+
+
+def test_a_plain_request_passes_unchanged() -> None:
+    block = head(b"Host: a", b"Accept: */*")
+    checked = check_head(block, LIMITS)
+    assert checked.head == block and checked.framing == NO_BODY and checked.method == b"GET"
+
+
+def test_body_framing_is_reported() -> None:
+    assert check_head(head(b"Host: a", b"Content-Length: 12"), LIMITS).framing == LENGTH
+    assert check_head(head(b"Host: a", b"Content-Length: 12"), LIMITS).length == 12
+    assert check_head(head(b"Host: a", b"Content-Length: 0"), LIMITS).framing == NO_BODY
+    assert check_head(head(b"Host: a", b"Transfer-Encoding:  Chunked "), LIMITS).framing == CHUNKED
+    assert check_head(head(b"Host: a", b"Expect: 100-Continue", b"Content-Length: 1"), LIMITS).expect_continue
+
+
+@pytest.mark.parametrize(("lines", "request_line", "status", "code"), [
+    ((b"Host: a", b"Content-Length: 1", b"Transfer-Encoding: chunked"), b"POST / HTTP/1.1", 400,
+     "ambiguous-framing"),
+    ((b"Host: a", b"Content-Length: 1", b"Content-Length: 1"), b"POST / HTTP/1.1", 400, "ambiguous-framing"),
+    ((b"Host: a", b"Content-Length: 1e3"), b"POST / HTTP/1.1", 400, "bad-content-length"),
+    ((b"Host: a", b"Content-Length: 1001"), b"POST / HTTP/1.1", 413, "body-too-large"),
+    ((b"Host: a", b"Transfer-Encoding: gzip, chunked"), b"POST / HTTP/1.1", 501,
+     "unsupported-transfer-coding"),
+    ((b"Host: a", b"Transfer-Encoding: chunked,"), b"POST / HTTP/1.1", 400, "bad-transfer-encoding"),
+    ((b"Host: a",), b"GET / HTTP/3.0", 505, "http-version-not-supported"),
+    ((b"Host: a",), b"GET / HTTP/1.1 ", 400, "bad-request-line"),
+    ((b"Host: a",), b"G@T / HTTP/1.1", 400, "bad-request-line"),
+    ((), b"GET / HTTP/1.1", 400, "missing-host"),
+    ((b"Host: a", b"host: a"), b"GET / HTTP/1.1", 400, "duplicate-host"),
+    ((b"Host: a b",), b"GET / HTTP/1.1", 400, "bad-host"),
+    ((b"Host: a",), b"OPTIONS a.example:443 HTTP/1.1", 400, "bad-target"),
+    ((b"Host: a",), b"GET ftp://a/ HTTP/1.1", 400, "bad-target"),
+    ((b"Host: a", b"X-A: \x7f"), b"GET / HTTP/1.1", 400, "bad-header-value"),
+    ((b"Host: a", b"X A: b"), b"GET / HTTP/1.1", 400, "bad-header-name"),
+    ((b"Host: a", b"\tX-A: b"), b"GET / HTTP/1.1", 400, "obsolete-line-folding"),
+    ((b"Host: a", b"X_Request_Id: 1"), b"GET / HTTP/1.1", 400, "underscore-header"),
+    ((b"Host: a", b"X_Peel_Beta: 1"), b"GET / HTTP/1.1", 400, "underscore-header"),
+    ((b"Host: a", b"Connection: close, Host"), b"GET / HTTP/1.1", 400, "protected-header-nominated"),
+    ((b"Host: a", b"Expect: 100-continue, x"), b"GET / HTTP/1.1", 417, "unsupported-expectation"),
+    ((b"Host: a",) + (b"X-N: 1",) * 5, b"GET / HTTP/1.1", 431, "too-many-headers"),
+    ((b"Host: a", b"X-Big: " + b"b" * 300), b"GET / HTTP/1.1", 431, "header-too-large"),
+    ((b"Host: a",), b"GET /" + b"a" * 100 + b" HTTP/1.1", 414, "request-line-too-long"),
+])
+def test_refusals(lines: tuple[bytes, ...], request_line: bytes, status: int, code: str) -> None:
+    assert refused(head(*lines, request=request_line)) == (status, code)
+
+
+def test_underscore_names_pass_when_allowed_or_harmless() -> None:
+    allowing = HeadLimits(allow_underscore_headers=True)
+    check_head(head(b"Host: a", b"X_Forwarded_For: 1.2.3.4"), allowing)
+    check_head(head(b"Host: a", b"X_Custom: 1"), LIMITS)
+
+
+def test_upgrade_offers_are_taken_out_of_the_head() -> None:
+    checked = check_head(head(b"Host: a", b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c",
+                              b"HTTP2-Settings: AAA", b"X-Kept: 1"), LIMITS)
+    assert checked.upgrade_stripped
+    assert checked.head == head(b"Host: a", b"Connection: Upgrade, HTTP2-Settings", b"X-Kept: 1")
+
+
+def test_targets() -> None:
+    check_head(head(b"Host: a", request=b"OPTIONS * HTTP/1.1"), LIMITS)
+    check_head(head(b"Host: a", request=b"GET HTTP://a.example:8080/x?y HTTP/1.1"), LIMITS)
+    check_head(head(request=b"GET /ten HTTP/1.0"), LIMITS)  # HTTP/1.0 needs no Host
+    assert refused(head(b"Host: a", request=b"GET * HTTP/1.1"))[1] == "bad-target"
+
+
+def test_refusal_response_is_problem_json_and_closes() -> None:
+    answer = refusal_response(Refusal(408, "header-timeout", "slow"))
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"Connection: close" in head_part and b"Content-Type: application/problem+json" in head_part
+    doc = json.loads(body)
+    assert doc["status"] == 408 and doc["code"] == "header-timeout" and doc["title"] == "Request Timeout"
+
+
+# -- chunked bodies -------------------------------------------------------------------------------
+
+
+def feed_all(body: bytes, pieces: list[int], max_body: int = 0) -> tuple[int, ChunkedBody]:
+    scanner = ChunkedBody(max_body)
+    used = 0
+    for size in pieces:
+        if scanner.done:
+            break
+        part = body[used:used + size]
+        if not part:
+            break
+        used += scanner.feed(part)
+    if not scanner.done and used < len(body):
+        used += scanner.feed(body[used:])
+    return used, scanner
+
+
+def encode_chunked(parts: list[bytes], extension: bytes = b"") -> bytes:
+    out = b"".join(b"%x%s\r\n%s\r\n" % (len(p), extension, p) for p in parts if p)
+    return out + b"0\r\nX-Trailer: t\r\n\r\n"
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=50), max_size=8), st.lists(st.integers(1, 40), max_size=30),
+       st.binary(max_size=40), st.sampled_from([b"", b";a=b", b'; q="x\\"y"']))
+def test_a_chunked_body_ends_exactly_where_it_ends(parts: list[bytes], pieces: list[int], after: bytes,
+                                                   extension: bytes) -> None:
+    body = encode_chunked(parts, extension)
+    used, scanner = feed_all(body + after, pieces)
+    assert scanner.done and used == len(body)
+    assert scanner.received == sum(len(p) for p in parts)
+
+
+def test_chunked_refusals() -> None:
+    for bad in (b"x\r\n", b"5 ;\r\n", b"ffffffffffffffff\r\n", b"2\r\nabc\r\n", b"2\nab\r\n",
+                b"0\r\n bad trailer\r\n\r\n", b"0\r\nno-colon\r\n\r\n"):
+        with pytest.raises(Refusal):
+            ChunkedBody().feed(bad)
+    with pytest.raises(Refusal) as info:
+        ChunkedBody(max_body=10).feed(b"b\r\n")
+    assert info.value.status == 413
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_break_the_chunk_scanner(data: bytes) -> None:
+    scanner = ChunkedBody(max_body=1 << 20)
+    try:
+        used = scanner.feed(data)
+    except Refusal as refusal:
+        assert refusal.status in (400, 413)
+    else:
+        assert 0 <= used <= len(data)
+        assert scanner.done or used == len(data)
+
+
+_HEAD_BYTES = st.sampled_from([b"GET", b"POST", b" ", b"/", b"\r\n", b"\n", b"\r", b"HTTP/1.1", b"HTTP/1.0",
+                               b"Host: a", b"Content-Length: 5", b"Transfer-Encoding: chunked", b":",
+                               b"\x00", b"\t", b"_", b"x", b"\xff", b",", b"Connection: host", b"*"])
+
+
+@settings(max_examples=1000)
+@given(st.lists(_HEAD_BYTES, max_size=30))
+def test_arbitrary_heads_are_accepted_or_refused_never_crash(tokens: list[bytes]) -> None:
+    block = b"".join(tokens) + b"\r\n\r\n"
+    try:
+        checked = check_head(block, LIMITS)
+    except Refusal as refusal:
+        assert 400 <= refusal.status <= 505
+        return
+    # What passes is well-formed: CRLF only, one Host on 1.1, and framing that is not ambiguous.
+    assert checked.head.count(b"\n") == checked.head.count(b"\r\n")
+    lowered = checked.head.lower()
+    assert not (b"content-length" in lowered and b"transfer-encoding" in lowered)
+    assert b"\x00" not in checked.head
+
+
+def test_limits_settings_are_read_and_checked() -> None:
+    loaded = load_settings(environ={"PEEL_LIMITS_MAX_BODY": "1048576", "PEEL_LIMITS_MAX_CONNECTIONS": "10",
+                                    "PEEL_LIMITS_ALLOW_UNDERSCORE_HEADERS": "true"})
+    assert loaded.limits.max_body == 1 << 20 and loaded.limits.max_connections == 10
+    assert loaded.limits.allow_underscore_headers
+    with pytest.raises(ConfigError, match="limits"):
+        load_settings(environ={"PEEL_LIMITS_MAX_HEADERS": "0"})
+    with pytest.raises(ConfigError, match="write_timeout"):
+        load_settings(environ={"PEEL_LIMITS_WRITE_TIMEOUT": "0"})
