@@ -19,7 +19,7 @@ import hmac
 import json
 import secrets
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,8 +33,12 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from gateway.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
 from migrations import SchemaState, alembic_config, read_schema_state
+from routes.migration_records import CountDeltas as CountDeltas
+from routes.migration_records import MigrationRecords
+from routes.migration_records import Transition as Transition
+from routes.migration_records import TransitionInfo as TransitionInfo
 from routes.model import NAME_RE, Document
-from routes.schema import admin_tokens, config_versions, migration_transitions, traffic_counts
+from routes.schema import admin_tokens, config_versions, migration_transitions
 
 # PostgreSQL advisory lock key serialising commits: sha256(b"peel-commit")[:8] as a signed bigint.
 COMMIT_LOCK_KEY = int.from_bytes(hashlib.sha256(b"peel-commit").digest()[:8], "big", signed=True)
@@ -89,44 +93,6 @@ class TokenInfo:
         return self.revoked_at is None
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A migration transition about to be committed with its config version."""
-
-    route: str
-    action: str
-    from_stage: str | None
-    to_stage: str
-    share: int
-
-
-@dataclass(frozen=True, slots=True)
-class TransitionInfo:
-    """A committed migration transition (what `peel migrate history` lists)."""
-
-    route: str
-    action: str
-    from_stage: str | None
-    to_stage: str
-    share: int
-    actor: str
-    reason: str
-    created_at: datetime
-    config_version: int
-
-    def to_dict(self) -> dict[str, Any]:
-        from facade.model import format_percent
-
-        return {"route": self.route, "action": self.action, "from_stage": self.from_stage,
-                "to_stage": self.to_stage, "percent": format_percent(self.share),
-                "actor": self.actor, "reason": self.reason, "time": self.created_at.isoformat(),
-                "config_version": self.config_version}
-
-
-# Traffic count deltas: (route, config version) -> (to, from, fallback, retired misses)
-CountDeltas = Mapping[tuple[str, int], tuple[int, int, int, int]]
-
-
 EMPTY_VERSION = ConfigVersion(0, _EPOCH, "", "no config version committed yet", Document())
 
 
@@ -151,8 +117,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Store:
-    """Config versions and admin tokens in one SQL database (SQLite file or PostgreSQL).
+class Store(MigrationRecords):
+    """Config versions, admin tokens and migration records in one SQL database (SQLite or PostgreSQL).
 
     `Store("sqlite://")` is an in-memory store on a single shared connection, for tests and
     throw-away tools: it forgets everything when closed, and its threads share one transaction
@@ -348,58 +314,6 @@ class Store:
                                .where(config_versions.c.version == latest))
             previous = decode_document(str(body), latest)
         return diff(previous, document).summary()
-
-    # -- migrations ---------------------------------------------------------------------------------
-
-    def transitions(self, route: str | None = None, limit: int = 100) -> list[TransitionInfo]:
-        """Migration transitions, newest first (of one route, or of all)."""
-        t = migration_transitions.c
-        query = select(migration_transitions).order_by(t.id.desc()).limit(max(limit, 0))
-        if route is not None:
-            query = query.where(t.route == route)
-        with self._connect() as conn:
-            rows = conn.execute(query).all()
-        return [TransitionInfo(r.route, r.action, r.from_stage, r.to_stage, r.share, r.actor, r.reason,
-                               r.created_at, r.config_version) for r in rows]
-
-    def last_transitions(self) -> dict[str, TransitionInfo]:
-        """The newest transition of every route that has one."""
-        t = migration_transitions.c
-        newest = select(func.max(t.id)).group_by(t.route).scalar_subquery()
-        with self._connect() as conn:
-            rows = conn.execute(select(migration_transitions).where(t.id.in_(newest))).all()
-        return {r.route: TransitionInfo(r.route, r.action, r.from_stage, r.to_stage, r.share, r.actor,
-                                        r.reason, r.created_at, r.config_version) for r in rows}
-
-    def add_traffic(self, instance: str, deltas: CountDeltas) -> None:
-        """Add one serving process's count deltas (one transaction; read-add-write per row)."""
-        if not deltas:
-            return
-        c = traffic_counts.c
-        now = _now()
-        with self._connect(write=True) as conn:
-            for (route, version), (to, from_, fallback, misses) in deltas.items():
-                key = (c.route == route) & (c.config_version == version) & (c.instance == instance)
-                done = conn.execute(update(traffic_counts).where(key).values(
-                    to_count=c.to_count + to, from_count=c.from_count + from_,
-                    fallback_count=c.fallback_count + fallback,
-                    retired_misses=c.retired_misses + misses, updated_at=now)).rowcount
-                if not done:
-                    conn.execute(insert(traffic_counts).values(
-                        route=route, config_version=version, instance=instance, to_count=to,
-                        from_count=from_, fallback_count=fallback, retired_misses=misses,
-                        updated_at=now))
-
-    def traffic_since(self, route: str, version: int) -> tuple[int, int, int, int]:
-        """(to, from, fallback, retired misses) of `route` over every process, from `version` on."""
-        c = traffic_counts.c
-        with self._connect() as conn:
-            row = conn.execute(select(func.coalesce(func.sum(c.to_count), 0),
-                                      func.coalesce(func.sum(c.from_count), 0),
-                                      func.coalesce(func.sum(c.fallback_count), 0),
-                                      func.coalesce(func.sum(c.retired_misses), 0))
-                               .where(c.route == route, c.config_version >= version)).one()
-        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
     # -- admin tokens ---------------------------------------------------------------------------
 
