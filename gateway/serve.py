@@ -20,12 +20,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from facade.counts import TrafficCounts
+from facade.flusher import CountsFlusher, instance_id
 from gateway import systemd
 from gateway.accesslog import AccessLog
 from gateway.errors import ConfigError, PeelError, StoreError
@@ -92,8 +94,27 @@ class Runtime:
         self.watcher = Watcher(store, self.holder, interval=settings.server.poll_interval,
                                snapshot=Path(settings.server.snapshot_path),
                                write_snapshots=write_snapshots)
+        self.counts = TrafficCounts()
+        self.flusher = CountsFlusher(store, self.counts, instance=instance_id(),
+                                     interval=settings.facade.counts_interval)
         self.servers: list[uvicorn.Server] = []
         self.stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closers: list[Callable[[], Awaitable[object]]] = []
+
+    def start_background(self, *, counts: bool) -> None:
+        """The watcher (and, where requests are served, the traffic-count flusher)."""
+        self._tasks.append(asyncio.create_task(self.watcher.run()))
+        if counts:
+            self._tasks.append(asyncio.create_task(self.flusher.run()))
+            self._closers.append(self.flusher.flush)
+
+    async def close(self) -> None:
+        """Stop the background work, then flush counts, close pools and the access log."""
+        for task in self._tasks:
+            task.cancel()
+        for closer in reversed(self._closers):
+            await closer()
 
     def ready(self) -> bool:
         return self.holder.table is not None and not self.stopping
@@ -106,13 +127,18 @@ class Runtime:
             log.error("no route table yet (%s); answering 503 until the store is reachable",
                       self.watcher.last_error or "store empty")
 
-    def data_plane(self, sock: socket.socket) -> tuple[uvicorn.Server, AccessLog, UpstreamPool]:
+    def data_plane(self, sock: socket.socket) -> uvicorn.Server:
         access_log = AccessLog(self.settings.access_log.target)
         pool = UpstreamPool(self.settings.proxy)
-        app = ProxyApp(self.holder, pool, self.settings, access_log)
+        app = ProxyApp(self.holder, pool, self.settings, access_log, counts=self.counts)
         server = make_server(uvicorn_config(app, self.settings, listener="public", sock_fd=sock.fileno()))
         self.servers.append(server)
-        return server, access_log, pool
+
+        async def close_access_log() -> None:
+            access_log.close()
+
+        self._closers += [close_access_log, pool.close]
+        return server
 
     def admin(self, store: Store) -> uvicorn.Server:
         # Imported here: worker processes never serve the admin API and need not carry starlette.
@@ -164,19 +190,17 @@ async def run_single(settings: Settings, store: Store, public: socket.socket,
     """One process: both listeners, one watcher."""
     runtime = Runtime(settings, store, write_snapshots=True)
     await runtime.load_first_table()
-    proxy_server, access_log, pool = runtime.data_plane(public)
+    proxy_server = runtime.data_plane(public)
     admin_server = runtime.admin(store)
     install_signals(runtime, config_path)
-    watcher = asyncio.create_task(runtime.watcher.run())
+    runtime.start_background(counts=True)
     try:
         serving = [asyncio.create_task(proxy_server.serve(sockets=[public])),
                    asyncio.create_task(admin_server.serve(sockets=[admin]))]
         await _notify_when_started(runtime)
         await asyncio.gather(*serving)
     finally:
-        watcher.cancel()
-        await pool.close()
-        access_log.close()
+        await runtime.close()
     return 0
 
 
@@ -186,15 +210,13 @@ async def run_worker(settings: Settings, fd: int, config_path: str | None) -> in
     store = Store(settings.database.url)
     runtime = Runtime(settings, store, write_snapshots=False)
     await runtime.load_first_table()
-    server, access_log, pool = runtime.data_plane(public)
+    server = runtime.data_plane(public)
     install_signals(runtime, config_path)
-    watcher = asyncio.create_task(runtime.watcher.run())
+    runtime.start_background(counts=True)
     try:
         await server.serve(sockets=[public])
     finally:
-        watcher.cancel()
-        await pool.close()
-        access_log.close()
+        await runtime.close()
     return 0
 
 
@@ -205,7 +227,7 @@ async def run_master(settings: Settings, store: Store, public: socket.socket, ad
     await runtime.load_first_table()
     admin_server = runtime.admin(store)
     install_signals(runtime, config_path)
-    watcher = asyncio.create_task(runtime.watcher.run())
+    runtime.start_background(counts=False)
     supervisor = Supervisor(settings.server.workers, public, config_path, runtime)
     supervising = asyncio.create_task(supervisor.run())
     try:
@@ -214,8 +236,8 @@ async def run_master(settings: Settings, store: Store, public: socket.socket, ad
         await serving
         await supervisor.stop(settings.server.grace_period + 5)
     finally:
-        watcher.cancel()
         supervising.cancel()
+        await runtime.close()
     return 0 if not supervisor.failed else 1
 
 
