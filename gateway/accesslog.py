@@ -7,7 +7,8 @@ memory. `close()` writes what is queued and flushes.
 
 Fields: time (RFC 3339 UTC, the request's start), request_id, client, method, path, route,
 service, endpoint, status, bytes_in, bytes_out, duration_ms, upstream_ms, error (a Peel error code
-or null).
+or null), side ("from"/"to" on a migrated route, else null), fallback (the code of the `to` failure
+that `from` answered for, else null).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import IO, Any
 from routes.model import Endpoint
 
 FIELDS = ("time", "request_id", "client", "method", "path", "route", "service", "endpoint",
-          "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "error")
+          "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "error", "side", "fallback")
 _BATCH = 256  # lines written per GIL hand-over: a long batch would stall the event loop
 
 
@@ -53,10 +54,13 @@ class AccessLog:
 
     def log(self, request_id: bytes, client: str | None, method: str, path: str, route: str | None,
             service: str | None, endpoint: Endpoint | str | None, status: int, bytes_in: int, bytes_out: int,
-            duration: float, upstream: float | None, error: str | None) -> None:
+            duration: float, upstream: float | None, error: str | None, side: str | None = None,
+            fallback: str | None = None) -> None:
         """Queue one line; never blocks. `duration` and `upstream` are in seconds.
 
         `endpoint` may be the `Endpoint` itself: its URL is then formatted by the writer thread.
+        `side` is "from" or "to" on a migrated route; `fallback` the error code of the `to`
+        attempt that `from` answered for.
         """
         queue = self._queue
         if len(queue) >= self._max or not self.enabled:
@@ -64,7 +68,7 @@ class AccessLog:
                 self.dropped += 1
             return
         queue.append((time.time() - duration, request_id, client, method, path, route, service,
-                      endpoint, status, bytes_in, bytes_out, duration, upstream, error))
+                      endpoint, status, bytes_in, bytes_out, duration, upstream, error, side, fallback))
 
     def close(self) -> None:
         """Write everything queued, flush, and stop the writer thread."""
@@ -121,7 +125,7 @@ class AccessLog:
         # Formatted by hand: json.dumps of a dict costs several times more, and this thread
         # competes with the event loop for the GIL. Strings go through the C JSON escaper.
         (when, request_id, client, method, path, route, service, endpoint, status, bytes_in,
-         bytes_out, duration, upstream, error) = record
+         bytes_out, duration, upstream, error, side, fallback) = record
         return (f'{{"time":"{self._rfc3339(when)}",'
                 f'"request_id":{_quote(request_id.decode("ascii", "replace"))},'
                 f'"client":{_text(client)},"method":{_quote(method)},"path":{_quote(path)},'
@@ -130,7 +134,7 @@ class AccessLog:
                 f'"status":{status:d},"bytes_in":{bytes_in:d},"bytes_out":{bytes_out:d},'
                 f'"duration_ms":{duration * 1000:.3f},'
                 f'"upstream_ms":{"null" if upstream is None else format(upstream * 1000, ".3f")},'
-                f'"error":{_text(error)}}}\n')
+                f'"error":{_text(error)},"side":{_text(side)},"fallback":{_text(fallback)}}}\n')
 
 
 _quote = json.encoder.encode_basestring

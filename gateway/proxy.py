@@ -54,13 +54,15 @@ _NO_USERS: BetaUsers = {}
 class _Request:
     """What the access log needs to know about one request, filled in as it goes."""
 
-    __slots__ = ("bytes_in", "bytes_out", "endpoint", "error", "request_id", "route", "sent",
-                 "service", "started", "status", "upstream")
+    __slots__ = ("bytes_in", "bytes_out", "endpoint", "error", "fallback", "request_id", "route",
+                 "sent", "service", "side", "started", "status", "upstream")
 
     def __init__(self, request_id: bytes) -> None:
         self.request_id = request_id
         self.route: str | None = None
         self.service: str | None = None
+        self.side: str | None = None  # "from" or "to" on a migrated route
+        self.fallback: str | None = None  # the `to` failure that `from` answered for
         self.endpoint: Endpoint | None = None
         self.status = 0
         self.bytes_in = 0
@@ -148,7 +150,7 @@ class ProxyApp:
                 self._log.log(req.request_id, client[0] if client else None, scope["method"],
                               scope.get("path", ""), req.route, req.service, req.endpoint,
                               req.status, req.bytes_in, req.bytes_out, _perf() - t0, req.upstream,
-                              req.error)
+                              req.error, req.side, req.fallback)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, req: _Request,
                       host_header: bytes | None, length: bytes | None, chunked: bool) -> None:
@@ -192,6 +194,7 @@ class ProxyApp:
             return
         decision = migration.decide(scope["headers"], client_addr, method, beta_users)
         counts = self.counts
+        req.side = decision.side
         if decision.side == "from":
             counts.add(route.name, table.version, FROM)
             await self._send_to(scope, receive, send, req, route, migration.from_service, host_header,
@@ -214,14 +217,13 @@ class ProxyApp:
             counts.add(route.name, table.version, RETIRED_MISSES)
             return
         counts.add(route.name, table.version, FALLBACK)
+        req.fallback = failed
+        req.side = "from"
         req.error = None
         req.sent = False
         req.upstream = None
         await self._send_to(scope, receive, send, req, route, migration.from_service, host_header,
                             path, query, length, chunked, None)
-        # Until the access log has its own fields: the line shows which `to` failure was answered
-        # by `from` (route: the migrated route, service: the `from` service).
-        req.error = f"fallback:{failed}" if req.error is None else req.error
 
     def _beta_filter(self, table: RouteTable) -> BetaFilter:
         cached = self._beta

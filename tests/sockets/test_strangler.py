@@ -219,7 +219,8 @@ def test_access_log_marks_the_fallback(gateway: PeelServe) -> None:
     wait_for(logged, 5, "the access log line")
     line = json.loads(next(li for li in log.read_text().splitlines() if '"/refused/log"' in li))
     assert line["route"] == "refused" and line["service"] == "legacy" and line["status"] == 200
-    assert line["error"] == "fallback:upstream-connect-failed"
+    assert line["side"] == "from" and line["fallback"] == "upstream-connect-failed"
+    assert line["error"] is None
 
 
 # -- the whole story ---------------------------------------------------------------------------
