@@ -118,6 +118,17 @@ def check_route_set(args: argparse.Namespace) -> str | None:
 def cmd_route_set(args: argparse.Namespace) -> int:
     route = route_from_flags(args)
     with admin_client(args) as client:
+        if not args.file and "migration" not in route:
+            # The flags say nothing of a migration: keep the one `peel migrate` manages rather than
+            # drop it silently (a `-f` file says exactly what the route becomes).
+            try:
+                current = client.item("routes", args.name)["route"]
+            except AdminError as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                if "migration" in current:
+                    route["migration"] = current["migration"]
         answer = client.put_item("routes", args.name, route, reason=args.reason, if_match=args.if_match)
     print_write(args, answer)
     return 0

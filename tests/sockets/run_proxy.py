@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     async def run() -> None:
         access_log = AccessLog(settings.access_log.target)
         pool = UpstreamPool(settings.proxy)
-        app = ProxyApp(holder, pool, settings.proxy, access_log)
+        app = ProxyApp(holder, pool, settings, access_log)
         server = make_server(uvicorn_config(app, settings, listener="public", sock_fd=sock.fileno()),
                              handle_signals=True)
         try:

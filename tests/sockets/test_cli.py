@@ -272,3 +272,16 @@ def test_every_command_has_help(peel: Peel) -> None:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, (command, err)
         assert ("usage: peel " + " ".join(command)).strip() in " ".join(out.split()), command
+
+
+def test_routes_set_from_flags_keeps_the_migration(peel: Peel) -> None:
+    peel("services", "set", "legacy", "--endpoint", "http://10.0.0.5:8080")
+    peel("services", "set", "orders", "--endpoint", "http://10.0.0.7:9000")
+    peel("routes", "set", "orders", "--service", "legacy", "--path-prefix", "/orders")
+    peel("migrate", "start", "orders", "--to", "orders")
+    peel("migrate", "shift", "orders", "--percent", "10")
+    # The flags describe the match; the migration `peel migrate` manages stays as it was.
+    peel("routes", "set", "orders", "--service", "legacy", "--path-prefix", "/shop")
+    route = yaml.safe_load(peel("routes", "get", "orders").stdout)
+    assert route["match"] == {"path_prefix": "/shop"}
+    assert route["migration"]["stage"] == "canary" and route["migration"]["percent"] == 10
