@@ -33,7 +33,7 @@ from gateway.errors import UpstreamError
 from gateway.headers import ForwardingRules, new_request_id, valid_request_id
 from gateway.holder import TableHolder
 from gateway.http1 import LAST_CHUNK, chunk, request_head
-from gateway.paths import normalise
+from gateway.paths import DEFAULT_RULES, normalise, path_rules
 from gateway.pool import ExchangeAborted, UpstreamConnection, UpstreamPool
 from gateway.protocol import DOWNSTREAM, TARGET, Downstream
 from gateway.settings import FacadeSettings, ProxySettings, Settings
@@ -85,8 +85,11 @@ class ProxyApp:
     def __init__(self, holder: TableHolder, pool: UpstreamPool, settings: ProxySettings | Settings,
                  access_log: AccessLog | None = None, *, facade: FacadeSettings | None = None,
                  counts: TrafficCounts | None = None) -> None:
+        # The path rules come with the whole settings; given only `proxy`, the defaults apply.
+        self._paths = DEFAULT_RULES
         if isinstance(settings, Settings):
             facade = facade or settings.facade
+            self._paths = path_rules(settings.paths)
             settings = settings.proxy
         facade = facade or FacadeSettings()
         self._trust = BetaTrust(facade.trusted_networks, facade.beta_secret)
@@ -158,7 +161,7 @@ class ProxyApp:
         if table is None:
             return await self._problem(send, req, 503, "no-route-table", "no route table loaded yet")
         try:
-            path = normalise(scope.get("raw_path") or scope["path"].encode("utf-8"))
+            path = normalise(scope.get("raw_path") or scope["path"].encode("utf-8"), self._paths)
         except ValueError as exc:
             return await self._problem(send, req, 400, "bad-path", f"the request path is refused: {exc}")
         scope["path"] = path

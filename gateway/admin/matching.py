@@ -18,7 +18,8 @@ from starlette.routing import Route as HTTPRoute
 
 from gateway.admin.wire import BadRequest, answer, body_object, read_json
 from gateway.errors import NotFoundError, RuleError
-from gateway.paths import normalise
+from gateway.paths import DEFAULT_RULES, PathRules, normalise, path_rules
+from gateway.settings import Settings
 from routes.compiler import compile_document
 from routes.model import HEADER_VALUE_RE, TOKEN_RE
 from routes.store import Store
@@ -67,8 +68,12 @@ def _headers(value: object) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def parse_request(body: dict[str, Any]) -> tuple[str, str, str, bytes, list[tuple[bytes, bytes]]]:
-    """(method, host, normalised path, raw query, headers) from a match request body."""
+def parse_request(body: dict[str, Any], paths: PathRules = DEFAULT_RULES,
+                  ) -> tuple[str, str, str, bytes, list[tuple[bytes, bytes]]]:
+    """(method, host, normalised path, raw query, headers) from a match request body.
+
+    `paths` must be the data plane's path rules, or the answer is about a different path.
+    """
     method = body.get("method", "GET")
     if not isinstance(method, str) or not TOKEN_RE.match(method):
         raise RuleError("method", "must be an HTTP method name", method)
@@ -91,7 +96,7 @@ def parse_request(body: dict[str, Any]) -> tuple[str, str, str, bytes, list[tupl
     elif not any(k == b"host" for k, _ in headers):
         headers.append((b"host", parts.netloc.rpartition("@")[2].encode("utf-8")))
     try:
-        path = normalise((parts.path or "/").encode("utf-8"))
+        path = normalise((parts.path or "/").encode("utf-8"), paths)
     except ValueError as exc:
         raise BadRequest("url", f"has a path the gateway refuses: {exc}", url) from None
     return method.upper(), host, path, parts.query.encode("utf-8"), headers
@@ -106,7 +111,10 @@ class MatchResource:
 
     async def match(self, request: Request) -> Response:
         body = body_object(await read_json(request), ("method", "url", "headers"), ("url",))
-        method, host, path, query, headers = parse_request(body)
+        # The process's settings (on app.state) hold the `[paths]` rules the data plane uses.
+        settings = getattr(request.app.state, "settings", None)
+        paths = path_rules(settings.paths) if isinstance(settings, Settings) else DEFAULT_RULES
+        method, host, path, query, headers = parse_request(body, paths)
         version, table = await run_in_threadpool(self.tables.current)
         route = table.match(method, host, path, query, headers)
         if route is None:
