@@ -122,6 +122,18 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PathSettings:
+    """How the data plane normalises request paths before routing and forwarding (`docs/edge.md`)."""
+
+    # `%2F` in a path -> 400 `bad-path`; false: kept encoded, never read as a separator
+    reject_encoded_slash: bool = True
+    # a backslash (literal or `%5C`) in a path -> 400 `bad-path`; false: forwarded as `%5C`
+    reject_backslash: bool = True
+    # runs of "/" become one ("//admin" is "/admin"); false: empty segments are kept
+    merge_slashes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings = DatabaseSettings()
     listeners: ListenersSettings = ListenersSettings()
@@ -130,6 +142,7 @@ class Settings:
     access_log: AccessLogSettings = AccessLogSettings()
     facade: FacadeSettings = FacadeSettings()
     limits: LimitsSettings = LimitsSettings()
+    paths: PathSettings = PathSettings()
 
 
 def split_bind(bind: str) -> tuple[str, int]:
