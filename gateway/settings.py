@@ -61,6 +61,9 @@ class ServerSettings:
     poll_interval: float = 0.25
     # downstream keep-alive: an idle client connection is closed after this many seconds
     keepalive_timeout: float = 15.0
+    # after SIGTERM, seconds that readiness is false while the listeners still accept and serve, so
+    # a load balancer polling /readyz takes the gateway out before its sockets close
+    prestop_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,8 @@ def _check(key: str, obj: Any) -> None:
             for name in ("grace_period", "poll_interval", "keepalive_timeout"):
                 if getattr(obj, name) <= 0:
                     raise ValueError(f"{name} must be positive")
+            if obj.prestop_delay < 0:
+                raise ValueError("prestop_delay must not be negative")
         elif isinstance(obj, ProxySettings):
             for net in obj.trusted_proxies:
                 ipaddress.ip_network(net, strict=False)
