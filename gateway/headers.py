@@ -6,7 +6,11 @@ requests that way; `http1` parses upstream responses that way).
 Forwarded headers (`X-Forwarded-For`, `-Proto`, `-Host` and RFC 7239 `Forwarded`) steer what
 upstreams believe about the client, so they are only believed from configured networks
 (`proxy.trusted_proxies`): from such a peer the chain is extended, from anyone else every
-client-sent value is replaced by what Peel saw itself.
+client-sent value is replaced by what Peel saw itself. The rest of that family, and the headers
+other proxies use to tell an upstream who the client is or which URL it "really" asked for
+(`X-Forwarded-Port`/`-Prefix`/`-Client-Cert`..., `X-Real-IP`, `X-Original-URL`...), is dropped
+when an untrusted client sends it: an upstream that believes `X-Original-URL: /admin` on a request
+Peel routed as `/public` would undo the path rules (`gateway/paths.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _FORWARDED = b"forwarded"
 _FORWARDING = frozenset({_XFF, _XFP, _XFH, _FORWARDED})
+_FORWARDED_FAMILY = b"x-forwarded-"
+# Client and URL claims that only a trusted proxy may make (every other `x-forwarded-*` too).
+CLIENT_CLAIMS = frozenset({
+    b"x-real-ip", b"x-client-ip", b"true-client-ip", b"x-cluster-client-ip", b"cf-connecting-ip",
+    b"fastly-client-ip", b"x-original-forwarded-for", b"x-original-url", b"x-original-uri",
+    b"x-rewrite-url", b"x-envoy-original-path", b"x-envoy-external-address", b"x-client-cert",
+    b"x-ssl-client-cert", b"ssl-client-cert",
+})
 _MAX_REQUEST_ID = 200
 # Connection tokens that name no header (a field called "close" is legal but would be silly).
 _NOT_NOMINATIONS = frozenset({b"close", b"keep-alive", b""})
@@ -134,12 +146,14 @@ class ForwardingRules:
 
         Strips hop-by-hop headers, `Host` and `Expect` (uvicorn answers `100-continue` itself),
         and any client-sent request id (`request_id` replaces it: see `request_id()`); sets or
-        extends the forwarded headers.
+        extends the forwarded headers. From an untrusted client, `CLIENT_CLAIMS` and every other
+        `x-forwarded-*` header are dropped too.
         """
         out: Headers = []
         extra: set[bytes] | None = None
         forwarded: dict[bytes, bytes] = {}
         rid_name = self.request_id_name
+        trusted = self.trusts(client)
         for name, value in headers:
             if name in HOP_BY_HOP:
                 if name == b"connection":
@@ -151,6 +165,8 @@ class ForwardingRules:
                 forwarded[name] = value if seen is None else seen + b", " + value
                 continue
             if name == rid_name or name == b"host" or name == b"expect":
+                continue
+            if not trusted and (name in CLIENT_CLAIMS or name.startswith(_FORWARDED_FAMILY)):
                 continue
             out.append((name, value))
         if extra:
@@ -164,7 +180,7 @@ class ForwardingRules:
         if host:
             quoted = host.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
             element += f';host="{quoted}"'
-        if self.trusts(client):
+        if trusted:
             xff = forwarded.get(_XFF)
             out.append((_XFF, (xff + b", " if xff else b"") + client_text.encode()))
             out.append((_XFP, forwarded.get(_XFP) or proto))

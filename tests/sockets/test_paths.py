@@ -136,3 +136,18 @@ def test_a_refused_path_names_the_rule(gateway: tuple[str, Proxy]) -> None:
         status, problem = exchange(proxy.port, b"/public/a%2Fb")
         assert status == 400 and problem is not None
         assert problem["code"] == "bad-path" and "%2F" in str(problem["detail"])
+
+
+def test_path_override_headers_from_clients_never_reach_the_upstream(gateway: tuple[str, Proxy],
+                                                                     upstreams: Upstreams) -> None:
+    """`X-Original-URL` and friends would let an upstream serve another path than Peel matched."""
+    _, proxy = gateway
+    before = len(upstreams.echo.seen)
+    response, _ = proxy.request("GET", "/public/x", headers={
+        "X-Original-URL": "/admin", "X-Rewrite-URL": "/admin", "X-Forwarded-Prefix": "/admin",
+        "X-Envoy-Original-Path": "/admin", "X-Real-IP": "10.9.9.9"})
+    assert response.status == 200
+    (seen,) = seen_since(upstreams, before)
+    assert seen.target == "/public/x" and seen.header("x-route") == "public"
+    assert not seen.names() & {"x-original-url", "x-rewrite-url", "x-forwarded-prefix",
+                               "x-envoy-original-path", "x-real-ip"}
