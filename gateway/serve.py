@@ -6,17 +6,27 @@ processes that inherit the public listener's socket; the kernel spreads accepted
 them. Every process that serves keeps its own route table current from the store (`Watcher`), so
 no worker waits on another. A worker that dies is started again, with a growing pause.
 
-Signals: SIGTERM or SIGINT drain — stop accepting, let in-flight requests finish within
-`server.grace_period`, exit 0. SIGHUP re-reads the settings file and applies what can change at run
-time (log level).
+Signals: SIGTERM or SIGINT drain. Readiness turns false at once and every response says
+`Connection: close`, while the listeners keep accepting for `server.prestop_delay` seconds (a load
+balancer polling /readyz takes the gateway out meanwhile); then the listening sockets close, the
+requests in flight and those already accepted get `server.grace_period` to finish, and the process
+exits 0. The master forwards the signal to its workers at once and keeps the admin listener until
+they are done. A second Ctrl-C forces. SIGHUP re-reads the settings file and applies what can change
+at run time (log level, drain timings); the master forwards it to the workers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import functools
 import logging
+import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -40,6 +50,8 @@ from routes.store import Store
 from routes.watcher import Watcher
 
 log = logging.getLogger("peel.serve")
+
+HANDLED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def configure_logging(level: str) -> None:
@@ -99,6 +111,14 @@ class Runtime:
                                      interval=settings.facade.counts_interval)
         self.servers: list[uvicorn.Server] = []
         self.stopping = False
+        self.forced = False
+        # set by stop(): the master waits on it, then on its workers
+        self.stopped = asyncio.Event()
+        # the master's Supervisor.forward: signals that its workers must get too
+        self.forward: Callable[[signal.Signals], None] | None = None
+        # data-plane servers, each with a spare descriptor of its listening socket (see _drain)
+        self._data: list[tuple[uvicorn.Server, socket.socket]] = []
+        self._forcing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closers: list[Callable[[], Awaitable[object]]] = []
 
@@ -133,6 +153,9 @@ class Runtime:
         app = ProxyApp(self.holder, pool, self.settings, access_log, counts=self.counts)
         server = make_server(uvicorn_config(app, self.settings, listener="public", sock_fd=sock.fileno()))
         self.servers.append(server)
+        spare = sock.dup()
+        spare.setblocking(False)
+        self._data.append((server, spare))
 
         async def close_access_log() -> None:
             access_log.close()
@@ -150,19 +173,139 @@ class Runtime:
         return server
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """SIGTERM or SIGINT: begin the drain (see the module docstring); a second SIGINT forces."""
         if self.stopping:
             # Only a second Ctrl-C stops waiting for in-flight requests: a repeated SIGTERM (a
             # process-group kill after the one to the main process) must not cut the drain short.
-            if sig == signal.SIGINT:
-                for server in self.servers:
-                    server.force_exit = True
+            if sig == signal.SIGINT and not self.forced:
+                self.force()
             return
         self.stopping = True
+        self.stopped.set()
         systemd.notify("STOPPING=1")
-        log.info("draining: no new connections; in-flight requests get %.0f s",
-                 self.settings.server.grace_period)
+        server = self.settings.server
+        log.info("draining: not ready; accepting for %.1f s more, then in-flight requests get %.0f s",
+                 server.prestop_delay, server.grace_period)
+        if self.forward is not None:
+            self.forward(signal.SIGTERM)
+        task = asyncio.create_task(self._drain(asyncio.get_running_loop().time() + server.prestop_delay))
+        self._tasks.append(task)
+
+    def force(self) -> None:
+        """Stop at once: in-flight requests are cut."""
+        log.warning("forced stop: in-flight requests are cut")
+        self.forced = True
+        self._forcing.set()
         for server in self.servers:
+            server.should_exit = server.force_exit = True
+        if self.forward is not None:
+            self.forward(signal.SIGINT)
+
+    async def _drain(self, stop_accepting_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not all(server.started for server, _ in self._data) and not self.forced:
+            await asyncio.sleep(0.02)  # a signal during start-up: uvicorn has no sockets to close yet
+        for server, _ in self._data:
+            _close_after_response(server)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._forcing.wait(), max(0.0, stop_accepting_at - loop.time()))
+        if self.forced:
+            return
+        deadline = loop.time() + self.settings.server.grace_period
+        for server, spare in self._data:
+            await _stop_accepting(server, spare)
+        if self._data:
+            log.info("draining: listeners closed")
+        while loop.time() < deadline and not self.forced:
+            if not any([_settle(server) for server, _ in self._data]):
+                break
+            await asyncio.sleep(0.02)
+        for server, _ in self._data:
+            # uvicorn's own shutdown ends what is left, cancelling requests past the grace period
+            server.config.timeout_graceful_shutdown = max(0.0, deadline - loop.time())  # type: ignore[assignment]
             server.should_exit = True
+
+
+def _close_after_response(server: uvicorn.Server) -> None:
+    """Every response from now on says `Connection: close`, so keep-alive clients reconnect (to a
+    gateway still in the load balancer) instead of finding their connection closed under them."""
+    close = (b"connection", b"close")
+    if close in server.config.encoded_headers:
+        return
+    server.config.encoded_headers = [*server.config.encoded_headers, close]
+    # uvicorn rebuilds the default headers from encoded_headers every second; until then, these
+    server.server_state.default_headers = [*server.server_state.default_headers, close]
+    for connection in list(server.server_state.connections):
+        cycle: Any = getattr(connection, "cycle", None)
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+
+
+async def _stop_accepting(server: uvicorn.Server, spare: socket.socket) -> None:
+    """Close the listening socket, first taking over what the kernel already accepted.
+
+    Connections still in the kernel's accept queue when the last descriptor of a listening socket
+    closes are reset, though their clients saw the connect succeed. uvicorn's server closes its
+    descriptor first (no more accepts from the loop); the spare one keeps the queue alive while it
+    is emptied here into ordinary connections, then closes.
+    """
+    _drop_new_handshakes(spare)
+    for listening in server.servers:
+        listening.close()
+    loop = asyncio.get_running_loop()
+    config = server.config
+    protocol: Any = config.http_protocol_class
+    factory = functools.partial(protocol, config=config,
+                                server_state=server.server_state, app_state=server.lifespan.state)
+    try:
+        while True:
+            try:
+                conn, _ = spare.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            conn.setblocking(False)
+            await loop.connect_accepted_socket(factory, conn)
+    except OSError as exc:
+        log.warning("draining: could not take over queued connections: %s", exc)
+    finally:
+        spare.close()
+
+
+def _drop_new_handshakes(sock: socket.socket) -> None:
+    """Attach a socket filter that drops every packet to a listening socket (Linux).
+
+    Without it a handshake completing between the last accept and the close would be queued, then
+    reset. Dropped, the client's SYN is sent again later and meets a closed port: refused.
+    """
+    if sys.platform != "linux":
+        return
+    so_attach_filter = 26
+    drop_all = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF: ret #0
+    program = struct.pack("HL", 1, ctypes.addressof(drop_all))  # struct sock_fprog
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, so_attach_filter, program)
+    except OSError as exc:
+        log.debug("no socket filter on the closing listener: %s", exc)
+
+
+def _settle(server: uvicorn.Server) -> bool:
+    """One look at a draining server's connections; True while some still need time.
+
+    Idle keep-alive connections are closed. A request being served finishes (its response says
+    `Connection: close`). A connection accepted before the listener closed whose request has not
+    arrived yet is left to send it; the header timeout closes one that never does.
+    """
+    busy = False
+    for connection in list(server.server_state.connections):
+        cycle: Any = getattr(connection, "cycle", None)
+        if cycle is None:
+            busy = True
+        elif cycle.response_complete:
+            connection.shutdown()
+        else:
+            cycle.keep_alive = False
+            busy = True
+    return busy
 
 
 def install_signals(runtime: Runtime, config_path: str | None) -> None:
@@ -172,22 +315,35 @@ def install_signals(runtime: Runtime, config_path: str | None) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload_settings, runtime, config_path)
 
 
-def reload_settings(runtime: Runtime, config_path: str | None) -> None:
-    """SIGHUP: re-read the settings and apply the parts that may change while running."""
+def reload_settings(runtime: Runtime, config_path: str | None) -> bool:
+    """SIGHUP: re-read the settings and apply the parts that may change while running.
+
+    The master passes SIGHUP on to its workers only once the file parsed: each worker re-reads it
+    itself, and a file that is refused here would be refused there too.
+    """
     systemd.notify("RELOADING=1", systemd.monotonic_usec())
     try:
         fresh = load_settings(config_path)
     except ConfigError as exc:
         log.error("SIGHUP: settings refused, keeping the running ones: %s", exc)
-    else:
-        configure_logging(fresh.server.log_level)
-        log.info("SIGHUP: settings re-read (log level %s)", fresh.server.log_level)
+        systemd.notify("READY=1")
+        return False
+    configure_logging(fresh.server.log_level)
+    running = runtime.settings.server
+    # Only what nothing captured at start: the log level, and the drain timings read at SIGTERM.
+    runtime.settings = dataclasses.replace(runtime.settings, server=dataclasses.replace(
+        running, log_level=fresh.server.log_level, grace_period=fresh.server.grace_period,
+        prestop_delay=fresh.server.prestop_delay))
+    log.info("SIGHUP: settings re-read (log level %s)", fresh.server.log_level)
+    if runtime.forward is not None and not runtime.stopping:
+        runtime.forward(signal.SIGHUP)
     systemd.notify("READY=1")
+    return True
 
 
 async def run_single(settings: Settings, store: Store, public: socket.socket,
                      admin: socket.socket, config_path: str | None) -> int:
-    """One process: both listeners, one watcher."""
+    """One process: both listeners, one watcher. The admin listener outlives the data plane's drain."""
     runtime = Runtime(settings, store, write_snapshots=True)
     await runtime.load_first_table()
     proxy_server = runtime.data_plane(public)
@@ -195,10 +351,12 @@ async def run_single(settings: Settings, store: Store, public: socket.socket,
     install_signals(runtime, config_path)
     runtime.start_background(counts=True)
     try:
-        serving = [asyncio.create_task(proxy_server.serve(sockets=[public])),
-                   asyncio.create_task(admin_server.serve(sockets=[admin]))]
+        proxying = asyncio.create_task(proxy_server.serve(sockets=[public]))
+        serving = asyncio.create_task(admin_server.serve(sockets=[admin]))
         await _notify_when_started(runtime)
-        await asyncio.gather(*serving)
+        await proxying
+        admin_server.should_exit = True
+        await serving
     finally:
         await runtime.close()
     return 0
@@ -212,6 +370,7 @@ async def run_worker(settings: Settings, fd: int, config_path: str | None) -> in
     await runtime.load_first_table()
     server = runtime.data_plane(public)
     install_signals(runtime, config_path)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # blocked by Supervisor.spawn
     runtime.start_background(counts=True)
     try:
         await server.serve(sockets=[public])
@@ -226,15 +385,20 @@ async def run_master(settings: Settings, store: Store, public: socket.socket, ad
     runtime = Runtime(settings, store, write_snapshots=True)
     await runtime.load_first_table()
     admin_server = runtime.admin(store)
+    supervisor = Supervisor(settings.server.workers, public, config_path, runtime)
+    runtime.forward = supervisor.forward
     install_signals(runtime, config_path)
     runtime.start_background(counts=False)
-    supervisor = Supervisor(settings.server.workers, public, config_path, runtime)
     supervising = asyncio.create_task(supervisor.run())
     try:
         serving = asyncio.create_task(admin_server.serve(sockets=[admin]))
         await _notify_when_started(runtime)
+        await runtime.stopped.wait()
+        # The workers got SIGTERM from stop(); /readyz keeps answering 503 until they are done.
+        server = runtime.settings.server
+        await supervisor.wait(server.prestop_delay + server.grace_period + 5)
+        admin_server.should_exit = True
         await serving
-        await supervisor.stop(settings.server.grace_period + 5)
     finally:
         supervising.cancel()
         await runtime.close()
@@ -258,10 +422,21 @@ class Supervisor:
         args = [sys.executable, "-m", "gateway.serve", "--worker", "--fd", str(fd)]
         if self.config_path:
             args += ["--config", self.config_path]
-        self.procs[slot] = subprocess.Popen(args, pass_fds=(fd,))
+        # Only the master speaks to systemd (NotifyAccess=main would log every worker's message).
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        # The signals Peel handles stay blocked in the new worker until its loop handles them
+        # (run_worker): a reload or a drain forwarded while it starts then waits, instead of
+        # ending it by the default action.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            self.procs[slot] = subprocess.Popen(args, pass_fds=(fd,), env=env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         log.info("worker %d started (pid %d)", slot, self.procs[slot].pid)
 
     async def run(self) -> None:
+        if self.runtime.stopping:
+            return
         for slot in range(self.count):
             self.spawn(slot)
         restarts: dict[int, float] = {}
@@ -279,10 +454,17 @@ class Supervisor:
                 if not self.runtime.stopping:
                     self.spawn(slot)
 
-    async def stop(self, timeout: float) -> None:
+    def forward(self, sig: signal.Signals) -> None:
+        """Pass a signal on to every live worker. With SIGTERM the master also lets go of the
+        public socket, so the listener closes when the last worker closes its own descriptor."""
         for proc in self.procs.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(sig)
+        if sig == signal.SIGTERM:
+            self.public.close()
+
+    async def wait(self, timeout: float) -> None:
+        """Wait for the signalled workers to exit; kill (and count as failed) any still there."""
         deadline = time.monotonic() + timeout
         for proc in self.procs.values():
             while proc.poll() is None and time.monotonic() < deadline:
@@ -313,6 +495,8 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
 
 def serve(settings: Settings, config_path: str | None = None) -> int:
     """Run the gateway until a signal stops it. Raises PeelError for what an operator must fix."""
+    # SIGHUP's default action ends the process; until the loop handles it, a reload is ignored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(settings.server.log_level)
     store = preflight(settings)
     public = bind(settings.listeners.public, "public")
