@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
-import functools
 import logging
-import os
 import signal
 import socket
-import struct
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -38,7 +33,7 @@ import uvicorn
 
 from facade.counts import TrafficCounts
 from facade.flusher import CountsFlusher, instance_id
-from gateway import systemd
+from gateway import drain, systemd
 from gateway.accesslog import AccessLog
 from gateway.errors import ConfigError, PeelError, StoreError
 from gateway.holder import TableHolder
@@ -46,12 +41,12 @@ from gateway.listener import make_server, uvicorn_config
 from gateway.pool import UpstreamPool
 from gateway.proxy import ProxyApp
 from gateway.settings import ListenerSettings, Settings, load_settings
+from gateway.supervisor import HANDLED, Supervisor
 from routes.store import Store
 from routes.watcher import Watcher
 
 log = logging.getLogger("peel.serve")
 
-HANDLED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def configure_logging(level: str) -> None:
@@ -206,106 +201,24 @@ class Runtime:
         while not all(server.started for server, _ in self._data) and not self.forced:
             await asyncio.sleep(0.02)  # a signal during start-up: uvicorn has no sockets to close yet
         for server, _ in self._data:
-            _close_after_response(server)
+            drain.close_after_response(server)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._forcing.wait(), max(0.0, stop_accepting_at - loop.time()))
         if self.forced:
             return
         deadline = loop.time() + self.settings.server.grace_period
         for server, spare in self._data:
-            await _stop_accepting(server, spare)
+            await drain.stop_accepting(server, spare)
         if self._data:
             log.info("draining: listeners closed")
         while loop.time() < deadline and not self.forced:
-            if not any([_settle(server) for server, _ in self._data]):
+            if not any([drain.settle(server) for server, _ in self._data]):
                 break
             await asyncio.sleep(0.02)
         for server, _ in self._data:
             # uvicorn's own shutdown ends what is left, cancelling requests past the grace period
             server.config.timeout_graceful_shutdown = max(0.0, deadline - loop.time())  # type: ignore[assignment]
             server.should_exit = True
-
-
-def _close_after_response(server: uvicorn.Server) -> None:
-    """Every response from now on says `Connection: close`, so keep-alive clients reconnect (to a
-    gateway still in the load balancer) instead of finding their connection closed under them."""
-    close = (b"connection", b"close")
-    if close in server.config.encoded_headers:
-        return
-    server.config.encoded_headers = [*server.config.encoded_headers, close]
-    # uvicorn rebuilds the default headers from encoded_headers every second; until then, these
-    server.server_state.default_headers = [*server.server_state.default_headers, close]
-    for connection in list(server.server_state.connections):
-        cycle: Any = getattr(connection, "cycle", None)
-        if cycle is not None and not cycle.response_complete:
-            cycle.keep_alive = False
-
-
-async def _stop_accepting(server: uvicorn.Server, spare: socket.socket) -> None:
-    """Close the listening socket, first taking over what the kernel already accepted.
-
-    Connections still in the kernel's accept queue when the last descriptor of a listening socket
-    closes are reset, though their clients saw the connect succeed. uvicorn's server closes its
-    descriptor first (no more accepts from the loop); the spare one keeps the queue alive while it
-    is emptied here into ordinary connections, then closes.
-    """
-    _drop_new_handshakes(spare)
-    for listening in server.servers:
-        listening.close()
-    loop = asyncio.get_running_loop()
-    config = server.config
-    protocol: Any = config.http_protocol_class
-    factory = functools.partial(protocol, config=config,
-                                server_state=server.server_state, app_state=server.lifespan.state)
-    try:
-        while True:
-            try:
-                conn, _ = spare.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            conn.setblocking(False)
-            await loop.connect_accepted_socket(factory, conn)
-    except OSError as exc:
-        log.warning("draining: could not take over queued connections: %s", exc)
-    finally:
-        spare.close()
-
-
-def _drop_new_handshakes(sock: socket.socket) -> None:
-    """Attach a socket filter that drops every packet to a listening socket (Linux).
-
-    Without it a handshake completing between the last accept and the close would be queued, then
-    reset. Dropped, the client's SYN is sent again later and meets a closed port: refused.
-    """
-    if sys.platform != "linux":
-        return
-    so_attach_filter = 26
-    drop_all = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF: ret #0
-    program = struct.pack("HL", 1, ctypes.addressof(drop_all))  # struct sock_fprog
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, so_attach_filter, program)
-    except OSError as exc:
-        log.debug("no socket filter on the closing listener: %s", exc)
-
-
-def _settle(server: uvicorn.Server) -> bool:
-    """One look at a draining server's connections; True while some still need time.
-
-    Idle keep-alive connections are closed. A request being served finishes (its response says
-    `Connection: close`). A connection accepted before the listener closed whose request has not
-    arrived yet is left to send it; the header timeout closes one that never does.
-    """
-    busy = False
-    for connection in list(server.server_state.connections):
-        cycle: Any = getattr(connection, "cycle", None)
-        if cycle is None:
-            busy = True
-        elif cycle.response_complete:
-            connection.shutdown()
-        else:
-            cycle.keep_alive = False
-            busy = True
-    return busy
 
 
 def install_signals(runtime: Runtime, config_path: str | None) -> None:
@@ -385,7 +298,7 @@ async def run_master(settings: Settings, store: Store, public: socket.socket, ad
     runtime = Runtime(settings, store, write_snapshots=True)
     await runtime.load_first_table()
     admin_server = runtime.admin(store)
-    supervisor = Supervisor(settings.server.workers, public, config_path, runtime)
+    supervisor = Supervisor(settings.server.workers, public, config_path, lambda: runtime.stopping)
     runtime.forward = supervisor.forward
     install_signals(runtime, config_path)
     runtime.start_background(counts=False)
@@ -403,77 +316,6 @@ async def run_master(settings: Settings, store: Store, public: socket.socket, ad
         supervising.cancel()
         await runtime.close()
     return 0 if not supervisor.failed else 1
-
-
-class Supervisor:
-    """Starts the worker processes and starts again any that die while the gateway runs."""
-
-    def __init__(self, count: int, public: socket.socket, config_path: str | None,
-                 runtime: Runtime) -> None:
-        self.count = count
-        self.public = public
-        self.config_path = config_path
-        self.runtime = runtime
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.failed = False
-
-    def spawn(self, slot: int) -> None:
-        fd = self.public.fileno()
-        args = [sys.executable, "-m", "gateway.serve", "--worker", "--fd", str(fd)]
-        if self.config_path:
-            args += ["--config", self.config_path]
-        # Only the master speaks to systemd (NotifyAccess=main would log every worker's message).
-        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-        # The signals Peel handles stay blocked in the new worker until its loop handles them
-        # (run_worker): a reload or a drain forwarded while it starts then waits, instead of
-        # ending it by the default action.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-        try:
-            self.procs[slot] = subprocess.Popen(args, pass_fds=(fd,), env=env)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        log.info("worker %d started (pid %d)", slot, self.procs[slot].pid)
-
-    async def run(self) -> None:
-        if self.runtime.stopping:
-            return
-        for slot in range(self.count):
-            self.spawn(slot)
-        restarts: dict[int, float] = {}
-        while not self.runtime.stopping:
-            await asyncio.sleep(0.5)
-            for slot, proc in list(self.procs.items()):
-                code = proc.poll()
-                if code is None or self.runtime.stopping:
-                    continue
-                pause = min(30.0, restarts.get(slot, 0.5) * 2)
-                restarts[slot] = pause
-                log.error("worker %d (pid %d) exited with %s; starting it again in %.1f s",
-                          slot, proc.pid, code, pause)
-                await asyncio.sleep(pause)
-                if not self.runtime.stopping:
-                    self.spawn(slot)
-
-    def forward(self, sig: signal.Signals) -> None:
-        """Pass a signal on to every live worker. With SIGTERM the master also lets go of the
-        public socket, so the listener closes when the last worker closes its own descriptor."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(sig)
-        if sig == signal.SIGTERM:
-            self.public.close()
-
-    async def wait(self, timeout: float) -> None:
-        """Wait for the signalled workers to exit; kill (and count as failed) any still there."""
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            while proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if proc.poll() is None:
-                log.error("worker pid %d did not stop in %.0f s; killing it", proc.pid, timeout)
-                proc.kill()
-                proc.wait()
-                self.failed = True
 
 
 async def _notify_when_started(runtime: Runtime) -> None:
