@@ -51,6 +51,13 @@ _PROBLEM = problems.CONTENT_TYPE.encode()
 _NO_USERS: BetaUsers = {}
 
 
+class BodyTooLarge(Exception):
+    """A request body passed its route's `max_body` while it streamed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this route takes request bodies of at most {limit} bytes")
+
+
 class _Request:
     """What the access log needs to know about one request, filled in as it goes."""
 
@@ -190,6 +197,12 @@ class ProxyApp:
         if route is None:
             return await self._problem(send, req, 404, "no-route", "no route matches this request")
         req.route = route.name
+        limit = route.max_body
+        if limit is not None and length is not None and length.isdigit() and int(length) > limit:
+            # Before anything is read, so an `Expect: 100-continue` client gets no 100 Continue.
+            return await self._problem(send, req, 413, "body-too-large",
+                                       f"this route takes request bodies of at most {limit} bytes",
+                                       close=True)
         migration: CompiledMigration | None = route.migration
         if migration is None:
             await self._send_to(scope, receive, send, req, route, route.service, host_header, path,
@@ -310,6 +323,8 @@ class ProxyApp:
                     raise ExchangeAborted("the downstream closed the connection")
                 body: bytes = message.get("body", b"")
                 req.bytes_in = len(body)
+                if route.max_body is not None and req.bytes_in > route.max_body:
+                    raise BodyTooLarge(route.max_body)
                 if chunked and body:
                     body = chunk(body)
                 if message.get("more_body", False):
@@ -317,7 +332,7 @@ class ProxyApp:
                     conn.begin(head_request=method == "HEAD", drop=self._drop)
                     conn.write(head + body if body else head)
                     upload = asyncio.get_running_loop().create_task(
-                        self._upload(conn, receive, chunked, req))
+                        self._upload(conn, receive, chunked, req, route.max_body))
                 else:
                     payload = head + body + (LAST_CHUNK if chunked else b"")
             t_sent = _perf()
@@ -358,6 +373,16 @@ class ProxyApp:
                     return failed
             await self._respond(send, req, route, conn, upload, downstream)
             return failed
+        except BodyTooLarge as exc:
+            # A chunked body passed the route's cap: the upstream exchange is cut either way.
+            req.error = "body-too-large"
+            if conn is not None:
+                conn.close(abort=True)
+            if not req.started:
+                await self._problem(send, req, 413, "body-too-large", str(exc), close=True)
+            else:
+                self._abort_downstream(scope)
+            return None
         except UpstreamError as exc:
             req.error = exc.code
             if conn is not None:
@@ -441,8 +466,11 @@ class ProxyApp:
             conn.close()
 
     async def _upload(self, conn: UpstreamConnection, receive: Receive, chunked: bool,
-                      req: _Request) -> None:
-        """Stream the rest of the request body upstream, as fast as the upstream takes it."""
+                      req: _Request, limit: int | None) -> None:
+        """Stream the rest of the request body upstream, as fast as the upstream takes it.
+
+        A body above `limit` fails the exchange with `BodyTooLarge` (the proxy answers 413).
+        """
         idle_timeout = self._idle_timeout
         try:
             while not conn.closed:
@@ -453,6 +481,9 @@ class ProxyApp:
                 body = message.get("body", b"")
                 if body:
                     req.bytes_in += len(body)
+                    if limit is not None and req.bytes_in > limit:
+                        conn.fail(BodyTooLarge(limit))
+                        return
                     conn.write(chunk(body) if chunked else body)
                     await conn.drain(idle_timeout)
                 if not message.get("more_body", False):
@@ -463,17 +494,20 @@ class ProxyApp:
         finally:
             conn.wake()
 
-    async def _problem(self, send: Send, req: _Request, status: int, code: str, detail: str) -> None:
+    async def _problem(self, send: Send, req: _Request, status: int, code: str, detail: str,
+                       *, close: bool = False) -> None:
+        """Answer a problem+json; `close`: and end the connection (its request body was not read)."""
         req.status = status
         req.error = req.error or code
         body = problems.encode(problems.problem(status, code, detail,
                                                 request_id=req.request_id.decode("ascii")))
         req.started = True
         req.bytes_out = len(body)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", _PROBLEM),
-                                (b"content-length", b"%d" % len(body)),
-                                (self._rid_name, req.request_id)]})
+        headers = [(b"content-type", _PROBLEM), (b"content-length", b"%d" % len(body)),
+                   (self._rid_name, req.request_id)]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     def _abort_downstream(self, scope: Scope) -> None:

@@ -408,6 +408,7 @@ class Route:
     """A stored rule: a match, what to change, and the service that answers.
 
     With a `migration`, `service` is the `from` side and the migration says when `to` answers.
+    `max_body` (bytes) caps the request body on this route; None: the listener's `limits.max_body`.
     """
 
     name: str
@@ -416,10 +417,12 @@ class Route:
     priority: int = 0
     rewrite: Rewrite = field(default_factory=Rewrite)
     migration: Migration | None = None
+    max_body: int | None = None
 
     @classmethod
     def parse(cls, data: object, where: str) -> Route:
-        m = _mapping(data, where, ("name", "match", "service", "priority", "rewrite", "migration"))
+        m = _mapping(data, where, ("name", "match", "service", "priority", "rewrite", "migration",
+                                   "max_body"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
         name = _name(m["name"], f"{where}.name")
@@ -441,7 +444,11 @@ class Route:
         if migration is not None and migration.to == service:
             raise RuleError(f"{where}.migration.to", "must differ from the route's service (the "
                             "service the route moves away from)", migration.to)
-        return cls(name, match, service, priority, rewrite, migration)
+        max_body = m.get("max_body")
+        if max_body is not None and (not isinstance(max_body, int) or isinstance(max_body, bool)
+                                     or max_body < 0):
+            raise RuleError(f"{where}.max_body", "must be a whole number of bytes, 0 or more", max_body)
+        return cls(name, match, service, priority, rewrite, migration, max_body)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "match": self.match.to_dict(),
@@ -452,6 +459,8 @@ class Route:
             out["rewrite"] = self.rewrite.to_dict()
         if self.migration is not None:
             out["migration"] = self.migration.to_dict()
+        if self.max_body is not None:
+            out["max_body"] = self.max_body
         return out
 
 

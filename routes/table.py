@@ -87,7 +87,7 @@ class CompiledRoute(_Frozen):
     `fields`) are copied flat out of `match` so that a lookup reads them with one attribute access.
     """
 
-    __slots__ = ("fields", "match", "methods", "migration", "name", "path_regex", "priority",
+    __slots__ = ("fields", "match", "max_body", "methods", "migration", "name", "path_regex", "priority",
                  "request_headers", "response_headers", "rewrite_path", "service", "spec",
                  "upstream_host")
     spec: Route
@@ -104,6 +104,8 @@ class CompiledRoute(_Frozen):
     response_headers: HeaderEdit
     # None for a route without a migration; `service` is then the only side
     migration: CompiledMigration | None
+    # the route's request body cap in bytes; None: only the listener's `limits.max_body`
+    max_body: int | None
 
     def __init__(self, spec: Route, service: CompiledService, match: CompiledMatch,
                  rewrite_path: PathRewrite, request_headers: HeaderEdit,
@@ -112,7 +114,7 @@ class CompiledRoute(_Frozen):
                    methods=match.methods, path_regex=match.path.regex, fields=match.fields,
                    rewrite_path=rewrite_path, upstream_host=spec.rewrite.host,
                    request_headers=request_headers, response_headers=response_headers,
-                   migration=migration)
+                   migration=migration, max_body=spec.max_body)
 
     def params(self, path: str) -> dict[str, str]:
         """The `{param}` values of a template route for a path it matched."""
