@@ -39,8 +39,9 @@ from gateway.errors import ConfigError, PeelError, StoreError
 from gateway.holder import TableHolder
 from gateway.listener import make_server, uvicorn_config
 from gateway.pool import UpstreamPool
+from gateway.protocol import PeelHttpProtocol
 from gateway.proxy import ProxyApp
-from gateway.settings import ListenerSettings, Settings, load_settings
+from gateway.settings import LimitsSettings, ListenerSettings, Settings, load_settings
 from gateway.supervisor import HANDLED, Supervisor
 from routes.store import Store
 from routes.watcher import Watcher
@@ -243,15 +244,32 @@ def reload_settings(runtime: Runtime, config_path: str | None) -> bool:
         return False
     configure_logging(fresh.server.log_level)
     running = runtime.settings.server
-    # Only what nothing captured at start: the log level, and the drain timings read at SIGTERM.
+    # What nothing captured at start: the log level, the drain timings read at SIGTERM, and
+    # `[limits]`, which the protocol class of every listener reads per connection and request.
     runtime.settings = dataclasses.replace(runtime.settings, server=dataclasses.replace(
         running, log_level=fresh.server.log_level, grace_period=fresh.server.grace_period,
         prestop_delay=fresh.server.prestop_delay))
+    runtime.settings = dataclasses.replace(runtime.settings, limits=fresh.limits)
+    apply_limits(runtime.servers, fresh.limits)
     log.info("SIGHUP: settings re-read (log level %s)", fresh.server.log_level)
     if runtime.forward is not None and not runtime.stopping:
         runtime.forward(signal.SIGHUP)
     systemd.notify("READY=1")
     return True
+
+
+def apply_limits(servers: list[uvicorn.Server], limits: LimitsSettings) -> None:
+    """Give the listeners of `servers` new `[limits]` for the connections and requests to come.
+
+    Each listener runs its own `PeelHttpProtocol.configured` subclass, whose instances read the
+    limits from class attributes; both are replaced in one assignment, on the event loop, so no
+    request sees one without the other. Requests already past their head keep what they checked.
+    """
+    fresh = PeelHttpProtocol.configured(limits)
+    for server in servers:
+        protocol = server.config.http
+        if isinstance(protocol, type) and issubclass(protocol, PeelHttpProtocol):
+            protocol.limits, protocol.head_limits = fresh.limits, fresh.head_limits
 
 
 async def run_single(settings: Settings, store: Store, public: socket.socket,
