@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -81,13 +81,20 @@ def parse_request(body: dict[str, Any], paths: PathRules = DEFAULT_RULES,
     if not isinstance(url, str) or not url:
         raise RuleError("url", "must be a URL like http://host/path?query, or a path", url)
     headers = _headers(body.get("headers"))
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError as exc:
-        raise RuleError("url", f"is not a valid URL: {exc}", url) from None
-    if parts.scheme and parts.scheme not in ("http", "https"):
-        raise RuleError("url", "must be an http:// or https:// URL, or a path", url)
+    if url.startswith("/"):
+        # A path, as a request line carries it: `//admin` is a path with an empty first segment,
+        # not a scheme-relative URL naming the host `admin` (which urlsplit would read).
+        path_part, _, query = url.partition("#")[0].partition("?")
+        parts = SplitResult("", "", path_part, query, "")
+        host = ""
+    else:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+        except ValueError as exc:
+            raise RuleError("url", f"is not a valid URL: {exc}", url) from None
+        if parts.scheme and parts.scheme not in ("http", "https"):
+            raise RuleError("url", "must be an http:// or https:// URL, or a path", url)
     if not host:
         # A bare path: the Host header says where it goes, as on the wire.
         given = next((v.decode() for k, v in headers if k == b"host"), "")
