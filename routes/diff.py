@@ -18,7 +18,8 @@ Kind = Literal["service", "route"]
 # Values a field has when `to_dict()` leaves it out, so "priority 0 -> 10" reads naturally.
 _DEFAULTS: dict[Kind, dict[str, Any]] = {
     "service": {},
-    "route": {"priority": 0, "match": {}, "rewrite": {}, "migration": None},
+    "route": {"priority": 0, "match": {}, "rewrite": {}, "migration": None,
+              "max_body": None},
 }
 
 

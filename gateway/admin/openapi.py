@@ -54,6 +54,8 @@ SCHEMAS: dict[str, Schema] = {
                      "request_headers": _ref("HeaderRules"), "response_headers": _ref("HeaderRules")}),
     "Route": _obj({"name": NAME, "match": _ref("Match"), "service": NAME,
                    "priority": {"type": "integer", "minimum": -1000000, "maximum": 1000000, "default": 0},
+                   "max_body": {"type": "integer", "minimum": 0,
+                                "description": "request body cap in bytes (413); absent: limits.max_body"},
                    "rewrite": _ref("Rewrite"), "migration": _ref("Migration")}, ("name", "service"),
                   description="A stored rule: a match, what to change, and the service that answers."),
     "KeySource": _obj({"header": {"type": "string"}, "cookie": {"type": "string"}},
