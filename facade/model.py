@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.errors import RuleError
+from routes.fields import TOKEN_RE, mapping, type_name
 
 Split = Literal["none", "percent", "all"]
 # The share of users is kept in basis points (1/100 of a percent): percentages to 0.01 are exact.
 FULL_SHARE = 10_000
-TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Cookie names are tokens too (RFC 6265); user ids are visible ASCII without spaces or commas.
 USER_RE = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,200}$")
 DEFAULT_STATUSES = (404, 501, 502, 503)
@@ -69,20 +69,6 @@ STAGES: Mapping[str, StagePolicy] = {
 }
 
 
-def _type_name(value: object) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", int: "an integer",
-            bool: "a boolean", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def _mapping(value: object, where: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise RuleError(where, f"must be a mapping, not {_type_name(value)}", value)
-    for key in value:
-        if key not in allowed:
-            raise RuleError(f"{where}.{key}", f"unknown field; allowed: {', '.join(sorted(allowed))}")
-    return value
-
-
 def _token(value: object, where: str, what: str) -> str:
     if not isinstance(value, str) or not TOKEN_RE.match(value):
         raise RuleError(where, f"must be a {what} name", value)
@@ -107,7 +93,7 @@ def _key_source(m: Mapping[str, Any], where: str) -> tuple[str | None, str | Non
 def parse_percent(value: object, where: str) -> int:
     """A percentage 0-100 with at most two decimals, as basis points."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RuleError(where, f"must be a number from 0 to 100, not {_type_name(value)}", value)
+        raise RuleError(where, f"must be a number from 0 to 100, not {type_name(value)}", value)
     if not 0 <= value <= 100:
         raise RuleError(where, "must be from 0 to 100", value)
     share = round(value * 100)
@@ -130,7 +116,7 @@ class Cohort:
 
     @classmethod
     def parse(cls, data: object, where: str) -> Cohort:
-        return cls(*_key_source(_mapping(data, where, ("header", "cookie")), where))
+        return cls(*_key_source(mapping(data, where, ("header", "cookie")), where))
 
     def __bool__(self) -> bool:
         return self.header is not None or self.cookie is not None
@@ -151,7 +137,7 @@ class Beta:
 
     @classmethod
     def parse(cls, data: object, where: str) -> Beta:
-        m = _mapping(data, where, ("header", "cookie", "allow", "deny"))
+        m = mapping(data, where, ("header", "cookie", "allow", "deny"))
         header, cookie = _key_source(m, where)
         if header is None and cookie is None:
             raise RuleError(where, "needs a header or a cookie that carries the user id", dict(m))
@@ -159,7 +145,7 @@ class Beta:
         for key in ("allow", "deny"):
             raw = m.get(key, [])
             if not isinstance(raw, list | tuple):
-                raise RuleError(f"{where}.{key}", f"must be a list, not {_type_name(raw)}", raw)
+                raise RuleError(f"{where}.{key}", f"must be a list, not {type_name(raw)}", raw)
             users: list[str] = []
             for i, user in enumerate(raw):
                 if not isinstance(user, str) or not USER_RE.match(user):
@@ -199,12 +185,12 @@ class Fallback:
 
     @classmethod
     def parse(cls, data: object, where: str) -> Fallback:
-        m = _mapping(data, where, ("statuses", "on_error", "max_body", "unsafe_methods"))
+        m = mapping(data, where, ("statuses", "on_error", "max_body", "unsafe_methods"))
         statuses = DEFAULT_STATUSES
         if "statuses" in m:
             raw = m["statuses"]
             if not isinstance(raw, list | tuple):
-                raise RuleError(f"{where}.statuses", f"must be a list, not {_type_name(raw)}", raw)
+                raise RuleError(f"{where}.statuses", f"must be a list, not {type_name(raw)}", raw)
             for i, status in enumerate(raw):
                 if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
                     raise RuleError(f"{where}.statuses[{i}]", "must be an HTTP status from 200 to 599",
@@ -264,7 +250,7 @@ class Migration:
 
     @classmethod
     def parse(cls, data: object, where: str) -> Migration:
-        m = _mapping(data, where, ("to", "stage", "percent", "cohort", "salt", "beta", "fallback"))
+        m = mapping(data, where, ("to", "stage", "percent", "cohort", "salt", "beta", "fallback"))
         if "to" not in m:
             raise RuleError(f"{where}.to", "is required: the service the route moves to")
         to = m["to"]

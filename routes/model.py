@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 from facade.model import Migration
 from gateway.errors import RuleError
+from routes.fields import TOKEN_RE, mapping, type_name
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
-TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 HOST_RE = re.compile(rf"^(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}$")
 TEMPLATE_PARAM_RE = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
@@ -31,25 +31,9 @@ HEADER_VALUE_RE = re.compile(r"^[\t\x20-\x7e]*$")
 PATH_KINDS = ("path", "path_prefix", "path_template", "path_regex")
 
 
-def _type_name(value: object) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", int: "an integer",
-            bool: "a boolean"}.get(type(value), type(value).__name__)
-
-
-def _mapping(value: object, where: str, allowed: Iterable[str]) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise RuleError(where, f"must be a mapping, not {_type_name(value)}", value)
-    allowed_set = set(allowed)
-    for key in value:
-        if key not in allowed_set:
-            raise RuleError(f"{where}.{key}" if where != "document" else str(key),
-                            f"unknown field; allowed: {', '.join(sorted(allowed_set))}")
-    return value
-
-
 def _string(value: object, where: str, *, empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise RuleError(where, f"must be a string, not {_type_name(value)}", value)
+        raise RuleError(where, f"must be a string, not {type_name(value)}", value)
     if not empty and not value:
         raise RuleError(where, "must not be empty", value)
     return value
@@ -57,7 +41,7 @@ def _string(value: object, where: str, *, empty: bool = False) -> str:
 
 def _list(value: object, where: str) -> list[Any]:
     if not isinstance(value, list | tuple):
-        raise RuleError(where, f"must be a list, not {_type_name(value)}", value)
+        raise RuleError(where, f"must be a list, not {type_name(value)}", value)
     return list(value)
 
 
@@ -148,7 +132,7 @@ class Service:
 
     @classmethod
     def parse(cls, data: object, where: str) -> Service:
-        m = _mapping(data, where, ("name", "endpoints"))
+        m = mapping(data, where, ("name", "endpoints"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
         name = _name(m["name"], f"{where}.name")
@@ -186,7 +170,7 @@ class FieldMatch:
 
     @classmethod
     def parse(cls, data: object, where: str, *, header: bool) -> FieldMatch:
-        m = _mapping(data, where, ("name", "value", "regex", "present"))
+        m = mapping(data, where, ("name", "value", "regex", "present"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
         check = _header_name if header else _string
@@ -232,7 +216,7 @@ class Match:
 
     @classmethod
     def parse(cls, data: object, where: str) -> Match:
-        m = _mapping(data, where, ("hosts", *PATH_KINDS, "methods", "headers", "query", "cookies"))
+        m = mapping(data, where, ("hosts", *PATH_KINDS, "methods", "headers", "query", "cookies"))
         kinds = [k for k in PATH_KINDS if k in m]
         if len(kinds) > 1:
             raise RuleError(f"{where}.{kinds[1]}", f"only one of {', '.join(PATH_KINDS)} may be given")
@@ -314,12 +298,12 @@ class HeaderRules:
 
     @classmethod
     def parse(cls, data: object, where: str) -> HeaderRules:
-        m = _mapping(data, where, ("set", "add", "remove"))
+        m = mapping(data, where, ("set", "add", "remove"))
 
         def pairs(key: str) -> tuple[tuple[str, str], ...]:
             raw = m.get(key, {})
             if not isinstance(raw, Mapping):
-                raise RuleError(f"{where}.{key}", f"must be a mapping, not {_type_name(raw)}", raw)
+                raise RuleError(f"{where}.{key}", f"must be a mapping, not {type_name(raw)}", raw)
             return tuple((_header_name(k, f"{where}.{key}"),
                           _header_value(v, f"{where}.{key}.{k}")) for k, v in raw.items())
 
@@ -359,7 +343,7 @@ class Rewrite:
 
     @classmethod
     def parse(cls, data: object, where: str) -> Rewrite:
-        m = _mapping(data, where, ("path_prefix", "path_regex", "replacement", "host",
+        m = mapping(data, where, ("path_prefix", "path_regex", "replacement", "host",
                                    "request_headers", "response_headers"))
         prefix = _path(m["path_prefix"], f"{where}.path_prefix") if "path_prefix" in m else None
         regex = _regex(m["path_regex"], f"{where}.path_regex") if "path_regex" in m else None
@@ -421,7 +405,7 @@ class Route:
 
     @classmethod
     def parse(cls, data: object, where: str) -> Route:
-        m = _mapping(data, where, ("name", "match", "service", "priority", "rewrite", "migration",
+        m = mapping(data, where, ("name", "match", "service", "priority", "rewrite", "migration",
                                    "max_body"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
@@ -479,7 +463,7 @@ class Document:
     def parse(cls, data: object) -> Document:
         if data is None:
             data = {}
-        m = _mapping(data, "document", ("services", "routes"))
+        m = mapping(data, "document", ("services", "routes"))
         services = [Service.parse(s, f"services[{i}]")
                     for i, s in enumerate(_list(m.get("services") or [], "services"))]
         routes = [Route.parse(r, f"routes[{i}]")

@@ -21,7 +21,8 @@ from gateway.errors import NotFoundError, RuleError
 from gateway.paths import DEFAULT_RULES, PathRules, normalise, path_rules
 from gateway.settings import Settings
 from routes.compiler import compile_document
-from routes.model import HEADER_VALUE_RE, TOKEN_RE
+from routes.fields import TOKEN_RE
+from routes.model import HEADER_VALUE_RE
 from routes.store import Store
 from routes.table import RouteTable
 
