@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -23,6 +24,7 @@ from gateway.errors import ConfigError
 # Environment variables that steer the CLI, not settings keys.
 NOT_SETTINGS = frozenset({"PEEL_CONFIG", "PEEL_ADMIN_URL", "PEEL_ADMIN_TOKEN"})
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,9 @@ class ServerSettings:
     # after SIGTERM, seconds that readiness is false while the listeners still accept and serve, so
     # a load balancer polling /readyz takes the gateway out before its sockets close
     prestop_delay: float = 0.0
+    # where each serving process publishes its live state (metrics, endpoint health) for the admin
+    # API of the same gateway to read; one file per process
+    run_dir: str = "./.peel/run"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,50 @@ class PathSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadlineSettings:
+    """The incoming deadline header (`docs/resilience.md`): remaining milliseconds, an integer."""
+
+    header: str = "Peel-Timeout-Ms"
+    # networks whose deadline header (and `grpc-timeout`) is honoured; from others it is dropped
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # also read gRPC's `grpc-timeout` (and propagate it as such)
+    grpc_timeout: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """OpenTelemetry traces (`docs/observability.md`)."""
+
+    # false: no spans and no context made by Peel; trace headers pass as ordinary headers
+    enabled: bool = True
+    # parent-based: a sampled parent is followed; a new trace is sampled with this probability
+    sample_ratio: float = 0.01
+    # "otlp" (OTLP/HTTP protobuf to `endpoint`) or "console" (stdout, for debugging)
+    exporter: str = "otlp"
+    # the collector's traces URL, e.g. http://127.0.0.1:4318/v1/traces; empty: nothing exported
+    # (context is still continued and propagated)
+    endpoint: str = ""
+    service_name: str = "peel"
+    # spans queued for export; beyond it new spans are dropped (and counted), never waited for
+    max_queue: int = 2048
+    export_timeout: float = 5.0
+    # networks whose trace context is continued; empty: everyone's (a context from elsewhere is
+    # replaced by a new trace)
+    trusted_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Prometheus `/metrics` on the admin listener (`docs/observability.md`)."""
+
+    enabled: bool = True
+    # true: `/metrics` answers without a bearer token (like /healthz)
+    open: bool = False
+    # how often each serving process publishes its counters for the admin listener to merge
+    publish_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings = DatabaseSettings()
     listeners: ListenersSettings = ListenersSettings()
@@ -146,6 +195,9 @@ class Settings:
     facade: FacadeSettings = FacadeSettings()
     limits: LimitsSettings = LimitsSettings()
     paths: PathSettings = PathSettings()
+    deadlines: DeadlineSettings = DeadlineSettings()
+    tracing: TracingSettings = TracingSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 def split_bind(bind: str) -> tuple[str, int]:
@@ -207,6 +259,27 @@ def _check(key: str, obj: Any) -> None:
             for name in ("body_idle_timeout", "write_timeout"):
                 if getattr(obj, name) <= 0:
                     raise ValueError(f"{name} must be positive")
+        elif isinstance(obj, DeadlineSettings):
+            for net in obj.trusted_networks:
+                ipaddress.ip_network(net, strict=False)
+            if not obj.header or not _TOKEN.match(obj.header):
+                raise ValueError(f"header {obj.header!r} is not a header name")
+        elif isinstance(obj, TracingSettings):
+            for net in obj.trusted_networks:
+                ipaddress.ip_network(net, strict=False)
+            if not 0.0 <= obj.sample_ratio <= 1.0:
+                raise ValueError("sample_ratio must be between 0 and 1")
+            if obj.exporter not in ("otlp", "console"):
+                raise ValueError("exporter must be otlp or console")
+            if obj.endpoint and not obj.endpoint.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {obj.endpoint!r} is not an http(s) URL")
+            if obj.max_queue < 1:
+                raise ValueError("max_queue must be at least 1")
+            if obj.export_timeout <= 0:
+                raise ValueError("export_timeout must be positive")
+        elif isinstance(obj, MetricsSettings):
+            if obj.publish_interval <= 0:
+                raise ValueError("publish_interval must be positive")
         elif isinstance(obj, DatabaseSettings) and "://" not in obj.url:
             raise ValueError(f"url {obj.url!r} is not a SQLAlchemy URL such as sqlite:///./peel.db")
     except ValueError as exc:
