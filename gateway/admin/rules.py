@@ -2,6 +2,8 @@
 
 Bodies are a service or a route exactly as in the declarative document. `PUT` creates or replaces,
 `POST` refuses a name that exists (409). The reason for a change comes from the `Peel-Reason` header.
+Reading one service adds `live`, the serving processes' view of its endpoints (health, ejection,
+latency, load), when there is one.
 """
 
 from __future__ import annotations
@@ -52,6 +54,20 @@ def _parse_body(kind: Kind, data: Any, name: str | None) -> Service | Route:
     return kind.parse(data, kind.singular)
 
 
+def _live_service(request: Request, name: str) -> dict[str, Any] | None:
+    """What the serving processes know of a service now: its endpoints' health, ejection, latency and
+    load (`app.state.live`, a `gateway.procstats.LiveView`); None when there is no live view or no
+    serving process has the service (not yet loaded, or just deleted).
+
+    Called on the event loop: the live view reads small per-process files and in-memory state.
+    """
+    live = getattr(request.app.state, "live", None)
+    if live is None:
+        return None
+    found: dict[str, Any] | None = live.service(name)
+    return found
+
+
 class RuleResource:
     """The five handlers of one collection, bound to the store."""
 
@@ -78,8 +94,12 @@ class RuleResource:
         item = self.kind.find(latest.document, name)
         if item is None:
             raise NotFoundError(f"{self.kind.plural}[{name}]", f"no such {self.kind.singular}", name)
-        return answer({"version": latest.version, self.kind.singular: item.to_dict()},
-                      version=latest.version)
+        body: dict[str, Any] = {"version": latest.version, self.kind.singular: item.to_dict()}
+        if self.kind is SERVICES:
+            live = _live_service(request, name)
+            if live is not None:
+                body["live"] = live
+        return answer(body, version=latest.version)
 
     async def create(self, request: Request) -> Response:
         item = _parse_body(self.kind, await read_json(request), None)
