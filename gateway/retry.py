@@ -63,7 +63,7 @@ def retry_after(value: bytes, now: float | None = None) -> float | None:
         return 0.0
     try:
         date = email.utils.parsedate_to_datetime(text.decode("ascii"))
-    except (ValueError, TypeError, IndexError, UnicodeDecodeError):
+    except (ValueError, TypeError, IndexError, OverflowError, UnicodeDecodeError):
         return None
     if date.tzinfo is None:  # "-0000" zones: RFC 5322 says UTC with no claim about the local zone
         date = date.replace(tzinfo=UTC)
