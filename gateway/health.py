@@ -160,7 +160,7 @@ async def check_endpoint(endpoint: Endpoint, policy: HealthCheck,
                 server_hostname=endpoint.host if context is not None else None)
             writer.write(request)
             await writer.drain()
-            status = await _final_status(reader)
+            status, length = await _final_head(reader)
     except TimeoutError:
         return CheckResult(False, error=f"no answer within {policy.timeout:g} s")
     except (asyncio.LimitOverrunError, ValueError) as exc:
@@ -178,7 +178,7 @@ async def check_endpoint(endpoint: Endpoint, policy: HealthCheck,
         # closing does not reset it mid-answer. Whatever happens there does not change the result.
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout_at(deadline):
-                polite = await _discard(reader)
+                polite = await _discard(reader, length)
         return CheckResult(status in policy.statuses, status=status)
     finally:
         if writer is not None:
@@ -189,17 +189,43 @@ async def check_endpoint(endpoint: Endpoint, policy: HealthCheck,
                 writer.transport.abort()
 
 
-async def _final_status(reader: asyncio.StreamReader) -> int:
-    """The status of the final response head, skipping interim 1xx heads (103 Early Hints)."""
+async def _final_head(reader: asyncio.StreamReader) -> tuple[int, int | None]:
+    """The status of the final response head, skipping interim 1xx heads (103 Early Hints), and the
+    length of its body (None: chunked or delimited by close)."""
     while True:
         head = await reader.readuntil(b"\r\n\r\n")
         status = parse_status(head)
         if status >= 200 or status == 101:
-            return status
+            return status, body_length(status, head)
 
 
-async def _discard(reader: asyncio.StreamReader) -> bool:
-    """Read and drop the rest of an answer, at most MAX_DISCARD bytes; True when it ended."""
+def body_length(status: int, head: bytes) -> int | None:
+    """The body length a response head announces: 0 for 1xx/204/304, Content-Length, else None."""
+    if status < 200 or status in (204, 304):
+        return 0
+    length: int | None = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length" and value.strip().isdigit():
+            length = int(value.strip())
+    return length
+
+
+async def _discard(reader: asyncio.StreamReader, length: int | None) -> bool:
+    """Read and drop the rest of an answer (at most MAX_DISCARD bytes); True when all of it came.
+
+    With a known length this ends without waiting for the upstream to close, which matters for
+    upstreams that keep the connection open despite `Connection: close`.
+    """
+    if length is not None:
+        if length > MAX_DISCARD:
+            return False
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            await reader.readexactly(length)
+        return True
     left = MAX_DISCARD
     while left > 0:
         data = await reader.read(min(left, 16 * 1024))
