@@ -56,6 +56,14 @@ class Verdict(NamedTuple):
     retry_after: float
 
 
+def _whole_seconds(seconds: float) -> int:
+    """Seconds rounded up to a whole number, at least 1 (fields and Retry-After are whole seconds).
+
+    A nanosecond of float noise (1.4 - 1.0 tokens is 0.39999...) must not add a whole second.
+    """
+    return max(math.ceil(seconds - 1e-9), 1)
+
+
 def sf_string(text: str) -> bytes:
     """`text` as a structured-field String (RFC 9651 section 3.3.3): quoted, with `"` and `\\`
     escaped; characters outside printable ASCII, which a String cannot hold, become `?`."""
@@ -134,13 +142,15 @@ class RateLimiter:
             # a clock that goes back refills nothing (and takes nothing back)
             tokens = min(self._capacity, bucket[0] + max(now - bucket[1], 0.0) * self._rate)
         bucket[1] = now
-        if tokens >= 1.0:
-            tokens -= 1.0
+        # float noise a nanosecond short of a token counts as the token: a client that waited
+        # exactly Retry-After must get in
+        if tokens >= 1.0 - 1e-9:
+            tokens = max(tokens - 1.0, 0.0)
             bucket[0] = tokens
             return Verdict(True, [self._policy_header, self._limit_header(tokens)], 0.0)
         bucket[0] = tokens
         wait = (1.0 - tokens) / self._rate
-        seconds = max(math.ceil(wait), 1)
+        seconds = _whole_seconds(wait)
         return Verdict(False, [self._policy_header, (LIMIT_HEADER, b"%s;r=0;t=%d" % (self._label, seconds)),
                                (RETRY_AFTER, b"%d" % seconds)], wait)
 
@@ -150,7 +160,7 @@ class RateLimiter:
 
         (After a grant the bucket is never full, so the next token is always on its way.)"""
         available = int(tokens)
-        seconds = max(math.ceil((available + 1.0 - tokens) / self._rate), 1)
+        seconds = _whole_seconds((available + 1.0 - tokens) / self._rate)
         return (LIMIT_HEADER, b"%s;r=%d;t=%d" % (self._label, available, seconds))
 
     def _evict(self, now: float) -> None:
