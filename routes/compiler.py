@@ -43,7 +43,7 @@ def precedence_key(route: CompiledRoute, host_pattern: str) -> PrecedenceKey:
 
 def compile_document(document: Document, version: int) -> RouteTable:
     """Compile a validated document. Raises `RuleError` for a route the table cannot hold."""
-    services = {s.name: CompiledService(s.name, s.endpoints) for s in document.services}
+    services = {s.name: CompiledService(s.name, s.endpoints, s) for s in document.services}
     routes: list[CompiledRoute] = []
     for spec in document.routes:
         service = services.get(spec.service)

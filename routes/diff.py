@@ -17,9 +17,11 @@ Kind = Literal["service", "route"]
 
 # Values a field has when `to_dict()` leaves it out, so "priority 0 -> 10" reads naturally.
 _DEFAULTS: dict[Kind, dict[str, Any]] = {
-    "service": {},
+    "service": {"balancer": {}, "health_check": None, "outlier": {}, "circuit_breaker": {},
+                "retries": {}, "timeouts": {}},
     "route": {"priority": 0, "match": {}, "rewrite": {}, "migration": None,
-              "max_body": None},
+              "max_body": None, "retries": None, "timeouts": None, "rate_limit": None,
+              "websocket": False},
 }
 
 

@@ -13,48 +13,41 @@ stored and compiled.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from facade.model import Migration
 from gateway.errors import RuleError
-from routes.fields import TOKEN_RE, mapping, type_name
+from routes.fields import (
+    HOST_RE,
+    NAME_RE,
+    TOKEN_RE,
+    boolean,
+    header_name,
+    mapping,
+    plain_path,
+    rule_name,
+    sequence,
+    string,
+    type_name,
+)
+from routes.policies import RateLimit, RetryPolicy, Timeouts
+from routes.services import Endpoint, Service
 
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-HOST_RE = re.compile(rf"^(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}$")
+# Endpoint and Service live in routes.services (and NAME_RE in routes.fields); importers of the
+# document model find them here.
+__all__ = ["HEADER_VALUE_RE", "NAME_RE", "PATH_KINDS", "Document", "Endpoint", "FieldMatch", "HeaderRules",
+           "Match", "Rewrite", "Route", "Service"]
+
 TEMPLATE_PARAM_RE = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
 # Header values may hold visible ASCII, spaces and tabs (RFC 9110 field-value, without obs-text).
 HEADER_VALUE_RE = re.compile(r"^[\t\x20-\x7e]*$")
 PATH_KINDS = ("path", "path_prefix", "path_template", "path_regex")
 
 
-def _string(value: object, where: str, *, empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise RuleError(where, f"must be a string, not {type_name(value)}", value)
-    if not empty and not value:
-        raise RuleError(where, "must not be empty", value)
-    return value
-
-
-def _list(value: object, where: str) -> list[Any]:
-    if not isinstance(value, list | tuple):
-        raise RuleError(where, f"must be a list, not {type_name(value)}", value)
-    return list(value)
-
-
-def _name(value: object, where: str) -> str:
-    name = _string(value, where)
-    if not NAME_RE.match(name):
-        raise RuleError(where, "must be 1-63 lower-case letters, digits, '.', '_' or '-', "
-                        "starting and ending with a letter or digit", value)
-    return name
-
-
 def _regex(value: object, where: str) -> str:
-    pattern = _string(value, where)
+    pattern = string(value, where)
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -62,94 +55,11 @@ def _regex(value: object, where: str) -> str:
     return pattern
 
 
-def _header_name(value: object, where: str) -> str:
-    name = _string(value, where)
-    if not TOKEN_RE.match(name):
-        raise RuleError(where, "is not a valid header name", value)
-    return name
-
-
 def _header_value(value: object, where: str) -> str:
-    text = _string(value, where, empty=True)
+    text = string(value, where, empty=True)
     if not HEADER_VALUE_RE.match(text):
         raise RuleError(where, "may hold only visible ASCII characters, spaces and tabs", value)
     return text
-
-
-def _path(value: object, where: str) -> str:
-    path = _string(value, where)
-    if not path.startswith("/"):
-        raise RuleError(where, "must start with '/'", value)
-    if any(c in path for c in "?#") or any(ord(c) <= 0x20 or ord(c) >= 0x7f for c in path):
-        raise RuleError(where, "must be a plain path: no query, fragment, spaces or control "
-                        "characters", value)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Services
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One `scheme://host:port` of a service."""
-
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-    @classmethod
-    def parse(cls, value: object, where: str) -> Endpoint:
-        text = _string(value, where)
-        try:
-            parts = urlsplit(text)
-            port = parts.port
-        except ValueError as exc:
-            raise RuleError(where, f"is not a valid endpoint URL: {exc}", value) from exc
-        if parts.scheme not in ("http", "https"):
-            raise RuleError(where, "must be an http:// or https:// URL", value)
-        if not parts.hostname:
-            raise RuleError(where, "must name a host", value)
-        if parts.username or parts.password or parts.query or parts.fragment or \
-                parts.path not in ("", "/"):
-            raise RuleError(where, "must be scheme://host:port only: no user, path, query or "
-                            "fragment", value)
-        default_port = 443 if parts.scheme == "https" else 80
-        return cls(parts.scheme, parts.hostname.lower(), port if port is not None else default_port)
-
-
-@dataclass(frozen=True, slots=True)
-class Service:
-    """A named upstream: a pool of endpoints."""
-
-    name: str
-    endpoints: tuple[Endpoint, ...]
-
-    @classmethod
-    def parse(cls, data: object, where: str) -> Service:
-        m = mapping(data, where, ("name", "endpoints"))
-        if "name" not in m:
-            raise RuleError(f"{where}.name", "is required")
-        name = _name(m["name"], f"{where}.name")
-        where = f"services[{name}]"
-        raw = _list(m.get("endpoints", []), f"{where}.endpoints")
-        if not raw:
-            raise RuleError(f"{where}.endpoints", "needs at least one endpoint", m.get("endpoints"))
-        endpoints = tuple(Endpoint.parse(e, f"{where}.endpoints[{i}]") for i, e in enumerate(raw))
-        seen: set[Endpoint] = set()
-        for i, e in enumerate(endpoints):
-            if e in seen:
-                raise RuleError(f"{where}.endpoints[{i}]", "is listed twice", e.url)
-            seen.add(e)
-        return cls(name, endpoints)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "endpoints": [e.url for e in self.endpoints]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,13 +83,13 @@ class FieldMatch:
         m = mapping(data, where, ("name", "value", "regex", "present"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
-        check = _header_name if header else _string
+        check = header_name if header else string
         name = check(m["name"], f"{where}.name")
         given = [k for k in ("value", "regex", "present") if k in m]
         if len(given) != 1:
             raise RuleError(where, "needs exactly one of value, regex or present", dict(m))
         if "value" in m:
-            return cls(name, value=_string(m["value"], f"{where}.value", empty=True))
+            return cls(name, value=string(m["value"], f"{where}.value", empty=True))
         if "regex" in m:
             return cls(name, regex=_regex(m["regex"], f"{where}.regex"))
         if not isinstance(m["present"], bool):
@@ -221,8 +131,8 @@ class Match:
         if len(kinds) > 1:
             raise RuleError(f"{where}.{kinds[1]}", f"only one of {', '.join(PATH_KINDS)} may be given")
         hosts: list[str] = []
-        for i, h in enumerate(_list(m.get("hosts", []), f"{where}.hosts")):
-            host = _string(h, f"{where}.hosts[{i}]").lower()
+        for i, h in enumerate(sequence(m.get("hosts", []), f"{where}.hosts")):
+            host = string(h, f"{where}.hosts[{i}]").lower()
             if not HOST_RE.match(host):
                 raise RuleError(f"{where}.hosts[{i}]", "must be a host name or *.suffix, without "
                                 "a port", h)
@@ -230,21 +140,21 @@ class Match:
                 raise RuleError(f"{where}.hosts[{i}]", "is listed twice", h)
             hosts.append(host)
         methods: list[str] = []
-        for i, meth in enumerate(_list(m.get("methods", []), f"{where}.methods")):
-            method = _string(meth, f"{where}.methods[{i}]")
+        for i, meth in enumerate(sequence(m.get("methods", []), f"{where}.methods")):
+            method = string(meth, f"{where}.methods[{i}]")
             if not TOKEN_RE.match(method) or method.upper() != method:
                 raise RuleError(f"{where}.methods[{i}]", "must be an upper-case method name", meth)
             if method in methods:
                 raise RuleError(f"{where}.methods[{i}]", "is listed twice", meth)
             methods.append(method)
-        path = _path(m["path"], f"{where}.path") if "path" in m else None
-        prefix = _path(m["path_prefix"], f"{where}.path_prefix") if "path_prefix" in m else None
+        path = plain_path(m["path"], f"{where}.path") if "path" in m else None
+        prefix = plain_path(m["path_prefix"], f"{where}.path_prefix") if "path_prefix" in m else None
         if prefix is not None and len(prefix) > 1 and prefix.endswith("/"):
             raise RuleError(f"{where}.path_prefix", "must not end with '/' (prefixes match on "
                             "segment boundaries already)", prefix)
         template = None
         if "path_template" in m:
-            template = _path(m["path_template"], f"{where}.path_template")
+            template = plain_path(m["path_template"], f"{where}.path_template")
             names: set[str] = set()
             for seg in template.split("/")[1:]:
                 if "{" in seg or "}" in seg:
@@ -258,7 +168,7 @@ class Match:
         regex = _regex(m["path_regex"], f"{where}.path_regex") if "path_regex" in m else None
 
         def preds(key: str, header: bool) -> tuple[FieldMatch, ...]:
-            items = _list(m.get(key, []), f"{where}.{key}")
+            items = sequence(m.get(key, []), f"{where}.{key}")
             return tuple(FieldMatch.parse(d, f"{where}.{key}[{i}]", header=header)
                          for i, d in enumerate(items))
 
@@ -304,11 +214,11 @@ class HeaderRules:
             raw = m.get(key, {})
             if not isinstance(raw, Mapping):
                 raise RuleError(f"{where}.{key}", f"must be a mapping, not {type_name(raw)}", raw)
-            return tuple((_header_name(k, f"{where}.{key}"),
+            return tuple((header_name(k, f"{where}.{key}"),
                           _header_value(v, f"{where}.{key}.{k}")) for k, v in raw.items())
 
-        remove = tuple(_header_name(h, f"{where}.remove[{i}]")
-                       for i, h in enumerate(_list(m.get("remove", []), f"{where}.remove")))
+        remove = tuple(header_name(h, f"{where}.remove[{i}]")
+                       for i, h in enumerate(sequence(m.get("remove", []), f"{where}.remove")))
         return cls(pairs("set"), pairs("add"), remove)
 
     def __bool__(self) -> bool:
@@ -345,9 +255,9 @@ class Rewrite:
     def parse(cls, data: object, where: str) -> Rewrite:
         m = mapping(data, where, ("path_prefix", "path_regex", "replacement", "host",
                                    "request_headers", "response_headers"))
-        prefix = _path(m["path_prefix"], f"{where}.path_prefix") if "path_prefix" in m else None
+        prefix = plain_path(m["path_prefix"], f"{where}.path_prefix") if "path_prefix" in m else None
         regex = _regex(m["path_regex"], f"{where}.path_regex") if "path_regex" in m else None
-        replacement = (_string(m["replacement"], f"{where}.replacement", empty=True)
+        replacement = (string(m["replacement"], f"{where}.replacement", empty=True)
                        if "replacement" in m else None)
         if prefix is not None and regex is not None:
             raise RuleError(f"{where}.path_regex", "only one of path_prefix or path_regex may be given")
@@ -362,7 +272,7 @@ class Rewrite:
                                 replacement) from exc
         host = None
         if "host" in m:
-            host = _string(m["host"], f"{where}.host").lower()
+            host = string(m["host"], f"{where}.host").lower()
             hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
             if not HOST_RE.match(hostname) or hostname.startswith("*"):
                 raise RuleError(f"{where}.host", "must be a host name, optionally with :port", host)
@@ -393,6 +303,8 @@ class Route:
 
     With a `migration`, `service` is the `from` side and the migration says when `to` answers.
     `max_body` (bytes) caps the request body on this route; None: the listener's `limits.max_body`.
+    `retries` and `timeouts` replace the service's whole block (None: the service's); with a
+    migration they apply to both sides. `websocket`: the route accepts WebSocket upgrades.
     """
 
     name: str
@@ -402,18 +314,22 @@ class Route:
     rewrite: Rewrite = field(default_factory=Rewrite)
     migration: Migration | None = None
     max_body: int | None = None
+    retries: RetryPolicy | None = None
+    timeouts: Timeouts | None = None
+    rate_limit: RateLimit | None = None
+    websocket: bool = False
 
     @classmethod
     def parse(cls, data: object, where: str) -> Route:
         m = mapping(data, where, ("name", "match", "service", "priority", "rewrite", "migration",
-                                   "max_body"))
+                                   "max_body", *_ROUTE_POLICIES, "websocket"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
-        name = _name(m["name"], f"{where}.name")
+        name = rule_name(m["name"], f"{where}.name")
         where = f"routes[{name}]"
         if "service" not in m:
             raise RuleError(f"{where}.service", "is required")
-        service = _name(m["service"], f"{where}.service")
+        service = rule_name(m["service"], f"{where}.service")
         priority = m.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool) or \
                 not -1_000_000 <= priority <= 1_000_000:
@@ -432,7 +348,10 @@ class Route:
         if max_body is not None and (not isinstance(max_body, int) or isinstance(max_body, bool)
                                      or max_body < 0):
             raise RuleError(f"{where}.max_body", "must be a whole number of bytes, 0 or more", max_body)
-        return cls(name, match, service, priority, rewrite, migration, max_body)
+        policies = {key: parse(m[key], f"{where}.{key}")
+                    for key, parse in _ROUTE_POLICIES.items() if m.get(key) is not None}
+        return cls(name, match, service, priority, rewrite, migration, max_body,
+                   websocket=boolean(m.get("websocket", False), f"{where}.websocket"), **policies)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "match": self.match.to_dict(),
@@ -445,7 +364,18 @@ class Route:
             out["migration"] = self.migration.to_dict()
         if self.max_body is not None:
             out["max_body"] = self.max_body
+        for key in _ROUTE_POLICIES:
+            policy = getattr(self, key)
+            if policy is not None:
+                out[key] = policy.to_dict()
+        if self.websocket:
+            out["websocket"] = True
         return out
+
+
+# The policy blocks a route may declare, and their parsers.
+_ROUTE_POLICIES: dict[str, Callable[[object, str], Any]] = {
+    "retries": RetryPolicy.parse, "timeouts": Timeouts.parse, "rate_limit": RateLimit.parse}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,9 +395,9 @@ class Document:
             data = {}
         m = mapping(data, "document", ("services", "routes"))
         services = [Service.parse(s, f"services[{i}]")
-                    for i, s in enumerate(_list(m.get("services") or [], "services"))]
+                    for i, s in enumerate(sequence(m.get("services") or [], "services"))]
         routes = [Route.parse(r, f"routes[{i}]")
-                  for i, r in enumerate(_list(m.get("routes") or [], "routes"))]
+                  for i, r in enumerate(sequence(m.get("routes") or [], "routes"))]
         return cls.build(services, routes)
 
     @classmethod

@@ -7,15 +7,83 @@ of its routes; a route may override `retries` and `timeouts` (the whole block) a
 
 Every policy has defaults that an operator would expect from a production gateway, chosen so that a
 route that declares nothing pays nothing it does not use on the request path.
+
+Each policy reads itself from the document with `Policy.parse(data, where)`, refusing with the
+field's path (`services[orders].health_check.interval`) and the value, and prints itself with
+`to_dict()`: fields at their default are left out and durations print canonically ("250ms", "5s",
+"2m"), so `export` then `apply` changes nothing. `docs/resilience.md` is the reference.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import RuleError
+from routes.fields import (
+    TOKEN_RE,
+    boolean,
+    duration,
+    format_duration,
+    header_name,
+    host_port,
+    integer,
+    mapping,
+    number,
+    plain_path,
+    sequence,
+    string,
+)
 
 BALANCER_POLICIES = ("ewma", "round_robin", "hash")
 # Conditions under which an attempt may be retried (see RetryPolicy).
 RETRY_ON = ("connect-failure", "reset", "timeout", "502", "503", "504")
+# Upper bounds that catch typos (an extra zero or three) rather than encode a real limit.
+MAX_THRESHOLD = 1000
+MAX_CONCURRENCY = 1_000_000
+MAX_RETRY_BODY = 16 * 1024 * 1024
+MAX_RATE = 1_000_000_000
+
+
+def _print(policy: Any, durations: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of a policy that differ from their defaults, as the document writes them."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(policy):
+        value = getattr(policy, f.name)
+        if value is None or value == f.default:
+            continue
+        if isinstance(value, HashOn):
+            out[f.name] = value.to_dict()
+        elif f.name in durations:
+            out[f.name] = format_duration(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _statuses(value: object, where: str, *, empty: bool) -> tuple[int, ...]:
+    items = sequence(value, where)
+    if not items and not empty:
+        raise RuleError(where, "needs at least one status", value)
+    out: list[int] = []
+    for i, item in enumerate(items):
+        status = integer(item, f"{where}[{i}]", 100, 599, "an HTTP status")
+        if status in out:
+            raise RuleError(f"{where}[{i}]", "is listed twice", item)
+        out.append(status)
+    return tuple(out)
+
+
+def _limit(m: Mapping[str, Any], key: str, where: str, default: int, low: int, high: int) -> int:
+    return integer(m[key], f"{where}.{key}", low, high) if key in m else default
+
+
+def _time(m: Mapping[str, Any], key: str, where: str, default: float, *, zero: bool = False) -> float:
+    return duration(m[key], f"{where}.{key}", zero=zero) if key in m else default
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +93,29 @@ class HashOn:
     header: str | None = None
     cookie: str | None = None
     client: bool = False
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> HashOn:
+        m = mapping(data, where, ("header", "cookie", "client"))
+        if len(m) != 1:
+            raise RuleError(where, "needs exactly one of header, cookie or client", dict(m))
+        if "header" in m:
+            return cls(header=header_name(m["header"], f"{where}.header"))
+        if "cookie" in m:
+            cookie = string(m["cookie"], f"{where}.cookie")
+            if not TOKEN_RE.match(cookie):
+                raise RuleError(f"{where}.cookie", "is not a valid cookie name", cookie)
+            return cls(cookie=cookie)
+        if not boolean(m["client"], f"{where}.client"):
+            raise RuleError(f"{where}.client", "must be true (give header or cookie instead)", False)
+        return cls(client=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.header is not None:
+            return {"header": self.header}
+        if self.cookie is not None:
+            return {"cookie": self.cookie}
+        return {"client": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +134,26 @@ class Balancer:
     slow_start: float = 0.0
     decay: float = 10.0
 
+    @classmethod
+    def parse(cls, data: object, where: str) -> Balancer:
+        m = mapping(data, where, ("policy", "hash_on", "slow_start", "decay"))
+        policy = string(m.get("policy", "ewma"), f"{where}.policy")
+        if policy not in BALANCER_POLICIES:
+            raise RuleError(f"{where}.policy", f"must be one of {', '.join(BALANCER_POLICIES)}", policy)
+        hash_on = None
+        if "hash_on" in m:
+            if policy != "hash":
+                raise RuleError(f"{where}.hash_on", "is only for policy hash", m["hash_on"])
+            hash_on = HashOn.parse(m["hash_on"], f"{where}.hash_on")
+        elif policy == "hash":
+            raise RuleError(f"{where}.hash_on", "is required by policy hash: give header, cookie "
+                            "or client")
+        return cls(policy, hash_on, _time(m, "slow_start", where, 0.0, zero=True),
+                   _time(m, "decay", where, 10.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _print(self, ("slow_start", "decay"))
+
 
 @dataclass(frozen=True, slots=True)
 class HealthCheck:
@@ -56,6 +167,21 @@ class HealthCheck:
     statuses: tuple[int, ...] = (200,)
     # the Host header of a check; None: the endpoint's host:port
     host: str | None = None
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> HealthCheck:
+        m = mapping(data, where, ("path", "interval", "timeout", "healthy_threshold",
+                                   "unhealthy_threshold", "statuses", "host"))
+        return cls(plain_path(m["path"], f"{where}.path") if "path" in m else "/healthz",
+                   _time(m, "interval", where, 5.0), _time(m, "timeout", where, 1.0),
+                   _limit(m, "healthy_threshold", where, 2, 1, MAX_THRESHOLD),
+                   _limit(m, "unhealthy_threshold", where, 3, 1, MAX_THRESHOLD),
+                   _statuses(m["statuses"], f"{where}.statuses", empty=False) if "statuses" in m
+                   else (200,),
+                   host_port(m["host"], f"{where}.host") if "host" in m else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _print(self, ("interval", "timeout"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +200,26 @@ class OutlierDetection:
     max_ejection: float = 300.0
     max_ejected_percent: int = 50
 
+    @classmethod
+    def parse(cls, data: object, where: str) -> OutlierDetection | None:
+        """The document's `outlier`: a mapping, `true` (the defaults) or `false` (None: off)."""
+        if isinstance(data, bool):
+            return cls() if data else None
+        m = mapping(data, where, ("consecutive_5xx", "consecutive_failures", "base_ejection",
+                                   "max_ejection", "max_ejected_percent"))
+        base = _time(m, "base_ejection", where, 30.0)
+        longest = _time(m, "max_ejection", where, 300.0)
+        if base > longest:
+            raise RuleError(f"{where}.base_ejection" if "base_ejection" in m else f"{where}.max_ejection",
+                            f"base_ejection ({format_duration(base)}) must not exceed max_ejection "
+                            f"({format_duration(longest)})", m.get("base_ejection", m.get("max_ejection")))
+        return cls(_limit(m, "consecutive_5xx", where, 5, 1, MAX_THRESHOLD),
+                   _limit(m, "consecutive_failures", where, 5, 1, MAX_THRESHOLD), base, longest,
+                   _limit(m, "max_ejected_percent", where, 50, 0, 100))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _print(self, ("base_ejection", "max_ejection"))
+
 
 @dataclass(frozen=True, slots=True)
 class CircuitBreaker:
@@ -85,6 +231,15 @@ class CircuitBreaker:
 
     max_requests: int = 1024
     max_pending: int = 1024
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> CircuitBreaker:
+        m = mapping(data, where, ("max_requests", "max_pending"))
+        return cls(_limit(m, "max_requests", where, 1024, 1, MAX_CONCURRENCY),
+                   _limit(m, "max_pending", where, 1024, 1, MAX_CONCURRENCY))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _print(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +264,44 @@ class RetryPolicy:
     budget_percent: float = 20.0
     budget_min: float = 3.0
 
+    @classmethod
+    def parse(cls, data: object, where: str) -> RetryPolicy:
+        m = mapping(data, where, ("attempts", "retry_on", "statuses", "idempotency_header",
+                                   "backoff_base", "backoff_max", "max_body", "budget_percent",
+                                   "budget_min"))
+        retry_on: tuple[str, ...] = ("connect-failure", "reset")
+        if "retry_on" in m:
+            items: list[str] = []
+            for i, item in enumerate(sequence(m["retry_on"], f"{where}.retry_on")):
+                # YAML reads `[502]` as a number; the condition is the same
+                condition = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+                if condition not in RETRY_ON:
+                    raise RuleError(f"{where}.retry_on[{i}]", f"must be one of {', '.join(RETRY_ON)} "
+                                    "(other statuses go in statuses)", item)
+                if condition in items:
+                    raise RuleError(f"{where}.retry_on[{i}]", "is listed twice", item)
+                items.append(condition)
+            retry_on = tuple(items)
+        header = m.get("idempotency_header", "Idempotency-Key")
+        if header != "":  # "": no header makes a request retryable, only its method
+            header = header_name(header, f"{where}.idempotency_header")
+        base = _time(m, "backoff_base", where, 0.025, zero=True)
+        cap = _time(m, "backoff_max", where, 0.25, zero=True)
+        if base > cap:
+            raise RuleError(f"{where}.backoff_base" if "backoff_base" in m else f"{where}.backoff_max",
+                            f"backoff_base ({format_duration(base)}) must not exceed backoff_max "
+                            f"({format_duration(cap)})", m.get("backoff_base", m.get("backoff_max")))
+        return cls(_limit(m, "attempts", where, 2, 1, 10), retry_on,
+                   _statuses(m["statuses"], f"{where}.statuses", empty=True) if "statuses" in m else (),
+                   header, base, cap, _limit(m, "max_body", where, 64 * 1024, 0, MAX_RETRY_BODY),
+                   number(m["budget_percent"], f"{where}.budget_percent", 0, 100)
+                   if "budget_percent" in m else 20.0,
+                   number(m["budget_min"], f"{where}.budget_min", 0, MAX_CONCURRENCY)
+                   if "budget_min" in m else 3.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _print(self, ("backoff_base", "backoff_max"))
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
@@ -118,6 +311,21 @@ class Timeouts:
     response: float | None = None
     idle: float | None = None
     total: float | None = None
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> Timeouts:
+        m = mapping(data, where, ("connect", "response", "idle", "total"))
+        given = {k: duration(v, f"{where}.{k}") for k, v in m.items()}
+        total = given.get("total")
+        if total is not None:
+            for key in ("connect", "response", "idle"):
+                if key in given and given[key] > total:
+                    raise RuleError(f"{where}.total", f"must be at least {key} "
+                                    f"({format_duration(given[key])})", m["total"])
+        return cls(given.get("connect"), given.get("response"), given.get("idle"), total)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _print(self, ("connect", "response", "idle", "total"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +339,15 @@ class RateLimit:
     per: float = 1.0
     burst: int | None = None  # None: `requests`
     header: str | None = None
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> RateLimit:
+        m = mapping(data, where, ("requests", "per", "burst", "header"))
+        if "requests" not in m:
+            raise RuleError(f"{where}.requests", "is required")
+        return cls(integer(m["requests"], f"{where}.requests", 1, MAX_RATE), _time(m, "per", where, 1.0),
+                   integer(m["burst"], f"{where}.burst", 1, MAX_RATE) if "burst" in m else None,
+                   header_name(m["header"], f"{where}.header") if "header" in m else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _print(self, ("per",))

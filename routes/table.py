@@ -25,7 +25,16 @@ from types import MappingProxyType
 from facade.compiled import CompiledMigration
 from gateway.errors import NoEndpoint
 from routes.matcher import CompiledMatch, FieldChecks, Headers, RequestFacts
-from routes.model import Endpoint, Route
+from routes.model import Endpoint, Route, Service
+from routes.policies import (
+    Balancer,
+    CircuitBreaker,
+    HealthCheck,
+    OutlierDetection,
+    RateLimit,
+    RetryPolicy,
+    Timeouts,
+)
 from routes.rewrite import HeaderEdit, PathRewrite
 
 # A candidate: (precedence rank over the whole table, route). Ranks are unique, so sorting a list of
@@ -64,17 +73,34 @@ class RoundRobin:
 
 
 class CompiledService:
-    """A service of the route table: its name, its endpoints and the balancer that picks one."""
+    """A service of the route table: its name, its endpoints, its policies, and a plain
+    round-robin `pick()` for callers without the live endpoint state (`gateway.balancer`).
 
-    __slots__ = ("_balancer", "endpoints", "name")
+    `spec` is the stored `routes.model.Service` (built from `name` and `endpoints` when not given);
+    `balancer`, `health_check`, `outlier` and `circuit_breaker` are its policies, copied flat so the
+    request path reads each with one attribute access.
+    """
 
-    def __init__(self, name: str, endpoints: tuple[Endpoint, ...]) -> None:
+    __slots__ = ("_round_robin", "balancer", "circuit_breaker", "endpoints", "health_check", "name",
+                 "outlier", "spec")
+    spec: Service
+    balancer: Balancer
+    health_check: HealthCheck | None
+    outlier: OutlierDetection | None
+    circuit_breaker: CircuitBreaker
+
+    def __init__(self, name: str, endpoints: tuple[Endpoint, ...], spec: Service | None = None) -> None:
         self.name = name
         self.endpoints = endpoints
-        self._balancer = RoundRobin(endpoints)
+        self.spec = spec if spec is not None else Service(name, endpoints)
+        self.balancer = self.spec.balancer
+        self.health_check = self.spec.health_check
+        self.outlier = self.spec.outlier
+        self.circuit_breaker = self.spec.circuit_breaker
+        self._round_robin = RoundRobin(endpoints)
 
     def pick(self) -> Endpoint:
-        return self._balancer.pick()
+        return self._round_robin.pick()
 
     def __repr__(self) -> str:
         return f"CompiledService({self.name!r}, {len(self.endpoints)} endpoints)"
@@ -85,11 +111,13 @@ class CompiledRoute(_Frozen):
 
     `spec` is the stored `routes.model.Route`. The hot attributes (`methods`, `path_regex`,
     `fields`) are copied flat out of `match` so that a lookup reads them with one attribute access.
+    `retries` and `timeouts` are the effective policies: the route's block, else its service's; with
+    a migration they apply to both sides.
     """
 
     __slots__ = ("fields", "match", "max_body", "methods", "migration", "name", "path_regex", "priority",
-                 "request_headers", "response_headers", "rewrite_path", "service", "spec",
-                 "upstream_host")
+                 "rate_limit", "request_headers", "response_headers", "retries", "rewrite_path",
+                 "service", "spec", "timeouts", "upstream_host", "websocket")
     spec: Route
     name: str
     priority: int
@@ -106,6 +134,12 @@ class CompiledRoute(_Frozen):
     migration: CompiledMigration | None
     # the route's request body cap in bytes; None: only the listener's `limits.max_body`
     max_body: int | None
+    retries: RetryPolicy
+    timeouts: Timeouts
+    # None: no rate limit on this route
+    rate_limit: RateLimit | None
+    # the route accepts WebSocket upgrades
+    websocket: bool
 
     def __init__(self, spec: Route, service: CompiledService, match: CompiledMatch,
                  rewrite_path: PathRewrite, request_headers: HeaderEdit,
@@ -114,7 +148,10 @@ class CompiledRoute(_Frozen):
                    methods=match.methods, path_regex=match.path.regex, fields=match.fields,
                    rewrite_path=rewrite_path, upstream_host=spec.rewrite.host,
                    request_headers=request_headers, response_headers=response_headers,
-                   migration=migration, max_body=spec.max_body)
+                   migration=migration, max_body=spec.max_body,
+                   retries=spec.retries if spec.retries is not None else service.spec.retries,
+                   timeouts=spec.timeouts if spec.timeouts is not None else service.spec.timeouts,
+                   rate_limit=spec.rate_limit, websocket=spec.websocket)
 
     def params(self, path: str) -> dict[str, str]:
         """The `{param}` values of a template route for a path it matched."""

@@ -34,14 +34,83 @@ PATH: Schema = {"type": "string", "pattern": "^/"}
 FIELD_MATCH = _obj({"name": {"type": "string"}, "value": {"type": "string"},
                     "regex": {"type": "string", "format": "regex"}, "present": {"type": "boolean"}},
                    ("name",), description="Exactly one of value, regex (searched) or present.")
+# Durations: seconds, or a number with a unit; printed canonically ("250ms", "1.5s", "2m").
+_DURATION_TEXT = {"type": "string", "pattern": r"^\d+(\.\d+)?(e[+-]?\d+)?(ms|s|m|h)$"}
+DURATION: Schema = {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 86400}, _DURATION_TEXT],
+                    "description": "seconds, or 250ms, 1.5s, 2m, 1h; more than 0, at most 24h"}
+DURATION_OR_ZERO: Schema = {"oneOf": [{"type": "number", "minimum": 0, "maximum": 86400}, _DURATION_TEXT],
+                            "description": "seconds, or 250ms, 1.5s, 2m, 1h; 0 or more, at most 24h"}
+STATUS: Schema = {"type": "integer", "minimum": 100, "maximum": 599}
+
+
+def _count(default: int, low: int = 1, high: int = 1000) -> Schema:
+    return {"type": "integer", "minimum": low, "maximum": high, "default": default}
+
+
+def _duration(default: str, zero: bool = False) -> Schema:
+    return {**(DURATION_OR_ZERO if zero else DURATION), "default": default}
+
+
 HEADER_RULES = _obj({"set": {"type": "object", "additionalProperties": {"type": "string"}},
                      "add": {"type": "object", "additionalProperties": {"type": "string"}},
                      "remove": _array({"type": "string"})})
 
+# The resilience policies (routes/policies.py, docs/resilience.md).
+POLICIES: dict[str, Schema] = {
+    "Endpoint": {"oneOf": [{"type": "string", "format": "uri"},
+                           _obj({"url": {"type": "string", "format": "uri"},
+                                 "weight": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1}},
+                                ("url",))],
+                 "description": "http(s)://host:port, or {url, weight} (printed as the URL when "
+                                "weight is 1)"},
+    "HashOn": _obj({"header": {"type": "string"}, "cookie": {"type": "string"}, "client": {"const": True}},
+                   minProperties=1, maxProperties=1,
+                   description="The consistent-hashing key: exactly one of header, cookie or client."),
+    "Balancer": _obj({"policy": {"enum": ["ewma", "round_robin", "hash"], "default": "ewma"},
+                      "hash_on": _ref("HashOn"), "slow_start": _duration("0s", zero=True),
+                      "decay": _duration("10s")},
+                     description="hash_on is required by policy hash and refused for the others."),
+    "HealthCheck": _obj({"path": {**PATH, "default": "/healthz"}, "interval": _duration("5s"),
+                         "timeout": _duration("1s"), "healthy_threshold": _count(2),
+                         "unhealthy_threshold": _count(3),
+                         "statuses": {**_array(STATUS), "minItems": 1, "default": [200]},
+                         "host": {"type": "string", "description": "Host header; default: the endpoint's"}},
+                        description="Active HTTP checks of every endpoint; absent: none."),
+    "OutlierDetection": _obj({"consecutive_5xx": _count(5), "consecutive_failures": _count(5),
+                              "base_ejection": _duration("30s"), "max_ejection": _duration("5m"),
+                              "max_ejected_percent": _count(50, 0, 100)},
+                             description="Passive ejection; `outlier: false` turns it off."),
+    "CircuitBreaker": _obj({"max_requests": _count(1024, 1, 1_000_000),
+                            "max_pending": _count(1024, 1, 1_000_000)}),
+    "RetryPolicy": _obj({"attempts": _count(2, 1, 10),
+                         "retry_on": {**_array({"enum": ["connect-failure", "reset", "timeout",
+                                                         "502", "503", "504"]}),
+                                      "default": ["connect-failure", "reset"]},
+                         "statuses": _array(STATUS),
+                         "idempotency_header": {"type": "string", "default": "Idempotency-Key",
+                                                "description": "empty: only idempotent methods"},
+                         "backoff_base": _duration("25ms", zero=True),
+                         "backoff_max": _duration("250ms", zero=True),
+                         "max_body": _count(65536, 0, 16 * 1024 * 1024),
+                         "budget_percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 20},
+                         "budget_min": {"type": "number", "minimum": 0, "default": 3}}),
+    "Timeouts": _obj({"connect": DURATION, "response": DURATION, "idle": DURATION, "total": DURATION},
+                     description="Absent: the [proxy] settings (total: none); total >= each other."),
+    "RateLimit": _obj({"requests": {"type": "integer", "minimum": 1}, "per": _duration("1s"),
+                       "burst": {"type": "integer", "minimum": 1, "description": "default: requests"},
+                       "header": {"type": "string", "description": "key; default: the client address"}},
+                      ("requests",), description="A token bucket per client address or header value."),
+}
+
 SCHEMAS: dict[str, Schema] = {
-    "Service": _obj({"name": NAME,
-                     "endpoints": {**_array({"type": "string", "format": "uri"}), "minItems": 1}},
-                    ("name", "endpoints"), description="A named upstream: a pool of endpoints."),
+    **POLICIES,
+    "Service": _obj({"name": NAME, "endpoints": {**_array(_ref("Endpoint")), "minItems": 1},
+                     "balancer": _ref("Balancer"), "health_check": _ref("HealthCheck"),
+                     "outlier": {"oneOf": [_ref("OutlierDetection"), {"type": "boolean"}]},
+                     "circuit_breaker": _ref("CircuitBreaker"), "retries": _ref("RetryPolicy"),
+                     "timeouts": _ref("Timeouts")},
+                    ("name", "endpoints"),
+                    description="A named upstream: a pool of endpoints and its resilience policies."),
     "FieldMatch": FIELD_MATCH,
     "Match": _obj({"hosts": _array({"type": "string"}), "path": PATH, "path_prefix": PATH,
                    "path_template": PATH, "path_regex": {"type": "string", "format": "regex"},
@@ -56,7 +125,11 @@ SCHEMAS: dict[str, Schema] = {
                    "priority": {"type": "integer", "minimum": -1000000, "maximum": 1000000, "default": 0},
                    "max_body": {"type": "integer", "minimum": 0,
                                 "description": "request body cap in bytes (413); absent: limits.max_body"},
-                   "rewrite": _ref("Rewrite"), "migration": _ref("Migration")}, ("name", "service"),
+                   "rewrite": _ref("Rewrite"), "migration": _ref("Migration"),
+                   "retries": {**_ref("RetryPolicy"), "description": "replaces the service's retries"},
+                   "timeouts": {**_ref("Timeouts"), "description": "replaces the service's timeouts"},
+                   "rate_limit": _ref("RateLimit"),
+                   "websocket": {"type": "boolean", "default": False}}, ("name", "service"),
                   description="A stored rule: a match, what to change, and the service that answers."),
     "KeySource": _obj({"header": {"type": "string"}, "cookie": {"type": "string"}},
                       description="Where a value comes from: a header or a cookie (one of them)."),

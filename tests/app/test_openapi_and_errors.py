@@ -12,6 +12,17 @@ from starlette.routing import Route
 from gateway.admin.app import build_admin_app
 from gateway.settings import Settings
 from routes.model import Route as RouteRule
+from routes.model import Service as ServiceRule
+from routes.policies import (
+    Balancer,
+    CircuitBreaker,
+    HashOn,
+    HealthCheck,
+    OutlierDetection,
+    RateLimit,
+    RetryPolicy,
+    Timeouts,
+)
 from routes.store import Store
 from tests.app.conftest import Admin
 
@@ -49,8 +60,14 @@ async def test_openapi_request_bodies_and_refs_resolve(admin: Admin) -> None:
     assert writes
     for path, method in writes:
         assert "requestBody" in doc["paths"][path][method], (path, method)
-    # the schema lists exactly the fields of the model, so a new route field cannot be forgotten
+    # the schemas list exactly the fields of the model, so a new route, service or policy field
+    # cannot be forgotten
     assert set(schemas["Route"]["properties"]) == {f.name for f in dataclasses.fields(RouteRule)}
+    assert set(schemas["Service"]["properties"]) == {f.name for f in dataclasses.fields(ServiceRule)}
+    for policy in (HashOn, Balancer, HealthCheck, OutlierDetection, CircuitBreaker, RetryPolicy,
+                   Timeouts, RateLimit):
+        assert set(schemas[policy.__name__]["properties"]) == \
+            {f.name for f in dataclasses.fields(policy)}, policy
     assert set(schemas["MatchRequest"]["properties"]) == {"method", "url", "headers"}
     assert set(schemas["Match"]["properties"]) >= {"hosts", "path_prefix", "methods", "headers",
                                                      "query", "cookies"}
