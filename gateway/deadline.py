@@ -30,6 +30,9 @@ _GRPC_MAX = 99_999_999
 # a 60 KiB run of digits from being parsed at all.
 MAX_MS_DIGITS = 15
 _TRUST_CACHE_SIZE = 4096
+# A nanosecond, in milliseconds: 16.089 s is 16088.999... ms in floats, and rounding that down
+# would take a millisecond off the deadline at every hop.
+_FLOAT_NOISE_MS = 1e-6
 
 
 def parse_ms(value: bytes) -> float:
@@ -53,10 +56,20 @@ def parse_grpc_timeout(value: bytes) -> float:
     return int(digits) * GRPC_UNITS[unit[0]]
 
 
+def whole_ms(seconds: float) -> int:
+    """`seconds` in whole milliseconds, rounded down, never negative.
+
+    Rounded down after allowing for float noise (a nanosecond, or two units in the last place of
+    large values), so that whole milliseconds read by `parse_ms` come back unchanged.
+    """
+    ms = seconds * 1000.0
+    return max(int(ms + _FLOAT_NOISE_MS + ms * 4e-16), 0)
+
+
 def format_grpc_timeout(seconds: float) -> bytes:
     """A `grpc-timeout` value for `seconds`: milliseconds, in a coarser unit only when the
     milliseconds would take more than 8 digits. Always rounded down, never past the deadline."""
-    ms = max(int(seconds * 1000.0), 0)
+    ms = whole_ms(seconds)
     if ms <= _GRPC_MAX:
         return b"%dm" % ms
     whole = ms // 1000
@@ -150,8 +163,7 @@ class DeadlineRules:
     def outgoing(self, remaining: float) -> Headers:
         """The deadline headers of an upstream attempt with `remaining` seconds left: whole
         milliseconds rounded down (never negative), and `grpc-timeout` when it is read too."""
-        ms = max(int(remaining * 1000.0), 0)
-        out = [(self._name, b"%d" % ms)]
+        out = [(self._name, b"%d" % whole_ms(remaining))]
         if self._grpc:
             out.append((GRPC_TIMEOUT, format_grpc_timeout(remaining)))
         return out

@@ -68,6 +68,11 @@ def test_grpc_timeout_round_trips_milliseconds(ms: int) -> None:
     assert format_grpc_timeout(parse_grpc_timeout(b"%dm" % ms)) == b"%dm" % ms
 
 
+@given(ms=st.integers(min_value=0, max_value=10**15 - 1))
+def test_the_peel_header_round_trips_to_the_millisecond(ms: int) -> None:
+    assert RULES.outgoing(parse_ms(b"%d" % ms))[0] == (b"peel-timeout-ms", b"%d" % ms)
+
+
 @given(digits=st.integers(min_value=0, max_value=99_999_999), unit=st.sampled_from(list("HMSmun")))
 def test_any_grpc_timeout_formats_back_to_at_most_itself(digits: int, unit: str) -> None:
     seconds = parse_grpc_timeout(b"%d%s" % (digits, unit.encode()))
