@@ -1,7 +1,7 @@
 """Active health checks: one task per endpoint of every service that declares a `health_check`.
 
     checker = HealthChecker(upstreams, ssl_context_for=<the pool's factory>)
-    upstreams.update(table); checker.sync(table)     # after every table swap, on the event loop
+    upstreams.update(table); checker.sync()          # after every table swap, on the event loop
     await checker.close()                            # when the process stops
 
 A check opens a fresh connection (never one of the pool's: a check must see what a new request
@@ -23,10 +23,9 @@ import logging
 import random
 import re
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from routes.model import Endpoint
 from routes.policies import HealthCheck
@@ -63,27 +62,17 @@ class ServiceHealth(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def endpoints(self) -> Collection[EndpointHealth]: ...
-
-
-class CompiledServiceLike(Protocol):
+    def health_check(self) -> HealthCheck | None: ...
     @property
-    def name(self) -> str: ...
+    def endpoints(self) -> Collection[EndpointHealth]: ...
 
 
 class UpstreamRegistry(Protocol):
     """The part of `gateway.endpoints.Upstreams` the checker uses."""
 
-    # Any: the real method takes a `routes.table.CompiledService`, which a narrower protocol
-    # parameter would not accept.
-    def service(self, compiled: Any, /) -> ServiceHealth: ...
-
-
-class TableLike(Protocol):
-    """A `routes.table.RouteTable` as far as the checker reads it."""
-
     @property
-    def services(self) -> Mapping[str, CompiledServiceLike]: ...
+    def clock(self) -> Callable[[], float]: ...
+    def services(self) -> Sequence[ServiceHealth]: ...
 
 
 # -- one check ----------------------------------------------------------------------------------------
@@ -252,39 +241,39 @@ class _Watch:
 class HealthChecker:
     """Runs the active checks of every endpoint of every service that has a `health_check`.
 
-    `sync(table)` reconciles the running tasks with a route table, after `upstreams.update(table)`:
-    tasks start for new endpoints, stop for endpoints and services that went away or lost their
-    check, and restart when the policy (or the endpoint's state object) changed. A task never
-    raises: an unexpected error in a check is logged and counts as a failed check.
+    `sync()` reconciles the running tasks with the services of `upstreams`, after each
+    `upstreams.update(table)`: tasks start for new endpoints, stop for endpoints and services that
+    went away or lost their check, and restart when the policy (or the endpoint's state object)
+    changed. A task never raises: an unexpected error in a check is logged and counts as a failed
+    check.
 
     `ssl_context_for` is the factory the upstream pool uses, so a check trusts what a request does.
-    `clock` must be the clock of the `Upstreams` (the `now` of `report_check`); `rand` spreads the
-    first checks; `probe` runs one check (tests substitute a scripted one).
+    `clock` gives the `now` of `report_check` (default: the clock of `upstreams`); `rand` spreads
+    the first checks; `probe` runs one check (tests substitute a scripted one).
     """
 
     def __init__(self, upstreams: UpstreamRegistry, *, ssl_context_for: SslFactory | None = None,
-                 clock: Callable[[], float] = time.monotonic, rand: random.Random | None = None,
+                 clock: Callable[[], float] | None = None, rand: random.Random | None = None,
                  probe: Probe = check_endpoint) -> None:
         self._upstreams = upstreams
         self._ssl_factory = ssl_context_for
         self._default_ssl: ssl.SSLContext | None = None
-        self._clock = clock
+        self._clock = clock if clock is not None else upstreams.clock
         self._rand = rand or random.Random()
         self._probe = probe
         self._watches: dict[tuple[str, str], _Watch] = {}
         self._closed = False
 
-    def sync(self, table: TableLike) -> None:
-        """Start, stop and restart check tasks to match `table` (call on the event loop)."""
+    def sync(self) -> None:
+        """Start, stop and restart check tasks to match the services of `upstreams` now (call on the
+        event loop, after `upstreams.update(table)`)."""
         if self._closed:
             return
         wanted: dict[tuple[str, str], tuple[HealthCheck, EndpointHealth]] = {}
-        for compiled in table.services.values():
-            # Until the compiled service carries its policies (issue 4, H1) there is nothing to check.
-            policy: HealthCheck | None = getattr(compiled, "health_check", None)
+        for state in self._upstreams.services():
+            policy = state.health_check
             if policy is None:
                 continue
-            state = self._upstreams.service(compiled)
             for endpoint_state in state.endpoints:
                 wanted[(state.name, endpoint_state.endpoint.url)] = (policy, endpoint_state)
         for key in [k for k, w in self._watches.items()
@@ -315,6 +304,7 @@ class HealthChecker:
         interval = max(policy.interval, 0.001)
         due = loop.time() + self._rand.uniform(0.0, interval)
         crashed: str | None = None
+        run = [0, 0]  # checks passed, failed in a row (for the transition messages)
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             try:
@@ -326,15 +316,15 @@ class HealthChecker:
                                   service, state.endpoint.url)
                 crashed = repr(exc)
                 result = CheckResult(False, error=f"check crashed: {exc!r}")
-            self._report(service, state, policy, result)
+            run[0], run[1] = (run[0] + 1, 0) if result.ok else (0, run[1] + 1)
+            self._report(service, state, result, run[0] if result.ok else run[1])
             # Fixed rate: a check that took longer than the interval skips the slots it overran.
             now = loop.time()
             due += interval
             if due <= now:
                 due += interval * ((now - due) // interval + 1)
 
-    def _report(self, service: str, state: EndpointHealth, policy: HealthCheck,
-                result: CheckResult) -> None:
+    def _report(self, service: str, state: EndpointHealth, result: CheckResult, in_a_row: int) -> None:
         try:
             before = state.healthy
             state.report_check(result.ok, self._clock())
@@ -343,11 +333,12 @@ class HealthChecker:
             log.exception("recording a health check of %s %s failed", service, state.endpoint.url)
             return
         if before and not after:
-            log.warning("endpoint %s of service %s is unhealthy after %d failed checks: %s",
-                        state.endpoint.url, service, policy.unhealthy_threshold, result.describe())
+            log.warning("endpoint %s of service %s is unhealthy after %d failed check%s: %s",
+                        state.endpoint.url, service, in_a_row, "" if in_a_row == 1 else "s",
+                        result.describe())
         elif after and not before:
-            log.info("endpoint %s of service %s is healthy again after %d passed checks",
-                     state.endpoint.url, service, policy.healthy_threshold)
+            log.info("endpoint %s of service %s is healthy again after %d passed check%s",
+                     state.endpoint.url, service, in_a_row, "" if in_a_row == 1 else "s")
 
     def _context(self, endpoint: Endpoint) -> ssl.SSLContext | None:
         return ssl_context_for(endpoint, self._ssl_factory, self._default_context)

@@ -18,11 +18,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.endpoints import EndpointState, Upstreams
 from gateway.health import HealthChecker, check_endpoint
 from routes.model import Endpoint
 from routes.policies import HealthCheck
 from tests.sockets.faults import FaultUpstream, Refuse
-from tests.unit.test_health import FakeUpstreams, table
+from tests.unit.test_health import table
 
 POLICY = HealthCheck(path="/healthz", interval=0.2, timeout=0.5, healthy_threshold=2,
                      unhealthy_threshold=3, statuses=(200, 204))
@@ -48,6 +49,12 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0, what: str 
 
 def endpoint(url: str) -> Endpoint:
     return Endpoint.parse(url, "endpoint")
+
+
+def state_of(upstreams: Upstreams, service: str, url: str) -> EndpointState:
+    found = upstreams.get(service)
+    assert found is not None
+    return next(e for e in found.endpoints if e.endpoint.url == url)
 
 
 # -- one check ----------------------------------------------------------------------------------------
@@ -125,12 +132,12 @@ def test_a_reset_before_the_answer_fails(upstream: FaultUpstream) -> None:
 
 def test_failing_healthz_goes_unhealthy_after_threshold_then_recovers(upstream: FaultUpstream) -> None:
     async def go() -> None:
-        ups = FakeUpstreams()
+        ups = Upstreams()
         checker = HealthChecker(ups)
         t = table(orders=([upstream.url], POLICY))
         ups.update(t)
-        checker.sync(t)
-        state = ups.endpoint("orders", endpoint(upstream.url).url)
+        checker.sync()
+        state = state_of(ups, "orders", upstream.url)
         try:
             await until(lambda: upstream.count(path="/healthz") >= 2, what="two passing checks")
             assert state.healthy
@@ -158,24 +165,34 @@ def test_failing_healthz_goes_unhealthy_after_threshold_then_recovers(upstream: 
 
 def test_a_hanging_endpoint_goes_unhealthy_and_others_are_not_held_up(upstream: FaultUpstream) -> None:
     with FaultUpstream("hangs") as hanging:
-        hanging.set("hang_before_headers")
 
-        # Checks every 0.2 s that each hang for 0.5 s: the schedule skips the slots they overran,
+        # Checks every 0.2 s that hang for 0.5 s each: the schedule skips the slots they overran,
         # and the other endpoint's checks keep their pace.
         async def go() -> None:
-            ups = FakeUpstreams()
+            ups = Upstreams()
             checker = HealthChecker(ups)
             t = table(orders=([upstream.url, hanging.url], POLICY))
             ups.update(t)
-            checker.sync(t)
+            checker.sync()
             try:
-                bad = ups.endpoint("orders", hanging.url)
-                good = ups.endpoint("orders", upstream.url)
+                bad = state_of(ups, "orders", hanging.url)
+                good = state_of(ups, "orders", upstream.url)
+                await until(lambda: hanging.count() >= 2, what="two passing checks")
+                seen = hanging.count()
+                await until(lambda: hanging.count() > seen, what="another check")
+                hanging.clear()
+                upstream.clear()
+                hanging.set("hang_before_headers")
+                started = time.monotonic()
                 await until(lambda: not bad.healthy, what="the hanging endpoint unhealthy")
-                assert good.healthy and upstream.count() >= 5
+                elapsed = time.monotonic() - started
+                # Three checks that each waited their whole timeout, one slot apart at least.
                 assert hanging.count() == POLICY.unhealthy_threshold
+                assert elapsed >= 2 * POLICY.interval + POLICY.timeout
+                assert good.healthy and upstream.count() >= int(elapsed / POLICY.interval) - 1
             finally:
                 await checker.close()
+            await until(lambda: hanging.open_connections == 0, what="hung checks closed")
 
         run(go)
 
@@ -255,12 +272,12 @@ def test_https_endpoint_with_a_self_signed_certificate(tmp_path: Path) -> None:
             result = await check_endpoint(endpoint(url), POLICY, trusting)
             assert result.ok and result.status == 200
             # The default context (no factory, as the pool without one) refuses the certificate.
-            ups = FakeUpstreams()
+            ups = Upstreams()
             checker = HealthChecker(ups, ssl_context_for=None)
             t = table(secure=([url], replace(POLICY, interval=0.05)))
             ups.update(t)
-            checker.sync(t)
-            state = ups.endpoint("secure", url)
+            checker.sync()
+            state = state_of(ups, "secure", url)
             await until(lambda: not state.healthy, what="an untrusted certificate failing checks")
             await checker.close()
             plain = await check_endpoint(endpoint(url), POLICY, ssl.create_default_context())
@@ -272,14 +289,15 @@ def test_https_endpoint_with_a_self_signed_certificate(tmp_path: Path) -> None:
                 factory_calls.append(e)
                 return trusting
 
-            ups = FakeUpstreams()
+            ups = Upstreams()
             checker = HealthChecker(ups, ssl_context_for=factory)
             ups.update(t)
-            checker.sync(t)
-            await until(lambda: len(ups.endpoint("secure", url).reports) >= 3, what="three checks")
+            checker.sync()
+            state = state_of(ups, "secure", url)
+            await until(lambda: len(factory_calls) >= 3, what="three checks")
             await checker.close()
-            assert all(ok for ok, _ in ups.endpoint("secure", url).reports)
-            assert factory_calls and factory_calls[0].url == url
+            assert state.healthy  # the first failing check would have marked it unhealthy at once
+            assert factory_calls[0].url == url
         finally:
             await server.stop()
         assert server.hosts[0] == f"127.0.0.1:{server.port}"

@@ -10,10 +10,10 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import pytest
 
+from gateway.endpoints import Upstreams
 from gateway.health import (
     CheckResult,
     HealthChecker,
@@ -56,13 +56,15 @@ class FakeEndpointState:
 class FakeServiceState:
     name: str
     endpoints: tuple[FakeEndpointState, ...]
+    health_check: HealthCheck | None
 
 
 class FakeUpstreams:
     """Keeps endpoint states by service name and URL across tables, like `Upstreams.update`."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.states: dict[str, FakeServiceState] = {}
+        self.clock = clock
 
     def update(self, table: FakeTable) -> None:
         for name, compiled in table.services.items():
@@ -72,12 +74,12 @@ class FakeUpstreams:
                 state = old.get(endpoint.url) or FakeEndpointState(endpoint, compiled.health_check)
                 state.policy = compiled.health_check
                 kept.append(state)
-            self.states[name] = FakeServiceState(name, tuple(kept))
+            self.states[name] = FakeServiceState(name, tuple(kept), compiled.health_check)
         for name in [n for n in self.states if n not in table.services]:
             del self.states[name]
 
-    def service(self, compiled: Any) -> FakeServiceState:
-        return self.states[compiled.name]
+    def services(self) -> list[FakeServiceState]:
+        return list(self.states.values())
 
     def endpoint(self, service: str, url: str) -> FakeEndpointState:
         return next(e for e in self.states[service].endpoints if e.endpoint.url == url)
@@ -217,7 +219,7 @@ def test_sync_checks_only_services_with_a_health_check() -> None:
         checker = HealthChecker(ups, probe=probe)
         t = table(orders=([A, B], FAST), legacy=([C], None))
         ups.update(t)
-        checker.sync(t)
+        checker.sync()
         assert checker.watched() == [("orders", A), ("orders", B)]
         await wait_until(lambda: probe.count(A) >= 2 and probe.count(B) >= 2)
         assert probe.count(C) == 0
@@ -232,12 +234,12 @@ def test_sync_stops_removed_and_restarts_changed_checks() -> None:
         checker = HealthChecker(ups, probe=probe)
         first = table(orders=([A, B], FAST), legacy=([C], FAST))
         ups.update(first)
-        checker.sync(first)
+        checker.sync()
         tasks = {key: w.task for key, w in checker._watches.items()}
         # B leaves orders, legacy loses its check, orders' check changes path: A restarts.
         second = table(orders=([A], replace(FAST, path="/ready")), legacy=([C], None))
         ups.update(second)
-        checker.sync(second)
+        checker.sync()
         assert checker.watched() == [("orders", A)]
         await asyncio.sleep(0)
         assert tasks[("orders", B)].cancelled() or tasks[("orders", B)].done()
@@ -246,11 +248,11 @@ def test_sync_stops_removed_and_restarts_changed_checks() -> None:
         assert checker._watches[("orders", A)].task is not tasks[("orders", A)]
         # The same table again changes nothing.
         kept = checker._watches[("orders", A)].task
-        checker.sync(second)
+        checker.sync()
         assert checker._watches[("orders", A)].task is kept
         # Everything goes away: no checks, and no more probes.
         ups.update(table())
-        checker.sync(table())
+        checker.sync()
         assert checker.watched() == []
         await asyncio.sleep(0)
         before = len(probe.calls)
@@ -266,13 +268,13 @@ def test_a_service_recreated_gets_a_fresh_check() -> None:
         checker = HealthChecker(ups, probe=ScriptedProbe(lambda e: CheckResult(True, 200)))
         t = table(orders=([A], FAST))
         ups.update(t)
-        checker.sync(t)
+        checker.sync()
         old = checker._watches[("orders", A)]
         # A new state object for the same name and URL (the service was deleted and re-added in
         # between): the check must report to the new one.
         ups.states.clear()
         ups.update(t)
-        checker.sync(t)
+        checker.sync()
         assert checker._watches[("orders", A)].state is ups.endpoint("orders", A)
         assert checker._watches[("orders", A)] is not old
         await checker.close()
@@ -289,7 +291,7 @@ def test_thresholds_and_transitions_logged_once(caplog: pytest.LogCaptureFixture
         checker = HealthChecker(ups, probe=probe)
         t = table(orders=([A, B], FAST))
         ups.update(t)
-        checker.sync(t)
+        checker.sync()
         a = ups.endpoint("orders", A)
         await wait_until(lambda: len(a.reports) >= 8)
         assert not a.healthy and ups.endpoint("orders", B).healthy
@@ -318,7 +320,7 @@ def test_a_crashing_check_counts_as_failure_and_is_logged_once(caplog: pytest.Lo
         checker = HealthChecker(ups, probe=ScriptedProbe(boom))
         t = table(orders=([A], FAST))
         ups.update(t)
-        checker.sync(t)
+        checker.sync()
         a = ups.endpoint("orders", A)
         await wait_until(lambda: len(a.reports) >= 5)
         assert not a.healthy and all(not ok for ok, _ in a.reports)
@@ -344,8 +346,8 @@ def test_a_failing_report_does_not_stop_the_checks(caplog: pytest.LogCaptureFixt
         checker = HealthChecker(ups, probe=probe)
         t = table(orders=([A], FAST))
         ups.update(t)
-        ups.states["orders"] = FakeServiceState("orders", (Broken(Endpoint.parse(A, "e"), FAST),))
-        checker.sync(t)
+        ups.states["orders"] = FakeServiceState("orders", (Broken(Endpoint.parse(A, "e"), FAST),), FAST)
+        checker.sync()
         await wait_until(lambda: probe.count(A) >= 3)
         await checker.close()
 
@@ -372,7 +374,7 @@ def test_first_check_at_a_random_offset_then_every_interval() -> None:
         t = table(orders=([A], policy))
         ups.update(t)
         start = asyncio.get_running_loop().time()
-        checker.sync(t)
+        checker.sync()
         await wait_until(lambda: probe.count(A) >= 3)
         await checker.close()
         times = [at - start for _, at in probe.calls[:3]]
@@ -384,12 +386,11 @@ def test_first_check_at_a_random_offset_then_every_interval() -> None:
 
 def test_the_clock_of_the_upstreams_stamps_reports() -> None:
     async def go() -> None:
-        ups = FakeUpstreams()
-        checker = HealthChecker(ups, probe=ScriptedProbe(lambda e: CheckResult(True, 200)),
-                                clock=lambda: 1234.5)
+        ups = FakeUpstreams(clock=lambda: 1234.5)
+        checker = HealthChecker(ups, probe=ScriptedProbe(lambda e: CheckResult(True, 200)))
         t = table(orders=([A], FAST))
         ups.update(t)
-        checker.sync(t)
+        checker.sync()
         a = ups.endpoint("orders", A)
         await wait_until(lambda: len(a.reports) >= 1)
         assert a.reports[0] == (True, 1234.5)
@@ -404,10 +405,38 @@ def test_close_stops_everything_and_later_syncs_start_nothing() -> None:
         checker = HealthChecker(ups, probe=probe)
         t = table(orders=([A, B], FAST))
         ups.update(t)
-        checker.sync(t)
+        checker.sync()
         tasks = [w.task for w in checker._watches.values()]
         await checker.close()
         assert all(task.done() for task in tasks)
-        checker.sync(t)
+        checker.sync()
         assert checker.watched() == []
     run(go)
+
+
+def test_with_the_real_endpoint_state(caplog: pytest.LogCaptureFixture) -> None:
+    # gateway.endpoints.Upstreams is what the process runs: an endpoint nothing ever vouched for is
+    # out at its first failed check, and the message says how many checks it took.
+    async def go() -> None:
+        ups = Upstreams()
+        probe = ScriptedProbe(lambda e: CheckResult(e.url == A, 200 if e.url == A else 503))
+        checker = HealthChecker(ups, probe=probe)
+        ups.update(table(orders=([A, B], FAST), legacy=([C], None)))  # type: ignore[arg-type]
+        checker.sync()
+        assert checker.watched() == [("orders", A), ("orders", B)]
+        orders = ups.get("orders")
+        assert orders is not None
+        a, b = orders.endpoints
+        await wait_until(lambda: probe.count(B) >= 1 and probe.count(A) >= 1)
+        await wait_until(lambda: not b.healthy)
+        assert a.healthy
+        # The service drops its check: checks stop and the verdicts are forgotten.
+        ups.update(table(orders=([A, B], None)))  # type: ignore[arg-type]
+        checker.sync()
+        assert checker.watched() == [] and b.healthy
+        await checker.close()
+
+    with caplog.at_level(logging.INFO, logger="peel.health"):
+        run(go)
+    assert [r.getMessage() for r in caplog.records if r.name == "peel.health"] == [
+        f"endpoint {B} of service orders is unhealthy after 1 failed check: answered 503"]
