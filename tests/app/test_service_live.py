@@ -10,14 +10,20 @@ from tests.app.conftest import SAMPLE, Admin
 
 pytestmark = pytest.mark.anyio
 
+# The shape of `gateway.procstats.LiveView.service()`: the service snapshots of the serving processes
+# (gateway.endpoints) merged, endpoints keyed by URL, and each process's own snapshot.
 ORDERS_LIVE: dict[str, Any] = {
-    "in_flight": 3, "pending": 0, "circuit_open_total": 2,
+    "balancer": "ewma", "in_flight": 3, "pending": 0, "max_requests": 1024, "max_pending": 1024,
+    "ejections_total": 4, "circuit_open_total": 2, "panic_total": 0, "name": "orders",
     "endpoints": {
-        "http://10.0.0.7:9000": {"health": "healthy", "ejected": False, "ejections": 0,
-                                 "ewma_ms": 12.5, "in_flight": 2},
-        "http://10.0.0.8:9000": {"health": "unhealthy", "ejected": True, "ejections": 3,
-                                 "ewma_ms": 480.0, "in_flight": 1},
+        "http://10.0.0.7:9000": {"weight": 1, "state": "up", "healthy": True, "ejected": False,
+                                 "ejected_for": None, "ejections": 0, "in_flight": 2,
+                                 "latency_ewma_ms": 12.5, "slow_start": None},
+        "http://10.0.0.8:9000": {"weight": 1, "state": "ejected", "healthy": False, "ejected": True,
+                                 "ejected_for": 29.5, "ejections": 3, "in_flight": 1,
+                                 "latency_ewma_ms": 480.0, "slow_start": None},
     },
+    "processes": [{"pid": 4242, "in_flight": 3}],
 }
 
 
