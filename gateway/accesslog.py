@@ -1,19 +1,24 @@
 """The access log: one JSON line per request, written off the event loop.
 
 `AccessLog.log(...)` only appends a tuple to a bounded in-memory queue; a writer thread turns the
-tuples into JSON lines and writes them in batches. When the writer falls behind and the queue is
-full, lines are dropped and counted (`dropped`) rather than slowing requests down or growing
-memory. `close()` writes what is queued and flushes.
+tuples into JSON lines and writes them in batches. Writing never stalls a request: when the writer
+falls behind and the queue is full, new lines are dropped; when a write fails (a full disk, a closed
+stdout), that batch is dropped; both are counted in `dropped` (exported as
+`peel_access_log_dropped_total`), and a failing target is reported on the log at most once a minute
+while the thread keeps going. `close()` writes what is queued and flushes.
 
-Fields: time (RFC 3339 UTC, the request's start), request_id, client, method, path, route,
-service, endpoint, status, bytes_in, bytes_out, duration_ms, upstream_ms, error (a Peel error code
-or null), side ("from"/"to" on a migrated route, else null), fallback (the code of the `to` failure
-that `from` answered for, else null).
+Fields, in this order: time (RFC 3339 UTC, the request's start), trace_id and span_id (of the
+request's server span; null without tracing), request_id, client, method, path, route, service,
+endpoint, side ("from"/"to" on a migrated route, else null), status, bytes_in, bytes_out,
+duration_ms, upstream_ms, attempts (upstream attempts made: 0 when none reached an endpoint, more
+than 1 after retries or a fallback), fallback (the code of the `to` failure that `from` answered
+for, else null), error (a Peel error code or null).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -22,18 +27,28 @@ from typing import IO, Any
 
 from routes.model import Endpoint
 
-FIELDS = ("time", "request_id", "client", "method", "path", "route", "service", "endpoint",
-          "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "error", "side", "fallback")
+FIELDS = ("time", "trace_id", "span_id", "request_id", "client", "method", "path", "route", "service",
+          "endpoint", "side", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "attempts",
+          "fallback", "error")
 _BATCH = 256  # lines written per GIL hand-over: a long batch would stall the event loop
+_COMPLAIN_EVERY = 60.0  # seconds between two reports of a failing target
+
+log = logging.getLogger("peel.accesslog")
 
 
 class AccessLog:
-    """Access log to `target`: "stdout", "off", or a file path (appended to)."""
+    """Access log to `target`: "stdout", "off", or a file path (appended to).
 
-    def __init__(self, target: str, *, max_queue: int = 65536, interval: float = 0.05) -> None:
+    `stream` replaces the target's file with an already open binary file (tests; `target` is then
+    only its name). `dropped` counts the lines lost: queue full or write failed.
+    """
+
+    def __init__(self, target: str, *, max_queue: int = 65536, interval: float = 0.05,
+                 stream: IO[bytes] | None = None) -> None:
         self.target = target
         self.enabled = target != "off"
-        self.dropped = 0
+        self.full_drops = 0  # counted by the event loop
+        self.write_drops = 0  # counted by the writer thread
         self._max = max_queue
         self._interval = interval
         self._queue: deque[tuple[Any, ...]] = deque()
@@ -43,32 +58,46 @@ class AccessLog:
         self._thread: threading.Thread | None = None
         self._second = -1
         self._second_text = ""
+        self._torn = False  # a failed write may have left half a line: start the next on a new one
+        self._complained = -_COMPLAIN_EVERY
         if self.enabled:
-            if target == "stdout":
+            if stream is not None:
+                self._file = stream
+            elif target == "stdout":
                 self._file = sys.stdout.buffer
             else:
-                self._file = open(target, "ab")  # noqa: SIM115 - closed in close()
+                # Unbuffered: lines are batched already, and a failed write must not leave bytes
+                # behind in a buffer that a later flush would write out of order.
+                self._file = open(target, "ab", buffering=0)  # noqa: SIM115 - closed in close()
                 self._owns_file = True
             self._thread = threading.Thread(target=self._run, name="peel-access-log", daemon=True)
             self._thread.start()
 
+    @property
+    def dropped(self) -> int:
+        """Lines lost so far: dropped because the queue was full, or in a batch whose write failed."""
+        return self.full_drops + self.write_drops
+
     def log(self, request_id: bytes, client: str | None, method: str, path: str, route: str | None,
             service: str | None, endpoint: Endpoint | str | None, status: int, bytes_in: int, bytes_out: int,
             duration: float, upstream: float | None, error: str | None, side: str | None = None,
-            fallback: str | None = None) -> None:
+            fallback: str | None = None, *, trace_id: str | None = None, span_id: str | None = None,
+            attempts: int = 0) -> None:
         """Queue one line; never blocks. `duration` and `upstream` are in seconds.
 
         `endpoint` may be the `Endpoint` itself: its URL is then formatted by the writer thread.
         `side` is "from" or "to" on a migrated route; `fallback` the error code of the `to`
-        attempt that `from` answered for.
+        attempt that `from` answered for; `trace_id`/`span_id` hex ids of the request's server
+        span; `attempts` the upstream attempts made.
         """
         queue = self._queue
         if len(queue) >= self._max or not self.enabled:
             if self.enabled:
-                self.dropped += 1
+                self.full_drops += 1
             return
-        queue.append((time.time() - duration, request_id, client, method, path, route, service,
-                      endpoint, status, bytes_in, bytes_out, duration, upstream, error, side, fallback))
+        queue.append((time.time() - duration, trace_id, span_id, request_id, client, method, path, route,
+                      service, endpoint, side, status, bytes_in, bytes_out, duration, upstream, attempts,
+                      fallback, error))
 
     def close(self) -> None:
         """Write everything queued, flush, and stop the writer thread."""
@@ -78,7 +107,6 @@ class AccessLog:
             self._thread = None
         if self._file is not None:
             self._write_queued()
-            self._file.flush()
             if self._owns_file:
                 self._file.close()
             self._file = None
@@ -93,10 +121,7 @@ class AccessLog:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                self._write_queued()
-            except OSError as exc:  # a full disk must not kill the thread; the lines are lost
-                print(f"peel: access log write failed: {exc}", file=sys.stderr)
+            self._write_queued()
 
     def _write_queued(self) -> None:
         queue = self._queue
@@ -109,10 +134,38 @@ class AccessLog:
                 if not queue:
                     break
                 lines.append(self._line(queue.popleft()))
-            file.write("".join(lines).encode("utf-8", "backslashreplace"))
+            self._write(file, "".join(lines).encode("utf-8", "backslashreplace"), len(lines))
             # Hand the GIL back to the event loop between batches.
             time.sleep(0)
-        file.flush()
+        try:
+            file.flush()
+        except OSError as exc:
+            self._failed(exc, 0)
+
+    def _write(self, file: IO[bytes], data: bytes, lines: int) -> None:
+        """Write a batch whole, or drop and count it: a full disk must not stop the thread."""
+        if self._torn:
+            data = b"\n" + data
+        view = memoryview(data)
+        try:
+            while view:
+                written = file.write(view)
+                if written is None:  # a non-blocking target that is full: drop like a full disk
+                    raise BlockingIOError("the access-log target would block")
+                view = view[written:]
+                self._torn = bool(view)
+        except OSError as exc:
+            self._failed(exc, lines)
+        else:
+            self._torn = False
+
+    def _failed(self, exc: OSError, lines: int) -> None:
+        self.write_drops += lines
+        now = time.monotonic()
+        if now - self._complained >= _COMPLAIN_EVERY:
+            self._complained = now
+            log.error("access log %s: write failed (%s); dropping lines, %d so far", self.target,
+                      exc.strerror or exc, self.dropped)
 
     def _rfc3339(self, when: float) -> str:
         second = int(when)
@@ -124,17 +177,18 @@ class AccessLog:
     def _line(self, record: tuple[Any, ...]) -> str:
         # Formatted by hand: json.dumps of a dict costs several times more, and this thread
         # competes with the event loop for the GIL. Strings go through the C JSON escaper.
-        (when, request_id, client, method, path, route, service, endpoint, status, bytes_in,
-         bytes_out, duration, upstream, error, side, fallback) = record
-        return (f'{{"time":"{self._rfc3339(when)}",'
+        (when, trace_id, span_id, request_id, client, method, path, route, service, endpoint, side,
+         status, bytes_in, bytes_out, duration, upstream, attempts, fallback, error) = record
+        return (f'{{"time":"{self._rfc3339(when)}","trace_id":{_text(trace_id)},'
+                f'"span_id":{_text(span_id)},'
                 f'"request_id":{_quote(request_id.decode("ascii", "replace"))},'
                 f'"client":{_text(client)},"method":{_quote(method)},"path":{_quote(path)},'
                 f'"route":{_text(route)},"service":{_text(service)},'
-                f'"endpoint":{_text(_url(endpoint))},'
+                f'"endpoint":{_text(_url(endpoint))},"side":{_text(side)},'
                 f'"status":{status:d},"bytes_in":{bytes_in:d},"bytes_out":{bytes_out:d},'
                 f'"duration_ms":{duration * 1000:.3f},'
                 f'"upstream_ms":{"null" if upstream is None else format(upstream * 1000, ".3f")},'
-                f'"error":{_text(error)},"side":{_text(side)},"fallback":{_text(fallback)}}}\n')
+                f'"attempts":{attempts:d},"fallback":{_text(fallback)},"error":{_text(error)}}}\n')
 
 
 _quote = json.encoder.encode_basestring

@@ -1,0 +1,131 @@
+"""The access log's fields (trace and span ids, attempts) and its behaviour on a full disk.
+
+A full disk drops and counts lines; it never stalls `log()` and never stops the writer thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.accesslog import FIELDS, AccessLog
+from routes.model import Endpoint
+
+ISSUE_ORDER = ("time", "trace_id", "span_id", "request_id", "client", "method", "path", "route", "service",
+               "endpoint", "side", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms",
+               "attempts", "fallback", "error")
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.005)
+
+
+class DiskFull(io.RawIOBase):
+    """A file that refuses writes with ENOSPC until `space` is given; can tear a write in half."""
+
+    def __init__(self) -> None:
+        self.space = 0  # bytes it accepts before ENOSPC; -1: unlimited
+        self.data = bytearray()
+        self.failures = 0
+        self.lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        chunk = bytes(data)  # type: ignore[call-overload]
+        with self.lock:
+            if self.space == 0:
+                self.failures += 1
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            n = len(chunk) if self.space < 0 else min(len(chunk), self.space)
+            if self.space > 0:
+                self.space -= n
+            self.data += chunk[:n]
+            return n
+
+
+def line(log: AccessLog, i: int, **extra: object) -> None:
+    log.log(b"r%d" % i, "10.0.0.1", "GET", "/orders", "orders", "orders", Endpoint("http", "h", 80), 200,
+            0, 5, 0.002, 0.001, None, **extra)  # type: ignore[arg-type]
+
+
+def test_fields_follow_the_issue_list_with_trace_ids_and_attempts(tmp_path: Path) -> None:
+    target = tmp_path / "access.log"
+    log = AccessLog(str(target))
+    log.log(b"r1", "10.0.0.1", "POST", "/orders", "orders", "orders-v2", "http://n:9000", 200, 12, 34,
+            0.25, 0.2, None, "from", "upstream-timeout", trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+            span_id="00f067aa0ba902b7", attempts=2)
+    log.log(b"r2", None, "GET", "/", None, None, None, 404, 0, 120, 0.001, None, "no-route")
+    log.close()
+    first, second = (json.loads(text) for text in target.read_text().splitlines())
+    assert FIELDS == ISSUE_ORDER and tuple(first) == FIELDS
+    assert first["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736" and first["span_id"] == "00f067aa0ba902b7"
+    assert first["attempts"] == 2 and first["fallback"] == "upstream-timeout" and first["side"] == "from"
+    assert first["bytes_in"] == 12 and first["upstream_ms"] == 200.0
+    # The old positional call still works: no tracing, no attempt made.
+    assert second["trace_id"] is None and second["span_id"] is None and second["attempts"] == 0
+    assert second["error"] == "no-route" and second["route"] is None
+
+
+def test_a_full_disk_drops_and_counts_the_batch_and_the_thread_keeps_going(
+        caplog: pytest.LogCaptureFixture) -> None:
+    disk = DiskFull()
+    log = AccessLog("disk", stream=disk, interval=0.005)
+    with caplog.at_level(logging.ERROR, logger="peel.accesslog"):
+        for i in range(3):
+            line(log, i)
+        wait_for(lambda: log.dropped == 3)
+        started = time.monotonic()
+        for i in range(3, 5):  # never waits on the failing writer
+            line(log, i)
+        assert time.monotonic() - started < 0.5
+        wait_for(lambda: log.dropped == 5)
+        disk.space = -1  # space again
+        line(log, 5, attempts=1)
+        wait_for(lambda: b"r5" in disk.data)
+    log.close()
+    assert disk.failures >= 2 and log.dropped == 5 and log.write_drops == 5
+    assert [json.loads(text)["request_id"] for text in disk.data.decode().splitlines()] == ["r5"]
+    complaints = [r for r in caplog.records if "write failed" in r.getMessage()]
+    assert len(complaints) == 1  # at most once a minute
+    assert "No space left on device" in complaints[0].getMessage()
+
+
+def test_a_write_torn_by_a_full_disk_does_not_glue_the_next_line_to_half_a_line() -> None:
+    disk = DiskFull()
+    disk.space = 40  # half of the first line, then ENOSPC
+    log = AccessLog("disk", stream=disk, interval=0.005)
+    line(log, 1)
+    wait_for(lambda: log.dropped == 1)
+    disk.space = -1
+    line(log, 2)
+    wait_for(lambda: b"r2" in disk.data)
+    log.close()
+    torn, whole = disk.data.decode().split("\n", 1)
+    assert len(torn) == 40
+    assert json.loads(whole)["request_id"] == "r2"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_dev_full_drops_and_counts() -> None:
+    log = AccessLog("/dev/full", interval=0.005)
+    for i in range(10):
+        line(log, i)
+    wait_for(lambda: log.dropped == 10)
+    line(log, 10)
+    log.close()  # the last line fails too, without raising
+    assert log.dropped == 11 and log.full_drops == 0
