@@ -27,7 +27,7 @@ import hashlib
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from functools import lru_cache
 from itertools import islice
 from typing import NamedTuple
@@ -216,7 +216,7 @@ class RateLimiters:
         self._limiters[route] = limiter
         return limiter
 
-    def prune(self, routes: set[str] | frozenset[str]) -> None:
+    def prune(self, routes: Container[str]) -> None:
         """Forget the limiters of routes not in `routes` (those with a rate limit in the new table)."""
         for name in [n for n in self._limiters if n not in routes]:
             del self._limiters[name]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from datetime import UTC
 from functools import lru_cache
 
@@ -193,7 +193,7 @@ class RetryBudgets:
         self._budgets[route] = (policy.budget_percent, policy.budget_min, budget)
         return budget
 
-    def prune(self, routes: set[str] | frozenset[str]) -> None:
+    def prune(self, routes: Container[str]) -> None:
         """Forget the budgets of routes not in `routes` (the names in the new table)."""
         for name in [n for n in self._budgets if n not in routes]:
             del self._budgets[name]
