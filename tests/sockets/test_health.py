@@ -128,6 +128,48 @@ def test_a_reset_before_the_answer_fails(upstream: FaultUpstream) -> None:
     run(go)
 
 
+async def answering(payload: bytes, *, close: bool) -> tuple[asyncio.Server, str]:
+    """A loopback server on the running loop that answers every request with `payload`."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(payload)
+            await writer.drain()
+            if not close:
+                await reader.read()  # keep the connection until the client goes
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize(("payload", "close", "ok", "status"), [
+    # Interim 103 Early Hints, then the final answer.
+    (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", False, True, 204),
+    # Chunked, and the connection stays open: the check ends at its timeout but keeps the status.
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", False, True, 200),
+    # Delimited by close.
+    (b"HTTP/1.1 503 Busy\r\n\r\nbusy", True, False, 503),
+    # A head larger than 16 KiB is not a health answer.
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n", False, False, None),
+    # Cut in the middle of the head.
+    (b"HTTP/1.1 200 OK\r\nContent-Le", True, False, None),
+])
+def test_answers_of_every_shape(payload: bytes, close: bool, ok: bool, status: int | None) -> None:
+    async def go() -> None:
+        server, url = await answering(payload, close=close)
+        try:
+            result = await check_endpoint(endpoint(url), replace(POLICY, timeout=0.3), None)
+            assert (result.ok, result.status) == (ok, status), result
+        finally:
+            server.close()
+
+    run(go)
+
+
 # -- the checker over time ------------------------------------------------------------------------------
 
 def test_failing_healthz_goes_unhealthy_after_threshold_then_recovers(upstream: FaultUpstream) -> None:
