@@ -1,6 +1,10 @@
 """The admin API: a starlette app over the store, with bearer auth and problem+json errors.
 
-    build_admin_app(store, ready=..., settings=...) -> Starlette
+    build_admin_app(store, ready=..., settings=..., live=None) -> Starlette
+
+`/metrics` (when `metrics.enabled`) renders the Prometheus text of every serving process of this
+gateway from `live` (a `gateway.procstats.LiveView`, kept as `app.state.live` for the handlers that
+show live state); it needs the bearer token unless `metrics.open`.
 
 Middleware is pure ASGI (no `BaseHTTPMiddleware`, which breaks the contextvars OpenTelemetry
 relies on): `ProblemGuard` outermost turns anything unexpected into a 500 problem without a
@@ -14,6 +18,7 @@ import logging
 from collections.abc import Callable
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -23,7 +28,7 @@ from starlette.routing import Route as HTTPRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import problems
-from gateway.admin.auth import BearerAuth, TokenCache
+from gateway.admin.auth import OPEN_PATHS, BearerAuth, TokenCache
 from gateway.admin.config import ConfigResource
 from gateway.admin.matching import MatchResource
 from gateway.admin.migrations import migration_routes
@@ -31,6 +36,8 @@ from gateway.admin.openapi import openapi_document
 from gateway.admin.rules import rule_routes
 from gateway.admin.wire import problem_response
 from gateway.errors import RuleError, StoreError
+from gateway.metrics import CONTENT_TYPE, render
+from gateway.procstats import LiveView
 from gateway.settings import Settings
 from routes.store import Store
 
@@ -91,11 +98,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return problem_response(problems.problem(exc.status_code, code, detail), exc.headers)
 
 
+async def _metrics(request: Request) -> Response:
+    live: LiveView | None = request.app.state.live
+    if live is None:  # nothing serves here: the admin process's own metrics only
+        body = await run_in_threadpool(render, [])
+    else:
+        # The own process's counters are copied here, on the loop that writes them; the files of
+        # the other processes are read and everything rendered in a thread.
+        body = await run_in_threadpool(live.render, live.local_snapshot())
+    return Response(body, media_type=CONTENT_TYPE)
+
+
 def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settings,
-                    token_cache_seconds: float = 5.0) -> Starlette:
+                    token_cache_seconds: float = 5.0, live: LiveView | None = None) -> Starlette:
     """The admin API over `store`. `ready()` answers `/readyz` (a table is loaded, not draining).
 
     `settings` are the process's static settings (kept on `app.state` for handlers that need them).
+    `live` is the merged live state of the gateway's serving processes (`app.state.live`; None: not
+    known here, `/metrics` then has only the admin process's own).
     """
 
     async def healthz(request: Request) -> Response:
@@ -121,12 +141,18 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         return JSONResponse(document)
 
     routes.append(HTTPRoute("/openapi.json", openapi, methods=["GET"]))
+    open_paths = OPEN_PATHS
+    if settings.metrics.enabled:
+        routes.append(HTTPRoute("/metrics", _metrics, methods=["GET"]))
+        if settings.metrics.open:
+            open_paths = open_paths | {"/metrics"}
     tokens = TokenCache(store.verify_token, ttl=token_cache_seconds)
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ProblemGuard), Middleware(BearerAuth, tokens=tokens)],
+        middleware=[Middleware(ProblemGuard), Middleware(BearerAuth, tokens=tokens, open_paths=open_paths)],
         exception_handlers={RuleError: _rule_error, StoreError: _store_error, HTTPException: _http_error},
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.live = live
     return app

@@ -1,6 +1,7 @@
 """Bearer-token authentication for the admin API, as pure ASGI middleware.
 
-There is no open default: every path but the health probes needs `Authorization: Bearer <token>`.
+There is no open default: every path but the health probes needs `Authorization: Bearer <token>`
+(and `/metrics` too, unless `metrics.open` says a scraper may read it without one).
 Tokens are verified by the store (which keeps them hashed); a positive answer is remembered for a
 few seconds so a burst of CLI calls costs one query, which also bounds how long a revoked token
 keeps working.
@@ -64,15 +65,16 @@ class BearerAuth:
     """Refuses requests without a valid bearer token (401 + `WWW-Authenticate: Bearer`).
 
     On success the token's name is put in the scope under `ACTOR_KEY`: it is the actor recorded in
-    the config versions this request creates.
+    the config versions this request creates. `open_paths` need no token.
     """
 
-    def __init__(self, app: ASGIApp, *, tokens: TokenCache) -> None:
+    def __init__(self, app: ASGIApp, *, tokens: TokenCache, open_paths: frozenset[str] = OPEN_PATHS) -> None:
         self.app = app
         self.tokens = tokens
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
         token = _bearer(scope)
