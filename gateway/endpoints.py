@@ -38,7 +38,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 from gateway.balancer import Picker, make_picker
 from gateway.errors import NoEndpoint
@@ -59,26 +59,20 @@ MIN_DECAY = 0.001
 SLOW_START_MIN = 0.1  # the share of an endpoint at the start of its ramp
 
 
-class Policies(NamedTuple):
-    balancer: Balancer
-    health_check: HealthCheck | None
-    outlier: OutlierDetection | None
-    circuit_breaker: CircuitBreaker
-    weights: tuple[int, ...]
+def _policies(compiled: CompiledService) -> tuple[Balancer, HealthCheck | None, OutlierDetection | None,
+                                                   CircuitBreaker]:
+    """A compiled service's balancer, health check, outlier detection and circuit breaker.
 
-
-def service_policies(compiled: CompiledService) -> Policies:
-    """The policies of a compiled service and its endpoints' weights.
-
-    The one place that reads them, so that tables compiled before services carried policies (and
-    endpoints weights) still work: a missing attribute means the default.
+    Read leniently (a missing attribute is the default) so that callers and tests holding
+    service-like objects without every policy still work; the one place to change if that goes.
     """
-    return Policies(
-        balancer=getattr(compiled, "balancer", None) or Balancer(),
-        health_check=getattr(compiled, "health_check", None),
-        outlier=getattr(compiled, "outlier", OutlierDetection()),
-        circuit_breaker=getattr(compiled, "circuit_breaker", None) or CircuitBreaker(),
-        weights=tuple(int(getattr(e, "weight", 1)) for e in compiled.endpoints))
+    return (getattr(compiled, "balancer", None) or Balancer(), getattr(compiled, "health_check", None),
+            getattr(compiled, "outlier", OutlierDetection()),
+            getattr(compiled, "circuit_breaker", None) or CircuitBreaker())
+
+
+def _weight(endpoint: Endpoint) -> int:
+    return int(getattr(endpoint, "weight", 1))
 
 
 class EndpointState:
@@ -306,26 +300,23 @@ class ServiceState:
         New endpoints start with the median latency estimate of the others (so they get traffic
         without being flooded) and, when the service already had endpoints, with slow start.
         """
-        policies = service_policies(compiled)
-        self.balancer = policies.balancer
-        self.health_check = policies.health_check
-        self.outlier = policies.outlier
-        self.circuit_breaker = policies.circuit_breaker
-        if policies.health_check is None:
+        balancer, self.health_check, self.outlier, self.circuit_breaker = _policies(compiled)
+        self.balancer = balancer
+        if self.health_check is None:
             # Checks turned off: their last verdicts no longer hold. (A changed check keeps them
             # until the new checks decide.)
             for state in self.endpoints:
                 state.reset_health()
-        shape = (tuple(e.url for e in compiled.endpoints), policies.weights, policies.balancer)
+        shape = (tuple((e.url, _weight(e)) for e in compiled.endpoints), balancer)
         if shape == self._shape:
             for endpoint in compiled.endpoints:
                 self._by_url[endpoint.url].endpoint = endpoint
             return
         warm_new = bool(self.endpoints)
         neutral = self._neutral_latency(now)
-        decay = policies.balancer.decay
+        decay = balancer.decay
         states: dict[str, EndpointState] = {}
-        for endpoint, weight in zip(compiled.endpoints, policies.weights, strict=True):
+        for endpoint in compiled.endpoints:
             url = endpoint.url
             if url in states:
                 continue  # a duplicate URL is one endpoint
@@ -337,13 +328,13 @@ class ServiceState:
             else:
                 state = known
             state.endpoint = endpoint
-            state.weight = weight
+            state.weight = _weight(endpoint)
             state.decay = max(decay, MIN_DECAY)
             states[url] = state
         self._by_url = states
         self.endpoints = tuple(states.values())
         self._shape = shape
-        self._picker = make_picker(policies.balancer, self.endpoints, self._rand)
+        self._picker = make_picker(balancer, self.endpoints, self._rand)
 
     def _neutral_latency(self, now: float) -> float:
         if not self.endpoints:

@@ -9,7 +9,7 @@ import random
 import pytest
 import yaml
 
-from gateway.endpoints import DEFAULT_LATENCY, EndpointState, ServiceState, Upstreams, service_policies
+from gateway.endpoints import DEFAULT_LATENCY, EndpointState, ServiceState, Upstreams
 from routes.compiler import compile_document
 from routes.model import Document
 from routes.policies import Balancer, CircuitBreaker, HealthCheck, OutlierDetection
@@ -290,10 +290,15 @@ def test_a_service_the_registry_has_not_seen_is_created_on_first_use() -> None:
     assert upstreams.service(compiled) is state  # type: ignore[arg-type]
 
 
-def test_a_real_compiled_table_is_read_with_default_policies() -> None:
+def test_a_compiled_table_brings_its_policies_and_weights() -> None:
     document = Document.parse(yaml.safe_load("""
 services:
-  - {name: orders, endpoints: [http://10.0.0.7:9000, http://10.0.0.8:9000]}
+  - name: orders
+    endpoints: [http://10.0.0.7:9000, {url: "http://10.0.0.8:9000", weight: 3}]
+    balancer: {policy: round_robin, slow_start: 20s}
+    health_check: {path: /ready}
+    outlier: false
+    circuit_breaker: {max_requests: 7}
 routes:
   - {name: orders, match: {path_prefix: /orders}, service: orders}
 """))
@@ -301,11 +306,13 @@ routes:
     upstreams = Upstreams(Clock(), random.Random(1))
     upstreams.update(table)
     state = upstreams.service(table.services["orders"])
-    assert [e.endpoint.url for e in state.endpoints] == ["http://10.0.0.7:9000", "http://10.0.0.8:9000"]
-    policies = service_policies(table.services["orders"])
-    assert policies.balancer == Balancer() and policies.circuit_breaker == CircuitBreaker()
-    assert policies.weights == (1, 1)
-    assert state.pick() in state.endpoints
+    assert [(e.endpoint.url, e.weight) for e in state.endpoints] == [
+        ("http://10.0.0.7:9000", 1), ("http://10.0.0.8:9000", 3)]
+    assert (state.balancer.policy, state.balancer.slow_start) == ("round_robin", 20.0)
+    assert state.health_check is not None and state.health_check.path == "/ready"
+    assert state.outlier is None
+    assert state.circuit_breaker.max_requests == 7
+    assert [host(state.pick()) for _ in range(4)].count("10.0.0.8") == 3
 
 
 def test_a_duplicate_endpoint_url_is_one_endpoint() -> None:
