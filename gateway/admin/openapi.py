@@ -365,6 +365,12 @@ def openapi_document() -> dict[str, Any]:
                                   "responses": {"200": {"description": "OpenAPI 3.1",
                                                         "content": {"application/json": {}}},
                                                 **COMMON}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics of every serving process (absent when "
+                                        "metrics.enabled is false; no token needed when metrics.open)",
+                             "tags": ["meta"],
+                             "responses": {"200": {"description": "Prometheus text format 0.0.4",
+                                                   "content": {"text/plain; version=0.0.4": {}}},
+                                           **COMMON}}},
         **_collection("service", "Service"),
         **_collection("route", "Route"),
         "/api/v1/config": {"get": _op("The latest config version with its document",
