@@ -3,7 +3,8 @@
     metrics = Metrics()                                   # one per serving process
     metrics.request(route, service, side, status, duration_s)
     metrics.attempt(service, endpoint_url, outcome); metrics.retry(route); metrics.fallback(route)
-    metrics.rate_limited(route); metrics.in_flight += 1 / -= 1; metrics.config_loaded(version, ok)
+    metrics.rate_limited(route); metrics.circuit_open(service); metrics.in_flight += 1 / -= 1
+    metrics.config_loaded(version, ok)
     render(process_snapshots) -> bytes                    # Prometheus text format 0.0.4
 
 Why not OpenTelemetry metrics: its SDK pays per recording for attribute-set hashing, a lock and the
@@ -62,6 +63,7 @@ class Metrics:
         self._retries: dict[str, int] = {}
         self._fallbacks: dict[str, int] = {}
         self._rate_limited: dict[str, int] = {}
+        self._circuit_open: dict[str, int] = {}
         self.config_version = -1
         self.config_loaded_at: float | None = None  # unix time of the last table swapped in
         self.last_reload_at: float | None = None  # unix time of the last attempt, good or bad
@@ -85,9 +87,9 @@ class Metrics:
         row[1] += duration
         row[2 + bisect_left(self.buckets, duration)] += 1
 
-    def attempt(self, service: str, endpoint: str, outcome: str) -> None:
+    def attempt(self, service: str | None, endpoint: str, outcome: str) -> None:
         """One upstream attempt to `endpoint` (its URL): "ok", "5xx" or "failure"."""
-        key = (service, endpoint, outcome)
+        key = (service or "", endpoint, outcome)
         counts = self._attempts
         n = counts.get(key)
         if n is not None:
@@ -106,6 +108,14 @@ class Metrics:
     def rate_limited(self, route: str) -> None:
         """A request refused with 429 by the route's rate limit."""
         self._count(self._rate_limited, route)
+
+    def circuit_open(self, service: str) -> None:
+        """A request refused because `service`'s circuit breaker is open (its `admit()` said no).
+
+        Ejections are not pushed: they happen inside the endpoint state, and `ProcessState` reads
+        them from `Upstreams` when it publishes.
+        """
+        self._count(self._circuit_open, service)
 
     def _count(self, counts: dict[str, int], key: str) -> None:
         n = counts.get(key)
@@ -149,6 +159,7 @@ class Metrics:
             "retries": dict(self._retries),
             "fallbacks": dict(self._fallbacks),
             "rate_limited": dict(self._rate_limited),
+            "circuit_open": dict(self._circuit_open),
             "in_flight": self.in_flight,
             "overflow": self.overflow,
             "config": {"version": self.config_version, "loaded_at": self.config_loaded_at,

@@ -6,7 +6,7 @@ that is not the admin's own publishes its state every `metrics.publish_interval`
 file, `{server.run_dir}/proc-{pid}.json`:
 
     {"pid", "gateway", "role", "time" (unix), "started" (unix),
-     "metrics":   Metrics.snapshot() + "ejections", "circuit_open" ({service: n}), "access_log_dropped",
+     "metrics":   Metrics.snapshot() + "ejections" ({service: n}, from Upstreams), "access_log_dropped",
      "upstreams": [{"service", "in_flight", "pending",
                     "endpoints": [{"url", "in_flight", "healthy", "ejected"}]}],
      "services":  {name: ServiceState.snapshot(now)},
@@ -78,8 +78,6 @@ class ServiceView(Protocol):
     def pending(self) -> int: ...
     @property
     def ejections_total(self) -> int: ...
-    @property
-    def circuit_open_total(self) -> int: ...
     def snapshot(self, now: float) -> dict[str, object]: ...
 
 
@@ -125,7 +123,6 @@ class ProcessState:
         self.started = time.time()
         self._clock = clock
         self._ejections = _Totals()
-        self._circuit_open = _Totals()
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy of the state (without "process"); call on the event loop."""
@@ -134,10 +131,8 @@ class ProcessState:
         upstreams: list[dict[str, Any]] = []
         services: dict[str, object] = {}
         ejections: dict[str, int] = {}
-        circuit_open: dict[str, int] = {}
         for service in self.upstreams.services() if self.upstreams is not None else ():
             ejections[service.name] = service.ejections_total
-            circuit_open[service.name] = service.circuit_open_total
             upstreams.append({"service": service.name, "in_flight": service.in_flight,
                               "pending": service.pending,
                               "endpoints": [{"url": e.endpoint.url, "in_flight": e.in_flight,
@@ -145,7 +140,6 @@ class ProcessState:
                                             for e in service.endpoints]})
             services[service.name] = service.snapshot(now)
         metrics["ejections"] = self._ejections.update(ejections)
-        metrics["circuit_open"] = self._circuit_open.update(circuit_open)
         metrics["access_log_dropped"] = self.access_log.dropped if self.access_log is not None else 0
         return {"pid": self.pid, "gateway": self.gateway, "role": self.role, "time": time.time(),
                 "started": self.started, "metrics": metrics, "upstreams": upstreams, "services": services}

@@ -82,6 +82,7 @@ def test_attempts_retries_fallbacks_and_rate_limits_have_their_labels() -> None:
     m.fallback("orders")
     m.fallback("orders")
     m.rate_limited("login")
+    m.circuit_open("orders")
     families = scrape([process(m)])
     attempts = families["peel_upstream_attempts"]
     assert value(attempts, "peel_upstream_attempts_total", endpoint="http://10.0.0.7:9000", outcome="ok") == 2
@@ -90,6 +91,7 @@ def test_attempts_retries_fallbacks_and_rate_limits_have_their_labels() -> None:
     assert value(families["peel_retries"], "peel_retries_total", route="orders") == 1
     assert value(families["peel_fallbacks"], "peel_fallbacks_total", route="orders") == 2
     assert value(families["peel_rate_limited"], "peel_rate_limited_total", route="login") == 1
+    assert value(families["peel_circuit_open"], "peel_circuit_open_total", service="orders") == 1
 
 
 def test_label_sets_are_capped_and_the_overflow_counted() -> None:
