@@ -48,7 +48,10 @@ from routes.policies import Balancer, CircuitBreaker, HealthCheck, OutlierDetect
 if TYPE_CHECKING:
     from routes.table import CompiledService, RouteTable
 
-Outcome = Literal["ok", "5xx", "failure"]  # failure: connect failure, reset, timeout, garbage
+# failure: connect failure, reset, timeout, garbage. cancelled: the attempt ended for a reason that
+# says nothing about the endpoint (the downstream went away, the request's own deadline cut the
+# wait): only the in-flight counts change.
+Outcome = Literal["ok", "5xx", "failure", "cancelled"]
 
 # The latency estimate of an endpoint of a service that has no other endpoint to compare with.
 DEFAULT_LATENCY = 0.01
@@ -118,8 +121,9 @@ class EndpointState:
         self.service.in_flight += 1
 
     def end(self, latency: float | None, outcome: Outcome, now: float) -> None:
-        """The attempt begun by `begin()` ended. `latency`: seconds until the response head (None when
-        unknown, e.g. the connection was refused); `now`: the same clock as `Upstreams`'."""
+        """The attempt begun by `begin()` ended (call exactly once). `latency`: seconds from sending to
+        the response head (None when there is none, e.g. the connection was refused; for a timeout
+        pass the time waited, so that it counts as a peak); `now`: the clock of `Upstreams`."""
         self.in_flight -= 1
         service = self.service
         service.in_flight -= 1
@@ -128,6 +132,8 @@ class EndpointState:
                 self._observe(latency, now)
             if self._fivexx or self._failures:
                 self._fivexx = self._failures = 0
+            return
+        if outcome == "cancelled":
             return
         # A failure never lowers the estimate, and refreshes it so that it does not decay.
         self._observe(self.ewma if latency is None or latency < self.ewma else latency, now)

@@ -94,6 +94,20 @@ def test_consecutive_5xx_eject_for_the_base_time_and_a_success_resets_the_count(
     assert e in {svc.pick() for _ in range(50)}
 
 
+def test_a_cancelled_attempt_only_releases_its_in_flight_slot() -> None:
+    clock = Clock()
+    svc = service(eps(4), clock, outlier=OUTLIER)
+    e = svc.endpoints[0]
+    ok(e, clock, 0.05)
+    fail(e, clock, 2)
+    for _ in range(10):
+        e.begin()
+        e.end(0.001, "cancelled", clock.now)
+    assert (e.in_flight, svc.in_flight, e.ewma, e.samples) == (0, 0, 0.05, 3)
+    assert e.snapshot(clock.now)["consecutive_5xx"] == 2  # neither reset nor counted
+    assert e.available(clock.now)
+
+
 def test_connect_failures_have_their_own_count() -> None:
     clock = Clock()
     svc = service(eps(4), clock, outlier=OUTLIER)
