@@ -47,6 +47,8 @@ MAX_TRACESTATE = 512
 MAX_BAGGAGE = 8192
 
 _TRACEPARENT_RE = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
+_TRACEPARENT_00_RE = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+_ODD_HEX = frozenset("13579bdf")  # flags whose low bit, `sampled`, is set
 _HEX_ID_RE = re.compile(rb"(?:[0-9a-f]{16}){1,2}\Z")
 _SPAN_ID_RE = re.compile(rb"[0-9a-f]{16}\Z")
 # Printable ASCII without DEL: what both list headers allow (their finer grammar is the
@@ -93,17 +95,23 @@ class Incoming:
 
 def parse_traceparent(value: bytes) -> tuple[str, str, bool] | None:
     """(trace id, parent id, sampled) of a valid `traceparent`, else None."""
-    found = _TRACEPARENT_RE.match(value)
-    if found is None:
-        return None
-    version, trace_id, parent_id, flags, rest = found.groups()
-    if version == b"ff" or (version == b"00" and rest is not None):
-        return None
-    trace = trace_id.decode("ascii")
-    parent = parent_id.decode("ascii")
+    if _TRACEPARENT_00_RE.match(value):
+        # The common case, without regex groups: slices of one decoded string.
+        text = value.decode("ascii")
+        trace, parent, sampled = text[3:35], text[36:52], text[54] in _ODD_HEX
+    else:
+        found = _TRACEPARENT_RE.match(value)
+        if found is None:
+            return None
+        version, trace_id, parent_id, flags, rest = found.groups()
+        if version == b"ff" or (version == b"00" and rest is not None):
+            return None
+        trace = trace_id.decode("ascii")
+        parent = parent_id.decode("ascii")
+        sampled = bool(int(flags, 16) & 1)
     if trace == _ZERO_TRACE or parent == _ZERO_SPAN:
         return None
-    return trace, parent, bool(int(flags, 16) & 1)
+    return trace, parent, sampled
 
 
 def parse_b3_single(value: bytes) -> Incoming | None:
@@ -180,14 +188,19 @@ def extract(headers: Iterable[tuple[bytes, bytes]]) -> Incoming | None:
     A context whose ids are invalid comes back without ids (and without tracestate) but keeps
     its baggage, so the caller starts a new trace and still passes the baggage on.
     """
+    found = [(name, value) for name, value in headers if name in TRACE_HEADERS]
+    if not found:
+        return None
+    if len(found) == 1 and found[0][0] == TRACEPARENT:
+        # The common case: a W3C parent alone.
+        parsed = parse_traceparent(found[0][1].strip())
+        return Incoming(*parsed) if parsed is not None else None
     traceparent: list[bytes] = []
     tracestate: list[bytes] | None = None
     baggage: list[bytes] | None = None
     b3: list[bytes] = []
     multi: dict[bytes, list[bytes]] | None = None
-    for name, value in headers:
-        if name not in TRACE_HEADERS:
-            continue
+    for name, value in found:
         if name == TRACEPARENT:
             traceparent.append(value)
         elif name == TRACESTATE:

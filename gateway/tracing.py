@@ -373,7 +373,10 @@ class RequestTrace:
 
     def strip(self, headers: Headers) -> Headers:
         """`headers` without trace context; free when the downstream sent none."""
-        return propagation.strip(headers) if self._seen else headers
+        if not self._seen:
+            return headers
+        names = TRACE_HEADERS
+        return [header for header in headers if header[0] not in names]
 
     def attempt(self, endpoint_url: str, attempt: int, side: str | None,
                 service: str | None = None) -> AttemptTrace:
