@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.balancer import POINTS_PER_WEIGHT, hash_key
 from gateway.endpoints import EndpointState, ServiceState, Upstreams
@@ -341,3 +343,39 @@ def test_ewma_slow_start_holds_a_new_endpoint_back_then_lets_it_take_its_share()
     assert shares[0] < 0.12
     assert shares[0] < shares[1] < shares[2]
     assert shares[3] == pytest.approx(0.25, abs=0.04)
+
+
+# -- properties -----------------------------------------------------------------------------------
+
+@given(st.lists(st.integers(1, 20), min_size=2, max_size=6))
+@settings(max_examples=60, deadline=None)
+def test_smooth_round_robin_gives_each_endpoint_its_weight_in_every_cycle(weights: list[int]) -> None:
+    svc = service(eps(len(weights), tuple(weights)), Clock(), balancer=Balancer(policy="round_robin"))
+    cycle = sum(weights)
+    for _ in range(3):
+        counts = Counter(svc.pick() for _ in range(cycle))
+        assert [counts[e] for e in svc.endpoints] == weights
+
+
+@given(policy=st.sampled_from(["ewma", "round_robin", "hash"]),
+       states=st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), min_size=2, max_size=6),
+       key=st.one_of(st.none(), st.binary(max_size=8)))
+@settings(max_examples=200, deadline=None)
+def test_a_pick_prefers_available_untried_endpoints_and_never_fails(
+        policy: str, states: list[tuple[bool, bool, bool]], key: bytes | None) -> None:
+    clock = Clock()
+    svc = service(eps(len(states)), clock, balancer=Balancer(policy=policy, hash_on=HashOn(client=True)))
+    tried = []
+    for e, (healthy, ejected, was_tried) in zip(svc.endpoints, states, strict=True):
+        e.healthy = healthy
+        e.ejected_until = clock.now + 1 if ejected else 0.0
+        if was_tried:
+            tried.append(e)
+    chosen = svc.pick(key, exclude=tried)
+    available = [e for e in svc.endpoints if e.available(clock.now)]
+    if [e for e in available if e not in tried]:
+        assert chosen in available and chosen not in tried
+    elif available:
+        assert chosen in available
+    elif len(tried) < len(svc.endpoints):
+        assert chosen not in tried
