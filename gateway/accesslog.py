@@ -10,9 +10,9 @@ while the thread keeps going. `close()` writes what is queued and flushes.
 Fields, in this order: time (RFC 3339 UTC, the request's start), trace_id and span_id (of the
 request's server span; null without tracing), request_id, client, method, path, route, service,
 endpoint, side ("from"/"to" on a migrated route, else null), status, bytes_in, bytes_out,
-duration_ms, upstream_ms, attempts (upstream attempts made: 0 when none reached an endpoint, more
-than 1 after retries or a fallback), fallback (the code of the `to` failure that `from` answered
-for, else null), error (a Peel error code or null).
+duration_ms, upstream_ms (until the upstream's response head), attempts (upstream attempts made,
+retries and the fallback included; 0: none), fallback (the code of the `to` failure that `from`
+answered for, else null), error (a Peel error code or null).
 """
 
 from __future__ import annotations
