@@ -4,6 +4,8 @@ and value), canonical printing and round trips, and what the compiled table carr
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -486,3 +488,14 @@ def test_openapi_defaults_are_the_model_defaults() -> None:
             if "default" in prop:
                 written = policy.parse({**base, name: prop["default"]}, "x")
                 assert written == policy.parse(base, "x"), (policy, name)
+
+
+def test_the_reference_example_in_docs_resilience_parses_and_round_trips() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "resilience.md").read_text()
+    found = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert found is not None
+    doc = Document.parse(yaml.safe_load(found.group(1)))
+    assert Document.parse(doc.to_dict()) == doc
+    write = doc.route("orders-write")
+    assert write is not None and write.retries == RetryPolicy(attempts=1)
+    assert compile_document(doc, 1).route("orders") is not None
