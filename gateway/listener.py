@@ -14,6 +14,11 @@ Why each option is what it is:
 - `http` carries the `[limits]` section (framing limits and the edge timeouts, `docs/edge.md`).
 - `timeout_keep_alive` from `server.keepalive_timeout`, `timeout_graceful_shutdown` from
   `server.grace_period` (uvicorn's default is unbounded), backlog 2048, no concurrency limit.
+- `ws="websockets-sansio"` on the data plane (`ws="none"` on admin): `PeelHttpProtocol` hands a
+  checked WebSocket handshake to it, and `gateway.websocket.WebSocketProxy` decides per route.
+  Messages up to `MAX_MESSAGE` (a larger one from the client closes it with 1009), a ping every
+  `PING_INTERVAL` s with `PING_TIMEOUT` s for the pong (a client that stops reading is cut that
+  way), permessage-deflate offered to clients (windows of 4 KiB: ~40 KiB per connection).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import uvicorn
 
 from gateway.protocol import PeelHttpProtocol
 from gateway.settings import Settings
+from gateway.websocket_rules import MAX_MESSAGE, PING_INTERVAL, PING_TIMEOUT
 
 DATA_PLANE = frozenset({"public", "outbound", "inbound"})
 LISTENERS = DATA_PLANE | {"admin"}
@@ -62,7 +68,11 @@ def uvicorn_config(app: Any, settings: Settings, *, listener: str, sock_fd: int 
         port=port,
         loop="uvloop",
         http=PeelHttpProtocol.configured(settings.limits),
-        ws="none",
+        ws="websockets-sansio" if data_plane else "none",
+        ws_max_size=MAX_MESSAGE,
+        ws_ping_interval=PING_INTERVAL,
+        ws_ping_timeout=PING_TIMEOUT,
+        ws_per_message_deflate=True,
         lifespan=lifespan,
         log_level=log_level or settings.server.log_level,
         log_config=None,

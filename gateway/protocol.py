@@ -14,6 +14,11 @@
 4. A head timeout: a connection must deliver a complete request head within the keep-alive
    timeout, whether it is new, idle between requests, or trickling a head byte by byte
    (uvicorn times only the idle case, with a timer per response).
+5. WebSocket upgrades: `check_head` strips every `Upgrade` offer; when the listener runs a
+   WebSocket protocol (`ws_protocol_class`) and `gateway.websocket_rules.websocket_offer` finds a
+   complete opening handshake, the checked head goes to httptools with its offer and the
+   connection is handed to uvicorn's WebSocket protocol (the app then gets a `websocket` scope;
+   whether the route allows it is the app's decision). Plain requests never take this path.
 
 The hooks cost one dict per request; everything else is uvicorn's own code path.
 """
@@ -23,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.framing import CHUNKED, LENGTH, ChunkedBody, HeadLimits, Refusal, check_head, refusal_response
 from gateway.settings import LimitsSettings
+from gateway.websocket_rules import websocket_offer
 
 log = logging.getLogger("peel.edge")
 TARGET = "peel.target"
@@ -171,7 +177,7 @@ class PeelHttpProtocol(HttpToolsProtocol):
                                  f"this listener serves at most {limit} connections at once"))
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._state == _UPGRADED:
             return  # after a refusal nothing on this connection is read as a request
         if self._buf:
             data, self._buf = self._buf + data, b""
@@ -227,12 +233,30 @@ class PeelHttpProtocol(HttpToolsProtocol):
         except Refusal as refusal:
             self._refuse(refusal)
             return b""
-        if head.framing == LENGTH:
+        block = head.head
+        if head.upgrade_stripped and self.ws_protocol_class is not None \
+                and websocket_offer(buf[:end + 4], head):
+            cycle = self.cycle
+            if self.pipeline or (cycle is not None and not cycle.response_complete):
+                # The switch would interleave with a response still being written.
+                self._refuse(Refusal(400, "bad-request",
+                                     "a WebSocket handshake may not be pipelined behind another request"))
+                return b""
+            block = buf[:end + 4]  # with its offer: httptools raises HttpParserUpgrade at its end
+            self._state = _UPGRADING
+        elif head.framing == LENGTH:
             self._state, self._left = _LENGTH, head.length
         elif head.framing == CHUNKED:
             self._state, self._chunked = _CHUNKED, ChunkedBody(self.head_limits.max_body)
-        if not self._feed(head.head):
+        if not self._feed(block):
             return b""
+        if self._state == _UPGRADED:
+            rest = buf[end + 4:]
+            if rest:  # frames right behind the handshake belong to the new protocol
+                cast(asyncio.Protocol, self.transport.get_protocol()).data_received(rest)
+            return b""
+        if self._state == _UPGRADING:
+            self._state = _HEAD  # httptools saw no upgrade after all: served as plain HTTP
         if self._state != _HEAD:
             self.body_since = self.loop.time()
         return buf[end + 4:]
@@ -245,11 +269,22 @@ class PeelHttpProtocol(HttpToolsProtocol):
             self._refuse(Refusal(400, "bad-request", f"malformed request: {exc}"))
             return False
         except httptools.HttpParserUpgrade:
-            # check_head strips Upgrade and refuses CONNECT's authority-form, so this is a parser
-            # disagreement: refuse rather than guess where the next request starts.
+            if self._state == _UPGRADING and self.parser.should_upgrade() and self._should_upgrade():
+                self._upgrade()
+                return True
+            # check_head strips other offers and refuses CONNECT's authority-form, so this is a
+            # parser disagreement: refuse rather than guess where the next request starts.
             self._refuse(Refusal(400, "bad-request", "protocol switches are not supported"))
             return False
         return True
+
+    def _upgrade(self) -> None:
+        """Hand the connection to uvicorn's WebSocket protocol (it answers the handshake later)."""
+        if self._writer is not None:
+            self._writer.flush()  # bytes of an earlier response go out before the 101
+        self._state = _UPGRADED
+        self.waiting_since = self.body_since = None
+        self.handle_websocket_upgrade()
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's own plain-text 400, for whatever the parser refuses: Peel's problem+json.
@@ -362,6 +397,8 @@ class PeelHttpProtocol(HttpToolsProtocol):
 _HEAD = 0
 _LENGTH = 1
 _CHUNKED = 2
+_UPGRADING = 3  # a WebSocket handshake head is being handed to httptools
+_UPGRADED = 4  # the connection belongs to the WebSocket protocol now
 
 
 def _incomplete_head_refusal(buf: bytes, limits: HeadLimits) -> Refusal | None:
