@@ -57,9 +57,9 @@ class Metrics:
         self.series = 0
         self.overflow = 0  # observations refused because `max_series` label sets exist
         self.in_flight = 0
-        # (route, service, side, status class) -> [count, sum, bucket 0 .. bucket n-1, +Inf]
-        self._requests: dict[tuple[str, str, str, str], list[float]] = {}
-        self._attempts: dict[tuple[str, str, str], int] = {}
+        # (route, service, side, status // 100) -> [count, sum, bucket 0 .. bucket n-1, +Inf]
+        self._requests: dict[tuple[str | None, str | None, str | None, int], list[float]] = {}
+        self._attempts: dict[tuple[str | None, str, str], int] = {}
         self._retries: dict[str, int] = {}
         self._fallbacks: dict[str, int] = {}
         self._rate_limited: dict[str, int] = {}
@@ -76,8 +76,9 @@ class Metrics:
     def request(self, route: str | None, service: str | None, side: str | None, status: int,
                 duration: float) -> None:
         """One downstream request answered (or abandoned) after `duration` seconds."""
-        key = (route or "", service or "", side or "",
-               _CLASSES[status // 100] if 100 <= status < 600 else "none")
+        # The key holds the raw values (None, status // 100): normalising them here would triple
+        # the cost of the call; `snapshot()` does it once per publication instead.
+        key = (route, service, side, status // 100)
         row = self._requests.get(key)
         if row is None:
             if not self._room():
@@ -89,7 +90,7 @@ class Metrics:
 
     def attempt(self, service: str | None, endpoint: str, outcome: str) -> None:
         """One upstream attempt to `endpoint` (its URL): "ok", "5xx" or "failure"."""
-        key = (service or "", endpoint, outcome)
+        key = (service, endpoint, outcome)
         counts = self._attempts
         n = counts.get(key)
         if n is not None:
@@ -154,8 +155,9 @@ class Metrics:
         """Everything, copied into JSON-able data (the shape `render` reads under "metrics")."""
         return {
             "buckets": list(self.buckets),
-            "requests": [[*key, *row] for key, row in list(self._requests.items())],
-            "attempts": [[*key, n] for key, n in list(self._attempts.items())],
+            "requests": _requests_rows(list(self._requests.items())),
+            "attempts": [[service or "", endpoint, outcome, n]
+                         for (service, endpoint, outcome), n in list(self._attempts.items())],
             "retries": dict(self._retries),
             "fallbacks": dict(self._fallbacks),
             "rate_limited": dict(self._rate_limited),
@@ -166,6 +168,21 @@ class Metrics:
                        "last_reload_at": self.last_reload_at, "last_reload_ok": self.last_reload_ok,
                        "reloads": self.reloads, "reload_failures": self.reload_failures},
         }
+
+
+def _requests_rows(items: list[tuple[tuple[str | None, str | None, str | None, int], list[float]]]
+                   ) -> list[list[Any]]:
+    """[route, service, side, status class, count, sum, buckets...]; None as "", 0 and 6+ as "none"."""
+    rows: dict[tuple[str, str, str, str], list[Any]] = {}
+    for (route, service, side, hundreds), row in items:
+        key = (route or "", service or "", side or "", _CLASSES[hundreds] if 0 < hundreds < 6 else "none")
+        found = rows.get(key)
+        if found is None:
+            rows[key] = [*key, *row]
+        else:
+            for i, v in enumerate(row, 4):
+                found[i] += v
+    return list(rows.values())
 
 
 # -- rendering (the admin side) --------------------------------------------------------------------

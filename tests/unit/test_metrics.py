@@ -47,14 +47,16 @@ def test_requests_are_counted_by_route_service_side_and_status_class() -> None:
     m.request("orders", "orders-v2", "to", 201, 0.004)
     m.request("orders", "legacy", "from", 503, 0.2)
     m.request(None, None, None, 404, 0.0001)  # unmatched: route "" — never the raw path
+    m.request("", "", "", 404, 0.0001)  # the same label set
     m.request("orders", "orders-v2", "to", 0, 1.5)  # the downstream went away before an answer
+    m.request("orders", "orders-v2", "to", 600, 1.5)  # not an HTTP status: "none" too
     samples = scrape([process(m)])["peel_requests"]
     assert value(samples, "peel_requests_total", route="orders", service="orders-v2", side="to",
                  status_class="2xx") == 2
     assert value(samples, "peel_requests_total", route="orders", service="legacy", side="from",
                  status_class="5xx") == 1
-    assert value(samples, "peel_requests_total", route="", service="", side="", status_class="4xx") == 1
-    assert value(samples, "peel_requests_total", route="orders", status_class="none") == 1
+    assert value(samples, "peel_requests_total", route="", service="", side="", status_class="4xx") == 2
+    assert value(samples, "peel_requests_total", route="orders", status_class="none") == 2
 
 
 def test_duration_histogram_buckets_are_cumulative_inclusive_and_sum_up() -> None:

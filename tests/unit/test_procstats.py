@@ -266,3 +266,22 @@ def test_process_stats_reads_this_process() -> None:
     assert stats["open_fds"] is not None and stats["open_fds"] > 0
     start = stats["start_time_seconds"]
     assert start is not None and time.time() - 3600 * 24 * 365 < start <= time.time()
+
+
+def test_the_real_upstreams_registry_is_published_and_merged(tmp_path: Path) -> None:
+    endpoints = pytest.importorskip("gateway.endpoints")
+    from routes.compiler import compile_document
+    from routes.model import Document
+
+    document = Document.parse({
+        "services": [{"name": "orders", "endpoints": ["http://10.0.0.7:9000", "http://10.0.0.8:9000"]}],
+        "routes": [{"name": "orders", "match": {"path_prefix": "/"}, "service": "orders"}]})
+    upstreams = endpoints.Upstreams()
+    upstreams.update(compile_document(document, 1))
+    state = ProcessState(Metrics(), upstreams=upstreams)
+    snapshot = state.snapshot()
+    assert [e["url"] for e in snapshot["upstreams"][0]["endpoints"]] == ["http://10.0.0.7:9000",
+                                                                         "http://10.0.0.8:9000"]
+    live = LiveView(tmp_path, interval=1.0, local=state).service("orders")
+    assert live is not None and set(live["endpoints"]) == {"http://10.0.0.7:9000", "http://10.0.0.8:9000"}
+    assert live["in_flight"] == 0 and live["endpoints"]["http://10.0.0.7:9000"]["healthy"] is True
