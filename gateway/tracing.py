@@ -380,8 +380,9 @@ class RequestTrace:
 
     def attempt(self, endpoint_url: str, attempt: int, side: str | None,
                 service: str | None = None) -> AttemptTrace:
-        """One try at an upstream: `attempt` counts from 1 across retries and the fallback;
-        `service` when it is not the route's (the `from`/`to` service of a migration)."""
+        """One try at an upstream: `attempt` counts the tries at this service from 1 (the first
+        try at `from` after a fallback is 1 again); `service` when it is not the route's (the
+        `from`/`to` service of a migration)."""
         trace = AttemptTrace(self, _new_span_id())
         if self._record:
             if side is not None:
