@@ -8,9 +8,9 @@ creates SDK spans, and only when it ends: by then the route, status and timings 
 span is made in one `start_span(..., attributes=..., start_time=...)` and ended at once. Its ids are
 the ones already sent upstream (`_PresetIds` hands them to the SDK).
 
-Export goes through a `BatchSpanProcessor` (its own thread) behind `_BoundedExport`, which drops and
-counts spans once `max_queue` wait: a slow or unreachable collector costs the request path nothing
-but the append of a finished span to a queue. Context from a downstream outside
+Export goes through a `BatchSpanProcessor` (its own thread) behind `trace_export.BoundedExport`,
+which drops and counts spans once `max_queue` wait: a slow or unreachable collector costs the
+request path nothing but the append of a finished span to a queue. Context from a downstream outside
 `tracing.trusted_networks` (when set) is ignored: the request starts a new trace.
 
 Wiring (the data plane): `Tracing(settings.tracing)` only when `enabled` (else no object: trace
@@ -31,15 +31,9 @@ from urllib.parse import urlsplit
 
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SpanExporter,
-    SpanExportResult,
-)
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
@@ -48,6 +42,7 @@ from opentelemetry.trace.status import Status, StatusCode
 from gateway import propagation
 from gateway.propagation import TRACE_HEADERS, Incoming, b3_multi, b3_single, traceparent
 from gateway.settings import TracingSettings
+from gateway.trace_export import BoundedExport, make_exporter
 
 log = logging.getLogger("peel.tracing")
 
@@ -57,9 +52,6 @@ _MASK64 = (1 << 64) - 1
 _name = itemgetter(0)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _EMPTY = Context()
-# How long the batch processor waits to fill a batch before it sends what it has.
-SCHEDULE_DELAY = 1.0
-MAX_BATCH = 512
 
 
 def _new_span_id() -> str:
@@ -87,106 +79,6 @@ class _PresetIds(IdGenerator):
         return value or (getrandbits(64) or 1)
 
 
-class _CountingExporter(SpanExporter):
-    """The real exporter, counting the spans handed to it and those whose export failed."""
-
-    def __init__(self, exporter: SpanExporter) -> None:
-        self.exporter = exporter
-        self.handed = 0   # written by the export thread only
-        self.exported = 0
-        self.failed = 0
-
-    def export(self, spans: Any) -> SpanExportResult:
-        self.handed += len(spans)
-        try:
-            result = self.exporter.export(spans)
-        except Exception:
-            log.exception("the span exporter failed")
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            self.exported += len(spans)
-        else:
-            self.failed += len(spans)
-        return result
-
-    def shutdown(self) -> None:
-        self.exporter.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.exporter.force_flush(timeout_millis)
-
-
-class _BoundedExport(SpanProcessor):
-    """A `BatchSpanProcessor` behind a gate that drops, and counts, what would overflow its queue.
-
-    The SDK's own queue also drops when full, but silently (its count goes only to internal OTel
-    metrics, off by default). Here `ended - handed` is the number of spans waiting (ended counted
-    on the event loop, handed on the export thread: each counter has one writer).
-    """
-
-    def __init__(self, exporter: SpanExporter, max_queue: int, export_timeout: float) -> None:
-        self.counting = _CountingExporter(exporter)
-        self.max_queue = max_queue
-        self.ended = 0
-        self.dropped = 0
-        self.closed = False
-        self._warned_at = -1e9
-        self.batch = BatchSpanProcessor(
-            self.counting, max_queue_size=max_queue, schedule_delay_millis=SCHEDULE_DELAY * 1000,
-            max_export_batch_size=min(MAX_BATCH, max_queue), export_timeout_millis=export_timeout * 1000)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if self.closed or self.ended - self.counting.handed >= self.max_queue:
-            self.dropped += 1
-            now = time.monotonic()
-            if now - self._warned_at >= 60.0:
-                self._warned_at = now
-                log.warning("trace export queue full (%d spans): dropping spans (%d so far)",
-                            self.max_queue, self.dropped)
-            return
-        self.ended += 1
-        self.batch.on_end(span)
-
-    def shutdown(self) -> None:
-        self.closed = True
-        self.batch.shutdown()  # type: ignore[no-untyped-call]  # (untyped in the SDK)
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.batch.force_flush(timeout_millis)
-
-
-class _OncePerMinute(logging.Filter):
-    """Lets a message template through once a minute: a dead collector is one line, not a stream."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        key = str(record.msg)
-        if now - self._last.get(key, -1e9) < 60.0:
-            return False
-        self._last[key] = now
-        return True
-
-
-_QUIET = _OncePerMinute()
-_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
-
-
-def make_exporter(settings: TracingSettings) -> SpanExporter | None:
-    """The exporter the settings ask for; None when nothing is to be exported."""
-    if settings.exporter == "console":
-        return ConsoleSpanExporter()
-    if not settings.endpoint:
-        return None
-    exporter_log = logging.getLogger(_EXPORTER_LOGGER)
-    if _QUIET not in exporter_log.filters:
-        exporter_log.addFilter(_QUIET)
-    return OTLPSpanExporter(endpoint=settings.endpoint, timeout=settings.export_timeout)
-
-
 class Tracing:
     """Trace context and spans for one serving process (build it in the process that serves).
 
@@ -201,14 +93,14 @@ class Tracing:
         self._trust_cache: dict[str, bool] = {}
         self._endpoints: dict[str, tuple[str, int | None]] = {}
         self._timeout = settings.export_timeout
-        self._export: _BoundedExport | None = None
+        self._export: BoundedExport | None = None
         self._provider: TracerProvider | None = None
         self.tracer: trace_api.Tracer | None = None
         self.ids = _PresetIds()
         if exporter is None:
             exporter = make_exporter(settings)
         if exporter is not None:
-            self._export = _BoundedExport(exporter, settings.max_queue, settings.export_timeout)
+            self._export = BoundedExport(exporter, settings.max_queue, settings.export_timeout)
             # No atexit hook: the SDK's would wait up to 30 s for a slow collector; `shutdown()`
             # is bounded instead.
             self._provider = TracerProvider(
