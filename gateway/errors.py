@@ -7,9 +7,12 @@
     ├── StoreError           the store is unreachable, un-migrated or newer than the code
     └── UpstreamError        forwarding failed; carries the Peel error code and the HTTP status
         ├── NoEndpoint       the service has no endpoint to try              503
+        ├── CircuitOpen      the service's circuit breaker refused the request  503
         ├── ConnectError     the endpoint refused or could not be reached    502
         ├── UpstreamTimeout  connect, response-header or idle timeout        504
+        │   └── DeadlineExceeded  the request's deadline (total timeout or incoming header) passed  504
         └── ProtocolError    the endpoint answered something that is not HTTP/1.1   502
+            └── UpstreamReset  the connection closed before any response byte       502
 """
 
 from __future__ import annotations
@@ -90,6 +93,11 @@ class NoEndpoint(UpstreamError):
     code = "no-endpoint"
 
 
+class CircuitOpen(UpstreamError):
+    status = 503
+    code = "circuit-open"
+
+
 class ConnectError(UpstreamError):
     status = 502
     code = "upstream-connect-failed"
@@ -100,6 +108,16 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream-timeout"
 
 
+class DeadlineExceeded(UpstreamTimeout):
+    status = 504
+    code = "deadline-exceeded"
+
+
 class ProtocolError(UpstreamError):
     status = 502
     code = "upstream-protocol-error"
+
+
+class UpstreamReset(ProtocolError):
+    status = 502
+    code = "upstream-reset"

@@ -274,20 +274,24 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def connect(self, endpoint: Endpoint) -> UpstreamConnection:
-        """Open a new connection; `ConnectError` or `UpstreamTimeout` when that fails."""
+    async def connect(self, endpoint: Endpoint, timeout: float | None = None) -> UpstreamConnection:
+        """Open a new connection; `ConnectError` or `UpstreamTimeout` when that fails.
+
+        `timeout`: seconds for this connect (None: the `proxy.connect_timeout` setting).
+        """
         if self._closed:
             raise ConnectError("the upstream pool is closed (the worker is stopping)")
         loop = asyncio.get_running_loop()
         context = self._ssl_for(endpoint)
+        limit = self._connect_timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(limit):
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(self, endpoint, loop), endpoint.host, endpoint.port,
                     ssl=context, server_hostname=endpoint.host if context is not None else None)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"connecting to {endpoint.url} took longer than "
-                                  f"{self._connect_timeout:g} s") from exc
+                                  f"{limit:g} s") from exc
         except OSError as exc:
             raise ConnectError(f"cannot connect to {endpoint.url}: {exc.strerror or exc}") from exc
         return conn

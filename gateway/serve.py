@@ -35,14 +35,19 @@ from facade.counts import TrafficCounts
 from facade.flusher import CountsFlusher, instance_id
 from gateway import drain, systemd
 from gateway.accesslog import AccessLog
+from gateway.endpoints import Upstreams
 from gateway.errors import ConfigError, PeelError, StoreError
+from gateway.health import HealthChecker
 from gateway.holder import TableHolder
 from gateway.listener import make_server, uvicorn_config
+from gateway.metrics import Metrics
 from gateway.pool import UpstreamPool
+from gateway.procstats import LiveView, ProcessState, Publisher
 from gateway.protocol import PeelHttpProtocol
 from gateway.proxy import ProxyApp
 from gateway.settings import LimitsSettings, ListenerSettings, Settings, load_settings
 from gateway.supervisor import HANDLED, Supervisor
+from gateway.tracing import Tracing
 from routes.store import Store
 from routes.watcher import Watcher
 
@@ -94,7 +99,9 @@ def preflight(settings: Settings) -> Store:
 
 
 class Runtime:
-    """What one serving process owns: its table holder, watcher, pool and access log."""
+    """What one serving process owns: its table holder, watcher, pool, access log, endpoint state
+    (balancing, health checks), metrics and tracing; the master of several workers uses only the
+    holder, the watcher and the live view of its workers."""
 
     def __init__(self, settings: Settings, store: Store, *, write_snapshots: bool) -> None:
         self.settings = settings
@@ -117,13 +124,51 @@ class Runtime:
         self._forcing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closers: list[Callable[[], Awaitable[object]]] = []
+        self.upstreams = Upstreams()
+        self.health = HealthChecker(self.upstreams)
+        self.metrics = Metrics()
+        self.state = ProcessState(self.metrics, upstreams=self.upstreams,
+                                  gateway=settings.listeners.public.bind, clock=self.upstreams.clock)
+        self.proxies: list[ProxyApp] = []
+        self._seen: object = None
+        self._failing: int | None = None
 
-    def start_background(self, *, counts: bool) -> None:
-        """The watcher (and, where requests are served, the traffic-count flusher)."""
+    def start_background(self, *, counts: bool, publish: bool = False) -> None:
+        """The watcher (and, where requests are served, the traffic-count flusher, the follower
+        of new tables and, in a worker, the publisher of its live state for the master's admin)."""
         self._tasks.append(asyncio.create_task(self.watcher.run()))
         if counts:
             self._tasks.append(asyncio.create_task(self.flusher.run()))
             self._closers.append(self.flusher.flush)
+            self.follow_tables()
+            self._tasks.append(asyncio.create_task(self._follow()))
+            self._closers.append(self.health.close)
+        if publish:
+            publisher = Publisher(self.state, self.settings.server.run_dir,
+                                  self.settings.metrics.publish_interval)
+            self._tasks.append(asyncio.create_task(publisher.run()))
+            self._closers.append(lambda: asyncio.to_thread(publisher.remove))
+
+    def follow_tables(self) -> None:
+        """Give a newly swapped-in table to the endpoint state, the health checks and the metrics."""
+        table = self.holder.table
+        if table is not None and table is not self._seen:
+            self._seen = table
+            for proxy in self.proxies:
+                proxy.sync(table)
+            if not self.proxies:
+                self.upstreams.update(table)
+            self.health.sync()
+            self.metrics.config_loaded(table.version, True, self.holder.loaded_at)
+        failing = self.watcher.failing_version
+        if failing is not None and failing != self._failing:
+            self.metrics.config_loaded(failing, False)
+        self._failing = failing
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.settings.server.poll_interval, 0.25))
+            self.follow_tables()
 
     async def close(self) -> None:
         """Stop the background work, then flush counts, close pools and the access log."""
@@ -144,9 +189,16 @@ class Runtime:
                       self.watcher.last_error or "store empty")
 
     def data_plane(self, sock: socket.socket) -> uvicorn.Server:
-        access_log = AccessLog(self.settings.access_log.target)
-        pool = UpstreamPool(self.settings.proxy)
-        app = ProxyApp(self.holder, pool, self.settings, access_log, counts=self.counts)
+        settings = self.settings
+        access_log = AccessLog(settings.access_log.target)
+        self.state.access_log = access_log
+        pool = UpstreamPool(settings.proxy)
+        tracing = Tracing(settings.tracing) if settings.tracing.enabled else None
+        app = ProxyApp(self.holder, pool, settings, access_log, counts=self.counts,
+                       upstreams=self.upstreams, tracing=tracing,
+                       metrics=self.metrics if settings.metrics.enabled else None)
+        app.on_table = lambda table: self.health.sync()
+        self.proxies.append(app)
         server = make_server(uvicorn_config(app, self.settings, listener="public", sock_fd=sock.fileno()))
         self.servers.append(server)
         spare = sock.dup()
@@ -156,14 +208,23 @@ class Runtime:
         async def close_access_log() -> None:
             access_log.close()
 
-        self._closers += [close_access_log, pool.close]
+        async def close_tracing() -> None:
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)
+
+        self._closers += [close_access_log, close_tracing, pool.close]
         return server
 
-    def admin(self, store: Store) -> uvicorn.Server:
+    def admin(self, store: Store, *, serving: bool) -> uvicorn.Server:
+        """The admin listener; `serving`: this process also runs the data plane (its live state is
+        read from memory; a master reads its workers' published files)."""
         # Imported here: worker processes never serve the admin API and need not carry starlette.
         from gateway.admin.app import build_admin_app
 
-        app = build_admin_app(store, ready=self.ready, settings=self.settings)
+        settings = self.settings
+        live = LiveView(settings.server.run_dir, interval=settings.metrics.publish_interval,
+                        local=self.state if serving else None, gateway=settings.listeners.public.bind)
+        app = build_admin_app(store, ready=self.ready, settings=settings, live=live)
         server = make_server(uvicorn_config(app, self.settings, listener="admin"))
         self.servers.append(server)
         return server
@@ -278,7 +339,7 @@ async def run_single(settings: Settings, store: Store, public: socket.socket,
     runtime = Runtime(settings, store, write_snapshots=True)
     await runtime.load_first_table()
     proxy_server = runtime.data_plane(public)
-    admin_server = runtime.admin(store)
+    admin_server = runtime.admin(store, serving=True)
     install_signals(runtime, config_path)
     runtime.start_background(counts=True)
     try:
@@ -302,7 +363,7 @@ async def run_worker(settings: Settings, fd: int, config_path: str | None) -> in
     server = runtime.data_plane(public)
     install_signals(runtime, config_path)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # blocked by Supervisor.spawn
-    runtime.start_background(counts=True)
+    runtime.start_background(counts=True, publish=True)
     try:
         await server.serve(sockets=[public])
     finally:
@@ -315,7 +376,7 @@ async def run_master(settings: Settings, store: Store, public: socket.socket, ad
     """The first process with several workers: admin API, supervision, snapshots."""
     runtime = Runtime(settings, store, write_snapshots=True)
     await runtime.load_first_table()
-    admin_server = runtime.admin(store)
+    admin_server = runtime.admin(store, serving=False)
     supervisor = Supervisor(settings.server.workers, public, config_path, lambda: runtime.stopping)
     runtime.forward = supervisor.forward
     install_signals(runtime, config_path)

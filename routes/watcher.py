@@ -79,6 +79,11 @@ class Watcher:
         self._failing_version: int | None = None
 
     @property
+    def failing_version(self) -> int | None:
+        """The newest stored config version that could not be loaded (None: the latest loaded)."""
+        return self._failing_version
+
+    @property
     def version(self) -> int:
         table = self.holder.table
         return table.version if table is not None else -1
