@@ -133,7 +133,7 @@ class WebSocketProxy:
                 self._log.log(entry.request_id, client[0] if client else None, "GET",
                               scope.get("path", ""), entry.route, entry.service, entry.endpoint,
                               entry.status, sent, received, _perf() - t0, entry.upstream, entry.error,
-                              entry.side)
+                              entry.side, attempts=1 if entry.endpoint is not None else 0)
 
     async def _open(self, scope: Scope, send: Send, entry: _Entry) -> UpstreamSocket | None:
         """Route and open the upstream leg; None when the client was answered with a refusal."""

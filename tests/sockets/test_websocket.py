@@ -11,6 +11,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +40,15 @@ class WsUpstream:
     """A websockets server in its own thread, scripted by path; records handshakes and closes.
 
     `/echo...` echoes every message; `/close/<code>` closes at once with that code; `/big/<n>`
-    sends one binary message of n bytes; `/flood/<n>` sends n numbered text messages, then
+    sends one binary message of n bytes; `/blast/<n>/<size>` sends n messages of size bytes as
+    fast as it may; `/flood/<n>` sends n numbered text messages, then
     echoes; `/refuse` answers the handshake with 403 and a body. Every other path echoes.
     """
 
     handshakes: list[Request] = field(default_factory=list)
     ended: list[Ended] = field(default_factory=list)
+    # since when (time.monotonic) a `/blast` send has been waiting for the transport, by path
+    sending: dict[str, float] = field(default_factory=dict)
     port: int = 0
 
     def start(self) -> WsUpstream:
@@ -63,6 +67,11 @@ class WsUpstream:
         self._thread.start()
         assert ready.wait(10)
         return self
+
+    def held_back(self, path: str) -> bool:
+        """Whether a send on `path` has been waiting for more than a second (backpressure)."""
+        since = self.sending.get(path)
+        return since is not None and time.monotonic() - since > 1.0
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
@@ -86,6 +95,13 @@ class WsUpstream:
         try:
             if parts[0] == "close":
                 await conn.close(int(parts[1]), "bye from upstream")
+            elif parts[0] == "blast":
+                count, size = int(parts[1]), int(parts[2])
+                for _ in range(count):
+                    self.sending[path] = time.monotonic()
+                    await conn.send(b"b" * size)
+                    del self.sending[path]
+                await conn.wait_closed()
             elif parts[0] == "big":
                 await conn.send(b"x" * int(parts[1]))
                 await conn.wait_closed()
@@ -281,6 +297,20 @@ def test_a_refused_upgrade_closes_the_connection(setup: Setup) -> None:
     assert closed
 
 
+def test_a_handshake_pipelined_behind_a_request_is_refused_after_its_response(setup: Setup) -> None:
+    with socket.create_connection(("127.0.0.1", setup.proxy.port), timeout=5) as sock:
+        sock.sendall(b"GET /plain/first HTTP/1.1\r\nHost: a\r\n\r\n"
+                     b"GET /live/echo-piped HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert b"HTTP/1.1 400 " in data and b"HTTP/1.1 101" not in data
+    assert not any(r.path == "/echo-piped" for r in setup.ws.handshakes)
+
+
 def test_a_client_that_vanishes_closes_the_upstream_side(setup: Setup) -> None:
     with connect(setup.uri("/live/echo-vanish"), open_timeout=5) as ws:
         ws.send("before")
@@ -311,6 +341,35 @@ def test_many_messages_both_ways_keep_their_order(setup: Setup) -> None:
     assert received[count:] == [f"up {i}" if i % 2 else f"up {i}".encode() for i in range(count)]
 
 
+def test_a_client_that_does_not_read_holds_the_upstream_back_instead_of_filling_memory(
+        setup: Setup) -> None:
+    count, size = 100, 512 * 1024  # 50 MiB, far more than the socket buffers on the way hold
+    path = f"/blast/{count}/{size}"
+    before = setup.proxy.rss_kib()
+    # A raw client: websockets' own keeps reading into its queue whatever max_queue says.
+    with socket.create_connection(("127.0.0.1", setup.proxy.port), timeout=10) as sock:
+        sock.sendall(b"GET /live" + path.encode() + b" HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(1)
+        assert data.startswith(b"HTTP/1.1 101 ")
+        wait_for(lambda: setup.ws.held_back(path), timeout=30, what="the upstream to be held back")
+        grown = setup.proxy.rss_kib() - before
+        assert grown < 16 * 1024, f"the gateway grew by {grown} KiB while the client did not read"
+        # Now read everything: binary frames with a 64-bit length (10-byte header), unmasked.
+        expected = count * (size + 10)
+        received = 0
+        first = b""
+        while received < expected:
+            chunk = sock.recv(min(1 << 20, expected - received))
+            assert chunk, "the gateway closed before every message came"
+            first = first or chunk[:10]
+            received += len(chunk)
+    assert first[:2] == b"\x82\x7f" and int.from_bytes(first[2:10], "big") == size
+
+
 def test_messages_up_to_the_limit_pass_and_larger_ones_close_with_1009_or_1014(setup: Setup) -> None:
     with connect(setup.uri("/live/echo-big"), open_timeout=5, max_size=None) as ws:
         ws.send(b"a" * (1024 * 1024))
@@ -319,6 +378,7 @@ def test_messages_up_to_the_limit_pass_and_larger_ones_close_with_1009_or_1014(s
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert _ended(setup, "/echo-big").code == 1009
     with connect(setup.uri(f"/live/big/{1024 * 1024 + 1}"), open_timeout=5, max_size=None) as ws, \
             pytest.raises(ConnectionClosed) as closed:
         ws.recv(timeout=10)
