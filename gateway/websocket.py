@@ -257,7 +257,7 @@ class WebSocketProxy:
                 (b"sec-websocket-key", key.encode("ascii")), (b"sec-websocket-version", b"13")]
         subprotocols = scope.get("subprotocols")
         if subprotocols:
-            out.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode("ascii")))
+            out.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode("latin-1")))
         target = route.rewrite_path(path).encode("ascii", "backslashreplace")
         if query:
             target += b"?" + query
