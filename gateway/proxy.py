@@ -97,8 +97,10 @@ class ProxyApp:
         self._forward = Forwarder(pool, self.upstreams, self._rules, settings,
                                   deadlines=self._deadlines, metrics=metrics)
         self._limiters = RateLimiters()
-        self._websocket = WebSocketProxy(holder, rules=self._rules, paths=self._paths)
         self._log = access_log if access_log is not None and access_log.enabled else None
+        self._websocket = WebSocketProxy(holder, rules=self._rules, paths=self._paths, settings=settings,
+                                         access_log=self._log, beta=self._trust,
+                                         upstreams=self.upstreams)
         # called with each new table after `upstreams` took it (the active health checks)
         self.on_table: Callable[[RouteTable], None] | None = None
 

@@ -33,6 +33,7 @@ from facade.beta import BetaTrust
 from facade.compiled import BetaFilter
 from gateway import problems
 from gateway.accesslog import AccessLog
+from gateway.endpoints import Upstreams
 from gateway.errors import ProtocolError, UpstreamError
 from gateway.headers import HOP_BY_HOP, ForwardingRules, strip_hop_by_hop
 from gateway.holder import TableHolder
@@ -92,9 +93,12 @@ class WebSocketProxy:
                  settings: ProxySettings | None = None, access_log: AccessLog | None = None,
                  beta: BetaTrust | None = None, ssl_context: SslFactory | None = None,
                  max_message: int = MAX_MESSAGE, ping_interval: float | None = PING_INTERVAL,
-                 ping_timeout: float | None = PING_TIMEOUT) -> None:
+                 ping_timeout: float | None = PING_TIMEOUT, upstreams: Upstreams | None = None) -> None:
         settings = settings or ProxySettings()
         self._holder = holder
+        # the data plane's endpoint state: the balancer picks (a WebSocket is not counted in flight
+        # and feeds no latency: it lives for minutes, its duration says nothing about the endpoint)
+        self._upstreams = upstreams
         self._rules = rules
         self._paths = paths
         self._connect_timeout = settings.connect_timeout
@@ -180,7 +184,8 @@ class WebSocketProxy:
             service = route.migration.service(decision)
         entry.service = service.name
         try:
-            endpoint = service.pick()
+            endpoint = (self._upstreams.service(service).pick().endpoint
+                        if self._upstreams is not None else service.pick())
             entry.endpoint = endpoint
             key = generate_key()
             head = self._handshake(scope, route, headers, host_header, path, query, endpoint, key,

@@ -252,7 +252,7 @@ CASES = [
          b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n", 200, False, reached=["/h2c"]),
     Case("websocket-upgrade", b"GET /e/ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
          b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-         b"Sec-WebSocket-Version: 13\r\n\r\n", 200, False, reached=["/ws"]),
+         b"Sec-WebSocket-Version: 13\r\n\r\n", 403, True, "websocket-not-allowed"),
     Case("hop-by-hop-family", b"GET /e/hop HTTP/1.1\r\nHost: a\r\nProxy-Connection: keep-alive\r\n"
          b"Keep-Alive: 300\r\nTE: trailers\r\nTrailer: X-T\r\n\r\n", 200, False, reached=["/hop"]),
     # -- pipelining ------------------------------------------------------------------------------------

@@ -385,7 +385,6 @@ def test_messages_up_to_the_limit_pass_and_larger_ones_close_with_1009_or_1014(s
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1014
 
 
-@pytest.mark.xfail(reason="until ProxyApp passes its access_log to WebSocketProxy", strict=False)
 def test_the_access_log_has_one_line_per_websocket(setup: Setup) -> None:
     with connect(setup.uri("/live/echo-logged"), open_timeout=5) as ws:
         ws.send("12345")
