@@ -25,7 +25,7 @@ from tests.sockets.serve_harness import PeelServe
 
 UPSTREAMS = ("retry_a", "retry_b", "post_a", "post_b", "mid_a", "mid_b", "after_a", "outlier_a",
              "outlier_b", "circuit_a", "hang_a", "trickle_a", "slow_a", "deadline_a", "limit_a",
-             "ewma_a", "ewma_b")
+             "ewma_a", "ewma_b", "budget_a", "budget_b")
 
 # Retry tests pin round-robin (so half the first attempts go to the faulty endpoint), switch off
 # outlier ejection (so it does not hide the faulty one) and lift the budget (retries are the point).
@@ -79,6 +79,11 @@ services:
   - name: ewma
     endpoints: [{ewma_a}, {ewma_b}]
     outlier: false
+  - name: budget
+    endpoints: [{budget_a}, {budget_b}]
+    outlier: false
+    retries: {{attempts: 3, retry_on: ["503"], budget_percent: 20, budget_min: 0, backoff_base: 1ms,
+               backoff_max: 1ms}}
 routes:
   - {{name: retry, match: {{path_prefix: /retry}}, service: retry}}
   - {{name: post, match: {{path_prefix: /post}}, service: post}}
@@ -108,6 +113,7 @@ routes:
     service: limit
     rate_limit: {{requests: 2, per: 1m, header: X-Client}}
   - {{name: ewma, match: {{path_prefix: /ewma}}, service: ewma}}
+  - {{name: budget, match: {{path_prefix: /budget}}, service: budget}}
 """
 
 SETTINGS = """\
@@ -271,6 +277,17 @@ def test_retry_after_beyond_the_deadline_is_not_waited_for(gateway: Gateway) -> 
     assert up.count() == 1 and answer.elapsed < 1.0
 
 
+def test_the_retry_budget_bounds_retries_in_an_outage(gateway: Gateway) -> None:
+    for name in ("budget_a", "budget_b"):
+        gateway[name].set("status", status=503)
+    answers = [call(gateway, "GET", f"/budget/{i}") for i in range(50)]
+    assert {a.status for a in answers} == {503}
+    sent = gateway["budget_a"].count() + gateway["budget_b"].count()
+    # three attempts each would be 150; the budget allows retries for about 20 % of requests
+    assert 55 <= sent <= 62, sent
+
+
+
 # -- outlier ejection and circuit breaking -----------------------------------------------------
 
 
@@ -354,6 +371,13 @@ def test_total_timeout_cuts_a_trickling_body(gateway: Gateway) -> None:
 def test_an_incoming_deadline_caps_the_wait(gateway: Gateway) -> None:
     gateway["slow_a"].set("slow", delay=2.0)
     answer = call(gateway, "GET", "/slow/1", headers={"Peel-Timeout-Ms": "50"})
+    assert (answer.status, answer.code) == (504, "deadline-exceeded")
+    assert answer.elapsed < 0.5
+
+
+def test_a_grpc_timeout_caps_the_wait_too(gateway: Gateway) -> None:
+    gateway["slow_a"].set("slow", delay=2.0)
+    answer = call(gateway, "GET", "/slow/2", headers={"grpc-timeout": "50m"})
     assert (answer.status, answer.code) == (504, "deadline-exceeded")
     assert answer.elapsed < 0.5
 
