@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 log = logging.getLogger("peel.serve")
 
@@ -86,14 +87,22 @@ def drop_new_handshakes(sock: socket.socket) -> None:
 def settle(server: uvicorn.Server) -> bool:
     """One look at a draining server's connections; True while some still need time.
 
-    Idle keep-alive connections are closed. A request being served finishes (its response says
-    `Connection: close`). A connection accepted before the listener closed whose request has not
-    arrived yet is left to send it; the header timeout closes one that never does.
+    Idle keep-alive connections are closed, WebSockets closed with 1012. A request being served
+    finishes (its response says `Connection: close`). A connection accepted before the listener
+    closed whose request has not arrived yet is left to send it; the header timeout closes one that
+    never does.
     """
     busy = False
     for connection in list(server.server_state.connections):
         cycle: Any = getattr(connection, "cycle", None)
-        if cycle is None:
+        if isinstance(connection, WebSocketsSansIOProtocol):
+            # A WebSocket may live for hours: close it now with 1012 (service restart), which
+            # Peel passes upstream, so the client reconnects elsewhere instead of holding the
+            # drain for the whole grace period. One still in its handshake is left to finish.
+            if connection.handshake_complete and not connection.close_sent:
+                connection.shutdown()
+            busy = True
+        elif cycle is None:
             busy = True
         elif cycle.response_complete:
             connection.shutdown()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import struct
 import threading
@@ -23,6 +24,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.client import ClientConnection, connect
 
 from tests.sockets.conftest import Proxy, start_proxy, stop_proxy, wait_for
+from tests.sockets.serve_harness import PeelServe
 from tests.sockets.upstreams import Refusing, ScriptedUpstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -398,3 +400,30 @@ def test_the_access_log_has_one_line_per_websocket(setup: Setup) -> None:
     line = next(json.loads(x) for x in log.read_text().splitlines() if "/live/echo-logged" in x)
     assert line["status"] == 101 and line["route"] == "live"
 
+
+
+def test_a_draining_gateway_closes_websockets_with_1012_instead_of_waiting_out_the_grace_period(
+        setup: Setup, tmp_path: Path) -> None:
+    peel = PeelServe(tmp_path)  # grace_period = 10
+    peel.store().upgrade()
+    peel.commit({"services": [{"name": "ws", "endpoints": [setup.ws.url]}],
+                 "routes": [{"name": "live", "match": {"path_prefix": "/"}, "service": "ws",
+                             "websocket": True}]})
+    peel.start()
+    try:
+        with connect(f"ws://127.0.0.1:{peel.public_port}/echo/drain", open_timeout=5) as client:
+            client.send("before")
+            assert client.recv(timeout=5) == "before"
+            t0 = time.monotonic()
+            peel.signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                client.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        assert peel.process is not None
+        assert peel.process.wait(15) == 0
+        # The drain did not wait for the 10 s grace period: the WebSocket was not left open.
+        assert time.monotonic() - t0 < 6
+        # and the upstream was told the same (the gateway restarts)
+        assert _ended(setup, "/echo/drain").code in (1012, 1001)
+    finally:
+        peel.stop()
