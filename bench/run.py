@@ -2,10 +2,13 @@
 """`make bench`: Peel against nginx (1 worker) and the bare origin, on this machine, in one run.
 
     python bench/run.py [--seconds 8] [--reps 3] [--workers 1] [--bodies hello,16k] [--no-match]
+                        [--telemetry on|off]
 
 Starts an nginx origin ("hello", 5 bytes, at `/`; 16 KiB at `/16k`), nginx with one worker as the
 reference proxy, and `peel serve` with `--workers` workers (temp dir: settings, an upgraded SQLite
-store holding one route `/` → the origin, access log on to a file). Then `wrk -t1` at 1 and 50
+store holding one route `/` → the origin, access log on to a file, tracing at its default sampling
+exporting to a sink on the origin and metrics on, as DESIGN.md asks; `--telemetry off` turns
+tracing and metrics off to measure what they cost). Then `wrk -t1` at 1 and 50
 connections against each target, targets interleaved within each round so machine drift hits them
 alike, and prints the medians of `--reps` rounds with the ratios to nginx and to the direct origin,
 then the headline figures against DESIGN.md's targets. Finally `bench/match.py --quick` (match time
@@ -57,6 +60,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
   uwsgi_temp_path {d}/ou; scgi_temp_path {d}/os;
   server {{ listen 127.0.0.1:{port} backlog=4096;
     location = / {{ default_type text/plain; return 200 "hello"; }}
+    location = /v1/traces {{ return 200; }}
     location = /16k {{ default_type text/plain; alias {d}/16k.txt; }}
     location / {{ default_type text/plain; return 200 "hello"; }} }} }}
 """
@@ -165,6 +169,8 @@ class Bench:
 
     dir: Path
     workers: int
+    # tracing (default sampling, exported to the origin's /v1/traces sink) and metrics on
+    telemetry: bool = True
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -195,8 +201,10 @@ class Bench:
             f'[listeners.public]\nbind = "127.0.0.1:{self.ports["peel"]}"\n\n'
             f'[listeners.admin]\nbind = "127.0.0.1:{admin}"\n\n'
             f'[server]\nworkers = {self.workers}\ngrace_period = 2.0\n'
-            f'snapshot_path = "{self.dir / "snapshot.json"}"\n\n'
-            f'[access_log]\ntarget = "{self.dir / "access.log"}"\n')
+            f'snapshot_path = "{self.dir / "snapshot.json"}"\nrun_dir = "{self.dir / "run"}"\n\n'
+            f'[access_log]\ntarget = "{self.dir / "access.log"}"\n\n'
+            + (f'[tracing]\nendpoint = "http://127.0.0.1:{self.ports["direct"]}/v1/traces"\n'
+               if self.telemetry else '[tracing]\nenabled = false\n[metrics]\nenabled = false\n'))
         store = Store(url)
         try:
             store.upgrade()
@@ -311,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="peel serve workers (default 1)")
     ap.add_argument("--bodies", default="hello,16k", help="hello (5 B) and/or 16k (default both)")
     ap.add_argument("--no-match", action="store_true", help="skip bench/match.py")
+    ap.add_argument("--telemetry", choices=("on", "off"), default="on",
+                    help="on (default): tracing at its default sampling, exporting OTLP/HTTP to a "
+                         "sink, and metrics; off: both disabled, to measure their cost")
     args = ap.parse_args(argv)
     bodies = [b for b in args.bodies.split(",") if b]
     unknown = [b for b in bodies if b not in PATHS]
@@ -321,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
     d = Path(tempfile.mkdtemp(prefix="peel-bench-"))
     os.chmod(d, 0o755)  # nginx workers run as an unprivileged user and must read 16k.txt
-    bench = Bench(d, args.workers)
+    bench = Bench(d, args.workers, telemetry=args.telemetry == "on")
     keep_logs = False
     try:
         need("nginx")

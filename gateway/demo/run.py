@@ -114,7 +114,8 @@ def write_settings(directory: Path, ports: Ports) -> Path:
         f"[listeners.public]\nbind = \"127.0.0.1:{ports.public}\"\n\n"
         f"[listeners.admin]\nbind = \"127.0.0.1:{ports.admin}\"\n\n"
         f"[server]\nworkers = 1\ngrace_period = {GRACE_SECONDS}\n"
-        f"snapshot_path = {toml_string(str(directory / 'snapshot.json'))}\n\n"
+        f"snapshot_path = {toml_string(str(directory / 'snapshot.json'))}\n"
+        f"run_dir = {toml_string(str(directory / 'run'))}\n\n"
         f"[access_log]\ntarget = {toml_string(str(directory / 'access.log'))}\n")
     return path
 

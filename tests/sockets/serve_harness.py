@@ -43,6 +43,7 @@ class PeelServe:
             f'[listeners.public]\nbind = "127.0.0.1:{self.public_port}"\n'
             f'[listeners.admin]\nbind = "127.0.0.1:{self.admin_port}"\n'
             f'[server]\nworkers = {self.workers}\nsnapshot_path = "{self.tmp / "snapshot.json"}"\n'
+            f'run_dir = "{self.tmp / "run"}"\n'
             f"grace_period = 10\n{self.extra_settings}\n"
             f'[access_log]\ntarget = "{self.tmp / "access.log"}"\n')
         self.log = self.tmp / "serve.log"
