@@ -222,7 +222,7 @@ class PeelCollector:
         per_route = {name: _Sum() for name in _ROUTE_COUNTERS}
         ejections, circuit_open = _Sum(), _Sum()
         upstream_in_flight, healthy, ejected = _Sum(), _Sum(), _Sum()
-        totals = _Sum()
+        totals, spans = _Sum(), _Sum()
         proc = {name: GaugeMetricFamily(f"peel_worker_{name}", doc, labels=["pid"])
                 for name, doc in _PROCESS_GAUGES}
         cpu = CounterMetricFamily("peel_worker_cpu_seconds", "CPU time of each serving process",
@@ -252,6 +252,8 @@ class PeelCollector:
                 circuit_open.add((service,), n)
             for name in ("in_flight", "overflow", "access_log_dropped"):
                 totals.add((name,), m.get(name, 0))
+            for name, n in (m.get("spans") or {}).items():
+                spans.add((str(name),), n)
             totals.add(("processes",), 1)
             for service in snap.get("upstreams", ()):
                 name = str(service.get("service", ""))
@@ -294,6 +296,12 @@ class PeelCollector:
                                 value=value(("processes",), 0.0))
         yield CounterMetricFamily("peel_access_log_dropped", "Access-log lines dropped (queue full or "
                                   "write failed)", value=value(("access_log_dropped",), 0.0))
+        for name, doc in (("ended", "Sampled spans handed to the exporter's queue"),
+                          ("dropped", "Sampled spans dropped because the export queue was full"),
+                          ("exported", "Spans the collector accepted"),
+                          ("failed", "Spans the collector did not accept (errors, timeouts)")):
+            yield CounterMetricFamily(f"peel_trace_spans_{name}", doc,
+                                      value=spans.values.get((name,), 0.0))
         yield CounterMetricFamily("peel_metrics_overflow", "Observations not recorded: the label-set "
                                   "cap was reached", value=value(("overflow",), 0.0))
         yield CounterMetricFamily("peel_config_reloads", "Route tables swapped in",

@@ -103,6 +103,10 @@ class _Totals:
         return dict(self.total)
 
 
+class _SpanStats(Protocol):
+    def stats(self) -> dict[str, int]: ...
+
+
 class ProcessState:
     """What one serving process publishes: its `Metrics`, its `Upstreams`, its access log's drops.
 
@@ -117,6 +121,8 @@ class ProcessState:
         self.metrics = metrics
         self.upstreams = upstreams
         self.access_log = access_log
+        # the process's `Tracing` (its span export counts), when tracing is on
+        self.tracing: _SpanStats | None = None
         self.gateway = gateway
         self.role = role
         self.pid = os.getpid()
@@ -141,6 +147,8 @@ class ProcessState:
             services[service.name] = service.snapshot(now)
         metrics["ejections"] = self._ejections.update(ejections)
         metrics["access_log_dropped"] = self.access_log.dropped if self.access_log is not None else 0
+        if self.tracing is not None:
+            metrics["spans"] = self.tracing.stats()
         return {"pid": self.pid, "gateway": self.gateway, "role": self.role, "time": time.time(),
                 "started": self.started, "metrics": metrics, "upstreams": upstreams, "services": services}
 

@@ -194,6 +194,7 @@ class Runtime:
         self.state.access_log = access_log
         pool = UpstreamPool(settings.proxy)
         tracing = Tracing(settings.tracing) if settings.tracing.enabled else None
+        self.state.tracing = tracing
         app = ProxyApp(self.holder, pool, settings, access_log, counts=self.counts,
                        upstreams=self.upstreams, tracing=tracing,
                        metrics=self.metrics if settings.metrics.enabled else None)

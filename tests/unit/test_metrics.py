@@ -179,3 +179,14 @@ def test_a_snapshot_is_a_copy() -> None:
     m.request("r", "s", None, 200, 0.01)
     m.retry("r")
     assert snap["requests"][0][4] == 1 and snap["retries"] == {}
+
+
+def test_span_export_counts_of_the_processes_are_summed() -> None:
+    first, second = process(Metrics(), 1), process(Metrics(), 2)
+    first["metrics"]["spans"] = {"ended": 10, "dropped": 4, "exported": 6, "failed": 0}
+    second["metrics"]["spans"] = {"ended": 3, "dropped": 0, "exported": 1, "failed": 2}
+    families = scrape([first, second, process(Metrics(), 3)])  # the third has tracing off
+    assert value(families["peel_trace_spans_ended"], "peel_trace_spans_ended_total") == 13
+    assert value(families["peel_trace_spans_dropped"], "peel_trace_spans_dropped_total") == 4
+    assert value(families["peel_trace_spans_exported"], "peel_trace_spans_exported_total") == 7
+    assert value(families["peel_trace_spans_failed"], "peel_trace_spans_failed_total") == 2
