@@ -15,14 +15,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from facade.model import USER_RE
+from gateway.trust import TrustedNetworks
 
 VERSION = "v1"
 MIN_SECRET = 32
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _mac(secret: bytes, message: str) -> str:
@@ -60,21 +59,14 @@ def verify(secret: bytes, value: str, now: float) -> str | None:
 class BetaTrust:
     """Decides whether a beta value from a downstream is honoured, and as which user."""
 
-    __slots__ = ("_networks", "_secret")
+    __slots__ = ("_secret", "trusted_source")
+
+    trusted_source: Callable[[str | None], bool]
 
     def __init__(self, trusted_networks: Iterable[str] = (), secret: str = "") -> None:
-        self._networks: tuple[IPNetwork, ...] = tuple(
-            ipaddress.ip_network(n, strict=False) for n in trusted_networks)
+        # Whether the downstream at `client` may send plain values (no networks: nobody may).
+        self.trusted_source = TrustedNetworks(trusted_networks).contains
         self._secret = secret.encode("utf-8") if secret else None
-
-    def trusted_source(self, client: str | None) -> bool:
-        if not self._networks or client is None:
-            return False
-        try:
-            address = ipaddress.ip_address(client)
-        except ValueError:
-            return False
-        return any(address in net for net in self._networks)
 
     def user(self, value: str, client: str | None, now: float) -> str | None:
         """The user id this value stands for, or None: untrusted, and then it is stripped.

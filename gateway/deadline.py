@@ -13,10 +13,10 @@ stripped before forwarding.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from gateway.settings import DeadlineSettings
+from gateway.trust import TrustedNetworks
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -29,7 +29,6 @@ _GRPC_MAX = 99_999_999
 # More digits than this (over 30,000 years) is not a deadline anyone means; refusing it also keeps
 # a 60 KiB run of digits from being parsed at all.
 MAX_MS_DIGITS = 15
-_TRUST_CACHE_SIZE = 4096
 # A nanosecond, in milliseconds: 16.089 s is 16088.999... ms in floats, and rounding that down
 # would take a millisecond off the deadline at every hop.
 _FLOAT_NOISE_MS = 1e-6
@@ -96,33 +95,17 @@ class DeadlineRules:
     and every client address's verdict is cached.
     """
 
-    __slots__ = ("_grpc", "_name", "_names", "_networks", "_trust_cache", "header")
+    __slots__ = ("_grpc", "_name", "_names", "header", "trusts")
+
+    trusts: Callable[[str | None], bool]
 
     def __init__(self, settings: DeadlineSettings) -> None:
         self.header = settings.header
         self._name = settings.header.lower().encode("ascii")
         self._grpc = settings.grpc_timeout
         self._names = frozenset({self._name, GRPC_TIMEOUT} if self._grpc else {self._name})
-        self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.trusted_networks)
-        self._trust_cache: dict[str, bool] = {}
-
-    def trusts(self, client: str | None) -> bool:
-        """Whether the downstream peer at `client` (an IP address string) may set a deadline."""
-        if client is None or not self._networks:
-            return False
-        known = self._trust_cache.get(client)
-        if known is not None:
-            return known
-        try:
-            address = ipaddress.ip_address(client)
-        except ValueError:
-            trusted = False
-        else:
-            trusted = any(address in net for net in self._networks)
-        if len(self._trust_cache) >= _TRUST_CACHE_SIZE:  # peers are few; bounded all the same
-            self._trust_cache.clear()
-        self._trust_cache[client] = trusted
-        return trusted
+        # Whether the downstream peer at `client` may set a deadline (no networks: nobody may).
+        self.trusts = TrustedNetworks(settings.trusted_networks).contains
 
     def read(self, headers: Iterable[tuple[bytes, bytes]], client: str | None, now: float) -> float | None:
         """The absolute deadline (on the clock `now` is from) the request carries, or None.

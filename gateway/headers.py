@@ -15,9 +15,10 @@ Peel routed as `/public` would undo the path rules (`gateway/paths.py`).
 
 from __future__ import annotations
 
-import ipaddress
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+
+from gateway.trust import TrustedNetworks
 
 Headers = list[tuple[bytes, bytes]]
 _getrandbits = random.getrandbits
@@ -104,33 +105,18 @@ class ForwardingRules:
     """Builds the upstream request headers; the trusted networks are parsed once, at start.
 
     `request_id_header` is the header name that carries the request id (settings
-    `proxy.request_id_header`).
+    `proxy.request_id_header`). `trusts(client)` says whether the downstream peer at `client` may
+    set forwarded headers (no `trusted_proxies`: nobody may).
     """
 
-    __slots__ = ("_networks", "_trust_cache", "request_id_name")
+    __slots__ = ("request_id_name", "trusts")
+
+    trusts: Callable[[str | None], bool]
 
     def __init__(self, trusted_proxies: Iterable[str], request_id_header: str = "X-Request-Id") -> None:
-        self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
-        self._trust_cache: dict[str, bool] = {}
+        # The bound method itself, not a wrapper: one call per request, as an inline check would be.
+        self.trusts = TrustedNetworks(trusted_proxies).contains
         self.request_id_name = request_id_header.lower().encode("ascii")
-
-    def trusts(self, client: str | None) -> bool:
-        """Whether the downstream peer at `client` may set forwarded headers."""
-        if not self._networks or client is None:
-            return False
-        known = self._trust_cache.get(client)
-        if known is not None:
-            return known
-        try:
-            address = ipaddress.ip_address(client)
-        except ValueError:
-            trusted = False
-        else:
-            trusted = any(address in net for net in self._networks)
-        if len(self._trust_cache) >= 4096:  # bounded: peers are few, but never let it grow
-            self._trust_cache.clear()
-        self._trust_cache[client] = trusted
-        return trusted
 
     def request_id(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The client's request id when it sent a valid one, else a new one."""

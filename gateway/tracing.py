@@ -20,10 +20,10 @@ headers then pass as ordinary headers); per request `start()`, `route()`, per up
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Callable
 from operator import itemgetter
 from random import getrandbits
 from typing import Any
@@ -43,6 +43,7 @@ from gateway import propagation
 from gateway.propagation import TRACE_HEADERS, Incoming, b3_multi, b3_single, traceparent
 from gateway.settings import TracingSettings
 from gateway.trace_export import BoundedExport, make_exporter
+from gateway.trust import TrustedNetworks
 
 log = logging.getLogger("peel.tracing")
 
@@ -52,6 +53,10 @@ _MASK64 = (1 << 64) - 1
 _name = itemgetter(0)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _EMPTY = Context()
+
+
+def _everyone(client: str | None) -> bool:
+    return True
 
 
 def _new_span_id() -> str:
@@ -89,8 +94,10 @@ class Tracing:
     def __init__(self, settings: TracingSettings, *, exporter: SpanExporter | None = None) -> None:
         # TraceIdRatioBased's rule: sampled when the trace id's low 64 bits are below the bound.
         self._bound = round(settings.sample_ratio * (_MASK64 + 1))
-        self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.trusted_networks)
-        self._trust_cache: dict[str, bool] = {}
+        trusted = TrustedNetworks(settings.trusted_networks)
+        # Whether a trace context from the downstream at `client` is continued: with no
+        # `trusted_networks`, from everyone.
+        self.trusts: Callable[[str | None], bool] = trusted.contains if trusted else _everyone
         self._endpoints: dict[str, tuple[str, int | None]] = {}
         self._timeout = settings.export_timeout
         self._export: BoundedExport | None = None
@@ -108,25 +115,6 @@ class Tracing:
                 shutdown_on_exit=False, id_generator=self.ids)
             self._provider.add_span_processor(self._export)
             self.tracer = self._provider.get_tracer("peel")
-
-    def trusts(self, client: str | None) -> bool:
-        """Whether a trace context from the downstream at `client` is continued."""
-        if not self._networks:
-            return True
-        if client is None:
-            return False
-        known = self._trust_cache.get(client)
-        if known is None:
-            try:
-                address = ipaddress.ip_address(client)
-            except ValueError:
-                known = False
-            else:
-                known = any(address in net for net in self._networks)
-            if len(self._trust_cache) >= 4096:  # peers are few, but never let it grow
-                self._trust_cache.clear()
-            self._trust_cache[client] = known
-        return known
 
     def start(self, headers: Headers, client: str | None, method: str, path: str,
               server_address: str) -> RequestTrace:

@@ -145,12 +145,12 @@ def test_no_trusted_networks_trusts_nobody() -> None:
     assert rules.read([(b"peel-timeout-ms", b"1")], "127.0.0.1", NOW) is None
 
 
-def test_trust_verdicts_are_cached_and_bounded() -> None:
+def test_trust_verdicts_stay_right_past_the_cache_bound() -> None:
+    # The cache and its bound are gateway.trust's (tests/unit/test_trust.py).
     rules = DeadlineRules(DeadlineSettings(trusted_networks=("10.0.0.0/8",)))
     for i in range(5000):
         assert rules.trusts(f"10.0.{i // 256}.{i % 256}")
     assert not rules.trusts("11.0.0.1")
-    assert len(rules._trust_cache) <= 4096
 
 
 # --- stripping and propagating ---------------------------------------------------------------
