@@ -27,12 +27,12 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.upstream_tls import SslFactory, UpstreamTls, ssl_context_for
 from routes.model import Endpoint
 from routes.policies import HealthCheck
 
 log = logging.getLogger("peel.health")
 
-SslFactory = Callable[[Endpoint], "ssl.SSLContext | None"]
 USER_AGENT = "peel-health"
 # A response head larger than this is not a health answer worth reading.
 MAX_HEAD = 16 * 1024
@@ -114,20 +114,6 @@ def parse_status(head: bytes) -> int:
     if match is None:
         raise ValueError(f"not an HTTP/1.x status line: {line[:80]!r}")
     return int(match.group(1))
-
-
-def ssl_context_for(endpoint: Endpoint, factory: SslFactory | None,
-                    default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext | None:
-    """The TLS context for `endpoint`, chosen exactly as `UpstreamPool` chooses it.
-
-    The factory wins when it gives a context (or for a plain-http endpoint); an https endpoint it
-    has no context for gets the default verifying context.
-    """
-    if factory is not None:
-        context = factory(endpoint)
-        if context is not None or endpoint.scheme != "https":
-            return context
-    return default() if endpoint.scheme == "https" else None
 
 
 async def check_endpoint(endpoint: Endpoint, policy: HealthCheck,
@@ -256,8 +242,7 @@ class HealthChecker:
                  clock: Callable[[], float] | None = None, rand: random.Random | None = None,
                  probe: Probe = check_endpoint) -> None:
         self._upstreams = upstreams
-        self._ssl_factory = ssl_context_for
-        self._default_ssl: ssl.SSLContext | None = None
+        self._tls = UpstreamTls(ssl_context_for)
         self._clock = clock if clock is not None else upstreams.clock
         self._rand = rand or random.Random()
         self._probe = probe
@@ -308,7 +293,7 @@ class HealthChecker:
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             try:
-                result = await self._probe(state.endpoint, policy, self._context(state.endpoint))
+                result = await self._probe(state.endpoint, policy, self._tls.context_for(state.endpoint))
                 crashed = None
             except Exception as exc:  # a bug in a check must not stop the checks
                 if repr(exc) != crashed:
@@ -339,14 +324,6 @@ class HealthChecker:
         elif after and not before:
             log.info("endpoint %s of service %s is healthy again after %d passed check%s",
                      state.endpoint.url, service, in_a_row, "" if in_a_row == 1 else "s")
-
-    def _context(self, endpoint: Endpoint) -> ssl.SSLContext | None:
-        return ssl_context_for(endpoint, self._ssl_factory, self._default_context)
-
-    def _default_context(self) -> ssl.SSLContext:
-        if self._default_ssl is None:
-            self._default_ssl = ssl.create_default_context()
-        return self._default_ssl
 
 
 __all__ = ["CheckResult", "HealthChecker", "check_endpoint", "check_request", "parse_status",

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections import deque
-from collections.abc import Callable
 
 from gateway.errors import ConnectError, ProtocolError, UpstreamTimeout
 from gateway.http1 import LENGTH, ResponseReader
 from gateway.settings import ProxySettings
+from gateway.upstream_tls import SslFactory, UpstreamTls
 from routes.model import Endpoint
 
 # Response body buffered per connection before reading from the upstream pauses.
@@ -30,7 +29,6 @@ HIGH_WATER = 256 * 1024
 SMALL_BODY = 64 * 1024
 # How often waiting exchanges are checked against their deadlines (the timeouts' resolution).
 TICK = 0.05
-SslFactory = Callable[[Endpoint], "ssl.SSLContext | None"]
 
 
 class ExchangeAborted(Exception):
@@ -258,8 +256,7 @@ class UpstreamPool:
         self._keepalive = settings.upstream_keepalive
         self._max_idle = settings.max_idle_per_endpoint
         self._idle: dict[Endpoint, deque[UpstreamConnection]] = {}
-        self._ssl_factory = ssl_context
-        self._default_ssl: ssl.SSLContext | None = None
+        self._tls = UpstreamTls(ssl_context)
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._watched: set[UpstreamConnection] = set()
@@ -282,7 +279,7 @@ class UpstreamPool:
         if self._closed:
             raise ConnectError("the upstream pool is closed (the worker is stopping)")
         loop = asyncio.get_running_loop()
-        context = self._ssl_for(endpoint)
+        context = self._tls.context_for(endpoint)
         limit = self._connect_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
@@ -374,17 +371,6 @@ class UpstreamPool:
                 del self._idle[endpoint]
         if remaining and not self._closed:
             self._sweeper = loop.call_later(self._sweep_every(), self._sweep, loop)
-
-    def _ssl_for(self, endpoint: Endpoint) -> ssl.SSLContext | None:
-        if self._ssl_factory is not None:
-            context = self._ssl_factory(endpoint)
-            if context is not None or endpoint.scheme != "https":
-                return context
-        if endpoint.scheme != "https":
-            return None
-        if self._default_ssl is None:
-            self._default_ssl = ssl.create_default_context()
-        return self._default_ssl
 
 
 __all__ = ["HIGH_WATER", "ExchangeAborted", "UpstreamConnection", "UpstreamPool"]

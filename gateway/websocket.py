@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -40,8 +39,9 @@ from gateway.holder import TableHolder
 from gateway.http1 import request_head
 from gateway.paths import DEFAULT_RULES, PathRules, normalise
 from gateway.settings import ProxySettings
+from gateway.upstream_tls import SslFactory, UpstreamTls
 from gateway.websocket_rules import MAX_MESSAGE, PING_INTERVAL, PING_TIMEOUT, downstream_close, upstream_close
-from gateway.websocket_upstream import SslFactory, UpstreamSocket
+from gateway.websocket_upstream import UpstreamSocket
 from routes.model import Endpoint
 from routes.table import CompiledService, RouteTable
 
@@ -106,8 +106,7 @@ class WebSocketProxy:
         self._log = access_log if access_log is not None and access_log.enabled else None
         self._trust = beta or BetaTrust()
         self._beta: tuple[object, BetaFilter] | None = None
-        self._ssl_factory = ssl_context
-        self._default_ssl: ssl.SSLContext | None = None
+        self._tls = UpstreamTls(ssl_context)
         self._max_message = max_message
         self._ping = (ping_interval, ping_timeout)
 
@@ -195,7 +194,7 @@ class WebSocketProxy:
                 endpoint, head, key, scope.get("subprotocols") or [], max_size=self._max_message,
                 connect_timeout=self._connect_timeout, response_timeout=self._response_timeout,
                 ping_interval=self._ping[0], ping_timeout=self._ping[1],
-                ssl_context=self._ssl_for(endpoint))
+                ssl_context=self._tls.context_for(endpoint))
             entry.upstream = _perf() - t_sent
             response = link.response
             assert response is not None
@@ -305,17 +304,6 @@ class WebSocketProxy:
         if cached is None or cached[0] is not table:
             cached = self._beta = (table, BetaFilter(table.beta_headers, table.beta_cookies, self._trust))
         return cached[1]
-
-    def _ssl_for(self, endpoint: Endpoint) -> ssl.SSLContext | None:
-        if self._ssl_factory is not None:
-            context = self._ssl_factory(endpoint)
-            if context is not None or endpoint.scheme != "https":
-                return context
-        if endpoint.scheme != "https":
-            return None
-        if self._default_ssl is None:
-            self._default_ssl = ssl.create_default_context()
-        return self._default_ssl
 
 
 async def _client_to_upstream(receive: Receive, link: UpstreamSocket) -> None:
