@@ -16,7 +16,7 @@ from facade.decision import Decision, Facts, decide
 from facade.model import Fallback, Migration
 
 if TYPE_CHECKING:
-    from routes.table import CompiledService
+    from routes.table import CompiledService, RouteTable
 
 Headers = list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]
 # Trusted beta users of one request, by source: ("header", b"x-beta-user") or ("cookie", "beta").
@@ -138,3 +138,24 @@ class BetaFilter:
                     continue
             out.append((key, value))
         return (out if removed else None), users
+
+
+class TableBetaFilter:
+    """The `BetaFilter` of the route table in use: made once per table, again when it is replaced.
+
+    The data plane asks per request (`for_table(table)`); a table swap is the only time a filter
+    is built, since the beta sources are the table's.
+    """
+
+    __slots__ = ("_filter", "_table", "trust")
+
+    def __init__(self, trust: BetaTrust) -> None:
+        self.trust = trust
+        self._table: RouteTable | None = None
+        self._filter = BetaFilter(frozenset(), frozenset(), trust)
+
+    def for_table(self, table: RouteTable) -> BetaFilter:
+        if table is not self._table:
+            self._filter = BetaFilter(table.beta_headers, table.beta_cookies, self.trust)
+            self._table = table
+        return self._filter

@@ -23,7 +23,7 @@ from typing import Any
 import httptools
 
 from facade.beta import BetaTrust
-from facade.compiled import BetaFilter, BetaUsers, CompiledMigration
+from facade.compiled import BetaUsers, CompiledMigration, TableBetaFilter
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
 from facade.fallback import Watch, buffer_body, prefixed_body, replay_body
 from gateway.accesslog import AccessLog
@@ -79,8 +79,7 @@ class ProxyApp:
             settings = settings.proxy
         facade = facade or FacadeSettings()
         self._trust = BetaTrust(facade.trusted_networks, facade.beta_secret)
-        # The beta filter of the last table seen, rebuilt when the table is swapped.
-        self._beta: tuple[object, BetaFilter] | None = None
+        self._beta = TableBetaFilter(self._trust)
         self.counts = counts if counts is not None else TrafficCounts()
         self._holder = holder
         self._pool = pool
@@ -222,7 +221,7 @@ class ProxyApp:
         beta_users = _NO_USERS
         if table.beta_headers or table.beta_cookies:
             # Beta values steer routing: an untrusted one is gone before matching and forwarding.
-            cleaned, beta_users = self._beta_filter(table).apply(scope["headers"], client_addr)
+            cleaned, beta_users = self._beta.for_table(table).apply(scope["headers"], client_addr)
             if cleaned is not None:
                 scope["headers"] = cleaned
         route = table.match(method, host, path, query, scope["headers"])
@@ -324,12 +323,6 @@ class ProxyApp:
                                     f"{policy.per:g} s per client; try again later",
                                     headers=verdict.headers)
         return False
-
-    def _beta_filter(self, table: RouteTable) -> BetaFilter:
-        cached = self._beta
-        if cached is None or cached[0] is not table:
-            cached = self._beta = (table, BetaFilter(table.beta_headers, table.beta_cookies, self._trust))
-        return cached[1]
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -29,7 +29,7 @@ import httptools
 from websockets.utils import generate_key
 
 from facade.beta import BetaTrust
-from facade.compiled import BetaFilter
+from facade.compiled import TableBetaFilter
 from gateway import problems
 from gateway.accesslog import AccessLog
 from gateway.endpoints import Upstreams
@@ -43,7 +43,7 @@ from gateway.upstream_tls import SslFactory, UpstreamTls
 from gateway.websocket_rules import MAX_MESSAGE, PING_INTERVAL, PING_TIMEOUT, downstream_close, upstream_close
 from gateway.websocket_upstream import UpstreamSocket
 from routes.model import Endpoint
-from routes.table import CompiledService, RouteTable
+from routes.table import CompiledService
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -104,8 +104,7 @@ class WebSocketProxy:
         self._connect_timeout = settings.connect_timeout
         self._response_timeout = settings.response_timeout
         self._log = access_log if access_log is not None and access_log.enabled else None
-        self._trust = beta or BetaTrust()
-        self._beta: tuple[object, BetaFilter] | None = None
+        self._beta = TableBetaFilter(beta or BetaTrust())
         self._tls = UpstreamTls(ssl_context)
         self._max_message = max_message
         self._ping = (ping_interval, ping_timeout)
@@ -164,7 +163,7 @@ class WebSocketProxy:
         client_addr: str | None = client[0] if client else None
         beta_users: Any = {}
         if table.beta_headers or table.beta_cookies:
-            cleaned, beta_users = self._beta_filter(table).apply(headers, client_addr)
+            cleaned, beta_users = self._beta.for_table(table).apply(headers, client_addr)
             if cleaned is not None:
                 headers = cleaned
         query: bytes = scope.get("query_string", b"")
@@ -298,12 +297,6 @@ class WebSocketProxy:
                                 (self._rules.request_id_name, entry.request_id)]})
         await send({"type": "websocket.http.response.body", "body": body})
         return None
-
-    def _beta_filter(self, table: RouteTable) -> BetaFilter:
-        cached = self._beta
-        if cached is None or cached[0] is not table:
-            cached = self._beta = (table, BetaFilter(table.beta_headers, table.beta_cookies, self._trust))
-        return cached[1]
 
 
 async def _client_to_upstream(receive: Receive, link: UpstreamSocket) -> None:
