@@ -20,8 +20,6 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import httptools
-
 from facade.beta import BetaTrust
 from facade.compiled import BetaUsers, CompiledMigration, TableBetaFilter
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
@@ -32,6 +30,7 @@ from gateway.endpoints import Upstreams
 from gateway.forward import BodyTooLarge, Forwarder, RequestState, abort_downstream
 from gateway.headers import ForwardingRules, new_request_id, valid_request_id
 from gateway.holder import TableHolder
+from gateway.hosts import absolute_target, hostname
 from gateway.metrics import Metrics
 from gateway.paths import DEFAULT_RULES, normalise, path_rules
 from gateway.pool import ExchangeAborted, UpstreamPool
@@ -151,7 +150,7 @@ class ProxyApp:
             metrics.in_flight += 1
         if self._tracing is not None:
             req.trace = self._tracing.start(scope["headers"], req.client, req.method,
-                                            scope.get("path", ""), _hostname(host) if host else "")
+                                            scope.get("path", ""), hostname(host) if host else "")
         try:
             if hosts > 1:
                 await self._forward.problem(req, 400, "bad-request", "more than one Host header")
@@ -206,15 +205,15 @@ class ProxyApp:
         scope["path"] = path
         extensions = scope.get("extensions") or {}
         target: bytes | None = extensions.get(TARGET)
-        host = _hostname(host_header) if host_header is not None else ""
+        host = hostname(host_header) if host_header is not None else ""
         if target is not None and target[:1] != b"/":
             # Absolute form (or `*`, or authority form): only for hosts that a route names.
-            target_host = _absolute_host(target)
-            if target_host is None or not table.routes_host(target_host):
+            absolute = absolute_target(target)
+            if absolute is None or not table.routes_host(absolute[0]):
                 return await forward.problem(req, 400, "not-an-open-proxy",
                                              "not an open proxy: the request target names a host "
                                              "that no route serves")
-            host = target_host
+            host = absolute[0]
         method = req.method
         query: bytes = scope["query_string"]
         client_addr = req.client
@@ -333,22 +332,3 @@ class ProxyApp:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def _hostname(host: bytes) -> str:
-    """The Host header's host, lower-case, without the port."""
-    text = host.decode("latin-1").lower()
-    if text.startswith("["):
-        end = text.find("]")
-        return text[1:end] if end > 0 else text
-    return text.split(":", 1)[0] if ":" in text else text
-
-
-def _absolute_host(target: bytes) -> str | None:
-    if not (target[:7].lower() == b"http://" or target[:8].lower() == b"https://"):
-        return None
-    try:
-        url = httptools.parse_url(target)
-    except httptools.HttpParserInvalidURLError:
-        return None
-    return url.host.decode("latin-1").lower() if url.host else None

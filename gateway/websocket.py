@@ -25,7 +25,6 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import httptools
 from websockets.utils import generate_key
 
 from facade.beta import BetaTrust
@@ -36,6 +35,7 @@ from gateway.endpoints import Upstreams
 from gateway.errors import ProtocolError, UpstreamError
 from gateway.headers import HOP_BY_HOP, ForwardingRules, strip_hop_by_hop
 from gateway.holder import TableHolder
+from gateway.hosts import absolute_target, hostname
 from gateway.http1 import request_head
 from gateway.paths import DEFAULT_RULES, PathRules, normalise
 from gateway.settings import ProxySettings
@@ -144,11 +144,11 @@ class WebSocketProxy:
             return await self._deny(scope, send, entry, 503, "no-route-table", "no route table loaded yet")
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         host_header = next((v for n, v in headers if n == b"host"), None)
-        host = _hostname(host_header) if host_header is not None else ""
+        host = hostname(host_header) if host_header is not None else ""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         if not raw_path.startswith(b"/"):
             # Absolute form: only for hosts that a route names (Peel is not an open proxy).
-            target = _absolute(raw_path)
+            target = absolute_target(raw_path)
             if target is None or not table.routes_host(target[0]):
                 return await self._deny(scope, send, entry, 400, "not-an-open-proxy",
                                         "not an open proxy: the request target names a host that "
@@ -332,28 +332,6 @@ async def _upstream_to_client(send: Send, link: UpstreamSocket) -> None:
         await send({"type": "websocket.close", "code": code, "reason": reason})
     except OSError:
         return  # uvicorn's ClientDisconnected: the other direction sees the disconnect and closes upstream
-
-
-def _hostname(host: bytes) -> str:
-    """The Host header's host, lower-case, without the port."""
-    text = host.decode("latin-1").lower()
-    if text.startswith("["):
-        end = text.find("]")
-        return text[1:end] if end > 0 else text
-    return text.split(":", 1)[0] if ":" in text else text
-
-
-def _absolute(target: bytes) -> tuple[str, bytes] | None:
-    """(host, path) of an absolute-form target; None when it is not one."""
-    if not (target[:7].lower() == b"http://" or target[:8].lower() == b"https://"):
-        return None
-    try:
-        url = httptools.parse_url(target)
-    except httptools.HttpParserInvalidURLError:
-        return None
-    if not url.host:
-        return None
-    return url.host.decode("latin-1").lower(), url.path or b"/"
 
 
 __all__ = ["WebSocketProxy"]
