@@ -7,14 +7,9 @@ same bytes can go to `to` and then, when `to` fails, to `from`. A body over the 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
 from facade.compiled import CompiledMigration
+from gateway.asgi import Message, Receive
 from gateway.pool import ExchangeAborted
-
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
 
 
 class Watch:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from facade.fallback import Watch, buffer_body, prefixed_body, replay_body
 from gateway import problems
+from gateway.asgi import Receive, Scope, Send
 from gateway.balancer import hash_key
 from gateway.errors import (
     CircuitOpen,
@@ -56,11 +56,6 @@ if TYPE_CHECKING:
     from gateway.tracing import RequestTrace
     from routes.model import Endpoint
     from routes.table import CompiledRoute, CompiledService
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("peel.proxy")
 _perf = time.perf_counter

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
 from facade.beta import BetaTrust
 from facade.compiled import BetaUsers, CompiledMigration, TableBetaFilter
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
 from facade.fallback import Watch, buffer_body, prefixed_body, replay_body
 from gateway.accesslog import AccessLog
+from gateway.asgi import Receive, Scope, Send
 from gateway.deadline import DeadlineRules
 from gateway.endpoints import Upstreams
 from gateway.forward import BodyTooLarge, Forwarder, RequestState, abort_downstream
@@ -41,11 +41,6 @@ from gateway.tracing import Tracing
 from gateway.websocket import WebSocketProxy
 from routes.policies import RateLimit
 from routes.table import CompiledRoute, RouteTable
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("peel.proxy")
 _perf = time.perf_counter

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from websockets.utils import generate_key
@@ -31,6 +30,7 @@ from facade.beta import BetaTrust
 from facade.compiled import TableBetaFilter
 from gateway import problems
 from gateway.accesslog import AccessLog
+from gateway.asgi import Receive, Scope, Send
 from gateway.endpoints import Upstreams
 from gateway.errors import ProtocolError, UpstreamError
 from gateway.headers import HOP_BY_HOP, ForwardingRules, strip_hop_by_hop
@@ -44,11 +44,6 @@ from gateway.websocket_rules import MAX_MESSAGE, PING_INTERVAL, PING_TIMEOUT, do
 from gateway.websocket_upstream import UpstreamSocket
 from routes.model import Endpoint
 from routes.table import CompiledService
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("peel.websocket")
 
