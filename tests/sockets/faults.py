@@ -35,6 +35,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.sockets.upstreams import read_body, read_head
+
 MODES = ("ok", "hang_before_headers", "hang_mid_body", "reset", "garbage", "trickle", "flap_503",
          "status", "slow", "retry_after", "refuse")
 MAX_KEPT_BODY = 1 << 20  # bytes of a request body kept in the record; the rest is read and dropped
@@ -267,14 +269,13 @@ class FaultUpstream:
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         number: int) -> bool:
         """Read one request and answer it as the fault says; False when the connection ends."""
-        try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
+        head = await read_head(reader)
+        if head is None:
             return False
-        lines = raw[:-4].decode("latin-1").split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        headers = [(n.strip(), v.strip()) for n, _, v in (line.partition(":") for line in lines[1:])]
-        body = await _read_body(reader, headers)
+        method, target, headers = head
+        kept = bytearray()
+        await read_body(reader, headers, kept, MAX_KEPT_BODY)
+        body = bytes(kept)
         fault = self._next_fault()
         with self._lock:
             self._received.append(Received(method, target, headers, body, number, fault.mode))
@@ -325,30 +326,6 @@ class FaultUpstream:
             writer.write(head + name)
         await writer.drain()
         return True
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]]) -> bytes:
-    """The request body (Content-Length or chunked), at most MAX_KEPT_BODY bytes of it kept."""
-    lowered = {n.lower(): v for n, v in headers}
-    kept = bytearray()
-
-    async def take(size: int) -> None:
-        while size:
-            piece = await reader.read(min(size, 1 << 16))
-            if not piece:
-                raise asyncio.IncompleteReadError(bytes(kept), size)
-            kept.extend(piece[:max(0, MAX_KEPT_BODY - len(kept))])
-            size -= len(piece)
-
-    if "chunked" in lowered.get("transfer-encoding", "").lower():
-        while (size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)) != 0:
-            await take(size)
-            await reader.readexactly(2)
-        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
-            pass
-    else:
-        await take(int(lowered.get("content-length", "0")))
-    return bytes(kept)
 
 
 async def _until_closed(reader: asyncio.StreamReader) -> None:

@@ -114,6 +114,7 @@ class ThreadServer:
 
 
 async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, list[tuple[str, str]]] | None:
+    """(method, target, headers) of the next request head; None when the client closed first."""
     try:
         raw = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:
@@ -127,32 +128,35 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, list[tuple[
     return method, target, headers
 
 
-async def read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]]) -> tuple[int, bool]:
-    """Read (and drop) a request body; its length and whether it came chunked."""
+async def read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]],
+                    kept: bytearray | None = None, keep: int = 0) -> tuple[int, bool]:
+    """Read a request body (Content-Length or chunked); its length and whether it came chunked.
+
+    The bytes are dropped, except the first `keep` of them, appended to `kept` when given (so a
+    1 GiB upload costs no memory either way).
+    """
+
+    async def take(size: int) -> None:
+        while size:
+            piece = await reader.read(min(size, 1 << 18))
+            if not piece:
+                raise asyncio.IncompleteReadError(b"", size)
+            if kept is not None and len(kept) < keep:
+                kept.extend(piece[:keep - len(kept)])
+            size -= len(piece)
+
     lowered = {n.lower(): v for n, v in headers}
     if lowered.get("transfer-encoding", "").lower() == "chunked":
         total = 0
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass
-                return total, True
-            left = size
-            while left:
-                piece = await reader.read(min(left, 1 << 18))
-                if not piece:
-                    raise asyncio.IncompleteReadError(b"", left)
-                left -= len(piece)
+        while (size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)) != 0:
+            await take(size)
             total += size
             await reader.readexactly(2)
-    left = int(lowered.get("content-length", "0"))
-    total = left
-    while left:
-        piece = await reader.read(min(left, 1 << 18))
-        if not piece:
-            raise asyncio.IncompleteReadError(b"", left)
-        left -= len(piece)
+        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+            pass
+        return total, True
+    total = int(lowered.get("content-length", "0"))
+    await take(total)
     return total, False
 
 
