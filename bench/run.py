@@ -2,7 +2,7 @@
 """`make bench`: Peel against nginx (1 worker) and the bare origin, on this machine, in one run.
 
     python bench/run.py [--seconds 8] [--reps 3] [--workers 1] [--bodies hello,16k] [--no-match]
-                        [--telemetry on|off]
+                        [--telemetry on|off|tracing|metrics]
 
 Starts an nginx origin ("hello", 5 bytes, at `/`; 16 KiB at `/16k`), nginx with one worker as the
 reference proxy, and `peel serve` with `--workers` workers (temp dir: settings, an upgraded SQLite
@@ -169,8 +169,9 @@ class Bench:
 
     dir: Path
     workers: int
-    # tracing (default sampling, exported to the origin's /v1/traces sink) and metrics on
-    telemetry: bool = True
+    # "on": tracing (default sampling, exported to the origin's /v1/traces sink) and metrics;
+    # "off": neither; "tracing" or "metrics": only that one
+    telemetry: str = "on"
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -204,7 +205,8 @@ class Bench:
             f'snapshot_path = "{self.dir / "snapshot.json"}"\nrun_dir = "{self.dir / "run"}"\n\n'
             f'[access_log]\ntarget = "{self.dir / "access.log"}"\n\n'
             + (f'[tracing]\nendpoint = "http://127.0.0.1:{self.ports["direct"]}/v1/traces"\n'
-               if self.telemetry else '[tracing]\nenabled = false\n[metrics]\nenabled = false\n'))
+               if self.telemetry in ("on", "tracing") else '[tracing]\nenabled = false\n')
+            + ('' if self.telemetry in ("on", "metrics") else '[metrics]\nenabled = false\n'))
         store = Store(url)
         try:
             store.upgrade()
@@ -319,9 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="peel serve workers (default 1)")
     ap.add_argument("--bodies", default="hello,16k", help="hello (5 B) and/or 16k (default both)")
     ap.add_argument("--no-match", action="store_true", help="skip bench/match.py")
-    ap.add_argument("--telemetry", choices=("on", "off"), default="on",
+    ap.add_argument("--telemetry", choices=("on", "off", "tracing", "metrics"), default="on",
                     help="on (default): tracing at its default sampling, exporting OTLP/HTTP to a "
-                         "sink, and metrics; off: both disabled, to measure their cost")
+                         "sink, and metrics; off: both disabled, to measure their cost; tracing or "
+                         "metrics: only that one")
     args = ap.parse_args(argv)
     bodies = [b for b in args.bodies.split(",") if b]
     unknown = [b for b in bodies if b not in PATHS]
@@ -332,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
     d = Path(tempfile.mkdtemp(prefix="peel-bench-"))
     os.chmod(d, 0o755)  # nginx workers run as an unprivileged user and must read 16k.txt
-    bench = Bench(d, args.workers, telemetry=args.telemetry == "on")
+    bench = Bench(d, args.workers, telemetry=args.telemetry)
     keep_logs = False
     try:
         need("nginx")

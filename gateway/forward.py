@@ -262,12 +262,13 @@ class Forwarder:
                 return outcome
             # A failed attempt that nothing downstream has seen: retry, or answer the failure.
             failure, wait = outcome
-            if may_retry and budget is not None and _can_retry(policy, failure) and budget.try_spend():
+            if may_retry and budget is not None and _can_retry(policy, failure):
                 delay = backoff(attempt, policy.backoff_base, policy.backoff_max)
                 if wait is not None:
                     delay = max(delay, wait)
                 limit = (req.deadline - _now()) if req.deadline is not None else self._response_timeout
-                if delay < limit:
+                # The budget is spent only by a retry that really goes out.
+                if delay < limit and budget.try_spend():
                     if self._metrics is not None:
                         self._metrics.retry(route.name)
                     if not isinstance(failure, UpstreamError):
