@@ -18,12 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from facade.fallback import Watch, buffer_body, prefixed_body, replay_body
-from gateway import problems
-from gateway.asgi import Receive, Scope, Send
 from gateway.balancer import hash_key
 from gateway.errors import (
     CircuitOpen,
@@ -37,135 +34,30 @@ from gateway.headers import ForwardingRules
 from gateway.http1 import LAST_CHUNK, chunk, request_head
 from gateway.pool import ExchangeAborted, UpstreamConnection, UpstreamPool
 from gateway.protocol import Downstream
+from gateway.request import BodyTooLarge, RequestState, abort_downstream, send_problem
 from gateway.retry import (
     IDEMPOTENT_METHODS,
     RetryBudget,
     RetryBudgets,
     backoff,
-    condition,
+    may_retry_after,
     method_may_retry,
     retry_after,
+    retry_statuses,
 )
 from gateway.settings import ProxySettings
-from routes.policies import RetryPolicy
 
 if TYPE_CHECKING:
     from gateway.deadline import DeadlineRules
     from gateway.endpoints import EndpointState, ServiceState, Upstreams
     from gateway.metrics import Metrics
-    from gateway.tracing import RequestTrace
     from routes.model import Endpoint
     from routes.table import CompiledRoute, CompiledService
 
 log = logging.getLogger("peel.proxy")
 _perf = time.perf_counter
 _now = time.monotonic
-_PROBLEM = problems.CONTENT_TYPE.encode()
 _RETRY_AFTER_ONE = (b"retry-after", b"1")
-
-
-class BodyTooLarge(Exception):
-    """A request body passed its route's `max_body` while it streamed."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"this route takes request bodies of at most {limit} bytes")
-
-
-class RequestState:
-    """One downstream request on its way through the data plane: what it is and what became of it.
-
-    The first group is set by the proxy before forwarding; the second is filled in as the request
-    goes and ends up in the access log, the metrics and the trace.
-    """
-
-    __slots__ = ("attempts", "bytes_in", "bytes_out", "chunked", "client", "compiled", "deadline",
-                 "endpoint", "error", "fallback", "has_body", "host_header", "length", "method", "path",
-                 "query", "receive", "replayable", "request_id", "response_headers", "route", "scope",
-                 "send", "sent", "service", "side", "started", "status", "trace", "upstream")
-
-    def __init__(self, request_id: bytes, scope: Scope, receive: Receive, send: Send) -> None:
-        self.request_id = request_id
-        self.scope = scope
-        self.receive = receive
-        self.send = send
-        self.method: str = scope["method"]
-        client = scope.get("client")
-        self.client: str | None = client[0] if client else None
-        self.compiled: CompiledRoute | None = None
-        self.host_header: bytes | None = None
-        self.path = ""
-        self.query = b""
-        self.length: bytes | None = None
-        self.chunked = False
-        self.has_body = False
-        self.replayable = False  # `receive` hands over a buffered body, as often as asked
-        self.deadline: float | None = None  # time.monotonic() by which the answer must be complete
-        self.trace: RequestTrace | None = None
-        # extra headers for the downstream response (the route's rate-limit state)
-        self.response_headers: list[tuple[bytes, bytes]] | None = None
-        # -- outcome
-        self.route: str | None = None
-        self.service: str | None = None
-        self.side: str | None = None  # "from" or "to" on a migrated route
-        self.fallback: str | None = None  # the `to` failure that `from` answered for
-        self.endpoint: Endpoint | None = None
-        self.attempts = 0
-        self.status = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.upstream: float | None = None
-        self.error: str | None = None
-        self.started = False  # the response head went downstream
-        self.sent = False  # the request went upstream completely
-
-
-@lru_cache(maxsize=256)
-def retry_statuses(policy: RetryPolicy) -> frozenset[int]:
-    """The response statuses after which `policy` tries again (its `statuses` and 502/503/504 tokens)."""
-    return frozenset(policy.statuses) | frozenset(int(c) for c in policy.retry_on if c.isdigit())
-
-
-def failure_kind(exc: UpstreamError) -> str | None:
-    """The `retry_on` condition an attempt's error meets, if any."""
-    if isinstance(exc, DeadlineExceeded):
-        return None
-    if isinstance(exc, UpstreamTimeout):
-        return "timeout"
-    if isinstance(exc, UpstreamReset):
-        return "reset"
-    if isinstance(exc, ProtocolError):
-        return "502"  # garbage from the upstream is answered 502
-    return "connect-failure" if exc.code == "upstream-connect-failed" else None
-
-
-async def send_problem(req: RequestState, status: int, code: str, detail: str, *,
-                       close: bool = False, headers: list[tuple[bytes, bytes]] | None = None,
-                       rid_name: bytes = b"x-request-id") -> None:
-    """Answer `req` with a problem+json; `close`: and end the connection (its body was not read)."""
-    req.status = status
-    req.error = req.error or code
-    body = problems.encode(problems.problem(status, code, detail,
-                                            request_id=req.request_id.decode("ascii")))
-    req.started = True
-    req.bytes_out = len(body)
-    out = [(b"content-type", _PROBLEM), (b"content-length", b"%d" % len(body)),
-           (rid_name, req.request_id)]
-    if headers:
-        out += headers
-    if close:
-        out.append((b"connection", b"close"))
-    await req.send({"type": "http.response.start", "status": status, "headers": out})
-    await req.send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def abort_downstream(scope: Scope) -> None:
-    """Cut the downstream connection (a response that started cannot be turned into an error)."""
-    downstream = (scope.get("extensions") or {}).get("peel.downstream")
-    if isinstance(downstream, Downstream):
-        downstream.abort()
-    else:
-        # Without Peel's protocol, raising makes the server close the connection.
-        raise ExchangeAborted("response cut short") from None
 
 
 class Forwarder:
@@ -262,7 +154,8 @@ class Forwarder:
                 return outcome
             # A failed attempt that nothing downstream has seen: retry, or answer the failure.
             failure, wait = outcome
-            if may_retry and budget is not None and _can_retry(policy, failure):
+            error = failure if isinstance(failure, UpstreamError) else None
+            if may_retry and budget is not None and may_retry_after(policy, error):
                 delay = backoff(attempt, policy.backoff_base, policy.backoff_max)
                 if wait is not None:
                     delay = max(delay, wait)
@@ -604,13 +497,6 @@ class Forwarder:
                     return
         finally:
             conn.wake()
-
-
-def _can_retry(policy: RetryPolicy, failure: Any) -> bool:
-    if isinstance(failure, UpstreamError):
-        kind = failure_kind(failure)
-        return kind is not None and condition(policy, int(kind) if kind.isdigit() else kind)
-    return True  # a status that `retry_statuses` intercepted
 
 
 def _retry_after_for(exc: UpstreamError) -> list[tuple[bytes, bytes]] | None:

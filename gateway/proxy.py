@@ -27,7 +27,7 @@ from gateway.accesslog import AccessLog
 from gateway.asgi import Receive, Scope, Send
 from gateway.deadline import DeadlineRules
 from gateway.endpoints import Upstreams
-from gateway.forward import BodyTooLarge, Forwarder, RequestState, abort_downstream
+from gateway.forward import Forwarder
 from gateway.headers import ForwardingRules, new_request_id, valid_request_id
 from gateway.holder import TableHolder
 from gateway.hosts import absolute_target, hostname
@@ -36,6 +36,7 @@ from gateway.paths import DEFAULT_RULES, normalise, path_rules
 from gateway.pool import ExchangeAborted, UpstreamPool
 from gateway.protocol import TARGET
 from gateway.ratelimit import RateLimiters, rate_key
+from gateway.request import BodyTooLarge, RequestState, abort_downstream
 from gateway.settings import DeadlineSettings, FacadeSettings, ProxySettings, Settings
 from gateway.tracing import Tracing
 from gateway.websocket import WebSocketProxy

@@ -22,6 +22,7 @@ from collections.abc import Callable, Container
 from datetime import UTC
 from functools import lru_cache
 
+from gateway.errors import DeadlineExceeded, ProtocolError, UpstreamError, UpstreamReset, UpstreamTimeout
 from routes.policies import RetryPolicy
 
 Headers = list[tuple[bytes, bytes]]
@@ -197,3 +198,30 @@ class RetryBudgets:
         """Forget the budgets of routes not in `routes` (the names in the new table)."""
         for name in [n for n in self._budgets if n not in routes]:
             del self._budgets[name]
+
+
+@lru_cache(maxsize=256)
+def retry_statuses(policy: RetryPolicy) -> frozenset[int]:
+    """The response statuses after which `policy` tries again (its `statuses` and 502/503/504 tokens)."""
+    return frozenset(policy.statuses) | frozenset(int(c) for c in policy.retry_on if c.isdigit())
+
+
+def failure_kind(exc: UpstreamError) -> str | None:
+    """The `retry_on` condition an attempt's error meets, if any."""
+    if isinstance(exc, DeadlineExceeded):
+        return None
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, UpstreamReset):
+        return "reset"
+    if isinstance(exc, ProtocolError):
+        return "502"  # garbage from the upstream is answered 502
+    return "connect-failure" if exc.code == "upstream-connect-failed" else None
+
+
+def may_retry_after(policy: RetryPolicy, failure: UpstreamError | None) -> bool:
+    """Whether `failure` (None: a status that `retry_statuses` intercepted) meets `retry_on`."""
+    if failure is None:
+        return True
+    kind = failure_kind(failure)
+    return kind is not None and condition(policy, int(kind) if kind.isdigit() else kind)

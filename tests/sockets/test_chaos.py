@@ -138,9 +138,12 @@ def test_one_failing_endpoint_at_a_time_costs_no_idempotent_request(
         for request in faults[name].received:
             received.setdefault(request.path, []).append(request.mode)
 
+    failed_gets = [(p, s) for p, s in tally.gets if s != 200]
+    failed_posts = sorted(str(s) for s in tally.posts.values() if s is None or s >= 300)
+    print(f"chaos: {len(tally.gets)} GETs, {len(failed_gets)} failed; {len(tally.posts)} POSTs, "
+          f"{len(failed_posts)} failed and reported ({', '.join(sorted(set(failed_posts)))})")
     # Enough load to mean something: every fault saw traffic.
     assert len(tally.gets) >= 1000, len(tally.gets)
-    failed_gets = [(p, s) for p, s in tally.gets if s != 200]
     assert len(failed_gets) <= len(tally.gets) / 1000, (len(failed_gets), len(tally.gets), failed_gets[:20])
     assert not tally.errors, tally.errors[:10]
 
