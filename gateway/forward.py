@@ -139,8 +139,7 @@ class Forwarder:
         while True:
             attempt += 1
             req.attempts += 1  # over the whole request: a fallback's attempts add to `to`'s
-            now = _now()
-            if req.deadline is not None and req.deadline <= now:
+            if req.deadline is not None and req.deadline <= _now():
                 return await self._fail(req, DeadlineExceeded(
                     "the request's deadline passed before an upstream answered"), watch)
             try:
@@ -191,6 +190,7 @@ class Forwarder:
                  if req.trace is not None else None)
         chosen.begin()
         t0 = _now()
+        t1: float | None = None  # when the response head arrived
         latency: float | None = None
         # what the attempt says about the endpoint; "cancelled": nothing (the client left, the
         # request's own deadline or body cut it)
@@ -212,7 +212,8 @@ class Forwarder:
             assert conn.reader is not None and conn.reader.head is not None
             head = conn.reader.head
             status = head.status
-            latency = _now() - t0
+            t1 = _now()
+            latency = t1 - t0
             result = "5xx" if status >= 500 else "ok"
             if retry_on is not None and status in retry_on:
                 # Not answered yet: the caller decides whether to try again.
@@ -220,7 +221,7 @@ class Forwarder:
                 return (conn, upload), (retry_after(value) if value is not None else None)
             return await self._deliver(req, route, conn, upload, watch)
         finally:
-            chosen.end(latency, result, _now())  # type: ignore[arg-type]
+            chosen.end(latency, result, t1 if t1 is not None else _now())  # type: ignore[arg-type]
             if self._metrics is not None:
                 self._metrics.attempt(req.service or "", endpoint.url, result)
             if trace is not None:
@@ -381,6 +382,8 @@ class Forwarder:
                     raise error
                 if upload is not None and not upload.done():
                     await conn.wait(None, "response head")
+                elif req.deadline is None:
+                    await conn.wait(response_timeout, "response head")
                 else:
                     timeout, cut_by_deadline = self._limit(req, response_timeout)
                     await conn.wait(max(timeout, 0.0), "response head")
@@ -448,6 +451,8 @@ class Forwarder:
                 return
             elif (error := conn.error) is not None:
                 raise error
+            elif req.deadline is None:
+                await conn.wait(idle_timeout, "response data")
             else:
                 timeout, by_deadline = self._limit(req, idle_timeout)
                 await conn.wait(max(timeout, 0.0), "response data")

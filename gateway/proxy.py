@@ -144,14 +144,15 @@ class ProxyApp:
         metrics = self._metrics
         if metrics is not None:
             metrics.in_flight += 1
+        host_name = hostname(host) if host is not None else ""
         if self._tracing is not None:
             req.trace = self._tracing.start(scope["headers"], req.client, req.method,
-                                            scope.get("path", ""), hostname(host) if host else "")
+                                            scope.get("path", ""), host_name)
         try:
             if hosts > 1:
                 await self._forward.problem(req, 400, "bad-request", "more than one Host header")
             else:
-                await self._handle(req, host, length, chunked, deadline)
+                await self._handle(req, host, host_name, length, chunked, deadline)
         except BodyTooLarge as exc:
             # A chunked body passed the route's cap: the upstream exchange was cut either way.
             req.error = "body-too-large"
@@ -185,8 +186,8 @@ class ProxyApp:
                               span_id=trace.span_id if trace is not None else None,
                               attempts=req.attempts)
 
-    async def _handle(self, req: RequestState, host_header: bytes | None, length: bytes | None,
-                      chunked: bool, deadline: bool) -> None:
+    async def _handle(self, req: RequestState, host_header: bytes | None, host: str,
+                      length: bytes | None, chunked: bool, deadline: bool) -> None:
         scope = req.scope
         forward = self._forward
         table = self._holder.table
@@ -201,7 +202,6 @@ class ProxyApp:
         scope["path"] = path
         extensions = scope.get("extensions") or {}
         target: bytes | None = extensions.get(TARGET)
-        host = hostname(host_header) if host_header is not None else ""
         if target is not None and target[:1] != b"/":
             # Absolute form (or `*`, or authority form): only for hosts that a route names.
             absolute = absolute_target(target)
@@ -235,8 +235,9 @@ class ProxyApp:
                                          close=True)
         if route.rate_limit is not None and not await self._rate_limit(req, route, route.rate_limit):
             return None
-        now = _now()
         until: float | None = None
+        total = route.timeouts.total
+        now = _now() if deadline or total is not None else 0.0
         if deadline:
             # The incoming deadline counts from trusted networks only; either way Peel's own
             # (the remaining budget) replaces it upstream.
@@ -246,7 +247,6 @@ class ProxyApp:
                 return await forward.problem(req, 400, "bad-deadline", f"the deadline header is "
                                              f"refused: {exc}")
             scope["headers"] = self._deadlines.strip(scope["headers"])
-        total = route.timeouts.total
         if total is not None and (until is None or now + total < until):
             until = now + total
         if until is not None:

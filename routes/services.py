@@ -32,11 +32,12 @@ class Endpoint:
     host: str
     port: int
     weight: int = field(default=1, compare=False)
+    # `scheme://host:port`, made once: the data plane reads it on every attempt (metrics, traces)
+    url: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def url(self) -> str:
+    def __post_init__(self) -> None:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        object.__setattr__(self, "url", f"{self.scheme}://{host}:{self.port}")
 
     @classmethod
     def parse(cls, value: object, where: str) -> Endpoint:
