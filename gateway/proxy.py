@@ -2,10 +2,13 @@
 
 Per request: read the route table once; normalise the path (route and forward the same form);
 refuse absolute-form targets for hosts no route names (Peel is not an open proxy); strip beta
-headers and cookies that untrusted downstreams sent; match; for a migrated route ask its compiled
-migration which service answers (and, when `to` fails, answer from `from` per its fallback); build
-the upstream request (hop-by-hop headers stripped, forwarded headers, request id, route edits);
-forward it on a pooled upstream connection; stream the response back with backpressure both ways.
+headers and cookies that untrusted downstreams sent; match; apply the route's rate limit and the
+request's deadline (incoming header from trusted networks, or the route's total timeout); for a
+migrated route ask its compiled migration which service answers (and, when `to` fails, answer from
+`from` per its fallback); then `gateway.forward.Forwarder` does the rest: circuit breaker, endpoint
+choice, attempts and retries, the upstream request, streaming the response back. At the end of each
+request: its trace span, metrics and access-log line. WebSocket scopes go to
+`gateway.websocket.WebSocketProxy`.
 
 Failures before the response started become `application/problem+json` answers (the `code` comes
 from the error class, the request id is included); after it started the downstream connection is
