@@ -92,12 +92,7 @@ class Forwarder:
         `from`; otherwise the failure has been answered already.
         """
         req.service = service.name
-        state = self._upstreams.service(service)
-        if not state.admit():  # counted in the service's state (`circuit_open_total`)
-            return await self._fail(req, CircuitOpen(
-                f"service {service.name} is at its circuit breaker's limit of requests in flight"),
-                watch)
-        return await self._attempts(req, service, state, watch)
+        return await self._attempts(req, service, self._upstreams.service(service), watch)
 
     async def _fail(self, req: RequestState, exc: UpstreamError, watch: Watch | None) -> str | None:
         """A failure before anything went downstream: hand it to the fallback, or answer it."""
@@ -142,6 +137,12 @@ class Forwarder:
             if req.deadline is not None and req.deadline <= _now():
                 return await self._fail(req, DeadlineExceeded(
                     "the request's deadline passed before an upstream answered"), watch)
+            # The breaker is asked right before each attempt takes its slot (`begin()`, with no
+            # await in between): not while a body is buffered, nor for a retry's backoff.
+            if not state.admit():  # counted in the service's state (`circuit_open_total`)
+                return await self._fail(req, CircuitOpen(
+                    f"service {service.name} is at its circuit breaker's limit of requests in "
+                    "flight"), watch)
             try:
                 chosen = state.pick(key, tried)
             except UpstreamError as exc:
@@ -158,7 +159,8 @@ class Forwarder:
                 delay = backoff(attempt, policy.backoff_base, policy.backoff_max)
                 if wait is not None:
                     delay = max(delay, wait)
-                limit = (req.deadline - _now()) if req.deadline is not None else self._response_timeout
+                limit = (req.deadline - _now()) if req.deadline is not None else \
+                    (route.timeouts.response or self._response_timeout)
                 # The budget is spent only by a retry that really goes out.
                 if delay < limit and budget.try_spend():
                     if self._metrics is not None:

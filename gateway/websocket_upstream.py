@@ -22,7 +22,6 @@ import random
 import ssl
 import struct
 from collections import deque
-from collections.abc import Callable
 from typing import cast
 
 from websockets.client import ClientProtocol
@@ -36,7 +35,6 @@ from websockets.uri import parse_uri
 from gateway.errors import ConnectError, ProtocolError, UpstreamReset, UpstreamTimeout
 from routes.model import Endpoint
 
-SslFactory = Callable[[Endpoint], "ssl.SSLContext | None"]
 # After Peel sent or answered a close frame, how long the upstream has to close the TCP connection.
 CLOSE_TIMEOUT = 10.0
 
