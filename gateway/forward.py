@@ -139,7 +139,9 @@ class Forwarder:
                     "the request's deadline passed before an upstream answered"), watch)
             # The breaker is asked right before each attempt takes its slot (`begin()`, with no
             # await in between): not while a body is buffered, nor for a retry's backoff.
-            if not state.admit():  # counted in the service's state (`circuit_open_total`)
+            if not state.admit():  # also counted in the service's live state
+                if self._metrics is not None:
+                    self._metrics.circuit_open(service.name)
                 return await self._fail(req, CircuitOpen(
                     f"service {service.name} is at its circuit breaker's limit of requests in "
                     "flight"), watch)

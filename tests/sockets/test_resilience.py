@@ -332,6 +332,14 @@ def test_the_circuit_opens_beyond_max_requests(gateway: Gateway) -> None:
         thread.join(10)
     assert [a.status for a in slow] == [200, 200] and up.count() == 2
     assert call(gateway, "GET", "/circuit/after").status == 200
+    # the refusals are in /metrics too
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.peel.admin_port, timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {gateway.token}"})
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    assert 'peel_circuit_open_total{service="circuit"} 3.0' in text.splitlines()
 
 
 # -- timeouts and deadlines ---------------------------------------------------------------------
