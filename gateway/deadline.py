@@ -95,7 +95,7 @@ class DeadlineRules:
     and every client address's verdict is cached.
     """
 
-    __slots__ = ("_grpc", "_name", "_names", "header", "trusts")
+    __slots__ = ("_grpc", "_name", "header", "names", "trusts")
 
     trusts: Callable[[str | None], bool]
 
@@ -103,7 +103,9 @@ class DeadlineRules:
         self.header = settings.header
         self._name = settings.header.lower().encode("ascii")
         self._grpc = settings.grpc_timeout
-        self._names = frozenset({self._name, GRPC_TIMEOUT} if self._grpc else {self._name})
+        # the header names (lower-case) that carry a deadline: the proxy spots them while it reads
+        # the request's headers once
+        self.names = frozenset({self._name, GRPC_TIMEOUT} if self._grpc else {self._name})
         # Whether the downstream peer at `client` may set a deadline (no networks: nobody may).
         self.trusts = TrustedNetworks(settings.trusted_networks).contains
 
@@ -137,7 +139,7 @@ class DeadlineRules:
 
         For an untrusted client's request, and before `outgoing` adds the remaining time.
         """
-        names = self._names
+        names = self.names
         for name, _ in headers:
             if name in names:
                 return [pair for pair in headers if pair[0] not in names]

@@ -87,8 +87,6 @@ class ProxyApp:
         self._rules = ForwardingRules(settings.trusted_proxies, settings.request_id_header)
         self._rid_name = self._rules.request_id_name
         self._deadlines = DeadlineRules(deadlines)
-        self._deadline_names = (deadlines.header.lower().encode("ascii"),
-                                b"grpc-timeout" if deadlines.grpc_timeout else b"")
         self._tracing = tracing
         self._metrics = metrics
         self._forward = Forwarder(pool, self.upstreams, self._rules, settings,
@@ -124,7 +122,7 @@ class ProxyApp:
             return
         t0 = _perf()
         rid_name = self._rid_name
-        deadline_name, grpc_name = self._deadline_names
+        deadline_names = self._deadlines.names
         request_id: bytes | None = None
         host: bytes | None = None
         hosts = 0
@@ -141,7 +139,7 @@ class ProxyApp:
                 chunked = True
             elif name == rid_name and request_id is None and valid_request_id(value):
                 request_id = value
-            elif name in (deadline_name, grpc_name):
+            elif name in deadline_names:
                 deadline = True
         req = RequestState(request_id or new_request_id(), scope, receive, send)
         metrics = self._metrics

@@ -150,15 +150,13 @@ class Runtime:
             self._closers.append(lambda: asyncio.to_thread(publisher.remove))
 
     def follow_tables(self) -> None:
-        """Give a newly swapped-in table to the endpoint state, the health checks and the metrics."""
+        """Give a newly swapped-in table to the endpoint state and the health checks (through each
+        proxy's `sync`, also run by the first request that sees the table) and to the metrics."""
         table = self.holder.table
         if table is not None and table is not self._seen:
             self._seen = table
             for proxy in self.proxies:
                 proxy.sync(table)
-            if not self.proxies:
-                self.upstreams.update(table)
-            self.health.sync()
             self.metrics.config_loaded(table.version, True, self.holder.loaded_at)
         failing = self.watcher.failing_version
         if failing is not None and failing != self._failing:
