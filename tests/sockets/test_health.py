@@ -347,3 +347,49 @@ def test_https_endpoint_with_a_self_signed_certificate(tmp_path: Path) -> None:
         assert server.sni[0] is None
 
     run(go)
+
+
+def test_peel_serve_runs_the_checks_and_routes_around_an_unhealthy_endpoint(tmp_path: Path) -> None:
+    """Wired end to end: the checks start with the table, the verdict shows in `live`, and the
+    balancer leaves the failing endpoint out until it passes again."""
+    import http.client
+    import json
+
+    from tests.sockets.conftest import wait_for
+    from tests.sockets.serve_harness import PeelServe
+
+    with FaultUpstream("sick") as sick, FaultUpstream("well") as well:
+        peel = PeelServe(tmp_path)
+        store = peel.store()
+        store.upgrade()
+        token = store.create_token("ops")
+        store.close()
+        peel.commit({"services": [{"name": "orders", "endpoints": [sick.url, well.url],
+                                   "health_check": {"path": "/healthz", "interval": "200ms",
+                                                    "timeout": "500ms", "healthy_threshold": 2,
+                                                    "unhealthy_threshold": 2}}],
+                     "routes": [{"name": "orders", "match": {"path_prefix": "/"}, "service": "orders"}]})
+        peel.start()
+        try:
+            def healthy(url: str) -> bool:
+                conn = http.client.HTTPConnection("127.0.0.1", peel.admin_port, timeout=5)
+                try:
+                    conn.request("GET", "/api/v1/services/orders",
+                                 headers={"Authorization": f"Bearer {token}"})
+                    live = json.loads(conn.getresponse().read()).get("live")
+                finally:
+                    conn.close()
+                return bool(live) and live["endpoints"][url]["healthy"] is True
+
+            wait_for(lambda: sick.count(path="/healthz") >= 2, 10, "checks of the sick endpoint")
+            sick.set("status", status=503)
+            wait_for(lambda: not healthy(sick.url), 10, "the sick endpoint to be unhealthy")
+            before = sick.count(path="/orders/1")
+            for _ in range(20):
+                assert peel.get("/orders/1")[0] == 200
+            assert sick.count(path="/orders/1") == before  # every request went to the well one
+            sick.set("ok")
+            wait_for(lambda: healthy(sick.url), 10, "the sick endpoint to recover")
+            assert healthy(well.url)
+        finally:
+            assert peel.stop() == 0
