@@ -15,8 +15,9 @@ file, `{server.run_dir}/proc-{pid}.json`:
 The snapshot is copied on the event loop (the counters are only ever touched there, so the copy is
 consistent and needs no lock); reading /proc, encoding and writing (temp file + `os.replace`, so a
 reader never sees half a file) happen in a thread. `LiveView`, on the admin side, reads every file of
-a live pid (`os.kill(pid, 0)`) written within the last ten intervals, deletes the files of dead pids,
-and, in a single process, takes its own state straight from memory (fresher than any file).
+a live pid (`os.kill(pid, 0)`) written within the last ten intervals (five seconds at least),
+deletes the files of dead pids, and, in a single process, takes its own state straight from memory
+(fresher than any file).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,7 +39,8 @@ from gateway.metrics import Metrics, render
 
 log = logging.getLogger("peel.procstats")
 
-STALE_INTERVALS = 10  # a file not rewritten for this many intervals is ignored
+STALE_INTERVALS = 10  # a file not rewritten for this many intervals is ignored,
+STALE_FLOOR = 5.0  # nor sooner than this many seconds: a loaded host delays a short interval's write
 _FILE = re.compile(r"^proc-(\d+)\.json$")
 # How per-process values of a service or endpoint combine in `LiveView.service`: these are summed,
 # `healthy` must hold everywhere, other booleans anywhere, `state` is the worst of `_STATES`, other
@@ -204,6 +207,10 @@ class Publisher:
         self.path = self.run_dir / f"proc-{state.pid}.json"
         self.writes = 0
         self._complained = -_COMPLAIN_EVERY
+        # A cancelled `run` cannot stop the thread of a write in progress: `remove` and the write's
+        # rename take this lock, and no write lands after `remove`, so no file outlives its process.
+        self._lock = threading.Lock()
+        self._removed = False
 
     async def run(self) -> None:
         """Publish until cancelled; the file is removed when the task ends."""
@@ -226,7 +233,11 @@ class Publisher:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(snapshot, separators=(",", ":")))
-            os.replace(tmp, self.path)
+            with self._lock:
+                if self._removed:
+                    tmp.unlink()
+                    return False
+                os.replace(tmp, self.path)
         except OSError as exc:
             now = time.monotonic()
             if now - self._complained >= _COMPLAIN_EVERY:
@@ -240,8 +251,11 @@ class Publisher:
         return True
 
     def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink(missing_ok=True)
+        """Delete the file for good: a write still in flight no longer lands."""
+        with self._lock:
+            self._removed = True
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
 
 
 # -- the admin side --------------------------------------------------------------------------------
@@ -287,7 +301,7 @@ class LiveView:
             local.setdefault("process", process_stats())
             found.append(local)
         own = os.getpid() if self.local is not None else None
-        oldest = self._clock() - STALE_INTERVALS * self.interval
+        oldest = self._clock() - max(STALE_INTERVALS * self.interval, STALE_FLOOR)
         for pid, path in self._files():
             if pid == own:
                 continue

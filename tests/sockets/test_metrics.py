@@ -56,6 +56,16 @@ def test_two_workers_are_summed_in_metrics_and_in_the_live_service_view(
     peel.start()
     try:
         wait_for(lambda: len(peel.children()) == 2, 10, "two workers")
+
+        def published() -> set[str | None]:
+            status, body = admin_get(peel, "/metrics", token)
+            assert status == 200
+            return {labels.get("pid") for labels, _ in samples(body.decode(), "peel_config_version")}
+
+        # a worker publishes once it serves: until both do, the kernel may hand every connection to
+        # the first, and the second's state is not there yet to be summed
+        wait_for(lambda: published() == {str(pid) for pid in peel.children()}, 30,
+                 "both workers to publish their state")
         sent = 0
         for _ in range(60):  # a fresh connection each: the kernel spreads them over the workers
             status, _, _ = peel.get("/hello")

@@ -210,6 +210,29 @@ def test_stale_files_and_other_gateways_files_are_ignored(tmp_path: Path,
     assert stale.exists()  # alive: its writer may still catch up
 
 
+def test_a_short_interval_still_allows_five_seconds_before_a_file_is_stale(
+        tmp_path: Path, other_pids: Callable[[], int]) -> None:
+    run = tmp_path / "run"
+    late, gone = other_pids(), other_pids()
+    for pid, age in ((late, 4.0), (gone, 6.0)):  # twenty and thirty 0.2-second intervals ago
+        path = publish_as(pid, ProcessState(Metrics()), run, interval=0.2)
+        data = json.loads(path.read_text())
+        data["time"] = time.time() - age
+        path.write_text(json.dumps(data))
+    assert [p["pid"] for p in LiveView(run, interval=0.2).processes()] == [late]
+
+
+def test_a_write_finishing_after_remove_does_not_bring_the_file_back(tmp_path: Path) -> None:
+    # the publisher task is cancelled while its thread is still writing: the write must not land
+    publisher = Publisher(ProcessState(Metrics()), tmp_path, 1.0)
+    snapshot = publisher.state.snapshot()
+    publisher.publish()
+    assert publisher.path.exists()
+    publisher.remove()
+    assert publisher.write(snapshot) is False
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_run_dir_is_no_processes(tmp_path: Path) -> None:
     assert LiveView(tmp_path / "nothing", interval=1.0).processes() == []
 
