@@ -8,12 +8,13 @@ unreachable or refuses the token.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
-
 from gateway.errors import PeelError
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9901"
 API = "/api/v1"
@@ -37,6 +38,10 @@ class AdminClient:
         if not token:
             raise AdminError("no admin token: pass --token or set PEEL_ADMIN_TOKEN "
                              "(an operator creates one with `peel token create NAME`)")
+        # Imported here: `peel serve` reaches this module through the CLI's arguments, and httpx
+        # (which pulls in click, rich and pygments when present) would stay in every worker's memory.
+        import httpx
+
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
                                   headers={"Authorization": f"Bearer {token}",
@@ -60,6 +65,8 @@ class AdminClient:
             headers["Peel-Reason"] = reason.encode("utf-8")
         if if_match is not None:
             headers["If-Match"] = f'"{if_match}"'
+        import httpx
+
         content = None
         if body is not None:
             # default=str: a YAML file may hold dates and the like; the API refuses them by field.

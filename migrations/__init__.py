@@ -8,6 +8,7 @@ config attribute (never through ConfigParser, which would choke on a `%` in a pa
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,13 +53,46 @@ class SchemaState:
 
 
 def read_schema_state(connection: Connection) -> SchemaState:
-    from alembic.migration import MigrationContext
-    from alembic.script import ScriptDirectory
+    """The database's revision against this code's, read without importing alembic.
 
-    script = ScriptDirectory.from_config(alembic_config())
-    head = script.get_current_head()
-    if head is None:
-        raise RuntimeError(f"no migrations found in {SCRIPT_LOCATION}")
-    known = {rev.revision for rev in script.walk_revisions()}
-    current = MigrationContext.configure(connection).get_current_heads()
-    return SchemaState(",".join(current) or None, head, any(rev not in known for rev in current))
+    Every serving process checks its store on start; alembic (with mako) would stay in its memory
+    for nothing, so the revisions are read from the version files' `revision`/`down_revision`
+    lines, and the database's from alembic's own `alembic_version` table.
+    """
+    from sqlalchemy import inspect, text
+
+    revisions = script_revisions()
+    head = script_head(revisions)
+    current: list[str] = []
+    if inspect(connection).has_table(VERSION_TABLE):
+        current = [row[0] for row in connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))]
+    return SchemaState(",".join(sorted(current)) or None, head,
+                       any(rev not in revisions for rev in current))
+
+
+VERSION_TABLE = "alembic_version"
+_ASSIGNMENT = re.compile(r'^(revision|down_revision)\s*(?::[^=]*)?=\s*(?:"([^"]*)"|\'([^\']*)\'|None)\s*$',
+                         re.MULTILINE)
+
+
+def script_revisions(directory: Path = SCRIPT_LOCATION / "versions") -> dict[str, str | None]:
+    """Each migration's revision and the one it follows (None for the first), from its file."""
+    found: dict[str, str | None] = {}
+    for path in sorted(directory.glob("*.py")):
+        values: dict[str, str | None] = {}
+        for match in _ASSIGNMENT.finditer(path.read_text(encoding="utf-8")):
+            values[match.group(1)] = match.group(2) or match.group(3)
+        revision = values.get("revision")
+        if revision is None or "down_revision" not in values:
+            raise RuntimeError(f"{path} does not declare `revision` and `down_revision` on their own lines")
+        found[revision] = values["down_revision"]
+    return found
+
+
+def script_head(revisions: dict[str, str | None]) -> str:
+    """The one revision no other follows."""
+    heads = set(revisions) - {down for down in revisions.values() if down is not None}
+    if len(heads) != 1:
+        raise RuntimeError(f"migrations in {SCRIPT_LOCATION} have {len(heads)} heads ({sorted(heads)}); "
+                           "expected one")
+    return heads.pop()

@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from gateway.errors import StoreError
-from migrations import alembic_config
+from migrations import alembic_config, script_head, script_revisions
 from routes.model import Document
 from routes.schema import metadata
 from routes.store import Store
@@ -54,6 +54,25 @@ def test_store_behind_the_code_is_refused_naming_the_upgrade_command(store: Stor
         store.check_schema()
     store.upgrade()
     store.check_schema()
+
+
+def test_the_schema_check_reads_the_same_revisions_as_alembic(store: Store, tmp_path: Path) -> None:
+    # the check runs without alembic (it would stay in every serving process's memory); what it
+    # reads from the version files must be what alembic reads
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    revisions = script_revisions()
+    assert revisions == {rev.revision: rev.down_revision for rev in script.walk_revisions()}
+    assert script_head(revisions) == script.get_current_head()
+    with store.engine.connect() as conn:
+        assert store.schema_state().current == ",".join(MigrationContext.configure(conn).get_current_heads())
+    # a branch (two heads) or a file without its revision line is refused, not guessed
+    with pytest.raises(RuntimeError, match="2 heads"):
+        script_head({"a": None, "b": "a", "c": "a"})
+    (tmp_path / "0001_x.py").write_text('"""x"""\nrevision = get()\n')
+    with pytest.raises(RuntimeError, match="does not declare"):
+        script_revisions(tmp_path)
 
 
 def test_two_nodes_upgrading_at_once_both_succeed(store_url: str, tmp_path: Path) -> None:
