@@ -266,6 +266,8 @@ class OtlpHttpExporter(SpanExporter):
                 self._disconnect()
                 if self._closed.is_set():
                     return "the exporter was shut down"
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    return f"the collector's certificate is not trusted: {exc.verify_message}"
                 if reused and isinstance(exc, _STALE):
                     continue  # the collector closed the idle connection: a new one, at once
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

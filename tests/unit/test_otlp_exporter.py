@@ -122,7 +122,8 @@ class Collector:
         self._server = Server(("127.0.0.1", 0), Handler)
         scheme = "https" if self.tls is not None else "http"
         self.url = f"{scheme}://localhost:{self._server.server_address[1]}/v1/traces"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: close() waits for the serving loop to notice.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     def wait(self, condition: Any, timeout: float = 5.0) -> None:
@@ -368,11 +369,13 @@ def test_mutual_tls_with_a_private_ca_from_the_environment(tmp_path: Path,
     tls.verify_mode = ssl.CERT_REQUIRED  # the collector insists on a client certificate
     collector = Collector(tls=tls)
     try:
-        # Without the CA the collector's certificate is not trusted.
-        assert OtlpHttpExporter(collector.url, timeout=2.0).export(spans("x")) is SpanExportResult.FAILURE
+        # Without the CA the collector's certificate is not trusted: a final failure, not retried.
+        started = time.monotonic()
+        assert OtlpHttpExporter(collector.url, timeout=5.0).export(spans("x")) is SpanExportResult.FAILURE
+        assert time.monotonic() - started < 1.0
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", str(ca_file))
         # With the CA but no client certificate the collector refuses the handshake.
-        assert OtlpHttpExporter(collector.url, timeout=2.0).export(spans("x")) is SpanExportResult.FAILURE
+        assert OtlpHttpExporter(collector.url, timeout=1.0).export(spans("x")) is SpanExportResult.FAILURE
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", str(client_files[0]))
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", str(client_files[1]))
         exporter = OtlpHttpExporter(collector.url, timeout=2.0)
