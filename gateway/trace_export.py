@@ -302,9 +302,9 @@ class OtlpHttpExporter(SpanExporter):
             connection.sock.settimeout(timeout)
         connection.request("POST", self._target, body, self._headers)
         answer = connection.getresponse()
-        if answer.length is not None and answer.length <= MAX_ANSWER:
-            answer.read()  # drained, so the connection can carry the next export
-        else:
+        if answer.length is None or answer.length <= MAX_ANSWER:
+            answer.read(MAX_ANSWER + 1)  # drained, so the connection can carry the next export
+        if not answer.isclosed():  # a longer answer is not worth reading: a new connection is cheaper
             answer.close()
             self._disconnect()
         if answer.will_close:
