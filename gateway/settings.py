@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 
@@ -271,8 +272,14 @@ def _check(key: str, obj: Any) -> None:
                 raise ValueError("sample_ratio must be between 0 and 1")
             if obj.exporter not in ("otlp", "console"):
                 raise ValueError("exporter must be otlp or console")
-            if obj.endpoint and not obj.endpoint.startswith(("http://", "https://")):
-                raise ValueError(f"endpoint {obj.endpoint!r} is not an http(s) URL")
+            if obj.endpoint:
+                try:
+                    url = urlsplit(obj.endpoint)
+                    url.port  # noqa: B018 - raises on a port that is not a number
+                except ValueError as exc:
+                    raise ValueError(f"endpoint {obj.endpoint!r} is not a valid URL: {exc}") from None
+                if url.scheme not in ("http", "https") or not url.hostname:
+                    raise ValueError(f"endpoint {obj.endpoint!r} is not an http(s) URL with a host")
             if obj.max_queue < 1:
                 raise ValueError("max_queue must be at least 1")
             if obj.export_timeout <= 0:

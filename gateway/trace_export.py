@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
+from gateway.errors import ConfigError
 from gateway.settings import TracingSettings
 
 log = logging.getLogger("peel.tracing")
@@ -193,7 +194,7 @@ class OtlpHttpExporter(SpanExporter):
                  environ: Mapping[str, str] | None = None) -> None:
         url = urlsplit(endpoint)
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"the OTLP endpoint {endpoint!r} is not an http(s) URL")
+            raise ConfigError("tracing.endpoint", f"{endpoint!r} is not an http(s) URL with a host")
         environ = os.environ if environ is None else environ
         self.endpoint = endpoint
         self.timeout = timeout
@@ -218,13 +219,27 @@ class OtlpHttpExporter(SpanExporter):
 
     @staticmethod
     def _tls_context(environ: Mapping[str, str]) -> ssl.SSLContext:
-        """The client's TLS context: a private CA and a client certificate from the environment."""
-        context = ssl.create_default_context(cafile=_env(environ, "CERTIFICATE") or None)
+        """The client's TLS context: a private CA and a client certificate from the environment.
+
+        A file that cannot be loaded is `ConfigError` naming the variable: an operator's mistake
+        is refused when Peel starts, not found later as a stream of failed exports.
+        """
+        cafile = _env(environ, "CERTIFICATE")
+        try:
+            context = ssl.create_default_context(cafile=cafile or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("OTEL_EXPORTER_OTLP_CERTIFICATE",
+                              f"cannot load the CA file {cafile!r}: {exc}") from None
         certificate, key = _env(environ, "CLIENT_CERTIFICATE"), _env(environ, "CLIENT_KEY")
         if certificate:
-            context.load_cert_chain(certificate, key or None)
+            try:
+                context.load_cert_chain(certificate, key or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                                  f"cannot load {certificate!r} (key {key or 'in the same file'!r}): "
+                                  f"{exc}") from None
         elif key:
-            raise ValueError("OTEL_EXPORTER_OTLP_CLIENT_KEY is set without a CLIENT_CERTIFICATE")
+            raise ConfigError("OTEL_EXPORTER_OTLP_CLIENT_KEY", "is set without a CLIENT_CERTIFICATE")
         return context
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:

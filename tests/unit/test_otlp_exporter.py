@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway import trace_export
+from gateway.errors import ConfigError
 from gateway.settings import TracingSettings
 from gateway.trace_export import OtlpHttpExporter, make_exporter, parse_headers
 
@@ -384,6 +385,20 @@ def test_mutual_tls_with_a_private_ca_from_the_environment(tmp_path: Path,
     finally:
         collector.close()
     assert [r.names() for r in collector.received] == [["secure"], ["again"]]
+
+
+@pytest.mark.parametrize(("env", "key"), [
+    ({"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"}, "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+    ({"OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE": "/nonexistent/client.pem"},
+     "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
+    ({"OTEL_EXPORTER_OTLP_CLIENT_KEY": "/some/key.pem"}, "OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+])
+def test_tls_files_that_cannot_be_loaded_are_refused_naming_the_variable(
+        env: dict[str, str], key: str) -> None:
+    # refused when Peel starts (`peel serve` prints it and exits), not a stream of failed exports
+    with pytest.raises(ConfigError) as refused:
+        OtlpHttpExporter("https://127.0.0.1:1/v1/traces", environ=env)
+    assert refused.value.key == key
 
 
 # --- what the serving process loads -------------------------------------------------------------

@@ -61,6 +61,9 @@ def test_env_name_rule() -> None:
     ("", {"PEEL_SERVER_GRACE_PERIOD": "soon"}, "server.grace_period"),
     ("[database]\nurl = 'peel.db'\n", {}, "database"),
     ("server = 1\n", {}, "server"),
+    ("[tracing]\nendpoint = 'collector:4318'\n", {}, "tracing"),
+    ("[tracing]\nendpoint = 'http://'\n", {}, "tracing"),
+    ("[tracing]\nendpoint = 'http://collector:port/v1/traces'\n", {}, "tracing"),
 ])
 def test_refusals_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
