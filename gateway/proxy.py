@@ -95,7 +95,7 @@ class ProxyApp:
         self._log = access_log if access_log is not None and access_log.enabled else None
         self._websocket = WebSocketProxy(holder, rules=self._rules, paths=self._paths, settings=settings,
                                          access_log=self._log, beta=self._trust,
-                                         upstreams=self.upstreams)
+                                         upstreams=self.upstreams, counts=self.counts)
         # called with each new table after `upstreams` took it (the active health checks)
         self.on_table: Callable[[RouteTable], None] | None = None
 

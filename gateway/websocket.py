@@ -15,6 +15,10 @@ untrusted beta values stripped, as for HTTP), refuse unless the route has `webso
 client's subprotocols offered), then accept downstream with the subprotocol the upstream chose and
 relay messages both ways until one side closes. A refusal by the upstream (non-101) reaches the
 client with its status, headers and body; an unreachable upstream is a 502/504 problem+json.
+
+On a migrated route the migration decides the side as for a GET, and the WebSocket counts once in
+the route's traffic counts when it opens (`to` or `from`; a failed `to` handshake on a retired
+route also as a retired miss). There is no fallback: a handshake is not replayed on `from`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from websockets.utils import generate_key
 
 from facade.beta import BetaTrust
 from facade.compiled import TableBetaFilter
+from facade.counts import FROM, RETIRED_MISSES, TO, TrafficCounts
+from facade.decision import Decision
 from gateway import problems
 from gateway.accesslog import AccessLog
 from gateway.asgi import Receive, Scope, Send
@@ -88,8 +94,11 @@ class WebSocketProxy:
                  settings: ProxySettings | None = None, access_log: AccessLog | None = None,
                  beta: BetaTrust | None = None, ssl_context: SslFactory | None = None,
                  max_message: int = MAX_MESSAGE, ping_interval: float | None = PING_INTERVAL,
-                 ping_timeout: float | None = PING_TIMEOUT, upstreams: Upstreams | None = None) -> None:
+                 ping_timeout: float | None = PING_TIMEOUT, upstreams: Upstreams | None = None,
+                 counts: TrafficCounts | None = None) -> None:
         settings = settings or ProxySettings()
+        # the data plane's traffic counts of migrated routes: a WebSocket counts once, as it opens
+        self._counts = counts
         self._holder = holder
         # the data plane's endpoint state: the balancer picks (a WebSocket is not counted in flight
         # and feeds no latency: it lives for minutes, its duration says nothing about the endpoint)
@@ -171,10 +180,13 @@ class WebSocketProxy:
                                     f"route {route.name!r} does not allow WebSocket "
                                     "(set `websocket: true` on it)")
         service: CompiledService = route.service
+        decision: Decision | None = None
         if route.migration is not None:
             decision = route.migration.decide(headers, client_addr, "GET", beta_users)
             entry.side = decision.side
             service = route.migration.service(decision)
+            if self._counts is not None:
+                self._counts.add(route.name, table.version, TO if decision.side == "to" else FROM)
         entry.service = service.name
         try:
             endpoint = (self._upstreams.service(service).pick().endpoint
@@ -196,6 +208,9 @@ class WebSocketProxy:
                 raise ProtocolError(f"{endpoint.url} answered the handshake with {response.status_code}")
         except UpstreamError as exc:
             entry.error = exc.code
+            if decision is not None and decision.count_misses and self._counts is not None:
+                # a retired route's `to` failed a handshake that `from` would have served
+                self._counts.add(route.name, table.version, RETIRED_MISSES)
             return await self._deny(scope, send, entry, exc.status, exc.code, str(exc) or exc.code)
         try:
             return await self._answer(scope, send, entry, route, link)

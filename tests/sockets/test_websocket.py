@@ -7,6 +7,7 @@ Only routes with `websocket: true` switch protocols; elsewhere an upgrade is ref
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import signal
 import socket
@@ -427,3 +428,60 @@ def test_a_draining_gateway_closes_websockets_with_1012_instead_of_waiting_out_t
         assert _ended(setup, "/echo/drain").code in (1012, 1001)
     finally:
         peel.stop()
+
+
+def test_websockets_on_a_migrated_route_go_to_their_side_and_are_counted(setup: Setup,
+                                                                        tmp_path: Path) -> None:
+    new = WsUpstream().start()
+    refusing = Refusing()
+    peel = PeelServe(tmp_path, extra_settings='[facade]\ntrusted_networks = ["127.0.0.0/8"]\n'
+                                              'counts_interval = 0.2\n')
+    store = peel.store()
+    store.upgrade()
+    token = store.create_token("test")
+    store.close()
+    peel.commit({"services": [{"name": "old", "endpoints": [setup.ws.url]},
+                              {"name": "new", "endpoints": [new.url]},
+                              {"name": "down", "endpoints": [refusing.url]}],
+                 "routes": [{"name": "chat", "match": {"path_prefix": "/chat"}, "service": "old",
+                             "websocket": True,
+                             "migration": {"to": "new", "stage": "canary", "percent": 0,
+                                           "beta": {"header": "X-Beta-User", "allow": ["alice"]}}},
+                            {"name": "feed", "match": {"path_prefix": "/feed"}, "service": "old",
+                             "websocket": True, "migration": {"to": "down", "stage": "retired"}}]})
+    peel.start()
+    try:
+        for user in (None, None, "alice"):
+            headers = {"X-Beta-User": user} if user else None
+            path = f"/chat/{user or 'anyone'}"
+            with connect(f"ws://127.0.0.1:{peel.public_port}{path}", additional_headers=headers,
+                         open_timeout=5) as client:
+                client.send("hi")
+                assert client.recv(timeout=5) == "hi"
+        assert [r.path for r in new.handshakes] == ["/chat/alice"]
+        assert [r.path for r in setup.ws.handshakes].count("/chat/anyone") == 2
+        # a retired route: `to` cannot be reached, the client gets a 502 and a retired miss counts
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{peel.public_port}/feed", open_timeout=5)
+        assert refused.value.response.status_code == 502
+
+        def counts(route: str) -> dict[str, int]:
+            conn = http.client.HTTPConnection("127.0.0.1", peel.admin_port, timeout=5)
+            try:
+                conn.request("GET", f"/api/v1/migrations/{route}",
+                             headers={"Authorization": f"Bearer {token}"})
+                answer = conn.getresponse()
+                assert answer.status == 200
+                found: dict[str, int] = json.loads(answer.read())["migration"]["counts"]
+                return found
+            finally:
+                conn.close()
+
+        wait_for(lambda: counts("chat")["to"] == 1 and counts("chat")["from"] == 2, 10,
+                 "the WebSockets in the chat route's counts")
+        wait_for(lambda: counts("feed")["retired_misses"] == 1, 10, "the feed route's retired miss")
+        assert counts("feed")["to"] == 1
+    finally:
+        peel.stop()
+        new.stop()
+        refusing.stop()
