@@ -51,6 +51,25 @@ class PeelServe:
     def store(self) -> Store:
         return Store(self.url)
 
+    def upgrade_with_token(self, name: str = "test") -> str:
+        """Migrate the store and create an admin token named `name`; returns its secret."""
+        store = self.store()
+        try:
+            store.upgrade()
+            return store.create_token(name)
+        finally:
+            store.close()
+
+    def admin_get(self, path: str, token: str, *, timeout: float = 10) -> tuple[int, bytes]:
+        """GET `path` on the admin listener with `token`: (status, body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
     def commit(self, document: dict[str, Any], reason: str = "test") -> int:
         store = self.store()
         try:

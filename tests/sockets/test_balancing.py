@@ -59,13 +59,8 @@ class Gateway:
         wait_for(lambda: self.serving() == version, 15, f"the gateway to serve version {version}")
 
     def serving(self) -> int | None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.peel.admin_port, timeout=5)
-        try:
-            conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {self.token}"})
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        for line in text.splitlines():
+        _, body = self.peel.admin_get("/metrics", self.token, timeout=5)
+        for line in body.decode().splitlines():
             if line.startswith("peel_config_version"):
                 return int(float(line.rsplit(" ", 1)[1]))
         return None
@@ -86,11 +81,7 @@ class Gateway:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     faults = FaultSet(UPSTREAMS).start()
     peel = PeelServe(tmp_path_factory.mktemp("balancing"))
-    store = peel.store()
-    store.upgrade()
-    token = store.create_token("ops")
-    store.close()
-    gw = Gateway(peel, faults, token)
+    gw = Gateway(peel, faults, peel.upgrade_with_token("ops"))
     peel.commit(gw.document())
     peel.start()
     yield gw

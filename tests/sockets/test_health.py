@@ -352,7 +352,6 @@ def test_https_endpoint_with_a_self_signed_certificate(tmp_path: Path) -> None:
 def test_peel_serve_runs_the_checks_and_routes_around_an_unhealthy_endpoint(tmp_path: Path) -> None:
     """Wired end to end: the checks start with the table, the verdict shows in `live`, and the
     balancer leaves the failing endpoint out until it passes again."""
-    import http.client
     import json
 
     from tests.sockets.conftest import wait_for
@@ -360,10 +359,7 @@ def test_peel_serve_runs_the_checks_and_routes_around_an_unhealthy_endpoint(tmp_
 
     with FaultUpstream("sick") as sick, FaultUpstream("well") as well:
         peel = PeelServe(tmp_path)
-        store = peel.store()
-        store.upgrade()
-        token = store.create_token("ops")
-        store.close()
+        token = peel.upgrade_with_token("ops")
         peel.commit({"services": [{"name": "orders", "endpoints": [sick.url, well.url],
                                    "health_check": {"path": "/healthz", "interval": "200ms",
                                                     "timeout": "500ms", "healthy_threshold": 2,
@@ -372,13 +368,8 @@ def test_peel_serve_runs_the_checks_and_routes_around_an_unhealthy_endpoint(tmp_
         peel.start()
         try:
             def healthy(url: str) -> bool:
-                conn = http.client.HTTPConnection("127.0.0.1", peel.admin_port, timeout=5)
-                try:
-                    conn.request("GET", "/api/v1/services/orders",
-                                 headers={"Authorization": f"Bearer {token}"})
-                    live = json.loads(conn.getresponse().read()).get("live")
-                finally:
-                    conn.close()
+                _, body = peel.admin_get("/api/v1/services/orders", token, timeout=5)
+                live = json.loads(body).get("live")
                 return bool(live) and live["endpoints"][url]["healthy"] is True
 
             wait_for(lambda: sick.count(path="/healthz") >= 2, 10, "checks of the sick endpoint")

@@ -29,16 +29,6 @@ def echo() -> Iterator[ScriptedUpstream]:
     server.stop()
 
 
-def admin_get(peel: PeelServe, path: str, token: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", peel.admin_port, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return [(s.labels, s.value) for family in text_string_to_metric_families(text)
             for s in family.samples if s.name == name]
@@ -47,10 +37,7 @@ def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 def test_two_workers_are_summed_in_metrics_and_in_the_live_service_view(
         tmp_path: Path, echo: ScriptedUpstream) -> None:
     peel = PeelServe(tmp_path, workers=2, extra_settings="[metrics]\npublish_interval = 0.2")
-    store = peel.store()
-    store.upgrade()
-    token = store.create_token("test")
-    store.close()
+    token = peel.upgrade_with_token()
     peel.commit({"services": [{"name": "echo", "endpoints": [echo.url]}],
                  "routes": [{"name": "main", "match": {"path_prefix": "/"}, "service": "echo"}]})
     peel.start()
@@ -58,7 +45,7 @@ def test_two_workers_are_summed_in_metrics_and_in_the_live_service_view(
         wait_for(lambda: len(peel.children()) == 2, 10, "two workers")
 
         def published() -> set[str | None]:
-            status, body = admin_get(peel, "/metrics", token)
+            status, body = peel.admin_get("/metrics", token)
             assert status == 200
             return {labels.get("pid") for labels, _ in samples(body.decode(), "peel_config_version")}
 
@@ -73,13 +60,13 @@ def test_two_workers_are_summed_in_metrics_and_in_the_live_service_view(
             sent += 1
 
         def counted() -> float:
-            status, body = admin_get(peel, "/metrics", token)
+            status, body = peel.admin_get("/metrics", token)
             assert status == 200
             return sum(v for labels, v in samples(body.decode(), "peel_requests_total")
                        if labels.get("route") == "main" and labels.get("status_class") == "2xx")
 
         wait_for(lambda: counted() == sent, 10, f"/metrics to count {sent} requests")
-        _, body = admin_get(peel, "/metrics", token)
+        _, body = peel.admin_get("/metrics", token)
         text = body.decode()
         # the histogram agrees with the counter, and the config version of both workers is there
         count = sum(v for labels, v in samples(text, "peel_request_duration_seconds_count")
@@ -90,7 +77,7 @@ def test_two_workers_are_summed_in_metrics_and_in_the_live_service_view(
         assert all(v == 1 for _, v in versions)
         assert samples(text, "process_resident_memory_bytes")  # the admin process's own
 
-        status, body = admin_get(peel, "/api/v1/services/echo", token)
+        status, body = peel.admin_get("/api/v1/services/echo", token)
         assert status == 200
         live = json.loads(body)["live"]
         assert echo.url in live["endpoints"]

@@ -153,10 +153,7 @@ class Answer:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     faults = FaultSet(UPSTREAMS).start()
     peel = PeelServe(tmp_path_factory.mktemp("resilience"), extra_settings=SETTINGS)
-    store = peel.store()
-    store.upgrade()
-    token = store.create_token("ops")
-    store.close()
+    token = peel.upgrade_with_token("ops")
     peel.commit(yaml.safe_load(DOCUMENT.format(fast=FAST_RETRIES, **{n: faults[n].url for n in UPSTREAMS})))
     peel.start()
     yield Gateway(peel, faults, token)
@@ -187,14 +184,9 @@ def call(gw: Gateway, method: str, target: str, *, body: bytes | None = None,
 
 def live_endpoint(gw: Gateway, service: str, url: str) -> dict[str, Any]:
     """The endpoint's entry in the admin view's `live` state of the service (summed over processes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", gw.peel.admin_port, timeout=10)
-    try:
-        conn.request("GET", f"/api/v1/services/{service}", headers={"Authorization": f"Bearer {gw.token}"})
-        response = conn.getresponse()
-        body = json.loads(response.read())
-    finally:
-        conn.close()
-    assert response.status == 200, body
+    status, raw = gw.peel.admin_get(f"/api/v1/services/{service}", gw.token)
+    body = json.loads(raw)
+    assert status == 200, body
     entry: dict[str, Any] = body["live"]["endpoints"][url]
     return entry
 
@@ -333,13 +325,8 @@ def test_the_circuit_opens_beyond_max_requests(gateway: Gateway) -> None:
     assert [a.status for a in slow] == [200, 200] and up.count() == 2
     assert call(gateway, "GET", "/circuit/after").status == 200
     # the refusals are in /metrics too
-    conn = http.client.HTTPConnection("127.0.0.1", gateway.peel.admin_port, timeout=10)
-    try:
-        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {gateway.token}"})
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    assert 'peel_circuit_open_total{service="circuit"} 3.0' in text.splitlines()
+    _, text = gateway.peel.admin_get("/metrics", gateway.token)
+    assert 'peel_circuit_open_total{service="circuit"} 3.0' in text.decode().splitlines()
 
 
 # -- timeouts and deadlines ---------------------------------------------------------------------

@@ -7,7 +7,6 @@ Only routes with `websocket: true` switch protocols; elsewhere an upgrade is ref
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import signal
 import socket
@@ -436,10 +435,7 @@ def test_websockets_on_a_migrated_route_go_to_their_side_and_are_counted(setup: 
     refusing = Refusing()
     peel = PeelServe(tmp_path, extra_settings='[facade]\ntrusted_networks = ["127.0.0.0/8"]\n'
                                               'counts_interval = 0.2\n')
-    store = peel.store()
-    store.upgrade()
-    token = store.create_token("test")
-    store.close()
+    token = peel.upgrade_with_token()
     peel.commit({"services": [{"name": "old", "endpoints": [setup.ws.url]},
                               {"name": "new", "endpoints": [new.url]},
                               {"name": "down", "endpoints": [refusing.url]}],
@@ -466,16 +462,10 @@ def test_websockets_on_a_migrated_route_go_to_their_side_and_are_counted(setup: 
         assert refused.value.response.status_code == 502
 
         def counts(route: str) -> dict[str, int]:
-            conn = http.client.HTTPConnection("127.0.0.1", peel.admin_port, timeout=5)
-            try:
-                conn.request("GET", f"/api/v1/migrations/{route}",
-                             headers={"Authorization": f"Bearer {token}"})
-                answer = conn.getresponse()
-                assert answer.status == 200
-                found: dict[str, int] = json.loads(answer.read())["migration"]["counts"]
-                return found
-            finally:
-                conn.close()
+            status, body = peel.admin_get(f"/api/v1/migrations/{route}", token, timeout=5)
+            assert status == 200
+            found: dict[str, int] = json.loads(body)["migration"]["counts"]
+            return found
 
         wait_for(lambda: counts("chat")["to"] == 1 and counts("chat")["from"] == 2, 10,
                  "the WebSockets in the chat route's counts")
