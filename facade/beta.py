@@ -17,8 +17,8 @@ import hashlib
 import hmac
 from collections.abc import Callable, Iterable
 
-from facade.model import USER_RE
-from gateway.trust import TrustedNetworks
+from gateway.core.trust import TrustedNetworks
+from routes.migration import USER_RE
 
 VERSION = "v1"
 MIN_SECRET = 32

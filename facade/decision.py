@@ -1,26 +1,30 @@
 """The facade decision: which side of a migration answers a request. Pure.
 
-    decide(migration, facts, rand, now) -> Decision
+    decide(migration, facts, salt, rand, now) -> Decision
+    decide_request(compiled, headers, client, method, beta_users, rand, now) -> Decision
 
 `facts` are what the proxy read from the request (the cohort key, the trusted beta user, the
 method and whether a body was buffered). The stage's behaviour comes from its `StagePolicy`, so a
-new stage is a new row in `facade.model.STAGES`, not a branch in the proxy. `rand` and `now` are
+new stage is a new row in `routes.migration.STAGES`, not a branch in the proxy. `rand` and `now` are
 injected for the stages that sample or expire (a shadow percentage, timed rules); the stages of
 today are deterministic, which is what makes the canary sticky.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from facade.bucketing import in_share
-from facade.model import Migration
+from routes.migration import CompiledMigration, Headers, Migration
 
 Side = Literal["to", "from"]
 # Why a request went where it went: for tests, `peel match` and the access log.
 Reason = Literal["stage", "percent", "beta-allow", "beta-deny"]
+# Trusted beta users of one request, by source: ("header", b"x-beta-user") or ("cookie", "beta").
+BetaUsers = Mapping[tuple[str, bytes | str], str]
+NO_USERS: BetaUsers = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +73,13 @@ def decide(migration: Migration, facts: Facts, salt: str,
     if in_share(salt, facts.key, migration.share):
         return Decision("to", "percent", policy.fallback, policy.counts_misses)
     return Decision("from", "percent")
+
+
+def decide_request(migration: CompiledMigration, headers: Headers, client: str | None, method: str,
+                   beta_users: BetaUsers = NO_USERS, rand: Callable[[], float] | None = None,
+                   now: float = 0.0) -> Decision:
+    """Which side of a compiled migration answers this request (`beta_users`: trusted values only)."""
+    source = migration.beta_source
+    user = beta_users.get(source) if source is not None else None
+    return decide(migration.spec, Facts(migration.cohort_key(headers, client), user, method),
+                  migration.salt, rand, now)

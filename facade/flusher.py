@@ -18,7 +18,7 @@ import socket
 from typing import Protocol
 
 from facade.counts import TrafficCounts
-from gateway.errors import StoreError
+from routes.errors import StoreError
 from routes.store import CountDeltas
 
 log = logging.getLogger("peel.facade")

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from facade.model import STAGES, Beta, Cohort, Migration, parse_percent
-from gateway.errors import ConflictError, NotFoundError, RuleError
+from routes.errors import ConflictError, NotFoundError, RuleError
+from routes.migration import STAGES, Beta, Cohort, Migration, parse_percent
 from routes.model import Document, Route
 from routes.store import Transition
 

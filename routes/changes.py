@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from gateway.errors import NotFoundError, PreconditionFailed, RuleError
 from routes.diff import DocumentDiff, diff
+from routes.errors import NotFoundError, PreconditionFailed, RuleError
 from routes.model import Document, Route, Service
 from routes.store import ConfigVersion, Transition, VersionInfo
 

@@ -18,9 +18,9 @@ judged by the most specific host of the route that it matches.
 
 from __future__ import annotations
 
-from facade.compiled import CompiledMigration
-from gateway.errors import RuleError
+from routes.errors import RuleError
 from routes.matcher import KIND_RANK, CompiledMatch
+from routes.migration import CompiledMigration
 from routes.model import Document
 from routes.rewrite import compile_header_rules, compile_path_rewrite
 from routes.table import CompiledRoute, CompiledService, Entry, RouteTable, TrieNode

@@ -1,7 +1,7 @@
 """Reading plain YAML/JSON values into rules, refusing with the field's path (pure).
 
 Shared by the document model (`routes.model`), the policy parsers (`routes.policies`) and the
-migration model (`facade.model`), so all refuse the same way: `RuleError(field, message, value)`.
+migration model (`routes.migration`), so all refuse the same way: `RuleError(field, message, value)`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gateway.errors import RuleError
+from routes.errors import RuleError
+from routes.grammar import TOKEN_RE
 
 # Names of services and routes.
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
-# RFC 9110 token: header names and methods.
-TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 HOST_RE = re.compile(rf"^(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}$")
 # A duration in the document: a number with a unit. repr() of a float may use an exponent, and the

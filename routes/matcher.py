@@ -30,6 +30,7 @@ import re
 from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
 
+from routes.grammar import cookie_pairs
 from routes.model import FieldMatch, Match
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -269,11 +270,8 @@ class RequestFacts:
         if parsed is None:
             parsed = self._cookies = {}
             for header in self.headers().get(b"cookie", ()):
-                for pair in header.decode("latin-1").split(";"):
-                    name, eq, value = pair.partition("=")
-                    name = name.strip()
-                    if eq and name:
-                        parsed.setdefault(name, []).append(value.strip())
+                for name, value in cookie_pairs(header.decode("latin-1")):
+                    parsed.setdefault(name, []).append(value)
         return parsed
 
 

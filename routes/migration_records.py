@@ -44,7 +44,7 @@ class TransitionInfo:
     config_version: int
 
     def to_dict(self) -> dict[str, Any]:
-        from facade.model import format_percent
+        from routes.migration import format_percent
 
         return {"route": self.route, "action": self.action, "from_stage": self.from_stage,
                 "to_stage": self.to_stage, "percent": format_percent(self.share),

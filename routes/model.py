@@ -17,12 +17,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from facade.model import Migration
-from gateway.errors import RuleError
+from routes.errors import RuleError
 from routes.fields import (
     HOST_RE,
     NAME_RE,
-    TOKEN_RE,
     boolean,
     header_name,
     mapping,
@@ -32,6 +30,8 @@ from routes.fields import (
     string,
     type_name,
 )
+from routes.grammar import TOKEN_RE
+from routes.migration import Migration
 from routes.policies import RateLimit, RetryPolicy, Timeouts
 from routes.services import Endpoint, Service
 

@@ -21,9 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import RuleError
+from routes.errors import RuleError
 from routes.fields import (
-    TOKEN_RE,
     boolean,
     duration,
     format_duration,
@@ -36,6 +35,7 @@ from routes.fields import (
     sequence,
     string,
 )
+from routes.grammar import TOKEN_RE
 
 BALANCER_POLICIES = ("ewma", "round_robin", "hash")
 # Conditions under which an attempt may be retried (see RetryPolicy).

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.errors import RuleError
+from routes.errors import RuleError
 from routes.fields import integer, mapping, rule_name, sequence, string
 from routes.policies import Balancer, CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy, Timeouts
 

@@ -31,8 +31,8 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
-from gateway.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
 from migrations import SchemaState, alembic_config, read_schema_state
+from routes.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
 from routes.migration_records import CountDeltas as CountDeltas
 from routes.migration_records import MigrationRecords
 from routes.migration_records import Transition as Transition

@@ -17,14 +17,12 @@ handful of candidates on it, not to the number of routes.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from facade.compiled import CompiledMigration
-from gateway.errors import NoEndpoint
 from routes.matcher import CompiledMatch, FieldChecks, Headers, RequestFacts
+from routes.migration import CompiledMigration
 from routes.model import Endpoint, Route, Service
 from routes.policies import (
     Balancer,
@@ -55,33 +53,16 @@ class _Frozen:
             object.__setattr__(self, name, value)
 
 
-class RoundRobin:
-    """The endpoint balancer: each endpoint in turn. Kept apart so that a real balancer replaces it."""
-
-    __slots__ = ("_counter", "_endpoints")
-
-    def __init__(self, endpoints: tuple[Endpoint, ...]) -> None:
-        self._endpoints = endpoints
-        # next() on itertools.count is atomic under the GIL: safe from several threads.
-        self._counter = itertools.count()
-
-    def pick(self) -> Endpoint:
-        endpoints = self._endpoints
-        if not endpoints:
-            raise NoEndpoint("the service has no endpoints")
-        return endpoints[next(self._counter) % len(endpoints)]
-
-
 class CompiledService:
     """A service of the route table: its name, its endpoints, its policies, and a plain
-    round-robin `pick()` for callers without the live endpoint state (`gateway.balancer`).
+    round-robin `pick()` for callers without the live endpoint state (`gateway.upstream.balancer`).
 
     `spec` is the stored `routes.model.Service` (built from `name` and `endpoints` when not given);
     `balancer`, `health_check`, `outlier` and `circuit_breaker` are its policies, copied flat so the
     request path reads each with one attribute access.
     """
 
-    __slots__ = ("_round_robin", "balancer", "circuit_breaker", "endpoints", "health_check", "name",
+    __slots__ = ("balancer", "circuit_breaker", "endpoints", "health_check", "name",
                  "outlier", "spec")
     spec: Service
     balancer: Balancer
@@ -97,10 +78,6 @@ class CompiledService:
         self.health_check = self.spec.health_check
         self.outlier = self.spec.outlier
         self.circuit_breaker = self.spec.circuit_breaker
-        self._round_robin = RoundRobin(endpoints)
-
-    def pick(self) -> Endpoint:
-        return self._round_robin.pick()
 
     def __repr__(self) -> str:
         return f"CompiledService({self.name!r}, {len(self.endpoints)} endpoints)"

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import PeelError
-from gateway.holder import TableHolder
 from routes.compiler import compile_document
+from routes.errors import PeelError
+from routes.holder import TableHolder
 from routes.model import Document
 from routes.store import Store
 from routes.table import RouteTable

@@ -3,7 +3,7 @@
     build_admin_app(store, ready=..., settings=..., live=None) -> Starlette
 
 `/metrics` (when `metrics.enabled`) renders the Prometheus text of every serving process of this
-gateway from `live` (a `gateway.procstats.LiveView`, kept as `app.state.live` for the handlers that
+gateway from `live` (a `gateway.telemetry.procstats.LiveView`, kept as `app.state.live` for the handlers that
 show live state); it needs the bearer token unless `metrics.open`.
 
 Middleware is pure ASGI (no `BaseHTTPMiddleware`, which breaks the contextvars OpenTelemetry
@@ -27,7 +27,6 @@ from starlette.routing import BaseRoute
 from starlette.routing import Route as HTTPRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import problems
 from gateway.admin.auth import OPEN_PATHS, BearerAuth, TokenCache
 from gateway.admin.config import ConfigResource
 from gateway.admin.matching import MatchResource
@@ -35,10 +34,11 @@ from gateway.admin.migrations import migration_routes
 from gateway.admin.openapi import openapi_document
 from gateway.admin.rules import rule_routes
 from gateway.admin.wire import problem_response
-from gateway.errors import RuleError, StoreError
-from gateway.metrics import CONTENT_TYPE, render
-from gateway.procstats import LiveView
-from gateway.settings import Settings
+from gateway.core import problems
+from gateway.server.settings import Settings
+from gateway.telemetry.metrics import CONTENT_TYPE, render
+from gateway.telemetry.procstats import LiveView
+from routes.errors import RuleError, StoreError
 from routes.store import Store
 
 log = logging.getLogger("peel.admin")

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import problems
 from gateway.admin.wire import ACTOR_KEY
-from gateway.errors import StoreError
+from gateway.core import problems
+from routes.errors import StoreError
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 CACHE_SECONDS = 5.0

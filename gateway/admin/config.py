@@ -11,9 +11,9 @@ from starlette.routing import Route as HTTPRoute
 
 from gateway.admin.wire import BadRequest, actor, answer, body_object, if_match, query_int, read_json
 from gateway.admin.writes import check_compiles, commit_edit, diff_body, write_answer
-from gateway.errors import PreconditionFailed, RuleError
 from routes.changes import rollback_to
 from routes.diff import diff
+from routes.errors import PreconditionFailed, RuleError
 from routes.model import Document
 from routes.store import ConfigVersion, Store
 

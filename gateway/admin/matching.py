@@ -17,11 +17,11 @@ from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from gateway.admin.wire import BadRequest, answer, body_object, read_json
-from gateway.errors import NotFoundError, RuleError
-from gateway.paths import DEFAULT_RULES, PathRules, normalise, path_rules
-from gateway.settings import Settings
+from gateway.http.paths import DEFAULT_RULES, PathRules, normalise, path_rules
+from gateway.server.settings import Settings
 from routes.compiler import compile_document
-from routes.fields import TOKEN_RE
+from routes.errors import NotFoundError, RuleError
+from routes.grammar import TOKEN_RE
 from routes.model import HEADER_VALUE_RE
 from routes.store import Store
 from routes.table import RouteTable

@@ -25,7 +25,6 @@ from starlette.routing import Route as HTTPRoute
 
 from facade import transitions
 from facade.counts import SIDES
-from facade.model import Beta, Cohort
 from gateway.admin.wire import (
     BadRequest,
     actor,
@@ -37,8 +36,9 @@ from gateway.admin.wire import (
     reason_header,
 )
 from gateway.admin.writes import check_compiles, diff_body
-from gateway.errors import NotFoundError, RuleError
 from routes.changes import commit_change
+from routes.errors import NotFoundError, RuleError
+from routes.migration import Beta, Cohort
 from routes.model import Document, Route
 from routes.store import Store, TransitionInfo
 

@@ -19,8 +19,8 @@ from starlette.routing import Route as HTTPRoute
 
 from gateway.admin.wire import answer, read_json, reason_header
 from gateway.admin.writes import commit_edit, write_answer
-from gateway.errors import ConflictError, NotFoundError, RuleError
 from routes import changes
+from routes.errors import ConflictError, NotFoundError, RuleError
 from routes.model import Document, Route, Service
 from routes.store import Store
 
@@ -56,7 +56,7 @@ def _parse_body(kind: Kind, data: Any, name: str | None) -> Service | Route:
 
 def _live_service(request: Request, name: str) -> dict[str, Any] | None:
     """What the serving processes know of a service now: its endpoints' health, ejection, latency and
-    load (`app.state.live`, a `gateway.procstats.LiveView`); None when there is no live view or no
+    load (`app.state.live`, a `gateway.telemetry.procstats.LiveView`); None when there is no live view or no
     serving process has the service (not yet loaded, or just deleted).
 
     Called on the event loop: the live view reads small per-process files and in-memory state.

@@ -1,6 +1,6 @@
 """How the admin API reads requests and writes answers: capped JSON bodies, versions, reasons.
 
-Every answer is JSON; every refusal is RFC 9457 problem+json (`gateway.problems`). Reads and writes
+Every answer is JSON; every refusal is RFC 9457 problem+json (`gateway.core.problems`). Reads and writes
 carry `ETag: "<config version>"` so a client can send it back as `If-Match` and be refused (412)
 when someone else changed the rules in between.
 """
@@ -16,8 +16,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway import problems
-from gateway.errors import RuleError
+from gateway.core import problems
+from routes.errors import RuleError
 
 # Big enough for a 10k-route document, small enough that one request cannot exhaust memory.
 MAX_BODY = 32 * 1024 * 1024

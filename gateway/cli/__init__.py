@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from gateway.cli.output import error_line
 from gateway.cli.parser import build_parser
-from gateway.errors import PeelError
+from routes.errors import PeelError
 
 __all__ = ["build_parser", "main"]
 

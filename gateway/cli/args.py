@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import TypeAlias
 
-from gateway.admin_client import DEFAULT_ADMIN_URL
+from gateway.cli.client import DEFAULT_ADMIN_URL
 
 Handler = Callable[[argparse.Namespace], int]
 #: A usage check argparse cannot express: the problem as text, or None when the arguments are fine.

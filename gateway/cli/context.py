@@ -6,8 +6,8 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from gateway.admin_client import DEFAULT_ADMIN_URL, AdminClient
-from gateway.settings import Settings, load_settings
+from gateway.cli.client import DEFAULT_ADMIN_URL, AdminClient
+from gateway.server.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from routes.store import Store

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from gateway.errors import PeelError
+from routes.errors import PeelError
 
 
 def dump_yaml(data: Any) -> str:

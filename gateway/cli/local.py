@@ -12,7 +12,7 @@ from gateway.cli.output import print_json, table
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.serve import serve
+    from gateway.server.serve import serve
 
     current = settings(args)
     if args.workers is not None:

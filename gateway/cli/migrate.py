@@ -12,7 +12,7 @@ from facade.beta import sign
 from gateway.cli.args import Commands, actions, add_command, positive, write_options
 from gateway.cli.context import admin_client, settings
 from gateway.cli.output import print_json, table
-from gateway.errors import ConfigError
+from gateway.core.errors import ConfigError
 
 BASE = "/api/v1/migrations"
 _TTL_RE = re.compile(r"^(\d+)([smhd]?)$")

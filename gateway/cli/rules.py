@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from gateway.admin_client import AdminError
 from gateway.cli.args import Commands, actions, add_command, header_arg, write_options
+from gateway.cli.client import AdminError
 from gateway.cli.context import admin_client
 from gateway.cli.documents import dump_yaml, load_document
 from gateway.cli.output import match_summary, print_json, print_write, table
-from gateway.errors import PeelError
+from routes.errors import PeelError
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

@@ -9,9 +9,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.admin.app import build_admin_app
-from gateway.metrics import Metrics
-from gateway.procstats import LiveView, ProcessState
-from gateway.settings import MetricsSettings, Settings
+from gateway.server.settings import MetricsSettings, Settings
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.procstats import LiveView, ProcessState
 from routes.store import Store
 
 pytestmark = pytest.mark.anyio

@@ -10,8 +10,8 @@ from tests.app.conftest import SAMPLE, Admin
 
 pytestmark = pytest.mark.anyio
 
-# The shape of `gateway.procstats.LiveView.service()`: the service snapshots of the serving processes
-# (gateway.endpoints) merged, endpoints keyed by URL, and each process's own snapshot.
+# The shape of `gateway.telemetry.procstats.LiveView.service()`: the service snapshots of the serving
+# processes (gateway.upstream.endpoints) merged, endpoints keyed by URL, and each process's own snapshot.
 ORDERS_LIVE: dict[str, Any] = {
     "balancer": "ewma", "in_flight": 3, "pending": 0, "max_requests": 1024, "max_pending": 1024,
     "ejections_total": 4, "circuit_open_total": 2, "panic_total": 0, "name": "orders",
@@ -28,7 +28,7 @@ ORDERS_LIVE: dict[str, Any] = {
 
 
 class FakeLiveView:
-    """The `gateway.procstats.LiveView` seam: `service(name) -> dict | None`, recording the asks."""
+    """The `gateway.telemetry.procstats.LiveView` seam: `service(name) -> dict | None`, recording the asks."""
 
     def __init__(self, services: dict[str, dict[str, Any]]) -> None:
         self.services = services

@@ -18,13 +18,13 @@ import sys
 import uvloop
 import yaml
 
-from gateway.accesslog import AccessLog
-from gateway.holder import TableHolder
-from gateway.listener import make_server, uvicorn_config
-from gateway.pool import UpstreamPool
-from gateway.proxy import ProxyApp
-from gateway.settings import load_settings
+from gateway.dataplane.proxy import ProxyApp
+from gateway.edge.listener import make_server, uvicorn_config
+from gateway.server.settings import load_settings
+from gateway.telemetry.accesslog import AccessLog
+from gateway.upstream.pool import UpstreamPool
 from routes.compiler import compile_document
+from routes.holder import TableHolder
 from routes.model import Document
 
 

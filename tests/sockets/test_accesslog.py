@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gateway.accesslog import FIELDS, AccessLog
+from gateway.telemetry.accesslog import FIELDS, AccessLog
 from routes.model import Endpoint
 
 

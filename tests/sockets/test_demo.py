@@ -25,9 +25,9 @@ import pytest
 
 try:
     import gateway.cli
-    import gateway.serve  # noqa: F401
+    import gateway.server.serve  # noqa: F401
 except ImportError as exc:  # pragma: no cover - only while those modules are being written
-    pytest.skip(f"peel demo needs gateway.cli and gateway.serve: {exc}", allow_module_level=True)
+    pytest.skip(f"peel demo needs gateway.cli and gateway.server.serve: {exc}", allow_module_level=True)
 
 pytestmark = pytest.mark.timeout(240)
 BANNER_END = "Ctrl-C stops everything."

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.endpoints import EndpointState, Upstreams
-from gateway.health import HealthChecker, check_endpoint
+from gateway.upstream.endpoints import EndpointState, Upstreams
+from gateway.upstream.health import HealthChecker, check_endpoint
 from routes.model import Endpoint
 from routes.policies import HealthCheck
 from tests.sockets.faults import FaultUpstream, Refuse

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.settings import TracingSettings
-from gateway.tracing import Tracing
+from gateway.server.settings import TracingSettings
+from gateway.telemetry.tracing import Tracing
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.sockets.conftest import wait_for
 from tests.sockets.serve_harness import PeelServe

@@ -13,8 +13,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from gateway.errors import StoreError
 from migrations import alembic_config, script_head, script_revisions
+from routes.errors import StoreError
 from routes.model import Document
 from routes.schema import metadata
 from routes.store import Store

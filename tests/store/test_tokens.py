@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from gateway.errors import ConflictError, NotFoundError, RuleError
+from routes.errors import ConflictError, NotFoundError, RuleError
 from routes.schema import admin_tokens
 from routes.store import Store
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import PreconditionFailed
+from routes.errors import PreconditionFailed
 from routes.model import Document
 from routes.store import Store, Transition
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from gateway.errors import ConflictError, NotFoundError, PreconditionFailed
 from routes.changes import commit_change, delete_route, put_route, put_service, rollback_to
+from routes.errors import ConflictError, NotFoundError, PreconditionFailed
 from routes.model import Document, Route, Service
 from routes.schema import config_versions
 from routes.store import Store, VersionInfo

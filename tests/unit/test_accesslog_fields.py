@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.accesslog import FIELDS, AccessLog
+from gateway.telemetry.accesslog import FIELDS, AccessLog
 from routes.model import Endpoint
 
 ISSUE_ORDER = ("time", "trace_id", "span_id", "request_id", "client", "method", "path", "route", "service",

@@ -1,4 +1,4 @@
-"""The balancers (gateway/balancer.py) on a simulated clock with seeded randomness.
+"""The balancers (gateway/upstream/balancer.py) on a simulated clock with seeded randomness.
 
 A discrete-event simulation sends requests at a steady rate to a `ServiceState`; each request
 takes its endpoint's current latency, then `end()`s. What is asserted is what an operator would
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.balancer import POINTS_PER_WEIGHT, hash_key
-from gateway.endpoints import EndpointState, ServiceState, Upstreams
-from gateway.errors import NoEndpoint
+from gateway.core.errors import NoEndpoint
+from gateway.upstream.balancer import POINTS_PER_WEIGHT, hash_key
+from gateway.upstream.endpoints import EndpointState, ServiceState, Upstreams
 from routes.policies import Balancer, CircuitBreaker, HashOn, HealthCheck, OutlierDetection
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import NotFoundError, PreconditionFailed, RuleError
 from routes.changes import (
     RETRIES,
     commit_change,
@@ -19,6 +18,7 @@ from routes.changes import (
     replace_document,
     rollback_to,
 )
+from routes.errors import NotFoundError, PreconditionFailed, RuleError
 from routes.model import Document, Route, Service
 from routes.store import EMPTY_VERSION, ConfigVersion, VersionInfo
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import yaml
 
-from gateway.errors import NoEndpoint, RuleError
 from routes.compiler import compile_document
+from routes.errors import RuleError
 from routes.model import Document, Endpoint, Route, Service
-from routes.table import CompiledService, RouteTable
+from routes.table import RouteTable
 
 DOCUMENT = """
 services:
@@ -80,19 +78,6 @@ def test_table_is_immutable(table: RouteTable) -> None:
         table.version = 8
     with pytest.raises(AttributeError):
         table.routes[0].service = table.services["legacy"]
-
-
-def test_pick_takes_endpoints_in_turn(table: RouteTable) -> None:
-    orders = table.services["orders"]
-    picks = [orders.pick() for _ in range(9)]
-    assert Counter(e.url for e in picks) == {e.url: 3 for e in orders.endpoints}
-    assert len(set(picks[:3])) == 3 and picks[3:6] == picks[:3]
-    assert table.services["legacy"].pick().url == "http://10.0.0.5:8080"
-
-
-def test_a_service_without_endpoints_raises_no_endpoint() -> None:
-    with pytest.raises(NoEndpoint):
-        CompiledService("empty", ()).pick()
 
 
 def test_empty_document_gives_an_empty_table() -> None:

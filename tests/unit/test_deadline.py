@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.deadline import (
+from gateway.policy.deadline import (
     DeadlineRules,
     effective_deadline,
     format_grpc_timeout,
     parse_grpc_timeout,
     parse_ms,
 )
-from gateway.settings import DeadlineSettings, load_settings
+from gateway.server.settings import DeadlineSettings, load_settings
 
 H = list[tuple[bytes, bytes]]
 NOW = 500.0
@@ -146,7 +146,7 @@ def test_no_trusted_networks_trusts_nobody() -> None:
 
 
 def test_trust_verdicts_stay_right_past_the_cache_bound() -> None:
-    # The cache and its bound are gateway.trust's (tests/unit/test_trust.py).
+    # The cache and its bound are gateway.core.trust's (tests/unit/test_trust.py).
     rules = DeadlineRules(DeadlineSettings(trusted_networks=("10.0.0.0/8",)))
     for i in range(5000):
         assert rules.trusts(f"10.0.{i // 256}.{i % 256}")

@@ -1,4 +1,4 @@
-"""Endpoint and service state (gateway/endpoints.py): latency estimate, outlier ejection, health
+"""Endpoint and service state (gateway/upstream/endpoints.py): latency estimate, outlier ejection, health
 verdicts, circuit-breaker counters, reconciliation across tables and the JSON snapshot."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import random
 import pytest
 import yaml
 
-from gateway.endpoints import DEFAULT_LATENCY, EndpointState, ServiceState, Upstreams
+from gateway.upstream.endpoints import DEFAULT_LATENCY, EndpointState, ServiceState, Upstreams
 from routes.compiler import compile_document
 from routes.model import Document
 from routes.policies import Balancer, CircuitBreaker, HealthCheck, OutlierDetection

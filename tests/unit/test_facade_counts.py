@@ -6,7 +6,7 @@ import asyncio
 
 from facade.counts import FALLBACK, FROM, TO, TrafficCounts
 from facade.flusher import CountsFlusher, instance_id
-from gateway.errors import StoreError
+from routes.errors import StoreError
 from routes.store import CountDeltas
 
 

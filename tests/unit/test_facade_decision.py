@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from facade.bucketing import bucket
 from facade.decision import Decision, Facts, decide
-from facade.model import Beta, Migration
+from routes.migration import Beta, Migration
 
 BETA = Beta(header="X-Beta-User", allow=("alice",), deny=("bob",))
 # Two cohort keys on either side of a 50 % share for the salt "orders".

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from facade.model import Fallback, Migration
-from gateway.errors import RuleError
 from routes.diff import diff
+from routes.errors import RuleError
+from routes.migration import Fallback, Migration
 from routes.model import Document
 
 

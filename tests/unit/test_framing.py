@@ -1,4 +1,4 @@
-"""The edge framing rules (`gateway.framing`): table cases and fuzzing of heads and chunked bodies."""
+"""The edge framing rules (`gateway.http.framing`): table cases and fuzzing of heads and chunked bodies."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import ConfigError
-from gateway.framing import (
+from gateway.core.errors import ConfigError
+from gateway.http.framing import (
     CHUNKED,
     LENGTH,
     NO_BODY,
@@ -19,7 +19,7 @@ from gateway.framing import (
     check_head,
     refusal_response,
 )
-from gateway.settings import load_settings
+from gateway.server.settings import load_settings
 
 LIMITS = HeadLimits(max_request_line=100, max_header_bytes=300, max_headers=5, max_body=1000)
 

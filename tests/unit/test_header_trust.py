@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.headers import CLIENT_CLAIMS, HOP_BY_HOP, ForwardingRules, nominated
+from gateway.http.headers import CLIENT_CLAIMS, HOP_BY_HOP, ForwardingRules, nominated
 
 H = list[tuple[bytes, bytes]]
 RULES = ForwardingRules(["10.0.0.0/8"])

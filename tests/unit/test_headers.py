@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.headers import (
+from gateway.http.headers import (
     HOP_BY_HOP,
     ForwardingRules,
     new_request_id,

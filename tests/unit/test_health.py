@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from gateway.endpoints import Upstreams
-from gateway.health import (
+from gateway.upstream.endpoints import Upstreams
+from gateway.upstream.health import (
     CheckResult,
     HealthChecker,
     body_length,
@@ -25,7 +25,7 @@ from gateway.health import (
 from routes.model import Endpoint
 from routes.policies import HealthCheck
 
-# -- fakes of the gateway.endpoints seam (Upstreams / ServiceState / EndpointState) -------------------
+# -- fakes of the gateway.upstream.endpoints seam (Upstreams / ServiceState / EndpointState) -----
 
 
 @dataclass
@@ -415,7 +415,7 @@ def test_close_stops_everything_and_later_syncs_start_nothing() -> None:
 
 
 def test_with_the_real_endpoint_state(caplog: pytest.LogCaptureFixture) -> None:
-    # gateway.endpoints.Upstreams is what the process runs: an endpoint nothing ever vouched for is
+    # gateway.upstream.endpoints.Upstreams is what the process runs: an endpoint nothing ever vouched for is
     # out at its first failed check, and the message says how many checks it took.
     async def go() -> None:
         ups = Upstreams()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.hosts import absolute_target, hostname
+from gateway.http.hosts import absolute_target, hostname
 
 
 @pytest.mark.parametrize(("header", "host"), [

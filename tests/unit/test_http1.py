@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import ProtocolError
-from gateway.http1 import (
+from gateway.core.errors import ProtocolError
+from gateway.http.http1 import (
     CHUNKED,
     LAST_CHUNK,
     LENGTH,

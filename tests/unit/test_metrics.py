@@ -13,7 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from gateway.metrics import BUCKETS, CONTENT_TYPE, Metrics, render, status_class
+from gateway.telemetry.metrics import BUCKETS, CONTENT_TYPE, Metrics, render, status_class
 
 
 def scrape(processes: Sequence[Mapping[str, Any]], *, admin_process: bool = False) -> dict[str, list[Sample]]:

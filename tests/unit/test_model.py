@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import RuleError
+from routes.errors import RuleError
 from routes.model import Document, Endpoint
 
 SAMPLE = """

@@ -1,4 +1,4 @@
-"""Peel's OTLP/HTTP span exporter against a real local collector (`gateway.trace_export`).
+"""Peel's OTLP/HTTP span exporter against a real local collector (`gateway.telemetry.export`).
 
 The collector here is a scripted `ThreadingHTTPServer` on 127.0.0.1:0: it answers each POST with
 the next status of its script, counts the connections it accepts, and keeps what it received
@@ -32,10 +32,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway import trace_export
-from gateway.errors import ConfigError
-from gateway.settings import TracingSettings
-from gateway.trace_export import OtlpHttpExporter, make_exporter, parse_headers
+from gateway.core.errors import ConfigError
+from gateway.server.settings import TracingSettings
+from gateway.telemetry import export as trace_export
+from gateway.telemetry.export import OtlpHttpExporter, make_exporter, parse_headers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -405,8 +405,8 @@ def test_tls_files_that_cannot_be_loaded_are_refused_naming_the_variable(
 
 def test_making_the_exporter_leaves_requests_unloaded() -> None:
     program = (
-        "import sys, gateway.trace_export as t\n"
-        "from gateway.settings import TracingSettings\n"
+        "import sys, gateway.telemetry.export as t\n"
+        "from gateway.server.settings import TracingSettings\n"
         "e = t.make_exporter(TracingSettings(endpoint='http://127.0.0.1:1/v1/traces'))\n"
         "assert type(e).__name__ == 'OtlpHttpExporter', e\n"
         "loaded = sorted(m for m in ('requests', 'urllib3', 'certifi', 'idna', 'charset_normalizer',\n"

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.admin.openapi import SCHEMAS
-from gateway.errors import RuleError
 from routes.compiler import compile_document
 from routes.diff import diff
+from routes.errors import RuleError
 from routes.fields import duration, format_duration
 from routes.model import Document
 from routes.policies import (

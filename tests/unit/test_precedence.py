@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import RuleError
 from routes.compiler import compile_document, precedence_key
+from routes.errors import RuleError
 from routes.matcher import RequestFacts
 from routes.model import Document
 from routes.table import CompiledRoute, RouteTable

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import Metrics
-from gateway.procstats import LiveView, ProcessState, Publisher, merge_service, process_stats
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.procstats import LiveView, ProcessState, Publisher, merge_service, process_stats
 
 
 @dataclass
@@ -61,7 +61,7 @@ class FakeService:
 
 @dataclass
 class FakeUpstreams:
-    """The `Upstreams` registry's read side (gateway/endpoints.py), as `ProcessState` uses it."""
+    """The `Upstreams` registry's read side (gateway/upstream/endpoints.py), as `ProcessState` uses it."""
 
     by_name: dict[str, FakeService] = field(default_factory=dict)
 
@@ -292,7 +292,7 @@ def test_process_stats_reads_this_process() -> None:
 
 
 def test_the_real_upstreams_registry_is_published_and_merged(tmp_path: Path) -> None:
-    endpoints = pytest.importorskip("gateway.endpoints")
+    endpoints = pytest.importorskip("gateway.upstream.endpoints")
     from routes.compiler import compile_document
     from routes.model import Document
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.ratelimit import RateLimiter, RateLimiters, policy_value, rate_key, sf_string
+from gateway.policy.ratelimit import RateLimiter, RateLimiters, policy_value, rate_key, sf_string
 from routes.policies import RateLimit
 
 H = list[tuple[bytes, bytes]]

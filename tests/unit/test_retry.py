@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.retry import (
+from gateway.policy.retry import (
     RetryBudget,
     RetryBudgets,
     backoff,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from gateway.errors import RuleError
 from routes.compiler import compile_document
+from routes.errors import RuleError
 from routes.model import Document, HeaderRules, Match, Rewrite
 from routes.rewrite import (
     NO_EDIT,

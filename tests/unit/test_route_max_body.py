@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import RuleError
 from routes.compiler import compile_document
+from routes.errors import RuleError
 from routes.model import Document
 
 SERVICES = [{"name": "legacy", "endpoints": ["http://127.0.0.1:8081"]}]

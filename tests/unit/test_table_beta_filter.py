@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from facade.beta import BetaTrust
-from facade.compiled import TableBetaFilter
+from facade.beta_filter import TableBetaFilter
 from routes.compiler import compile_document
 from routes.model import Document
 from routes.table import RouteTable

@@ -12,10 +12,16 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway import propagation
-from gateway.propagation import Incoming, extract, parse_b3_multi, parse_b3_single, parse_traceparent
-from gateway.settings import TracingSettings
-from gateway.tracing import Tracing
+from gateway.server.settings import TracingSettings
+from gateway.telemetry import propagation
+from gateway.telemetry.propagation import (
+    Incoming,
+    extract,
+    parse_b3_multi,
+    parse_b3_single,
+    parse_traceparent,
+)
+from gateway.telemetry.tracing import Tracing
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.trust import CACHE_SIZE, TrustedNetworks
+from gateway.core.trust import CACHE_SIZE, TrustedNetworks
 
 
 @pytest.mark.parametrize(("client", "inside"), [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from gateway.upstream_tls import UpstreamTls
+from gateway.upstream.tls import UpstreamTls
 from routes.model import Endpoint
 
 PLAIN = Endpoint.parse("http://127.0.0.1:8080", "endpoint")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.framing import HeadLimits, check_head
-from gateway.websocket_rules import downstream_close, upstream_close, websocket_offer
+from gateway.dataplane.websocket_rules import downstream_close, upstream_close, websocket_offer
+from gateway.http.framing import HeadLimits, check_head
 
 HANDSHAKE = [b"Host: a", b"Connection: Upgrade", b"Upgrade: websocket",
              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Version: 13"]

@@ -1,0 +1,42 @@
+"""RFC 9457 problem details: the one shape of every error Peel answers with.
+
+Both listeners use it: the data plane for upstream failures (502/503/504 with a Peel error code),
+the admin API for refused changes (with the field and the value).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gateway.core.errors import UpstreamError
+from routes.errors import RuleError
+
+CONTENT_TYPE = "application/problem+json"
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 412: "Precondition Failed",
+           413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
+           422: "Unprocessable Content", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+           504: "Gateway Timeout"}
+
+
+def problem(status: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """A problem document. `code` is Peel's stable error code (also the `type` URI's tail)."""
+    body: dict[str, Any] = {"type": f"https://peel.dev/problems/{code}",
+                            "title": _TITLES.get(status, "Error"), "status": status,
+                            "code": code, "detail": detail}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+def from_rule_error(exc: RuleError) -> dict[str, Any]:
+    return problem(exc.status, exc.code, str(exc), field=exc.field, value=exc.value)
+
+
+def from_upstream_error(exc: UpstreamError, **extra: Any) -> dict[str, Any]:
+    return problem(exc.status, exc.code, str(exc) or exc.code, **extra)

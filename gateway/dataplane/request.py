@@ -1,0 +1,107 @@
+"""One downstream request in the data plane: its state, and the answers Peel makes itself.
+
+`RequestState` is what the proxy knows about a request and what became of it (the access log, the
+metrics and the trace read it at the end); `send_problem` answers it with a problem+json;
+`abort_downstream` cuts a response that has already started.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.core import problems
+from gateway.core.asgi import Receive, Scope, Send
+from gateway.edge.protocol import Downstream
+from gateway.upstream.pool import ExchangeAborted
+
+if TYPE_CHECKING:
+    from gateway.telemetry.tracing import RequestTrace
+    from routes.model import Endpoint
+    from routes.table import CompiledRoute
+
+_PROBLEM = problems.CONTENT_TYPE.encode()
+
+
+class BodyTooLarge(Exception):
+    """A request body passed its route's `max_body` while it streamed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this route takes request bodies of at most {limit} bytes")
+
+
+class RequestState:
+    """One downstream request on its way through the data plane: what it is and what became of it.
+
+    The first group is set by the proxy before forwarding; the second is filled in as the request
+    goes and ends up in the access log, the metrics and the trace.
+    """
+
+    __slots__ = ("attempts", "bytes_in", "bytes_out", "chunked", "client", "compiled", "deadline",
+                 "endpoint", "error", "fallback", "has_body", "host_header", "length", "method", "path",
+                 "query", "receive", "replayable", "request_id", "response_headers", "route", "scope",
+                 "send", "sent", "service", "side", "started", "status", "trace", "upstream")
+
+    def __init__(self, request_id: bytes, scope: Scope, receive: Receive, send: Send) -> None:
+        self.request_id = request_id
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.method: str = scope["method"]
+        client = scope.get("client")
+        self.client: str | None = client[0] if client else None
+        self.compiled: CompiledRoute | None = None
+        self.host_header: bytes | None = None
+        self.path = ""
+        self.query = b""
+        self.length: bytes | None = None
+        self.chunked = False
+        self.has_body = False
+        self.replayable = False  # `receive` hands over a buffered body, as often as asked
+        self.deadline: float | None = None  # time.monotonic() by which the answer must be complete
+        self.trace: RequestTrace | None = None
+        # extra headers for the downstream response (the route's rate-limit state)
+        self.response_headers: list[tuple[bytes, bytes]] | None = None
+        # -- outcome
+        self.route: str | None = None
+        self.service: str | None = None
+        self.side: str | None = None  # "from" or "to" on a migrated route
+        self.fallback: str | None = None  # the `to` failure that `from` answered for
+        self.endpoint: Endpoint | None = None
+        self.attempts = 0
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.upstream: float | None = None
+        self.error: str | None = None
+        self.started = False  # the response head went downstream
+        self.sent = False  # the request went upstream completely
+
+
+async def send_problem(req: RequestState, status: int, code: str, detail: str, *,
+                       close: bool = False, headers: list[tuple[bytes, bytes]] | None = None,
+                       rid_name: bytes = b"x-request-id") -> None:
+    """Answer `req` with a problem+json; `close`: and end the connection (its body was not read)."""
+    req.status = status
+    req.error = req.error or code
+    body = problems.encode(problems.problem(status, code, detail,
+                                            request_id=req.request_id.decode("ascii")))
+    req.started = True
+    req.bytes_out = len(body)
+    out = [(b"content-type", _PROBLEM), (b"content-length", b"%d" % len(body)),
+           (rid_name, req.request_id)]
+    if headers:
+        out += headers
+    if close:
+        out.append((b"connection", b"close"))
+    await req.send({"type": "http.response.start", "status": status, "headers": out})
+    await req.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def abort_downstream(scope: Scope) -> None:
+    """Cut the downstream connection (a response that started cannot be turned into an error)."""
+    downstream = (scope.get("extensions") or {}).get("peel.downstream")
+    if isinstance(downstream, Downstream):
+        downstream.abort()
+    else:
+        # Without Peel's protocol, raising makes the server close the connection.
+        raise ExchangeAborted("response cut short") from None

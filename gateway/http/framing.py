@@ -1,0 +1,341 @@
+"""RFC 9112 framing rules for downstream requests (pure): the raw head and chunked bodies.
+
+The protocol layer (`gateway.edge.protocol`) hands every request head to `check_head` before the
+HTTP parser sees it, and every chunked body to a `ChunkedBody`, so Peel's rules hold whatever the
+parser underneath tolerates. A request that breaks a rule raises `Refusal`, which carries the
+status and the Peel error code of the problem+json answer; the connection is then closed, because
+after a framing error nobody can tell where the next request would start (request smuggling).
+
+What is refused, and with which status:
+
+- 400: a bare CR or LF, obs-fold, a malformed request line, a target that is neither origin-form
+  nor absolute-form (`*` only with OPTIONS), bytes that are not visible ASCII in the target, a header
+  name that is not a token or a value holding a control character, a missing Host on HTTP/1.1, more
+  than one Host, Content-Length together with Transfer-Encoding, a duplicate or non-numeric
+  Content-Length, a transfer-coding list whose last coding is not `chunked`, Transfer-Encoding on
+  HTTP/1.0, a `Connection` that nominates a header Peel relies on, and (unless allowed) a header
+  name with `_` that would read as a header Peel trusts once `_` is taken for `-`;
+- 413: a declared Content-Length or chunked data above `max_body` (before any `100 Continue`);
+- 414: a request line longer than `max_request_line`;
+- 417: an `Expect` other than `100-continue`;
+- 431: a header section above `max_header_bytes` or with more than `max_headers` fields;
+- 501: a transfer coding other than `chunked` (Peel does not decode gzip request bodies);
+- 505: an HTTP version other than 1.0 and 1.1.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import NamedTuple
+
+from gateway.core import problems
+
+# Body framing of a request.
+NO_BODY = 0
+LENGTH = 1
+CHUNKED = 2
+
+# RFC 9110 5.6.2: token characters.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN_RE = re.compile(_TOKEN)
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ ]+) HTTP/(\d)\.(\d)")
+# Field values: HTAB, SP, visible ASCII, obs-text. Everything else is a control character.
+_VALUE_BYTES = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+# Targets: visible ASCII only (RFC 3986 has no raw space, control or non-ASCII byte in a URI).
+_TARGET_BYTES = bytes(range(0x21, 0x7F))
+# A Host value: reg-name, IPv4, IP-literal and port characters.
+_HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:%[]"
+_ABSOLUTE = re.compile(rb"(?i:https?)://[^/?#]+(?:[/?].*)?")
+_DIGITS = b"0123456789"
+_HEX = b"0123456789abcdefABCDEF"
+_CHUNK_EXT = re.compile(rb'(?:[ \t]*;[ \t]*' + _TOKEN + rb'(?:[ \t]*=[ \t]*(?:' + _TOKEN
+                        + rb'|"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*"))?)*')
+
+# Headers a `Connection` field may not nominate: stripping them as hop-by-hop would change how
+# the request is framed or routed, or remove what Peel sets for the upstream.
+PROTECTED = frozenset({
+    b"host", b"content-length", b"transfer-encoding", b"expect",
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip",
+    b"x-request-id", b"traceparent", b"tracestate",
+})
+# A header name with "_" is refused (by default) when, read with "-" for "_", it is one of these or
+# starts with one of the prefixes: a server that folds "_" into "-" would take it for the real one.
+_TRUSTED_PREFIXES = (b"x-forwarded-", b"x-peel-", b"peel-")
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """The limits `check_head` enforces (from `[limits]`; see `gateway.server.settings.LimitsSettings`)."""
+
+    max_request_line: int = 8 * 1024
+    max_header_bytes: int = 60 * 1024
+    max_headers: int = 100
+    max_body: int = 0  # 0: no limit
+    allow_underscore_headers: bool = False
+
+
+class Refusal(Exception):
+    """A request Peel refuses at the edge: answered with `status` and problem `code`, then closed."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class Head(NamedTuple):
+    """What the protocol layer needs from an accepted request head.
+
+    `head` is the bytes to hand the HTTP parser: the original head, or (when an `Upgrade` was
+    stripped) the head rebuilt without it. `framing` is NO_BODY, LENGTH or CHUNKED. A NamedTuple:
+    one is built per request, and a frozen dataclass costs several times more to construct.
+    """
+
+    head: bytes
+    method: bytes
+    framing: int
+    length: int
+    expect_continue: bool
+    upgrade_stripped: bool
+
+
+def check_head(block: bytes, limits: HeadLimits) -> Head:
+    """Check one complete request head, `block` ending with its empty line (CRLF CRLF).
+
+    Raises `Refusal`. The checks run once per request on bytes already in memory; the common
+    head costs a few C-level passes.
+    """
+    if block.count(b"\n") != block.count(b"\r\n") or block.count(b"\r") != block.count(b"\r\n"):
+        raise Refusal(400, "bare-line-ending", "the request head holds a CR or LF outside a CRLF pair")
+    lines = block[:-4].split(b"\r\n")
+    line = lines[0]
+    if len(line) > limits.max_request_line:
+        raise Refusal(414, "request-line-too-long",
+                      f"the request line is longer than {limits.max_request_line} bytes")
+    method, target, version = _request_line(line)
+    fields = lines[1:]
+    if len(fields) > limits.max_headers:
+        raise Refusal(431, "too-many-headers",
+                      f"the request has more than {limits.max_headers} header fields")
+    if len(block) - len(line) > limits.max_header_bytes:
+        raise Refusal(431, "header-too-large",
+                      f"the header section is larger than {limits.max_header_bytes} bytes")
+
+    hosts = 0
+    host = b""
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    expect: list[bytes] = []
+    connection: list[bytes] = []
+    upgrade_lines: list[int] = []
+    for index, field in enumerate(fields, 1):
+        name, value = _field(field, limits)
+        lowered = name.lower()
+        if lowered == b"host":
+            hosts += 1
+            host = value
+        elif lowered == b"content-length":
+            lengths.append(value)
+        elif lowered == b"transfer-encoding":
+            codings.append(value)
+        elif lowered == b"expect":
+            expect.append(value)
+        elif lowered == b"connection":
+            connection.append(value)
+        elif lowered == b"upgrade" or lowered == b"http2-settings":
+            upgrade_lines.append(index)
+
+    if hosts > 1:
+        raise Refusal(400, "duplicate-host", "the request has more than one Host header")
+    if hosts == 0 and version == (1, 1):
+        raise Refusal(400, "missing-host", "an HTTP/1.1 request must have a Host header")
+    if host.translate(None, _HOST_BYTES):
+        raise Refusal(400, "bad-host", "the Host header holds characters a host name cannot")
+    _check_target(method, target)
+    _check_connection(connection)
+
+    framing, length = _framing(lengths, codings, version, limits)
+    expect_continue = False
+    for value in expect:
+        if value.lower() != b"100-continue":
+            raise Refusal(417, "unsupported-expectation", "the only expectation Peel meets is 100-continue")
+        expect_continue = True
+
+    head = block
+    if upgrade_lines:
+        # Peel forwards no protocol switch (no route allows WebSocket yet) and never h2c: the
+        # request goes on as plain HTTP/1.1 without the offer, as RFC 9110 7.8 lets a server do.
+        keep = [line] + [f for i, f in enumerate(fields, 1) if i not in upgrade_lines]
+        head = b"\r\n".join(keep) + b"\r\n\r\n"
+    return Head(head, method, framing, length, expect_continue, bool(upgrade_lines))
+
+
+def _request_line(line: bytes) -> tuple[bytes, bytes, tuple[int, int]]:
+    match = _REQUEST_LINE.fullmatch(line)
+    if match is None:
+        raise Refusal(400, "bad-request-line", "the request line is not `METHOD TARGET HTTP/x.y`")
+    method, target, major, minor = match.groups()
+    version = (int(major), int(minor))
+    if version not in ((1, 1), (1, 0)):
+        raise Refusal(505, "http-version-not-supported",
+                      f"HTTP/{version[0]}.{version[1]} is not supported; use HTTP/1.1")
+    if target.translate(None, _TARGET_BYTES):
+        raise Refusal(400, "bad-target", "the request target holds bytes that are not visible ASCII")
+    return method, target, version
+
+
+def _check_target(method: bytes, target: bytes) -> None:
+    if target.startswith(b"/"):
+        if b"#" in target:
+            raise Refusal(400, "bad-target", "the request target holds a fragment")
+        return
+    if target == b"*":
+        if method != b"OPTIONS":
+            raise Refusal(400, "bad-target", "the target `*` is only for OPTIONS")
+        return
+    if _ABSOLUTE.fullmatch(target) and b"#" not in target:
+        return  # the data plane answers it only for hosts a route names
+    raise Refusal(400, "bad-target", "the request target is neither origin-form nor absolute-form")
+
+
+def _field(field: bytes, limits: HeadLimits) -> tuple[bytes, bytes]:
+    if field[:1] in (b" ", b"\t"):
+        raise Refusal(400, "obsolete-line-folding", "a header line starts with whitespace (obs-fold)")
+    name, colon, value = field.partition(b":")
+    if not colon or _TOKEN_RE.fullmatch(name) is None:
+        raise Refusal(400, "bad-header-name", "a header name is empty or holds characters a token cannot")
+    if value.translate(None, _VALUE_BYTES):
+        raise Refusal(400, "bad-header-value", "a header value holds a control character")
+    if b"_" in name and not limits.allow_underscore_headers:
+        dashed = name.lower().replace(b"_", b"-")
+        if dashed in PROTECTED or dashed.startswith(_TRUSTED_PREFIXES):
+            raise Refusal(400, "underscore-header",
+                          f"the header {name.decode('ascii')!r} would read as {dashed.decode('ascii')!r}")
+    return name, value.strip(b" \t")
+
+
+def _check_connection(values: list[bytes]) -> None:
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip(b" \t").lower()
+            if token in PROTECTED:
+                raise Refusal(400, "protected-header-nominated",
+                              f"Connection may not nominate {token.decode('ascii')!r}")
+
+
+def _framing(lengths: list[bytes], codings: list[bytes], version: tuple[int, int],
+             limits: HeadLimits) -> tuple[int, int]:
+    if codings:
+        if lengths:
+            raise Refusal(400, "ambiguous-framing",
+                          "the request has both Content-Length and Transfer-Encoding")
+        if version == (1, 0):
+            raise Refusal(400, "ambiguous-framing", "Transfer-Encoding is not HTTP/1.0")
+        tokens = [t.strip(b" \t").lower() for t in b",".join(codings).split(b",")]
+        if any(not t for t in tokens):
+            raise Refusal(400, "bad-transfer-encoding", "the Transfer-Encoding list has an empty element")
+        if tokens[-1] != b"chunked" or tokens.count(b"chunked") != 1:
+            raise Refusal(400, "bad-transfer-encoding", "the final transfer coding must be chunked, once")
+        if len(tokens) > 1:
+            raise Refusal(501, "unsupported-transfer-coding",
+                          f"Peel decodes no transfer coding but chunked (got {b', '.join(tokens[:-1])!r})")
+        return CHUNKED, 0
+    if not lengths:
+        return NO_BODY, 0
+    if len(lengths) > 1 or b"," in lengths[0]:
+        raise Refusal(400, "ambiguous-framing", "the request has more than one Content-Length")
+    value = lengths[0]
+    if not value or value.translate(None, _DIGITS) or len(value) > 18:
+        raise Refusal(400, "bad-content-length", "Content-Length is not a decimal number")
+    length = int(value)
+    if limits.max_body and length > limits.max_body:
+        raise Refusal(413, "body-too-large", f"the request body is larger than {limits.max_body} bytes")
+    return (LENGTH if length else NO_BODY), length
+
+
+class ChunkedBody:
+    """Finds the end of one chunked request body and checks its framing as the bytes come.
+
+    `feed(data)` returns how many bytes of `data` belong to this body (all of them until the
+    last chunk and trailers are complete); `done` is then set. Raises `Refusal` on a malformed
+    chunk size, extension, chunk end or trailer, and on data beyond `max_body` (0: no limit).
+    Only counts and framing bytes are kept, never data.
+    """
+
+    __slots__ = ("_line", "_max_body", "_state", "done", "left", "received")
+
+    _MAX_LINE = 4096
+    _MAX_TRAILERS = 16 * 1024
+
+    def __init__(self, max_body: int = 0) -> None:
+        self._max_body = max_body
+        self._state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailer section
+        self._line = b""
+        self.left = 0
+        self.received = 0
+        self.done = False
+
+    def feed(self, data: bytes) -> int:
+        pos, n = 0, len(data)
+        trailers = 0
+        while pos < n and not self.done:
+            if self._state == 1:
+                take = min(self.left, n - pos)
+                pos += take
+                self.left -= take
+                if not self.left:
+                    self._state = 2
+                continue
+            end = data.find(b"\n", pos)
+            if end < 0:
+                self._line += data[pos:]
+                limit = self._MAX_TRAILERS if self._state == 3 else self._MAX_LINE
+                if len(self._line) > limit:
+                    raise Refusal(400, "bad-chunk", "a chunk-size line or trailer is too long")
+                return n
+            line = self._line + data[pos:end + 1]
+            self._line = b""
+            pos = end + 1
+            if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+                raise Refusal(400, "bare-line-ending", "a chunk line does not end with CRLF")
+            line = line[:-2]
+            if self._state == 2:
+                if line:
+                    raise Refusal(400, "bad-chunk", "chunk data is longer than its size")
+                self._state = 0
+            elif self._state == 0:
+                self._size_line(line)
+            elif line:
+                trailers += len(line)
+                if trailers > self._MAX_TRAILERS or b":" not in line or line[:1] in (b" ", b"\t") \
+                        or line.translate(None, _VALUE_BYTES):
+                    raise Refusal(400, "bad-chunk", "a malformed trailer field")
+            else:
+                self.done = True
+        return pos
+
+    def _size_line(self, line: bytes) -> None:
+        cut = len(line)
+        for i, byte in enumerate(line):
+            if byte not in _HEX:
+                cut = i
+                break
+        size, ext = line[:cut], line[cut:]
+        if not size or len(size) > 15 or _CHUNK_EXT.fullmatch(ext) is None:
+            raise Refusal(400, "bad-chunk", f"malformed chunk size line {line[:40]!r}")
+        self.left = int(size, 16)
+        self.received += self.left
+        if self._max_body and self.received > self._max_body:
+            raise Refusal(413, "body-too-large", f"the request body is larger than {self._max_body} bytes")
+        self._state = 1 if self.left else 3
+
+
+def refusal_response(refusal: Refusal) -> bytes:
+    """The complete HTTP/1.1 answer to a refused request: problem+json, then the connection closes."""
+    title = HTTPStatus(refusal.status).phrase
+    body = problems.encode(problems.problem(refusal.status, refusal.code, refusal.detail, title=title))
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (refusal.status, title.encode("ascii"), problems.CONTENT_TYPE.encode("ascii"), len(body), body))

@@ -1,0 +1,184 @@
+"""Header rules of the proxy leg (pure): hop-by-hop stripping, forwarded headers, request id.
+
+Header lists are ASGI lists of `(name, value)` byte pairs with lower-case names (uvicorn gives
+requests that way; `http1` parses upstream responses that way).
+
+Forwarded headers (`X-Forwarded-For`, `-Proto`, `-Host` and RFC 7239 `Forwarded`) steer what
+upstreams believe about the client, so they are only believed from configured networks
+(`proxy.trusted_proxies`): from such a peer the chain is extended, from anyone else every
+client-sent value is replaced by what Peel saw itself. The rest of that family, and the headers
+other proxies use to tell an upstream who the client is or which URL it "really" asked for
+(`X-Forwarded-Port`/`-Prefix`/`-Client-Cert`..., `X-Real-IP`, `X-Original-URL`...), is dropped
+when an untrusted client sends it: an upstream that believes `X-Original-URL: /admin` on a request
+Peel routed as `/public` would undo the path rules (`gateway/http/paths.py`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+
+from gateway.core.trust import TrustedNetworks
+
+Headers = list[tuple[bytes, bytes]]
+_getrandbits = random.getrandbits
+
+# RFC 9110 section 7.6.1, plus the pre-standard Keep-Alive and Proxy-Connection.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+_XFF = b"x-forwarded-for"
+_XFP = b"x-forwarded-proto"
+_XFH = b"x-forwarded-host"
+_FORWARDED = b"forwarded"
+_FORWARDING = frozenset({_XFF, _XFP, _XFH, _FORWARDED})
+_FORWARDED_FAMILY = b"x-forwarded-"
+# Client and URL claims that only a trusted proxy may make (every other `x-forwarded-*` too).
+CLIENT_CLAIMS = frozenset({
+    b"x-real-ip", b"x-client-ip", b"true-client-ip", b"x-cluster-client-ip", b"cf-connecting-ip",
+    b"fastly-client-ip", b"x-original-forwarded-for", b"x-original-url", b"x-original-uri",
+    b"x-rewrite-url", b"x-envoy-original-path", b"x-envoy-external-address", b"x-client-cert",
+    b"x-ssl-client-cert", b"ssl-client-cert",
+})
+_MAX_REQUEST_ID = 200
+# Connection tokens that name no header (a field called "close" is legal but would be silly).
+_NOT_NOMINATIONS = frozenset({b"close", b"keep-alive", b""})
+# Visible ASCII only: request ids end up in logs and in other systems' headers.
+_VISIBLE = bytes(range(0x21, 0x7F))
+
+
+def new_request_id() -> bytes:
+    """A fresh request id: 128 random bits as 32 hex characters.
+
+    From the process's Mersenne Twister rather than os.urandom: a request id must be unique, not
+    unguessable, and a getrandom() system call per request is measurable on the data plane. The
+    generator is reseeded in every forked worker (`random` registers that at fork).
+    """
+    return b"%032x" % _getrandbits(128)
+
+
+def valid_request_id(value: bytes) -> bool:
+    return 0 < len(value) <= _MAX_REQUEST_ID and not value.translate(None, _VISIBLE)
+
+
+def nominated(value: bytes) -> set[bytes]:
+    """The header names a `Connection` value nominates as hop-by-hop."""
+    return _add_nominated(None, value) or set()
+
+
+def _add_nominated(extra: set[bytes] | None, value: bytes) -> set[bytes] | None:
+    """`extra` plus the names the `Connection` value nominates; None while nothing is nominated.
+
+    One call per `Connection` field, so the two single-pass header loops below share it without
+    adding a call per header.
+    """
+    names = {t.strip().lower() for t in value.split(b",")} - _NOT_NOMINATIONS
+    if not names:
+        return extra
+    return names if extra is None else extra | names
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], drop: tuple[bytes, ...] = ()) -> Headers:
+    """Drop hop-by-hop headers, every header a `Connection` header nominates, and `drop`."""
+    out: Headers = []
+    extra: set[bytes] | None = None
+    for name, value in headers:
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                extra = _add_nominated(extra, value)
+            continue
+        if name in drop:
+            continue
+        out.append((name, value))
+    if extra:
+        out = [(n, v) for n, v in out if n not in extra]
+    return out
+
+
+def _forwarded_node(client: str) -> str:
+    # RFC 7239 section 6: IPv6 nodes are bracketed and then need quoting.
+    return f'"[{client}]"' if ":" in client else client
+
+
+class ForwardingRules:
+    """Builds the upstream request headers; the trusted networks are parsed once, at start.
+
+    `request_id_header` is the header name that carries the request id (settings
+    `proxy.request_id_header`). `trusts(client)` says whether the downstream peer at `client` may
+    set forwarded headers (no `trusted_proxies`: nobody may).
+    """
+
+    __slots__ = ("request_id_name", "trusts")
+
+    trusts: Callable[[str | None], bool]
+
+    def __init__(self, trusted_proxies: Iterable[str], request_id_header: str = "X-Request-Id") -> None:
+        # The bound method itself, not a wrapper: one call per request, as an inline check would be.
+        self.trusts = TrustedNetworks(trusted_proxies).contains
+        self.request_id_name = request_id_header.lower().encode("ascii")
+
+    def request_id(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        """The client's request id when it sent a valid one, else a new one."""
+        rid_name = self.request_id_name
+        for name, value in headers:
+            if name == rid_name and valid_request_id(value):
+                return value
+        return new_request_id()
+
+    def upstream_request(self, headers: Iterable[tuple[bytes, bytes]], *, client: str | None,
+                         scheme: str, host: bytes | None, request_id: bytes) -> Headers:
+        """The headers to send upstream, before route edits and without Host (the caller's job).
+
+        Strips hop-by-hop headers, `Host` and `Expect` (uvicorn answers `100-continue` itself),
+        and any client-sent request id (`request_id` replaces it: see `request_id()`); sets or
+        extends the forwarded headers. From an untrusted client, `CLIENT_CLAIMS` and every other
+        `x-forwarded-*` header are dropped too.
+        """
+        out: Headers = []
+        extra: set[bytes] | None = None
+        forwarded: dict[bytes, bytes] = {}
+        rid_name = self.request_id_name
+        trusted = self.trusts(client)
+        for name, value in headers:
+            if name in HOP_BY_HOP:
+                if name == b"connection":
+                    extra = _add_nominated(extra, value)
+                continue
+            if name in _FORWARDING:
+                # Several fields of one name are one comma-separated list (RFC 9110 5.3).
+                seen = forwarded.get(name)
+                forwarded[name] = value if seen is None else seen + b", " + value
+                continue
+            if name == rid_name or name == b"host" or name == b"expect":
+                continue
+            if not trusted and (name in CLIENT_CLAIMS or name.startswith(_FORWARDED_FAMILY)):
+                continue
+            out.append((name, value))
+        if extra:
+            out = [(n, v) for n, v in out if n not in extra]
+        out.append((rid_name, request_id))
+
+        client_text = client or "unknown"
+        proto = scheme.encode("ascii")
+        node = _forwarded_node(client_text)
+        element = f"for={node};proto={scheme}"
+        if host:
+            quoted = host.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
+            element += f';host="{quoted}"'
+        if trusted:
+            xff = forwarded.get(_XFF)
+            out.append((_XFF, (xff + b", " if xff else b"") + client_text.encode()))
+            out.append((_XFP, forwarded.get(_XFP) or proto))
+            xfh = forwarded.get(_XFH) or host
+            if xfh:
+                out.append((_XFH, xfh))
+            fwd = forwarded.get(_FORWARDED)
+            out.append((_FORWARDED, (fwd + b", " if fwd else b"") + element.encode("latin-1")))
+        else:
+            out.append((_XFF, client_text.encode()))
+            out.append((_XFP, proto))
+            if host:
+                out.append((_XFH, host))
+            out.append((_FORWARDED, element.encode("latin-1")))
+        return out

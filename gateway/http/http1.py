@@ -1,0 +1,313 @@
+"""HTTP/1.1 on the upstream leg (pure): request heads out, response heads and body framing in.
+
+`ResponseReader` is fed the bytes an upstream connection receives and yields the response head and
+the decoded body. It is strict where ambiguity could desynchronise a reused connection or smuggle a
+response: a `Content-Length` together with `Transfer-Encoding`, differing or malformed lengths, a
+transfer coding other than `chunked`, bare CR/LF, obs-fold, control characters or an oversize head
+raise `ProtocolError`, and the connection is then never reused.
+
+It knows what httptools cannot: whether the request was HEAD (then, like 1xx, 204 and 304, the
+response has no body whatever its headers say). Interim 1xx responses are skipped.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gateway.core.errors import ProtocolError
+from gateway.http.headers import HOP_BY_HOP
+
+Headers = list[tuple[bytes, bytes]]
+
+MAX_HEAD = 64 * 1024
+MAX_CHUNK_LINE = 4096
+MAX_TRAILERS = 64 * 1024
+
+# Body framing of a response.
+NO_BODY = 0
+LENGTH = 1
+CHUNKED = 2
+UNTIL_CLOSE = 3
+
+# Bytes a response head may hold: HT, CR, LF, visible ASCII, space and obs-text. CR and LF are
+# then checked to come only as CRLF pairs.
+_HEAD_BYTES = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_DIGITS = b"0123456789"
+_HEADER_LINE = re.compile(rb"\r\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*)")
+# Headers the reader handles itself: framing, and the hop-by-hop ones that never go downstream.
+_SPECIAL = HOP_BY_HOP | {b"content-length"}
+_NOT_NOMINATIONS = frozenset({b"close", b"keep-alive", b""})
+_HEXDIGITS = b"0123456789abcdefABCDEF"
+
+
+def request_head(method: str, target: bytes, headers: Headers) -> bytes:
+    """Serialise a request line and header block (values were validated where they came from)."""
+    parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (never call with empty data: that is the last-chunk)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ResponseHead:
+    """The head of an upstream response.
+
+    `headers` are the end-to-end headers, ready to go downstream: lower-case names, values as
+    received; hop-by-hop headers, those `Connection` nominates and the reader's `drop` names are
+    left out, and Content-Length is collapsed to one field (left out for 204 and 304). `framing`
+    is one of NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE; `keep_alive` is False when the upstream asked
+    to close (or spoke HTTP/1.0 without offering keep-alive).
+    """
+
+    __slots__ = ("content_length", "framing", "headers", "keep_alive", "reason", "status")
+
+    def __init__(self, status: int, reason: bytes, headers: Headers, framing: int,
+                 content_length: int | None, keep_alive: bool) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.framing = framing
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+
+
+def parse_head(block: bytes, *, head_request: bool = False,
+               drop: frozenset[bytes] = frozenset()) -> ResponseHead:
+    """Parse a response head (`block` without the final empty line).
+
+    This runs once per proxied request, so it leans on C-level bytes methods and one regex pass
+    rather than a Python loop per character.
+    """
+    if block.translate(None, _HEAD_BYTES):
+        raise ProtocolError("the response head holds control characters")
+    crlf = block.count(b"\r\n")
+    if block.count(b"\r") != crlf or block.count(b"\n") != crlf:
+        raise ProtocolError("the response head holds a bare CR or LF")
+    end = block.find(b"\r\n")
+    status_line = block if end < 0 else block[:end]
+    if status_line.startswith(b"HTTP/1.1 "):
+        keep_alive = True
+        http10 = False
+    elif status_line.startswith(b"HTTP/1.0 "):
+        keep_alive = False
+        http10 = True
+    else:
+        raise ProtocolError(f"not an HTTP/1.1 status line: {status_line[:40]!r}")
+    code = status_line[9:12]
+    if len(code) != 3 or code.translate(None, _DIGITS) or status_line[12:13] not in (b" ", b""):
+        raise ProtocolError(f"malformed status line: {status_line[:40]!r}")
+    status = int(code)
+    if not 100 <= status <= 599:
+        raise ProtocolError(f"status {status} is out of range")
+    # One C-level pass finds every `name: value` line; a line it cannot read (obs-fold, a space
+    # before the colon, no colon) leaves the count short of the line count.
+    found = _HEADER_LINE.findall(block, len(status_line))
+    if len(found) != crlf:
+        raise ProtocolError("malformed header line in the response head")
+    headers: Headers = []
+    length: int | None = None
+    te: bytes | None = None
+    nominated: set[bytes] | None = None
+    for name, value in found:
+        name = name.lower()
+        if name in _SPECIAL:
+            value = value.rstrip(b" \t")
+            if name == b"content-length":
+                if value.isdigit() and len(value) <= 18 and length is None:
+                    length = int(value)
+                    continue
+                for part in value.split(b","):
+                    part = part.strip(b" \t")
+                    if not part or part.translate(None, _DIGITS) or len(part) > 18:
+                        raise ProtocolError(f"malformed Content-Length: {value[:40]!r}")
+                    if length is not None and int(part) != length:
+                        raise ProtocolError("differing Content-Length values")
+                    length = int(part)
+            elif name == b"transfer-encoding":
+                te = value if te is None else te + b", " + value
+            elif name == b"connection":
+                lowered = value.lower()
+                if lowered == b"keep-alive":  # the usual value, without a set of tokens
+                    keep_alive = keep_alive or http10
+                    continue
+                tokens = {t.strip(b" \t").lower() for t in lowered.split(b",")}
+                if b"close" in tokens:
+                    keep_alive = False
+                elif http10 and b"keep-alive" in tokens:
+                    keep_alive = True
+                tokens -= _NOT_NOMINATIONS
+                if tokens:
+                    nominated = tokens if nominated is None else nominated | tokens
+        elif name not in drop:
+            headers.append((name, value.rstrip(b" \t")))
+    if nominated:
+        headers = [(n, v) for n, v in headers if n not in nominated]
+    if te is not None and length is not None:
+        raise ProtocolError("both Content-Length and Transfer-Encoding")
+    if te is not None and te.lower() != b"chunked":
+        raise ProtocolError(f"unsupported transfer coding {te[:40]!r}")
+    if head_request or status < 200 or status in (204, 304):
+        # Whatever the headers announce (a HEAD or 304 answer repeats the GET's framing), these
+        # have no body; bytes that follow anyway make the connection unusable (see feed).
+        framing = NO_BODY
+        if length is not None and status not in (204, 304):
+            headers.append((b"content-length", b"%d" % length))
+    elif te is not None:
+        framing = CHUNKED
+    elif length is not None:
+        framing = NO_BODY if length == 0 else LENGTH
+        headers.append((b"content-length", b"%d" % length))
+    else:
+        framing = UNTIL_CLOSE
+        keep_alive = False
+    return ResponseHead(status, status_line[13:], headers, framing, length, keep_alive)
+
+
+class ResponseReader:
+    """Incremental reader of one upstream response; feed it what the socket gives.
+
+    After `feed`, `head` is set once the final (non-1xx) head arrived, `done` once the body ended,
+    and `reusable` says whether the connection may carry another request. `drop` names headers
+    to leave out of `head.headers` (see `parse_head`).
+    """
+
+    __slots__ = ("_buf", "_chunk_left", "_chunk_state", "_drop", "_head_request", "_left", "done",
+                 "head", "reusable")
+
+    def __init__(self, *, head_request: bool = False, drop: frozenset[bytes] = frozenset()) -> None:
+        self._head_request = head_request
+        self._drop = drop
+        self._buf = b""
+        self._left = 0  # LENGTH: bytes still due
+        self._chunk_state = 0  # CHUNKED: 0 size line, 1 data, 2 CRLF after data, 3 trailers
+        self._chunk_left = 0
+        self.head: ResponseHead | None = None
+        self.done = False
+        self.reusable = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Take received bytes; return the body bytes they complete (maybe empty)."""
+        if self.done:
+            if data:
+                self.reusable = False  # bytes after the response: the connection is out of step
+            return b""
+        if self.head is None:
+            data = self._feed_head(data)
+            if self.head is None:
+                return b""
+        framing = self.head.framing
+        if framing == LENGTH:
+            if not data:
+                return b""
+            left = self._left
+            if len(data) >= left:
+                self._finish(len(data) > left)
+                return data[:left] if len(data) > left else data
+            self._left = left - len(data)
+            return data
+        if framing == CHUNKED:
+            return self._feed_chunked(data)
+        if framing == UNTIL_CLOSE:
+            return data
+        # NO_BODY: the message ended with the head.
+        if data:
+            self.reusable = False
+        return b""
+
+    def feed_eof(self) -> None:
+        """The upstream closed its side: end of a close-delimited body, else a cut response."""
+        if self.done:
+            return
+        if self.head is not None and self.head.framing == UNTIL_CLOSE:
+            self.done = True
+            self.reusable = False
+            return
+        if self.head is None:
+            raise ProtocolError("the upstream closed the connection before a complete response head")
+        raise ProtocolError("the upstream closed the connection in the middle of the body")
+
+    def _finish(self, surplus: bool = False) -> None:
+        self.done = True
+        head = self.head
+        self.reusable = head is not None and head.keep_alive and not surplus
+
+    def _feed_head(self, data: bytes) -> bytes:
+        buf = self._buf + data if self._buf else data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    raise ProtocolError("the response head is too large")
+                self._buf = buf
+                return b""
+            if end > MAX_HEAD:
+                raise ProtocolError("the response head is too large")
+            head = parse_head(buf[:end], head_request=self._head_request, drop=self._drop)
+            buf = buf[end + 4:]
+            if head.status >= 200:
+                break
+            if head.status == 101:
+                raise ProtocolError("the upstream switched protocols without being asked")
+        self._buf = b""
+        self.head = head
+        if head.framing == NO_BODY:
+            self._finish(bool(buf))
+        elif head.framing == LENGTH:
+            self._left = head.content_length or 0
+        return buf
+
+    def _feed_chunked(self, data: bytes) -> bytes:
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        out: list[bytes] = []
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            state = self._chunk_state
+            if state == 1:
+                take = min(self._chunk_left, n - pos)
+                out.append(buf[pos:pos + take] if take != n or pos else buf)
+                pos += take
+                self._chunk_left -= take
+                if self._chunk_left == 0:
+                    self._chunk_state = 2
+                continue
+            if state == 2:
+                if n - pos < 2:
+                    break
+                if buf[pos:pos + 2] != b"\r\n":
+                    raise ProtocolError("a chunk is not followed by CRLF")
+                pos += 2
+                self._chunk_state = 0
+                continue
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                if n - pos > (MAX_CHUNK_LINE if state == 0 else MAX_TRAILERS):
+                    raise ProtocolError("a chunk-size line or trailer is too long")
+                break
+            line = buf[pos:end]
+            pos = end + 2
+            if state == 0:
+                size = line.split(b";", 1)[0].rstrip(b" \t")
+                if not size or size.translate(None, _HEXDIGITS) or len(size) > 15:
+                    raise ProtocolError(f"malformed chunk size {line[:40]!r}")
+                self._chunk_left = int(size, 16)
+                self._chunk_state = 1 if self._chunk_left else 3
+            elif line:  # state 3: a trailer field, dropped (Peel forwards no trailers)
+                if b"\r" in line or b"\n" in line or b":" not in line:
+                    raise ProtocolError("malformed trailer")
+            else:
+                self._finish(pos < n)
+                return b"".join(out)
+        self._buf = buf[pos:]
+        if self._chunk_state == 3 and len(self._buf) > MAX_TRAILERS:
+            raise ProtocolError("the trailers are too large")
+        return b"".join(out) if len(out) != 1 else out[0]

@@ -1,0 +1,460 @@
+"""`peel serve`: the process. Binds the listeners, runs the data plane and the admin API, drains.
+
+With one worker (the default) a single process runs both listeners in one event loop. With
+`--workers N` the first process binds the sockets, runs the admin API itself and starts N worker
+processes that inherit the public listener's socket; the kernel spreads accepted connections over
+them. Every process that serves keeps its own route table current from the store (`Watcher`), so
+no worker waits on another. A worker that dies is started again, with a growing pause.
+
+Signals: SIGTERM or SIGINT drain. Readiness turns false at once and every response says
+`Connection: close`, while the listeners keep accepting for `server.prestop_delay` seconds (a load
+balancer polling /readyz takes the gateway out meanwhile); then the listening sockets close, the
+requests in flight and those already accepted get `server.grace_period` to finish, and the process
+exits 0. The master forwards the signal to its workers at once and keeps the admin listener until
+they are done. A second Ctrl-C forces. SIGHUP re-reads the settings file and applies what can change
+at run time (log level, drain timings); the master forwards it to the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from facade.counts import TrafficCounts
+from facade.flusher import CountsFlusher, instance_id
+from gateway.core.errors import ConfigError
+from gateway.dataplane.proxy import ProxyApp
+from gateway.edge import drain
+from gateway.edge.listener import make_server, uvicorn_config
+from gateway.edge.protocol import PeelHttpProtocol
+from gateway.server import systemd
+from gateway.server.settings import LimitsSettings, ListenerSettings, Settings, load_settings
+from gateway.server.supervisor import HANDLED, Supervisor
+from gateway.telemetry.accesslog import AccessLog
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.procstats import LiveView, ProcessState, Publisher
+from gateway.telemetry.tracing import Tracing
+from gateway.upstream.endpoints import Upstreams
+from gateway.upstream.health import HealthChecker
+from gateway.upstream.pool import UpstreamPool
+from routes.errors import PeelError, StoreError
+from routes.holder import TableHolder
+from routes.store import Store
+from routes.watcher import Watcher
+
+log = logging.getLogger("peel.serve")
+
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger().setLevel(level.upper())
+    # alembic announces its plugin set-up at INFO on every schema check: noise for operators.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def bind(listener: ListenerSettings, name: str) -> socket.socket:
+    """Bind one listener's socket, or fail with a message naming the settings key."""
+    host, port = listener.host, listener.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"listeners.{name}.bind", f"cannot listen on {listener.bind}: "
+                          f"{exc.strerror or exc}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def preflight(settings: Settings) -> Store:
+    """Refuse to start on a store that is not at this code's schema.
+
+    An unreachable store is not fatal when a snapshot of the last good table exists: the gateway
+    serves it and keeps polling.
+    """
+    store = Store(settings.database.url)
+    try:
+        store.check_schema()
+    except StoreError as exc:
+        snapshot = Path(settings.server.snapshot_path)
+        if exc.unreachable and snapshot.exists():
+            log.warning("%s; starting from the snapshot %s", exc, snapshot)
+        else:
+            raise
+    return store
+
+
+class Runtime:
+    """What one serving process owns: its table holder, watcher, pool, access log, endpoint state
+    (balancing, health checks), metrics and tracing; the master of several workers uses only the
+    holder, the watcher and the live view of its workers."""
+
+    def __init__(self, settings: Settings, store: Store, *, write_snapshots: bool) -> None:
+        self.settings = settings
+        self.holder = TableHolder()
+        self.watcher = Watcher(store, self.holder, interval=settings.server.poll_interval,
+                               snapshot=Path(settings.server.snapshot_path),
+                               write_snapshots=write_snapshots)
+        self.counts = TrafficCounts()
+        self.flusher = CountsFlusher(store, self.counts, instance=instance_id(),
+                                     interval=settings.facade.counts_interval)
+        self.servers: list[uvicorn.Server] = []
+        self.stopping = False
+        self.forced = False
+        # set by stop(): the master waits on it, then on its workers
+        self.stopped = asyncio.Event()
+        # the master's Supervisor.forward: signals that its workers must get too
+        self.forward: Callable[[signal.Signals], None] | None = None
+        # data-plane servers, each with a spare descriptor of its listening socket (see _drain)
+        self._data: list[tuple[uvicorn.Server, socket.socket]] = []
+        self._forcing = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closers: list[Callable[[], Awaitable[object]]] = []
+        self.upstreams = Upstreams()
+        self.health = HealthChecker(self.upstreams)
+        self.metrics = Metrics()
+        self.state = ProcessState(self.metrics, upstreams=self.upstreams,
+                                  gateway=settings.listeners.public.bind, clock=self.upstreams.clock)
+        self.proxies: list[ProxyApp] = []
+        self._seen: object = None
+        self._failing: int | None = None
+
+    def start_background(self, *, counts: bool, publish: bool = False) -> None:
+        """The watcher (and, where requests are served, the traffic-count flusher, the follower
+        of new tables and, in a worker, the publisher of its live state for the master's admin)."""
+        self._tasks.append(asyncio.create_task(self.watcher.run()))
+        if counts:
+            self._tasks.append(asyncio.create_task(self.flusher.run()))
+            self._closers.append(self.flusher.flush)
+            self.follow_tables()
+            self._tasks.append(asyncio.create_task(self._follow()))
+            self._closers.append(self.health.close)
+        if publish:
+            publisher = Publisher(self.state, self.settings.server.run_dir,
+                                  self.settings.metrics.publish_interval)
+            self._tasks.append(asyncio.create_task(publisher.run()))
+            self._closers.append(lambda: asyncio.to_thread(publisher.remove))
+
+    def follow_tables(self) -> None:
+        """Give a newly swapped-in table to the endpoint state and the health checks (through each
+        proxy's `sync`, also run by the first request that sees the table) and to the metrics."""
+        table = self.holder.table
+        if table is not None and table is not self._seen:
+            self._seen = table
+            for proxy in self.proxies:
+                proxy.sync(table)
+            self.metrics.config_loaded(table.version, True, self.holder.loaded_at)
+        failing = self.watcher.failing_version
+        if failing is not None and failing != self._failing:
+            self.metrics.config_loaded(failing, False)
+        self._failing = failing
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.settings.server.poll_interval, 0.25))
+            self.follow_tables()
+
+    async def close(self) -> None:
+        """Stop the background work, then flush counts, close pools and the access log."""
+        for task in self._tasks:
+            task.cancel()
+        for closer in reversed(self._closers):
+            await closer()
+
+    def ready(self) -> bool:
+        return self.holder.table is not None and not self.stopping
+
+    async def load_first_table(self) -> None:
+        """Load from the store, else from the snapshot; the listeners open either way."""
+        if not await asyncio.to_thread(self.watcher.refresh):
+            await asyncio.to_thread(self.watcher.load_snapshot)
+        if self.holder.table is None:
+            log.error("no route table yet (%s); answering 503 until the store is reachable",
+                      self.watcher.last_error or "store empty")
+
+    def data_plane(self, sock: socket.socket) -> uvicorn.Server:
+        settings = self.settings
+        access_log = AccessLog(settings.access_log.target)
+        self.state.access_log = access_log
+        pool = UpstreamPool(settings.proxy)
+        tracing = Tracing(settings.tracing) if settings.tracing.enabled else None
+        self.state.tracing = tracing
+        app = ProxyApp(self.holder, pool, settings, access_log, counts=self.counts,
+                       upstreams=self.upstreams, tracing=tracing,
+                       metrics=self.metrics if settings.metrics.enabled else None)
+        app.on_table = lambda table: self.health.sync()
+        self.proxies.append(app)
+        server = make_server(uvicorn_config(app, self.settings, listener="public", sock_fd=sock.fileno()))
+        self.servers.append(server)
+        spare = sock.dup()
+        spare.setblocking(False)
+        self._data.append((server, spare))
+
+        async def close_access_log() -> None:
+            access_log.close()
+
+        async def close_tracing() -> None:
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)
+
+        self._closers += [close_access_log, close_tracing, pool.close]
+        return server
+
+    def admin(self, store: Store, *, serving: bool) -> uvicorn.Server:
+        """The admin listener; `serving`: this process also runs the data plane (its live state is
+        read from memory; a master reads its workers' published files)."""
+        # Imported here: worker processes never serve the admin API and need not carry starlette.
+        from gateway.admin.app import build_admin_app
+
+        settings = self.settings
+        live = LiveView(settings.server.run_dir, interval=settings.metrics.publish_interval,
+                        local=self.state if serving else None, gateway=settings.listeners.public.bind)
+        app = build_admin_app(store, ready=self.ready, settings=settings, live=live)
+        server = make_server(uvicorn_config(app, self.settings, listener="admin"))
+        self.servers.append(server)
+        return server
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """SIGTERM or SIGINT: begin the drain (see the module docstring); a second SIGINT forces."""
+        if self.stopping:
+            # Only a second Ctrl-C stops waiting for in-flight requests: a repeated SIGTERM (a
+            # process-group kill after the one to the main process) must not cut the drain short.
+            if sig == signal.SIGINT and not self.forced:
+                self.force()
+            return
+        self.stopping = True
+        self.stopped.set()
+        systemd.notify("STOPPING=1")
+        server = self.settings.server
+        log.info("draining: not ready; accepting for %.1f s more, then in-flight requests get %.0f s",
+                 server.prestop_delay, server.grace_period)
+        if self.forward is not None:
+            self.forward(signal.SIGTERM)
+        task = asyncio.create_task(self._drain(asyncio.get_running_loop().time() + server.prestop_delay))
+        self._tasks.append(task)
+
+    def force(self) -> None:
+        """Stop at once: in-flight requests are cut."""
+        log.warning("forced stop: in-flight requests are cut")
+        self.forced = True
+        self._forcing.set()
+        for server in self.servers:
+            server.should_exit = server.force_exit = True
+        if self.forward is not None:
+            self.forward(signal.SIGINT)
+
+    async def _drain(self, stop_accepting_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not all(server.started for server, _ in self._data) and not self.forced:
+            await asyncio.sleep(0.02)  # a signal during start-up: uvicorn has no sockets to close yet
+        for server, _ in self._data:
+            drain.close_after_response(server)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._forcing.wait(), max(0.0, stop_accepting_at - loop.time()))
+        if self.forced:
+            return
+        deadline = loop.time() + self.settings.server.grace_period
+        for server, spare in self._data:
+            await drain.stop_accepting(server, spare)
+        if self._data:
+            log.info("draining: listeners closed")
+        while loop.time() < deadline and not self.forced:
+            if not any([drain.settle(server) for server, _ in self._data]):
+                break
+            await asyncio.sleep(0.02)
+        for server, _ in self._data:
+            # uvicorn's own shutdown ends what is left, cancelling requests past the grace period
+            server.config.timeout_graceful_shutdown = max(0.0, deadline - loop.time())  # type: ignore[assignment]
+            server.should_exit = True
+
+
+def install_signals(runtime: Runtime, config_path: str | None) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, reload_settings, runtime, config_path)
+
+
+def reload_settings(runtime: Runtime, config_path: str | None) -> bool:
+    """SIGHUP: re-read the settings and apply the parts that may change while running.
+
+    The master passes SIGHUP on to its workers only once the file parsed: each worker re-reads it
+    itself, and a file that is refused here would be refused there too.
+    """
+    systemd.notify("RELOADING=1", systemd.monotonic_usec())
+    try:
+        fresh = load_settings(config_path)
+    except ConfigError as exc:
+        log.error("SIGHUP: settings refused, keeping the running ones: %s", exc)
+        systemd.notify("READY=1")
+        return False
+    configure_logging(fresh.server.log_level)
+    running = runtime.settings.server
+    # What nothing captured at start: the log level, the drain timings read at SIGTERM, and
+    # `[limits]`, which the protocol class of every listener reads per connection and request.
+    runtime.settings = dataclasses.replace(runtime.settings, server=dataclasses.replace(
+        running, log_level=fresh.server.log_level, grace_period=fresh.server.grace_period,
+        prestop_delay=fresh.server.prestop_delay))
+    runtime.settings = dataclasses.replace(runtime.settings, limits=fresh.limits)
+    apply_limits(runtime.servers, fresh.limits)
+    log.info("SIGHUP: settings re-read (log level %s)", fresh.server.log_level)
+    if runtime.forward is not None and not runtime.stopping:
+        runtime.forward(signal.SIGHUP)
+    systemd.notify("READY=1")
+    return True
+
+
+def apply_limits(servers: list[uvicorn.Server], limits: LimitsSettings) -> None:
+    """Give the listeners of `servers` new `[limits]` for the connections and requests to come.
+
+    Each listener runs its own `PeelHttpProtocol.configured` subclass, whose instances read the
+    limits from class attributes; both are replaced in one assignment, on the event loop, so no
+    request sees one without the other. Requests already past their head keep what they checked.
+    """
+    fresh = PeelHttpProtocol.configured(limits)
+    for server in servers:
+        protocol = server.config.http
+        if isinstance(protocol, type) and issubclass(protocol, PeelHttpProtocol):
+            protocol.limits, protocol.head_limits = fresh.limits, fresh.head_limits
+
+
+async def run_single(settings: Settings, store: Store, public: socket.socket,
+                     admin: socket.socket, config_path: str | None) -> int:
+    """One process: both listeners, one watcher. The admin listener outlives the data plane's drain."""
+    runtime = Runtime(settings, store, write_snapshots=True)
+    await runtime.load_first_table()
+    proxy_server = runtime.data_plane(public)
+    admin_server = runtime.admin(store, serving=True)
+    install_signals(runtime, config_path)
+    runtime.start_background(counts=True)
+    settle_memory()
+    try:
+        proxying = asyncio.create_task(proxy_server.serve(sockets=[public]))
+        serving = asyncio.create_task(admin_server.serve(sockets=[admin]))
+        await _notify_when_started(runtime)
+        await proxying
+        admin_server.should_exit = True
+        await serving
+    finally:
+        await runtime.close()
+    return 0
+
+
+async def run_worker(settings: Settings, fd: int, config_path: str | None) -> int:
+    """A worker process: the public listener on the inherited socket, its own watcher."""
+    public = socket.socket(fileno=fd)
+    store = Store(settings.database.url)
+    runtime = Runtime(settings, store, write_snapshots=False)
+    await runtime.load_first_table()
+    server = runtime.data_plane(public)
+    install_signals(runtime, config_path)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # blocked by Supervisor.spawn
+    runtime.start_background(counts=True, publish=True)
+    settle_memory()
+    try:
+        await server.serve(sockets=[public])
+    finally:
+        await runtime.close()
+    return 0
+
+
+async def run_master(settings: Settings, store: Store, public: socket.socket, admin: socket.socket,
+                     config_path: str | None) -> int:
+    """The first process with several workers: admin API, supervision, snapshots."""
+    runtime = Runtime(settings, store, write_snapshots=True)
+    await runtime.load_first_table()
+    admin_server = runtime.admin(store, serving=False)
+    supervisor = Supervisor(settings.server.workers, public, config_path, lambda: runtime.stopping)
+    runtime.forward = supervisor.forward
+    install_signals(runtime, config_path)
+    runtime.start_background(counts=False)
+    supervising = asyncio.create_task(supervisor.run())
+    try:
+        serving = asyncio.create_task(admin_server.serve(sockets=[admin]))
+        await _notify_when_started(runtime)
+        await runtime.stopped.wait()
+        # The workers got SIGTERM from stop(); /readyz keeps answering 503 until they are done.
+        server = runtime.settings.server
+        await supervisor.wait(server.prestop_delay + server.grace_period + 5)
+        admin_server.should_exit = True
+        await serving
+    finally:
+        supervising.cancel()
+        await runtime.close()
+    return 0 if not supervisor.failed else 1
+
+
+def settle_memory() -> None:
+    """Collect once, then exempt everything alive (modules, settings, the first table) from the
+    cyclic garbage collector: its full collections would otherwise walk those objects again and
+    again, each a pause of tens of milliseconds on the request path (the p99 in `make bench`).
+    Frozen objects are still freed by reference counting when dropped (the first table, on the
+    first reload); only a reference cycle among them would stay, once."""
+    gc.collect()
+    gc.freeze()
+
+
+async def _notify_when_started(runtime: Runtime) -> None:
+    deadline = time.monotonic() + 30
+    while not all(s.started for s in runtime.servers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    for name, listener in (("public", runtime.settings.listeners.public),
+                           ("admin", runtime.settings.listeners.admin)):
+        log.info("%s listener on %s", name, listener.bind)
+    systemd.notify("READY=1", f"STATUS=serving config version {runtime.watcher.version}")
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    import uvloop
+
+    result: int = uvloop.run(main)
+    return result
+
+
+def serve(settings: Settings, config_path: str | None = None) -> int:
+    """Run the gateway until a signal stops it. Raises PeelError for what an operator must fix."""
+    # SIGHUP's default action ends the process; until the loop handles it, a reload is ignored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    configure_logging(settings.server.log_level)
+    store = preflight(settings)
+    public = bind(settings.listeners.public, "public")
+    admin = bind(settings.listeners.admin, "admin")
+    if settings.server.workers == 1:
+        return _run(run_single(settings, store, public, admin, config_path))
+    return _run(run_master(settings, store, public, admin, config_path))
+
+
+def worker_main(argv: list[str]) -> int:
+    """Entry of a worker process started by the master (not a user command)."""
+    config_path = argv[argv.index("--config") + 1] if "--config" in argv else None
+    fd = int(argv[argv.index("--fd") + 1])
+    settings = load_settings(config_path)
+    configure_logging(settings.server.log_level)
+    try:
+        return _run(run_worker(settings, fd, config_path))
+    except PeelError as exc:
+        log.error("worker failed: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        sys.exit(worker_main(sys.argv[1:]))
+    sys.exit("gateway.server.serve is started by `peel serve`")

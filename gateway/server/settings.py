@@ -1,0 +1,412 @@
+"""Static settings: one TOML file, every key overridable from the environment.
+
+A key's environment name is `PEEL_` + its dotted path upper-cased with `_` for `.`:
+`[listeners.public] bind` is `PEEL_LISTENERS_PUBLIC_BIND`. Unknown keys and bad values are refused
+with the key's name (`ConfigError`). Settings are read once at start (and on SIGHUP); the rules that
+change at run time live in the store, not here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from gateway.core.errors import ConfigError
+
+# Environment variables that steer the CLI, not settings keys.
+NOT_SETTINGS = frozenset({"PEEL_CONFIG", "PEEL_ADMIN_URL", "PEEL_ADMIN_TOKEN"})
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    url: str = "sqlite:///./peel.db"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    bind: str = ""
+
+    @property
+    def host(self) -> str:
+        return split_bind(self.bind)[0]
+
+    @property
+    def port(self) -> int:
+        return split_bind(self.bind)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenersSettings:
+    public: ListenerSettings = ListenerSettings("0.0.0.0:8080")
+    admin: ListenerSettings = ListenerSettings("127.0.0.1:9901")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    workers: int = 1
+    # seconds that in-flight requests get to finish after SIGTERM
+    grace_period: float = 30.0
+    log_level: str = "info"
+    # the last good route table's document, loaded at start when the store is unreachable
+    snapshot_path: str = "./.peel/snapshot.json"
+    # how often each worker asks the store for a newer config version
+    poll_interval: float = 0.25
+    # downstream keep-alive: an idle client connection is closed after this many seconds
+    keepalive_timeout: float = 15.0
+    # after SIGTERM, seconds that readiness is false while the listeners still accept and serve, so
+    # a load balancer polling /readyz takes the gateway out before its sockets close
+    prestop_delay: float = 0.0
+    # where each serving process publishes its live state (metrics, endpoint health) for the admin
+    # API of the same gateway to read; one file per process
+    run_dir: str = "./.peel/run"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    # networks whose X-Forwarded-* / Forwarded headers are kept (and appended to); from anyone
+    # else they are replaced
+    trusted_proxies: tuple[str, ...] = ()
+    connect_timeout: float = 5.0
+    # from the end of the request until the response head arrives
+    response_timeout: float = 60.0
+    # between two reads of an upstream response body
+    idle_timeout: float = 60.0
+    # idle keep-alive connections kept per endpoint
+    max_idle_per_endpoint: int = 64
+    # an idle upstream connection older than this is closed rather than reused
+    upstream_keepalive: float = 30.0
+    request_id_header: str = "X-Request-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogSettings:
+    # "stdout", "off", or a file path
+    target: str = "stdout"
+
+
+@dataclass(frozen=True, slots=True)
+class FacadeSettings:
+    # networks whose beta header/cookie values are honoured as plain user ids; from anyone else
+    # only a value signed with `beta_secret` is (and an unsigned one is stripped)
+    trusted_networks: tuple[str, ...] = ()
+    # HMAC key of signed beta values (`peel beta sign`); empty: no signed values; else >= 32 chars
+    beta_secret: str = ""
+    # how often each serving process writes its per-route traffic counts to the store
+    counts_interval: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """Edge limits of the data-plane listeners, enforced before routing (`docs/edge.md`)."""
+
+    # bytes of the request line (method, target, version) -> 414
+    max_request_line: int = 8 * 1024
+    # bytes of the header section, and its number of fields -> 431
+    max_header_bytes: int = 60 * 1024
+    max_headers: int = 100
+    # bytes of a request body, declared or chunked; 0 = no limit -> 413
+    max_body: int = 0
+    # seconds from a connection's opening (or the end of the last response, once a byte of the
+    # next head arrived) to a complete request head -> 408; 0: server.keepalive_timeout
+    header_timeout: float = 0.0
+    # seconds a request body may go without a byte arriving -> 408 (or a reset once answering)
+    body_idle_timeout: float = 30.0
+    # open downstream connections per listener per process; 0 = no limit; beyond it -> 503
+    max_connections: int = 0
+    # seconds a response may wait for a client that stopped reading; then the connection is cut
+    write_timeout: float = 60.0
+    # header names with "_" that would read as a trusted header ("X_Forwarded_For") are refused
+    allow_underscore_headers: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings:
+    """How the data plane normalises request paths before routing and forwarding (`docs/edge.md`)."""
+
+    # `%2F` in a path -> 400 `bad-path`; false: kept encoded, never read as a separator
+    reject_encoded_slash: bool = True
+    # a backslash (literal or `%5C`) in a path -> 400 `bad-path`; false: forwarded as `%5C`
+    reject_backslash: bool = True
+    # runs of "/" become one ("//admin" is "/admin"); false: empty segments are kept
+    merge_slashes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineSettings:
+    """The incoming deadline header (`docs/resilience.md`): remaining milliseconds, an integer."""
+
+    header: str = "Peel-Timeout-Ms"
+    # networks whose deadline header (and `grpc-timeout`) is honoured; from others it is dropped
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # also read gRPC's `grpc-timeout` (and propagate it as such)
+    grpc_timeout: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """OpenTelemetry traces (`docs/observability.md`)."""
+
+    # false: no spans and no context made by Peel; trace headers pass as ordinary headers
+    enabled: bool = True
+    # parent-based: a sampled parent is followed; a new trace is sampled with this probability
+    sample_ratio: float = 0.01
+    # "otlp" (OTLP/HTTP protobuf to `endpoint`) or "console" (stdout, for debugging)
+    exporter: str = "otlp"
+    # the collector's traces URL, e.g. http://127.0.0.1:4318/v1/traces; empty: nothing exported
+    # (context is still continued and propagated)
+    endpoint: str = ""
+    service_name: str = "peel"
+    # spans queued for export; beyond it new spans are dropped (and counted), never waited for
+    max_queue: int = 2048
+    export_timeout: float = 5.0
+    # networks whose trace context is continued; empty: everyone's (a context from elsewhere is
+    # replaced by a new trace)
+    trusted_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Prometheus `/metrics` on the admin listener (`docs/observability.md`)."""
+
+    enabled: bool = True
+    # true: `/metrics` answers without a bearer token (like /healthz)
+    open: bool = False
+    # how often each serving process publishes its counters for the admin listener to merge
+    publish_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database: DatabaseSettings = DatabaseSettings()
+    listeners: ListenersSettings = ListenersSettings()
+    server: ServerSettings = ServerSettings()
+    proxy: ProxySettings = ProxySettings()
+    access_log: AccessLogSettings = AccessLogSettings()
+    facade: FacadeSettings = FacadeSettings()
+    limits: LimitsSettings = LimitsSettings()
+    paths: PathSettings = PathSettings()
+    deadlines: DeadlineSettings = DeadlineSettings()
+    tracing: TracingSettings = TracingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+
+def split_bind(bind: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port)."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{bind!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port {number} is out of range")
+    return host, number
+
+
+T = TypeVar("T")
+
+
+def _check(key: str, obj: Any) -> None:
+    """Value checks that types alone do not express."""
+    try:
+        if isinstance(obj, ListenerSettings):
+            split_bind(obj.bind)
+        elif isinstance(obj, ServerSettings):
+            if obj.workers < 1:
+                raise ValueError("workers must be at least 1")
+            if obj.log_level not in LOG_LEVELS:
+                raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+            for name in ("grace_period", "poll_interval", "keepalive_timeout"):
+                if getattr(obj, name) <= 0:
+                    raise ValueError(f"{name} must be positive")
+            if obj.prestop_delay < 0:
+                raise ValueError("prestop_delay must not be negative")
+        elif isinstance(obj, ProxySettings):
+            for net in obj.trusted_proxies:
+                ipaddress.ip_network(net, strict=False)
+            for name in ("connect_timeout", "response_timeout", "idle_timeout",
+                         "upstream_keepalive"):
+                if getattr(obj, name) <= 0:
+                    raise ValueError(f"{name} must be positive")
+            if obj.max_idle_per_endpoint < 0:
+                raise ValueError("max_idle_per_endpoint must not be negative")
+        elif isinstance(obj, FacadeSettings):
+            for net in obj.trusted_networks:
+                ipaddress.ip_network(net, strict=False)
+            if obj.beta_secret and len(obj.beta_secret) < 32:
+                raise ValueError("beta_secret must be at least 32 characters (or empty for none)")
+            if obj.counts_interval <= 0:
+                raise ValueError("counts_interval must be positive")
+        elif isinstance(obj, LimitsSettings):
+            for name in ("max_request_line", "max_header_bytes", "max_headers"):
+                if getattr(obj, name) < 1:
+                    raise ValueError(f"{name} must be at least 1")
+            for name in ("max_body", "max_connections"):
+                if getattr(obj, name) < 0:
+                    raise ValueError(f"{name} must not be negative (0: no limit)")
+            if obj.header_timeout < 0:
+                raise ValueError("header_timeout must not be negative (0: server.keepalive_timeout)")
+            for name in ("body_idle_timeout", "write_timeout"):
+                if getattr(obj, name) <= 0:
+                    raise ValueError(f"{name} must be positive")
+        elif isinstance(obj, DeadlineSettings):
+            for net in obj.trusted_networks:
+                ipaddress.ip_network(net, strict=False)
+            if not obj.header or not _TOKEN.match(obj.header):
+                raise ValueError(f"header {obj.header!r} is not a header name")
+        elif isinstance(obj, TracingSettings):
+            for net in obj.trusted_networks:
+                ipaddress.ip_network(net, strict=False)
+            if not 0.0 <= obj.sample_ratio <= 1.0:
+                raise ValueError("sample_ratio must be between 0 and 1")
+            if obj.exporter not in ("otlp", "console"):
+                raise ValueError("exporter must be otlp or console")
+            if obj.endpoint:
+                try:
+                    url = urlsplit(obj.endpoint)
+                    url.port  # noqa: B018 - raises on a port that is not a number
+                except ValueError as exc:
+                    raise ValueError(f"endpoint {obj.endpoint!r} is not a valid URL: {exc}") from None
+                if url.scheme not in ("http", "https") or not url.hostname:
+                    raise ValueError(f"endpoint {obj.endpoint!r} is not an http(s) URL with a host")
+            if obj.max_queue < 1:
+                raise ValueError("max_queue must be at least 1")
+            if obj.export_timeout <= 0:
+                raise ValueError("export_timeout must be positive")
+        elif isinstance(obj, MetricsSettings):
+            if obj.publish_interval <= 0:
+                raise ValueError("publish_interval must be positive")
+        elif isinstance(obj, DatabaseSettings) and "://" not in obj.url:
+            raise ValueError(f"url {obj.url!r} is not a SQLAlchemy URL such as sqlite:///./peel.db")
+    except ValueError as exc:
+        raise ConfigError(key or "settings", str(exc)) from exc
+
+
+def _convert(key: str, kind: Any, value: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(key, f"must be a list of strings, not {value!r}")
+    elif isinstance(kind, type) and is_dataclass(kind):
+        return _build(kind, key, value)
+    raise ConfigError(key, f"must be of type {getattr(kind, '__name__', kind)}, not {value!r}")
+
+
+def _build(cls: type[T], prefix: str, data: Any) -> T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix, f"must be a table, not {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(where, f"unknown key; known here: {', '.join(sorted(names))}")
+    values = {}
+    default = cls()
+    for f in fields(cls):  # type: ignore[arg-type]
+        where = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in data:
+            values[f.name] = _convert(where, hints[f.name], data[f.name])
+    obj = replace(default, **values)  # type: ignore[type-var]
+    _check(prefix, obj)
+    return obj
+
+
+def _leaf_keys(cls: type[Any], prefix: str = "") -> dict[str, Any]:
+    """Every dotted settings key with its type."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        kind = hints[f.name]
+        if isinstance(kind, type) and is_dataclass(kind):
+            out.update(_leaf_keys(kind, key))
+        else:
+            out[key] = kind
+    return out
+
+
+def env_name(key: str) -> str:
+    return "PEEL_" + key.upper().replace(".", "_")
+
+
+def _parse_env(key: str, kind: Any, text: str) -> Any:
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(key, f"{env_name(key)}={text!r} is not a boolean")
+    if kind is int or kind is float:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(key, f"{env_name(key)}={text!r} is not a number") from None
+    if typing.get_origin(kind) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return text
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key, f"{parts[0]} must be a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (when given) and the environment into validated `Settings`."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError("--config", f"{file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{file} is not valid TOML: {exc}") from None
+    by_env = {env_name(k): (k, t) for k, t in _leaf_keys(Settings).items()}
+    for name, text in env.items():
+        if not name.startswith("PEEL_") or name in NOT_SETTINGS:
+            continue
+        if name not in by_env:
+            raise ConfigError(name, "unknown setting in the environment")
+        key, kind = by_env[name]
+        _set_dotted(data, key, _parse_env(key, kind, text))
+    return _build(Settings, "", data)
+
+
+def settings_type_names() -> Mapping[str, str]:
+    """Every settings key with its type name, for docs and `--help`."""
+    return types.MappingProxyType({k: getattr(t, "__name__", str(t))
+                                   for k, t in _leaf_keys(Settings).items()})

@@ -1,0 +1,382 @@
+"""Live state across a gateway's processes: what each serving process publishes, what the admin merges.
+
+`peel serve` is one process (data plane and admin listener) or a master (admin listener) with N
+workers (data plane only). The admin listener must answer for all of them, so every serving process
+that is not the admin's own publishes its state every `metrics.publish_interval` seconds as one JSON
+file, `{server.run_dir}/proc-{pid}.json`:
+
+    {"pid", "gateway", "role", "time" (unix), "started" (unix),
+     "metrics":   Metrics.snapshot() + "ejections" ({service: n}, from Upstreams), "access_log_dropped",
+     "upstreams": [{"service", "in_flight", "pending",
+                    "endpoints": [{"url", "in_flight", "healthy", "ejected"}]}],
+     "services":  {name: ServiceState.snapshot(now)},
+     "process":   {"resident_memory_bytes", "cpu_seconds", "open_fds", "start_time_seconds"}}
+
+The snapshot is copied on the event loop (the counters are only ever touched there, so the copy is
+consistent and needs no lock); reading /proc, encoding and writing (temp file + `os.replace`, so a
+reader never sees half a file) happen in a thread. `LiveView`, on the admin side, reads every file of
+a live pid (`os.kill(pid, 0)`) written within the last ten intervals (five seconds at least),
+deletes the files of dead pids, and, in a single process, takes its own state straight from memory
+(fresher than any file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.telemetry.accesslog import AccessLog
+from gateway.telemetry.metrics import Metrics, render
+
+log = logging.getLogger("peel.procstats")
+
+STALE_INTERVALS = 10  # a file not rewritten for this many intervals is ignored,
+STALE_FLOOR = 5.0  # nor sooner than this many seconds: a loaded host delays a short interval's write
+_FILE = re.compile(r"^proc-(\d+)\.json$")
+# How per-process values of a service or endpoint combine in `LiveView.service`: these are summed,
+# `healthy` must hold everywhere, other booleans anywhere, `state` is the worst of `_STATES`, other
+# numbers take the highest (the worst latency, the longest ejection), other values the first seen.
+SUMMED = frozenset({"in_flight", "pending", "ejections", "ejections_total", "circuit_open_total",
+                    "panic_total", "requests", "failures"})
+_STATES = ("up", "unhealthy", "ejected")
+_COMPLAIN_EVERY = 60.0
+
+
+# -- what is read from gateway/upstream/endpoints.py (contracts2.md H2), as protocols ------------------------
+
+
+class _EndpointUrl(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
+class EndpointView(Protocol):
+    @property
+    def endpoint(self) -> _EndpointUrl: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def healthy(self) -> bool: ...
+    @property
+    def ejected_until(self) -> float: ...
+
+
+class ServiceView(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def endpoints(self) -> Sequence[EndpointView]: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def ejections_total(self) -> int: ...
+    def snapshot(self, now: float) -> dict[str, object]: ...
+
+
+class UpstreamsView(Protocol):
+    def services(self) -> Sequence[ServiceView]: ...
+
+
+# -- one serving process ---------------------------------------------------------------------------
+
+
+class _Totals:
+    """Per-service counters kept monotonic across table swaps that drop and re-create a service."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, int] = {}
+        self._last: dict[str, int] = {}
+
+    def update(self, current: Mapping[str, int]) -> dict[str, int]:
+        for name, value in current.items():
+            previous = self._last.get(name, 0)
+            self.total[name] = self.total.get(name, 0) + (value - previous if value >= previous else value)
+        self._last = dict(current)
+        return dict(self.total)
+
+
+class _SpanStats(Protocol):
+    def stats(self) -> dict[str, int]: ...
+
+
+class ProcessState:
+    """What one serving process publishes: its `Metrics`, its `Upstreams`, its access log's drops.
+
+    `gateway` names the gateway (the lead passes the public listener's bind) so that two gateways
+    sharing a run directory by mistake do not count each other. `clock` is the `Upstreams` clock
+    (ejection deadlines are on it).
+    """
+
+    def __init__(self, metrics: Metrics, *, upstreams: UpstreamsView | None = None,
+                 access_log: AccessLog | None = None, gateway: str = "", role: str = "worker",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.metrics = metrics
+        self.upstreams = upstreams
+        self.access_log = access_log
+        # the process's `Tracing` (its span export counts), when tracing is on
+        self.tracing: _SpanStats | None = None
+        self.gateway = gateway
+        self.role = role
+        self.pid = os.getpid()
+        self.started = time.time()
+        self._clock = clock
+        self._ejections = _Totals()
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able copy of the state (without "process"); call on the event loop."""
+        now = self._clock()
+        metrics = self.metrics.snapshot()
+        upstreams: list[dict[str, Any]] = []
+        services: dict[str, object] = {}
+        ejections: dict[str, int] = {}
+        for service in self.upstreams.services() if self.upstreams is not None else ():
+            ejections[service.name] = service.ejections_total
+            upstreams.append({"service": service.name, "in_flight": service.in_flight,
+                              "pending": service.pending,
+                              "endpoints": [{"url": e.endpoint.url, "in_flight": e.in_flight,
+                                             "healthy": e.healthy, "ejected": e.ejected_until > now}
+                                            for e in service.endpoints]})
+            services[service.name] = service.snapshot(now)
+        metrics["ejections"] = self._ejections.update(ejections)
+        metrics["access_log_dropped"] = self.access_log.dropped if self.access_log is not None else 0
+        if self.tracing is not None:
+            metrics["spans"] = self.tracing.stats()
+        return {"pid": self.pid, "gateway": self.gateway, "role": self.role, "time": time.time(),
+                "started": self.started, "metrics": metrics, "upstreams": upstreams, "services": services}
+
+
+def process_stats() -> dict[str, float | int | None]:
+    """This process's resident memory, CPU seconds, open descriptors and start time, from /proc.
+
+    Values that cannot be read (not Linux) are None and are left out of the metrics.
+    """
+    stats: dict[str, float | int | None] = {"resident_memory_bytes": None, "open_fds": None,
+                                            "start_time_seconds": None}
+    times = os.times()
+    stats["cpu_seconds"] = times.user + times.system
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            # Fields after the command name, which may itself hold spaces and parentheses.
+            fields = f.read().rpartition(b")")[2].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        stats["resident_memory_bytes"] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        stats["start_time_seconds"] = _boot_time() + int(fields[19]) / ticks
+        stats["open_fds"] = len(os.listdir("/proc/self/fd"))
+    except (OSError, ValueError, IndexError):
+        pass
+    return stats
+
+
+_BOOT: list[float] = []
+
+
+def _boot_time() -> float:
+    if not _BOOT:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    _BOOT.append(float(line.split()[1]))
+                    break
+            else:
+                raise ValueError("no btime in /proc/stat")
+    return _BOOT[0]
+
+
+class Publisher:
+    """Writes `state` to `{run_dir}/proc-{pid}.json` every `interval` seconds, until cancelled.
+
+    A failed write (full disk, run_dir not writable) is logged at most once a minute; the next
+    interval tries again. `remove()` deletes the file on a clean exit.
+    """
+
+    def __init__(self, state: ProcessState, run_dir: str | os.PathLike[str], interval: float) -> None:
+        self.state = state
+        self.run_dir = Path(run_dir)
+        self.interval = interval
+        self.path = self.run_dir / f"proc-{state.pid}.json"
+        self.writes = 0
+        self._complained = -_COMPLAIN_EVERY
+        # A cancelled `run` cannot stop the thread of a write in progress: `remove` and the write's
+        # rename take this lock, and no write lands after `remove`, so no file outlives its process.
+        self._lock = threading.Lock()
+        self._removed = False
+
+    async def run(self) -> None:
+        """Publish until cancelled; the file is removed when the task ends."""
+        try:
+            while True:
+                snapshot = self.state.snapshot()
+                await asyncio.to_thread(self.write, snapshot)
+                await asyncio.sleep(self.interval)
+        finally:
+            self.remove()
+
+    def publish(self) -> None:
+        """One synchronous publish (on the event loop thread: the snapshot is taken here)."""
+        self.write(self.state.snapshot())
+
+    def write(self, snapshot: dict[str, Any]) -> bool:
+        """Add the process stats and write atomically. True when written; never raises OSError."""
+        snapshot["process"] = process_stats()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(snapshot, separators=(",", ":")))
+            with self._lock:
+                if self._removed:
+                    tmp.unlink()
+                    return False
+                os.replace(tmp, self.path)
+        except OSError as exc:
+            now = time.monotonic()
+            if now - self._complained >= _COMPLAIN_EVERY:
+                self._complained = now
+                log.warning("cannot publish live state to %s: %s (the admin's /metrics lacks this "
+                            "process until it works)", self.path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return False
+        self.writes += 1
+        return True
+
+    def remove(self) -> None:
+        """Delete the file for good: a write still in flight no longer lands."""
+        with self._lock:
+            self._removed = True
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
+
+
+# -- the admin side --------------------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class LiveView:
+    """The merged live state of a gateway's serving processes, for `/metrics` and the admin API.
+
+    `local` is the admin process's own `ProcessState` when it also serves (one process); the master
+    of several workers passes None and sees only the workers' files. Reading is blocking (files):
+    `/metrics` calls `render` in a thread; `service()` reads a handful of small files inline.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], *, interval: float,
+                 local: ProcessState | None = None, gateway: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.run_dir = Path(run_dir)
+        self.interval = interval
+        self.local = local
+        self.gateway = gateway
+        self._clock = clock
+
+    def local_snapshot(self) -> dict[str, Any] | None:
+        """The own process's state, copied; call on the event loop thread."""
+        return self.local.snapshot() if self.local is not None else None
+
+    def processes(self, local: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """`local` (given process stats here) plus every fresh file of a live pid of this gateway."""
+        found: list[dict[str, Any]] = []
+        if local is not None:
+            local.setdefault("process", process_stats())
+            found.append(local)
+        own = os.getpid() if self.local is not None else None
+        oldest = self._clock() - max(STALE_INTERVALS * self.interval, STALE_FLOOR)
+        for pid, path in self._files():
+            if pid == own:
+                continue
+            if not pid_alive(pid):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)  # its writer is gone; nobody else removes it
+                continue
+            try:
+                data = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if (not isinstance(data, dict) or data.get("pid") != pid or data.get("gateway") != self.gateway
+                    or not isinstance(data.get("time"), (int, float)) or data["time"] < oldest):
+                continue
+            found.append(data)
+        return found
+
+    def _files(self) -> Iterable[tuple[int, Path]]:
+        try:
+            names = os.listdir(self.run_dir)
+        except OSError:
+            return ()
+        return [(int(m.group(1)), self.run_dir / name) for name in sorted(names)
+                if (m := _FILE.match(name)) is not None]
+
+    def render(self, local: dict[str, Any] | None = None) -> bytes:
+        """The Prometheus text of all processes (blocking); `local` from `local_snapshot()`."""
+        return render(self.processes(local))
+
+    def service(self, name: str) -> dict[str, Any] | None:
+        """The service's live state summed over the processes, or None when none has it.
+
+        Shape: the service snapshot's own fields combined (see `SUMMED`), `"endpoints"`: url ->
+        that endpoint's fields combined the same way (`healthy` only when healthy in every process,
+        `ejected` when ejected in any), `"processes"`: `[{"pid": ..., <that process's snapshot>}]`.
+        """
+        per_process: list[tuple[int, Mapping[str, Any]]] = []
+        for snap in self.processes(self.local_snapshot()):
+            found = (snap.get("services") or {}).get(name)
+            if isinstance(found, Mapping):
+                per_process.append((int(snap.get("pid", 0)), found))
+        return merge_service(name, per_process) if per_process else None
+
+
+def merge_service(name: str, per_process: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Combine one service's snapshots from several processes (see `LiveView.service`)."""
+    merged: dict[str, Any] = {}
+    endpoints: dict[str, dict[str, Any]] = {}
+    for _pid, snap in per_process:
+        _combine(merged, {k: v for k, v in snap.items() if k not in ("endpoints", "name")})
+        for url, endpoint in _endpoints(snap.get("endpoints")):
+            _combine(endpoints.setdefault(url, {}), endpoint)
+    merged.update(name=name, endpoints=endpoints,
+                  processes=[{"pid": pid, **snap} for pid, snap in per_process])
+    return merged
+
+
+def _endpoints(value: object) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    """Endpoint snapshots as (url, fields), whether given as a list of dicts or keyed by URL."""
+    if isinstance(value, Mapping):
+        return [(str(url), e) for url, e in value.items() if isinstance(e, Mapping)]
+    if isinstance(value, list):
+        return [(str(e.get("url", "")), {k: v for k, v in e.items() if k != "url"})
+                for e in value if isinstance(e, Mapping)]
+    return ()
+
+
+def _combine(into: dict[str, Any], values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        old = into.get(key)
+        if old is None:
+            into[key] = value
+        elif key == "state" and value in _STATES and old in _STATES:
+            into[key] = max(old, value, key=_STATES.index)
+        elif isinstance(value, bool) and isinstance(old, bool):
+            into[key] = (old and value) if key == "healthy" else (old or value)
+        elif isinstance(value, (int, float)) and isinstance(old, (int, float)) and not isinstance(old, bool):
+            into[key] = old + value if key in SUMMED else max(old, value)

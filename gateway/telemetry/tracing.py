@@ -1,0 +1,381 @@
+"""OpenTelemetry traces of the data plane: a server span per request, a client span per attempt.
+
+Cost is the design constraint. The unsampled request (the default: 1 in 100 is sampled) makes no
+OpenTelemetry object at all: the context is parsed by `gateway.telemetry.propagation`, the sampling decision
+is made here (parent-based; a new trace is sampled by the ratio of its trace id, like
+`TraceIdRatioBased`), and ids are plain random numbers written as hex. Only a sampled request
+creates SDK spans, and only when it ends: by then the route, status and timings are known, so each
+span is made in one `start_span(..., attributes=..., start_time=...)` and ended at once. Its ids are
+the ones already sent upstream (`_PresetIds` hands them to the SDK).
+
+Export goes through a `BatchSpanProcessor` (its own thread) behind `trace_export.BoundedExport`,
+which drops and counts spans once `max_queue` wait: a slow or unreachable collector costs the
+request path nothing but the append of a finished span to a queue. Context from a downstream outside
+`tracing.trusted_networks` (when set) is ignored: the request starts a new trace.
+
+Wiring (the data plane): `Tracing(settings.tracing)` only when `enabled` (else no object: trace
+headers then pass as ordinary headers); per request `start()`, `route()`, per upstream try
+`attempt()` → `headers()` added to the upstream request, `end()`; the request's `end()` last.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from operator import itemgetter
+from random import getrandbits
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import trace as trace_api
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace.status import Status, StatusCode
+
+from gateway.core.trust import TrustedNetworks
+from gateway.server.settings import TracingSettings
+from gateway.telemetry import propagation
+from gateway.telemetry.export import BoundedExport, make_exporter
+from gateway.telemetry.propagation import TRACE_HEADERS, Incoming, b3_multi, b3_single, traceparent
+
+log = logging.getLogger("peel.tracing")
+
+Headers = list[tuple[bytes, bytes]]
+
+_MASK64 = (1 << 64) - 1
+_name = itemgetter(0)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_EMPTY = Context()
+
+
+def _everyone(client: str | None) -> bool:
+    return True
+
+
+def _new_span_id() -> str:
+    # to_bytes().hex() is twice as fast as a format spec, and is always 16 digits.
+    return (getrandbits(64) or 1).to_bytes(8, "big").hex()
+
+
+class _PresetIds(IdGenerator):
+    """Gives the SDK the ids Peel already chose (and propagated) for the span it is about to make.
+
+    Set `trace_id`/`span_id` right before `start_span()`; each is used once. The event loop makes
+    spans from one thread, so nothing else can take them in between.
+    """
+
+    def __init__(self) -> None:
+        self.trace_id = 0
+        self.span_id = 0
+
+    def generate_trace_id(self) -> int:
+        value, self.trace_id = self.trace_id, 0
+        return value or (getrandbits(128) or 1)
+
+    def generate_span_id(self) -> int:
+        value, self.span_id = self.span_id, 0
+        return value or (getrandbits(64) or 1)
+
+
+class Tracing:
+    """Trace context and spans for one serving process (build it in the process that serves).
+
+    `exporter` replaces the one the settings name (tests pass an in-memory one). Construct it only
+    when `settings.enabled`; with tracing off the data plane has no `Tracing` at all.
+    """
+
+    def __init__(self, settings: TracingSettings, *, exporter: SpanExporter | None = None) -> None:
+        # TraceIdRatioBased's rule: sampled when the trace id's low 64 bits are below the bound.
+        self._bound = round(settings.sample_ratio * (_MASK64 + 1))
+        trusted = TrustedNetworks(settings.trusted_networks)
+        # Whether a trace context from the downstream at `client` is continued: with no
+        # `trusted_networks`, from everyone.
+        self.trusts: Callable[[str | None], bool] = trusted.contains if trusted else _everyone
+        self._endpoints: dict[str, tuple[str, int | None]] = {}
+        self._timeout = settings.export_timeout
+        self._export: BoundedExport | None = None
+        self._provider: TracerProvider | None = None
+        self.tracer: trace_api.Tracer | None = None
+        self.ids = _PresetIds()
+        if exporter is None:
+            exporter = make_exporter(settings)
+        if exporter is not None:
+            self._export = BoundedExport(exporter, settings.max_queue, settings.export_timeout)
+            # No atexit hook: the SDK's would wait up to 30 s for a slow collector; `shutdown()`
+            # is bounded instead.
+            self._provider = TracerProvider(
+                sampler=ALWAYS_ON, resource=Resource.create({SERVICE_NAME: settings.service_name}),
+                shutdown_on_exit=False, id_generator=self.ids)
+            self._provider.add_span_processor(self._export)
+            self.tracer = self._provider.get_tracer("peel")
+
+    def start(self, headers: Headers, client: str | None, method: str, path: str,
+              server_address: str) -> RequestTrace:
+        """The trace of one downstream request: its context continued (when trusted) or a new one."""
+        incoming: Incoming | None = None
+        # C-level scan (map + isdisjoint): half the cost of a Python loop over the headers.
+        seen = not TRACE_HEADERS.isdisjoint(map(_name, headers))
+        if seen and self.trusts(client):
+            incoming = propagation.extract(headers)
+        parent_id: str | None = None
+        sampled: bool | None = None
+        if incoming is not None:
+            sampled = incoming.sampled
+            parent_id = incoming.parent_id
+        if parent_id is not None and incoming is not None and incoming.trace_id is not None:
+            trace_id = incoming.trace_id
+            if sampled is None:
+                sampled = int(trace_id[16:], 16) < self._bound
+        else:
+            number = getrandbits(128) or 1
+            trace_id = number.to_bytes(16, "big").hex()
+            if sampled is None:
+                sampled = (number & _MASK64) < self._bound
+        trace = RequestTrace(self, trace_id, _new_span_id(), parent_id, sampled, incoming, seen)
+        if trace._record:
+            trace._recording(method, path, server_address)
+        return trace
+
+    def strip(self, headers: Headers) -> Headers:
+        """`headers` without trace context headers (Peel sends its own per attempt)."""
+        return propagation.strip(headers)
+
+    def endpoint_address(self, url: str) -> tuple[str, int | None]:
+        """(host, port) of an endpoint URL, parsed once per URL."""
+        known = self._endpoints.get(url)
+        if known is None:
+            parts = urlsplit(url)
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+            known = (parts.hostname or url, port)
+            if len(self._endpoints) >= 4096:
+                self._endpoints.clear()
+            self._endpoints[url] = known
+        return known
+
+    def stats(self) -> dict[str, int]:
+        """Spans queued for export, dropped (queue full), exported and failed (collector errors)."""
+        export = self._export
+        if export is None:
+            return {"ended": 0, "dropped": 0, "exported": 0, "failed": 0}
+        return {"ended": export.ended, "dropped": export.dropped,
+                "exported": export.counting.exported, "failed": export.counting.failed}
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Send what is queued, waiting at most `timeout` s (default: the export timeout)."""
+        provider = self._provider
+        if provider is None:
+            return
+        self._provider = None
+        self.tracer = None
+        # The SDK's shutdown joins its thread for up to 30 s: run it aside and wait only so long.
+        worker = threading.Thread(target=provider.shutdown, name="peel-trace-shutdown", daemon=True)
+        worker.start()
+        worker.join(self._timeout if timeout is None else timeout)
+        if worker.is_alive():
+            log.warning("trace export did not finish within %.1f s; queued spans are lost",
+                        self._timeout if timeout is None else timeout)
+
+    def _span(self, name: str, kind: SpanKind, trace_id: str, span_id: str, parent_id: str | None,
+              remote: bool, tracestate: bytes | None, attributes: dict[str, Any], start_ns: int,
+              end_ns: int, error: str | None) -> None:
+        """One finished SDK span with Peel's ids (sampled requests only)."""
+        tracer = self.tracer
+        if tracer is None:
+            return
+        trace_number = int(trace_id, 16)
+        context = _EMPTY
+        if parent_id is not None:
+            state = None
+            if tracestate is not None:
+                try:
+                    state = TraceState.from_header([tracestate.decode("ascii")])
+                except ValueError:
+                    state = None
+            parent = SpanContext(trace_number, int(parent_id, 16), is_remote=remote,
+                                 trace_flags=_SAMPLED, trace_state=state)
+            context = trace_api.set_span_in_context(NonRecordingSpan(parent), _EMPTY)
+        else:
+            self.ids.trace_id = trace_number
+        self.ids.span_id = int(span_id, 16)
+        span = tracer.start_span(name, context, kind, attributes, start_time=start_ns)
+        if error is not None:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=end_ns)
+
+
+class RequestTrace:
+    """The trace of one downstream request; `trace_id` and `span_id` (hex) go to the access log.
+
+    `span_id` is the server span's id; `parent_id` the downstream's span, when it sent a context.
+    Nothing but ids is made unless `sampled` (and an exporter is configured): the fields of the
+    span are kept only then (`_recording()`), so an unsampled request sets five slots.
+    """
+
+    __slots__ = ("_fallback", "_incoming", "_method", "_path", "_record", "_route", "_seen",
+                 "_server", "_service", "_side", "_stage", "_start_ns", "_tracing", "parent_id",
+                 "sampled", "span_id", "trace_id")
+
+    def __init__(self, tracing: Tracing, trace_id: str, span_id: str, parent_id: str | None,
+                 sampled: bool, incoming: Incoming | None, seen: bool) -> None:
+        self._tracing = tracing
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.sampled = sampled
+        self._incoming = incoming
+        self._seen = seen
+        self._record = sampled and tracing.tracer is not None
+
+    def _recording(self, method: str, path: str, server_address: str) -> None:
+        self._start_ns = time.time_ns()
+        self._method = method
+        self._path = path
+        self._server = server_address
+        self._route: str | None = None
+        self._service: str | None = None
+        self._stage: str | None = None
+        self._side: str | None = None
+        self._fallback: str | None = None
+
+    def route(self, route: str, service: str, stage: str | None) -> None:
+        """The matched route (its name is `http.route`), its service, and its migration's stage."""
+        if self._record:
+            self._route = route
+            self._service = service
+            self._stage = stage
+
+    def strip(self, headers: Headers) -> Headers:
+        """`headers` without trace context; free when the downstream sent none."""
+        if not self._seen:
+            return headers
+        names = TRACE_HEADERS
+        return [header for header in headers if header[0] not in names]
+
+    def attempt(self, endpoint_url: str, attempt: int, side: str | None,
+                service: str | None = None) -> AttemptTrace:
+        """One try at an upstream: `attempt` counts the tries at this service from 1 (the first
+        try at `from` after a fallback is 1 again); `service` when it is not the route's (the
+        `from`/`to` service of a migration)."""
+        trace = AttemptTrace(self, _new_span_id())
+        if self._record:
+            if side is not None:
+                self._side = side
+            if service is not None:
+                self._service = service
+            trace._recording(endpoint_url, attempt, side, service or self._service)
+        return trace
+
+    def end(self, status: int, error: str | None) -> None:
+        """The response went downstream with `status` (`error`: Peel's error code, if any)."""
+        if not self._record:
+            return
+        self._record = False  # one server span, even if called twice
+        attributes: dict[str, Any] = {"http.request.method": self._method, "url.path": self._path,
+                                      "server.address": self._server,
+                                      "http.route": self._route or "unmatched"}
+        if status:
+            attributes["http.response.status_code"] = status
+        if self._service is not None:
+            attributes["peel.service"] = self._service
+        if self._stage is not None:
+            attributes["peel.stage"] = self._stage
+        if self._side is not None:
+            attributes["peel.side"] = self._side
+        if self._fallback is not None:
+            attributes["peel.fallback"] = self._fallback
+        # A server span fails on a 5xx only (semantic conventions): a 4xx is the caller's.
+        failed = error if error is not None else (str(status) if status >= 500 else None)
+        if failed is not None:
+            attributes["error.type"] = failed
+        incoming = self._incoming
+        self._tracing._span(f"{self._method} {self._route or 'unmatched'}", SpanKind.SERVER,
+                            self.trace_id, self.span_id, self.parent_id, True,
+                            incoming.tracestate if incoming is not None else None, attributes,
+                            self._start_ns, time.time_ns(), failed)
+
+
+class AttemptTrace:
+    """One upstream attempt of a request: the context it carries upstream and its client span."""
+
+    __slots__ = ("_attempt", "_endpoint", "_request", "_service", "_side", "_start_ns", "span_id")
+
+    def __init__(self, request: RequestTrace, span_id: str) -> None:
+        self._request = request
+        self.span_id = span_id
+        self._start_ns = 0
+
+    def _recording(self, endpoint_url: str, attempt: int, side: str | None,
+                   service: str | None) -> None:
+        self._start_ns = time.time_ns()
+        self._endpoint = endpoint_url
+        self._attempt = attempt
+        self._side = side
+        self._service = service
+
+    def headers(self) -> Headers:
+        """Trace headers for the upstream request: `traceparent` (with `tracestate` and `baggage`
+        as the downstream sent them) and, when the downstream spoke B3, B3 in its form."""
+        request = self._request
+        sampled = request.sampled
+        out: Headers = [(propagation.TRACEPARENT, traceparent(request.trace_id, self.span_id, sampled))]
+        incoming = request._incoming
+        if incoming is not None:
+            if incoming.tracestate is not None:
+                out.append((propagation.TRACESTATE, incoming.tracestate))
+            if incoming.baggage is not None:
+                out.append((propagation.BAGGAGE, incoming.baggage))
+            if incoming.b3 is not None:
+                b3_trace = incoming.b3_trace_id or request.trace_id
+                if incoming.b3 == "single":
+                    out.append((propagation.B3, b3_single(b3_trace, self.span_id, sampled,
+                                                          incoming.debug, request.span_id)))
+                else:
+                    out.extend(b3_multi(b3_trace, self.span_id, sampled, incoming.debug,
+                                        request.span_id))
+        return out
+
+    def end(self, status: int | None, error: str | None, fallback: str | None = None) -> None:
+        """The attempt is over: `status` from the upstream (None: none came), Peel's `error` code,
+        and `fallback`: the `to` failure this attempt answers for (the `from` attempt of a fallback).
+        """
+        start_ns = self._start_ns
+        if not start_ns:
+            return
+        self._start_ns = 0  # one client span per attempt
+        request = self._request
+        if fallback is not None:
+            request._fallback = fallback
+        if not request._record:
+            return  # the request already ended
+        host, port = request._tracing.endpoint_address(self._endpoint)
+        attributes: dict[str, Any] = {"http.request.method": request._method, "server.address": host,
+                                      "peel.endpoint": self._endpoint, "peel.attempt": self._attempt}
+        if port is not None:
+            attributes["server.port"] = port
+        if self._attempt > 1:
+            attributes["http.request.resend_count"] = self._attempt - 1
+        if status is not None:
+            attributes["http.response.status_code"] = status
+        if self._service is not None:
+            attributes["peel.service"] = self._service
+        if request._stage is not None:
+            attributes["peel.stage"] = request._stage
+        if self._side is not None:
+            attributes["peel.side"] = self._side
+        if fallback is not None:
+            attributes["peel.fallback"] = fallback
+        # A client span fails on any 4xx/5xx (semantic conventions), or when no answer came.
+        failed = error if error is not None else (
+            str(status) if status is not None and status >= 400 else None)
+        if failed is not None:
+            attributes["error.type"] = failed
+        request._tracing._span(request._method, SpanKind.CLIENT, request.trace_id, self.span_id,
+                               request.span_id, False, None, attributes, start_ns, time.time_ns(),
+                               failed)

@@ -1,0 +1,48 @@
+"""The shared grammars of HTTP that rules, matching and the data plane all read (pure).
+
+One copy of each, at the bottom of the import graph, so that a header name is a token and a cookie
+header splits into pairs the same way for route validation, route matching, cohort keys, hash
+balancing, beta-value stripping and the settings.
+
+- `TOKEN` / `TOKEN_RE` / `TOKEN_BYTES_RE`: RFC 9110 §5.6.2 `token` (header names, methods).
+- `cookie_pairs(value)`: the `name=value` pairs of one Cookie header (RFC 6265 §5.4, read as
+  servers read it: split on `;`, names and values trimmed, pairs without `=` skipped).
+- `cookie_value(headers, name)` / `header_value(headers, name)`: the first value in a header list.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+# RFC 9110 token characters, as a pattern source (str and bytes forms compile from it).
+TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+TOKEN_RE = re.compile(rf"^{TOKEN}$")
+TOKEN_BYTES_RE = re.compile(TOKEN.encode("ascii"))
+
+
+def cookie_pairs(value: str) -> Iterator[tuple[str, str]]:
+    """(name, value) for each `name=value` of one Cookie header value, both trimmed."""
+    for part in value.split(";"):
+        name, sep, raw = part.partition("=")
+        name = name.strip()
+        if sep and name:
+            yield name, raw.strip()
+
+
+def cookie_value(headers: Iterable[tuple[bytes, bytes]], name: str) -> str | None:
+    """The first value of cookie `name` in the Cookie header(s), unquoted, or None."""
+    for key, value in headers:
+        if key == b"cookie":
+            for pair_name, raw in cookie_pairs(value.decode("latin-1")):
+                if pair_name == name:
+                    return raw.strip('"')
+    return None
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of header `name` (lower-case bytes) in a header list, or None."""
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
