@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/peel demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway routes facade migrations tests bench

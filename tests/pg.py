@@ -8,8 +8,10 @@ The server binaries come from `pg_config --bindir`, `/usr/lib/postgresql/*/bin` 
 user (else `nobody`) and initdb/pg_ctl run through `runuser` (or `setpriv`). Authentication is
 `trust` on loopback only; durability is switched off because the data is thrown away.
 
-When the binaries are missing the fixtures skip with the reason; when they are present but the
-server does not come up, that is a failure, with the server log in the message.
+When the binaries or the driver (psycopg) are missing the fixtures skip with the reason, except in
+CI (environment `CI` set to true, as `.ci/run` does), where PostgreSQL is part of the set-up and a
+test that cannot run is a failure; when they are present but the server does not come up, that is
+a failure, with the server log in the message.
 
 To use the fixtures in a test package, import them into its conftest.py:
 `from tests.pg import pg_server, pg_url  # noqa: F401`.
@@ -28,7 +30,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,13 +211,21 @@ def _kill_postmaster(data: Path) -> None:
         os.kill(pid, signal.SIGQUIT)
 
 
+def in_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the tests run in CI (`CI` set to true, 1 or yes, as CI services and `.ci/run` do)."""
+    return environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 @contextlib.contextmanager
 def postgres_or_skip() -> Iterator[PostgresServer]:
-    """`running_postgres()`, skipping the test (with the reason) when PostgreSQL cannot run here."""
+    """`running_postgres()`, skipping the test (with the reason) when PostgreSQL cannot run here;
+    in CI that is a failure instead, so a missing driver or binary cannot pass as a green run."""
     with contextlib.ExitStack() as stack:
         try:
             server = stack.enter_context(running_postgres())
         except PostgresUnavailable as exc:
+            if in_ci():
+                pytest.fail(f"PostgreSQL tests cannot run in CI: {exc}", pytrace=False)
             pytest.skip(f"PostgreSQL tests need a server: {exc}")
         yield server
 

@@ -1,5 +1,6 @@
 """Store tests run against both backends: a SQLite file per test and a fresh PostgreSQL database
-per test on one throwaway server for the session (skipped, with the reason, without binaries)."""
+per test on one throwaway server for the session (skipped, with the reason, without binaries or
+driver; in CI, where `.ci/run` installs both, that is a failure instead: see `tests.pg`)."""
 
 from __future__ import annotations
 
