@@ -8,6 +8,7 @@ latest version, applies the edit, shows the diff, and commits only when somethin
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -22,6 +23,9 @@ Check = Callable[[Document], None]
 Transitions = Callable[[Document, Document], Sequence[Transition]]
 # Re-applications of an edit when no If-Match was given and other writers committed in between.
 RETRIES = 3
+# Format characters that reorder or hide text on a terminal (bidirectional overrides and isolates):
+# with them a reason could show another row's text in `peel config history`.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class VersionStore(Protocol):
@@ -68,6 +72,20 @@ def replace_document(new: Document) -> Edit:
     return lambda _old: new
 
 
+def check_reason(reason: str, field: str = "reason") -> str:
+    """Refuse a reason that could forge rows in a history listing; return it unchanged.
+
+    Control characters (C0, DEL, C1: newlines, carriage returns, tabs, terminal escape sequences),
+    line and paragraph separators and bidirectional controls are refused, whatever the language of
+    the rest of the text.
+    """
+    for char in reason:
+        if (unicodedata.category(char) in ("Cc", "Zl", "Zp")) or char in _BIDI_CONTROLS:
+            raise RuleError(field, f"may not hold control characters (found U+{ord(char):04X}); "
+                            "write the reason on one line", reason)
+    return reason
+
+
 def commit_change(store: VersionStore, edit: Edit, *, actor: str, reason: str,
                   if_match: int | None = None, check: Check | None = None,
                   transitions: Transitions | None = None) -> tuple[VersionInfo | None, DocumentDiff]:
@@ -79,7 +97,9 @@ def commit_change(store: VersionStore, edit: Edit, *, actor: str, reason: str,
     to the newer document, up to `RETRIES` times. `check` (the admin API compiles the document
     into a route table) runs before anything is written and refuses by raising. `transitions`
     names the migration transitions of the change; they are stored in the same transaction.
+    A reason with control characters is refused (`check_reason`) before anything is read.
     """
+    check_reason(reason)
     for attempt in range(RETRIES + 1):
         latest = store.latest()
         if if_match is not None and if_match != latest.version:

@@ -21,6 +21,9 @@ from routes.errors import RuleError
 
 # Big enough for a 10k-route document, small enough that one request cannot exhaust memory.
 MAX_BODY = 32 * 1024 * 1024
+# A document nests about eight levels (routes[].match.headers[].value); 64 leaves room for any
+# future field and refuses bodies built to exhaust the parser's or the model's recursion.
+MAX_DEPTH = 64
 REASON_HEADER = "peel-reason"
 ACTOR_KEY = "peel.actor"
 
@@ -126,9 +129,31 @@ async def read_json(request: Request) -> Any:
     if not data.strip():
         raise BadRequest("body", "is empty; a JSON value is required")
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest("body", f"is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body", f"is nested deeper than {MAX_DEPTH} levels") from None
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise BadRequest("body", f"is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests containers more than `limit` deep (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def body_object(data: Any, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, Any]:
