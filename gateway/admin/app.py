@@ -35,7 +35,7 @@ from gateway.admin.openapi import openapi_document
 from gateway.admin.rules import rule_routes
 from gateway.admin.wire import problem_response
 from gateway.core import problems
-from gateway.server.settings import Settings
+from gateway.core.settings import Settings
 from gateway.telemetry.metrics import CONTENT_TYPE, render
 from gateway.telemetry.procstats import LiveView
 from routes.errors import RuleError, StoreError

@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from gateway.cli.client import DEFAULT_ADMIN_URL, AdminClient
-from gateway.server.settings import Settings, load_settings
+from gateway.core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from routes.store import Store

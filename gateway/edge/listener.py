@@ -30,9 +30,9 @@ from typing import Any, Literal, cast
 
 import uvicorn
 
+from gateway.core.settings import Settings
 from gateway.dataplane.websocket_rules import MAX_MESSAGE, PING_INTERVAL, PING_TIMEOUT
 from gateway.edge.protocol import PeelHttpProtocol
-from gateway.server.settings import Settings
 
 DATA_PLANE = frozenset({"public", "outbound", "inbound"})
 LISTENERS = DATA_PLANE | {"admin"}

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.core.settings import LimitsSettings
 from gateway.dataplane.websocket_rules import websocket_offer
 from gateway.http.framing import (
     CHUNKED,
@@ -43,7 +44,6 @@ from gateway.http.framing import (
     check_head,
     refusal_response,
 )
-from gateway.server.settings import LimitsSettings
 
 log = logging.getLogger("peel.edge")
 TARGET = "peel.target"

@@ -67,7 +67,7 @@ _TRUSTED_PREFIXES = (b"x-forwarded-", b"x-peel-", b"peel-")
 
 @dataclass(frozen=True, slots=True)
 class HeadLimits:
-    """The limits `check_head` enforces (from `[limits]`; see `gateway.server.settings.LimitsSettings`)."""
+    """The limits `check_head` enforces (from `[limits]`; see `gateway.core.settings.LimitsSettings`)."""
 
     max_request_line: int = 8 * 1024
     max_header_bytes: int = 60 * 1024

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from gateway.server.settings import PathSettings
+from gateway.core.settings import PathSettings
 
 # pchar (RFC 3986: unreserved, sub-delims, ":" and "@") in segments that are not empty and do not
 # start with "." (so no dot segment, no "//"): such a path is already normal under every rule

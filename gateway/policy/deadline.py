@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from gateway.core.settings import DeadlineSettings
 from gateway.core.trust import TrustedNetworks
-from gateway.server.settings import DeadlineSettings
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -35,12 +35,12 @@ import uvicorn
 from facade.counts import TrafficCounts
 from facade.flusher import CountsFlusher, instance_id
 from gateway.core.errors import ConfigError
+from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, load_settings
 from gateway.dataplane.proxy import ProxyApp
 from gateway.edge import drain
 from gateway.edge.listener import make_server, uvicorn_config
 from gateway.edge.protocol import PeelHttpProtocol
 from gateway.server import systemd
-from gateway.server.settings import LimitsSettings, ListenerSettings, Settings, load_settings
 from gateway.server.supervisor import HANDLED, Supervisor
 from gateway.telemetry.accesslog import AccessLog
 from gateway.telemetry.metrics import Metrics

@@ -40,7 +40,7 @@ from opentelemetry.sdk.trace.export import (
 )
 
 from gateway.core.errors import ConfigError
-from gateway.server.settings import TracingSettings
+from gateway.core.settings import TracingSettings
 
 log = logging.getLogger("peel.tracing")
 

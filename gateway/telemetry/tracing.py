@@ -39,8 +39,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 
+from gateway.core.settings import TracingSettings
 from gateway.core.trust import TrustedNetworks
-from gateway.server.settings import TracingSettings
 from gateway.telemetry import propagation
 from gateway.telemetry.export import BoundedExport, make_exporter
 from gateway.telemetry.propagation import TRACE_HEADERS, Incoming, b3_multi, b3_single, traceparent

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.admin.app import build_admin_app
-from gateway.server.settings import Settings
+from gateway.core.settings import Settings
 from routes.store import Store
 
 SAMPLE: dict[str, Any] = {

@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from gateway.admin.app import build_admin_app
 from gateway.admin.auth import TokenCache
-from gateway.server.settings import Settings
+from gateway.core.settings import Settings
 from routes.store import Store
 from tests.app.conftest import Admin
 

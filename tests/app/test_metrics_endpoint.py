@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.admin.app import build_admin_app
-from gateway.server.settings import MetricsSettings, Settings
+from gateway.core.settings import MetricsSettings, Settings
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.procstats import LiveView, ProcessState
 from routes.store import Store

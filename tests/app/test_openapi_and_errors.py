@@ -10,7 +10,7 @@ import pytest
 from starlette.routing import Route
 
 from gateway.admin.app import build_admin_app
-from gateway.server.settings import Settings
+from gateway.core.settings import Settings
 from routes.model import Route as RouteRule
 from routes.model import Service as ServiceRule
 from routes.policies import (

@@ -18,9 +18,9 @@ import sys
 import uvloop
 import yaml
 
+from gateway.core.settings import load_settings
 from gateway.dataplane.proxy import ProxyApp
 from gateway.edge.listener import make_server, uvicorn_config
-from gateway.server.settings import load_settings
 from gateway.telemetry.accesslog import AccessLog
 from gateway.upstream.pool import UpstreamPool
 from routes.compiler import compile_document

@@ -23,7 +23,7 @@ import yaml
 
 from gateway.admin.app import build_admin_app
 from gateway.cli import build_parser
-from gateway.server.settings import Settings
+from gateway.core.settings import Settings
 from routes.store import Store
 
 DOCUMENT = """\

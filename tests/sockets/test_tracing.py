@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.server.settings import TracingSettings
+from gateway.core.settings import TracingSettings
 from gateway.telemetry.tracing import Tracing
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.sockets.conftest import wait_for

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.core.settings import DeadlineSettings, load_settings
 from gateway.policy.deadline import (
     DeadlineRules,
     effective_deadline,
@@ -13,7 +14,6 @@ from gateway.policy.deadline import (
     parse_grpc_timeout,
     parse_ms,
 )
-from gateway.server.settings import DeadlineSettings, load_settings
 
 H = list[tuple[bytes, bytes]]
 NOW = 500.0

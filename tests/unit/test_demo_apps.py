@@ -163,8 +163,8 @@ def test_sample_yaml_round_trips() -> None:
 
 
 def test_demo_settings_are_accepted_by_peel(tmp_path: Path) -> None:
+    from gateway.core.settings import load_settings
     from gateway.demo.run import Ports, write_settings
-    from gateway.server.settings import load_settings
 
     directory = tmp_path / "with space \"and quote\""
     directory.mkdir()

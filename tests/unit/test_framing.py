@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.errors import ConfigError
+from gateway.core.settings import load_settings
 from gateway.http.framing import (
     CHUNKED,
     LENGTH,
@@ -19,7 +20,6 @@ from gateway.http.framing import (
     check_head,
     refusal_response,
 )
-from gateway.server.settings import load_settings
 
 LIMITS = HeadLimits(max_request_line=100, max_header_bytes=300, max_headers=5, max_body=1000)
 

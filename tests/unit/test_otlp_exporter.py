@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.core.errors import ConfigError
-from gateway.server.settings import TracingSettings
+from gateway.core.settings import TracingSettings
 from gateway.telemetry import export as trace_export
 from gateway.telemetry.export import OtlpHttpExporter, make_exporter, parse_headers
 
@@ -406,7 +406,7 @@ def test_tls_files_that_cannot_be_loaded_are_refused_naming_the_variable(
 def test_making_the_exporter_leaves_requests_unloaded() -> None:
     program = (
         "import sys, gateway.telemetry.export as t\n"
-        "from gateway.server.settings import TracingSettings\n"
+        "from gateway.core.settings import TracingSettings\n"
         "e = t.make_exporter(TracingSettings(endpoint='http://127.0.0.1:1/v1/traces'))\n"
         "assert type(e).__name__ == 'OtlpHttpExporter', e\n"
         "loaded = sorted(m for m in ('requests', 'urllib3', 'certifi', 'idna', 'charset_normalizer',\n"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.core.settings import PathSettings, load_settings
 from gateway.http.paths import DEFAULT_RULES, PathRules, normalise, path_rules
-from gateway.server.settings import PathSettings, load_settings
 
 ALLOW_SLASH = PathRules(reject_encoded_slash=False)
 ALLOW_BACKSLASH = PathRules(reject_backslash=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.errors import ConfigError
-from gateway.server.settings import Settings, env_name, load_settings, split_bind
+from gateway.core.settings import Settings, env_name, load_settings, split_bind
 
 
 def write(tmp_path: Path, text: str) -> Path:

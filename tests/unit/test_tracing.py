@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.server.settings import TracingSettings
+from gateway.core.settings import TracingSettings
 from gateway.telemetry import propagation
 from gateway.telemetry.propagation import (
     Incoming,
