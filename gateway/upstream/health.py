@@ -1,6 +1,6 @@
 """Active health checks: one task per endpoint of every service that declares a `health_check`.
 
-    checker = HealthChecker(upstreams, ssl_context_for=<the pool's factory>)
+    checker = HealthChecker(upstreams, dialer=pool.dialer)
     upstreams.update(table); checker.sync()          # after every table swap, on the event loop
     await checker.close()                            # when the process stops
 
@@ -27,7 +27,8 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.upstream.tls import SslFactory, UpstreamTls, ssl_context_for
+from gateway.core.errors import ConnectError
+from gateway.upstream.dial import Dial, Dialer
 from routes.model import Endpoint
 from routes.policies import HealthCheck
 
@@ -117,8 +118,9 @@ def parse_status(head: bytes) -> int:
 
 
 async def check_endpoint(endpoint: Endpoint, policy: HealthCheck,
-                         context: ssl.SSLContext | None) -> CheckResult:
-    """Run one check against `endpoint`; never raises except for cancellation."""
+                         dialer: Dial | None = None) -> CheckResult:
+    """Run one check against `endpoint`, connecting through `dialer` (the pool's, so that a check
+    trusts what a request does; None: a default `Dialer`); never raises except for cancellation."""
     try:
         request = check_request(policy, endpoint)
     except ValueError as exc:
@@ -130,9 +132,11 @@ async def check_endpoint(endpoint: Endpoint, policy: HealthCheck,
     polite = False
     try:
         async with asyncio.timeout_at(deadline):
-            reader, writer = await asyncio.open_connection(
-                endpoint.host, endpoint.port, ssl=context, limit=MAX_HEAD,
-                server_hostname=endpoint.host if context is not None else None)
+            # asyncio.open_connection's streams, on a connection the dial seam opened
+            reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
+            transport, protocol = await (dialer or Dialer()).open(
+                endpoint, lambda: asyncio.StreamReaderProtocol(reader, loop=loop), timeout=None)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             writer.write(request)
             await writer.drain()
             status, length = await _final_head(reader)
@@ -142,12 +146,10 @@ async def check_endpoint(endpoint: Endpoint, policy: HealthCheck,
         return CheckResult(False, error=f"bad answer: {exc}")
     except asyncio.IncompleteReadError:
         return CheckResult(False, error="closed the connection before a complete response head")
-    except ssl.SSLCertVerificationError as exc:
-        return CheckResult(False, error=f"TLS: {exc.verify_message or exc.reason}")
-    except ssl.SSLError as exc:
-        return CheckResult(False, error=f"TLS: {exc.reason or exc}")
+    except ConnectError as exc:
+        return CheckResult(False, error=_connect_failure(exc.__cause__ or exc))
     except OSError as exc:
-        return CheckResult(False, error=f"connection failed: {exc.strerror or exc}")
+        return CheckResult(False, error=_connect_failure(exc))
     else:
         # The answer is decided; reading a bounded rest lets the upstream finish its write, so that
         # closing does not reset it mid-answer. Whatever happens there does not change the result.
@@ -162,6 +164,17 @@ async def check_endpoint(endpoint: Endpoint, policy: HealthCheck,
                 writer.close()
             else:
                 writer.transport.abort()
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """Why a check could not talk to its endpoint (TLS named as such)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError):
+        return f"connection failed: {exc.strerror or exc}"
+    return f"connection failed: {exc}"
 
 
 async def _final_head(reader: asyncio.StreamReader) -> tuple[int, int | None]:
@@ -210,7 +223,7 @@ async def _discard(reader: asyncio.StreamReader, length: int | None) -> bool:
     return False
 
 
-Probe = Callable[[Endpoint, HealthCheck, "ssl.SSLContext | None"], Awaitable[CheckResult]]
+Probe = Callable[[Endpoint, HealthCheck, Dial], Awaitable[CheckResult]]
 
 
 # -- the checker ------------------------------------------------------------------------------------
@@ -233,16 +246,16 @@ class HealthChecker:
     changed. A task never raises: an unexpected error in a check is logged and counts as a failed
     check.
 
-    `ssl_context_for` is the factory the upstream pool uses, so a check trusts what a request does.
+    `dialer` is the upstream pool's (`pool.dialer`), so a check trusts what a request does.
     `clock` gives the `now` of `report_check` (default: the clock of `upstreams`); `rand` spreads
     the first checks; `probe` runs one check (tests substitute a scripted one).
     """
 
-    def __init__(self, upstreams: UpstreamRegistry, *, ssl_context_for: SslFactory | None = None,
+    def __init__(self, upstreams: UpstreamRegistry, *, dialer: Dial | None = None,
                  clock: Callable[[], float] | None = None, rand: random.Random | None = None,
                  probe: Probe = check_endpoint) -> None:
         self._upstreams = upstreams
-        self._tls = UpstreamTls(ssl_context_for)
+        self._dialer: Dial = dialer if dialer is not None else Dialer()
         self._clock = clock if clock is not None else upstreams.clock
         self._rand = rand or random.Random()
         self._probe = probe
@@ -293,7 +306,7 @@ class HealthChecker:
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             try:
-                result = await self._probe(state.endpoint, policy, self._tls.context_for(state.endpoint))
+                result = await self._probe(state.endpoint, policy, self._dialer)
                 crashed = None
             except Exception as exc:  # a bug in a check must not stop the checks
                 if repr(exc) != crashed:
@@ -326,5 +339,4 @@ class HealthChecker:
                      state.endpoint.url, service, in_a_row, "" if in_a_row == 1 else "s")
 
 
-__all__ = ["CheckResult", "HealthChecker", "check_endpoint", "check_request", "parse_status",
-           "ssl_context_for"]
+__all__ = ["CheckResult", "HealthChecker", "check_endpoint", "check_request", "parse_status"]

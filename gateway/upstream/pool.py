@@ -20,7 +20,7 @@ from collections import deque
 from gateway.core.errors import ConnectError, ProtocolError, UpstreamTimeout
 from gateway.http.http1 import LENGTH, ResponseReader
 from gateway.server.settings import ProxySettings
-from gateway.upstream.tls import SslFactory, UpstreamTls
+from gateway.upstream.dial import Dial, Dialer
 from routes.model import Endpoint
 
 # Response body buffered per connection before reading from the upstream pauses.
@@ -251,12 +251,13 @@ class UpstreamPool:
     when the exchange ended cleanly.
     """
 
-    def __init__(self, settings: ProxySettings, *, ssl_context: SslFactory | None = None) -> None:
+    def __init__(self, settings: ProxySettings, *, dialer: Dial | None = None) -> None:
         self._connect_timeout = settings.connect_timeout
         self._keepalive = settings.upstream_keepalive
         self._max_idle = settings.max_idle_per_endpoint
         self._idle: dict[Endpoint, deque[UpstreamConnection]] = {}
-        self._tls = UpstreamTls(ssl_context)
+        # The one dial seam (TLS per endpoint); the WebSocket proxy and health checks share it.
+        self.dialer: Dial = dialer if dialer is not None else Dialer()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._watched: set[UpstreamConnection] = set()
@@ -279,18 +280,9 @@ class UpstreamPool:
         if self._closed:
             raise ConnectError("the upstream pool is closed (the worker is stopping)")
         loop = asyncio.get_running_loop()
-        context = self._tls.context_for(endpoint)
         limit = self._connect_timeout if timeout is None else timeout
-        try:
-            async with asyncio.timeout(limit):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self, endpoint, loop), endpoint.host, endpoint.port,
-                    ssl=context, server_hostname=endpoint.host if context is not None else None)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"connecting to {endpoint.url} took longer than "
-                                  f"{limit:g} s") from exc
-        except OSError as exc:
-            raise ConnectError(f"cannot connect to {endpoint.url}: {exc.strerror or exc}") from exc
+        _, conn = await self.dialer.open(endpoint, lambda: UpstreamConnection(self, endpoint, loop),
+                                         timeout=limit)
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:

@@ -32,7 +32,8 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from gateway.core.errors import ConnectError, ProtocolError, UpstreamReset, UpstreamTimeout
+from gateway.core.errors import ProtocolError, UpstreamReset, UpstreamTimeout
+from gateway.upstream.dial import Dial, Dialer
 from routes.model import Endpoint
 
 # After Peel sent or answered a close frame, how long the upstream has to close the TCP connection.
@@ -75,8 +76,13 @@ class UpstreamSocket(asyncio.Protocol):
     async def open(cls, endpoint: Endpoint, head: bytes, key: str, subprotocols: list[str], *,
                    max_size: int, connect_timeout: float, response_timeout: float,
                    ping_interval: float | None, ping_timeout: float | None,
-                   ssl_context: ssl.SSLContext | None) -> UpstreamSocket:
+                   dialer: Dial | None = None,
+                   ssl_context: ssl.SSLContext | None = None) -> UpstreamSocket:
         """Connect to `endpoint`, send the handshake `head` (made with `key`) and read the answer.
+
+        `dialer` opens the connection (the pool's, so TLS is chosen as for requests); without one,
+        `ssl_context` is the context to use as is (the older form, until every caller passes the
+        dialer).
 
         Raises `ConnectError` / `UpstreamTimeout` when the endpoint cannot be reached or does not
         answer in time, `ProtocolError` when its answer is not a valid handshake response. A
@@ -89,17 +95,10 @@ class UpstreamSocket(asyncio.Protocol):
                                   subprotocols=[Subprotocol(p) for p in subprotocols] or None,
                                   max_size=max_size)
         protocol.key = key  # the key of `head`: the answer's Sec-WebSocket-Accept is checked against it
-        try:
-            async with asyncio.timeout(connect_timeout):
-                _, link = await loop.create_connection(
-                    lambda: cls(protocol, loop, ping_interval, ping_timeout), endpoint.host,
-                    endpoint.port, ssl=ssl_context,
-                    server_hostname=endpoint.host if ssl_context is not None else None)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"connecting to {endpoint.url} took longer than "
-                                  f"{connect_timeout:g} s") from exc
-        except OSError as exc:
-            raise ConnectError(f"cannot connect to {endpoint.url}: {exc.strerror or exc}") from exc
+        if dialer is None:
+            dialer = Dialer(lambda _endpoint: ssl_context)
+        _, link = await dialer.open(endpoint, lambda: cls(protocol, loop, ping_interval, ping_timeout),
+                                    timeout=connect_timeout)
         try:
             link._write(head)
             async with asyncio.timeout(response_timeout):

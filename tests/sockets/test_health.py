@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.upstream.dial import Dialer
 from gateway.upstream.endpoints import EndpointState, Upstreams
 from gateway.upstream.health import HealthChecker, check_endpoint
 from routes.model import Endpoint
@@ -311,18 +312,18 @@ def test_https_endpoint_with_a_self_signed_certificate(tmp_path: Path) -> None:
         url = f"https://127.0.0.1:{server.port}"
         try:
             # Trusted through the pool's factory: healthy, over TLS.
-            result = await check_endpoint(endpoint(url), POLICY, trusting)
+            result = await check_endpoint(endpoint(url), POLICY, Dialer(lambda e: trusting))
             assert result.ok and result.status == 200
             # The default context (no factory, as the pool without one) refuses the certificate.
             ups = Upstreams()
-            checker = HealthChecker(ups, ssl_context_for=None)
+            checker = HealthChecker(ups, dialer=Dialer())
             t = table(secure=([url], replace(POLICY, interval=0.05)))
             ups.update(t)
             checker.sync()
             state = state_of(ups, "secure", url)
             await until(lambda: not state.healthy, what="an untrusted certificate failing checks")
             await checker.close()
-            plain = await check_endpoint(endpoint(url), POLICY, ssl.create_default_context())
+            plain = await check_endpoint(endpoint(url), POLICY, Dialer())
             assert not plain.ok and plain.error is not None and "certificate" in plain.error
             # With the factory the pool uses, the checker trusts what requests trust.
             factory_calls: list[Endpoint] = []
@@ -332,7 +333,7 @@ def test_https_endpoint_with_a_self_signed_certificate(tmp_path: Path) -> None:
                 return trusting
 
             ups = Upstreams()
-            checker = HealthChecker(ups, ssl_context_for=factory)
+            checker = HealthChecker(ups, dialer=Dialer(factory))
             ups.update(t)
             checker.sync()
             state = state_of(ups, "secure", url)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from gateway.upstream.dial import Dial, Dialer, ssl_context_for
 from gateway.upstream.endpoints import Upstreams
 from gateway.upstream.health import (
     CheckResult,
@@ -20,7 +21,6 @@ from gateway.upstream.health import (
     body_length,
     check_request,
     parse_status,
-    ssl_context_for,
 )
 from routes.model import Endpoint
 from routes.policies import HealthCheck
@@ -186,10 +186,11 @@ class ScriptedProbe:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.calls: list[tuple[str, float]] = []
+        self.dialers: list[Dial] = []
 
-    async def __call__(self, endpoint: Endpoint, policy: HealthCheck,
-                       context: ssl.SSLContext | None) -> CheckResult:
+    async def __call__(self, endpoint: Endpoint, policy: HealthCheck, dialer: Dial) -> CheckResult:
         self.calls.append((endpoint.url, asyncio.get_running_loop().time()))
+        self.dialers.append(dialer)
         return self.script(endpoint)
 
     def count(self, url: str) -> int:
@@ -224,6 +225,20 @@ def test_sync_checks_only_services_with_a_health_check() -> None:
         await wait_until(lambda: probe.count(A) >= 2 and probe.count(B) >= 2)
         assert probe.count(C) == 0
         await checker.close()
+    run(go)
+
+
+def test_checks_dial_through_the_dialer_they_were_given() -> None:
+    async def go() -> None:
+        ups = FakeUpstreams()
+        probe = ScriptedProbe(lambda e: CheckResult(True, 200))
+        mine = Dialer()
+        checker = HealthChecker(ups, probe=probe, dialer=mine)
+        ups.update(table(orders=([A], FAST)))
+        checker.sync()
+        await wait_until(lambda: probe.count(A) >= 2)
+        await checker.close()
+        assert probe.dialers and all(d is mine for d in probe.dialers)
     run(go)
 
 
