@@ -10,4 +10,38 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-__all__ = ["Message", "Receive", "Scope", "Send"]
+# The two `scope["extensions"]` keys Peel's edge (gateway.edge.protocol) fills for the data plane:
+# the request line's raw target bytes, and the connection's `Downstream` handle.
+TARGET = "peel.target"
+DOWNSTREAM = "peel.downstream"
+
+
+class Downstream:
+    """One downstream connection, as seen by the app.
+
+    `on_lost` is called (once) when the connection closes; the proxy sets it while an upstream
+    exchange is running and clears it after. `lost` says whether that already happened. The edge
+    creates it with the function that resets the connection and calls `connection_lost`; it lives
+    here, below both, so the data plane can use it without importing the edge (issue 10).
+    """
+
+    __slots__ = ("_abort", "lost", "on_lost")
+
+    def __init__(self, abort: Callable[[], None]) -> None:
+        self._abort = abort
+        self.on_lost: Callable[[], None] | None = None
+        self.lost = False
+
+    def abort(self) -> None:
+        """Reset the connection: a response that cannot be completed must not look complete."""
+        self._abort()
+
+    def connection_lost(self) -> None:
+        """The edge's report that the connection closed: runs `on_lost` once."""
+        self.lost = True
+        callback, self.on_lost = self.on_lost, None
+        if callback is not None:
+            callback()
+
+
+__all__ = ["DOWNSTREAM", "TARGET", "Downstream", "Message", "Receive", "Scope", "Send"]

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.core.asgi import DOWNSTREAM, TARGET, Downstream
 from gateway.core.settings import LimitsSettings
 from gateway.dataplane.websocket_rules import websocket_offer
 from gateway.http.framing import (
@@ -46,40 +46,6 @@ from gateway.http.framing import (
 )
 
 log = logging.getLogger("peel.edge")
-TARGET = "peel.target"
-DOWNSTREAM = "peel.downstream"
-
-
-class Downstream:
-    """One downstream connection, as seen by the app.
-
-    `on_lost` is called (once) when the connection closes; the proxy sets it while an upstream
-    exchange is running and clears it after. `lost` says whether that already happened.
-    """
-
-    __slots__ = ("_protocol", "lost", "on_lost")
-
-    def __init__(self, protocol: PeelHttpProtocol) -> None:
-        self._protocol = protocol
-        self.on_lost: Callable[[], None] | None = None
-        self.lost = False
-
-    def abort(self) -> None:
-        """Reset the connection: a response that cannot be completed must not look complete."""
-        protocol = self._protocol
-        cycle = protocol.cycle
-        if cycle is not None:
-            # uvicorn would otherwise log "returned without completing response" for a cut we
-            # made on purpose.
-            cycle.disconnected = True
-        if protocol.transport is not None:
-            protocol.transport.abort()
-
-    def _connection_lost(self) -> None:
-        self.lost = True
-        callback, self.on_lost = self.on_lost, None
-        if callback is not None:
-            callback()
 
 
 class CoalescingWriter:
@@ -159,7 +125,7 @@ class PeelHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._downstream = Downstream(self)
+        self._downstream = Downstream(self._abort_connection)
         self._writer: CoalescingWriter | None = None
         self._state = _HEAD
         self._buf = b""  # the head so far
@@ -183,6 +149,16 @@ class PeelHttpProtocol(HttpToolsProtocol):
         if limit and len(self.connections) > limit:
             self._refuse(Refusal(503, "too-many-connections",
                                  f"this listener serves at most {limit} connections at once"))
+
+    def _abort_connection(self) -> None:
+        """`Downstream.abort`: reset the connection on purpose."""
+        cycle = self.cycle
+        if cycle is not None:
+            # uvicorn would otherwise log "returned without completing response" for a cut we
+            # made on purpose.
+            cycle.disconnected = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self._state == _UPGRADED:
@@ -374,7 +350,7 @@ class PeelHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self._downstream._connection_lost()
+        self._downstream.connection_lost()
 
     def timed_out(self, now: float) -> None:
         """Called by the ticker: enforce the head, keep-alive, body-idle and write timeouts."""
