@@ -138,8 +138,8 @@ class PathSettings:
     reject_encoded_slash: bool = True
     # a backslash (literal or `%5C`) in a path -> 400 `bad-path`; false: forwarded as `%5C`
     reject_backslash: bool = True
-    # runs of "/" become one ("//admin" is "/admin"); false: empty segments are kept
-    merge_slashes: bool = False
+    # runs of "/" become one ("//admin" is "/admin"); false: empty segments are kept (RFC 3986)
+    merge_slashes: bool = True
 
 
 @dataclass(frozen=True, slots=True)

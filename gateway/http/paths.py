@@ -12,9 +12,10 @@ the edge, and the same string is matched and sent upstream:
 - an encoded `/` (`%2F`) and a backslash (literal or `%5C`) are refused by default; when a
   `PathRules` allows them they are kept encoded as `%2F` / `%5C`, never turned into a separator,
   so they can never start a new segment (or a dot segment) behind a prefix route's back;
-- runs of `/` are merged only when `PathRules.merge_slashes` is set (RFC 3986 keeps empty
-  segments, and so does Peel by default: `//admin` then matches neither `/admin` nor
-  `/admin/...`, and is forwarded as `//admin`).
+- runs of `/` are merged by default (`PathRules.merge_slashes`): many upstreams (nginx, Python's
+  http.server, several frameworks) read `//admin` as `/admin`, so Peel routes it as `/admin` too.
+  With `merge_slashes` off, empty segments are kept as RFC 3986 says: `//admin` then matches
+  neither `/admin` nor `/admin/...`, and is forwarded as `//admin`.
 
 A refusal is a `ValueError`, which the data plane answers with 400 `bad-path`. The query string
 is not the path's business: callers pass the path alone (ASGI `raw_path`) and forward the query
@@ -49,7 +50,7 @@ class PathRules:
 
     reject_encoded_slash: bool = True
     reject_backslash: bool = True
-    merge_slashes: bool = False
+    merge_slashes: bool = True
 
 
 DEFAULT_RULES = PathRules()

@@ -19,16 +19,16 @@ async def test_a_path_starting_with_two_slashes_is_a_path_not_a_host(admin: Admi
                                                        "headers": {"Host": "shop.example"}})
     assert r.status_code == 200, r.text
     # The data plane routes `GET //orders/12` with `Host: shop.example` by its path: no route
-    # names the host, and `//orders/12` is not under the `/orders` prefix (empty first segment).
-    assert r.json()["route"] == "legacy-default"
-    assert r.json()["path"] == "//orders/12"
+    # names the host, and the merged path `/orders/12` is under the `/orders` prefix.
+    assert r.json()["route"] == "orders"
+    assert r.json()["path"] == "/orders/12"
 
 
 async def test_without_a_host_header_a_double_slash_path_names_no_host(admin: Admin) -> None:
     await admin.apply(DOCUMENT)
     r = await admin.client.post("/api/v1/match", json={"url": "//orders"})
-    assert r.json()["route"] == "legacy-default"
-    assert r.json()["path"] == "//orders"
+    assert r.json()["route"] == "orders"  # not `orders-host`: no host was named
+    assert r.json()["path"] == "/orders"
 
 
 async def test_query_and_fragment_of_a_bare_path(admin: Admin) -> None:

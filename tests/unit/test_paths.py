@@ -15,8 +15,9 @@ from gateway.http.paths import DEFAULT_RULES, PathRules, normalise, path_rules
 ALLOW_SLASH = PathRules(reject_encoded_slash=False)
 ALLOW_BACKSLASH = PathRules(reject_backslash=False)
 MERGE = PathRules(merge_slashes=True)
+LITERAL = PathRules(merge_slashes=False)
 LENIENT = PathRules(reject_encoded_slash=False, reject_backslash=False, merge_slashes=True)
-ALL_RULES = [DEFAULT_RULES, ALLOW_SLASH, ALLOW_BACKSLASH, MERGE, LENIENT]
+ALL_RULES = [DEFAULT_RULES, ALLOW_SLASH, ALLOW_BACKSLASH, MERGE, LITERAL, LENIENT]
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -44,15 +45,29 @@ ALL_RULES = [DEFAULT_RULES, ALLOW_SLASH, ALLOW_BACKSLASH, MERGE, LENIENT]
     (b"/a/..b/c", "/a/..b/c"),
     (b"/a/...", "/a/..."),
     (b"/a;v=1/b", "/a;v=1/b"),
-    # Empty segments are kept by default (RFC 3986), and ".." removes one like any segment.
+])
+def test_default_forms(raw: bytes, expected: str) -> None:
+    assert normalise(raw, DEFAULT_RULES) == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    # With merge_slashes off, empty segments are kept (RFC 3986) and ".." removes one like any
+    # segment.
     (b"//admin", "//admin"),
     (b"//admin//x", "//admin//x"),
     (b"/a//../b", "/a/b"),
     (b"/.//admin", "//admin"),
     (b"//..", "/"),
 ])
-def test_default_forms(raw: bytes, expected: str) -> None:
-    assert normalise(raw, DEFAULT_RULES) == expected
+def test_literal_slashes(raw: bytes, expected: str) -> None:
+    assert normalise(raw, LITERAL) == expected
+
+
+def test_slashes_are_merged_by_default() -> None:
+    # Many upstreams read `//orders/1` as `/orders/1`: Peel must route it by `/orders` too.
+    assert DEFAULT_RULES.merge_slashes and PathSettings().merge_slashes
+    assert normalise(b"//orders/1", DEFAULT_RULES) == "/orders/1"
+    assert normalise(b"/orders//1/", DEFAULT_RULES) == "/orders/1/"
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
