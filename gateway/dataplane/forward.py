@@ -20,6 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.asgi import Downstream
 from gateway.core.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -28,9 +29,9 @@ from gateway.core.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from gateway.core.settings import ProxySettings
 from gateway.dataplane.buffering import Watch, buffer_body, prefixed_body, replay_body
 from gateway.dataplane.request import BodyTooLarge, RequestState, abort_downstream, send_problem
-from gateway.edge.protocol import Downstream
 from gateway.http.headers import ForwardingRules
 from gateway.http.http1 import LAST_CHUNK, chunk, request_head
 from gateway.policy.retry import (
@@ -43,7 +44,6 @@ from gateway.policy.retry import (
     retry_after,
     retry_statuses,
 )
-from gateway.server.settings import ProxySettings
 from gateway.upstream.balancer import hash_key
 from gateway.upstream.pool import ExchangeAborted, UpstreamConnection, UpstreamPool
 

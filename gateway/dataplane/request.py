@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.core import problems
-from gateway.core.asgi import Receive, Scope, Send
-from gateway.edge.protocol import Downstream
+from gateway.core.asgi import Downstream, Receive, Scope, Send
 from gateway.upstream.pool import ExchangeAborted
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ import contextlib
 from collections import deque
 
 from gateway.core.errors import ConnectError, ProtocolError, UpstreamTimeout
+from gateway.core.settings import ProxySettings
 from gateway.http.http1 import LENGTH, ResponseReader
-from gateway.server.settings import ProxySettings
 from gateway.upstream.dial import Dial, Dialer
 from routes.model import Endpoint
 
