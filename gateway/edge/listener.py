@@ -19,6 +19,11 @@ Why each option is what it is:
   Messages up to `MAX_MESSAGE` (a larger one from the client closes it with 1009), a ping every
   `PING_INTERVAL` s with `PING_TIMEOUT` s for the pong (a client that stops reading is cut that
   way), permessage-deflate offered to clients (windows of 4 KiB: ~40 KiB per connection).
+
+This package (gateway/edge/) and `gateway.server.serve` are the only code that touches uvicorn's
+internals (its protocol's private methods, the server's state, `Server.capture_signals`); uvicorn
+is pinned to the minor version they were checked against, and `tests/unit/test_uvicorn_internals.py`
+names each one with the module that relies on it.
 """
 
 from __future__ import annotations
