@@ -72,6 +72,11 @@ admin_tokens = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("last_used_at", UtcDateTime(), nullable=True),
     Column("revoked_at", UtcDateTime(), nullable=True),
+    # comma-joined closure of the token's scopes (`routes.tokens`); rows from before scopes existed
+    # get every scope, which is what they could do
+    Column("scopes", String(128), nullable=False, server_default="metrics,read,write"),
+    # None: never expires
+    Column("expires_at", UtcDateTime(), nullable=True),
 )
 
 # One row per migration transition (start, shift, promote, retire, rollback), written in the same

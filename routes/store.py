@@ -39,6 +39,9 @@ from routes.migration_records import Transition as Transition
 from routes.migration_records import TransitionInfo as TransitionInfo
 from routes.model import NAME_RE, Document
 from routes.schema import admin_tokens, config_versions, migration_transitions
+from routes.tokens import DEFAULT_SCOPES, TokenGrant, closure
+from routes.tokens import decode as decode_scopes
+from routes.tokens import encode as encode_scopes
 
 # PostgreSQL advisory lock key serialising commits: sha256(b"peel-commit")[:8] as a signed bigint.
 COMMIT_LOCK_KEY = int.from_bytes(hashlib.sha256(b"peel-commit").digest()[:8], "big", signed=True)
@@ -87,10 +90,16 @@ class TokenInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    scopes: frozenset[str] = DEFAULT_SCOPES
+    expires_at: datetime | None = None
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= _now()
 
     @property
     def active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and not self.expired
 
 
 EMPTY_VERSION = ConfigVersion(0, _EPOCH, "", "no config version committed yet", Document())
@@ -317,43 +326,62 @@ class Store(MigrationRecords):
 
     # -- admin tokens ---------------------------------------------------------------------------
 
-    def create_token(self, name: str) -> str:
+    def create_token(self, name: str, *, scopes: Sequence[str] = tuple(DEFAULT_SCOPES),
+                     expires_at: datetime | None = None) -> str:
         """Create an admin token called `name`; return the token, which is shown only this once.
 
-        A revoked token's name may be reused (the revoked row is replaced); an active one may not.
+        The token holds `scopes` and what they imply (`routes.tokens`); by default every scope.
+        With `expires_at` it stops working then. A revoked or expired token's name may be reused
+        (its row is replaced); an active one's may not.
         """
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise RuleError("name", "must be 1-63 lower-case letters, digits, '.', '_' or '-', "
                             "starting and ending with a letter or digit", name)
+        granted = encode_scopes(closure(scopes))
+        now = _now()
+        if expires_at is not None and (expires_at.tzinfo is None or expires_at <= now):
+            raise RuleError("expires", "must be a time in the future (timezone-aware)",
+                            expires_at.isoformat())
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         t = admin_tokens.c
         try:
             with self._connect(write=True) as conn:
-                revoked_at = conn.execute(select(t.revoked_at).where(t.name == name)).first()
-                if revoked_at is not None:
-                    if revoked_at[0] is None:
+                old = conn.execute(select(t.revoked_at, t.expires_at).where(t.name == name)).first()
+                if old is not None:
+                    if old.revoked_at is None and (old.expires_at is None or old.expires_at > now):
                         raise ConflictError("name", "an active token has this name; revoke it first",
                                             name)
                     conn.execute(delete(admin_tokens).where(t.name == name))
                 conn.execute(insert(admin_tokens).values(name=name, token_hash=hash_token(token),
-                                                         created_at=_now()))
+                                                         created_at=now, scopes=granted,
+                                                         expires_at=expires_at))
         except IntegrityError as exc:
             raise ConflictError("name", "an active token has this name; revoke it first", name) \
                 from exc
         return token
 
     def verify_token(self, token: str) -> str | None:
-        """The name of the active token `token`, or None. Notes the use at most once a minute."""
+        """The name of the active token `token`, or None (see `grant`)."""
+        grant = self.grant(token)
+        return None if grant is None else grant.name
+
+    def grant(self, token: str) -> TokenGrant | None:
+        """What the active (not revoked, not expired) token `token` may do, or None.
+
+        One query per call (a malformed token costs none); notes the use at most once a minute.
+        """
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
         digest = hash_token(token)
         t = admin_tokens.c
         with self._connect() as conn:
-            row = conn.execute(select(t.id, t.name, t.token_hash, t.last_used_at)
+            row = conn.execute(select(t.id, t.name, t.token_hash, t.last_used_at, t.scopes, t.expires_at)
                                .where(t.token_hash == digest, t.revoked_at.is_(None))).first()
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             return None
         now = _now()
+        if row.expires_at is not None and row.expires_at <= now:
+            return None
         if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
             # the WHERE repeats the staleness test, so concurrent requests write once
             with self._connect(write=True) as conn:
@@ -362,14 +390,15 @@ class Store(MigrationRecords):
                              .where(t.id == row.id,
                                     t.last_used_at.is_(None) | (t.last_used_at <= cutoff))
                              .values(last_used_at=now))
-        return str(row.name)
+        return TokenGrant(str(row.name), decode_scopes(row.scopes), row.expires_at)
 
     def list_tokens(self) -> list[TokenInfo]:
         t = admin_tokens.c
         with self._connect() as conn:
-            rows = conn.execute(select(t.name, t.created_at, t.last_used_at, t.revoked_at)
-                                .order_by(t.name)).all()
-        return [TokenInfo(r.name, r.created_at, r.last_used_at, r.revoked_at) for r in rows]
+            rows = conn.execute(select(t.name, t.created_at, t.last_used_at, t.revoked_at, t.scopes,
+                                       t.expires_at).order_by(t.name)).all()
+        return [TokenInfo(r.name, r.created_at, r.last_used_at, r.revoked_at, decode_scopes(r.scopes),
+                          r.expires_at) for r in rows]
 
     def revoke_token(self, name: str) -> None:
         """Revoke the active token `name` (NotFoundError when there is none)."""

@@ -146,7 +146,7 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         routes.append(HTTPRoute("/metrics", _metrics, methods=["GET"]))
         if settings.metrics.open:
             open_paths = open_paths | {"/metrics"}
-    tokens = TokenCache(store.verify_token, ttl=token_cache_seconds)
+    tokens = TokenCache(store.grant, ttl=token_cache_seconds)
     app = Starlette(
         routes=routes,
         middleware=[Middleware(ProblemGuard), Middleware(BearerAuth, tokens=tokens, open_paths=open_paths)],

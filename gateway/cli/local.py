@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from gateway.cli.args import Commands, actions, add_command, positive
 from gateway.cli.context import config_path, open_store, settings
 from gateway.cli.output import print_json, table
+from routes.store import TokenInfo
+from routes.tokens import DEFAULT_SCOPES, SCOPES
+
+_DURATION = re.compile(r"(\d+)([mhdw])")
+_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
+          "w": timedelta(weeks=1)}
+
+
+def duration(text: str) -> timedelta:
+    """`30d`, `12h`, `90m`, `2w`: a positive duration (a usage error otherwise)."""
+    found = _DURATION.fullmatch(text.strip())
+    if found is None or int(found[1]) < 1 or int(found[1]) > 100_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90m, 12h, 30d or 2w")
+    return int(found[1]) * _UNITS[found[2]]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -28,24 +44,34 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    token = open_store(args).create_token(args.name)
+    expires_at = datetime.now(UTC) + args.expires if args.expires is not None else None
+    token = open_store(args).create_token(args.name, scopes=args.scope or sorted(DEFAULT_SCOPES),
+                                          expires_at=expires_at)
     print(token)
     if sys.stdout.isatty():
         print(f"peel: token {args.name!r} is shown only this once; keep it safe", file=sys.stderr)
     return 0
 
 
+def _status(t: TokenInfo) -> str:
+    if t.revoked_at is not None:
+        return f"revoked {t.revoked_at:%Y-%m-%d %H:%M}"
+    return "expired" if t.expired else "active"
+
+
 def cmd_token_list(args: argparse.Namespace) -> int:
     tokens = open_store(args).list_tokens()
     if args.json:
-        print_json([{"name": t.name, "created_at": t.created_at.isoformat(),
+        print_json([{"name": t.name, "scopes": sorted(t.scopes), "created_at": t.created_at.isoformat(),
+                     "expires_at": t.expires_at.isoformat() if t.expires_at else None,
                      "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
-                     "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None} for t in tokens])
+                     "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+                     "status": _status(t).split()[0]} for t in tokens])
         return 0
-    table([(t.name, f"{t.created_at:%Y-%m-%d %H:%M}",
-            f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
-            "active" if t.revoked_at is None else f"revoked {t.revoked_at:%Y-%m-%d %H:%M}")
-           for t in tokens], ("NAME", "CREATED", "LAST USED", "STATUS"))
+    table([(t.name, ",".join(sorted(t.scopes)), f"{t.created_at:%Y-%m-%d %H:%M}",
+            f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never",
+            f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never", _status(t))
+           for t in tokens], ("NAME", "SCOPES", "CREATED", "EXPIRES", "LAST USED", "STATUS"))
     return 0
 
 
@@ -68,8 +94,14 @@ def register(commands: Commands) -> None:
     add_command(actions(add_command(commands, "db", None, "the store's schema")), "upgrade",
                 cmd_db_upgrade, "create or migrate the store's tables")
     tokens = actions(add_command(commands, "token", None, "admin API tokens (local: uses the store)"))
-    add_command(tokens, "create", cmd_token_create,
-                "create a token and print it (shown once)").add_argument("name")
+    create = add_command(tokens, "create", cmd_token_create, "create a token and print it (shown once)")
+    create.add_argument("name")
+    create.add_argument("--scope", action="append", choices=SCOPES,
+                        help="what the token may do; repeatable: metrics (GET /metrics), read (every "
+                             "GET, and metrics), write (changes, and read); default: all of them")
+    create.add_argument("--expires", type=duration, metavar="DURATION",
+                        help="the token stops working after this long (90m, 12h, 30d, 2w); "
+                             "default: never")
     add_command(tokens, "list", cmd_token_list, "list tokens")
     add_command(tokens, "revoke", cmd_token_revoke, "revoke a token").add_argument("name")
     demo = add_command(commands, "demo", cmd_demo, "run a sample monolith, a new service and a gateway")

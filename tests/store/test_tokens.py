@@ -104,3 +104,66 @@ def test_last_use_is_written_at_most_once_a_minute(store: Store) -> None:
     store.verify_token(token)
     later = {t.name: t for t in store.list_tokens()}["ci"].last_used_at
     assert later is not None and later > long_ago + timedelta(minutes=1)
+
+
+def test_scopes_are_stored_with_what_they_imply(store: Store) -> None:
+    everything = store.create_token("ops")
+    reader = store.create_token("dash", scopes=["read"])
+    scraper = store.create_token("prom", scopes=["metrics"])
+    writer = store.create_token("ci", scopes=["write"])
+    grants = {t: store.grant(t) for t in (everything, reader, scraper, writer)}
+    assert {g.name: g.scopes for g in grants.values() if g} == {
+        "ops": {"metrics", "read", "write"}, "dash": {"metrics", "read"}, "prom": {"metrics"},
+        "ci": {"metrics", "read", "write"}}
+    listed = {t.name: t.scopes for t in store.list_tokens()}
+    assert listed["prom"] == {"metrics"} and listed["dash"] == {"metrics", "read"}
+
+
+@pytest.mark.parametrize("scopes", [[], ["admin"], ["read", "root"]])
+def test_unknown_or_no_scopes_are_refused(store: Store, scopes: list[str]) -> None:
+    with pytest.raises(RuleError) as info:
+        store.create_token("ci", scopes=scopes)
+    assert info.value.field == "scope"
+    assert store.list_tokens() == []
+
+
+def test_an_expired_token_stops_working_and_frees_its_name(store: Store) -> None:
+    soon = datetime.now(UTC) + timedelta(days=30)
+    token = store.create_token("temp", scopes=["read"], expires_at=soon)
+    grant = store.grant(token)
+    assert grant is not None and grant.expires_at is not None
+    assert abs(grant.expires_at - soon) < timedelta(seconds=1)
+    (listed,) = store.list_tokens()
+    assert listed.expires_at is not None and listed.active
+    with pytest.raises(ConflictError):
+        store.create_token("temp")
+    with store.engine.begin() as conn:
+        conn.execute(update(admin_tokens).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert store.grant(token) is None and store.verify_token(token) is None
+    (listed,) = store.list_tokens()
+    assert listed.expired and not listed.active
+    store.create_token("temp")  # an expired token's name may be reused
+
+
+def test_an_expiry_in_the_past_is_refused(store: Store) -> None:
+    with pytest.raises(RuleError) as info:
+        store.create_token("ci", expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    assert info.value.field == "expires"
+
+
+def test_tokens_from_before_scopes_keep_every_scope(blank_store: Store) -> None:
+    from alembic import command
+    from sqlalchemy import insert
+
+    from migrations import alembic_config
+    from routes.store import hash_token
+
+    command.upgrade(alembic_config(blank_store.engine.url.render_as_string(hide_password=False)), "0002")
+    old = "peel_" + "o" * 43
+    with blank_store.engine.begin() as conn:
+        conn.execute(insert(admin_tokens).values(
+            name="old", token_hash=hash_token(old), created_at=datetime.now(UTC)))
+    blank_store.upgrade()
+    grant = blank_store.grant(old)
+    assert grant is not None and grant.scopes == {"metrics", "read", "write"}
+    assert grant.expires_at is None
