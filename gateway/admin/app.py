@@ -111,7 +111,8 @@ async def _metrics(request: Request) -> Response:
 
 def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settings,
                     token_cache_seconds: float = 5.0, live: LiveView | None = None) -> Starlette:
-    """The admin API over `store`. `ready()` answers `/readyz` (a table is loaded, not draining).
+    """The admin API over `store`. `ready()` answers `/readyz` (a table is loaded, not draining,
+    and with several workers at least one of them alive).
 
     `settings` are the process's static settings (kept on `app.state` for handlers that need them).
     `live` is the merged live state of the gateway's serving processes (`app.state.live`; None: not
@@ -125,7 +126,8 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         if ready():
             return JSONResponse({"status": "ready"})
         return problem_response(problems.problem(503, "not-ready", "no route table is loaded yet, "
-                                                 "or the gateway is draining"))
+                                                 "the gateway is draining, or no worker process "
+                                                 "is running"))
 
     routes: list[BaseRoute] = [
         HTTPRoute("/healthz", healthz, methods=["GET"]),

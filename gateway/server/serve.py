@@ -122,6 +122,8 @@ class Runtime:
         self.stopped = asyncio.Event()
         # the master's Supervisor.forward: signals that its workers must get too
         self.forward: Callable[[signal.Signals], None] | None = None
+        # the master's Supervisor.running: whether any worker process is alive (readiness)
+        self.workers: Callable[[], bool] | None = None
         # data-plane servers, each with a spare descriptor of its listening socket (see _drain)
         self._data: list[tuple[uvicorn.Server, socket.socket]] = []
         self._forcing = asyncio.Event()
@@ -179,7 +181,9 @@ class Runtime:
             await closer()
 
     def ready(self) -> bool:
-        return self.holder.table is not None and not self.stopping
+        """A table is loaded, the process is not draining and, in a master, a worker is alive."""
+        return (self.holder.table is not None and not self.stopping
+                and (self.workers is None or self.workers()))
 
     async def load_first_table(self) -> None:
         """Load from the store, else from the snapshot; the listeners open either way."""
@@ -383,6 +387,7 @@ async def run_master(settings: Settings, store: Store, public: socket.socket, ad
     admin_server = runtime.admin(store, serving=False)
     supervisor = Supervisor(settings.server.workers, public, config_path, lambda: runtime.stopping)
     runtime.forward = supervisor.forward
+    runtime.workers = supervisor.running
     install_signals(runtime, config_path)
     runtime.start_background(counts=False)
     supervising = asyncio.create_task(supervisor.run())

@@ -1,4 +1,12 @@
-"""The worker processes of `peel serve --workers N`: started, watched, started again, signalled."""
+"""The worker processes of `peel serve --workers N`: started, watched, started again, signalled.
+
+Each worker slot is watched on its own: a worker that exits is started again after a pause that
+doubles from `BACKOFF_FIRST` up to `BACKOFF_MAX` while it keeps dying, and one worker's pause never
+delays another's restart (the watch loop only schedules; it does not sleep through a pause). A
+worker that ran for `HEALTHY_SECONDS` before it exited is taken as healthy again: its next pause is
+`BACKOFF_FIRST` again. `running()` says whether any worker process is alive; the master's `/readyz`
+is 503 while none is.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +19,67 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger("peel.serve")
 
 # The signals Peel handles; blocked in a new worker until its event loop handles them.
 HANDLED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+# A worker that ran this long before exiting restarts after BACKOFF_FIRST again: twice the longest
+# pause, so a worker that dies every BACKOFF_MAX seconds keeps its long pause.
+HEALTHY_SECONDS = 60.0
+POLL_SECONDS = 0.5
+
+
+class Process(Protocol):
+    """What the supervisor needs of a worker process (`subprocess.Popen` is one)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def next_pause(previous: float, ran_for: float) -> float:
+    """The pause before starting again a worker that exited after `ran_for` seconds, its previous
+    pause having been `previous` (0: none yet)."""
+    if previous <= 0 or ran_for >= HEALTHY_SECONDS:
+        return BACKOFF_FIRST
+    return min(BACKOFF_MAX, previous * 2)
 
 
 class Supervisor:
-    """Starts the worker processes and starts again any that die while the gateway runs."""
+    """Starts the worker processes and starts again any that die while the gateway runs.
 
-    def __init__(self, count: int, public: socket.socket, config_path: str | None,
-                 stopping: Callable[[], bool]) -> None:
+    `launch(slot)` starts one worker (by default `python -m gateway.server.serve --worker`); `clock`
+    is monotonic seconds. Both are seams for the tests, which drive `step` with fake processes.
+    """
+
+    def __init__(self, count: int, public: socket.socket | None, config_path: str | None,
+                 stopping: Callable[[], bool], *, launch: Callable[[int], Process] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.count = count
         self.public = public
         self.config_path = config_path
         self.stopping = stopping
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.procs: dict[int, Process] = {}
         self.failed = False
+        self._launch = launch if launch is not None else self._popen
+        self._clock = clock
+        self._started: dict[int, float] = {}  # slot -> when its current process started
+        self._pause: dict[int, float] = {}  # slot -> its last pause (absent: none since healthy)
+        self._restart_at: dict[int, float] = {}  # slot -> when its exited process starts again
 
-    def spawn(self, slot: int) -> None:
+    def _popen(self, slot: int) -> Process:
+        assert self.public is not None
         fd = self.public.fileno()
         args = [sys.executable, "-m", "gateway.server.serve", "--worker", "--fd", str(fd)]
         if self.config_path:
@@ -42,30 +91,48 @@ class Supervisor:
         # ending it by the default action.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
-            self.procs[slot] = subprocess.Popen(args, pass_fds=(fd,), env=env)
+            return subprocess.Popen(args, pass_fds=(fd,), env=env)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def spawn(self, slot: int) -> None:
+        self.procs[slot] = self._launch(slot)
+        self._started[slot] = self._clock()
+        self._restart_at.pop(slot, None)
         log.info("worker %d started (pid %d)", slot, self.procs[slot].pid)
+
+    def running(self) -> bool:
+        """Whether at least one worker process is alive."""
+        return any(proc.poll() is None for proc in self.procs.values())
+
+    def step(self) -> None:
+        """One look at every slot: schedule the restart of a worker that exited, start the ones
+        whose pause is over. Never waits."""
+        now = self._clock()
+        for slot, proc in list(self.procs.items()):
+            if self.stopping():
+                return
+            if slot in self._restart_at:
+                if now >= self._restart_at[slot]:
+                    self.spawn(slot)
+                continue
+            code = proc.poll()
+            if code is None:
+                continue
+            pause = next_pause(self._pause.get(slot, 0.0), now - self._started[slot])
+            self._pause[slot] = pause
+            self._restart_at[slot] = now + pause
+            log.error("worker %d (pid %d) exited with %s; starting it again in %.1f s",
+                      slot, proc.pid, code, pause)
 
     async def run(self) -> None:
         if self.stopping():
             return
         for slot in range(self.count):
             self.spawn(slot)
-        restarts: dict[int, float] = {}
         while not self.stopping():
-            await asyncio.sleep(0.5)
-            for slot, proc in list(self.procs.items()):
-                code = proc.poll()
-                if code is None or self.stopping():
-                    continue
-                pause = min(30.0, restarts.get(slot, 0.5) * 2)
-                restarts[slot] = pause
-                log.error("worker %d (pid %d) exited with %s; starting it again in %.1f s",
-                          slot, proc.pid, code, pause)
-                await asyncio.sleep(pause)
-                if not self.stopping():
-                    self.spawn(slot)
+            await asyncio.sleep(POLL_SECONDS)
+            self.step()
 
     def forward(self, sig: signal.Signals) -> None:
         """Pass a signal on to every live worker. With SIGTERM the master also lets go of the
@@ -73,7 +140,7 @@ class Supervisor:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(sig)
-        if sig == signal.SIGTERM:
+        if sig == signal.SIGTERM and self.public is not None:
             self.public.close()
 
     async def wait(self, timeout: float) -> None:
