@@ -29,6 +29,14 @@ def header_arg(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def cookie_arg(text: str) -> tuple[str, str]:
+    """`name=value` as (name, value), the name stripped."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name.strip(), value
+
+
 def global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """The global options, accepted before or after the command (SUPPRESS keeps the top's value)."""
     def default(value: object) -> object:

@@ -147,6 +147,11 @@ class AdminClient:
             body["reason"] = reason
         return self.request("POST", f"{API}/config/rollback", body=body, if_match=if_match)
 
-    def match(self, method: str, url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
-        return self.request("POST", f"{API}/match",
-                            body={"method": method, "url": url, "headers": headers or {}})
+    def match(self, method: str, url: str, headers: dict[str, str] | None = None,
+              cookies: dict[str, str] | None = None, client: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"method": method, "url": url, "headers": headers or {}}
+        if cookies:
+            body["cookies"] = cookies
+        if client is not None:
+            body["from"] = client
+        return self.request("POST", f"{API}/match", body=body)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from gateway.cli.args import Commands, actions, add_command, header_arg, write_options
+from gateway.cli.args import Commands, actions, add_command, cookie_arg, header_arg, write_options
 from gateway.cli.client import AdminError
 from gateway.cli.context import admin_client
 from gateway.cli.documents import dump_yaml, load_document
@@ -137,7 +137,8 @@ def cmd_route_set(args: argparse.Namespace) -> int:
 def cmd_match(args: argparse.Namespace) -> int:
     with admin_client(args) as client:
         try:
-            answer = client.match(args.method.upper(), args.url, dict(args.header))
+            answer = client.match(args.method.upper(), args.url, dict(args.header), dict(args.cookie),
+                                  args.client)
         except AdminError as exc:
             if exc.problem.get("code") == "no-route":
                 raise AdminError(f"no route matches {args.method.upper()} {args.url}") from None
@@ -145,11 +146,49 @@ def cmd_match(args: argparse.Namespace) -> int:
     if args.json:
         print_json(answer)
         return 0
+    refused = answer.get("refused")
+    if refused is not None:
+        table([("route", answer["route"]),
+               ("refused", f"{refused['status']} {refused['code']}: {refused['detail']}")], None)
+        return 0
     host = answer["upstream_host"] or "the client's Host"
-    table([("route", f"{answer['route']} (priority {answer['priority']})"),
-           ("service", f"{answer['service']}: {', '.join(answer['endpoints'])}"),
-           ("upstream", f"{args.method.upper()} {answer['upstream_path']} (Host: {host})")], None)
+    rows = [("route", f"{answer['route']} (priority {answer['priority']})"),
+            ("service", f"{answer['service']}: {', '.join(answer['endpoints'])}")]
+    migration = answer.get("migration")
+    if migration is not None:
+        rows.append(("side", f"{migration['side']} ({_why(migration)})"))
+        beta = migration.get("beta")
+        if beta is not None and beta["sent"]:
+            trusted = f"trusted, user {beta['user']}" if beta["trusted"] else \
+                "not trusted from this address: stripped"
+            rows.append(("beta", f"{beta['source']}: {trusted}"
+                                 + (f", on the {beta['list']} list" if beta.get("list") else "")))
+    rows.append(("upstream", f"{args.method.upper()} {answer['upstream_path']} (Host: {host})"))
+    if answer.get("rate_limit"):
+        limit = answer["rate_limit"]
+        rows.append(("rate limit", f"{limit['requests']} per {limit['per']:g} s per client"))
+    if answer.get("deadline_ms") is not None:
+        rows.append(("deadline", f"{answer['deadline_ms']} ms"))
+    table(rows, None)
     return 0
+
+
+def _why(migration: dict[str, Any]) -> str:
+    """Why a migration picked its side, in words."""
+    reason = migration["reason"]
+    stage = migration["stage"]
+    if reason == "beta-allow":
+        return "beta user on the allow list"
+    if reason == "beta-deny":
+        return "beta user on the deny list"
+    if reason == "stage":
+        return f"stage {stage}: every request"
+    cohort = migration["cohort"]
+    if cohort["bucket"] is None:
+        return f"stage {stage}, {migration['percent']}%: no cohort key ({cohort['source']} absent)"
+    inside = "<" if migration["side"] == "to" else ">="
+    return (f"stage {stage}, {migration['percent']}%: {cohort['source']} {cohort['key']!r} is in bucket "
+            f"{cohort['bucket']} {inside} {cohort['share']}")
 
 
 def _route_flags(p: argparse.ArgumentParser) -> None:
@@ -206,3 +245,7 @@ def register(commands: Commands) -> None:
     p.add_argument("method")
     p.add_argument("url", help="http://host/path?query")
     p.add_argument("-H", "--header", action="append", type=header_arg, default=[], metavar="'NAME: VALUE'")
+    p.add_argument("--cookie", action="append", type=cookie_arg, default=[], metavar="NAME=VALUE",
+                   help="a cookie the request carries; repeat for several")
+    p.add_argument("--from", dest="client", metavar="ADDRESS",
+                   help="the downstream's IP address (beta and deadline trust, the cohort key)")

@@ -23,21 +23,21 @@ import time
 from collections.abc import Callable
 
 from facade.beta import BetaTrust
-from facade.beta_filter import TableBetaFilter
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
-from facade.decision import NO_USERS, BetaUsers, decide_request
+from facade.decision import Decision
 from gateway.core.asgi import Receive, Scope, Send
+from gateway.core.settings import DeadlineSettings, FacadeSettings, ProxySettings, Settings
 from gateway.dataplane.buffering import Watch, buffer_body, prefixed_body, replay_body
 from gateway.dataplane.forward import Forwarder
 from gateway.dataplane.request import BodyTooLarge, RequestState, abort_downstream
+from gateway.dataplane.resolve import Incoming, Refusal, Resolver
 from gateway.dataplane.websocket import WebSocketProxy
 from gateway.edge.protocol import TARGET
 from gateway.http.headers import ForwardingRules, new_request_id, valid_request_id
-from gateway.http.hosts import absolute_target, hostname
-from gateway.http.paths import DEFAULT_RULES, normalise, path_rules
+from gateway.http.hosts import hostname
+from gateway.http.paths import DEFAULT_RULES, path_rules
 from gateway.policy.deadline import DeadlineRules
-from gateway.policy.ratelimit import RateLimiters, rate_key
-from gateway.server.settings import DeadlineSettings, FacadeSettings, ProxySettings, Settings
+from gateway.policy.ratelimit import RateLimiters
 from gateway.telemetry.accesslog import AccessLog
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing
@@ -45,7 +45,6 @@ from gateway.upstream.endpoints import Upstreams
 from gateway.upstream.pool import ExchangeAborted, UpstreamPool
 from routes.holder import TableHolder
 from routes.migration import CompiledMigration
-from routes.policies import RateLimit
 from routes.table import CompiledRoute, RouteTable
 
 log = logging.getLogger("peel.proxy")
@@ -77,8 +76,6 @@ class ProxyApp:
             deadlines = settings.deadlines
             settings = settings.proxy
         facade = facade or FacadeSettings()
-        self._trust = BetaTrust(facade.trusted_networks, facade.beta_secret)
-        self._beta = TableBetaFilter(self._trust)
         self.counts = counts if counts is not None else TrafficCounts()
         self._holder = holder
         self._pool = pool
@@ -92,11 +89,12 @@ class ProxyApp:
         self._metrics = metrics
         self._forward = Forwarder(pool, self.upstreams, self._rules, settings,
                                   deadlines=self._deadlines, metrics=metrics)
-        self._limiters = RateLimiters()
+        self._resolver = Resolver(paths=self._paths, deadlines=self._deadlines, limiters=RateLimiters(),
+                                  beta=BetaTrust(facade.trusted_networks, facade.beta_secret))
         self._log = access_log if access_log is not None and access_log.enabled else None
-        self._websocket = WebSocketProxy(holder, rules=self._rules, paths=self._paths, settings=settings,
-                                         access_log=self._log, beta=self._trust,
-                                         upstreams=self.upstreams, counts=self.counts)
+        self._websocket = WebSocketProxy(holder, self._resolver, rules=self._rules, settings=settings,
+                                         access_log=self._log, upstreams=self.upstreams, counts=self.counts,
+                                         tracing=tracing, metrics=metrics)
         # called with each new table after `upstreams` took it (the active health checks)
         self.on_table: Callable[[RouteTable], None] | None = None
 
@@ -110,7 +108,7 @@ class ProxyApp:
             self.upstreams.update(table)
             names = frozenset(r.name for r in table.routes)
             self._forward.budgets.prune(names)
-            self._limiters.prune(frozenset(r.name for r in table.routes if r.rate_limit is not None))
+            self._resolver.prune(table)
             if self.on_table is not None:
                 self.on_table(table)
 
@@ -151,10 +149,7 @@ class ProxyApp:
             req.trace = self._tracing.start(scope["headers"], req.client, req.method,
                                             scope.get("path", ""), host_name)
         try:
-            if hosts > 1:
-                await self._forward.problem(req, 400, "bad-request", "more than one Host header")
-            else:
-                await self._handle(req, host, host_name, length, chunked, deadline)
+            await self._handle(req, host, hosts, length, chunked, deadline)
         except BodyTooLarge as exc:
             # A chunked body passed the route's cap: the upstream exchange was cut either way.
             req.error = "body-too-large"
@@ -188,93 +183,65 @@ class ProxyApp:
                               span_id=trace.span_id if trace is not None else None,
                               attempts=req.attempts)
 
-    async def _handle(self, req: RequestState, host_header: bytes | None, host: str,
+    async def _handle(self, req: RequestState, host_header: bytes | None, hosts: int,
                       length: bytes | None, chunked: bool, deadline: bool) -> None:
         scope = req.scope
-        forward = self._forward
         table = self._holder.table
-        if table is None:
-            return await forward.problem(req, 503, "no-route-table", "no route table loaded yet")
-        if table is not self._synced:
+        if table is not None and table is not self._synced:
             self.sync(table)
-        try:
-            path = normalise(scope.get("raw_path") or scope["path"].encode("utf-8"), self._paths)
-        except ValueError as exc:
-            return await forward.problem(req, 400, "bad-path", f"the request path is refused: {exc}")
-        scope["path"] = path
         extensions = scope.get("extensions") or {}
-        target: bytes | None = extensions.get(TARGET)
-        if target is not None and target[:1] != b"/":
-            # Absolute form (or `*`, or authority form): only for hosts that a route names.
-            absolute = absolute_target(target)
-            if absolute is None or not table.routes_host(absolute[0]):
-                return await forward.problem(req, 400, "not-an-open-proxy",
-                                             "not an open proxy: the request target names a host "
-                                             "that no route serves")
-            host = absolute[0]
-        method = req.method
-        query: bytes = scope["query_string"]
-        client_addr = req.client
-        beta_users = NO_USERS
-        if table.beta_headers or table.beta_cookies:
-            # Beta values steer routing: an untrusted one is gone before matching and forwarding.
-            cleaned, beta_users = self._beta.for_table(table).apply(scope["headers"], client_addr)
-            if cleaned is not None:
-                scope["headers"] = cleaned
-        route = table.match(method, host, path, query, scope["headers"])
-        if route is None:
-            return await forward.problem(req, 404, "no-route", "no route matches this request")
+        incoming = Incoming(req.method, scope.get("raw_path") or scope["path"].encode("utf-8"),
+                            scope["query_string"], scope["headers"], req.client,
+                            target=extensions.get(TARGET), host_header=host_header, hosts=hosts,
+                            length=length, deadline=deadline)
+        resolved = self._resolver.resolve(table, incoming, _now())
+        if isinstance(resolved, Refusal):
+            return await self._refuse(req, resolved)
+        route = resolved.route
         req.route = route.name
         req.compiled = route
+        scope["path"] = resolved.path
+        scope["headers"] = resolved.headers
         if req.trace is not None:
             req.trace.route(route.name, route.service.name,
                             route.migration.spec.stage if route.migration is not None else None)
-        limit = route.max_body
-        if limit is not None and length is not None and length.isdigit() and int(length) > limit:
-            # Before anything is read, so an `Expect: 100-continue` client gets no 100 Continue.
-            return await forward.problem(req, 413, "body-too-large",
-                                         f"this route takes request bodies of at most {limit} bytes",
-                                         close=True)
-        if route.rate_limit is not None and not await self._rate_limit(req, route, route.rate_limit):
-            return None
-        until: float | None = None
-        total = route.timeouts.total
-        now = _now() if deadline or total is not None else 0.0
-        if deadline:
-            # The incoming deadline counts from trusted networks only; either way Peel's own
-            # (the remaining budget) replaces it upstream.
-            try:
-                until = self._deadlines.read(scope["headers"], client_addr, now)
-            except ValueError as exc:
-                return await forward.problem(req, 400, "bad-deadline", f"the deadline header is "
-                                             f"refused: {exc}")
-            scope["headers"] = self._deadlines.strip(scope["headers"])
-        if total is not None and (until is None or now + total < until):
-            until = now + total
-        if until is not None:
-            if until <= now:
-                return await forward.problem(req, 504, "deadline-exceeded",
-                                             "the request's deadline had passed when it arrived")
-            req.deadline = until
-        req.host_header = host_header
-        req.path = path
-        req.query = query
+        if resolved.rate_headers:
+            req.response_headers = resolved.rate_headers
+        if resolved.deadline is not None:
+            req.deadline = resolved.deadline
+        req.host_header = resolved.authority if resolved.authority is not None else host_header
+        req.path = resolved.path
+        req.query = resolved.query
         req.length = length
         req.chunked = chunked
         req.has_body = length is not None or chunked
         migration: CompiledMigration | None = route.migration
-        if migration is None:
-            await forward.call(req, route.service, None)
+        if migration is None or resolved.decision is None:
+            await self._forward.call(req, route.service, None)
             return None
-        await self._migrate(req, route, migration, beta_users, table)
+        assert table is not None
+        await self._migrate(req, route, migration, resolved.decision, table)
         return None
 
+    async def _refuse(self, req: RequestState, refusal: Refusal) -> None:
+        """Answer a request that the resolve step refused (recording the route it matched)."""
+        route = refusal.route
+        if route is not None:
+            req.route = route.name
+            req.compiled = route
+            if req.trace is not None:
+                req.trace.route(route.name, route.service.name,
+                                route.migration.spec.stage if route.migration is not None else None)
+            if refusal.code == "rate-limited" and self._metrics is not None:
+                self._metrics.rate_limited(route.name)
+        await self._forward.problem(req, refusal.status, refusal.code, refusal.detail,
+                                    headers=refusal.headers or None, close=refusal.close)
+
     async def _migrate(self, req: RequestState, route: CompiledRoute, migration: CompiledMigration,
-                       beta_users: BetaUsers, table: RouteTable) -> None:
+                       decision: Decision, table: RouteTable) -> None:
         """A migrated route: `from` or `to` answers per the decision, `from` again when `to` fails."""
         forward = self._forward
         method = req.method
-        decision = decide_request(migration, req.scope["headers"], req.client, method, beta_users)
         counts = self.counts
         req.side = decision.side
         if decision.side == "from":
@@ -305,21 +272,6 @@ class ProxyApp:
         req.sent = False
         req.upstream = None
         await forward.call(req, migration.from_service, None)
-
-    async def _rate_limit(self, req: RequestState, route: CompiledRoute, policy: RateLimit) -> bool:
-        """Take a token from the route's bucket for this client; False when refused (answered 429)."""
-        limiter = self._limiters.get(route.name, policy)
-        verdict = limiter.take(rate_key(policy, req.scope["headers"], req.client))
-        if verdict.allowed:
-            req.response_headers = verdict.headers
-            return True
-        if self._metrics is not None:
-            self._metrics.rate_limited(route.name)
-        await self._forward.problem(req, 429, "rate-limited",
-                                    f"route {route.name} allows {policy.requests} requests per "
-                                    f"{policy.per:g} s per client; try again later",
-                                    headers=verdict.headers)
-        return False
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

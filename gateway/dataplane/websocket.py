@@ -30,13 +30,12 @@ from typing import Any
 
 from websockets.utils import generate_key
 
-from facade.beta import BetaTrust
-from facade.beta_filter import TableBetaFilter
 from facade.counts import FROM, RETIRED_MISSES, TO, TrafficCounts
-from facade.decision import Decision, decide_request
 from gateway.core import problems
 from gateway.core.asgi import Receive, Scope, Send
 from gateway.core.errors import ProtocolError, UpstreamError
+from gateway.core.settings import ProxySettings
+from gateway.dataplane.resolve import Headers, Incoming, Refusal, Resolver
 from gateway.dataplane.websocket_rules import (
     MAX_MESSAGE,
     PING_INTERVAL,
@@ -45,11 +44,11 @@ from gateway.dataplane.websocket_rules import (
     upstream_close,
 )
 from gateway.http.headers import HOP_BY_HOP, ForwardingRules, strip_hop_by_hop
-from gateway.http.hosts import absolute_target, hostname
+from gateway.http.hosts import hostname
 from gateway.http.http1 import request_head
-from gateway.http.paths import DEFAULT_RULES, PathRules, normalise
-from gateway.server.settings import ProxySettings
 from gateway.telemetry.accesslog import AccessLog
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.tracing import AttemptTrace, RequestTrace, Tracing
 from gateway.upstream.endpoints import Upstreams
 from gateway.upstream.tls import SslFactory, UpstreamTls
 from gateway.upstream.websocket import UpstreamSocket
@@ -67,13 +66,14 @@ _HANDSHAKE = frozenset({b"sec-websocket-key", b"sec-websocket-version", b"sec-we
 # Left out of the upstream's handshake answer (uvicorn writes its own framing and Date).
 _NOT_FORWARDED = tuple(_HANDSHAKE | {b"content-length", b"date"})
 _perf = time.perf_counter
+_now = time.monotonic
 
 
 class _Entry:
     """What the access log says about one WebSocket, filled in as it goes."""
 
-    __slots__ = ("endpoint", "error", "request_id", "route", "service", "side", "started", "status",
-                 "upstream")
+    __slots__ = ("endpoint", "error", "measured", "request_id", "route", "service", "side", "started",
+                 "status", "upstream")
 
     def __init__(self, request_id: bytes) -> None:
         self.request_id = request_id
@@ -85,23 +85,26 @@ class _Entry:
         self.error: str | None = None
         self.upstream: float | None = None  # seconds until the upstream's handshake answer
         self.started = False  # the client got an answer (101 or a refusal)
+        self.measured = False  # the handshake's request metric is recorded
 
 
 class WebSocketProxy:
     """Serves the data plane's `websocket` scopes (`await proxy.handle(scope, receive, send)`).
 
-    `rules` and `paths` are the HTTP data plane's, so a WebSocket sees the same header trust and
-    path normalisation; `settings` gives the connect and response (handshake) timeouts; `beta`
-    the facade's beta trust (default: nobody trusted); `ssl_context` makes the TLS context of an
-    https endpoint (default: the system's verifying one).
+    `resolver` is the HTTP data plane's resolve step, so a handshake meets the same path rules,
+    beta trust, route match, rate limit, deadline and facade decision as any request; `rules` the
+    same header trust; `settings` gives the connect and response (handshake) timeouts, capped by
+    the request's deadline; `ssl_context` makes the TLS context of an https endpoint (default: the
+    system's verifying one); `tracing` and `metrics` (None: off) record the handshake as a request.
     """
 
-    def __init__(self, holder: TableHolder, *, rules: ForwardingRules, paths: PathRules = DEFAULT_RULES,
+    def __init__(self, holder: TableHolder, resolver: Resolver, *, rules: ForwardingRules,
                  settings: ProxySettings | None = None, access_log: AccessLog | None = None,
-                 beta: BetaTrust | None = None, ssl_context: SslFactory | None = None,
+                 ssl_context: SslFactory | None = None,
                  max_message: int = MAX_MESSAGE, ping_interval: float | None = PING_INTERVAL,
                  ping_timeout: float | None = PING_TIMEOUT, upstreams: Upstreams,
-                 counts: TrafficCounts | None = None) -> None:
+                 counts: TrafficCounts | None = None, tracing: Tracing | None = None,
+                 metrics: Metrics | None = None) -> None:
         settings = settings or ProxySettings()
         # the data plane's traffic counts of migrated routes: a WebSocket counts once, as it opens
         self._counts = counts
@@ -110,11 +113,12 @@ class WebSocketProxy:
         # and feeds no latency: it lives for minutes, its duration says nothing about the endpoint)
         self._upstreams = upstreams
         self._rules = rules
-        self._paths = paths
+        self._resolver = resolver
+        self._tracing = tracing
+        self._metrics = metrics
         self._connect_timeout = settings.connect_timeout
         self._response_timeout = settings.response_timeout
         self._log = access_log if access_log is not None and access_log.enabled else None
-        self._beta = TableBetaFilter(beta or BetaTrust())
         self._tls = UpstreamTls(ssl_context)
         self._max_message = max_message
         self._ping = (ping_interval, ping_timeout)
@@ -126,9 +130,17 @@ class WebSocketProxy:
         if message["type"] != "websocket.connect":
             return
         entry = _Entry(self._rules.request_id(scope["headers"]))
+        client = scope.get("client")
+        client_addr: str | None = client[0] if client else None
+        trace: RequestTrace | None = None
+        if self._tracing is not None:
+            host_header = next((v for n, v in scope["headers"] if n == b"host"), None)
+            trace = self._tracing.start(scope["headers"], client_addr, "GET", scope.get("path", ""),
+                                        hostname(host_header) if host_header is not None else "")
         link: UpstreamSocket | None = None
         try:
-            link = await self._open(scope, send, entry)
+            link = await self._open(scope, send, entry, client_addr, trace)
+            self._measure(entry, t0)
             if link is not None:
                 await self._relay(receive, send, link)
         except Exception as exc:
@@ -137,73 +149,81 @@ class WebSocketProxy:
             if not entry.started:
                 await self._deny(scope, send, entry, 500, "internal-error",
                                  f"the gateway failed on this request ({type(exc).__name__})")
+            self._measure(entry, t0)
         finally:
+            if trace is not None:
+                trace.end(entry.status, entry.error)
             if self._log is not None:
-                client = scope.get("client")
                 sent = link.sent_bytes if link is not None else 0
                 received = link.received_bytes if link is not None else 0
-                self._log.log(entry.request_id, client[0] if client else None, "GET",
+                self._log.log(entry.request_id, client_addr, "GET",
                               scope.get("path", ""), entry.route, entry.service, entry.endpoint,
                               entry.status, sent, received, _perf() - t0, entry.upstream, entry.error,
-                              entry.side, attempts=1 if entry.endpoint is not None else 0)
+                              entry.side, attempts=1 if entry.endpoint is not None else 0,
+                              trace_id=trace.trace_id if trace is not None else None,
+                              span_id=trace.span_id if trace is not None else None)
 
-    async def _open(self, scope: Scope, send: Send, entry: _Entry) -> UpstreamSocket | None:
-        """Route and open the upstream leg; None when the client was answered with a refusal."""
+    def _measure(self, entry: _Entry, t0: float) -> None:
+        """The handshake's request metric, once, when its answer is known (101 or a refusal): a
+        WebSocket counts as one request whose duration is the handshake's, not its lifetime."""
+        if self._metrics is not None and not entry.measured and entry.started:
+            entry.measured = True
+            self._metrics.request(entry.route, entry.service, entry.side, entry.status, _perf() - t0)
+
+    async def _open(self, scope: Scope, send: Send, entry: _Entry, client_addr: str | None,
+                    trace: RequestTrace | None) -> UpstreamSocket | None:
+        """Resolve and open the upstream leg; None when the client was answered with a refusal."""
         table = self._holder.table
-        if table is None:
-            return await self._deny(scope, send, entry, 503, "no-route-table", "no route table loaded yet")
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        host_header = next((v for n, v in headers if n == b"host"), None)
-        host = hostname(host_header) if host_header is not None else ""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        if not raw_path.startswith(b"/"):
-            # Absolute form: only for hosts that a route names (Peel is not an open proxy).
-            target = absolute_target(raw_path)
-            if target is None or not table.routes_host(target[0]):
-                return await self._deny(scope, send, entry, 400, "not-an-open-proxy",
-                                        "not an open proxy: the request target names a host that "
-                                        "no route serves")
-            host, raw_path = target
-        try:
-            path = normalise(raw_path, self._paths)
-        except ValueError as exc:
-            return await self._deny(scope, send, entry, 400, "bad-path",
-                                    f"the request path is refused: {exc}")
-        client = scope.get("client")
-        client_addr: str | None = client[0] if client else None
-        beta_users: Any = {}
-        if table.beta_headers or table.beta_cookies:
-            cleaned, beta_users = self._beta.for_table(table).apply(headers, client_addr)
-            if cleaned is not None:
-                headers = cleaned
-        query: bytes = scope.get("query_string", b"")
-        route = table.match("GET", host, path, query, headers)
-        if route is None:
-            return await self._deny(scope, send, entry, 404, "no-route", "no route matches this request")
-        entry.route = route.name
+        incoming = Incoming("GET", raw_path, scope.get("query_string", b""), scope["headers"], client_addr,
+                            target=raw_path)
+        now = _now()
+        resolved = self._resolver.resolve(table, incoming, now)
+        route = resolved.route
+        if route is not None:
+            entry.route = route.name
+            if trace is not None:
+                trace.route(route.name, route.service.name,
+                            route.migration.spec.stage if route.migration is not None else None)
+        if isinstance(resolved, Refusal):
+            if route is not None and resolved.code == "rate-limited" and self._metrics is not None:
+                self._metrics.rate_limited(route.name)
+            return await self._deny(scope, send, entry, resolved.status, resolved.code, resolved.detail,
+                                    resolved.headers)
+        route = resolved.route
         if not route.websocket:
             return await self._deny(scope, send, entry, 403, "websocket-not-allowed",
                                     f"route {route.name!r} does not allow WebSocket "
                                     "(set `websocket: true` on it)")
-        service: CompiledService = route.service
-        decision: Decision | None = None
-        if route.migration is not None:
-            decision = decide_request(route.migration, headers, client_addr, "GET", beta_users)
+        assert table is not None
+        service: CompiledService = resolved.service
+        decision = resolved.decision
+        if decision is not None:
             entry.side = decision.side
-            service = route.migration.service(decision.side)
             if self._counts is not None:
                 self._counts.add(route.name, table.version, TO if decision.side == "to" else FROM)
         entry.service = service.name
+        headers = resolved.headers if trace is None else list(trace.strip(resolved.headers))
+        host_header = resolved.authority if resolved.authority is not None else incoming.host_header
+        connect_timeout, response_timeout = self._connect_timeout, self._response_timeout
+        if resolved.deadline is not None:
+            left = resolved.deadline - now
+            connect_timeout = min(connect_timeout, left)
+            response_timeout = left if response_timeout is None else min(response_timeout, left)
+        attempt: AttemptTrace | None = None
         try:
             endpoint = self._upstreams.service(service).pick().endpoint
             entry.endpoint = endpoint
+            if trace is not None:
+                attempt = trace.attempt(endpoint.url, 1, entry.side, service.name)
+                headers = headers + list(attempt.headers())
             key = generate_key()
-            head = self._handshake(scope, route, headers, host_header, path, query, endpoint, key,
-                                   entry.request_id)
+            head = self._handshake(scope, route, headers, host_header, resolved.path, resolved.query,
+                                   endpoint, key, entry.request_id)
             t_sent = _perf()
             link = await UpstreamSocket.open(
                 endpoint, head, key, scope.get("subprotocols") or [], max_size=self._max_message,
-                connect_timeout=self._connect_timeout, response_timeout=self._response_timeout,
+                connect_timeout=connect_timeout, response_timeout=response_timeout,
                 ping_interval=self._ping[0], ping_timeout=self._ping[1],
                 ssl_context=self._tls.context_for(endpoint))
             entry.upstream = _perf() - t_sent
@@ -213,18 +233,22 @@ class WebSocketProxy:
                 raise ProtocolError(f"{endpoint.url} answered the handshake with {response.status_code}")
         except UpstreamError as exc:
             entry.error = exc.code
+            if attempt is not None:
+                attempt.end(None, exc.code)
             if decision is not None and decision.count_misses and self._counts is not None:
                 # a retired route's `to` failed a handshake that `from` would have served
                 self._counts.add(route.name, table.version, RETIRED_MISSES)
             return await self._deny(scope, send, entry, exc.status, exc.code, str(exc) or exc.code)
+        if attempt is not None:
+            attempt.end(response.status_code, None)
         try:
-            return await self._answer(scope, send, entry, route, link)
+            return await self._answer(scope, send, entry, route, link, resolved.rate_headers)
         except BaseException:
             link.abort()
             raise
 
     async def _answer(self, scope: Scope, send: Send, entry: _Entry, route: Any,
-                      link: UpstreamSocket) -> UpstreamSocket | None:
+                      link: UpstreamSocket, extra: Headers | tuple[()] = ()) -> UpstreamSocket | None:
         """Accept the client with the upstream's subprotocol, or relay the upstream's refusal."""
         response = link.response
         assert response is not None
@@ -233,6 +257,7 @@ class WebSocketProxy:
         rid_name = self._rules.request_id_name
         answer = [(n, v) for n, v in answer if n != rid_name]
         answer.append((rid_name, entry.request_id))
+        answer.extend(extra)
         entry.status = response.status_code
         entry.started = True
         if not link.accepted:
@@ -293,7 +318,7 @@ class WebSocketProxy:
             link.abort()
 
     async def _deny(self, scope: Scope, send: Send, entry: _Entry, status: int, code: str,
-                    detail: str) -> UpstreamSocket | None:
+                    detail: str, extra: Headers | tuple[()] = ()) -> UpstreamSocket | None:
         """Refuse the handshake with a problem+json answer (403 without the denial extension).
 
         Returns None, the `_open` result of a refused handshake.
@@ -309,7 +334,7 @@ class WebSocketProxy:
                                                 request_id=entry.request_id.decode("ascii")))
         await send({"type": "websocket.http.response.start", "status": status,
                     "headers": [(b"content-type", _PROBLEM), (b"content-length", b"%d" % len(body)),
-                                (self._rules.request_id_name, entry.request_id)]})
+                                (self._rules.request_id_name, entry.request_id), *extra]})
         await send({"type": "websocket.http.response.body", "body": body})
         return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import socket
 import subprocess
@@ -285,3 +286,51 @@ def test_routes_set_from_flags_keeps_the_migration(peel: Peel) -> None:
     route = yaml.safe_load(peel("routes", "get", "orders").stdout)
     assert route["match"] == {"path_prefix": "/shop"}
     assert route["migration"]["stage"] == "canary" and route["migration"]["percent"] == 10
+
+
+CANARY_DOCUMENT = """\
+services:
+  - name: legacy
+    endpoints: [http://10.0.0.5:8080]
+  - name: orders
+    endpoints: [http://10.0.0.7:9000]
+routes:
+  - name: orders
+    match: {path_prefix: /orders}
+    service: legacy
+    migration:
+      to: orders
+      stage: canary
+      percent: 50
+      cohort: {header: X-User-Id}
+      beta: {cookie: beta, allow: [ada]}
+"""
+
+
+def _side(user: str) -> str:
+    """The documented sticky bucket (facade/bucketing.py), computed independently of Peel."""
+    digest = hashlib.sha256(b"orders\0" + user.encode()).digest()
+    return "to" if int.from_bytes(digest[:8], "big") % 10_000 < 5000 else "from"
+
+
+def test_match_names_the_side_of_a_migration_for_a_user(peel: Peel, tmp_path: Path) -> None:
+    peel("apply", "-f", _write(tmp_path, "doc.yaml", CANARY_DOCUMENT), "--reason", "canary")
+    seen = set()
+    for user in ("u1", "u2", "u3", "u4", "u5", "u6", "u7"):
+        out = peel("match", "GET", "http://shop/orders/1", "-H", f"X-User-Id: {user}").stdout
+        rows = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in out.splitlines() if line}
+        side = _side(user)
+        seen.add(side)
+        assert rows["side"].startswith(f"{side} (stage canary, 50%: header x-user-id '{user}' is in bucket")
+        assert rows["service"].startswith("orders:" if side == "to" else "legacy:")
+    assert seen == {"to", "from"}
+    # A beta cookie from an address nobody trusts is reported as stripped, and changes nothing.
+    out = peel("match", "GET", "http://shop/orders/1", "-H", "X-User-Id: u7", "--cookie", "beta=ada",
+               "--from", "192.0.2.7").stdout
+    rows = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in out.splitlines() if line}
+    assert rows["beta"] == "cookie beta: not trusted from this address: stripped"
+    assert rows["side"].startswith(f"{_side('u7')} (stage canary")
+    answer = yaml.safe_load(peel("match", "GET", "/orders", "--cookie", "beta=ada", "--json").stdout)
+    assert answer["migration"]["beta"]["sent"] is True and answer["migration"]["beta"]["trusted"] is False
+    assert "argument --cookie: 'nope' is not NAME=VALUE" in peel.fails("match", "GET", "/orders",
+                                                                       "--cookie", "nope", code=2)

@@ -1,0 +1,233 @@
+"""The resolve step: what a request gets from the route table, before anything is sent upstream.
+
+    Resolver(paths=, beta=, deadlines=, limiters=).resolve(table, incoming, now) -> Resolution | Refusal
+
+One function for every way a request reaches Peel: HTTP (`gateway.dataplane.proxy`), WebSocket
+handshakes (`gateway.dataplane.websocket`) and the admin `POST /api/v1/match` (`peel match`), so a
+policy added to a route applies to all three and `peel match` answers what a request would really
+get. In order (DESIGN.md, "The request path"):
+
+1. the route table is there (503 `no-route-table`), one Host header (400 `bad-request`);
+2. the path is normalised once (400 `bad-path`); routed and forwarded in that form;
+3. an absolute-form target (`GET http://host/p`) is honoured only for a host that a route names
+   (400 `not-an-open-proxy`); its host chooses the route;
+4. beta values that untrusted downstreams sent are stripped before matching (`facade.beta_filter`);
+5. match (404 `no-route`);
+6. the route's body limit against a declared Content-Length (413 `body-too-large`, close);
+7. the route's rate limit (429 `rate-limited`), unless the resolver has no limiters (`/match`);
+8. the deadline: an incoming `Peel-Timeout-Ms`/`grpc-timeout` from trusted networks, or the route's
+   total timeout, whichever ends first (400 `bad-deadline`; 504 `deadline-exceeded` when less than a
+   millisecond is left); the deadline headers are stripped either way;
+9. the facade decision for a migrated route (`facade.decision.decide_request`): which side answers.
+
+Pure apart from the rate limiter's buckets and the clock (`now` is passed in); no I/O. A refusal
+says what the client is answered (status, Peel code, detail, extra headers, whether to close) and
+which route it was refused on, so the caller records it in metrics, traces and the access log.
+"""
+
+from __future__ import annotations
+
+from facade.beta import BetaTrust
+from facade.beta_filter import TableBetaFilter
+from facade.decision import NO_USERS, BetaUsers, Decision, decide_request
+from gateway.http.hosts import absolute_target, hostname
+from gateway.http.paths import DEFAULT_RULES, PathRules, normalise
+from gateway.policy.deadline import DeadlineRules
+from gateway.policy.ratelimit import RateLimiters, rate_key
+from routes.table import CompiledRoute, CompiledService, RouteTable
+
+Headers = list[tuple[bytes, bytes]]
+# Less than this is left of a deadline: it has passed (a 0 ms budget is never sent upstream).
+MIN_BUDGET = 0.001
+
+
+class Incoming:
+    """The facts of one request that the listener read: the input of `Resolver.resolve`.
+
+    `target` is the raw request target when the listener kept it (absolute form starts without
+    `/`), else the raw path; `host_header` is the (first) Host header and `hosts` how many there
+    were; `length` the Content-Length value; `deadline` whether a deadline header is present (the
+    HTTP listener spots it while it reads the headers once; None: look).
+    """
+
+    __slots__ = ("client", "deadline", "headers", "host_header", "hosts", "length", "method", "query",
+                 "raw_path", "target")
+
+    def __init__(self, method: str, raw_path: bytes, query: bytes, headers: Headers, client: str | None,
+                 *, target: bytes | None = None, host_header: bytes | None = None, hosts: int = -1,
+                 length: bytes | None = None, deadline: bool | None = None) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.target = target
+        self.query = query
+        self.headers = headers
+        self.client = client
+        if hosts < 0:
+            hosts = 0
+            for name, value in headers:
+                if name == b"host":
+                    if host_header is None:
+                        host_header = value
+                    hosts += 1
+        self.host_header = host_header
+        self.hosts = hosts
+        self.length = length
+        self.deadline = deadline
+
+
+class Resolution:
+    """Where a request goes and under which rules.
+
+    `headers` are the request's headers after stripping (untrusted beta values, deadline headers);
+    `service` is the service that answers (a migration's chosen side, else the route's); `decision`
+    is the facade's (None without a migration); `deadline` the absolute deadline on the caller's
+    clock (None: none); `rate_headers` the `RateLimit` headers to add to the answer;
+    `authority` the host[:port] of an absolute-form target, which replaces Host upstream.
+    """
+
+    __slots__ = ("authority", "beta_users", "deadline", "decision", "headers", "host", "path", "query",
+                 "rate_headers", "route", "service")
+
+    def __init__(self, route: CompiledRoute, service: CompiledService, host: str, path: str, query: bytes,
+                 headers: Headers, beta_users: BetaUsers, deadline: float | None,
+                 decision: Decision | None, rate_headers: Headers | tuple[()] = (),
+                 authority: bytes | None = None) -> None:
+        self.route = route
+        self.service = service
+        self.host = host
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.beta_users = beta_users
+        self.deadline = deadline
+        self.decision = decision
+        self.rate_headers = rate_headers
+        self.authority = authority
+
+
+class Refusal:
+    """The answer to a request that goes nowhere: status, Peel code, detail, headers, close.
+
+    `route` is the matched route when the refusal came after matching (a rate limit, a body limit,
+    a deadline), so metrics, traces and the access log name it.
+    """
+
+    __slots__ = ("close", "code", "detail", "headers", "route", "status")
+
+    def __init__(self, status: int, code: str, detail: str, *, headers: Headers | tuple[()] = (),
+                 close: bool = False, route: CompiledRoute | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+        self.close = close
+        self.route = route
+
+    def __repr__(self) -> str:
+        return f"Refusal({self.status}, {self.code!r})"
+
+
+class Resolver:
+    """The resolve step of one listener (or of `/match`): its path rules, beta trust, deadline
+    rules and rate limiters. `limiters=None` takes no tokens (what `/match` asks)."""
+
+    __slots__ = ("_beta", "_deadlines", "_limiters", "_paths", "beta_trust")
+
+    def __init__(self, *, paths: PathRules = DEFAULT_RULES, beta: BetaTrust | None = None,
+                 deadlines: DeadlineRules, limiters: RateLimiters | None = None) -> None:
+        self._paths = paths
+        self.beta_trust = beta if beta is not None else BetaTrust()
+        self._beta = TableBetaFilter(self.beta_trust)
+        self._deadlines = deadlines
+        self._limiters = limiters
+
+    @property
+    def paths(self) -> PathRules:
+        return self._paths
+
+    def prune(self, table: RouteTable) -> None:
+        """Forget the rate-limit buckets of routes that `table` no longer limits."""
+        if self._limiters is not None:
+            self._limiters.prune(frozenset(r.name for r in table.routes if r.rate_limit is not None))
+
+    def resolve(self, table: RouteTable | None, incoming: Incoming, now: float,
+                wall: float | None = None) -> Resolution | Refusal:
+        """Resolve one request against `table`. `now` is the monotonic clock of deadlines and rate
+        limits; `wall` the Unix time for signed beta values (default: now's wall clock)."""
+        if table is None:
+            return Refusal(503, "no-route-table", "no route table loaded yet")
+        if incoming.hosts > 1:
+            return Refusal(400, "bad-request", "more than one Host header")
+        host_header = incoming.host_header
+        host = hostname(host_header) if host_header is not None else ""
+        raw_path = incoming.raw_path
+        target = incoming.target
+        authority: bytes | None = None
+        if target is not None and target[:1] != b"/":
+            # Absolute form (or `*`, or authority form): only for hosts that a route names.
+            absolute = absolute_target(target)
+            if absolute is None or not table.routes_host(absolute[0]):
+                return Refusal(400, "not-an-open-proxy", "not an open proxy: the request target "
+                               "names a host that no route serves")
+            host, raw_path = absolute
+            # RFC 9112 §3.2.2: the target's authority replaces the Host header.
+            authority = target.split(b"://", 1)[1].split(b"/", 1)[0].split(b"?", 1)[0].rpartition(b"@")[2]
+        try:
+            path = normalise(raw_path, self._paths)
+        except ValueError as exc:
+            return Refusal(400, "bad-path", f"the request path is refused: {exc}")
+        headers = incoming.headers
+        client = incoming.client
+        beta_users = NO_USERS
+        if table.beta_headers or table.beta_cookies:
+            # Beta values steer routing: an untrusted one is gone before matching and forwarding.
+            cleaned, beta_users = self._beta.for_table(table).apply(headers, client, wall)
+            if cleaned is not None:
+                headers = cleaned
+        method = incoming.method
+        query = incoming.query
+        route = table.match(method, host, path, query, headers)
+        if route is None:
+            return Refusal(404, "no-route", "no route matches this request")
+        limit = route.max_body
+        length = incoming.length
+        if limit is not None and length is not None and length.isdigit() and int(length) > limit:
+            # Before anything is read, so an `Expect: 100-continue` client gets no 100 Continue.
+            return Refusal(413, "body-too-large", f"this route takes request bodies of at most {limit} "
+                           "bytes", close=True, route=route)
+        rate_headers: Headers | tuple[()] = ()
+        policy = route.rate_limit
+        if policy is not None and self._limiters is not None:
+            verdict = self._limiters.get(route.name, policy).take(rate_key(policy, headers, client))
+            if not verdict.allowed:
+                return Refusal(429, "rate-limited", f"route {route.name} allows {policy.requests} "
+                               f"requests per {policy.per:g} s per client; try again later",
+                               headers=verdict.headers, route=route)
+            rate_headers = verdict.headers
+        deadlines = self._deadlines
+        until: float | None = None
+        has_deadline = incoming.deadline
+        if has_deadline is None:
+            names = deadlines.names
+            has_deadline = any(name in names for name, _ in headers)
+        if has_deadline:
+            # The incoming deadline counts from trusted networks only; either way Peel's own
+            # (the remaining budget) replaces it upstream.
+            try:
+                until = deadlines.read(headers, client, now)
+            except ValueError as exc:
+                return Refusal(400, "bad-deadline", f"the deadline header is refused: {exc}", route=route)
+            headers = deadlines.strip(headers)
+        total = route.timeouts.total
+        if total is not None and (until is None or now + total < until):
+            until = now + total
+        if until is not None and until - now < MIN_BUDGET:
+            return Refusal(504, "deadline-exceeded", "the request's deadline had passed when it arrived",
+                           route=route)
+        migration = route.migration
+        if migration is None:
+            return Resolution(route, route.service, host, path, query, headers, beta_users, until, None,
+                              rate_headers, authority)
+        decision = decide_request(migration, headers, client, method, beta_users)
+        return Resolution(route, migration.service(decision.side), host, path, query, headers, beta_users,
+                          until, decision, rate_headers, authority)
