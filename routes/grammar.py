@@ -1,10 +1,13 @@
-"""The shared grammars of HTTP that rules, matching and the data plane all read (pure).
+r"""The shared grammars of HTTP that rules, matching and the data plane all read (pure).
 
 One copy of each, at the bottom of the import graph, so that a header name is a token and a cookie
 header splits into pairs the same way for route validation, route matching, cohort keys, hash
 balancing, beta-value stripping and the settings.
 
 - `TOKEN` / `TOKEN_RE` / `TOKEN_BYTES_RE`: RFC 9110 §5.6.2 `token` (header names, methods).
+  `TOKEN_RE.match` takes the whole string (anchored with `\Z`: `$` would let a trailing newline
+  through); `TOKEN_BYTES_RE` is unanchored, to build larger byte patterns from or `fullmatch`.
+- `IDEMPOTENT_METHODS`: RFC 9110 §9.2.2 (retries, and which requests a migration may move).
 - `cookie_pairs(value)`: the `name=value` pairs of one Cookie header (RFC 6265 §5.4, read as
   servers read it: split on `;`, names and values trimmed, pairs without `=` skipped).
 - `cookie_value(headers, name)` / `header_value(headers, name)`: the first value in a header list.
@@ -17,8 +20,12 @@ from collections.abc import Iterable, Iterator
 
 # RFC 9110 token characters, as a pattern source (str and bytes forms compile from it).
 TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-TOKEN_RE = re.compile(rf"^{TOKEN}$")
+TOKEN_RE = re.compile(rf"{TOKEN}\Z")
 TOKEN_BYTES_RE = re.compile(TOKEN.encode("ascii"))
+
+# RFC 9110 section 9.2.2: the methods whose intended effect of several identical requests is the
+# same as one. POST and PATCH are not; CONNECT is never forwarded as a plain request.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def cookie_pairs(value: str) -> Iterator[tuple[str, str]]:

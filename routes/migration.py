@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from routes.errors import RuleError
 from routes.fields import mapping, type_name
-from routes.grammar import TOKEN_RE, cookie_value, header_value
+from routes.grammar import IDEMPOTENT_METHODS, TOKEN_RE, cookie_value, header_value
 
 if TYPE_CHECKING:
     from routes.table import CompiledService
@@ -44,7 +44,6 @@ USER_RE = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,200}$")
 DEFAULT_STATUSES = (404, 501, 502, 503)
 DEFAULT_MAX_BODY = 65_536
 MAX_BODY_LIMIT = 16 * 1024 * 1024
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import tomllib
 import types
 import typing
@@ -21,11 +20,11 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.core.errors import ConfigError
+from routes.grammar import TOKEN_RE
 
 # Environment variables that steer the CLI, not settings keys.
 NOT_SETTINGS = frozenset({"PEEL_CONFIG", "PEEL_ADMIN_URL", "PEEL_ADMIN_TOKEN"})
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +262,7 @@ def _check(key: str, obj: Any) -> None:
         elif isinstance(obj, DeadlineSettings):
             for net in obj.trusted_networks:
                 ipaddress.ip_network(net, strict=False)
-            if not obj.header or not _TOKEN.match(obj.header):
+            if not obj.header or not TOKEN_RE.match(obj.header):
                 raise ValueError(f"header {obj.header!r} is not a header name")
         elif isinstance(obj, TracingSettings):
             for net in obj.trusted_networks:

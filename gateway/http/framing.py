@@ -31,15 +31,14 @@ from http import HTTPStatus
 from typing import NamedTuple
 
 from gateway.core import problems
+from routes.grammar import TOKEN, TOKEN_BYTES_RE
 
 # Body framing of a request.
 NO_BODY = 0
 LENGTH = 1
 CHUNKED = 2
 
-# RFC 9110 5.6.2: token characters.
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_TOKEN_RE = re.compile(_TOKEN)
+_TOKEN = TOKEN.encode("ascii")  # RFC 9110 5.6.2, as a bytes pattern source
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ ]+) HTTP/(\d)\.(\d)")
 # Field values: HTAB, SP, visible ASCII, obs-text. Everything else is a control character.
 _VALUE_BYTES = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
@@ -205,7 +204,7 @@ def _field(field: bytes, limits: HeadLimits) -> tuple[bytes, bytes]:
     if field[:1] in (b" ", b"\t"):
         raise Refusal(400, "obsolete-line-folding", "a header line starts with whitespace (obs-fold)")
     name, colon, value = field.partition(b":")
-    if not colon or _TOKEN_RE.fullmatch(name) is None:
+    if not colon or TOKEN_BYTES_RE.fullmatch(name) is None:
         raise Refusal(400, "bad-header-name", "a header name is empty or holds characters a token cannot")
     if value.translate(None, _VALUE_BYTES):
         raise Refusal(400, "bad-header-value", "a header value holds a control character")

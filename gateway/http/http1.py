@@ -16,6 +16,7 @@ import re
 
 from gateway.core.errors import ProtocolError
 from gateway.http.headers import HOP_BY_HOP
+from routes.grammar import TOKEN
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -33,7 +34,7 @@ UNTIL_CLOSE = 3
 # then checked to come only as CRLF pairs.
 _HEAD_BYTES = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _DIGITS = b"0123456789"
-_HEADER_LINE = re.compile(rb"\r\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*)")
+_HEADER_LINE = re.compile(rb"\r\n(" + TOKEN.encode("ascii") + rb"):[ \t]*([^\r\n]*)")
 # Headers the reader handles itself: framing, and the hop-by-hop ones that never go downstream.
 _SPECIAL = HOP_BY_HOP | {b"content-length"}
 _NOT_NOMINATIONS = frozenset({b"close", b"keep-alive", b""})

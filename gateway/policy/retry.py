@@ -23,13 +23,11 @@ from datetime import UTC
 from functools import lru_cache
 
 from gateway.core.errors import DeadlineExceeded, ProtocolError, UpstreamError, UpstreamReset, UpstreamTimeout
+from routes.grammar import IDEMPOTENT_METHODS as IDEMPOTENT_METHODS  # the forwarder reads it here
 from routes.policies import RetryPolicy
 
 Headers = list[tuple[bytes, bytes]]
 
-# RFC 9110 section 9.2.2: the methods whose intended effect of several identical requests is the
-# same as one. POST and PATCH are not; CONNECT is never forwarded as a plain request.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Failures that are not statuses (see routes.policies.RETRY_ON).
 FAILURES = ("connect-failure", "reset", "timeout")
 _BUCKETS = 10

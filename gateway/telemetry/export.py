@@ -21,7 +21,6 @@ import http.client
 import logging
 import os
 import random
-import re
 import socket
 import ssl
 import threading
@@ -41,6 +40,7 @@ from opentelemetry.sdk.trace.export import (
 
 from gateway.core.errors import ConfigError
 from gateway.core.settings import TracingSettings
+from routes.grammar import TOKEN_RE
 
 log = logging.getLogger("peel.tracing")
 
@@ -145,7 +145,6 @@ BACKOFF_MAX = 4.0
 MAX_ANSWER = 64 * 1024
 # Set by Peel on every POST; a header of the same name from the environment is ignored.
 _RESERVED = frozenset({"content-type", "content-encoding", "content-length", "host"})
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _STALE = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
 
 
@@ -168,7 +167,7 @@ def parse_headers(value: str) -> dict[str, str]:
             continue
         key, equals, raw = entry.partition("=")
         key, decoded = key.strip().lower(), unquote(raw.strip())
-        if (not equals or not _TOKEN.fullmatch(key) or key in _RESERVED
+        if (not equals or not TOKEN_RE.match(key) or key in _RESERVED
                 or any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in decoded)):
             bad.append(position)
             continue
