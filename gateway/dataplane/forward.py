@@ -34,6 +34,7 @@ from gateway.dataplane.buffering import Watch, buffer_body, prefixed_body, repla
 from gateway.dataplane.request import BodyTooLarge, RequestState, abort_downstream, send_problem
 from gateway.http.headers import ForwardingRules
 from gateway.http.http1 import LAST_CHUNK, chunk, request_head
+from gateway.policy.deadline import MIN_REMAINING, DeadlineRules, expired
 from gateway.policy.retry import (
     IDEMPOTENT_METHODS,
     RetryBudget,
@@ -48,7 +49,6 @@ from gateway.upstream.balancer import hash_key
 from gateway.upstream.pool import ExchangeAborted, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
-    from gateway.policy.deadline import DeadlineRules
     from gateway.telemetry.metrics import Metrics
     from gateway.upstream.endpoints import EndpointState, ServiceState, Upstreams
     from routes.model import Endpoint
@@ -134,7 +134,7 @@ class Forwarder:
         while True:
             attempt += 1
             req.attempts += 1  # over the whole request: a fallback's attempts add to `to`'s
-            if req.deadline is not None and req.deadline <= _now():
+            if req.deadline is not None and expired(req.deadline, _now()):
                 return await self._fail(req, DeadlineExceeded(
                     "the request's deadline passed before an upstream answered"), watch)
             # The breaker is asked right before each attempt takes its slot (`begin()`, with no
@@ -281,7 +281,11 @@ class Forwarder:
             # Content-Length from the client is refused with chunked by the listener's parser.
             headers.append((b"transfer-encoding", b"chunked"))
         if req.deadline is not None and self._deadlines is not None:
-            headers += self._deadlines.outgoing(max(0.0, req.deadline - _now()))
+            remaining = req.deadline - _now()
+            if remaining < MIN_REMAINING:
+                # Expired since the attempt began: never forward a budget of 0 ms.
+                raise DeadlineExceeded("the request's deadline passed before an upstream answered")
+            headers += self._deadlines.outgoing(remaining)
         if trace_headers:
             headers += trace_headers
         headers = route.request_headers.apply(headers)

@@ -32,6 +32,15 @@ MAX_MS_DIGITS = 15
 # A nanosecond, in milliseconds: 16.089 s is 16088.999... ms in floats, and rounding that down
 # would take a millisecond off the deadline at every hop.
 _FLOAT_NOISE_MS = 1e-6
+# Less than this left and a deadline has passed: what goes upstream is whole milliseconds, and
+# `Peel-Timeout-Ms: 0` / `grpc-timeout: 0m` would hand the next hop a request its caller has given
+# up on (Peel refuses that value on arrival itself).
+MIN_REMAINING = 0.001
+
+
+def expired(deadline: float, now: float) -> bool:
+    """Whether `deadline` has passed at `now` (less than `MIN_REMAINING` left)."""
+    return deadline - now < MIN_REMAINING
 
 
 def parse_ms(value: bytes) -> float:
@@ -147,7 +156,13 @@ class DeadlineRules:
 
     def outgoing(self, remaining: float) -> Headers:
         """The deadline headers of an upstream attempt with `remaining` seconds left: whole
-        milliseconds rounded down (never negative), and `grpc-timeout` when it is read too."""
+        milliseconds rounded down, and `grpc-timeout` when it is read too.
+
+        `remaining` is at least `MIN_REMAINING` (less is an expired deadline: nothing is sent); a
+        smaller value raises ValueError rather than forward a budget of 0.
+        """
+        if remaining < MIN_REMAINING:
+            raise ValueError(f"{remaining:.6f} s left: the deadline has passed")
         out = [(self._name, b"%d" % whole_ms(remaining))]
         if self._grpc:
             out.append((GRPC_TIMEOUT, format_grpc_timeout(remaining)))

@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 
 from gateway.core.settings import DeadlineSettings, load_settings
 from gateway.policy.deadline import (
+    MIN_REMAINING,
     DeadlineRules,
     effective_deadline,
+    expired,
     format_grpc_timeout,
     parse_grpc_timeout,
     parse_ms,
@@ -68,7 +70,7 @@ def test_grpc_timeout_round_trips_milliseconds(ms: int) -> None:
     assert format_grpc_timeout(parse_grpc_timeout(b"%dm" % ms)) == b"%dm" % ms
 
 
-@given(ms=st.integers(min_value=0, max_value=10**15 - 1))
+@given(ms=st.integers(min_value=1, max_value=10**15 - 1))
 def test_the_peel_header_round_trips_to_the_millisecond(ms: int) -> None:
     assert RULES.outgoing(parse_ms(b"%d" % ms))[0] == (b"peel-timeout-ms", b"%d" % ms)
 
@@ -175,12 +177,27 @@ def test_strip_leaves_grpc_timeout_alone_when_peel_does_not_read_it() -> None:
 @pytest.mark.parametrize(("remaining", "expected"), [
     (1.5, [(b"peel-timeout-ms", b"1500"), (b"grpc-timeout", b"1500m")]),
     (0.0123456, [(b"peel-timeout-ms", b"12"), (b"grpc-timeout", b"12m")]),
-    (0.0009, [(b"peel-timeout-ms", b"0"), (b"grpc-timeout", b"0m")]),
-    (-2.0, [(b"peel-timeout-ms", b"0"), (b"grpc-timeout", b"0m")]),
+    (0.001, [(b"peel-timeout-ms", b"1"), (b"grpc-timeout", b"1m")]),
     (200_000.0, [(b"peel-timeout-ms", b"200000000"), (b"grpc-timeout", b"200000S")]),
 ])
 def test_outgoing_sends_what_is_left_rounded_down(remaining: float, expected: H) -> None:
     assert RULES.outgoing(remaining) == expected
+
+
+@pytest.mark.parametrize("remaining", [0.0009, 0.0, -2.0])
+def test_outgoing_never_sends_a_budget_of_zero(remaining: float) -> None:
+    # Less than a millisecond left is an expired deadline (Peel refuses `0` on arrival itself).
+    with pytest.raises(ValueError, match="the deadline has passed"):
+        RULES.outgoing(remaining)
+
+
+@pytest.mark.parametrize(("left", "is_expired"), [
+    (1.0, False), (0.0011, False), (0.000999, True), (0.0005, True), (0.0, True),
+    (-1.0, True),
+])
+def test_a_deadline_with_less_than_a_millisecond_left_is_expired(left: float, is_expired: bool) -> None:
+    assert expired(NOW + left, NOW) is is_expired
+    assert MIN_REMAINING == 0.001
 
 
 def test_outgoing_without_grpc_sends_only_the_peel_header_under_its_configured_name() -> None:
