@@ -19,16 +19,14 @@ from collections import deque
 
 from gateway.core.errors import ConnectError, ProtocolError, UpstreamTimeout
 from gateway.core.settings import ProxySettings
-from gateway.http.http1 import LENGTH, ResponseReader
+from gateway.http.http1 import ResponseReader
 from gateway.upstream.dial import Dial, Dialer
 from routes.model import Endpoint
 
 # Response body buffered per connection before reading from the upstream pauses.
 HIGH_WATER = 256 * 1024
-# Length-delimited bodies up to this size are collected whole before the proxy is woken.
-SMALL_BODY = 64 * 1024
-# How often waiting exchanges are checked against their deadlines (the timeouts' resolution).
-TICK = 0.05
+# A deadline this close is due: the event loop's timers are no finer (uvloop counts milliseconds).
+RESOLUTION = 0.001
 
 
 class ExchangeAborted(Exception):
@@ -87,13 +85,10 @@ class UpstreamConnection(asyncio.Protocol):
             if self._buffered > HIGH_WATER and not self._reading_paused:
                 self._reading_paused = True
                 self.transport.pause_reading()
-        head = reader.head
-        if head is None:
+        if reader.head is None:
             return  # half a head: nobody to wake yet
-        if not reader.done and head.framing == LENGTH and (head.content_length or 0) <= SMALL_BODY:
-            # A small body still on its way: wake the proxy once it is all here, so the response
-            # goes downstream in one write after one wake-up instead of several.
-            return
+        # The head, or body bytes: the proxy passes them on as they are read, however small the
+        # body, so the idle timeout applies between its reads.
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -180,14 +175,14 @@ class UpstreamConnection(asyncio.Protocol):
                 self._pool._unwatch(self)
 
     def _arm(self, waiter: asyncio.Future[None], timeout: float, what: str) -> None:
-        # No call_later per wait (2 us with uvloop, more than the rest of the wait): the pool's
-        # ticker checks deadlines a few times a second (see UpstreamPool._tick).
+        # No call_later per wait (2 us with uvloop, more than the rest of the wait): the pool keeps
+        # one timer, at the earliest deadline (see UpstreamPool._watch).
         self.deadline = self._loop.time() + timeout
         self._deadline_for = (waiter, timeout, what)
         self._pool._watch(self)
 
     def expire(self) -> None:
-        """The deadline passed (called by the pool's ticker)."""
+        """The deadline passed (called by the pool's timer)."""
         armed = self._deadline_for
         if armed is not None:
             self._deadline_for = None
@@ -235,9 +230,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _timed_out(self, waiter: asyncio.Future[None], timeout: float, what: str) -> None:
         if not waiter.done():
-            reader = self.reader
-            if what == "response head" and reader is not None and reader.head is not None:
-                what = "complete response"  # a small body that stalled (see data_received)
             self.fail(UpstreamTimeout(f"{self.endpoint.url}: no {what} within {timeout:g} s"))
             if not waiter.done():
                 waiter.set_result(None)
@@ -260,8 +252,10 @@ class UpstreamPool:
         self.dialer: Dial = dialer if dialer is not None else Dialer()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        # exchanges waiting with a deadline, and the one timer that fires at the earliest of them
         self._watched: set[UpstreamConnection] = set()
-        self._ticker: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def take_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
         idle = self._idle.get(endpoint)
@@ -314,30 +308,46 @@ class UpstreamPool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if self._ticker is not None and not self._watched:
-            self._ticker.cancel()
-            self._ticker = None
+        if self._timer is not None and not self._watched:
+            self._timer.cancel()
+            self._timer = None
         for idle in self._idle.values():
             while idle:
                 idle.pop().close()
         self._idle.clear()
 
     def _watch(self, conn: UpstreamConnection) -> None:
+        """Fire `conn.expire()` at `conn.deadline` unless `_unwatch` comes first.
+
+        One timer for all exchanges, set at the earliest deadline: a new wait moves it only when it
+        ends sooner (most waits end later, so arming costs a set insertion), and a wait that ends
+        before its deadline leaves it alone (`_expire` then finds nothing due and moves on).
+        """
         self._watched.add(conn)
-        if self._ticker is None:
-            self._ticker = conn._loop.call_later(TICK, self._tick, conn._loop)
+        timer = self._timer
+        if timer is None or conn.deadline < self._timer_at:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = conn.deadline
+            self._timer = conn._loop.call_at(conn.deadline, self._expire, conn._loop)
 
     def _unwatch(self, conn: UpstreamConnection) -> None:
         self._watched.discard(conn)
         conn._deadline_for = None
 
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Fire the deadlines that passed; timeouts are thus late by at most TICK seconds."""
-        now = loop.time()
-        for conn in [c for c in self._watched if c.deadline <= now]:
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fire the deadlines that passed, then set the timer at the next one.
+
+        Deadlines fire on time, within the loop's timer resolution (`RESOLUTION`).
+        """
+        self._timer = None
+        due = loop.time() + RESOLUTION
+        for conn in [c for c in self._watched if c.deadline <= due]:
             self._watched.discard(conn)
             conn.expire()
-        self._ticker = loop.call_later(TICK, self._tick, loop) if self._watched else None
+        if self._watched:
+            self._timer_at = min(c.deadline for c in self._watched)
+            self._timer = loop.call_at(self._timer_at, self._expire, loop)
 
     def _forget(self, conn: UpstreamConnection) -> None:
         idle = self._idle.get(conn.endpoint)
