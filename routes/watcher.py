@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +76,8 @@ class Watcher:
         self.last_error: str | None = None
         self.reloads = 0
         self._failing_version: int | None = None
+        # told the number of a stored config version that failed to compile (once per version)
+        self.on_failed: Callable[[int], None] | None = None
 
     @property
     def failing_version(self) -> int | None:
@@ -101,19 +102,30 @@ class Watcher:
         """One synchronous poll: load, compile and swap when the store has a newer version.
 
         Returns True when a new table was swapped in. Raises nothing: store failures are kept in
-        `last_error` and the current table stays.
+        `last_error` and the current table stays. The swap runs the holder's followers in the
+        calling thread: a serving process polls with `run()`, which swaps on the event loop.
         """
+        found = self.poll()
+        if found is None:
+            return False
+        table, document = found
+        self._swap(table, source="store")
+        self._write_snapshot(table.version, document)
+        return True
+
+    def poll(self) -> tuple[RouteTable, Document] | None:
+        """Blocking, thread-safe, no swap: a newer table compiled from the store, or None."""
         try:
             latest = self.store.latest_version()
             self._set_store_ok(True)
         except PeelError as exc:
             self._set_store_ok(False, str(exc))
-            return False
+            return None
         except Exception as exc:  # a driver error the store did not wrap: still keep serving
             self._set_store_ok(False, f"{type(exc).__name__}: {exc}")
-            return False
+            return None
         if latest == self.version or latest == self._failing_version:
-            return False
+            return None
         try:
             current = self.store.get(latest) if latest else self.store.latest()
             table = self.compile(current.document, current.version)
@@ -122,25 +134,40 @@ class Watcher:
             self._failing_version = latest
             self.last_error = f"config version {latest} could not be loaded: {exc}"
             log.error("%s; still serving version %d", self.last_error, self.version)
-            return False
+            return None
         self._failing_version = None
+        return table, current.document
+
+    async def refresh_async(self) -> bool:
+        """`refresh` for the event loop: poll and compile in a thread, swap on the loop (so the
+        followers run there, before any request sees the table), write the snapshot in a thread."""
+        failing = self._failing_version
+        found = await asyncio.to_thread(self.poll)
+        if found is None:
+            if self._failing_version is not None and self._failing_version != failing \
+                    and self.on_failed is not None:
+                self.on_failed(self._failing_version)
+            return False
+        table, document = found
         self._swap(table, source="store")
-        if self.write_snapshots:
-            try:
-                write_snapshot(self.snapshot, current.version, current.document)
-            except OSError as exc:
-                log.warning("could not write the route snapshot %s: %s", self.snapshot, exc)
+        await asyncio.to_thread(self._write_snapshot, table.version, document)
         return True
 
     async def run(self) -> None:
         """Poll until cancelled."""
         while True:
-            await asyncio.to_thread(self.refresh)
+            await self.refresh_async()
             await asyncio.sleep(self.interval)
 
+    def _write_snapshot(self, version: int, document: Document) -> None:
+        if self.write_snapshots:
+            try:
+                write_snapshot(self.snapshot, version, document)
+            except OSError as exc:
+                log.warning("could not write the route snapshot %s: %s", self.snapshot, exc)
+
     def _swap(self, table: RouteTable, *, source: str) -> None:
-        self.holder.table = table
-        self.holder.loaded_at = time.time()
+        self.holder.swap(table)
         self.reloads += 1
         log.info("route table version %d loaded from the %s (%d routes)", table.version, source,
                  len(table.routes))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from facade.beta import BetaTrust
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
@@ -80,8 +79,6 @@ class ProxyApp:
         self._holder = holder
         self._pool = pool
         self.upstreams = upstreams if upstreams is not None else Upstreams()
-        # the table whose services `upstreams` was last updated with
-        self._synced: RouteTable | None = None
         self._rules = ForwardingRules(settings.trusted_proxies, settings.request_id_header)
         self._rid_name = self._rules.request_id_name
         self._deadlines = DeadlineRules(deadlines)
@@ -93,24 +90,22 @@ class ProxyApp:
                                   beta=BetaTrust(facade.trusted_networks, facade.beta_secret))
         self._log = access_log if access_log is not None and access_log.enabled else None
         self._websocket = WebSocketProxy(holder, self._resolver, rules=self._rules, settings=settings,
+                                         dialer=pool.dialer,
                                          access_log=self._log, upstreams=self.upstreams, counts=self.counts,
                                          tracing=tracing, metrics=metrics)
-        # called with each new table after `upstreams` took it (the active health checks)
-        self.on_table: Callable[[RouteTable], None] | None = None
+        if upstreams is None:
+            # Its own endpoint state: it follows the tables too (else the owner registered it).
+            holder.follow(self.upstreams.update)
+        holder.follow(self._follow)
 
     async def aclose(self) -> None:
         await self._pool.close()
 
-    def sync(self, table: RouteTable) -> None:
-        """Bring the endpoints' state in line with `table` (on the event loop; idempotent)."""
-        if table is not self._synced:
-            self._synced = table
-            self.upstreams.update(table)
-            names = frozenset(r.name for r in table.routes)
-            self._forward.budgets.prune(names)
-            self._resolver.prune(table)
-            if self.on_table is not None:
-                self.on_table(table)
+    def _follow(self, table: RouteTable) -> None:
+        """This proxy's part in a new table (a `TableHolder` follower): forget the retry budgets
+        and rate-limit buckets of routes that are gone."""
+        self._forward.budgets.prune(frozenset(r.name for r in table.routes))
+        self._resolver.prune(table)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -187,8 +182,6 @@ class ProxyApp:
                       length: bytes | None, chunked: bool, deadline: bool) -> None:
         scope = req.scope
         table = self._holder.table
-        if table is not None and table is not self._synced:
-            self.sync(table)
         extensions = scope.get("extensions") or {}
         incoming = Incoming(req.method, scope.get("raw_path") or scope["path"].encode("utf-8"),
                             scope["query_string"], scope["headers"], req.client,

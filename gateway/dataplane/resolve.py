@@ -32,13 +32,11 @@ from facade.beta_filter import TableBetaFilter
 from facade.decision import NO_USERS, BetaUsers, Decision, decide_request
 from gateway.http.hosts import absolute_target, hostname
 from gateway.http.paths import DEFAULT_RULES, PathRules, normalise
-from gateway.policy.deadline import DeadlineRules
+from gateway.policy.deadline import DeadlineRules, expired
 from gateway.policy.ratelimit import RateLimiters, rate_key
 from routes.table import CompiledRoute, CompiledService, RouteTable
 
 Headers = list[tuple[bytes, bytes]]
-# Less than this is left of a deadline: it has passed (a 0 ms budget is never sent upstream).
-MIN_BUDGET = 0.001
 
 
 class Incoming:
@@ -221,7 +219,7 @@ class Resolver:
         total = route.timeouts.total
         if total is not None and (until is None or now + total < until):
             until = now + total
-        if until is not None and until - now < MIN_BUDGET:
+        if until is not None and expired(until, now):
             return Refusal(504, "deadline-exceeded", "the request's deadline had passed when it arrived",
                            route=route)
         migration = route.migration

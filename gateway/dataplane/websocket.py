@@ -49,8 +49,8 @@ from gateway.http.http1 import request_head
 from gateway.telemetry.accesslog import AccessLog
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import AttemptTrace, RequestTrace, Tracing
+from gateway.upstream.dial import Dial, Dialer
 from gateway.upstream.endpoints import Upstreams
-from gateway.upstream.tls import SslFactory, UpstreamTls
 from gateway.upstream.websocket import UpstreamSocket
 from routes.holder import TableHolder
 from routes.model import Endpoint
@@ -94,13 +94,13 @@ class WebSocketProxy:
     `resolver` is the HTTP data plane's resolve step, so a handshake meets the same path rules,
     beta trust, route match, rate limit, deadline and facade decision as any request; `rules` the
     same header trust; `settings` gives the connect and response (handshake) timeouts, capped by
-    the request's deadline; `ssl_context` makes the TLS context of an https endpoint (default: the
-    system's verifying one); `tracing` and `metrics` (None: off) record the handshake as a request.
+    the request's deadline; `dialer` opens the upstream connection (the pool's, so TLS is chosen
+    as for requests); `tracing` and `metrics` (None: off) record the handshake as a request.
     """
 
     def __init__(self, holder: TableHolder, resolver: Resolver, *, rules: ForwardingRules,
                  settings: ProxySettings | None = None, access_log: AccessLog | None = None,
-                 ssl_context: SslFactory | None = None,
+                 dialer: Dial | None = None,
                  max_message: int = MAX_MESSAGE, ping_interval: float | None = PING_INTERVAL,
                  ping_timeout: float | None = PING_TIMEOUT, upstreams: Upstreams,
                  counts: TrafficCounts | None = None, tracing: Tracing | None = None,
@@ -119,7 +119,7 @@ class WebSocketProxy:
         self._connect_timeout = settings.connect_timeout
         self._response_timeout = settings.response_timeout
         self._log = access_log if access_log is not None and access_log.enabled else None
-        self._tls = UpstreamTls(ssl_context)
+        self._dialer: Dial = dialer if dialer is not None else Dialer()
         self._max_message = max_message
         self._ping = (ping_interval, ping_timeout)
 
@@ -225,7 +225,7 @@ class WebSocketProxy:
                 endpoint, head, key, scope.get("subprotocols") or [], max_size=self._max_message,
                 connect_timeout=connect_timeout, response_timeout=response_timeout,
                 ping_interval=self._ping[0], ping_timeout=self._ping[1],
-                ssl_context=self._tls.context_for(endpoint))
+                dialer=self._dialer)
             entry.upstream = _perf() - t_sent
             response = link.response
             assert response is not None

@@ -46,6 +46,7 @@ from gateway.telemetry.accesslog import AccessLog
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.procstats import LiveView, ProcessState, Publisher
 from gateway.telemetry.tracing import Tracing
+from gateway.upstream.dial import Dialer
 from gateway.upstream.endpoints import Upstreams
 from gateway.upstream.health import HealthChecker
 from gateway.upstream.pool import UpstreamPool
@@ -130,23 +131,23 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._closers: list[Callable[[], Awaitable[object]]] = []
         self.upstreams = Upstreams()
-        self.health = HealthChecker(self.upstreams)
+        # the one dial seam of this process: the pool, WebSocket upstreams and health checks
+        self.dialer = Dialer()
+        self.health = HealthChecker(self.upstreams, dialer=self.dialer)
         self.metrics = Metrics()
         self.state = ProcessState(self.metrics, upstreams=self.upstreams,
                                   gateway=settings.listeners.public.bind, clock=self.upstreams.clock)
         self.proxies: list[ProxyApp] = []
-        self._seen: object = None
-        self._failing: int | None = None
 
     def start_background(self, *, counts: bool, publish: bool = False) -> None:
-        """The watcher (and, where requests are served, the traffic-count flusher, the follower
+        """The watcher (and, where requests are served, the traffic-count flusher, the followers
         of new tables and, in a worker, the publisher of its live state for the master's admin)."""
+        if counts:
+            self.follow_tables()
         self._tasks.append(asyncio.create_task(self.watcher.run()))
         if counts:
             self._tasks.append(asyncio.create_task(self.flusher.run()))
             self._closers.append(self.flusher.flush)
-            self.follow_tables()
-            self._tasks.append(asyncio.create_task(self._follow()))
             self._closers.append(self.health.close)
         if publish:
             publisher = Publisher(self.state, self.settings.server.run_dir,
@@ -155,23 +156,13 @@ class Runtime:
             self._closers.append(lambda: asyncio.to_thread(publisher.remove))
 
     def follow_tables(self) -> None:
-        """Give a newly swapped-in table to the endpoint state and the health checks (through each
-        proxy's `sync`, also run by the first request that sees the table) and to the metrics."""
-        table = self.holder.table
-        if table is not None and table is not self._seen:
-            self._seen = table
-            for proxy in self.proxies:
-                proxy.sync(table)
-            self.metrics.config_loaded(table.version, True, self.holder.loaded_at)
-        failing = self.watcher.failing_version
-        if failing is not None and failing != self._failing:
-            self.metrics.config_loaded(failing, False)
-        self._failing = failing
-
-    async def _follow(self) -> None:
-        while True:
-            await asyncio.sleep(min(self.settings.server.poll_interval, 0.25))
-            self.follow_tables()
+        """The table followers of a serving process, registered once, called once per table in
+        this order by `TableHolder.swap` (each proxy registered its own in its constructor)."""
+        metrics = self.metrics
+        self.holder.follow(self.upstreams.update)
+        self.holder.follow(lambda table: self.health.sync())
+        self.holder.follow(lambda table: metrics.config_loaded(table.version, True, self.holder.loaded_at))
+        self.watcher.on_failed = lambda version: metrics.config_loaded(version, False)
 
     async def close(self) -> None:
         """Stop the background work, then flush counts, close pools and the access log."""
@@ -187,7 +178,7 @@ class Runtime:
 
     async def load_first_table(self) -> None:
         """Load from the store, else from the snapshot; the listeners open either way."""
-        if not await asyncio.to_thread(self.watcher.refresh):
+        if not await self.watcher.refresh_async():
             await asyncio.to_thread(self.watcher.load_snapshot)
         if self.holder.table is None:
             log.error("no route table yet (%s); answering 503 until the store is reachable",
@@ -197,13 +188,12 @@ class Runtime:
         settings = self.settings
         access_log = AccessLog(settings.access_log.target)
         self.state.access_log = access_log
-        pool = UpstreamPool(settings.proxy)
+        pool = UpstreamPool(settings.proxy, dialer=self.dialer)
         tracing = Tracing(settings.tracing) if settings.tracing.enabled else None
         self.state.tracing = tracing
         app = ProxyApp(self.holder, pool, settings, access_log, counts=self.counts,
                        upstreams=self.upstreams, tracing=tracing,
                        metrics=self.metrics if settings.metrics.enabled else None)
-        app.on_table = lambda table: self.health.sync()
         self.proxies.append(app)
         server = make_server(uvicorn_config(app, self.settings, listener="public", sock_fd=sock.fileno()))
         self.servers.append(server)

@@ -61,7 +61,7 @@ def make_plane(document: dict[str, Any], upstreams: dict[str, Handler],
                settings: ProxySettings | Settings | None = None) -> Plane:
     """A `ProxyApp` serving `document`, whose endpoints are the fake `upstreams` (url: handler)."""
     holder = TableHolder()
-    holder.table = compile_document(Document.parse(document), 1)
+    holder.swap(compile_document(Document.parse(document), 1))
     dialer = FakeDialer()
     for url, handler in upstreams.items():
         dialer.add(url, handler)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.document) as f:
         document = Document.parse(yaml.safe_load(os.path.expandvars(f.read())))
     holder = TableHolder()
-    holder.table = compile_document(document, 1)
+    holder.swap(compile_document(document, 1))
 
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
