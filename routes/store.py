@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
@@ -167,7 +168,7 @@ class Store(MigrationRecords):
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
         elif backend == "sqlite":
             assert self._url.database is not None
-            Path(self._url.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(self._url.database))
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
                                       "check_same_thread": False}
         else:
@@ -408,6 +409,23 @@ class Store(MigrationRecords):
                                 .values(revoked_at=_now())).rowcount
         if not done:
             raise NotFoundError("name", "no active token has this name", name)
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file 0600 (and missing directories 0700) whatever the umask, so that the
+    rules and token hashes are the operator's alone; SQLite gives its WAL and shared-memory files
+    the database file's mode. An existing file is left as it is."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"database.url: cannot create {path}: {exc.strerror or exc}") from exc
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _config_version(row: Any) -> ConfigVersion:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -402,7 +403,48 @@ def load_settings(path: str | os.PathLike[str] | None = None,
             raise ConfigError(name, "unknown setting in the environment")
         key, kind = by_env[name]
         _set_dotted(data, key, _parse_env(key, kind, text))
-    return _build(Settings, "", data)
+    return resolve_paths(_build(Settings, "", data), state_dir(path, env))
+
+
+_SQLITE_FILE = re.compile(r"^(sqlite(?:\+\w+)?:///)([^?]*)(.*)$")
+
+
+def state_dir(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+    """Where relative paths in the settings point (None: the current directory).
+
+    `$STATE_DIRECTORY` when systemd sets it (`StateDirectory=peel` gives /var/lib/peel, owned by
+    the service's user; under systemd the current directory is `/`); else the directory of the
+    settings file, so the file means the same from any directory; else the current directory.
+    """
+    systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    if path is not None:
+        return Path(path).resolve().parent
+    return None
+
+
+def resolve_paths(settings: Settings, base: Path | None) -> Settings:
+    """`settings` with relative file paths (the SQLite file, `server.snapshot_path`,
+    `server.run_dir`, an `access_log.target` file) made absolute against `base`."""
+    if base is None:
+        return settings
+
+    def absolute(value: str) -> str:
+        return value if os.path.isabs(value) else os.path.normpath(base / value)
+
+    url = settings.database.url
+    found = _SQLITE_FILE.match(url)
+    if found is not None and found[2] not in ("", ":memory:") and not found[2].startswith("file:"):
+        url = found[1] + absolute(found[2]) + found[3]
+    target = settings.access_log.target
+    if target not in ("stdout", "off"):
+        target = absolute(target)
+    server = settings.server
+    return replace(settings, database=replace(settings.database, url=url),
+                   server=replace(server, snapshot_path=absolute(server.snapshot_path),
+                                  run_dir=absolute(server.run_dir)),
+                   access_log=replace(settings.access_log, target=target))
 
 
 def settings_type_names() -> Mapping[str, str]:

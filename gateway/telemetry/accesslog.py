@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -34,6 +35,18 @@ _BATCH = 256  # lines written per GIL hand-over: a long batch would stall the ev
 _COMPLAIN_EVERY = 60.0  # seconds between two reports of a failing target
 
 log = logging.getLogger("peel.accesslog")
+
+
+def open_private(path: str) -> IO[bytes]:
+    """`path` opened for appending, unbuffered; created 0600 whatever the umask (client addresses,
+    paths and request ids are for the operator's eyes), an existing file's mode left alone."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fchmod(fd, 0o600)
+    except FileExistsError:
+        fd = os.open(path, flags)
+    return os.fdopen(fd, "ab", buffering=0)
 
 
 class AccessLog:
@@ -68,7 +81,7 @@ class AccessLog:
             else:
                 # Unbuffered: lines are batched already, and a failed write must not leave bytes
                 # behind in a buffer that a later flush would write out of order.
-                self._file = open(target, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+                self._file = open_private(target)
                 self._owns_file = True
             self._thread = threading.Thread(target=self._run, name="peel-access-log", daemon=True)
             self._thread.start()

@@ -18,6 +18,14 @@ reader never sees half a file) happen in a thread. `LiveView`, on the admin side
 a live pid (`os.kill(pid, 0)`) written within the last ten intervals (five seconds at least),
 deletes the files of dead pids, and, in a single process, takes its own state straight from memory
 (fresher than any file).
+
+The files are trusted no further than they must be. `secure_run_dir` creates the directory 0700
+and refuses one another user owns (`ConfigError` naming `server.run_dir`): whoever can write there
+could feed `/metrics`. A file is written under a name `mkstemp` picks (0600, `O_EXCL`, no symlink
+followed) and renamed over the old one; it is read with `O_NOFOLLOW`, only when it is a regular
+file of this user of at most `MAX_FILE_BYTES`, and only when its content passes `check_snapshot`
+(types, finite non-negative numbers, bounded strings and depth). A file that fails is ignored and
+logged (each reason at most once a minute per file).
 """
 
 from __future__ import annotations
@@ -28,12 +36,15 @@ import json
 import logging
 import os
 import re
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.core.errors import ConfigError
 from gateway.telemetry.accesslog import AccessLog
 from gateway.telemetry.metrics import Metrics, render
 
@@ -49,6 +60,90 @@ SUMMED = frozenset({"in_flight", "pending", "ejections", "ejections_total", "cir
                     "panic_total", "requests", "failures"})
 _STATES = ("up", "unhealthy", "ejected")
 _COMPLAIN_EVERY = 60.0
+RUN_DIR_SETTING = "server.run_dir"
+MAX_FILE_BYTES = 4 * 1024 * 1024  # a worker with 1,000 services writes well under 1 MiB
+MAX_NUMBER = 2**63
+MIN_NUMBER = -1  # counters, times and sizes are never negative; -1 is "none yet" (config version)
+MAX_STRING = 4096
+MAX_DEPTH = 12
+# top-level keys of a published snapshot and their types ("process" is added by the writer)
+_TOP: dict[str, type | tuple[type, ...]] = {
+    "pid": int, "gateway": str, "role": str, "time": (int, float), "started": (int, float),
+    "metrics": dict, "upstreams": list, "services": dict, "process": dict}
+
+
+def secure_run_dir(path: str | os.PathLike[str]) -> Path:
+    """Create `path` (mode 0700, whatever the umask) or check the one there, and return it.
+
+    Refused with `ConfigError` naming `server.run_dir`: a path that is not a directory, or that
+    another user owns (the directory itself or a symlink to it). Group and other write permission on
+    an existing directory of this user is taken away (logged).
+    """
+    run_dir = Path(path)
+    try:
+        run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.mkdir(run_dir, 0o700)
+        os.chmod(run_dir, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(RUN_DIR_SETTING, f"cannot create {run_dir}: {exc.strerror or exc}") from exc
+    uid = os.geteuid()
+    try:
+        link = os.lstat(run_dir)
+        found = os.stat(run_dir)
+    except OSError as exc:
+        raise ConfigError(RUN_DIR_SETTING, f"cannot use {run_dir}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(found.st_mode):
+        raise ConfigError(RUN_DIR_SETTING, f"{run_dir} is not a directory")
+    for what in (link, found):
+        if what.st_uid != uid:
+            raise ConfigError(RUN_DIR_SETTING, f"{run_dir} is owned by uid {what.st_uid}, not by uid "
+                              f"{uid} that Peel runs as: its owner could feed /metrics false live "
+                              "state; use a directory of Peel's own user")
+    if found.st_mode & 0o022:
+        log.warning("%s: %s was writable by group or others; made it 0700", RUN_DIR_SETTING, run_dir)
+        os.chmod(run_dir, 0o700)
+    return run_dir
+
+
+def check_snapshot(data: object, pid: int, gateway: str) -> str | None:
+    """Why a published snapshot must not reach `/metrics`, or None when it may."""
+    if not isinstance(data, dict):
+        return "is not a JSON object"
+    for key, kind in _TOP.items():
+        if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+            return f"{key!r} has the wrong type"
+    for key in ("pid", "time", "metrics"):
+        if key not in data:
+            return f"{key!r} is missing"
+    if data["pid"] != pid:
+        return f"names pid {data['pid']}, not {pid}"
+    if data.get("gateway") != gateway:
+        return "belongs to another gateway"
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            if not (MIN_NUMBER <= value <= MAX_NUMBER):  # NaN fails this too
+                return f"holds the number {value!r}, out of bounds"
+        elif isinstance(value, str):
+            if len(value) > MAX_STRING:
+                return f"holds a string of {len(value)} characters"
+        elif isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                return f"nests deeper than {MAX_DEPTH} levels"
+            if isinstance(value, dict):
+                if any(len(key) > MAX_STRING for key in value):
+                    return f"holds a key longer than {MAX_STRING} characters"
+                stack.extend((item, depth + 1) for item in value.values())
+            else:
+                stack.extend((item, depth + 1) for item in value)
+        else:
+            return f"holds a {type(value).__name__}"
+    return None
 
 
 # -- what is read from gateway/upstream/endpoints.py (contracts2.md H2), as protocols ------------------------
@@ -227,25 +322,32 @@ class Publisher:
         self.write(self.state.snapshot())
 
     def write(self, snapshot: dict[str, Any]) -> bool:
-        """Add the process stats and write atomically. True when written; never raises OSError."""
+        """Add the process stats and write atomically. True when written; never raises OSError.
+
+        The file is written under a name `mkstemp` picks (mode 0600, created exclusively, so no
+        symlink is followed) and renamed over `path`.
+        """
         snapshot["process"] = process_stats()
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp: str | None = None
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(snapshot, separators=(",", ":")))
+            secure_run_dir(self.run_dir)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.run_dir)
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(snapshot, separators=(",", ":")).encode())
             with self._lock:
                 if self._removed:
-                    tmp.unlink()
+                    os.unlink(tmp)
                     return False
                 os.replace(tmp, self.path)
-        except OSError as exc:
+        except (OSError, ConfigError) as exc:
             now = time.monotonic()
             if now - self._complained >= _COMPLAIN_EVERY:
                 self._complained = now
                 log.warning("cannot publish live state to %s: %s (the admin's /metrics lacks this "
                             "process until it works)", self.path, exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             return False
         self.writes += 1
         return True
@@ -279,16 +381,19 @@ class LiveView:
     `local` is the admin process's own `ProcessState` when it also serves (one process); the master
     of several workers passes None and sees only the workers' files. Reading is blocking (files):
     `/metrics` calls `render` in a thread; `service()` reads a handful of small files inline.
+    Building one creates or checks `run_dir` (`secure_run_dir`): `peel serve` builds it at start,
+    so a run directory of another user stops the gateway there, naming `server.run_dir`.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, interval: float,
                  local: ProcessState | None = None, gateway: str = "",
                  clock: Callable[[], float] = time.time) -> None:
-        self.run_dir = Path(run_dir)
+        self.run_dir = secure_run_dir(run_dir)
         self.interval = interval
         self.local = local
         self.gateway = gateway
         self._clock = clock
+        self._complained: dict[str, float] = {}
 
     def local_snapshot(self) -> dict[str, Any] | None:
         """The own process's state, copied; call on the event loop thread."""
@@ -309,15 +414,51 @@ class LiveView:
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)  # its writer is gone; nobody else removes it
                 continue
-            try:
-                data = json.loads(path.read_bytes())
-            except (OSError, ValueError):
+            data = self._read(path)
+            if data is None:
                 continue
-            if (not isinstance(data, dict) or data.get("pid") != pid or data.get("gateway") != self.gateway
-                    or not isinstance(data.get("time"), (int, float)) or data["time"] < oldest):
+            why = check_snapshot(data, pid, self.gateway)
+            if why is not None:
+                if why != "belongs to another gateway":
+                    self._complain(path, why)
+                continue
+            if data["time"] < oldest:
                 continue
             found.append(data)
         return found
+
+    def _read(self, path: Path) -> Any:
+        """The decoded file, or None (logged) when it is not a small regular file of this user."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):  # removed between listing and reading
+                self._complain(path, f"cannot be opened: {exc.strerror or exc}")
+            return None
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                self._complain(path, "is not a regular file of this user")
+                return None
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            self._complain(path, f"is larger than {MAX_FILE_BYTES} bytes")
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            self._complain(path, "is not JSON")  # or half-written by hand: a publisher renames
+            return None
+
+    def _complain(self, path: Path, why: str) -> None:
+        now = time.monotonic()
+        key = f"{path}: {why}"
+        if now - self._complained.get(key, -_COMPLAIN_EVERY) < _COMPLAIN_EVERY:
+            return
+        if len(self._complained) >= 1024:
+            self._complained.clear()
+        self._complained[key] = now
+        log.warning("live state file %s ignored: it %s", path, why)
 
     def _files(self) -> Iterable[tuple[int, Path]]:
         try:
@@ -328,8 +469,26 @@ class LiveView:
                 if (m := _FILE.match(name)) is not None]
 
     def render(self, local: dict[str, Any] | None = None) -> bytes:
-        """The Prometheus text of all processes (blocking); `local` from `local_snapshot()`."""
-        return render(self.processes(local))
+        """The Prometheus text of all processes (blocking); `local` from `local_snapshot()`.
+
+        A file that passed `check_snapshot` but still has a shape the renderer cannot read (a row
+        too short, a string where a number goes) is left out and logged, not a 500.
+        """
+        processes = self.processes(local)
+        try:
+            return render(processes)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+            pass
+        good = []
+        for snap in processes:
+            try:
+                render([snap], admin_process=False)
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+                self._complain(self.run_dir / f"proc-{snap.get('pid')}.json",
+                               f"cannot be rendered ({type(exc).__name__}: {exc})")
+                continue
+            good.append(snap)
+        return render(good)
 
     def service(self, name: str) -> dict[str, Any] | None:
         """The service's live state summed over the processes, or None when none has it.

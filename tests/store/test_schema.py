@@ -137,3 +137,24 @@ def test_sqlite_store_creates_its_directory_and_uses_wal(tmp_path: Path) -> None
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert path.exists()
+
+
+def test_the_sqlite_file_and_its_wal_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0)
+    try:
+        store = Store(f"sqlite:///{tmp_path}/new/dir/peel.db")
+        store.upgrade()
+        store.commit(Document(), actor="ops", reason="first")
+        with store.engine.connect() as conn:  # a reader keeps the WAL and shm files open
+            conn.execute(text("SELECT 1"))
+            files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "new" / "dir").iterdir()}
+        store.close()
+    finally:
+        os.umask(old)
+    assert files["peel.db"] == 0o600
+    assert files.get("peel.db-wal") == 0o600, files
+    assert all(m == 0o600 for m in files.values()), files
+    assert stat.S_IMODE((tmp_path / "new" / "dir").stat().st_mode) == 0o700
