@@ -95,7 +95,7 @@ def test_a_hanging_endpoint_times_out(upstream: FaultUpstream) -> None:
         result = await check_endpoint(endpoint(upstream.url), policy, None)
         elapsed = time.monotonic() - started
         assert not result.ok and result.error == "no answer within 0.3 s"
-        assert 0.29 <= elapsed < 1.0
+        assert 0.29 <= elapsed < 0.3 + 1.5  # the timeout, with a margin for a loaded machine
         await until(lambda: upstream.open_connections == 0, what="the timed-out connection closed")
 
     run(go)

@@ -266,7 +266,7 @@ def test_retry_after_beyond_the_deadline_is_not_waited_for(gateway: Gateway) -> 
     answer = call(gateway, "GET", "/short-after/1")
     # the upstream's own answer comes back at once rather than a retry after the deadline
     assert answer.status == 503 and answer.headers.get("retry-after") == "5"
-    assert up.count() == 1 and answer.elapsed < 1.0
+    assert up.count() == 1 and answer.elapsed < 3.0  # waiting would take the 5 s
 
 
 def test_the_retry_budget_bounds_retries_in_an_outage(gateway: Gateway) -> None:
@@ -319,7 +319,7 @@ def test_the_circuit_opens_beyond_max_requests(gateway: Gateway) -> None:
     for answer in refused:
         assert (answer.status, answer.code) == (503, "circuit-open"), answer
         assert int(answer.headers["retry-after"]) >= 1
-        assert answer.elapsed < 0.5
+        assert answer.elapsed < 1.2  # at once: queueing behind the slow pair would take 1.5 s
     for thread in threads:
         thread.join(10)
     assert [a.status for a in slow] == [200, 200] and up.count() == 2
@@ -336,7 +336,7 @@ def test_response_timeout(gateway: Gateway) -> None:
     gateway["hang_a"].set("hang_before_headers")
     answer = call(gateway, "GET", "/timeout/response/1")
     assert (answer.status, answer.code) == (504, "upstream-timeout")
-    assert 0.25 <= answer.elapsed < 1.5
+    assert 0.25 <= answer.elapsed < 3.0  # margin for a loaded machine
 
 
 def test_total_timeout_caps_all_attempts(gateway: Gateway) -> None:
@@ -345,7 +345,9 @@ def test_total_timeout_caps_all_attempts(gateway: Gateway) -> None:
     answer = call(gateway, "GET", "/timeout/total/1")
     # three attempts of 300 ms would take 900 ms: the total of 500 ms ends the second one
     assert (answer.status, answer.code) == (504, "deadline-exceeded")
-    assert 0.45 <= answer.elapsed < 0.85
+    # count == 2 is the precise check (three attempts without the cap); the upper bound only
+    # keeps the order of magnitude, with a margin for a loaded machine
+    assert 0.45 <= answer.elapsed < 2.0
     assert up.count() == 2
 
 
@@ -359,22 +361,23 @@ def test_total_timeout_cuts_a_trickling_body(gateway: Gateway) -> None:
     with pytest.raises((http.client.IncompleteRead, ConnectionError)):
         response.read()
     conn.close()
-    # the whole body would take 9 x 200 ms
-    assert time.monotonic() - started < 1.2
+    # the read above was cut (a whole body reads without error); the whole body would take
+    # 9 x 200 ms, which this bound need not separate from the cut under load
+    assert time.monotonic() - started < 3.0
 
 
 def test_an_incoming_deadline_caps_the_wait(gateway: Gateway) -> None:
-    gateway["slow_a"].set("slow", delay=2.0)
+    gateway["slow_a"].set("slow", delay=5.0)
     answer = call(gateway, "GET", "/slow/1", headers={"Peel-Timeout-Ms": "50"})
     assert (answer.status, answer.code) == (504, "deadline-exceeded")
-    assert answer.elapsed < 0.5
+    assert answer.elapsed < 2.5  # far below the 5 s the upstream takes
 
 
 def test_a_grpc_timeout_caps_the_wait_too(gateway: Gateway) -> None:
-    gateway["slow_a"].set("slow", delay=2.0)
+    gateway["slow_a"].set("slow", delay=5.0)
     answer = call(gateway, "GET", "/slow/2", headers={"grpc-timeout": "50m"})
     assert (answer.status, answer.code) == (504, "deadline-exceeded")
-    assert answer.elapsed < 0.5
+    assert answer.elapsed < 2.5  # far below the 5 s the upstream takes
 
 
 def test_an_expired_deadline_is_not_forwarded(gateway: Gateway) -> None:

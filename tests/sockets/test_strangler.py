@@ -348,8 +348,9 @@ def test_the_whole_story(story: tuple[PeelServe, Named, Named], tmp_path: Path) 
     orders.status = 200
     peel_cli("migrate", "rollback", "orders", "--reason", "orders is broken")
     rolled_back = time.monotonic()
-    wait_for(lambda: set(sides_of(peel, canary[:20]).values()) == {"legacy"}, 1.0,
+    wait_for(lambda: set(sides_of(peel, canary[:20]).values()) == {"legacy"}, 10,
              "all traffic back on legacy")
-    assert time.monotonic() - rolled_back < 1.0
+    # about 0.3 s unloaded (one poll); a margin for a loaded 2-core machine
+    assert time.monotonic() - rolled_back < 2.5
     assert set(sides_of(peel, users[:200]).values()) == {"legacy"}
     store.close()

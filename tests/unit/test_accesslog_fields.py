@@ -92,7 +92,7 @@ def test_a_full_disk_drops_and_counts_the_batch_and_the_thread_keeps_going(
         started = time.monotonic()
         for i in range(3, 5):  # never waits on the failing writer
             line(log, i)
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 2.0  # ~0 unloaded; a margin for a loaded machine
         wait_for(lambda: log.dropped == 5)
         disk.space = -1  # space again
         line(log, 5, attempts=1)

@@ -40,6 +40,26 @@ from gateway.telemetry.export import OtlpHttpExporter, make_exporter, parse_head
 ROOT = Path(__file__).resolve().parents[2]
 
 
+
+class RecordingEvent(threading.Event):
+    """The exporter's shutdown event, which it also waits on for each backoff: records the waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is not None:
+            self.waits.append(timeout)
+        return super().wait(timeout)
+
+
+def record_backoff(exporter: OtlpHttpExporter) -> list[float]:
+    """The list the exporter's backoff waits are appended to (seconds), instead of timing them."""
+    event = RecordingEvent()
+    exporter._closed = event
+    return event.waits
+
 def spans(*names: str) -> list[ReadableSpan]:
     """Finished SDK spans, one per name, each with a `peel.n` attribute."""
     memory = InMemorySpanExporter()
@@ -182,30 +202,28 @@ def test_a_kept_alive_connection_the_collector_closed_is_reopened_at_once() -> N
     collector = Collector(hang_up=True)
     try:
         exporter = OtlpHttpExporter(collector.url, timeout=5.0)
+        waits = record_backoff(exporter)
         assert exporter.export(spans("first")) is SpanExportResult.SUCCESS
         collector.wait(lambda: collector.hung_up == 1)
-        started = time.monotonic()
         assert exporter.export(spans("second")) is SpanExportResult.SUCCESS
-        elapsed = time.monotonic() - started
     finally:
         collector.close()
     assert [r.names() for r in collector.received] == [["first"], ["second"]]
     assert collector.connections == 2
-    assert elapsed < 0.4, elapsed  # no 0.5 s backoff for a stale connection
+    assert waits == []  # no backoff for a stale connection
 
 
 def test_503_then_200_is_retried_honouring_retry_after() -> None:
     collector = Collector(script=[(503, "0"), (429, "0")])
     try:
         exporter = OtlpHttpExporter(collector.url, timeout=5.0)
-        started = time.monotonic()
+        waits = record_backoff(exporter)
         assert exporter.export(spans("retried")) is SpanExportResult.SUCCESS
-        elapsed = time.monotonic() - started
     finally:
         collector.close()
     assert [r.names() for r in collector.received] == [["retried"]] * 3
-    # Retry-After: 0 replaced the 0.5 s backoff
-    assert elapsed < 0.4, elapsed
+    # Retry-After: 0 replaced the 0.25-0.5 s backoff
+    assert waits == [0.0, 0.0]
 
 
 def test_503_without_retry_after_backs_off_then_gives_up_within_the_timeout() -> None:
@@ -219,7 +237,7 @@ def test_503_without_retry_after_backs_off_then_gives_up_within_the_timeout() ->
         collector.close()
     # backoff 0.25-0.5 s, then 0.5-1 s: two or three tries fit in 1.2 s, never ten
     assert 2 <= len(collector.received) <= 3
-    assert elapsed < 1.2 + 0.5
+    assert elapsed < 1.2 + 1.5  # the timeout, with a margin for a loaded machine
 
 
 def test_400_fails_at_once_without_retry() -> None:
@@ -241,7 +259,7 @@ def test_a_collector_that_never_answers_fails_within_the_timeout() -> None:
         started = time.monotonic()
         assert exporter.export(spans("x")) is SpanExportResult.FAILURE
         elapsed = time.monotonic() - started
-    assert 0.9 < elapsed < 1.0 + 1.0, elapsed
+    assert 0.9 < elapsed < 1.0 + 1.5, elapsed  # the timeout, with a margin for a loaded machine
 
 
 def test_a_refused_port_fails_quickly() -> None:
@@ -252,8 +270,8 @@ def test_a_refused_port_fails_quickly() -> None:
         started = time.monotonic()
         assert exporter.export(spans("x")) is SpanExportResult.FAILURE
         elapsed = time.monotonic() - started
-    # retried with backoff while the budget allows, but never past it
-    assert elapsed < 1.0 + 0.5, elapsed
+    # retried with backoff while the budget allows, but never past it (margin: a loaded machine)
+    assert elapsed < 1.0 + 1.5, elapsed
 
 
 def test_headers_and_gzip_from_the_environment(collector: Collector, monkeypatch: pytest.MonkeyPatch,
@@ -371,9 +389,10 @@ def test_mutual_tls_with_a_private_ca_from_the_environment(tmp_path: Path,
     collector = Collector(tls=tls)
     try:
         # Without the CA the collector's certificate is not trusted: a final failure, not retried.
-        started = time.monotonic()
-        assert OtlpHttpExporter(collector.url, timeout=5.0).export(spans("x")) is SpanExportResult.FAILURE
-        assert time.monotonic() - started < 1.0
+        untrusted = OtlpHttpExporter(collector.url, timeout=5.0)
+        waits = record_backoff(untrusted)
+        assert untrusted.export(spans("x")) is SpanExportResult.FAILURE
+        assert waits == []
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", str(ca_file))
         # With the CA but no client certificate the collector refuses the handshake.
         assert OtlpHttpExporter(collector.url, timeout=1.0).export(spans("x")) is SpanExportResult.FAILURE
