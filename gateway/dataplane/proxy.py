@@ -24,14 +24,13 @@ import time
 from facade.beta import BetaTrust
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
 from facade.decision import Decision
-from gateway.core.asgi import Receive, Scope, Send
+from gateway.core.asgi import TARGET, Receive, Scope, Send
 from gateway.core.settings import DeadlineSettings, FacadeSettings, ProxySettings, Settings
 from gateway.dataplane.buffering import Watch, buffer_body, prefixed_body, replay_body
 from gateway.dataplane.forward import Forwarder
 from gateway.dataplane.request import BodyTooLarge, RequestState, abort_downstream
 from gateway.dataplane.resolve import Incoming, Refusal, Resolver
 from gateway.dataplane.websocket import WebSocketProxy
-from gateway.edge.protocol import TARGET
 from gateway.http.headers import ForwardingRules, new_request_id, valid_request_id
 from gateway.http.hosts import hostname
 from gateway.http.paths import DEFAULT_RULES, path_rules

@@ -443,4 +443,4 @@ def downstream_of(scope: Any) -> Downstream | None:
     return handle if isinstance(handle, Downstream) else None
 
 
-__all__ = ["DOWNSTREAM", "TARGET", "Downstream", "PeelHttpProtocol", "downstream_of"]
+__all__ = ["PeelHttpProtocol", "downstream_of"]
