@@ -21,6 +21,17 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def reason_arg(text: str) -> str:
+    """A reason for a config version: no control characters (the admin API refuses them too)."""
+    from routes.changes import check_reason
+    from routes.errors import RuleError
+
+    try:
+        return check_reason(text)
+    except RuleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def header_arg(text: str) -> tuple[str, str]:
     """`'Name: value'` as (name, value), both stripped."""
     name, sep, value = text.partition(":")
@@ -54,7 +65,7 @@ def global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 def write_options(parser: argparse.ArgumentParser) -> None:
     """The options of a command that makes a new config version."""
-    parser.add_argument("--reason", help="why: recorded with the new config version")
+    parser.add_argument("--reason", type=reason_arg, help="why: recorded with the new config version")
     parser.add_argument("--if-match", type=int, metavar="VERSION",
                         help="refuse unless VERSION is still the latest config version")
 

@@ -1,4 +1,4 @@
-"""`peel token create/list` with scopes and expiry, in-process against a SQLite store in a temp dir."""
+"""`peel token create/list` with scopes and expiry (in-process, SQLite in a temp dir); `--reason`."""
 
 from __future__ import annotations
 
@@ -63,3 +63,12 @@ def test_an_unknown_scope_or_a_bad_duration_is_a_usage_error(store: Store) -> No
                                              ("30d", timedelta(days=30)), ("2w", timedelta(weeks=2))])
 def test_duration(text: str, delta: timedelta) -> None:
     assert duration(text) == delta
+
+
+def test_a_reason_with_control_characters_is_a_usage_error_before_any_request(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["config", "rollback", "1", "--reason", "ok\n  9  2026-01-01 00:00  root  forged"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--reason" in err and "control characters" in err and "U+000A" in err
