@@ -31,6 +31,7 @@ from http import HTTPStatus
 from typing import NamedTuple
 
 from gateway.core import problems
+from gateway.http.chunked import ChunkedDecoder
 from routes.grammar import TOKEN, TOKEN_BYTES_RE
 
 # Body framing of a request.
@@ -48,9 +49,8 @@ _TARGET_BYTES = bytes(range(0x21, 0x7F))
 _HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:%[]"
 _ABSOLUTE = re.compile(rb"(?i:https?)://[^/?#]+(?:[/?].*)?")
 _DIGITS = b"0123456789"
-_HEX = b"0123456789abcdefABCDEF"
-_CHUNK_EXT = re.compile(rb'(?:[ \t]*;[ \t]*' + _TOKEN + rb'(?:[ \t]*=[ \t]*(?:' + _TOKEN
-                        + rb'|"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*"))?)*')
+# The trailer section of a chunked request body, in all.
+_MAX_TRAILERS = 16 * 1024
 
 # Headers a `Connection` field may not nominate: stripping them as hop-by-hop would change how
 # the request is framed or routed, or remove what Peel sets for the upstream.
@@ -255,81 +255,20 @@ def _framing(lengths: list[bytes], codings: list[bytes], version: tuple[int, int
     return (LENGTH if length else NO_BODY), length
 
 
-class ChunkedBody:
+class ChunkedBody(ChunkedDecoder):
     """Finds the end of one chunked request body and checks its framing as the bytes come.
 
     `feed(data)` returns how many bytes of `data` belong to this body (all of them until the
     last chunk and trailers are complete); `done` is then set. Raises `Refusal` on a malformed
     chunk size, extension, chunk end or trailer, and on data beyond `max_body` (0: no limit).
-    Only counts and framing bytes are kept, never data.
+    Only counts and framing bytes are kept, never data (`gateway.http.chunked`, shared with the
+    upstream leg's reader).
     """
 
-    __slots__ = ("_line", "_max_body", "_state", "done", "left", "received")
-
-    _MAX_LINE = 4096
-    _MAX_TRAILERS = 16 * 1024
+    __slots__ = ()
 
     def __init__(self, max_body: int = 0) -> None:
-        self._max_body = max_body
-        self._state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailer section
-        self._line = b""
-        self.left = 0
-        self.received = 0
-        self.done = False
-
-    def feed(self, data: bytes) -> int:
-        pos, n = 0, len(data)
-        trailers = 0
-        while pos < n and not self.done:
-            if self._state == 1:
-                take = min(self.left, n - pos)
-                pos += take
-                self.left -= take
-                if not self.left:
-                    self._state = 2
-                continue
-            end = data.find(b"\n", pos)
-            if end < 0:
-                self._line += data[pos:]
-                limit = self._MAX_TRAILERS if self._state == 3 else self._MAX_LINE
-                if len(self._line) > limit:
-                    raise Refusal(400, "bad-chunk", "a chunk-size line or trailer is too long")
-                return n
-            line = self._line + data[pos:end + 1]
-            self._line = b""
-            pos = end + 1
-            if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-                raise Refusal(400, "bare-line-ending", "a chunk line does not end with CRLF")
-            line = line[:-2]
-            if self._state == 2:
-                if line:
-                    raise Refusal(400, "bad-chunk", "chunk data is longer than its size")
-                self._state = 0
-            elif self._state == 0:
-                self._size_line(line)
-            elif line:
-                trailers += len(line)
-                if trailers > self._MAX_TRAILERS or b":" not in line or line[:1] in (b" ", b"\t") \
-                        or line.translate(None, _VALUE_BYTES):
-                    raise Refusal(400, "bad-chunk", "a malformed trailer field")
-            else:
-                self.done = True
-        return pos
-
-    def _size_line(self, line: bytes) -> None:
-        cut = len(line)
-        for i, byte in enumerate(line):
-            if byte not in _HEX:
-                cut = i
-                break
-        size, ext = line[:cut], line[cut:]
-        if not size or len(size) > 15 or _CHUNK_EXT.fullmatch(ext) is None:
-            raise Refusal(400, "bad-chunk", f"malformed chunk size line {line[:40]!r}")
-        self.left = int(size, 16)
-        self.received += self.left
-        if self._max_body and self.received > self._max_body:
-            raise Refusal(413, "body-too-large", f"the request body is larger than {self._max_body} bytes")
-        self._state = 1 if self.left else 3
+        super().__init__(Refusal, max_body=max_body, max_trailers=_MAX_TRAILERS)
 
 
 def refusal_response(refusal: Refusal) -> bytes:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import re
 
 from gateway.core.errors import ProtocolError
+from gateway.http.chunked import ChunkedDecoder
 from gateway.http.headers import HOP_BY_HOP
 from routes.grammar import TOKEN
 
 Headers = list[tuple[bytes, bytes]]
 
 MAX_HEAD = 64 * 1024
-MAX_CHUNK_LINE = 4096
 MAX_TRAILERS = 64 * 1024
 
 # Body framing of a response.
@@ -38,7 +38,6 @@ _HEADER_LINE = re.compile(rb"\r\n(" + TOKEN.encode("ascii") + rb"):[ \t]*([^\r\n
 # Headers the reader handles itself: framing, and the hop-by-hop ones that never go downstream.
 _SPECIAL = HOP_BY_HOP | {b"content-length"}
 _NOT_NOMINATIONS = frozenset({b"close", b"keep-alive", b""})
-_HEXDIGITS = b"0123456789abcdefABCDEF"
 
 
 def request_head(method: str, target: bytes, headers: Headers) -> bytes:
@@ -180,16 +179,14 @@ class ResponseReader:
     to leave out of `head.headers` (see `parse_head`).
     """
 
-    __slots__ = ("_buf", "_chunk_left", "_chunk_state", "_drop", "_head_request", "_left", "done",
-                 "head", "reusable")
+    __slots__ = ("_buf", "_chunked", "_drop", "_head_request", "_left", "done", "head", "reusable")
 
     def __init__(self, *, head_request: bool = False, drop: frozenset[bytes] = frozenset()) -> None:
         self._head_request = head_request
         self._drop = drop
         self._buf = b""
         self._left = 0  # LENGTH: bytes still due
-        self._chunk_state = 0  # CHUNKED: 0 size line, 1 data, 2 CRLF after data, 3 trailers
-        self._chunk_left = 0
+        self._chunked: ChunkedDecoder | None = None  # CHUNKED: the body's decoder
         self.head: ResponseHead | None = None
         self.done = False
         self.reusable = False
@@ -263,52 +260,25 @@ class ResponseReader:
             self._finish(bool(buf))
         elif head.framing == LENGTH:
             self._left = head.content_length or 0
+        elif head.framing == CHUNKED:
+            # Extensions are ignored and trailers dropped (Peel forwards none), so they are held
+            # only to the framing rules.
+            self._chunked = ChunkedDecoder(_protocol_error, max_trailers=MAX_TRAILERS, strict=False)
         return buf
 
     def _feed_chunked(self, data: bytes) -> bytes:
-        buf = self._buf + data if self._buf else data
-        self._buf = b""
-        out: list[bytes] = []
-        pos = 0
-        n = len(buf)
-        while pos < n:
-            state = self._chunk_state
-            if state == 1:
-                take = min(self._chunk_left, n - pos)
-                out.append(buf[pos:pos + take] if take != n or pos else buf)
-                pos += take
-                self._chunk_left -= take
-                if self._chunk_left == 0:
-                    self._chunk_state = 2
-                continue
-            if state == 2:
-                if n - pos < 2:
-                    break
-                if buf[pos:pos + 2] != b"\r\n":
-                    raise ProtocolError("a chunk is not followed by CRLF")
-                pos += 2
-                self._chunk_state = 0
-                continue
-            end = buf.find(b"\r\n", pos)
-            if end < 0:
-                if n - pos > (MAX_CHUNK_LINE if state == 0 else MAX_TRAILERS):
-                    raise ProtocolError("a chunk-size line or trailer is too long")
-                break
-            line = buf[pos:end]
-            pos = end + 2
-            if state == 0:
-                size = line.split(b";", 1)[0].rstrip(b" \t")
-                if not size or size.translate(None, _HEXDIGITS) or len(size) > 15:
-                    raise ProtocolError(f"malformed chunk size {line[:40]!r}")
-                self._chunk_left = int(size, 16)
-                self._chunk_state = 1 if self._chunk_left else 3
-            elif line:  # state 3: a trailer field, dropped (Peel forwards no trailers)
-                if b"\r" in line or b"\n" in line or b":" not in line:
-                    raise ProtocolError("malformed trailer")
-            else:
-                self._finish(pos < n)
-                return b"".join(out)
-        self._buf = buf[pos:]
-        if self._chunk_state == 3 and len(self._buf) > MAX_TRAILERS:
-            raise ProtocolError("the trailers are too large")
-        return b"".join(out) if len(out) != 1 else out[0]
+        decoder = self._chunked
+        assert decoder is not None
+        spans: list[tuple[int, int]] = []
+        used = decoder.feed(data, spans)
+        if decoder.done:
+            self._finish(used < len(data))
+        if len(spans) == 1:
+            start, end = spans[0]
+            return data if start == 0 and end == len(data) else data[start:end]
+        return b"".join([data[start:end] for start, end in spans])
+
+
+def _protocol_error(status: int, code: str, detail: str) -> ProtocolError:
+    """How the chunked decoder refuses an upstream's body: the connection is given up."""
+    return ProtocolError(detail)

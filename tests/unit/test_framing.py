@@ -153,6 +153,18 @@ def test_chunked_refusals() -> None:
     assert info.value.status == 413
 
 
+def test_the_trailer_limit_counts_the_whole_section_across_reads() -> None:
+    # Fed a line at a time, 16 KiB of trailers in 1 KiB fields are still refused (the limit once
+    # counted only what one read held).
+    scanner = ChunkedBody()
+    scanner.feed(b"1\r\na\r\n0\r\n")
+    field = b"X-T: " + b"t" * 1000 + b"\r\n"
+    with pytest.raises(Refusal) as info:
+        for _ in range(17):
+            scanner.feed(field)
+    assert info.value.code == "bad-chunk" and not scanner.done
+
+
 @settings(max_examples=500)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_never_break_the_chunk_scanner(data: bytes) -> None:

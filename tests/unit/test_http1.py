@@ -187,10 +187,32 @@ def test_eof_before_the_end_is_a_protocol_error(raw: bytes) -> None:
     b"\r\nhello\r\n",
     b"1" * 20 + b"\r\n",
     b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n",
+    # a bare CR or LF in a chunk line (the extension was skipped unread before)
+    b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+    b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nX-T: t\n\r\n",
 ])
 def test_malformed_chunks_are_refused(body: bytes) -> None:
     with pytest.raises(ProtocolError):
         ResponseReader().feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+
+
+def test_trailers_are_limited_in_all() -> None:
+    # Each field is small, but the section grows without end: refused past MAX_TRAILERS.
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n")
+    field = b"X-T: " + b"t" * 1000 + b"\r\n"
+    with pytest.raises(ProtocolError):
+        for _ in range(70):
+            reader.feed(field)
+    assert not reader.done
+
+
+def test_extensions_and_whitespace_from_upstreams_are_tolerated() -> None:
+    # The upstream leg ignores extensions (the request leg holds them to their grammar).
+    reader, body = read_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"5 ;odd ext!\r\nhello\r\n0\r\n\r\n")
+    assert body == b"hello" and reader.done and reader.reusable
 
 
 def test_oversize_head_is_refused() -> None:
