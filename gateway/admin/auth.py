@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -193,12 +193,11 @@ class BearerAuth:
         try:
             grant = await run_in_threadpool(self.tokens.lookup, token, client[0] if client else "")
         except StoreError as exc:
-            body = problems.problem(503, "store-unavailable", str(exc))
-            await _send_problem(send, body, [])
+            await _send_problem(send, 503, "store-unavailable", str(exc))
             return
         except TooManyFailures as exc:
-            body = problems.problem(429, "too-many-token-failures", str(exc))
-            await _send_problem(send, body, [(b"retry-after", str(math.ceil(exc.retry_after)).encode())])
+            await _send_problem(send, 429, "too-many-token-failures", str(exc),
+                                [(b"retry-after", str(math.ceil(exc.retry_after)).encode())])
             return
         if grant is None:
             await _refuse(send, "invalid-token", "the bearer token is unknown, revoked or expired",
@@ -206,12 +205,11 @@ class BearerAuth:
             return
         needed = required_scope(scope["method"], scope["path"])
         if not grant.allows(needed):
-            body = problems.problem(403, "insufficient-scope",
-                                    f"{scope['method']} {scope['path']} needs a token with the "
-                                    f"{needed} scope; token {grant.name!r} has "
-                                    f"{', '.join(sorted(grant.scopes))}", scope=needed)
             challenge = f'Bearer realm="peel", error="insufficient_scope", scope="{needed}"'
-            await _send_problem(send, body, [(b"www-authenticate", challenge.encode())])
+            await _send_problem(send, 403, "insufficient-scope",
+                                f"{scope['method']} {scope['path']} needs a token with the {needed} "
+                                f"scope; token {grant.name!r} has {', '.join(sorted(grant.scopes))}",
+                                [(b"www-authenticate", challenge.encode())], scope=needed)
             return
         scope[ACTOR_KEY] = grant.name
         await self.app(scope, receive, send)
@@ -227,13 +225,11 @@ def _bearer(scope: Scope) -> str | None:
 
 
 async def _refuse(send: Send, code: str, detail: str, challenge: str) -> None:
-    await _send_problem(send, problems.problem(401, code, detail),
-                        [(b"www-authenticate", challenge.encode())])
+    await _send_problem(send, 401, code, detail, [(b"www-authenticate", challenge.encode())])
 
 
-async def _send_problem(send: Send, body: dict[str, object], extra: list[tuple[bytes, bytes]]) -> None:
-    payload = problems.encode(dict(body))
-    headers = [(b"content-type", problems.CONTENT_TYPE.encode()),
-               (b"content-length", str(len(payload)).encode()), *extra]
-    await send({"type": "http.response.start", "status": int(str(body["status"])), "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+async def _send_problem(send: Send, status: int, code: str, detail: str,
+                        extra: list[tuple[bytes, bytes]] | None = None, **members: Any) -> None:
+    headers, body = problems.render(status, code, detail, headers=extra or (), **members)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

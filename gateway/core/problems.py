@@ -1,18 +1,24 @@
-"""RFC 9457 problem details: the one shape of every error Peel answers with.
+"""RFC 9457 problem details: the one shape of every error Peel answers with, and the one writer.
 
 Both listeners use it: the data plane for upstream failures (502/503/504 with a Peel error code),
-the admin API for refused changes (with the field and the value).
+the admin API for refused changes (with the field and the value). `render()` makes the header
+block and the body of an answer once, for every transport that sends one: the data plane's HTTP
+answers (`gateway.dataplane.request.send_problem`), refused WebSocket handshakes, requests refused
+at the edge before any app runs (`gateway.http.framing.refusal_response`, raw bytes), and the
+admin's authentication middleware.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from gateway.core.errors import UpstreamError
 from routes.errors import RuleError
 
 CONTENT_TYPE = "application/problem+json"
+_CONTENT_TYPE = CONTENT_TYPE.encode("ascii")
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 412: "Precondition Failed",
            413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
@@ -32,6 +38,17 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> dict[str, Any]
 
 def encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+def render(status: int, code: str, detail: str, *, headers: Iterable[tuple[bytes, bytes]] = (),
+           close: bool = False, **extra: Any) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """(headers, body) of a problem+json answer: content type and length, then `headers`, then
+    `Connection: close` when `close`. `extra` members go into the document (request id, field)."""
+    body = encode(problem(status, code, detail, **extra))
+    out = [(b"content-type", _CONTENT_TYPE), (b"content-length", b"%d" % len(body)), *headers]
+    if close:
+        out.append((b"connection", b"close"))
+    return out, body
 
 
 def from_rule_error(exc: RuleError) -> dict[str, Any]:

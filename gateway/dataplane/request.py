@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from routes.model import Endpoint
     from routes.table import CompiledRoute
 
-_PROBLEM = problems.CONTENT_TYPE.encode()
 
 
 class BodyTooLarge(Exception):
@@ -82,16 +81,11 @@ async def send_problem(req: RequestState, status: int, code: str, detail: str, *
     """Answer `req` with a problem+json; `close`: and end the connection (its body was not read)."""
     req.status = status
     req.error = req.error or code
-    body = problems.encode(problems.problem(status, code, detail,
-                                            request_id=req.request_id.decode("ascii")))
+    extra = [(rid_name, req.request_id), *headers] if headers else [(rid_name, req.request_id)]
+    out, body = problems.render(status, code, detail, headers=extra, close=close,
+                                request_id=req.request_id.decode("ascii"))
     req.started = True
     req.bytes_out = len(body)
-    out = [(b"content-type", _PROBLEM), (b"content-length", b"%d" % len(body)),
-           (rid_name, req.request_id)]
-    if headers:
-        out += headers
-    if close:
-        out.append((b"connection", b"close"))
     await req.send({"type": "http.response.start", "status": status, "headers": out})
     await req.send({"type": "http.response.body", "body": body, "more_body": False})
 

@@ -58,7 +58,6 @@ from routes.table import CompiledService
 
 log = logging.getLogger("peel.websocket")
 
-_PROBLEM = problems.CONTENT_TYPE.encode()
 _DENIAL = "websocket.http.response"
 # Handshake headers of one hop: the upstream leg makes its own (key, version, extensions).
 _HANDSHAKE = frozenset({b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
@@ -330,11 +329,10 @@ class WebSocketProxy:
             entry.status = 403
             await send({"type": "websocket.close", "code": 1008})
             return None
-        body = problems.encode(problems.problem(status, code, detail,
-                                                request_id=entry.request_id.decode("ascii")))
-        await send({"type": "websocket.http.response.start", "status": status,
-                    "headers": [(b"content-type", _PROBLEM), (b"content-length", b"%d" % len(body)),
-                                (self._rules.request_id_name, entry.request_id), *extra]})
+        headers, body = problems.render(status, code, detail,
+                                        headers=[(self._rules.request_id_name, entry.request_id), *extra],
+                                        request_id=entry.request_id.decode("ascii"))
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
         return None
 

@@ -274,6 +274,6 @@ class ChunkedBody(ChunkedDecoder):
 def refusal_response(refusal: Refusal) -> bytes:
     """The complete HTTP/1.1 answer to a refused request: problem+json, then the connection closes."""
     title = HTTPStatus(refusal.status).phrase
-    body = problems.encode(problems.problem(refusal.status, refusal.code, refusal.detail, title=title))
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (refusal.status, title.encode("ascii"), problems.CONTENT_TYPE.encode("ascii"), len(body), body))
+    headers, body = problems.render(refusal.status, refusal.code, refusal.detail, close=True, title=title)
+    return b"".join([b"HTTP/1.1 %d %s\r\n" % (refusal.status, title.encode("ascii")),
+                     *(name + b": " + value + b"\r\n" for name, value in headers), b"\r\n", body])

@@ -104,7 +104,8 @@ def test_refusal_response_is_problem_json_and_closes() -> None:
     answer = refusal_response(Refusal(408, "header-timeout", "slow"))
     head_part, _, body = answer.partition(b"\r\n\r\n")
     assert head_part.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
-    assert b"Connection: close" in head_part and b"Content-Type: application/problem+json" in head_part
+    assert b"connection: close" in head_part.lower()
+    assert b"content-type: application/problem+json" in head_part.lower()
     doc = json.loads(body)
     assert doc["status"] == 408 and doc["code"] == "header-timeout" and doc["title"] == "Request Timeout"
 
