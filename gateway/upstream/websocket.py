@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import ssl
 import struct
 from collections import deque
 from typing import cast
@@ -33,7 +32,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from gateway.core.errors import ProtocolError, UpstreamReset, UpstreamTimeout
-from gateway.upstream.dial import Dial, Dialer
+from gateway.upstream.dial import Dial
 from routes.model import Endpoint
 
 # After Peel sent or answered a close frame, how long the upstream has to close the TCP connection.
@@ -76,13 +75,10 @@ class UpstreamSocket(asyncio.Protocol):
     async def open(cls, endpoint: Endpoint, head: bytes, key: str, subprotocols: list[str], *,
                    max_size: int, connect_timeout: float, response_timeout: float,
                    ping_interval: float | None, ping_timeout: float | None,
-                   dialer: Dial | None = None,
-                   ssl_context: ssl.SSLContext | None = None) -> UpstreamSocket:
+                   dialer: Dial) -> UpstreamSocket:
         """Connect to `endpoint`, send the handshake `head` (made with `key`) and read the answer.
 
-        `dialer` opens the connection (the pool's, so TLS is chosen as for requests); without one,
-        `ssl_context` is the context to use as is (the older form, until every caller passes the
-        dialer).
+        `dialer` opens the connection (the pool's, so TLS is chosen as for requests).
 
         Raises `ConnectError` / `UpstreamTimeout` when the endpoint cannot be reached or does not
         answer in time, `ProtocolError` when its answer is not a valid handshake response. A
@@ -95,8 +91,6 @@ class UpstreamSocket(asyncio.Protocol):
                                   subprotocols=[Subprotocol(p) for p in subprotocols] or None,
                                   max_size=max_size)
         protocol.key = key  # the key of `head`: the answer's Sec-WebSocket-Accept is checked against it
-        if dialer is None:
-            dialer = Dialer(lambda _endpoint: ssl_context)
         _, link = await dialer.open(endpoint, lambda: cls(protocol, loop, ping_interval, ping_timeout),
                                     timeout=connect_timeout)
         try:
