@@ -235,16 +235,47 @@ SCHEMAS: dict[str, Schema] = {
     "MatchRequest": _obj({"method": {"type": "string", "default": "GET"},
                           "url": {"type": "string", "description": "http://host/path?query, or a path "
                                   "with the host in headers.Host"},
-                          "headers": {"type": "object", "additionalProperties": {"type": "string"}}},
+                          "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                          "cookies": {"type": "object", "additionalProperties": {"type": "string"},
+                                      "description": "sent as one Cookie header"},
+                          "from": {"type": "string", "description": "the downstream's IP address: "
+                                   "beta and deadline trust, the cohort key without a header or cookie"}},
                          ("url",)),
+    "MatchMigration": {"type": "object", "description": "Why a migration picked its side.",
+                       "properties": {
+                           "stage": {"type": "string"}, "from": {"type": "string"}, "to": {"type": "string"},
+                           "side": {"type": "string", "enum": ["to", "from"]},
+                           "reason": {"type": "string",
+                                      "enum": ["stage", "percent", "beta-allow", "beta-deny"]},
+                           "percent": {"type": "number"},
+                           "cohort": {"type": "object", "properties": {
+                               "source": {"type": "string"}, "key": {"type": ["string", "null"]},
+                               "bucket": {"type": ["integer", "null"], "minimum": 0, "maximum": 9999},
+                               "share": {"type": "integer", "description": "basis points: bucket < "
+                                         "share is in the canary"}}},
+                           "beta": {"type": "object", "properties": {
+                               "source": {"type": "string"}, "sent": {"type": "boolean"},
+                               "trusted": {"type": "boolean"}, "user": {"type": ["string", "null"]},
+                               "list": {"type": ["string", "null"], "enum": ["allow", "deny", None]}}}}},
     "MatchResult": {"type": "object",
-                    "required": ["version", "route", "service", "endpoints", "path", "upstream_path"],
+                    "required": ["version", "route", "service"],
                     "properties": {"version": {"type": "integer"}, "route": {"type": "string"},
-                                   "service": {"type": "string"},
+                                   "service": {"type": "string", "description": "the service that "
+                                               "answers: a migration's chosen side"},
                                    "endpoints": _array({"type": "string", "format": "uri"}),
                                    "priority": {"type": "integer"}, "path": {"type": "string"},
                                    "upstream_path": {"type": "string"},
-                                   "upstream_host": {"type": ["string", "null"]}}},
+                                   "upstream_host": {"type": ["string", "null"]},
+                                   "side": {"type": ["string", "null"], "enum": ["to", "from", None]},
+                                   "migration": {"oneOf": [_ref("MatchMigration"), {"type": "null"}]},
+                                   "from": {"type": ["string", "null"]},
+                                   "rate_limit": {"type": ["object", "null"]},
+                                   "max_body": {"type": ["integer", "null"]},
+                                   "deadline_ms": {"type": ["integer", "null"]},
+                                   "websocket": {"type": "boolean"},
+                                   "refused": {"type": "object", "description": "present when the "
+                                               "request would be refused after matching (413, 400 "
+                                               "bad-deadline, 504): status, code, detail"}}},
     "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
     "Problem": {"type": "object", "description": "RFC 9457 problem details.",
                 "required": ["type", "title", "status", "code", "detail"],
