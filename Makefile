@@ -31,7 +31,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py

@@ -2,7 +2,7 @@
 """`make bench`: Peel against nginx (1 worker) and the bare origin, on this machine, in one run.
 
     python bench/run.py [--seconds 8] [--reps 3] [--workers 1] [--bodies hello,16k] [--no-match]
-                        [--telemetry on|off|tracing|metrics] [--paced 4000]
+                        [--telemetry on|off|tracing|metrics] [--paced 4000] [--baseline DIR]
 
 Starts an nginx origin ("hello", 5 bytes, at `/`; 16 KiB at `/16k`), nginx with one worker as the
 reference proxy, and `peel serve` with `--workers` workers (temp dir: settings, an upgraded SQLite
@@ -15,6 +15,12 @@ alike, and prints the medians of `--reps` rounds with the ratios to nginx and to
 then the headline figures against DESIGN.md's targets. Finally `bench/match.py --quick` (match time
 against table size) when it exists. See bench/README.md for how to read the output.
 
+`--baseline DIR` adds a fourth target, `peel-base`: DIR is another checkout of Peel (a `git worktree`
+of an older commit), started with the same settings, store content and telemetry as `peel`, by this
+same interpreter with cwd=DIR and PYTHONPATH=DIR so DIR's packages shadow the editable install
+(checked before it starts). It is interleaved with the others in every round, and the report adds its
+rows and the ratios peel / peel-base: the before/after comparison a change on the request path reports.
+
 Needs nginx and wrk: installed with apt-get when missing and running as root. Every process this
 script starts is stopped by its PID (its process group) at the end.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -52,6 +59,7 @@ PACED_RATE = 4000
 PATHS = {"hello": "/", "16k": "/16k"}
 SIZES = {"hello": 5, "16k": 16384}
 TARGETS = ("direct", "nginx", "peel")
+BASE = "peel-base"  # the --baseline checkout, a fourth target
 # DESIGN.md's performance targets, per worker, as ratios in one run.
 TARGET_THROUGHPUT = 0.25
 TARGET_ADDED_P50_MS = 0.2
@@ -83,6 +91,46 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
 
 class BenchError(Exception):
     """The benchmark cannot run or its result would be meaningless; the message says why."""
+
+
+def route_document(origin: int) -> dict[str, object]:
+    """What both Peels' stores hold: one route `/` to the origin."""
+    return {"services": [{"name": "origin", "endpoints": [f"http://127.0.0.1:{origin}"]}],
+            "routes": [{"name": "all", "match": {"path_prefix": "/"}, "service": "origin"}]}
+
+
+REASON = "bench: everything to the origin"
+# Run by the baseline's interpreter environment, so its own schema and store code fill its store.
+SEED_BASELINE = """import json, sys
+from routes.model import Document
+from routes.store import Store
+store = Store(sys.argv[1])
+try:
+    store.upgrade()
+    store.commit(Document.parse(json.loads(sys.argv[2])), actor="bench", reason=sys.argv[3])
+finally:
+    store.close()
+"""
+WHERE = "import gateway, routes; print(gateway.__file__); print(routes.__file__)"
+
+
+def baseline_env(root: Path) -> dict[str, str]:
+    """This environment without PEEL_ settings, with `root`'s packages first on the import path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
+    env["PYTHONPATH"] = str(root)
+    return env
+
+
+def check_baseline(root: Path) -> None:
+    """Fail unless `gateway` and `routes` import from `root` under `baseline_env(root)`, not from
+    the editable install of this checkout."""
+    out = subprocess.run([sys.executable, "-c", WHERE], cwd=root, env=baseline_env(root),
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise BenchError(f"--baseline {root}: importing gateway and routes failed: {out.stderr.strip()}")
+    for file in out.stdout.split():
+        if not Path(file).resolve().is_relative_to(root.resolve()):
+            raise BenchError(f"--baseline {root}: the baseline would import {file}, not {root}'s code")
 
 
 def need(tool: str) -> None:
@@ -190,13 +238,19 @@ class Bench:
     # "on": tracing (default sampling, exported to the origin's /v1/traces sink) and metrics;
     # "off": neither; "tracing" or "metrics": only that one
     telemetry: str = "on"
+    baseline: Path | None = None  # --baseline: another checkout, started as the target BASE
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
 
-    def spawn(self, argv: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return TARGETS + ((BASE,) if self.baseline is not None else ())
+
+    def spawn(self, argv: list[str], log: str, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
         with open(self.dir / log, "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, env=env)
+                                    start_new_session=True, env=env, cwd=cwd)
         self.procs.append(proc)
         return proc
 
@@ -211,33 +265,44 @@ class Bench:
         for target in ("direct", "nginx"):
             wait_until(f"nginx ({target}) answering", self.answers(self.ports[target]), 15, self.procs)
 
-    def start_peel(self) -> subprocess.Popen[bytes]:
-        self.ports["peel"], admin = free_port(), free_port()
-        url = f"sqlite:///{self.dir / 'peel.db'}"
-        config = self.dir / "peel.toml"
+    def start_peel(self, name: str = "peel") -> subprocess.Popen[bytes]:
+        """Start `peel serve` as target `name`: this checkout for "peel", the baseline for BASE
+        (same settings but for its ports and files, same store content, its own code and schema)."""
+        root = self.baseline if name == BASE else None
+        files = "" if root is None else f"{BASE}-"  # the peel target's file names are unchanged
+        self.ports[name], admin = free_port(), free_port()
+        url = f"sqlite:///{self.dir / f'{name}.db'}"
+        config = self.dir / f"{name}.toml"
         config.write_text(
             f'[database]\nurl = "{url}"\n\n'
-            f'[listeners.public]\nbind = "127.0.0.1:{self.ports["peel"]}"\n\n'
+            f'[listeners.public]\nbind = "127.0.0.1:{self.ports[name]}"\n\n'
             f'[listeners.admin]\nbind = "127.0.0.1:{admin}"\n\n'
             f'[server]\nworkers = {self.workers}\ngrace_period = 2.0\n'
-            f'snapshot_path = "{self.dir / "snapshot.json"}"\nrun_dir = "{self.dir / "run"}"\n\n'
-            f'[access_log]\ntarget = "{self.dir / "access.log"}"\n\n'
+            f'snapshot_path = "{self.dir / f"{files}snapshot.json"}"\n'
+            f'run_dir = "{self.dir / f"{files}run"}"\n\n'
+            f'[access_log]\ntarget = "{self.dir / f"{files}access.log"}"\n\n'
             + (f'[tracing]\nendpoint = "http://127.0.0.1:{self.ports["direct"]}/v1/traces"\n'
                if self.telemetry in ("on", "tracing") else '[tracing]\nenabled = false\n')
             + ('' if self.telemetry in ("on", "metrics") else '[metrics]\nenabled = false\n'))
-        store = Store(url)
-        try:
-            store.upgrade()
-            document = Document.parse({
-                "services": [{"name": "origin", "endpoints": [f"http://127.0.0.1:{self.ports['direct']}"]}],
-                "routes": [{"name": "all", "match": {"path_prefix": "/"}, "service": "origin"}]})
-            store.commit(document, actor="bench", reason="bench: everything to the origin")
-        finally:
-            store.close()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
+        document = route_document(self.ports["direct"])
+        if root is None:
+            store = Store(url)
+            try:
+                store.upgrade()
+                store.commit(Document.parse(document), actor="bench", reason=REASON)
+            finally:
+                store.close()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
+        else:
+            env = baseline_env(root)
+            seeded = subprocess.run([sys.executable, "-c", SEED_BASELINE, url, json.dumps(document), REASON],
+                                    cwd=root, env=env, capture_output=True, text=True, check=False)
+            if seeded.returncode != 0:
+                raise BenchError(f"filling the {BASE} store with {root}'s code failed: "
+                                 f"{seeded.stderr.strip()}")
         peel = self.spawn([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-                          "peel.log", env=env)
-        wait_until("peel serve answering / from the origin", self.answers(self.ports["peel"]), 60,
+                          f"{name}.log", env=env, cwd=root)
+        wait_until(f"{name} serve answering / from the origin", self.answers(self.ports[name]), 60,
                    self.procs)
         return peel
 
@@ -257,24 +322,26 @@ class Bench:
                 p.wait()
 
 
-def measure(bench: Bench, peel_pid: int, bodies: list[str], reps: int, seconds: int, paced: int
+def measure(bench: Bench, pids: dict[str, int], bodies: list[str], reps: int, seconds: int, paced: int
             ) -> tuple[dict[tuple[str, str, int], list[dict[str, float]]], list[tuple[float, float]]]:
-    """Rows keyed (body, target, connections), and (body, target, PACED) for the fixed-load runs."""
+    """Rows keyed (body, target, connections), and (body, target, PACED) for the fixed-load runs;
+    `pids` the Peel targets' processes, whose RSS is sampled after each c50 run (returned: peel's)."""
     rows: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     script = pacing_script(bench.dir, paced, CONNS) if paced else None
     rss: list[tuple[float, float]] = []
     for body in bodies:
-        for target in TARGETS:  # warm-up: connections, caches, the upstream pool
+        for target in bench.targets:  # warm-up: connections, caches, the upstream pool
             wrk(bench.ports[target], PATHS[body], CONNS, 2)
     for rnd in range(reps):
         print(f"round {rnd + 1}/{reps} ...", file=sys.stderr, flush=True)
         for body in bodies:
-            for target in TARGETS:
+            for target in bench.targets:
                 result = wrk(bench.ports[target], PATHS[body], CONNS, seconds)
-                if target == "peel":
-                    sample = process_rss_mib(peel_pid)
+                if target in pids:
+                    sample = process_rss_mib(pids[target])
                     result["rss"] = sample[0]
-                    rss.append(sample)
+                    if target == "peel":
+                        rss.append(sample)
                 rows.setdefault((body, target, CONNS), []).append(result)
                 rows.setdefault((body, target, 1), []).append(
                     wrk(bench.ports[target], PATHS[body], 1, max(3, seconds // 2)))
@@ -285,21 +352,25 @@ def measure(bench: Bench, peel_pid: int, bodies: list[str], reps: int, seconds: 
 
 
 def report(rows: dict[tuple[str, str, int], list[dict[str, float]]], rss: list[tuple[float, float]],
-           bodies: list[str], reps: int, seconds: int, workers: int, paced: int) -> None:
+           bodies: list[str], reps: int, seconds: int, workers: int, paced: int,
+           baseline: Path | None = None) -> None:
+    targets = TARGETS + ((BASE,) if baseline is not None else ())
+
     def med(key: tuple[str, str, int], name: str) -> float:
         return statistics.median(r[name] for r in rows[key])
 
-    print(f"\n### Peel ({workers} worker{'s' if workers > 1 else ''}) vs nginx (1 worker) vs direct: "
+    base = f" vs {BASE} ({baseline})" if baseline is not None else ""
+    print(f"\n### Peel ({workers} worker{'s' if workers > 1 else ''}){base} vs nginx (1 worker) vs direct: "
           f"{reps} interleaved rounds, wrk -t1, {seconds} s each, {os.cpu_count()} cores\n")
     print(f"| body | target | req/s c{CONNS} | p50 ms | p99 ms | errors | c1 p50 ms | c1 p99 ms | "
           "RSS MiB | x nginx | x direct |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for body in bodies:
-        for target in TARGETS:
+        for target in targets:
             key, c1 = (body, target, CONNS), (body, target, 1)
             rps = med(key, "rps")
             errors = sum(r["errors"] for k in (key, c1, (body, target, PACED)) for r in rows.get(k, []))
-            mem = f"{max(r['rss'] for r in rows[key]):.1f}" if target == "peel" else "-"
+            mem = f"{max(r['rss'] for r in rows[key]):.1f}" if target in ("peel", BASE) else "-"
             print(f"| {body} | {target} | {rps:,.0f} | {med(key, 'p50'):.3f} | {med(key, 'p99'):.3f} | "
                   f"{errors:.0f} | {med(c1, 'p50'):.3f} | {med(c1, 'p99'):.3f} | {mem} | "
                   f"{rps / med((body, 'nginx', CONNS), 'rps'):.3f} | "
@@ -309,7 +380,7 @@ def report(rows: dict[tuple[str, str, int], list[dict[str, float]]], rss: list[t
         print("| body | target | req/s | p50 ms | p90 ms | p99 ms |")
         print("|---|---|---|---|---|---|")
         for body in bodies:
-            for target in TARGETS:
+            for target in targets:
                 key = (body, target, PACED)
                 print(f"| {body} | {target} | {med(key, 'rps'):,.0f} | {med(key, 'p50'):.3f} | "
                       f"{med(key, 'p90'):.3f} | {med(key, 'p99'):.3f} |")
@@ -336,9 +407,41 @@ def report(rows: dict[tuple[str, str, int], list[dict[str, float]]], rss: list[t
         largest = max(one for _, one in rss)
         print(f"peel peak RSS under load: {total:.1f} MiB in all processes, {largest:.1f} MiB in the "
               f"largest (target ≤ {TARGET_RSS_MIB:.0f} per worker: {verdict(largest <= TARGET_RSS_MIB)})")
-    errors = sum(r["errors"] for k, rs in rows.items() if k[1] == "peel" for r in rs)
-    if errors:
-        print(f"peel errors during the run: {errors:.0f} (non-2xx answers and socket errors)")
+    for peel in ("peel", BASE) if baseline is not None else ("peel",):
+        errors = sum(r["errors"] for k, rs in rows.items() if k[1] == peel for r in rs)
+        if errors:
+            print(f"{peel} errors during the run: {errors:.0f} (non-2xx answers and socket errors)")
+    if baseline is not None:
+        compare_baseline(rows, bodies, paced, baseline)
+
+
+def compare_baseline(rows: dict[tuple[str, str, int], list[dict[str, float]]], bodies: list[str],
+                     paced: int, baseline: Path) -> None:
+    """peel against peel-base, measure by measure: the medians, both against nginx, peel / peel-base."""
+    def med(body: str, target: str, conns: int, name: str) -> float:
+        return statistics.median(r[name] for r in rows[(body, target, conns)])
+
+    print(f"\n### peel (this checkout) against {BASE} ({baseline}), medians of the same rounds\n")
+    print(f"| body | measure | peel | {BASE} | peel x nginx | {BASE} x nginx | peel / {BASE} | peel is |")
+    print("|---|---|---|---|---|---|---|---|")
+    measures = [(f"req/s c{CONNS}", CONNS, "rps", True), (f"c{CONNS} p50 ms", CONNS, "p50", False),
+                (f"c{CONNS} p99 ms", CONNS, "p99", False), ("c1 p50 ms", 1, "p50", False),
+                ("c1 p99 ms", 1, "p99", False)]
+    if paced:
+        measures.append((f"p99 ms at {paced:,} req/s", PACED, "p99", False))
+    for body in bodies:
+        for label, conns, name, higher_is_better in measures:
+            now, before = med(body, "peel", conns, name), med(body, BASE, conns, name)
+            nginx = med(body, "nginx", conns, name)
+            ratio = now / before
+            change = (ratio - 1) * 100 if higher_is_better else (1 - ratio) * 100
+            verdict = f"{abs(change):.1f}% {'better' if change >= 0 else 'worse'}"
+            print(f"| {body} | {label} | {now:,.3f} | {before:,.3f} | {now / nginx:.3f} | "
+                  f"{before / nginx:.3f} | {ratio:.3f} | {verdict} |")
+    now_rss = max(r["rss"] for k, rs in rows.items() if k[1] == "peel" and k[2] == CONNS for r in rs)
+    base_rss = max(r["rss"] for k, rs in rows.items() if k[1] == BASE and k[2] == CONNS for r in rs)
+    print(f"\npeak RSS under load, all processes: peel {now_rss:.1f} MiB, {BASE} {base_rss:.1f} MiB "
+          f"(peel / {BASE} {now_rss / base_rss:.3f})")
 
 
 def run_match() -> int:
@@ -364,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paced", type=int, default=PACED_RATE, metavar="REQ_PER_S",
                     help=f"offered load of the fixed-load runs, where p99 is compared (default "
                          f"{PACED_RATE}; 0 skips them)")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help=f"another checkout of Peel (e.g. a git worktree of an older commit), run as a "
+                         f"fourth target, {BASE}, with the same settings, interleaved, and compared")
     args = ap.parse_args(argv)
     bodies = [b for b in args.bodies.split(",") if b]
     unknown = [b for b in bodies if b not in PATHS]
@@ -373,23 +479,30 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--seconds, --reps and --workers must be at least 1")
     if args.paced < 0:
         ap.error("--paced must be a rate in requests a second, or 0")
+    baseline: Path | None = args.baseline.resolve() if args.baseline is not None else None
+    packages = ("gateway", "routes")
+    if baseline is not None and not all((baseline / pkg / "__init__.py").is_file() for pkg in packages):
+        ap.error(f"--baseline {args.baseline}: not a checkout of Peel (no gateway/ and routes/ packages)")
 
     d = Path(tempfile.mkdtemp(prefix="peel-bench-"))
     os.chmod(d, 0o755)  # nginx workers run as an unprivileged user and must read 16k.txt
-    bench = Bench(d, args.workers, telemetry=args.telemetry)
+    bench = Bench(d, args.workers, telemetry=args.telemetry, baseline=baseline)
     keep_logs = False
     try:
+        if baseline is not None:
+            check_baseline(baseline)
         need("nginx")
         need("wrk")
         bench.start_nginx()
-        peel = bench.start_peel()
-        for body in bodies:
-            got = fetch(bench.ports["peel"], PATHS[body])
-            if got is None or len(got) != SIZES[body]:
-                raise BenchError(f"peel answered {PATHS[body]} with {None if got is None else len(got)} "
-                                 f"bytes, not {SIZES[body]}")
-        rows, rss = measure(bench, peel.pid, bodies, args.reps, args.seconds, args.paced)
-        report(rows, rss, bodies, args.reps, args.seconds, args.workers, args.paced)
+        pids = {name: bench.start_peel(name).pid for name in bench.targets if name in ("peel", BASE)}
+        for name in pids:
+            for body in bodies:
+                got = fetch(bench.ports[name], PATHS[body])
+                if got is None or len(got) != SIZES[body]:
+                    raise BenchError(f"{name} answered {PATHS[body]} with "
+                                     f"{None if got is None else len(got)} bytes, not {SIZES[body]}")
+        rows, rss = measure(bench, pids, bodies, args.reps, args.seconds, args.paced)
+        report(rows, rss, bodies, args.reps, args.seconds, args.workers, args.paced, baseline)
     except (BenchError, subprocess.CalledProcessError) as exc:
         keep_logs = True
         print(f"bench: {exc} (logs kept in {d})", file=sys.stderr)
