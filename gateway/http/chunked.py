@@ -46,14 +46,17 @@ class ChunkedDecoder:
     the body is refused with 413.
     """
 
-    __slots__ = ("_error", "_line", "_max_body", "_max_trailers", "_state", "_strict", "_trailers",
-                 "done", "left", "received")
+    __slots__ = ("_error", "_fields", "_line", "_max_body", "_max_fields", "_max_trailers", "_state",
+                 "_strict", "_trailers", "done", "left", "received")
 
     def __init__(self, error: ChunkErrorFactory, *, max_body: int = 0, max_trailers: int = 16 * 1024,
-                 strict: bool = True) -> None:
+                 max_trailer_fields: int = 0, strict: bool = True) -> None:
         self._error = error
         self._max_body = max_body
         self._max_trailers = max_trailers
+        # 0: no count limit (the upstream leg, whose trailers are dropped as they are read)
+        self._max_fields = max_trailer_fields
+        self._fields = 0
         self._strict = strict
         self._state = _SIZE
         self._line = b""
@@ -87,9 +90,12 @@ class ChunkedDecoder:
             if end < 0:
                 self._state = state
                 self._line += data[pos:]
-                limit = self._max_trailers - self._trailers if state == _TRAILERS else MAX_LINE
-                if len(self._line) > limit:
-                    raise self._error(400, "bad-chunk", "a chunk-size line or trailer is too long")
+                if state == _TRAILERS:
+                    if len(self._line) > self._max_trailers - self._trailers:
+                        raise self._error(431, "trailers-too-large", "the trailer section is larger "
+                                          f"than {self._max_trailers} bytes")
+                elif len(self._line) > MAX_LINE:
+                    raise self._error(400, "bad-chunk", "a chunk-size line is too long")
                 return n
             if self._line:
                 line, self._line = self._line + data[pos:end + 1], b""
@@ -138,7 +144,12 @@ class ChunkedDecoder:
     def _trailer(self, line: bytes) -> None:
         self._trailers += len(line) + 2
         if self._trailers > self._max_trailers:
-            raise self._error(400, "bad-chunk", "the trailers are too large")
+            raise self._error(431, "trailers-too-large",
+                              f"the trailer section is larger than {self._max_trailers} bytes")
+        self._fields += 1
+        if self._max_fields and self._fields > self._max_fields:
+            raise self._error(431, "trailers-too-large",
+                              f"the trailer section has more than {self._max_fields} fields")
         if b":" not in line or (self._strict and (line[:1] in (b" ", b"\t")
                                                   or line.translate(None, _VALUE_BYTES))):
             raise self._error(400, "bad-chunk", "a malformed trailer field")

@@ -18,7 +18,8 @@ What is refused, and with which status:
 - 413: a declared Content-Length or chunked data above `max_body` (before any `100 Continue`);
 - 414: a request line longer than `max_request_line`;
 - 417: an `Expect` other than `100-continue`;
-- 431: a header section above `max_header_bytes` or with more than `max_headers` fields;
+- 431: a header section above `max_header_bytes` or with more than `max_headers` fields; a chunked
+  body's trailer section above 16 KiB or 32 fields (trailers are then dropped, never forwarded);
 - 501: a transfer coding other than `chunked` (Peel does not decode gzip request bodies);
 - 505: an HTTP version other than 1.0 and 1.1.
 """
@@ -51,6 +52,9 @@ _ABSOLUTE = re.compile(rb"(?i:https?)://[^/?#]+(?:[/?].*)?")
 _DIGITS = b"0123456789"
 # The trailer section of a chunked request body, in all.
 _MAX_TRAILERS = 16 * 1024
+# ... and its fields. Trailers never reach the upstream (RFC 9110 §6.5.1: they are not merged into
+# the header section; Peel drops them), so a request needs few; past either limit: 431 and close.
+_MAX_TRAILER_FIELDS = 32
 
 # Headers a `Connection` field may not nominate: stripping them as hop-by-hop would change how
 # the request is framed or routed, or remove what Peel sets for the upstream.
@@ -268,7 +272,8 @@ class ChunkedBody(ChunkedDecoder):
     __slots__ = ()
 
     def __init__(self, max_body: int = 0) -> None:
-        super().__init__(Refusal, max_body=max_body, max_trailers=_MAX_TRAILERS)
+        super().__init__(Refusal, max_body=max_body, max_trailers=_MAX_TRAILERS,
+                         max_trailer_fields=_MAX_TRAILER_FIELDS)
 
 
 def refusal_response(refusal: Refusal) -> bytes:

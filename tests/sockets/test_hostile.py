@@ -474,3 +474,38 @@ def _accepts(proxy: Proxy) -> bool:
         return client.response().status == 200
     finally:
         client.close()
+
+
+def test_trailer_fields_never_reach_the_upstream(edge: Proxy, upstreams: Upstreams) -> None:
+    # A PUT is retryable, so Peel holds its body before it goes upstream: httptools reports the
+    # trailers while that happens, and they once landed in the forwarded head, past every trust rule.
+    client = Client(edge.port)
+    try:
+        client.send(b"PUT /e/trailers HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"5\r\nhello\r\n0\r\nPeel-Timeout-Ms: 1\r\nX-Forwarded-For: 6.6.6.6\r\n"
+                    b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+                    b"X-Trailer-Only: yes\r\n\r\n")
+        response = client.response()
+        assert response.status == 200
+    finally:
+        client.close()
+    seen = next(s for s in reversed(upstreams.echo.seen) if s.target == "/trailers")
+    assert seen.body_length == 5
+    for gone in ("peel-timeout-ms", "x-trailer-only", "traceparent"):
+        assert gone not in seen.names(), gone
+    assert "6.6.6.6" not in (seen.header("x-forwarded-for") or "")
+
+
+def test_a_trailer_section_past_its_limits_is_431_and_closes(edge: Proxy, upstreams: Upstreams) -> None:
+    before = len(upstreams.echo.seen)
+    client = Client(edge.port)
+    try:
+        client.send(b"POST /e/many-trailers HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"1\r\na\r\n0\r\n" + b"X-T: 1\r\n" * 40 + b"\r\n")
+        response = client.response()
+        assert response.status == 431
+        assert b"trailers-too-large" in response.body
+        assert client.closed()
+    finally:
+        client.close()
+    assert not any(s.target == "/many-trailers" for s in upstreams.echo.seen[before:])

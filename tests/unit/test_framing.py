@@ -163,7 +163,18 @@ def test_the_trailer_limit_counts_the_whole_section_across_reads() -> None:
     with pytest.raises(Refusal) as info:
         for _ in range(17):
             scanner.feed(field)
-    assert info.value.code == "bad-chunk" and not scanner.done
+    assert (info.value.status, info.value.code) == (431, "trailers-too-large") and not scanner.done
+
+
+def test_the_trailer_section_is_limited_in_fields_too() -> None:
+    scanner = ChunkedBody()
+    scanner.feed(b"1\r\na\r\n0\r\n" + b"X-T: 1\r\n" * 32)
+    assert not scanner.done
+    with pytest.raises(Refusal) as info:
+        scanner.feed(b"X-T: 1\r\n")
+    assert (info.value.status, info.value.code) == (431, "trailers-too-large")
+    scanner = ChunkedBody()
+    assert scanner.feed(b"1\r\na\r\n0\r\n" + b"X-T: 1\r\n" * 32 + b"\r\n") > 0 and scanner.done
 
 
 @settings(max_examples=500)
@@ -173,7 +184,7 @@ def test_arbitrary_bytes_never_break_the_chunk_scanner(data: bytes) -> None:
     try:
         used = scanner.feed(data)
     except Refusal as refusal:
-        assert refusal.status in (400, 413)
+        assert refusal.status in (400, 413, 431)
     else:
         assert 0 <= used <= len(data)
         assert scanner.done or used == len(data)
