@@ -41,7 +41,8 @@ def sign(secret: str, user: str, expiry: int) -> str:
 
 def verify(secret: bytes, value: str, now: float) -> str | None:
     """The user a signed value names, or None when it is not signed, forged or expired."""
-    if not value.startswith(VERSION + "."):
+    if not value.startswith(VERSION + ".") or not value.isascii():
+        # Not ASCII: no value Peel signs (and the MAC could not be computed over it).
         return None
     parts = value.rsplit(".", 2)
     if len(parts) != 3 or not parts[1].isdigit():

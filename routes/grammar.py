@@ -11,12 +11,18 @@ balancing, beta-value stripping and the settings.
 - `cookie_pairs(value)`: the `name=value` pairs of one Cookie header (RFC 6265 §5.4, read as
   servers read it: split on `;`, names and values trimmed, pairs without `=` skipped).
 - `cookie_value(headers, name)` / `header_value(headers, name)`: the first value in a header list.
+- `cookie_name_key(name)` / `cookie_part_keys(part)`: the name, folded, that lenient frameworks
+  read for a cookie name (percent-decoded and `.`, space and `+` as `_` like PHP, cut at `[` like
+  PHP arrays, case-folded like ASP.NET), and the keys of every name in one `;`-separated part,
+  including those after a comma (RFC 2965 `a=1,b=2`, still split by Tomcat's legacy parser and
+  others). Beta-value stripping refuses every such spelling of a beta cookie but the exact one.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from urllib.parse import unquote_plus
 
 # RFC 9110 token characters, as a pattern source (str and bytes forms compile from it).
 TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -35,6 +41,20 @@ def cookie_pairs(value: str) -> Iterator[tuple[str, str]]:
         name = name.strip()
         if sep and name:
             yield name, raw.strip()
+
+
+def cookie_name_key(name: str) -> str:
+    """`name` as the most lenient common framework reads it (see the module docstring)."""
+    key = unquote_plus(name, "latin-1").strip().replace(".", "_").replace(" ", "_")
+    return key.partition("[")[0].casefold()
+
+
+def cookie_part_keys(part: str) -> Iterator[str]:
+    """The keys (`cookie_name_key`) of the names in one `;`-separated part of a Cookie header: its
+    own name, and the name of each comma-joined pair after it."""
+    pieces = part.split(",")
+    for piece in pieces[:1] + [p for p in pieces[1:] if "=" in p]:
+        yield cookie_name_key(piece.partition("=")[0])
 
 
 def cookie_value(headers: Iterable[tuple[bytes, bytes]], name: str) -> str | None:
