@@ -7,7 +7,8 @@ handshakes (`gateway.dataplane.websocket`) and the admin `POST /api/v1/match` (`
 policy added to a route applies to all three and `peel match` answers what a request would really
 get. In order (DESIGN.md, "The request path"):
 
-1. the route table is there (503 `no-route-table`), one Host header (400 `bad-request`);
+1. the route table is there (503 `no-route-table`), one Host header (400 `bad-request`), a valid
+   `host[:port]` (400 `bad-host`; one trailing dot is dropped: `gateway.http.hosts`);
 2. the path is normalised once (400 `bad-path`); routed and forwarded in that form;
 3. an absolute-form target (`GET http://host/p`) is honoured only for a host that a route names
    (400 `not-an-open-proxy`); its host chooses the route;
@@ -30,7 +31,7 @@ from __future__ import annotations
 from facade.beta import BetaTrust
 from facade.beta_filter import TableBetaFilter
 from facade.decision import NO_USERS, BetaUsers, Decision, decide_request
-from gateway.http.hosts import absolute_target, hostname
+from gateway.http.hosts import absolute_target, parse_host
 from gateway.http.paths import DEFAULT_RULES, PathRules, normalise
 from gateway.policy.deadline import DeadlineRules, expired
 from gateway.policy.ratelimit import RateLimiters, rate_key
@@ -157,7 +158,9 @@ class Resolver:
         if incoming.hosts > 1:
             return Refusal(400, "bad-request", "more than one Host header")
         host_header = incoming.host_header
-        host = hostname(host_header) if host_header is not None else ""
+        host = parse_host(host_header) if host_header is not None else ""
+        if host is None:
+            return Refusal(400, "bad-host", "the Host header is not a valid host[:port]")
         raw_path = incoming.raw_path
         target = incoming.target
         authority: bytes | None = None
