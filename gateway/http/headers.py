@@ -7,10 +7,13 @@ Forwarded headers (`X-Forwarded-For`, `-Proto`, `-Host` and RFC 7239 `Forwarded`
 upstreams believe about the client, so they are only believed from configured networks
 (`proxy.trusted_proxies`): from such a peer the chain is extended, from anyone else every
 client-sent value is replaced by what Peel saw itself. The rest of that family, and the headers
-other proxies use to tell an upstream who the client is or which URL it "really" asked for
-(`X-Forwarded-Port`/`-Prefix`/`-Client-Cert`..., `X-Real-IP`, `X-Original-URL`...), is dropped
-when an untrusted client sends it: an upstream that believes `X-Original-URL: /admin` on a request
-Peel routed as `/public` would undo the path rules (`gateway/http/paths.py`).
+other proxies use to tell an upstream who the client is, which URL or method it "really" asked for,
+or who authenticated it (`X-Forwarded-Port`/`-Prefix`/`-Client-Cert`..., `X-Real-IP`, `Client-IP`,
+`X-Original-URL`, `X-HTTP-Method-Override`, `X-SSL-Client-Verify`/`-DN`/`-Cert`, `Remote-User`...:
+`CLIENT_CLAIMS`, `CLAIM_PREFIXES`), is dropped when an untrusted client sends it, under any
+spelling with `_` for `-` too: an upstream that believes `X-Original-URL: /admin` on a request
+Peel routed as `/public` would undo the path rules (`gateway/http/paths.py`), and one that
+believes `X-SSL-Client-Verify: SUCCESS` would let anyone in.
 """
 
 from __future__ import annotations
@@ -33,19 +36,43 @@ _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _FORWARDED = b"forwarded"
 _FORWARDING = frozenset({_XFF, _XFP, _XFH, _FORWARDED})
-_FORWARDED_FAMILY = b"x-forwarded-"
-# Client and URL claims that only a trusted proxy may make (every other `x-forwarded-*` too).
+# Claims that only a trusted proxy may make (every other `x-forwarded-*` too): who the client is
+# (address), which URL or method it "really" asked for, and who it is (TLS client certificates and
+# users a proxy in front authenticated). Read with "-" for "_": frameworks that map both to one
+# variable (CGI/WSGI `HTTP_X_REAL_IP`, PHP) take `X_Real_IP` for `X-Real-IP`.
 CLIENT_CLAIMS = frozenset({
-    b"x-real-ip", b"x-client-ip", b"true-client-ip", b"x-cluster-client-ip", b"cf-connecting-ip",
-    b"fastly-client-ip", b"x-original-forwarded-for", b"x-original-url", b"x-original-uri",
-    b"x-rewrite-url", b"x-envoy-original-path", b"x-envoy-external-address", b"x-client-cert",
-    b"x-ssl-client-cert", b"ssl-client-cert",
+    # client address
+    b"x-real-ip", b"x-client-ip", b"client-ip", b"true-client-ip", b"x-cluster-client-ip",
+    b"cf-connecting-ip", b"fastly-client-ip", b"x-original-forwarded-for", b"x-forwarded",
+    b"forwarded-for", b"x-originating-ip", b"x-remote-ip", b"x-remote-addr", b"x-proxyuser-ip",
+    b"x-envoy-external-address", b"x-azure-clientip", b"x-appengine-user-ip",
+    # URL and method
+    b"x-original-url", b"x-original-uri", b"x-rewrite-url", b"x-envoy-original-path",
+    b"x-original-method", b"x-http-method-override", b"x-http-method", b"x-method-override",
+    # identity: TLS client certificates, authenticated users
+    b"x-client-cert", b"x-client-verify", b"x-client-dn", b"x-arr-clientcert", b"remote-user",
+    b"x-remote-user", b"x-authenticated-user", b"x-auth-request-user", b"x-auth-request-email",
+    b"x-auth-request-preferred-username", b"x-auth-request-groups",
 })
+# Prefixes of claims: the forwarded family, and the TLS client fields proxies pass on
+# (`X-SSL-Client-Verify`, `-DN`, `-S-DN`, `-Cert`, `SSL-Client-*`, `X-Client-SSL-*`).
+CLAIM_PREFIXES = (b"x-forwarded-", b"x-ssl-client-", b"ssl-client-", b"x-client-ssl-")
 _MAX_REQUEST_ID = 200
 # Connection tokens that name no header (a field called "close" is legal but would be silly).
 _NOT_NOMINATIONS = frozenset({b"close", b"keep-alive", b""})
 # Visible ASCII only: request ids end up in logs and in other systems' headers.
 _VISIBLE = bytes(range(0x21, 0x7F))
+
+
+def is_claim(name: bytes) -> bool:
+    """Whether a (lower-case) header name is one only a trusted proxy may send: `CLIENT_CLAIMS`,
+    `CLAIM_PREFIXES`, or the forwarded headers themselves spelt with `_` (`x_forwarded_for`)."""
+    if name in CLIENT_CLAIMS or name.startswith(CLAIM_PREFIXES):
+        return True
+    if b"_" not in name:
+        return False
+    dashed = name.replace(b"_", b"-")
+    return dashed in CLIENT_CLAIMS or dashed in _FORWARDING or dashed.startswith(CLAIM_PREFIXES)
 
 
 def new_request_id() -> bytes:
@@ -132,8 +159,8 @@ class ForwardingRules:
 
         Strips hop-by-hop headers, `Host` and `Expect` (uvicorn answers `100-continue` itself),
         and any client-sent request id (`request_id` replaces it: see `request_id()`); sets or
-        extends the forwarded headers. From an untrusted client, `CLIENT_CLAIMS` and every other
-        `x-forwarded-*` header are dropped too.
+        extends the forwarded headers. From an untrusted client, every claim (`is_claim`) is
+        dropped too.
         """
         out: Headers = []
         extra: set[bytes] | None = None
@@ -152,7 +179,7 @@ class ForwardingRules:
                 continue
             if name == rid_name or name == b"host" or name == b"expect":
                 continue
-            if not trusted and (name in CLIENT_CLAIMS or name.startswith(_FORWARDED_FAMILY)):
+            if not trusted and is_claim(name):
                 continue
             out.append((name, value))
         if extra:
