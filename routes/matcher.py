@@ -14,7 +14,9 @@ Semantics, as documented for operators:
 - path: `path` is exact; `path_prefix` matches on a segment boundary (`/orders` matches `/orders`,
   `/orders/` and `/orders/1`, never `/ordersx`; `/` matches every path); `path_template`
   `/orders/{id}` matches when every literal segment is equal and each `{param}` fills exactly one
-  non-empty segment; `path_regex` is searched (`re.search`), so anchor it yourself with `^` and `$`.
+  non-empty segment; `path_regex` is searched (unanchored), so anchor it yourself with `^` and `$`.
+  Every regex here is RE2 (`routes.regex`): linear in the input, so no path or value a client
+  sends can stall a worker.
 - methods: any of the listed ones; none listed means any method. A route that lists `GET` also
   answers `HEAD` (RFC 9110 section 9.3.2: HEAD is GET without the body), so a migrated GET route
   never leaves its HEAD requests behind on the legacy service.
@@ -26,12 +28,12 @@ Semantics, as documented for operators:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
 
 from routes.grammar import cookie_pairs
 from routes.model import FieldMatch, Match
+from routes.regex import Regex
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -39,7 +41,7 @@ Headers = Sequence[tuple[bytes, bytes]]
 # predicate accepts every path and so comes last.
 KIND_RANK = {"exact": 0, "template": 1, "prefix": 2, "regex": 3, "any": 4}
 
-# Characters with a meaning in a Python regex, outside a character class.
+# Characters with a meaning in a regex (RE2 or Python), outside a character class.
 _REGEX_META = frozenset(".^$*+?{}[]\\|()")
 _QUANTIFIERS = frozenset("*+?{")
 
@@ -104,7 +106,7 @@ class PathPattern:
     __slots__ = ("kind", "literals", "param_positions", "pattern", "regex", "segments")
 
     def __init__(self, match: Match) -> None:
-        self.regex: re.Pattern[str] | None = None
+        self.regex: Regex | None = None
         self.param_positions: tuple[tuple[int, str], ...] = ()
         segments: tuple[str | None, ...]
         if match.path is not None:
@@ -120,7 +122,7 @@ class PathPattern:
             self.param_positions = tuple((i, s[1:-1]) for i, s in enumerate(raw) if s.startswith("{"))
         elif match.path_regex is not None:
             self.kind, self.pattern = "regex", match.path_regex
-            self.regex = re.compile(match.path_regex)
+            self.regex = Regex(match.path_regex)
             segments = regex_literal_segments(match.path_regex)
         else:
             self.kind, self.pattern = "any", ""
@@ -149,7 +151,7 @@ class PathPattern:
                        for seg, part in zip(self.segments, parts, strict=True))
         if kind == "regex":
             assert self.regex is not None
-            return self.regex.search(path) is not None
+            return self.regex.found(path)
         return True
 
     def params(self, path: str) -> dict[str, str]:
@@ -168,7 +170,7 @@ class FieldPredicate:
     def __init__(self, spec: FieldMatch) -> None:
         self.name = spec.name
         self.value = spec.value
-        self.regex = re.compile(spec.regex) if spec.regex is not None else None
+        self.regex = Regex(spec.regex) if spec.regex is not None else None
         self.present = spec.present
 
     def test(self, values: list[str] | None) -> bool:
@@ -177,8 +179,8 @@ class FieldPredicate:
         if values is None:
             return False
         if self.regex is not None:
-            search = self.regex.search
-            return any(search(v) is not None for v in values)
+            found = self.regex.found
+            return any(found(v) for v in values)
         return self.value in values
 
 
@@ -194,7 +196,7 @@ class HeaderPredicate:
     def __init__(self, spec: FieldMatch) -> None:
         self.name = spec.name.lower().encode("latin-1")
         self.value = spec.value.encode("latin-1") if spec.value is not None else None
-        self.regex = re.compile(spec.regex) if spec.regex is not None else None
+        self.regex = Regex(spec.regex) if spec.regex is not None else None
         self.present = spec.present
 
     def test(self, values: list[bytes] | None) -> bool:
@@ -203,8 +205,8 @@ class HeaderPredicate:
         if values is None:
             return False
         if self.regex is not None:
-            search = self.regex.search
-            return any(search(v.decode("latin-1")) is not None for v in values)
+            found = self.regex.found
+            return any(found(v.decode("latin-1")) for v in values)
         return self.value in values
 
 

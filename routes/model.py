@@ -33,6 +33,7 @@ from routes.fields import (
 from routes.grammar import TOKEN_RE
 from routes.migration import Migration
 from routes.policies import RateLimit, RetryPolicy, Timeouts
+from routes.regex import Regex, RegexError, Substitution
 from routes.services import Endpoint, Service
 
 # Endpoint and Service live in routes.services (and NAME_RE in routes.fields); importers of the
@@ -47,10 +48,11 @@ PATH_KINDS = ("path", "path_prefix", "path_template", "path_regex")
 
 
 def _regex(value: object, where: str) -> str:
+    """A pattern RE2 runs (`routes.regex`: linear time on request input, no backtracking syntax)."""
     pattern = string(value, where)
     try:
-        re.compile(pattern)
-    except re.error as exc:
+        Regex(pattern)
+    except RegexError as exc:
         raise RuleError(where, f"is not a valid regular expression: {exc}", value) from exc
     return pattern
 
@@ -240,7 +242,7 @@ class Rewrite:
     """What a route changes before forwarding and on the way back.
 
     `path_prefix` replaces the matched `match.path_prefix` (`/` strips it); `path_regex` with
-    `replacement` rewrites the whole path (Python `re.sub` syntax, `\\1` or `\\g<name>`); `host` sets
+    `replacement` rewrites the first match (RE2 pattern; `\\1`-`\\99`, `\\g<n>` or `\\g<name>`); `host` sets
     the upstream Host header (absent: the client's Host is kept).
     """
 
@@ -264,10 +266,14 @@ class Rewrite:
         if (regex is None) != (replacement is None):
             raise RuleError(f"{where}.replacement" if regex is not None else f"{where}.path_regex",
                             "path_regex and replacement go together")
+        if replacement is not None and any(not 0x20 < ord(c) < 0x7f for c in replacement):
+            # It becomes part of the request line sent upstream: CR/LF there would split the request.
+            raise RuleError(f"{where}.replacement", "may hold only visible ASCII characters (no spaces or "
+                            "control characters)", replacement)
         if regex is not None and replacement is not None:
             try:
-                re.compile(regex).sub(replacement, "")
-            except (re.error, IndexError) as exc:
+                Substitution(regex, replacement)
+            except RegexError as exc:
                 raise RuleError(f"{where}.replacement", f"does not fit path_regex: {exc}",
                                 replacement) from exc
         host = None

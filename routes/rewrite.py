@@ -7,10 +7,10 @@ shares `identity_path` and `NO_EDIT`, which cost one call and allocate nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from routes.model import HeaderRules, Match, Rewrite
+from routes.regex import Substitution
 
 PathRewrite = Callable[[str], str]
 HeaderList = list[tuple[bytes, bytes]]
@@ -53,20 +53,21 @@ class PrefixRewrite:
 
 
 class RegexRewrite:
-    """Replace the first match of a regex in the path (`re.sub` with `count=1`).
+    """Replace the first match of a regex in the path (`re.sub` with `count=1`, run by RE2).
 
-    The result must be an origin-form path, so a result not starting with `/` gets one, and a
-    leading run of slashes is merged into one (an upstream could read `//host/x` as a host).
+    The replacement takes `\\1`-`\\99`, `\\g<n>` and `\\g<name>` (`routes.regex.Substitution`). The
+    result must be an origin-form path, so a result not starting with `/` gets one, and a leading
+    run of slashes is merged into one (an upstream could read `//host/x` as a host).
     """
 
-    __slots__ = ("_regex", "replacement")
+    __slots__ = ("_sub", "replacement")
 
     def __init__(self, pattern: str, replacement: str) -> None:
-        self._regex = re.compile(pattern)
+        self._sub = Substitution(pattern, replacement)
         self.replacement = replacement
 
     def __call__(self, path: str) -> str:
-        result = self._regex.sub(self.replacement, path, count=1)
+        result = self._sub(path)
         if result.startswith("//"):
             return "/" + result.lstrip("/")
         return result if result.startswith("/") else "/" + result

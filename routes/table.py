@@ -17,7 +17,6 @@ handful of candidates on it, not to the number of routes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -33,6 +32,7 @@ from routes.policies import (
     RetryPolicy,
     Timeouts,
 )
+from routes.regex import Regex
 from routes.rewrite import HeaderEdit, PathRewrite
 
 # A candidate: (precedence rank over the whole table, route). Ranks are unique, so sorting a list of
@@ -101,7 +101,7 @@ class CompiledRoute(_Frozen):
     service: CompiledService
     match: CompiledMatch
     methods: frozenset[str] | None
-    path_regex: re.Pattern[str] | None
+    path_regex: Regex | None
     fields: FieldChecks | None
     rewrite_path: PathRewrite
     upstream_host: str | None
@@ -269,7 +269,7 @@ class RouteTable(_Frozen):
             if methods is not None and method not in methods:
                 continue
             regex = route.path_regex
-            if regex is not None and regex.search(path) is None:
+            if regex is not None and not regex.found(path):
                 continue
             fields = route.fields
             if fields is not None:

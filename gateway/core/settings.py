@@ -170,9 +170,9 @@ class TracingSettings:
     # spans queued for export; beyond it new spans are dropped (and counted), never waited for
     max_queue: int = 2048
     export_timeout: float = 5.0
-    # networks whose trace context is continued; empty: everyone's (a context from elsewhere is
-    # replaced by a new trace)
-    trusted_networks: tuple[str, ...] = ()
+    # networks whose trace context (and so its sampled flag) is continued; from anyone else the
+    # request starts a new trace, sampled by `sample_ratio` only. Empty: nobody's
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True, slots=True)

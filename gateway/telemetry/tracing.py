@@ -11,7 +11,9 @@ the ones already sent upstream (`_PresetIds` hands them to the SDK).
 Export goes through a `BatchSpanProcessor` (its own thread) behind `trace_export.BoundedExport`,
 which drops and counts spans once `max_queue` wait: a slow or unreachable collector costs the
 request path nothing but the append of a finished span to a queue. Context from a downstream outside
-`tracing.trusted_networks` (when set) is ignored: the request starts a new trace.
+`tracing.trusted_networks` (default: loopback; empty: nobody) is ignored: the request starts a new
+trace, sampled by the ratio alone, so no client can force sampling (and the export cost) with a
+sampled flag or B3 debug.
 
 Wiring (the data plane): `Tracing(settings.tracing)` only when `enabled` (else no object: trace
 headers then pass as ordinary headers); per request `start()`, `route()`, per upstream try
@@ -55,10 +57,6 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _EMPTY = Context()
 
 
-def _everyone(client: str | None) -> bool:
-    return True
-
-
 def _new_span_id() -> str:
     # to_bytes().hex() is twice as fast as a format spec, and is always 16 digits.
     return (getrandbits(64) or 1).to_bytes(8, "big").hex()
@@ -94,10 +92,9 @@ class Tracing:
     def __init__(self, settings: TracingSettings, *, exporter: SpanExporter | None = None) -> None:
         # TraceIdRatioBased's rule: sampled when the trace id's low 64 bits are below the bound.
         self._bound = round(settings.sample_ratio * (_MASK64 + 1))
-        trusted = TrustedNetworks(settings.trusted_networks)
         # Whether a trace context from the downstream at `client` is continued: with no
-        # `trusted_networks`, from everyone.
-        self.trusts: Callable[[str | None], bool] = trusted.contains if trusted else _everyone
+        # `trusted_networks`, from nobody (like every other trust list).
+        self.trusts: Callable[[str | None], bool] = TrustedNetworks(settings.trusted_networks).contains
         self._endpoints: dict[str, tuple[str, int | None]] = {}
         self._timeout = settings.export_timeout
         self._export: BoundedExport | None = None

@@ -27,6 +27,7 @@ TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
 TP_SAMPLED = f"00-{TRACE}-{PARENT}-01".encode()
 TP_UNSAMPLED = f"00-{TRACE}-{PARENT}-00".encode()
+LOCAL = "127.0.0.1"  # a trusted client (the helper below trusts 10/8 and loopback)
 BASE = [(b"host", b"shop.example"), (b"accept", b"*/*")]
 
 
@@ -171,8 +172,8 @@ def test_strip_removes_every_trace_header_and_keeps_the_list_when_none() -> None
 
 # --- Tracing: decisions and injected headers ----------------------------------------------------
 
-def tracing(ratio: float = 0.0, *, exporter: SpanExporter | None = None, trusted: Sequence[str] = (),
-            max_queue: int = 2048) -> Tracing:
+def tracing(ratio: float = 0.0, *, exporter: SpanExporter | None = None,
+            trusted: Sequence[str] = ("10.0.0.0/8", "127.0.0.0/8"), max_queue: int = 2048) -> Tracing:
     return Tracing(TracingSettings(sample_ratio=ratio, trusted_networks=tuple(trusted),
                                    max_queue=max_queue), exporter=exporter)
 
@@ -202,13 +203,13 @@ def test_w3c_context_is_continued_not_replaced() -> None:
 
 
 def test_parent_based_an_unsampled_parent_is_followed_even_at_ratio_1() -> None:
-    trace = tracing(1.0).start([(b"traceparent", TP_UNSAMPLED)], None, "GET", "/", "h")
+    trace = tracing(1.0).start([(b"traceparent", TP_UNSAMPLED)], LOCAL, "GET", "/", "h")
     assert trace.sampled is False
     assert upstream(trace.attempt("http://u", 1, None).headers())[b"traceparent"].endswith(b"-00")
 
 
 def test_b3_single_context_is_continued_in_both_formats() -> None:
-    trace = tracing().start([(b"b3", b"463ac35c9f6413ad-0020000000000001-1")], None, "GET", "/", "h")
+    trace = tracing().start([(b"b3", b"463ac35c9f6413ad-0020000000000001-1")], LOCAL, "GET", "/", "h")
     assert trace.trace_id == "0000000000000000463ac35c9f6413ad"
     assert trace.parent_id == "0020000000000001" and trace.sampled
     attempt = trace.attempt("http://u", 1, None)
@@ -220,7 +221,7 @@ def test_b3_single_context_is_continued_in_both_formats() -> None:
 def test_b3_multi_context_is_continued_in_multi_form() -> None:
     headers = [(b"x-b3-traceid", TRACE.encode()), (b"x-b3-spanid", PARENT.encode()),
                (b"x-b3-sampled", b"0")]
-    trace = tracing(1.0).start(headers, None, "GET", "/", "h")
+    trace = tracing(1.0).start(headers, LOCAL, "GET", "/", "h")
     assert (trace.trace_id, trace.parent_id, trace.sampled) == (TRACE, PARENT, False)
     attempt = trace.attempt("http://u", 1, None)
     sent = upstream(attempt.headers())
@@ -230,30 +231,30 @@ def test_b3_multi_context_is_continued_in_multi_form() -> None:
 
 
 def test_b3_decision_only_starts_a_trace_with_that_decision() -> None:
-    trace = tracing(0.0).start([(b"b3", b"1")], None, "GET", "/", "h")
+    trace = tracing(0.0).start([(b"b3", b"1")], LOCAL, "GET", "/", "h")
     assert trace.sampled and trace.parent_id is None and len(trace.trace_id) == 32
     assert upstream(trace.attempt("http://u", 1, None).headers())[b"b3"].endswith(
         f"-1-{trace.span_id}".encode())
 
 
 def test_deferred_b3_is_sampled_by_the_ratio_of_its_trace_id() -> None:
-    low = tracing(0.01).start([(b"b3", f"{'a' * 16}{'0' * 15}1-{PARENT}".encode())], None, "GET", "/", "h")
-    high = tracing(0.01).start([(b"b3", f"{'0' * 16}{'f' * 16}-{PARENT}".encode())], None, "GET", "/", "h")
+    low = tracing(0.01).start([(b"b3", f"{'a' * 16}{'0' * 15}1-{PARENT}".encode())], LOCAL, "GET", "/", "h")
+    high = tracing(0.01).start([(b"b3", f"{'0' * 16}{'f' * 16}-{PARENT}".encode())], LOCAL, "GET", "/", "h")
     assert low.sampled and not high.sampled
 
 
 def test_new_traces_are_sampled_by_ratio() -> None:
     t = tracing(0.25)
-    sampled = sum(t.start(BASE, None, "GET", "/", "h").sampled for _ in range(20_000))
+    sampled = sum(t.start(BASE, LOCAL, "GET", "/", "h").sampled for _ in range(20_000))
     assert 4_400 < sampled < 5_600
-    assert not any(tracing(0.0).start(BASE, None, "GET", "/", "h").sampled for _ in range(2000))
-    assert all(tracing(1.0).start(BASE, None, "GET", "/", "h").sampled for _ in range(2000))
+    assert not any(tracing(0.0).start(BASE, LOCAL, "GET", "/", "h").sampled for _ in range(2000))
+    assert all(tracing(1.0).start(BASE, LOCAL, "GET", "/", "h").sampled for _ in range(2000))
 
 
 def test_malformed_context_starts_a_new_trace_and_keeps_baggage() -> None:
     headers = [(b"traceparent", f"00-{TRACE.upper()}-{PARENT}-01".encode()), (b"tracestate", b"a=1"),
                (b"baggage", b"k=v")]
-    trace = tracing().start(headers, None, "GET", "/", "h")
+    trace = tracing().start(headers, LOCAL, "GET", "/", "h")
     assert trace.trace_id != TRACE.lower() and trace.parent_id is None
     assert upstream(trace.attempt("http://u", 1, None).headers()).keys() == {b"traceparent", b"baggage"}
     assert trace.strip(headers) == []
@@ -274,15 +275,43 @@ def test_untrusted_context_is_ignored_and_trusted_is_continued() -> None:
     assert insider.strip(headers) == BASE
 
 
+def test_by_default_only_loopback_may_force_sampling() -> None:
+    # Issue 11, item 18: with the default settings any client's sampled flag (or B3 debug) was
+    # followed, so anyone could make every request of theirs cost a span export.
+    assert TracingSettings().trusted_networks == ("127.0.0.0/8", "::1/128")
+    t = Tracing(TracingSettings(sample_ratio=0.0))
+    forcing = [
+        [*BASE, (b"traceparent", TP_SAMPLED)], [*BASE, (b"b3", f"{TRACE}-{PARENT}-1".encode())],
+        [*BASE, (b"b3", b"d")], [*BASE, (b"x-b3-flags", b"1")], [*BASE, (b"x-b3-sampled", b"1")],
+    ]
+    for headers in forcing:
+        outsider = t.start(headers, "192.0.2.7", "GET", "/", "h")
+        assert not outsider.sampled and outsider.parent_id is None, headers
+        assert outsider.trace_id != TRACE
+        sent = upstream(outsider.attempt("http://u", 1, None).headers())[b"traceparent"]
+        assert sent.endswith(b"-00")
+    for client in ("127.0.0.1", "::1"):
+        insider = t.start(forcing[0], client, "GET", "/", "h")
+        assert (insider.trace_id, insider.parent_id, insider.sampled) == (TRACE, PARENT, True)
+
+
+def test_no_trusted_networks_trusts_nobody() -> None:
+    t = tracing(0.0, trusted=())
+    headers = [*BASE, (b"traceparent", TP_SAMPLED)]
+    for client in ("127.0.0.1", "10.1.2.3", None):
+        trace = t.start(headers, client, "GET", "/", "h")
+        assert trace.trace_id != TRACE and not trace.sampled
+
+
 def test_strip_is_free_without_trace_headers() -> None:
-    trace = tracing().start(BASE, None, "GET", "/", "h")
+    trace = tracing().start(BASE, LOCAL, "GET", "/", "h")
     assert trace.strip(BASE) is BASE
 
 
 def test_no_exporter_no_spans_but_ids_propagate() -> None:
     t = tracing(1.0)  # the default settings: otlp with no endpoint
     assert t.tracer is None
-    trace = t.start(BASE, None, "GET", "/", "h")
+    trace = t.start(BASE, LOCAL, "GET", "/", "h")
     attempt = trace.attempt("http://u", 1, None)
     assert upstream(attempt.headers())[b"traceparent"].endswith(b"-01")
     attempt.end(200, None)
@@ -371,7 +400,7 @@ def test_a_5xx_marks_the_server_span_failed_a_4xx_does_not() -> None:
     exporter = InMemorySpanExporter()
     t = tracing(1.0, exporter=exporter)
     for status in (502, 404):
-        trace = t.start(BASE, None, "GET", "/", "h")
+        trace = t.start(BASE, LOCAL, "GET", "/", "h")
         trace.route("r", "s", None)
         trace.end(status, None)
     spans = {s.attributes["http.response.status_code"]: s for s in finished(t, exporter) if s.attributes}
@@ -383,10 +412,10 @@ def test_a_5xx_marks_the_server_span_failed_a_4xx_does_not() -> None:
 def test_unsampled_requests_make_no_spans_and_ending_twice_makes_one() -> None:
     exporter = InMemorySpanExporter()
     t = tracing(1.0, exporter=exporter)
-    unsampled = t.start([(b"traceparent", TP_UNSAMPLED)], None, "GET", "/", "h")
+    unsampled = t.start([(b"traceparent", TP_UNSAMPLED)], LOCAL, "GET", "/", "h")
     unsampled.attempt("http://u", 1, None).end(200, None)
     unsampled.end(200, None)
-    sampled = t.start(BASE, None, "GET", "/", "h")
+    sampled = t.start(BASE, LOCAL, "GET", "/", "h")
     attempt = sampled.attempt("http://u", 1, None)
     attempt.end(200, None)
     attempt.end(200, None)
@@ -421,7 +450,7 @@ def test_a_stuck_collector_never_slows_requests_and_drops_are_counted() -> None:
     try:
         started = time.perf_counter()
         for _ in range(2000):
-            trace = t.start(BASE, None, "GET", "/", "h")
+            trace = t.start(BASE, LOCAL, "GET", "/", "h")
             trace.route("r", "s", None)
             attempt = trace.attempt("http://u", 1, None)
             attempt.end(200, None)
@@ -442,7 +471,7 @@ def test_a_stuck_collector_never_slows_requests_and_drops_are_counted() -> None:
 def test_shutdown_is_bounded_with_a_stuck_collector() -> None:
     exporter = StuckExporter()
     t = tracing(1.0, exporter=exporter)
-    t.start(BASE, None, "GET", "/", "h").end(200, None)
+    t.start(BASE, LOCAL, "GET", "/", "h").end(200, None)
     started = time.monotonic()
     t.shutdown(0.3)
     assert time.monotonic() - started < 2.0
