@@ -82,6 +82,7 @@ def test_a_catastrophic_pattern_on_a_long_input_is_fast() -> None:
     (r"^/a{,3}$", "{,n} means 0-n in Python, literal text in RE2"),
     (r"^/a{1001}", "repetition over 1000"),
     (r"^/\C", "one byte"),
+    (r"^/\pL{300}", "over the 2 MiB memory bound of one regex"),
     (r"/(unclosed", "syntax error"),
 ])
 @pytest.mark.parametrize("field", ["match.path_regex", "match.headers[0].regex", "match.query[0].regex",
