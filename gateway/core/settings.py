@@ -24,8 +24,9 @@ from gateway.core.errors import ConfigError
 from routes.grammar import TOKEN_RE
 
 # Environment variables that steer the CLI, not settings keys.
-NOT_SETTINGS = frozenset({"PEEL_CONFIG", "PEEL_ADMIN_URL", "PEEL_ADMIN_TOKEN"})
+NOT_SETTINGS = frozenset({"PEEL_CONFIG", "PEEL_ADMIN_URL", "PEEL_ADMIN_TOKEN", "PEEL_ADMIN_CA"})
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+TLS_VERSIONS = ("1.2", "1.3")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +35,25 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsCertificateSettings:
+    """One certificate of a TLS listener (`docs/tls.md`): PEM files, read at start and on reload."""
+
+    # the certificate, optionally followed by its intermediates (leaf first)
+    cert: str = ""
+    # its private key, unencrypted
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSettings:
     bind: str = ""
+    # the listener speaks TLS when set; chosen by SNI (exact names and wildcards of each
+    # certificate's SANs), the first one is the default (`docs/tls.md`)
+    tls_certificates: tuple[TlsCertificateSettings, ...] = ()
+    # "1.2" or "1.3"; nothing older is ever offered
+    tls_min_version: str = "1.2"
+    # public listener with TLS only: Strict-Transport-Security max-age in seconds; 0: no header
+    hsts_max_age: int = 0
 
     @property
     def host(self) -> str:
@@ -45,11 +63,17 @@ class ListenerSettings:
     def port(self) -> int:
         return split_bind(self.bind)[1]
 
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certificates)
+
 
 @dataclass(frozen=True, slots=True)
 class ListenersSettings:
     public: ListenerSettings = ListenerSettings("0.0.0.0:8080")
     admin: ListenerSettings = ListenerSettings("127.0.0.1:9901")
+    # optional plain listener answering 308 to https on the public listener; bind "": none
+    redirect: ListenerSettings = ListenerSettings("")
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +245,16 @@ def _check(key: str, obj: Any) -> None:
     """Value checks that types alone do not express."""
     try:
         if isinstance(obj, ListenerSettings):
-            split_bind(obj.bind)
+            _check_listener(key, obj)
+        elif isinstance(obj, TlsCertificateSettings):
+            if not obj.cert:
+                raise ConfigError(f"{key}.cert", "the certificate file is missing")
+            if not obj.key:
+                raise ConfigError(f"{key}.key", "the key file is missing")
+        elif isinstance(obj, ListenersSettings):
+            if obj.redirect.bind and not obj.public.tls:
+                raise ConfigError("listeners.redirect.bind", "the redirect listener sends clients "
+                                  "to https: it needs listeners.public.tls_certificates")
         elif isinstance(obj, ServerSettings):
             if obj.workers < 1:
                 raise ValueError("workers must be at least 1")
@@ -293,7 +326,23 @@ def _check(key: str, obj: Any) -> None:
         raise ConfigError(key or "settings", str(exc)) from exc
 
 
-def _convert(key: str, kind: Any, value: Any) -> Any:
+def _check_listener(key: str, obj: ListenerSettings) -> None:
+    name = key.rpartition(".")[2]
+    if obj.bind or name != "redirect":
+        split_bind(obj.bind)
+    if obj.tls_min_version not in TLS_VERSIONS:
+        raise ConfigError(f"{key}.tls_min_version", f"must be one of {', '.join(TLS_VERSIONS)}, "
+                          f"not {obj.tls_min_version!r}")
+    if name == "redirect" and obj.tls:
+        raise ConfigError(f"{key}.tls_certificates", "the redirect listener is plain HTTP")
+    if obj.hsts_max_age < 0:
+        raise ConfigError(f"{key}.hsts_max_age", "must not be negative (0: no header)")
+    if obj.hsts_max_age and (name != "public" or not obj.tls):
+        raise ConfigError(f"{key}.hsts_max_age", "only the public listener with "
+                          "tls_certificates sends Strict-Transport-Security")
+
+
+def _convert(key: str, kind: Any, value: Any, base: Any = None) -> Any:
     origin = typing.get_origin(kind)
     if kind is bool:
         if isinstance(value, bool):
@@ -307,16 +356,23 @@ def _convert(key: str, kind: Any, value: Any) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
+    elif origin is tuple and is_dataclass(typing.get_args(kind)[0]):
+        if isinstance(value, list | tuple):
+            item = typing.get_args(kind)[0]
+            return tuple(_build(item, f"{key}[{i}]", v) for i, v in enumerate(value))
+        raise ConfigError(key, f"must be a list of tables, not {value!r}")
     elif origin is tuple:
         if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(key, f"must be a list of strings, not {value!r}")
     elif isinstance(kind, type) and is_dataclass(kind):
-        return _build(kind, key, value)
+        return _build(kind, key, value, base)
     raise ConfigError(key, f"must be of type {getattr(kind, '__name__', kind)}, not {value!r}")
 
 
-def _build(cls: type[T], prefix: str, data: Any) -> T:
+def _build(cls: type[T], prefix: str, data: Any, base: T | None = None) -> T:
+    """`cls` from the table `data`; keys it does not set keep their value in `base` (the
+    enclosing section's default: `[listeners.public]` without `bind` keeps 0.0.0.0:8080)."""
     if not isinstance(data, Mapping):
         raise ConfigError(prefix, f"must be a table, not {data!r}")
     hints = typing.get_type_hints(cls)
@@ -326,11 +382,11 @@ def _build(cls: type[T], prefix: str, data: Any) -> T:
             where = f"{prefix}.{key}" if prefix else key
             raise ConfigError(where, f"unknown key; known here: {', '.join(sorted(names))}")
     values = {}
-    default = cls()
+    default = cls() if base is None else base
     for f in fields(cls):  # type: ignore[arg-type]
         where = f"{prefix}.{f.name}" if prefix else f.name
         if f.name in data:
-            values[f.name] = _convert(where, hints[f.name], data[f.name])
+            values[f.name] = _convert(where, hints[f.name], data[f.name], getattr(default, f.name))
     obj = replace(default, **values)  # type: ignore[type-var]
     _check(prefix, obj)
     return obj
@@ -366,6 +422,13 @@ def _parse_env(key: str, kind: Any, text: str) -> Any:
             return kind(text)
         except ValueError:
             raise ConfigError(key, f"{env_name(key)}={text!r} is not a number") from None
+    if typing.get_origin(kind) is tuple and is_dataclass(typing.get_args(kind)[0]):
+        # a list of tables, written as in the file: [{cert = "a.pem", key = "a.key"}]
+        try:
+            return tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(key, f"{env_name(key)} is not a TOML list of tables "
+                              f"such as [{{cert = \"a.pem\", key = \"a.key\"}}]: {exc}") from None
     if typing.get_origin(kind) is tuple:
         return tuple(part.strip() for part in text.split(",") if part.strip())
     return text
@@ -426,7 +489,8 @@ def state_dir(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -
 
 def resolve_paths(settings: Settings, base: Path | None) -> Settings:
     """`settings` with relative file paths (the SQLite file, `server.snapshot_path`,
-    `server.run_dir`, an `access_log.target` file) made absolute against `base`."""
+    `server.run_dir`, an `access_log.target` file, the listeners' TLS files) made absolute
+    against `base`."""
     if base is None:
         return settings
 
@@ -441,10 +505,19 @@ def resolve_paths(settings: Settings, base: Path | None) -> Settings:
     if target not in ("stdout", "off"):
         target = absolute(target)
     server = settings.server
+
+    def certificates(listener: ListenerSettings) -> ListenerSettings:
+        pairs = tuple(replace(pair, cert=absolute(pair.cert), key=absolute(pair.key))
+                      for pair in listener.tls_certificates)
+        return replace(listener, tls_certificates=pairs)
+
+    listeners = settings.listeners
     return replace(settings, database=replace(settings.database, url=url),
                    server=replace(server, snapshot_path=absolute(server.snapshot_path),
                                   run_dir=absolute(server.run_dir)),
-                   access_log=replace(settings.access_log, target=target))
+                   access_log=replace(settings.access_log, target=target),
+                   listeners=replace(listeners, public=certificates(listeners.public),
+                                     admin=certificates(listeners.admin)))
 
 
 def settings_type_names() -> Mapping[str, str]:

@@ -9,8 +9,10 @@ Why each option is what it is:
 - `server_header=False`; `date_header=False` on data-plane listeners, where the upstream's Date
   passes through (uvicorn would add a second one).
 - `access_log=False`: Peel writes its own access log (`gateway.telemetry.accesslog`), off the loop.
-- `lifespan="off"` on the data plane: the process (`gateway.server.serve`) owns start-up and closes the
-  pool itself; the admin app keeps starlette's lifespan.
+- `lifespan="off"` on the data plane and the redirect listener: the process (`gateway.server.serve`)
+  owns start-up and closes the pool itself; the admin app keeps starlette's lifespan.
+- TLS through uvicorn's public `ssl_context_factory` only (never `ssl_certfile`): one context per
+  listener for its life, with SNI and reloads behind it (`gateway.edge.tls`).
 - `http` carries the `[limits]` section (framing limits and the edge timeouts, `docs/edge.md`).
 - `timeout_keep_alive` from `server.keepalive_timeout`, `timeout_graceful_shutdown` from
   `server.grace_period` (uvicorn's default is unbounded), backlog 2048, no concurrency limit.
@@ -40,7 +42,7 @@ from gateway.dataplane.websocket_rules import MAX_MESSAGE, PING_INTERVAL, PING_T
 from gateway.edge.protocol import PeelHttpProtocol
 
 DATA_PLANE = frozenset({"public", "outbound", "inbound"})
-LISTENERS = DATA_PLANE | {"admin"}
+LISTENERS = DATA_PLANE | {"admin", "redirect"}
 
 
 def uvicorn_config(app: Any, settings: Settings, *, listener: str, sock_fd: int | None = None,
@@ -50,6 +52,11 @@ def uvicorn_config(app: Any, settings: Settings, *, listener: str, sock_fd: int 
     `sock_fd` names an already-bound socket the server will be given (`Server.serve(sockets=...)`
     or `make_server`); host and port then come from it, for uvicorn's own messages only.
     Without it, host and port come from `listeners.<listener>.bind`.
+
+    `ssl_context_factory` makes the listener speak TLS: uvicorn calls it once, in `Config.load()`,
+    and creates the listening server with the context it returns (`TlsListener.factory`, which
+    returns the listener's fixed context; certificates are swapped behind it, `gateway.edge.tls`).
+    uvicorn then reports `"scheme": "https"` (`"wss"`) in every scope of the listener.
     """
     if listener not in LISTENERS:
         raise ValueError(f"unknown listener {listener!r}; known: {', '.join(sorted(LISTENERS))}")
@@ -66,7 +73,7 @@ def uvicorn_config(app: Any, settings: Settings, *, listener: str, sock_fd: int 
         bound = getattr(settings.listeners, listener, None)
         if bound is not None:
             host, port = bound.host, bound.port
-    lifespan: Literal["off", "auto"] = "off" if data_plane else "auto"
+    lifespan: Literal["off", "auto"] = "auto" if listener == "admin" else "off"
     return uvicorn.Config(
         app,
         host=host,

@@ -12,7 +12,15 @@ balancer polling /readyz takes the gateway out meanwhile); then the listening so
 requests in flight and those already accepted get `server.grace_period` to finish, and the process
 exits 0. The master forwards the signal to its workers at once and keeps the admin listener until
 they are done. A second Ctrl-C forces. SIGHUP re-reads the settings file and applies what can change
-at run time (log level, drain timings); the master forwards it to the workers.
+at run time (log level, drain timings, limits, the TLS certificates); the master forwards it to the
+workers.
+
+TLS (`docs/tls.md`): a listener with `tls_certificates` serves HTTPS. The certificates are loaded
+(and checked) before any socket is bound, so a bad one stops `peel serve` with the setting's name;
+each process that serves a TLS listener loads its own copy and reloads it on SIGHUP and when the
+files change. The optional redirect listener runs in the first process. An admin listener bound
+beyond loopback without TLS is logged as a warning at start: its bearer tokens would cross the
+network in clear.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import ipaddress
 import logging
 import signal
 import socket
@@ -38,8 +47,10 @@ from gateway.core.errors import ConfigError
 from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, load_settings
 from gateway.dataplane.proxy import ProxyApp
 from gateway.edge import drain
+from gateway.edge.https import Hsts, RedirectApp
 from gateway.edge.listener import make_server, uvicorn_config
 from gateway.edge.protocol import PeelHttpProtocol
+from gateway.edge.tls import TlsListener
 from gateway.server import systemd
 from gateway.server.supervisor import HANDLED, Supervisor
 from gateway.telemetry.accesslog import AccessLog
@@ -84,6 +95,45 @@ def bind(listener: ListenerSettings, name: str) -> socket.socket:
     return sock
 
 
+def load_tls(settings: Settings, names: tuple[str, ...] = ("public", "admin")) -> dict[str, TlsListener]:
+    """The TLS side of each listener in `names` that has certificates; `ConfigError` naming the
+    setting for a certificate or key that cannot be used."""
+    out: dict[str, TlsListener] = {}
+    for name in names:
+        listener: ListenerSettings = getattr(settings.listeners, name)
+        if listener.tls:
+            out[name] = TlsListener(listener, f"listeners.{name}")
+    return out
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_plaintext_admin(settings: Settings) -> None:
+    """Loud, at start: an admin listener beyond loopback without TLS carries tokens in clear."""
+    admin = settings.listeners.admin
+    if not admin.tls and not loopback(admin.host):
+        log.warning("INSECURE: the admin listener binds %s without TLS: admin bearer tokens and every "
+                    "change to routes cross the network in clear, readable and replayable by anyone "
+                    "on the path. Set listeners.admin.tls_certificates (docs/tls.md) or bind it to "
+                    "127.0.0.1", admin.bind)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sockets:
+    """The bound listening sockets of the first process."""
+
+    public: socket.socket
+    admin: socket.socket
+    redirect: socket.socket | None = None
+
+
 def preflight(settings: Settings) -> Store:
     """Refuse to start on a store that is not at this code's schema.
 
@@ -107,8 +157,11 @@ class Runtime:
     (balancing, health checks), metrics and tracing; the master of several workers uses only the
     holder, the watcher and the live view of its workers."""
 
-    def __init__(self, settings: Settings, store: Store, *, write_snapshots: bool) -> None:
+    def __init__(self, settings: Settings, store: Store, *, write_snapshots: bool,
+                 tls: dict[str, TlsListener] | None = None) -> None:
         self.settings = settings
+        # the TLS side of this process's TLS listeners, by listener name (reloaded on SIGHUP)
+        self.tls = tls or {}
         self.holder = TableHolder()
         self.watcher = Watcher(store, self.holder, interval=settings.server.poll_interval,
                                snapshot=Path(settings.server.snapshot_path),
@@ -149,6 +202,8 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.flusher.run()))
             self._closers.append(self.flusher.flush)
             self._closers.append(self.health.close)
+        for tls in self.tls.values():
+            self._tasks.append(asyncio.create_task(tls.watch()))
         if publish:
             publisher = Publisher(self.state, self.settings.server.run_dir,
                                   self.settings.metrics.publish_interval)
@@ -159,6 +214,8 @@ class Runtime:
         """The table followers of a serving process, registered once, called once per table in
         this order by `TableHolder.swap` (each proxy registered its own in its constructor)."""
         metrics = self.metrics
+        # the services' upstream TLS files, read when a table arrives (before any check dials)
+        self.holder.follow(self.dialer.tls.update)
         self.holder.follow(self.upstreams.update)
         self.holder.follow(lambda table: self.health.sync())
         self.holder.follow(lambda table: metrics.config_loaded(table.version, True, self.holder.loaded_at))
@@ -195,7 +252,11 @@ class Runtime:
                        upstreams=self.upstreams, tracing=tracing,
                        metrics=self.metrics if settings.metrics.enabled else None)
         self.proxies.append(app)
-        server = make_server(uvicorn_config(app, self.settings, listener="public", sock_fd=sock.fileno()))
+        tls = self.tls.get("public")
+        public = settings.listeners.public
+        served: Any = Hsts(app, public.hsts_max_age) if tls is not None and public.hsts_max_age else app
+        server = make_server(uvicorn_config(served, self.settings, listener="public", sock_fd=sock.fileno(),
+                                            ssl_context_factory=tls.factory if tls else None))
         self.servers.append(server)
         spare = sock.dup()
         spare.setblocking(False)
@@ -221,7 +282,17 @@ class Runtime:
         live = LiveView(settings.server.run_dir, interval=settings.metrics.publish_interval,
                         local=self.state if serving else None, gateway=settings.listeners.public.bind)
         app = build_admin_app(store, ready=self.ready, settings=settings, live=live)
-        server = make_server(uvicorn_config(app, self.settings, listener="admin"))
+        tls = self.tls.get("admin")
+        server = make_server(uvicorn_config(app, self.settings, listener="admin",
+                                            ssl_context_factory=tls.factory if tls else None))
+        self.servers.append(server)
+        return server
+
+    def redirect(self, sock: socket.socket) -> uvicorn.Server:
+        """The optional plain listener that answers 308 to https on the public listener."""
+        app = RedirectApp(self.settings.listeners.public.port)
+        server = make_server(uvicorn_config(app, self.settings, listener="redirect",
+                                            sock_fd=sock.fileno()))
         self.servers.append(server)
         return server
 
@@ -308,6 +379,11 @@ def reload_settings(runtime: Runtime, config_path: str | None) -> bool:
         prestop_delay=fresh.server.prestop_delay))
     runtime.settings = dataclasses.replace(runtime.settings, limits=fresh.limits)
     apply_limits(runtime.servers, fresh.limits)
+    for name, tls in runtime.tls.items():
+        tls.reload(getattr(fresh.listeners, name))
+    for name in ("public", "admin"):
+        if name not in runtime.tls and getattr(fresh.listeners, name).tls:
+            log.error("SIGHUP: listeners.%s.tls_certificates: turning TLS on needs a restart", name)
     log.info("SIGHUP: settings re-read (log level %s)", fresh.server.log_level)
     if runtime.forward is not None and not runtime.stopping:
         runtime.forward(signal.SIGHUP)
@@ -329,21 +405,24 @@ def apply_limits(servers: list[uvicorn.Server], limits: LimitsSettings) -> None:
             protocol.limits, protocol.head_limits = fresh.limits, fresh.head_limits
 
 
-async def run_single(settings: Settings, store: Store, public: socket.socket,
-                     admin: socket.socket, config_path: str | None) -> int:
-    """One process: both listeners, one watcher. The admin listener outlives the data plane's drain."""
-    runtime = Runtime(settings, store, write_snapshots=True)
+async def run_single(settings: Settings, store: Store, sockets: Sockets, config_path: str | None,
+                     tls: dict[str, TlsListener]) -> int:
+    """One process: every listener, one watcher. The admin listener outlives the data plane's drain."""
+    runtime = Runtime(settings, store, write_snapshots=True, tls=tls)
     await runtime.load_first_table()
-    proxy_server = runtime.data_plane(public)
+    proxy_server = runtime.data_plane(sockets.public)
     admin_server = runtime.admin(store, serving=True)
+    redirect_server = runtime.redirect(sockets.redirect) if sockets.redirect else None
     install_signals(runtime, config_path)
     runtime.start_background(counts=True)
     settle_memory()
     try:
-        proxying = asyncio.create_task(proxy_server.serve(sockets=[public]))
-        serving = asyncio.create_task(admin_server.serve(sockets=[admin]))
+        proxying = asyncio.create_task(proxy_server.serve(sockets=[sockets.public]))
+        serving = asyncio.create_task(admin_server.serve(sockets=[sockets.admin]))
+        redirecting = _serve_redirect(redirect_server, sockets.redirect)
         await _notify_when_started(runtime)
         await proxying
+        await _stop_redirect(redirect_server, redirecting)
         admin_server.should_exit = True
         await serving
     finally:
@@ -351,11 +430,23 @@ async def run_single(settings: Settings, store: Store, public: socket.socket,
     return 0
 
 
+def _serve_redirect(server: uvicorn.Server | None, sock: socket.socket | None) -> asyncio.Task[None] | None:
+    if server is None or sock is None:
+        return None
+    return asyncio.create_task(server.serve(sockets=[sock]))
+
+
+async def _stop_redirect(server: uvicorn.Server | None, task: asyncio.Task[None] | None) -> None:
+    if server is not None and task is not None:
+        server.should_exit = True
+        await task
+
+
 async def run_worker(settings: Settings, fd: int, config_path: str | None) -> int:
     """A worker process: the public listener on the inherited socket, its own watcher."""
     public = socket.socket(fileno=fd)
     store = Store(settings.database.url)
-    runtime = Runtime(settings, store, write_snapshots=False)
+    runtime = Runtime(settings, store, write_snapshots=False, tls=load_tls(settings, ("public",)))
     await runtime.load_first_table()
     server = runtime.data_plane(public)
     install_signals(runtime, config_path)
@@ -369,25 +460,31 @@ async def run_worker(settings: Settings, fd: int, config_path: str | None) -> in
     return 0
 
 
-async def run_master(settings: Settings, store: Store, public: socket.socket, admin: socket.socket,
-                     config_path: str | None) -> int:
-    """The first process with several workers: admin API, supervision, snapshots."""
-    runtime = Runtime(settings, store, write_snapshots=True)
+async def run_master(settings: Settings, store: Store, sockets: Sockets, config_path: str | None,
+                     tls: dict[str, TlsListener]) -> int:
+    """The first process with several workers: admin API, redirect listener, supervision, snapshots.
+    The workers load the public listener's certificates themselves."""
+    runtime = Runtime(settings, store, write_snapshots=True,
+                      tls={name: t for name, t in tls.items() if name != "public"})
     await runtime.load_first_table()
     admin_server = runtime.admin(store, serving=False)
-    supervisor = Supervisor(settings.server.workers, public, config_path, lambda: runtime.stopping)
+    redirect_server = runtime.redirect(sockets.redirect) if sockets.redirect else None
+    supervisor = Supervisor(settings.server.workers, sockets.public, config_path,
+                            lambda: runtime.stopping)
     runtime.forward = supervisor.forward
     runtime.workers = supervisor.running
     install_signals(runtime, config_path)
     runtime.start_background(counts=False)
     supervising = asyncio.create_task(supervisor.run())
     try:
-        serving = asyncio.create_task(admin_server.serve(sockets=[admin]))
+        serving = asyncio.create_task(admin_server.serve(sockets=[sockets.admin]))
+        redirecting = _serve_redirect(redirect_server, sockets.redirect)
         await _notify_when_started(runtime)
         await runtime.stopped.wait()
         # The workers got SIGTERM from stop(); /readyz keeps answering 503 until they are done.
         server = runtime.settings.server
         await supervisor.wait(server.prestop_delay + server.grace_period + 5)
+        await _stop_redirect(redirect_server, redirecting)
         admin_server.should_exit = True
         await serving
     finally:
@@ -410,9 +507,12 @@ async def _notify_when_started(runtime: Runtime) -> None:
     deadline = time.monotonic() + 30
     while not all(s.started for s in runtime.servers) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    for name, listener in (("public", runtime.settings.listeners.public),
-                           ("admin", runtime.settings.listeners.admin)):
-        log.info("%s listener on %s", name, listener.bind)
+    listeners = runtime.settings.listeners
+    for name, listener in (("public", listeners.public), ("admin", listeners.admin),
+                           ("redirect", listeners.redirect)):
+        if listener.bind:
+            kind = ("https" if listener.tls else "http") if name != "redirect" else "308 to https"
+            log.info("%s listener on %s (%s)", name, listener.bind, kind)
     systemd.notify("READY=1", f"STATUS=serving config version {runtime.watcher.version}")
 
 
@@ -428,12 +528,15 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     # SIGHUP's default action ends the process; until the loop handles it, a reload is ignored.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(settings.server.log_level)
+    tls = load_tls(settings)
+    warn_plaintext_admin(settings)
     store = preflight(settings)
-    public = bind(settings.listeners.public, "public")
-    admin = bind(settings.listeners.admin, "admin")
+    listeners = settings.listeners
+    sockets = Sockets(bind(listeners.public, "public"), bind(listeners.admin, "admin"),
+                      bind(listeners.redirect, "redirect") if listeners.redirect.bind else None)
     if settings.server.workers == 1:
-        return _run(run_single(settings, store, public, admin, config_path))
-    return _run(run_master(settings, store, public, admin, config_path))
+        return _run(run_single(settings, store, sockets, config_path, tls))
+    return _run(run_master(settings, store, sockets, config_path, tls))
 
 
 def worker_main(argv: list[str]) -> int:
