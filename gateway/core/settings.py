@@ -211,6 +211,18 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentitySettings:
+    """Workload identity and Peel's CA (`docs/identity.md`)."""
+
+    # identities are spiffe://<trust_domain>/svc/<service>; lower-case letters, digits, . - _
+    trust_domain: str = "peel.internal"
+    # this gateway's key, certificate and trust bundle
+    state_dir: str = "./.peel/identity"
+    # the certificate authority's directory (`peel ca`): its keys live here, mode 0700
+    ca_dir: str = "./.peel/ca"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings = DatabaseSettings()
     listeners: ListenersSettings = ListenersSettings()
@@ -223,6 +235,7 @@ class Settings:
     deadlines: DeadlineSettings = DeadlineSettings()
     tracing: TracingSettings = TracingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    identity: IdentitySettings = IdentitySettings()
 
 
 def split_bind(bind: str) -> tuple[str, int]:
@@ -320,6 +333,10 @@ def _check(key: str, obj: Any) -> None:
         elif isinstance(obj, MetricsSettings):
             if obj.publish_interval <= 0:
                 raise ValueError("publish_interval must be positive")
+        elif isinstance(obj, IdentitySettings):
+            if not re.fullmatch(r"[a-z0-9._-]{1,255}", obj.trust_domain):
+                raise ValueError(f"trust_domain {obj.trust_domain!r} must be 1-255 lower-case letters, "
+                                 "digits, '.', '-' or '_' (a SPIFFE trust domain)")
         elif isinstance(obj, DatabaseSettings) and "://" not in obj.url:
             raise ValueError(f"url {obj.url!r} is not a SQLAlchemy URL such as sqlite:///./peel.db")
     except ValueError as exc:
@@ -497,6 +514,9 @@ def resolve_paths(settings: Settings, base: Path | None) -> Settings:
     def absolute(value: str) -> str:
         return value if os.path.isabs(value) else os.path.normpath(base / value)
 
+    identity = settings.identity  # identity.state_dir and identity.ca_dir
+    settings = replace(settings, identity=replace(identity, state_dir=absolute(identity.state_dir),
+                                                  ca_dir=absolute(identity.ca_dir)))
     url = settings.database.url
     found = _SQLITE_FILE.match(url)
     if found is not None and found[2] not in ("", ":memory:") and not found[2].startswith("file:"):
