@@ -18,10 +18,10 @@ Kind = Literal["service", "route"]
 # Values a field has when `to_dict()` leaves it out, so "priority 0 -> 10" reads naturally.
 _DEFAULTS: dict[Kind, dict[str, Any]] = {
     "service": {"balancer": {}, "health_check": None, "outlier": {}, "circuit_breaker": {},
-                "retries": {}, "timeouts": {}},
+                "retries": {}, "timeouts": {}, "buffering": {}},
     "route": {"priority": 0, "match": {}, "rewrite": {}, "migration": None,
               "max_body": None, "retries": None, "timeouts": None, "rate_limit": None,
-              "websocket": False},
+              "websocket": False, "buffering": None},
 }
 
 

@@ -32,7 +32,7 @@ from routes.fields import (
 )
 from routes.grammar import TOKEN_RE
 from routes.migration import Migration
-from routes.policies import RateLimit, RetryPolicy, Timeouts
+from routes.policies import Buffering, RateLimit, RetryPolicy, Timeouts
 from routes.regex import Regex, RegexError, Substitution
 from routes.services import Endpoint, Service
 
@@ -309,8 +309,8 @@ class Route:
 
     With a `migration`, `service` is the `from` side and the migration says when `to` answers.
     `max_body` (bytes) caps the request body on this route; None: the listener's `limits.max_body`.
-    `retries` and `timeouts` replace the service's whole block (None: the service's); with a
-    migration they apply to both sides. `websocket`: the route accepts WebSocket upgrades.
+    `retries`, `timeouts` and `buffering` replace the service's whole block (None: the service's);
+    with a migration they apply to both sides. `websocket`: the route accepts WebSocket upgrades.
     """
 
     name: str
@@ -324,6 +324,7 @@ class Route:
     timeouts: Timeouts | None = None
     rate_limit: RateLimit | None = None
     websocket: bool = False
+    buffering: Buffering | None = None
 
     @classmethod
     def parse(cls, data: object, where: str) -> Route:
@@ -381,7 +382,8 @@ class Route:
 
 # The policy blocks a route may declare, and their parsers.
 _ROUTE_POLICIES: dict[str, Callable[[object, str], Any]] = {
-    "retries": RetryPolicy.parse, "timeouts": Timeouts.parse, "rate_limit": RateLimit.parse}
+    "retries": RetryPolicy.parse, "timeouts": Timeouts.parse, "rate_limit": RateLimit.parse,
+    "buffering": Buffering.parse}
 
 
 # ---------------------------------------------------------------------------------------------

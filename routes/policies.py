@@ -2,8 +2,9 @@
 
 A service declares how its endpoints are balanced, health-checked, ejected and protected
 (`balancer`, `health_check`, `outlier`, `circuit_breaker`) and the default `retries` and `timeouts`
-of its routes; a route may override `retries` and `timeouts` (the whole block) and adds its own
-`rate_limit`. Durations are seconds (floats) here; the document also takes "250ms", "5s", "2m".
+of its routes, and whether request bodies are buffered (`buffering`); a route may override
+`retries`, `timeouts` and `buffering` (the whole block) and adds its own `rate_limit`. Durations
+are seconds (floats) here; the document also takes "250ms", "5s", "2m".
 
 Every policy has defaults that an operator would expect from a production gateway, chosen so that a
 route that declares nothing pays nothing it does not use on the request path.
@@ -45,6 +46,12 @@ MAX_THRESHOLD = 1000
 MAX_CONCURRENCY = 1_000_000
 MAX_RETRY_BODY = 16 * 1024 * 1024
 MAX_RATE = 1_000_000_000
+MAX_BUFFER_MEMORY = 16 * 1024 * 1024
+MAX_BUFFER_BODY = 16 * 1024 * 1024 * 1024
+MAX_RESPONSE_BUFFER = 256 * 1024 * 1024
+# Seconds at the start of a request body that `Buffering.min_rate` does not count (a client's first
+# bytes, TCP slow start, a radio waking up): by then + n / min_rate, n bytes must be in.
+RATE_GRACE = 10.0
 
 
 def _print(policy: Any, durations: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -351,3 +358,46 @@ class RateLimit:
 
     def to_dict(self) -> dict[str, Any]:
         return _print(self, ("per",))
+
+
+@dataclass(frozen=True, slots=True)
+class Buffering:
+    """Request and response buffering, on by default: the upstream is asked only once the request
+    body is in, and a slow client reads the answer from Peel, not from the upstream.
+
+    `memory`: bytes of a request body held in memory; beyond them, in an unnamed temporary file.
+    `max_body`: bytes held at most; the rest of a larger body then streams (the upstream is asked
+    at that point). `min_rate`: bytes per second a body must keep up on average once its first
+    `RATE_GRACE` seconds are over (0: no minimum), else 408 `body-too-slow`; `timeout`: the whole
+    body (or the held part) must be in by then, else 408 `body-timeout`. `response`: bytes of an
+    answer read ahead of a slow client; an answer that fits is read whole and its upstream
+    connection goes back to the pool while the client is still reading.
+    `buffering: false` (`enabled` False) streams both ways, as a proxy without buffering does.
+    """
+
+    memory: int = 64 * 1024
+    max_body: int = 64 * 1024 * 1024
+    min_rate: int = 1024
+    timeout: float = 300.0
+    response: int = 1024 * 1024
+    enabled: bool = True
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> Buffering:
+        """The document's `buffering`: a mapping, `true` (the defaults) or `false` (streaming)."""
+        if isinstance(data, bool):
+            return cls() if data else cls(enabled=False)
+        m = mapping(data, where, ("memory", "max_body", "min_rate", "timeout", "response"))
+        memory = _limit(m, "memory", where, 64 * 1024, 0, MAX_BUFFER_MEMORY)
+        held = _limit(m, "max_body", where, 64 * 1024 * 1024, 1, MAX_BUFFER_BODY)
+        if memory > held:
+            raise RuleError(f"{where}.memory", f"must not exceed max_body ({held})", memory)
+        return cls(memory, held, _limit(m, "min_rate", where, 1024, 0, MAX_RATE),
+                   _time(m, "timeout", where, 300.0),
+                   _limit(m, "response", where, 1024 * 1024, 64 * 1024, MAX_RESPONSE_BUFFER))
+
+    def to_dict(self) -> dict[str, Any] | bool:
+        """`false` when off, else the fields that differ from the defaults."""
+        if not self.enabled:
+            return False
+        return _print(self, ("timeout",))

@@ -15,7 +15,15 @@ from urllib.parse import urlsplit
 
 from routes.errors import RuleError
 from routes.fields import integer, mapping, rule_name, sequence, string
-from routes.policies import Balancer, CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy, Timeouts
+from routes.policies import (
+    Balancer,
+    Buffering,
+    CircuitBreaker,
+    HealthCheck,
+    OutlierDetection,
+    RetryPolicy,
+    Timeouts,
+)
 
 MAX_WEIGHT = 1000
 
@@ -76,8 +84,8 @@ class Endpoint:
 class Service:
     """A named upstream: a pool of endpoints and its resilience policies (`routes.policies`).
 
-    `outlier` None: passive outlier detection is off (`outlier: false`); `retries` and `timeouts`
-    apply to the service's routes that do not declare their own.
+    `outlier` None: passive outlier detection is off (`outlier: false`); `retries`, `timeouts` and
+    `buffering` apply to the service's routes that do not declare their own.
     """
 
     name: str
@@ -88,11 +96,12 @@ class Service:
     circuit_breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    buffering: Buffering = field(default_factory=Buffering)
 
     @classmethod
     def parse(cls, data: object, where: str) -> Service:
         m = mapping(data, where, ("name", "endpoints", "balancer", "health_check", "outlier",
-                                   "circuit_breaker", "retries", "timeouts"))
+                                   "circuit_breaker", "retries", "timeouts", "buffering"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
         name = rule_name(m["name"], f"{where}.name")
@@ -113,7 +122,8 @@ class Service:
                    OutlierDetection.parse(m.get("outlier", True), f"{where}.outlier"),
                    CircuitBreaker.parse(m.get("circuit_breaker", {}), f"{where}.circuit_breaker"),
                    RetryPolicy.parse(m.get("retries", {}), f"{where}.retries"),
-                   Timeouts.parse(m.get("timeouts", {}), f"{where}.timeouts"))
+                   Timeouts.parse(m.get("timeouts", {}), f"{where}.timeouts"),
+                   Buffering.parse(m.get("buffering", True), f"{where}.buffering"))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "endpoints": [e.to_doc() for e in self.endpoints]}
@@ -129,4 +139,6 @@ class Service:
             printed = getattr(self, key).to_dict()
             if printed:
                 out[key] = printed
+        if self.buffering != Buffering():
+            out["buffering"] = self.buffering.to_dict()
         return out

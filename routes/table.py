@@ -25,6 +25,7 @@ from routes.migration import CompiledMigration
 from routes.model import Endpoint, Route, Service
 from routes.policies import (
     Balancer,
+    Buffering,
     CircuitBreaker,
     HealthCheck,
     OutlierDetection,
@@ -88,12 +89,12 @@ class CompiledRoute(_Frozen):
 
     `spec` is the stored `routes.model.Route`. The hot attributes (`methods`, `path_regex`,
     `fields`) are copied flat out of `match` so that a lookup reads them with one attribute access.
-    `retries` and `timeouts` are the effective policies: the route's block, else its service's; with
-    a migration they apply to both sides.
+    `retries`, `timeouts` and `buffering` are the effective policies: the route's block, else its
+    service's; with a migration they apply to both sides. `buffering` is None when it is off.
     """
 
-    __slots__ = ("fields", "match", "max_body", "methods", "migration", "name", "path_regex", "priority",
-                 "rate_limit", "request_headers", "response_headers", "retries", "rewrite_path",
+    __slots__ = ("buffering", "fields", "match", "max_body", "methods", "migration", "name", "path_regex",
+                 "priority", "rate_limit", "request_headers", "response_headers", "retries", "rewrite_path",
                  "service", "spec", "timeouts", "upstream_host", "websocket")
     spec: Route
     name: str
@@ -117,6 +118,8 @@ class CompiledRoute(_Frozen):
     rate_limit: RateLimit | None
     # the route accepts WebSocket upgrades
     websocket: bool
+    # request and response buffering (the route's, else the service's); None: off (streaming)
+    buffering: Buffering | None
 
     def __init__(self, spec: Route, service: CompiledService, match: CompiledMatch,
                  rewrite_path: PathRewrite, request_headers: HeaderEdit,
@@ -128,7 +131,9 @@ class CompiledRoute(_Frozen):
                    migration=migration, max_body=spec.max_body,
                    retries=spec.retries if spec.retries is not None else service.spec.retries,
                    timeouts=spec.timeouts if spec.timeouts is not None else service.spec.timeouts,
-                   rate_limit=spec.rate_limit, websocket=spec.websocket)
+                   rate_limit=spec.rate_limit, websocket=spec.websocket,
+                   buffering=_effective(spec.buffering if spec.buffering is not None
+                                        else service.spec.buffering))
 
     def params(self, path: str) -> dict[str, str]:
         """The `{param}` values of a template route for a path it matched."""
@@ -136,6 +141,10 @@ class CompiledRoute(_Frozen):
 
     def __repr__(self) -> str:
         return f"CompiledRoute({self.name!r} -> {self.service.name!r})"
+
+
+def _effective(buffering: Buffering) -> Buffering | None:
+    return buffering if buffering.enabled else None
 
 
 class TrieNode:

@@ -100,6 +100,12 @@ POLICIES: dict[str, Schema] = {
                        "burst": {"type": "integer", "minimum": 1, "description": "default: requests"},
                        "header": {"type": "string", "description": "key; default: the client address"}},
                       ("requests",), description="A token bucket per client address or header value."),
+    "Buffering": _obj({"memory": _count(65536, 0, 16 * 1024 * 1024),
+                       "max_body": _count(64 * 1024 * 1024, 1, 16 * 1024 ** 3),
+                       "min_rate": _count(1024, 0, 1_000_000_000), "timeout": _duration("5m"),
+                       "response": _count(1024 * 1024, 65536, 256 * 1024 * 1024)},
+                      description="Request and response buffering (on by default); `buffering: "
+                                  "false` streams both ways."),
 }
 
 SCHEMAS: dict[str, Schema] = {
@@ -108,7 +114,8 @@ SCHEMAS: dict[str, Schema] = {
                      "balancer": _ref("Balancer"), "health_check": _ref("HealthCheck"),
                      "outlier": {"oneOf": [_ref("OutlierDetection"), {"type": "boolean"}]},
                      "circuit_breaker": _ref("CircuitBreaker"), "retries": _ref("RetryPolicy"),
-                     "timeouts": _ref("Timeouts")},
+                     "timeouts": _ref("Timeouts"),
+                     "buffering": {"oneOf": [_ref("Buffering"), {"type": "boolean"}]}},
                     ("name", "endpoints"),
                     description="A named upstream: a pool of endpoints and its resilience policies."),
     "FieldMatch": FIELD_MATCH,
@@ -129,7 +136,9 @@ SCHEMAS: dict[str, Schema] = {
                    "retries": {**_ref("RetryPolicy"), "description": "replaces the service's retries"},
                    "timeouts": {**_ref("Timeouts"), "description": "replaces the service's timeouts"},
                    "rate_limit": _ref("RateLimit"),
-                   "websocket": {"type": "boolean", "default": False}}, ("name", "service"),
+                   "websocket": {"type": "boolean", "default": False},
+                   "buffering": {"oneOf": [_ref("Buffering"), {"type": "boolean"}],
+                                 "description": "replaces the service's buffering"}}, ("name", "service"),
                   description="A stored rule: a match, what to change, and the service that answers."),
     "KeySource": _obj({"header": {"type": "string"}, "cookie": {"type": "string"}},
                       description="Where a value comes from: a header or a cookie (one of them)."),

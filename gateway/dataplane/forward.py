@@ -20,7 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.asgi import Downstream
+from gateway.core.asgi import Downstream, Receive
 from gateway.core.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -30,7 +30,7 @@ from gateway.core.errors import (
     UpstreamTimeout,
 )
 from gateway.core.settings import ProxySettings
-from gateway.dataplane.buffering import Watch, buffer_body, prefixed_body, replay_body
+from gateway.dataplane.buffering import BodyTimeout, Watch, read_body
 from gateway.dataplane.request import BodyTooLarge, RequestState, abort_downstream, send_problem
 from gateway.http.headers import ForwardingRules
 from gateway.http.http1 import LAST_CHUNK, chunk, request_head
@@ -84,6 +84,25 @@ class Forwarder:
         await send_problem(req, status, code, detail, close=close, headers=headers,
                            rid_name=self._rid_name)
 
+    async def buffer(self, req: RequestState, route: CompiledRoute) -> bool:
+        """Read the whole request body before any upstream is asked (the route's `buffering`).
+
+        False when the body came too slowly: it was answered 408 (and the connection closes). A body
+        past the route's `max_body` raises `BodyTooLarge`; past `buffering.max_body`, the held part
+        goes first and the rest streams.
+        """
+        policy = route.buffering
+        assert policy is not None
+        try:
+            req.body = await read_body(req.receive, policy.max_body, memory=policy.memory,
+                                       min_rate=policy.min_rate, timeout=policy.timeout,
+                                       max_body=route.max_body)
+        except BodyTimeout as exc:
+            await self.problem(req, 408, exc.code, str(exc), close=True)
+            return False
+        req.bytes_in = req.body.size
+        return True
+
     async def call(self, req: RequestState, service: CompiledService,
                    watch: Watch | None) -> str | None:
         """Forward `req` to `service`; the failure code when `watch` saw this (`to`) side fail.
@@ -117,15 +136,11 @@ class Forwarder:
         if retry:
             budget = self.budgets.get(route.name, policy)
             budget.request()
-            if req.has_body and not req.replayable:
-                body, complete = await buffer_body(req.receive, policy.max_body)
-                if complete and len(body) <= policy.max_body:
-                    req.receive = replay_body(body)
-                    req.replayable = True
-                else:
-                    # Larger than the retry buffer: streamed, and tried once.
-                    req.receive = prefixed_body(body, req.receive)
-                    retry = False
+            if req.has_body:
+                if req.body is None:
+                    req.body = await read_body(req.receive, policy.max_body)
+                if not req.body.complete or req.body.size > policy.max_body:
+                    retry = False  # larger than the retry buffer: sent (the rest streamed) once
         hash_on = service.balancer.hash_on
         key = hash_key(hash_on, req.scope["headers"], req.client) if hash_on is not None else None
         statuses = retry_statuses(policy) if retry else frozenset()
@@ -246,15 +261,20 @@ class Forwarder:
                     upload.cancel()
                 return failed
         downstream: Downstream | None = (req.scope.get("extensions") or {}).get("peel.downstream")
+        # Once the answer is read the connection goes back to the pool, maybe while the client is
+        # still written to: a failure after that is not the connection's to pay for.
+        exchange = conn.exchanges
         try:
             await self._respond(req, route, conn, upload, downstream)
         except UpstreamError as exc:
             req.error = exc.code
-            conn.close(abort=True)
+            if conn.holds(exchange):
+                conn.close(abort=True)
             log.warning("response from %s cut short: %s", conn.endpoint.url, exc)
             abort_downstream(req.scope)
         except BaseException:
-            conn.close(abort=True)
+            if conn.holds(exchange):
+                conn.close(abort=True)
             raise
         finally:
             if downstream is not None:
@@ -278,8 +298,14 @@ class Forwarder:
         else:
             headers.append((b"host", endpoint.url.split("://", 1)[1].encode("ascii")))
         if req.chunked:
-            # Content-Length from the client is refused with chunked by the listener's parser.
-            headers.append((b"transfer-encoding", b"chunked"))
+            # Content-Length from the client is refused with chunked by the listener's parser. A
+            # body held whole goes with a Content-Length (as nginx does): legacy upstreams that
+            # cannot read chunked requests get it too.
+            held = req.body
+            if held is not None and held.complete:
+                headers.append((b"content-length", b"%d" % held.size))
+            else:
+                headers.append((b"transfer-encoding", b"chunked"))
         if req.deadline is not None and self._deadlines is not None:
             remaining = req.deadline - _now()
             if remaining < MIN_REMAINING:
@@ -340,23 +366,27 @@ class Forwarder:
                 downstream.on_lost = conn.abort_exchange
             payload: bytes | None = head
             if req.has_body:
-                message = await req.receive()
+                held = req.body
+                receive = held.reader(req.receive) if held is not None else req.receive
+                chunked = req.chunked and not (held is not None and held.complete)
+                message = await receive()
                 if message["type"] != "http.request":
                     raise ExchangeAborted("the downstream closed the connection")
                 body: bytes = message.get("body", b"")
                 req.bytes_in = len(body)
                 if route.max_body is not None and req.bytes_in > route.max_body:
                     raise BodyTooLarge(route.max_body)
-                if req.chunked and body:
+                if chunked and body:
                     body = chunk(body)
                 if message.get("more_body", False):
-                    payload = None  # streamed: not replayable
+                    payload = None  # streamed: not replayable on this connection
                     conn.begin(head_request=head_request, drop=self._drop)
                     conn.write(head + body if body else head)
                     upload = asyncio.get_running_loop().create_task(
-                        self._upload(conn, req, route.max_body, timeouts.idle or self._idle_timeout))
+                        self._upload(conn, req, receive, chunked, route.max_body,
+                                     timeouts.idle or self._idle_timeout))
                 else:
-                    payload = head + body + (LAST_CHUNK if req.chunked else b"")
+                    payload = head + body + (LAST_CHUNK if chunked else b"")
             t_sent = _perf()
             if payload is not None:
                 conn.begin(head_request=head_request, drop=self._drop)
@@ -443,6 +473,18 @@ class Forwarder:
         req.started = True
         await send(start)
         idle_timeout = route.timeouts.idle or self._idle_timeout
+        buffering = route.buffering
+        tail: list[bytes] = []  # the rest of an answer that completed while the client was written to
+        if buffering is not None:
+            # Read ahead of a slow client, up to the bound: an answer that fits is read whole.
+            conn.high_water = buffering.response
+
+        def complete() -> None:
+            # The answer is in while the client is still being written to: keep what is left,
+            # give the connection back now (the upstream is free), send the rest at the client's pace.
+            tail.append(conn.take())
+            self._finish(conn, upload, req, downstream)
+
         while True:
             if conn.body:
                 data = conn.take()
@@ -450,8 +492,20 @@ class Forwarder:
                 if done:
                     self._finish(conn, upload, req, downstream)
                 req.bytes_out += len(data)
-                await send({"type": "http.response.body", "body": data, "more_body": not done})
-                if done:
+                if done or buffering is None:
+                    await send({"type": "http.response.body", "body": data, "more_body": not done})
+                    if done:
+                        return
+                    continue
+                conn.on_done = complete
+                try:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                finally:
+                    if not tail:
+                        conn.on_done = None
+                if tail:
+                    req.bytes_out += len(tail[0])
+                    await send({"type": "http.response.body", "body": tail[0], "more_body": False})
                     return
             elif reader.done:
                 self._finish(conn, upload, req, downstream)
@@ -481,14 +535,12 @@ class Forwarder:
         else:
             conn.close()
 
-    async def _upload(self, conn: UpstreamConnection, req: RequestState, limit: int | None,
-                      idle_timeout: float) -> None:
+    async def _upload(self, conn: UpstreamConnection, req: RequestState, receive: Receive,
+                      chunked: bool, limit: int | None, idle_timeout: float) -> None:
         """Stream the rest of the request body upstream, as fast as the upstream takes it.
 
         A body above `limit` fails the exchange with `BodyTooLarge` (the proxy answers 413).
         """
-        receive = req.receive
-        chunked = req.chunked
         try:
             while not conn.closed:
                 message = await receive()

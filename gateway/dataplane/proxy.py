@@ -26,7 +26,7 @@ from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
 from facade.decision import Decision
 from gateway.core.asgi import TARGET, Receive, Scope, Send
 from gateway.core.settings import DeadlineSettings, FacadeSettings, ProxySettings, Settings
-from gateway.dataplane.buffering import Watch, buffer_body, prefixed_body, replay_body
+from gateway.dataplane.buffering import Watch, read_body
 from gateway.dataplane.forward import Forwarder
 from gateway.dataplane.request import BodyTooLarge, RequestState, abort_downstream
 from gateway.dataplane.resolve import Incoming, Refusal, Resolver
@@ -162,6 +162,8 @@ class ProxyApp:
             else:
                 abort_downstream(scope)
         finally:
+            if req.body is not None:
+                req.body.close()
             duration = _perf() - t0
             trace = req.trace
             if trace is not None:
@@ -207,6 +209,8 @@ class ProxyApp:
         req.length = length
         req.chunked = chunked
         req.has_body = length is not None or chunked
+        if req.has_body and route.buffering is not None and not await self._forward.buffer(req, route):
+            return None  # the body came too slowly: answered 408
         migration: CompiledMigration | None = route.migration
         if migration is None or resolved.decision is None:
             await self._forward.call(req, route.service, None)
@@ -243,11 +247,10 @@ class ProxyApp:
         counts.add(route.name, table.version, TO)
         replay = decision.fallback and migration.fallback.allows_method(method)
         if replay and req.has_body:
-            body, complete = await buffer_body(req.receive, migration.fallback.max_body)
+            if req.body is None:  # not held by buffering already
+                req.body = await read_body(req.receive, migration.fallback.max_body)
             # Larger than the buffer: sent to `to` only (the rest streamed), without a fallback.
-            replay = complete and len(body) <= migration.fallback.max_body
-            req.receive = replay_body(body) if complete else prefixed_body(body, req.receive)
-            req.replayable = complete
+            replay = req.body.complete and req.body.size <= migration.fallback.max_body
         watch = Watch(migration, replay) if replay or decision.count_misses else None
         failed = await forward.call(req, migration.to_service, watch)
         if failed is None:

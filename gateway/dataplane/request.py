@@ -14,6 +14,7 @@ from gateway.core.asgi import Downstream, Receive, Scope, Send
 from gateway.upstream.pool import ExchangeAborted
 
 if TYPE_CHECKING:
+    from gateway.dataplane.buffering import BufferedBody
     from gateway.telemetry.tracing import RequestTrace
     from routes.model import Endpoint
     from routes.table import CompiledRoute
@@ -34,9 +35,9 @@ class RequestState:
     goes and ends up in the access log, the metrics and the trace.
     """
 
-    __slots__ = ("attempts", "bytes_in", "bytes_out", "chunked", "client", "compiled", "deadline",
+    __slots__ = ("attempts", "body", "bytes_in", "bytes_out", "chunked", "client", "compiled", "deadline",
                  "endpoint", "error", "fallback", "has_body", "host_header", "length", "method", "path",
-                 "query", "receive", "replayable", "request_id", "response_headers", "route", "scope",
+                 "query", "receive", "request_id", "response_headers", "route", "scope",
                  "send", "sent", "service", "side", "started", "status", "trace", "upstream")
 
     def __init__(self, request_id: bytes, scope: Scope, receive: Receive, send: Send) -> None:
@@ -54,7 +55,8 @@ class RequestState:
         self.length: bytes | None = None
         self.chunked = False
         self.has_body = False
-        self.replayable = False  # `receive` hands over a buffered body, as often as asked
+        # the body read ahead (buffering, retries, fallback): each attempt reads it from the start
+        self.body: BufferedBody | None = None
         self.deadline: float | None = None  # time.monotonic() by which the answer must be complete
         self.trace: RequestTrace | None = None
         # extra headers for the downstream response (the route's rate-limit state)
@@ -73,6 +75,11 @@ class RequestState:
         self.error: str | None = None
         self.started = False  # the response head went downstream
         self.sent = False  # the request went upstream completely
+
+    @property
+    def replayable(self) -> bool:
+        """The whole body is held: another attempt (a retry, `from`) can send it again."""
+        return self.body is not None and self.body.complete
 
 
 async def send_problem(req: RequestState, status: int, code: str, detail: str, *,

@@ -3,8 +3,10 @@
 Peel owns this pool because general-purpose clients cost too much on the hot path (httpx's pool
 rescans every connection per request, encode/httpcore#1035). A connection is an asyncio Protocol
 (no StreamReader/Writer): bytes go straight from `data_received` through `http1.ResponseReader`
-into a small buffer the proxy drains, and reading pauses while that buffer is full, so a slow
-downstream slows the upstream instead of filling memory.
+into a buffer the proxy drains, and reading pauses while that buffer holds `high_water` bytes, so
+a slow downstream slows the upstream instead of filling memory. With response buffering the proxy
+raises `high_water` for the exchange and sets `on_done`: an answer that fits is read whole while
+the client is still being written to, and the connection goes back to the pool at once.
 
 Idle connections wait in a LIFO deque per endpoint (the most recently used is the least likely to
 have been closed by the upstream's keep-alive timer); the oldest are closed when there are more
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 
 from gateway.core.errors import ConnectError, ProtocolError, UpstreamTimeout
 from gateway.core.settings import ProxySettings
@@ -46,6 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.endpoint = endpoint
         self.reused = False
         self.closed = False
+        self.exchanges = 0  # exchanges begun: who holds a connection that may be back in the pool
         self.error: BaseException | None = None
         self.reader: ResponseReader | None = None
         self.body: list[bytes] = []
@@ -61,6 +65,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self.deadline = 0.0
         self._deadline_for: tuple[asyncio.Future[None], float, str] | None = None
+        # bytes of response body buffered before reading pauses (per exchange, see `begin`)
+        self.high_water = HIGH_WATER
+        # called once when the response is complete (set by a proxy that is not waiting here)
+        self.on_done: Callable[[], None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -82,7 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         if body:
             self.body.append(body)
             self._buffered += len(body)
-            if self._buffered > HIGH_WATER and not self._reading_paused:
+            if self._buffered > self.high_water and not self._reading_paused:
                 self._reading_paused = True
                 self.transport.pause_reading()
         if reader.head is None:
@@ -92,6 +100,11 @@ class UpstreamConnection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        on_done = self.on_done
+        if on_done is not None and reader.done:
+            # Last: it may hand the connection back to the pool.
+            self.on_done = None
+            on_done()
 
     def eof_received(self) -> bool:
         reader = self.reader
@@ -132,7 +145,14 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, *, head_request: bool, drop: frozenset[bytes] = frozenset()) -> None:
         """Start an exchange: a fresh response reader (`drop`: see `http1.parse_head`)."""
         self.reader = ResponseReader(head_request=head_request, drop=drop)
+        self.exchanges += 1
         self.got_bytes = False
+        self.high_water = HIGH_WATER
+        self.on_done = None
+
+    def holds(self, exchange: int) -> bool:
+        """This connection still carries exchange number `exchange` (it was not handed back)."""
+        return self.exchanges == exchange and self.reader is not None
 
     def stale(self) -> bool:
         """A reused connection that the upstream closed before answering a single byte.
@@ -280,7 +300,11 @@ class UpstreamPool:
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
-        """Return `conn` after an exchange whose request was fully sent."""
+        """Return `conn` after an exchange whose request was fully sent.
+
+        From here on it may carry another exchange: `conn.holds(exchange)` tells the caller whether
+        it is still its own to close.
+        """
         reader = conn.reader
         if (conn.closed or conn.error is not None or reader is None or not reader.done
                 or not reader.reusable or conn.body or self._max_idle == 0 or self._closed):

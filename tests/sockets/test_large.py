@@ -64,11 +64,13 @@ def test_1gib_download_streams_with_flat_memory(big: tuple[Proxy, ScriptedUpstre
 
 
 def test_chunked_upload_of_unknown_length_stays_chunked(big: tuple[Proxy, ScriptedUpstream]) -> None:
+    # Larger than buffering's max_body (64 MiB): the held part goes first and the rest streams, so
+    # the length is unknown upstream too (a smaller body held whole goes with its length).
     proxy, upstream = big
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
-    conn.request("POST", "/upload", body=body(64 << 20), encode_chunked=True)
+    conn.request("POST", "/upload", body=body(96 << 20), encode_chunked=True)
     response = conn.getresponse()
     response.read()
     conn.close()
     assert response.status == 200
-    assert upstream.seen[-1].body_length == 64 << 20 and upstream.seen[-1].chunked
+    assert upstream.seen[-1].body_length == 96 << 20 and upstream.seen[-1].chunked
