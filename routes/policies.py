@@ -18,12 +18,14 @@ field's path (`services[orders].health_check.interval`) and the value, and print
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from routes.errors import RuleError
 from routes.fields import (
+    HOST_RE,
     boolean,
     duration,
     format_duration,
@@ -401,3 +403,86 @@ class Buffering:
         if not self.enabled:
             return False
         return _print(self, ("timeout",))
+
+
+# How an upstream's TLS is trusted and presented (`ServiceTls`); see docs/upstream-tls.md.
+TLS_VERSIONS = ("1.2", "1.3")
+MAX_TLS_PATH = 4096
+# Keys that would turn verification off in other proxies: refused with the way to do it right.
+_NO_VERIFY_KEYS = frozenset({"insecure", "insecure_skip_verify", "verify", "skip_verify",
+                             "verify_peer", "check_hostname"})
+
+
+def _tls_file(m: Mapping[str, Any], key: str, where: str) -> str | None:
+    """An absolute path of a PEM file; only its shape is checked here (the admin API may run on
+    another machine than the gateways: the file is read where the table is served)."""
+    if key not in m:
+        return None
+    path = string(m[key], f"{where}.{key}")
+    if (not path.startswith("/") or path.endswith("/") or len(path) > MAX_TLS_PATH
+            or any(c < " " or c == "\x7f" for c in path)
+            or any(part in (".", "..") for part in path.split("/"))):
+        raise RuleError(f"{where}.{key}", "must be the absolute path of a PEM file (no . or .. "
+                        "segments, no control characters)", path)
+    return path
+
+
+def _server_name(value: object, where: str) -> str:
+    text = string(value, where).lower()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if len(text) > 253 or not HOST_RE.match(text) or text.startswith("*"):
+        raise RuleError(where, "must be a DNS name (no wildcard, no port) or an IP address", value)
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTls:
+    """How Peel trusts and presents itself to a service's https endpoints.
+
+    `ca`: a PEM bundle; the endpoints' certificates must chain to it (instead of the system's CAs,
+    the default). `client_cert`/`client_key`: the certificate Peel presents (mTLS to an upstream
+    that asks for one); the key may sit in the certificate's file. `server_name`: the SNI sent and
+    the name the certificate must carry (default: the endpoint's host). `min_version`: "1.2" or
+    "1.3". Verification is always on: there is no switch to turn it off (give `ca` instead).
+    Paths are absolute; the files are loaded by each serving process (gateway.upstream.dial).
+    """
+
+    ca: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    server_name: str | None = None
+    min_version: str = "1.2"
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> ServiceTls:
+        if isinstance(data, Mapping):
+            for key in data:
+                if key in _NO_VERIFY_KEYS:
+                    raise RuleError(f"{where}.{key}", "verification of an upstream cannot be turned "
+                                    "off: give the CA that signed its certificate in `ca` (and "
+                                    "`server_name` when the certificate names another host)",
+                                    data[key])
+        m = mapping(data, where, ("ca", "client_cert", "client_key", "server_name", "min_version"))
+        cert, key = _tls_file(m, "client_cert", where), _tls_file(m, "client_key", where)
+        if key is not None and cert is None:
+            raise RuleError(f"{where}.client_key", "needs client_cert (the certificate it belongs "
+                            "to)", key)
+        version = m.get("min_version", "1.2")
+        if isinstance(version, float):
+            version = f"{version:g}"  # YAML reads an unquoted 1.2 as a number
+        if version not in TLS_VERSIONS:
+            raise RuleError(f"{where}.min_version", f"must be one of {', '.join(TLS_VERSIONS)}",
+                            m.get("min_version"))
+        return cls(_tls_file(m, "ca", where), cert, key,
+                   _server_name(m["server_name"], f"{where}.server_name")
+                   if "server_name" in m else None, version)
+
+    def files(self) -> tuple[str, ...]:
+        """The files this policy reads, in a fixed order (ca, client certificate, client key)."""
+        return tuple(p for p in (self.ca, self.client_cert, self.client_key) if p is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _print(self)

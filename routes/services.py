@@ -9,7 +9,7 @@ defaults left out. The policies themselves parse and print in `routes.policies`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +22,7 @@ from routes.policies import (
     HealthCheck,
     OutlierDetection,
     RetryPolicy,
+    ServiceTls,
     Timeouts,
 )
 
@@ -33,13 +34,17 @@ class Endpoint:
     """One `scheme://host:port` of a service, with its balancing weight.
 
     The weight is left out of equality and hashing: an endpoint is the same upstream (the same
-    connection pool, the same health and latency state) whatever its weight.
+    connection pool, the same health and latency state) whatever its weight. `tls` is its
+    service's `tls` policy (set by `Service`, never printed with the endpoint): the dialer reads it,
+    and because it is part of equality, connections made under one policy are never pooled for an
+    endpoint of the same URL under another (a different client certificate, CA or name).
     """
 
     scheme: str
     host: str
     port: int
     weight: int = field(default=1, compare=False)
+    tls: ServiceTls | None = field(default=None, repr=False)
     # `scheme://host:port`, made once: the data plane reads it on every attempt (metrics, traces)
     url: str = field(init=False, compare=False, repr=False)
 
@@ -85,7 +90,8 @@ class Service:
     """A named upstream: a pool of endpoints and its resilience policies (`routes.policies`).
 
     `outlier` None: passive outlier detection is off (`outlier: false`); `retries`, `timeouts` and
-    `buffering` apply to the service's routes that do not declare their own.
+    `buffering` apply to the service's routes that do not declare their own. `tls` (https endpoints
+    only) is carried by each endpoint too (`Endpoint.tls`), set here whatever the caller passed.
     """
 
     name: str
@@ -97,11 +103,17 @@ class Service:
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
     buffering: Buffering = field(default_factory=Buffering)
+    tls: ServiceTls | None = None
+
+    def __post_init__(self) -> None:
+        if any(e.tls != self.tls for e in self.endpoints):
+            object.__setattr__(self, "endpoints",
+                               tuple(replace(e, tls=self.tls) for e in self.endpoints))
 
     @classmethod
     def parse(cls, data: object, where: str) -> Service:
         m = mapping(data, where, ("name", "endpoints", "balancer", "health_check", "outlier",
-                                   "circuit_breaker", "retries", "timeouts", "buffering"))
+                                   "circuit_breaker", "retries", "timeouts", "buffering", "tls"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
         name = rule_name(m["name"], f"{where}.name")
@@ -115,6 +127,13 @@ class Service:
             if e in seen:
                 raise RuleError(f"{where}.endpoints[{i}]", "is listed twice", e.url)
             seen.add(e)
+        tls = None
+        if m.get("tls") is not None:
+            tls = ServiceTls.parse(m["tls"], f"{where}.tls")
+            plain = [e.url for e in endpoints if e.scheme != "https"]
+            if plain:
+                raise RuleError(f"{where}.tls", "applies to https:// endpoints only; these are "
+                                "plain http: " + ", ".join(plain), m["tls"])
         return cls(name, endpoints,
                    Balancer.parse(m.get("balancer", {}), f"{where}.balancer"),
                    HealthCheck.parse(m["health_check"], f"{where}.health_check")
@@ -123,7 +142,7 @@ class Service:
                    CircuitBreaker.parse(m.get("circuit_breaker", {}), f"{where}.circuit_breaker"),
                    RetryPolicy.parse(m.get("retries", {}), f"{where}.retries"),
                    Timeouts.parse(m.get("timeouts", {}), f"{where}.timeouts"),
-                   Buffering.parse(m.get("buffering", True), f"{where}.buffering"))
+                   Buffering.parse(m.get("buffering", True), f"{where}.buffering"), tls)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "endpoints": [e.to_doc() for e in self.endpoints]}
@@ -141,4 +160,6 @@ class Service:
                 out[key] = printed
         if self.buffering != Buffering():
             out["buffering"] = self.buffering.to_dict()
+        if self.tls is not None:
+            out["tls"] = self.tls.to_dict()
         return out

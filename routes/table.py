@@ -31,6 +31,7 @@ from routes.policies import (
     OutlierDetection,
     RateLimit,
     RetryPolicy,
+    ServiceTls,
     Timeouts,
 )
 from routes.regex import Regex
@@ -60,21 +61,24 @@ class CompiledService:
 
     `spec` is the stored `routes.model.Service` (built from `name` and `endpoints` when not given);
     `balancer`, `health_check`, `outlier` and `circuit_breaker` are its policies, copied flat so the
-    request path reads each with one attribute access.
+    request path reads each with one attribute access; `tls` is its upstream TLS (also on each
+    endpoint, where the dialer reads it).
     """
 
     __slots__ = ("balancer", "circuit_breaker", "endpoints", "health_check", "name",
-                 "outlier", "spec")
+                 "outlier", "spec", "tls")
     spec: Service
     balancer: Balancer
     health_check: HealthCheck | None
     outlier: OutlierDetection | None
     circuit_breaker: CircuitBreaker
+    tls: ServiceTls | None
 
     def __init__(self, name: str, endpoints: tuple[Endpoint, ...], spec: Service | None = None) -> None:
         self.name = name
         self.endpoints = endpoints
         self.spec = spec if spec is not None else Service(name, endpoints)
+        self.tls = self.spec.tls
         self.balancer = self.spec.balancer
         self.health_check = self.spec.health_check
         self.outlier = self.spec.outlier

@@ -41,6 +41,8 @@ DURATION: Schema = {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum
 DURATION_OR_ZERO: Schema = {"oneOf": [{"type": "number", "minimum": 0, "maximum": 86400}, _DURATION_TEXT],
                             "description": "seconds, or 250ms, 1.5s, 2m, 1h; 0 or more, at most 24h"}
 STATUS: Schema = {"type": "integer", "minimum": 100, "maximum": 599}
+# An absolute path on the gateways' machines (only its shape is checked when a document is applied).
+TLS_FILE: Schema = {"type": "string", "pattern": "^/", "maxLength": 4096}
 
 
 def _count(default: int, low: int = 1, high: int = 1000) -> Schema:
@@ -106,6 +108,16 @@ POLICIES: dict[str, Schema] = {
                        "response": _count(1024 * 1024, 65536, 256 * 1024 * 1024)},
                       description="Request and response buffering (on by default); `buffering: "
                                   "false` streams both ways."),
+    "ServiceTls": _obj({"ca": {**TLS_FILE, "description": "PEM bundle the endpoints' certificates "
+                                                          "must chain to; default: the system's CAs"},
+                        "client_cert": {**TLS_FILE, "description": "certificate Peel presents (PEM)"},
+                        "client_key": {**TLS_FILE, "description": "its key (PEM, unencrypted); "
+                                                                  "default: in client_cert's file"},
+                        "server_name": {"type": "string", "description": "SNI sent and name verified; "
+                                        "default: the endpoint's host"},
+                        "min_version": {"type": "string", "enum": ["1.2", "1.3"], "default": "1.2"}},
+                       description="TLS to the service's https endpoints; verification is always on "
+                                   "(docs/upstream-tls.md). Files are read by each gateway."),
 }
 
 SCHEMAS: dict[str, Schema] = {
@@ -115,7 +127,8 @@ SCHEMAS: dict[str, Schema] = {
                      "outlier": {"oneOf": [_ref("OutlierDetection"), {"type": "boolean"}]},
                      "circuit_breaker": _ref("CircuitBreaker"), "retries": _ref("RetryPolicy"),
                      "timeouts": _ref("Timeouts"),
-                     "buffering": {"oneOf": [_ref("Buffering"), {"type": "boolean"}]}},
+                     "buffering": {"oneOf": [_ref("Buffering"), {"type": "boolean"}]},
+                     "tls": _ref("ServiceTls")},
                     ("name", "endpoints"),
                     description="A named upstream: a pool of endpoints and its resilience policies."),
     "FieldMatch": FIELD_MATCH,

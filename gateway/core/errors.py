@@ -9,6 +9,8 @@ place (`gateway.core.problems`).
         ├── NoEndpoint       the service has no endpoint to try              503
         ├── CircuitOpen      the service's circuit breaker refused the request  503
         ├── ConnectError     the endpoint refused or could not be reached    502
+        │   ├── UpstreamTlsError   the TLS handshake failed (certificate not trusted, wrong name)  502
+        │   └── UpstreamTlsConfig  the service's TLS files could not be loaded by this process   502
         ├── UpstreamTimeout  connect, response-header or idle timeout        504
         │   └── DeadlineExceeded  the request's deadline (total timeout or incoming header) passed  504
         └── ProtocolError    the endpoint answered something that is not HTTP/1.1   502
@@ -49,6 +51,16 @@ class CircuitOpen(UpstreamError):
 class ConnectError(UpstreamError):
     status = 502
     code = "upstream-connect-failed"
+
+
+class UpstreamTlsError(ConnectError):
+    status = 502
+    code = "upstream-tls-failed"
+
+
+class UpstreamTlsConfig(ConnectError):
+    status = 502
+    code = "upstream-tls-config"
 
 
 class UpstreamTimeout(UpstreamError):

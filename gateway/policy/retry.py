@@ -22,7 +22,15 @@ from collections.abc import Callable, Container
 from datetime import UTC
 from functools import lru_cache
 
-from gateway.core.errors import DeadlineExceeded, ProtocolError, UpstreamError, UpstreamReset, UpstreamTimeout
+from gateway.core.errors import (
+    ConnectError,
+    DeadlineExceeded,
+    ProtocolError,
+    UpstreamError,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamTlsConfig,
+)
 from routes.grammar import IDEMPOTENT_METHODS as IDEMPOTENT_METHODS  # the forwarder reads it here
 from routes.policies import RetryPolicy
 
@@ -214,7 +222,11 @@ def failure_kind(exc: UpstreamError) -> str | None:
         return "reset"
     if isinstance(exc, ProtocolError):
         return "502"  # garbage from the upstream is answered 502
-    return "connect-failure" if exc.code == "upstream-connect-failed" else None
+    # A TLS handshake that failed is a connect failure (no request byte went out); TLS files this
+    # process cannot load fail every endpoint of the service alike: no retry.
+    if isinstance(exc, UpstreamTlsConfig):
+        return None
+    return "connect-failure" if isinstance(exc, ConnectError) else None
 
 
 def may_retry_after(policy: RetryPolicy, failure: UpstreamError | None) -> bool:

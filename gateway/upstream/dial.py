@@ -1,6 +1,7 @@
 """The one place that opens upstream connections: TCP, plain or TLS, for every caller.
 
     dialer = Dialer(tls=<TlsFactory or None>)      # one per process: pool.dialer
+    holder.follow(dialer.tls.update)               # load each service's TLS files per table
     transport, protocol = await dialer.open(endpoint, protocol_factory, timeout=5.0)
 
 The upstream pool (HTTP exchanges), the WebSocket upstream leg and the active health checks all
@@ -8,23 +9,48 @@ dial through a `Dialer`, so a check trusts exactly what a request does and the T
 is decided in one place (the mTLS client identity lands here and nowhere else). Tests hand a fake
 dialer (an in-memory upstream, `tests/fakes/upstream.py`) to the pool instead of real sockets.
 
-TLS: a caller-supplied `TlsFactory` (a private CA per service, a client certificate, tests) wins
-when it gives a context, and decides alone for a plain-http endpoint; an https endpoint it has no
-context for gets the system's verifying context, made once when first needed.
+TLS, in order: a caller-supplied `TlsFactory` (tests, later the mesh identity) wins when it gives a
+context, and decides alone for a plain-http endpoint; an endpoint whose service has a `tls` policy
+(`routes.policies.ServiceTls`, carried by `Endpoint.tls`) gets that policy's context; any other
+https endpoint gets the system's verifying context, made once when first needed. Every context
+verifies the certificate chain and the name: there is no way to turn that off.
+
+A service's context is built from its files in this process (the admin API that accepted the
+document may run on another machine; it checked only the paths' shape), once per distinct policy
+and file contents, never per connection: `update(table)` (a table follower) loads the files of
+every policy in a new table, and a dial re-reads a policy's files when they were last read more
+than `RECHECK` seconds ago, rebuilding the context only when their SHA-256 fingerprint changed.
+Files that cannot be loaded fail that service's dials with `UpstreamTlsConfig` (502
+`upstream-tls-config`), and only its dials: the rest of the table keeps serving. Files that turn
+bad after a good load (a rotation caught half-written) keep the last good context, with an error
+logged, until they load again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from gateway.core.errors import ConnectError, UpstreamTimeout
+from gateway.core.errors import ConnectError, UpstreamTimeout, UpstreamTlsConfig, UpstreamTlsError
 from routes.model import Endpoint
+from routes.policies import ServiceTls
+from routes.table import RouteTable
+
+log = logging.getLogger("peel.upstream.tls")
 
 # The TLS context of an endpoint (None: plain TCP, or for https "use the system's").
 TlsFactory = Callable[[Endpoint], "ssl.SSLContext | None"]
+# Seconds between two reads of a policy's files by the dial path (a table swap always reads them).
+RECHECK = 10.0
+# A PEM file larger than this is not a certificate bundle (a mistyped path to a log or an image).
+MAX_PEM = 4 * 1024 * 1024
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -43,21 +69,173 @@ def ssl_context_for(endpoint: Endpoint, factory: TlsFactory | None,
     return default() if endpoint.scheme == "https" else None
 
 
-class UpstreamTls:
-    """Chooses the TLS context of each endpoint per `ssl_context_for`, with one default context.
+def server_name(endpoint: Endpoint) -> str:
+    """The SNI sent to `endpoint` and the name its certificate must carry: the service's
+    `tls.server_name`, else the endpoint's host (for an IP address no SNI goes out, RFC 6066, and
+    the certificate must carry the address)."""
+    policy = endpoint.tls
+    if policy is not None and policy.server_name is not None:
+        return policy.server_name
+    return endpoint.host
 
-    Called once per new upstream connection (never per request on a kept-alive one).
+
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PEM + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_PEM:
+        raise ValueError(f"{what} {path} is larger than {MAX_PEM} bytes: not a PEM file")
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{what} {path} is not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise ValueError("the key is encrypted; give an unencrypted key (mode 0600)")
+
+
+def read_files(policy: ServiceTls) -> tuple[bytes, dict[str, bytes]]:
+    """The fingerprint of a policy's settings and file contents, and the contents by path.
+
+    ValueError naming the file when one cannot be read or is not PEM.
+    """
+    digest = hashlib.sha256(repr((policy.min_version, policy.files())).encode())
+    contents: dict[str, bytes] = {}
+    for path, what in ((policy.ca, "ca"), (policy.client_cert, "client_cert"),
+                       (policy.client_key, "client_key")):
+        if path is not None:
+            data = contents[path] = contents.get(path) or _read_pem(path, what)
+            digest.update(len(data).to_bytes(8, "big"))
+            digest.update(data)
+    return digest.digest(), contents
+
+
+def build_context(policy: ServiceTls, contents: dict[str, bytes]) -> ssl.SSLContext:
+    """The verifying client context of a policy from its files' contents (`read_files`).
+
+    ValueError naming the file when OpenSSL refuses one.
+    """
+    if policy.ca is not None:
+        try:
+            context = ssl.create_default_context(cadata=contents[policy.ca].decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"ca {policy.ca} holds no usable PEM certificate: {exc}") from exc
+    else:
+        context = ssl.create_default_context()
+    # create_default_context verifies the chain and the name; said again so that no edit above
+    # can silently loosen it.
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    context.minimum_version = _VERSIONS[policy.min_version]
+    if policy.client_cert is not None:
+        try:
+            # OpenSSL reads these by path only; the fingerprint was taken from the same files (a
+            # change in between is seen as a changed fingerprint at the next read).
+            context.load_cert_chain(policy.client_cert, policy.client_key, password=_no_passphrase)
+        except (OSError, ValueError) as exc:
+            pair = policy.client_cert + (f" + {policy.client_key}" if policy.client_key else "")
+            raise ValueError(f"client certificate {pair}: {getattr(exc, 'reason', None) or exc}") from exc
+    return context
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """What a policy's files gave at the last read: a context or why not, and when."""
+
+    fingerprint: bytes
+    context: ssl.SSLContext | None
+    error: str | None
+    read_at: float
+
+
+class UpstreamTls:
+    """Chooses the TLS context of each endpoint (see the module docstring) and keeps the contexts
+    of the services' `tls` policies.
+
+    Called once per new upstream connection (never per request on a kept-alive one). `clock` is
+    for the `RECHECK` interval (tests inject one).
     """
 
-    __slots__ = ("_default", "_factory")
+    __slots__ = ("_by_fingerprint", "_clock", "_default", "_factory", "_loaded")
 
-    def __init__(self, factory: TlsFactory | None = None) -> None:
+    def __init__(self, factory: TlsFactory | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._factory = factory
+        self._clock = clock
         self._default: ssl.SSLContext | None = None
+        self._loaded: dict[ServiceTls, _Loaded] = {}
+        # one context per distinct policy settings and file contents, shared by equal ones
+        self._by_fingerprint: dict[bytes, ssl.SSLContext] = {}
 
     def context_for(self, endpoint: Endpoint) -> ssl.SSLContext | None:
-        """The TLS context for `endpoint`, or None for plain TCP."""
-        return ssl_context_for(endpoint, self._factory, self._default_context)
+        """The TLS context for `endpoint`, or None for plain TCP.
+
+        `UpstreamTlsConfig` when its service's TLS files could not be loaded in this process.
+        """
+        policy = endpoint.tls
+        if policy is None:
+            return ssl_context_for(endpoint, self._factory, self._default_context)
+        return ssl_context_for(endpoint, self._factory, lambda: self._service_context(policy))
+
+    def update(self, table: RouteTable) -> None:
+        """A table follower: load the files of every `tls` policy in `table` now (so a bad file is
+        logged when the table arrives, not at the first request) and forget the policies it no
+        longer has."""
+        self.refresh(s.tls for s in table.services.values() if s.tls is not None)
+
+    def refresh(self, policies: Iterable[ServiceTls]) -> None:
+        """Read the files of `policies` now and keep only their contexts."""
+        wanted = set(policies)
+        for gone in [p for p in self._loaded if p not in wanted]:
+            del self._loaded[gone]
+        for policy in wanted:
+            self._load(policy)
+        used = {loaded.fingerprint for loaded in self._loaded.values()}
+        for fingerprint in [f for f in self._by_fingerprint if f not in used]:
+            del self._by_fingerprint[fingerprint]
+
+    def _service_context(self, policy: ServiceTls) -> ssl.SSLContext:
+        loaded = self._loaded.get(policy)
+        if loaded is None or self._clock() - loaded.read_at >= RECHECK:
+            loaded = self._load(policy)
+        if loaded.context is None:
+            raise UpstreamTlsConfig(f"the upstream TLS files cannot be used: {loaded.error}")
+        return loaded.context
+
+    def _load(self, policy: ServiceTls) -> _Loaded:
+        """Read the policy's files; rebuild its context only when their fingerprint changed."""
+        now = self._clock()
+        before = self._loaded.get(policy)
+        try:
+            fingerprint, contents = read_files(policy)
+            if before is not None and before.fingerprint == fingerprint and before.error is None:
+                before.read_at = now
+                return before
+            context = self._by_fingerprint.get(fingerprint)
+            if context is None:
+                context = self._by_fingerprint[fingerprint] = build_context(policy, contents)
+            loaded = _Loaded(fingerprint, context, None, now)
+            if before is not None:
+                log.info("upstream TLS files changed, new context in use: %s", ", ".join(policy.files()))
+        except ValueError as exc:
+            error = str(exc)
+            if before is not None and before.context is not None:
+                # Keep serving with the last good files (a rotation half written, a file briefly
+                # missing), and say so once per distinct error.
+                if before.error != error:
+                    log.error("upstream TLS files cannot be loaded, the previous ones stay in use: %s",
+                              error)
+                loaded = _Loaded(before.fingerprint, before.context, error, now)
+            else:
+                if before is None or before.error != error:
+                    log.error("upstream TLS files cannot be loaded; the service's https endpoints "
+                              "answer 502 upstream-tls-config until they can: %s", error)
+                loaded = _Loaded(b"", None, error, now)
+        self._loaded[policy] = loaded
+        return loaded
 
     def _default_context(self) -> ssl.SSLContext:
         # Made on first use: loading the system's CA store costs milliseconds, and most
@@ -77,8 +255,10 @@ class Dial(Protocol):
 class Dialer:
     """Opens TCP connections to endpoints, with TLS per `UpstreamTls` (see the module docstring).
 
-    `open` raises `ConnectError` when the endpoint cannot be reached (the `OSError`, TLS failures
-    included, is its `__cause__`) and `UpstreamTimeout` when `timeout` seconds pass first.
+    `open` raises `ConnectError` when the endpoint cannot be reached (the `OSError` is its
+    `__cause__`), `UpstreamTlsError` when the TLS handshake fails (an untrusted certificate, a
+    wrong name; the `ssl.SSLError` is its cause), `UpstreamTlsConfig` when the service's TLS files
+    cannot be loaded, and `UpstreamTimeout` when `timeout` seconds pass first.
     """
 
     __slots__ = ("tls",)
@@ -99,15 +279,22 @@ class Dialer:
             async with asyncio.timeout(timeout):
                 transport, protocol = await loop.create_connection(
                     protocol_factory, endpoint.host, endpoint.port, ssl=context,
-                    server_hostname=endpoint.host if context is not None else None)
+                    server_hostname=server_name(endpoint) if context is not None else None)
         except TimeoutError as exc:
             if timeout is None:
                 raise  # the caller's own timeout
             raise UpstreamTimeout(f"connecting to {endpoint.url} took longer than "
                                   f"{timeout:g} s") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamTlsError(f"TLS with {endpoint.url} failed: its certificate is not "
+                                   f"trusted for {server_name(endpoint)!r}: "
+                                   f"{exc.verify_message or exc.reason}") from exc
+        except ssl.SSLError as exc:
+            raise UpstreamTlsError(f"TLS with {endpoint.url} failed: {exc.reason or exc}") from exc
         except OSError as exc:
             raise ConnectError(f"cannot connect to {endpoint.url}: {exc.strerror or exc}") from exc
         return transport, protocol
 
 
-__all__ = ["Dial", "Dialer", "TlsFactory", "UpstreamTls", "ssl_context_for"]
+__all__ = ["RECHECK", "Dial", "Dialer", "TlsFactory", "UpstreamTls", "build_context", "read_files",
+           "server_name", "ssl_context_for"]

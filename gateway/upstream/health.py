@@ -7,9 +7,10 @@
 A check opens a fresh connection (never one of the pool's: a check must see what a new request
 would see, and must not hold a keep-alive slot), sends `GET <path>` with `Connection: close` and
 reads the status line; the endpoint passed when the status is one of the policy's `statuses`. The
-whole check (connect, TLS, request, status line) has `timeout` seconds. The result goes to
-`EndpointState.report_check(ok, now)`, which applies the healthy/unhealthy thresholds; this module
-only watches `healthy` change to log each transition once.
+whole check (connect, TLS, request, status line) has `timeout` seconds; an https endpoint is
+dialled with its service's `tls` (CA, client certificate, server name) exactly as requests are. The
+result goes to `EndpointState.report_check(ok, now)`, which applies the healthy/unhealthy
+thresholds; this module only watches `healthy` change to log each transition once.
 
 Checks of one endpoint start at a random offset within the interval, so that a reload or a start of
 many workers does not send every check at the same instant, and then run at a fixed rate.
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.core.errors import ConnectError
+from gateway.core.errors import ConnectError, UpstreamTlsConfig
 from gateway.upstream.dial import Dial, Dialer
 from routes.model import Endpoint
 from routes.policies import HealthCheck
@@ -146,6 +147,8 @@ async def check_endpoint(endpoint: Endpoint, policy: HealthCheck,
         return CheckResult(False, error=f"bad answer: {exc}")
     except asyncio.IncompleteReadError:
         return CheckResult(False, error="closed the connection before a complete response head")
+    except UpstreamTlsConfig as exc:
+        return CheckResult(False, error=f"TLS configuration: {exc}")
     except ConnectError as exc:
         return CheckResult(False, error=_connect_failure(exc.__cause__ or exc))
     except OSError as exc:
