@@ -60,6 +60,9 @@ def global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
                    help=f"admin API (default: $PEEL_ADMIN_URL, the settings' admin listener, "
                         f"or {DEFAULT_ADMIN_URL})")
     g.add_argument("--token", default=default(None), help="admin API token (default: $PEEL_ADMIN_TOKEN)")
+    g.add_argument("--cacert", metavar="FILE", default=default(None),
+                   help="CA certificate(s) that signed an https admin listener's certificate "
+                        "(default: $PEEL_ADMIN_CA, else the system's trust store)")
     g.add_argument("--json", action="store_true", default=default(False), help="print JSON")
 
 

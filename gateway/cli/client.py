@@ -8,6 +8,7 @@ unreachable or refuses the token.
 from __future__ import annotations
 
 import json
+import ssl
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -34,7 +35,9 @@ class AdminClient:
     """Calls the admin API at `base_url` with a bearer token. Use as a context manager."""
 
     def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, cacert: str | None = None) -> None:
+        """`cacert`: a PEM file of the CA(s) that signed an https admin listener's certificate
+        (default: the system's trust store). Verification is never turned off."""
         if not token:
             raise AdminError("no admin token: pass --token or set PEEL_ADMIN_TOKEN "
                              "(an operator creates one with `peel token create NAME`)")
@@ -43,7 +46,15 @@ class AdminClient:
         import httpx
 
         self.base_url = base_url.rstrip("/")
+        verify: ssl.SSLContext | bool = True
+        if cacert:
+            try:
+                verify = ssl.create_default_context(cafile=cacert)
+            except (OSError, ssl.SSLError) as exc:
+                raise AdminError(f"cannot read the admin CA file {cacert} (--cacert or PEEL_ADMIN_CA):"
+                                 f" {getattr(exc, 'strerror', None) or exc}") from None
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
+                                  verify=verify,
                                   headers={"Authorization": f"Bearer {token}",
                                            "Accept": "application/json"})
 
@@ -76,6 +87,12 @@ class AdminClient:
             response = self._http.request(method, path, content=content, params=params, headers=headers)
         except httpx.TimeoutException:
             raise AdminError(f"the admin API at {self.base_url} did not answer in time") from None
+        except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise AdminError(f"the admin API at {self.base_url} has a certificate this client does "
+                                 f"not trust ({exc}); pass its CA with --cacert or PEEL_ADMIN_CA") from None
+            raise AdminError(f"cannot reach the admin API at {self.base_url} ({exc}); is `peel serve` "
+                             "running there? (set --admin or PEEL_ADMIN_URL)") from None
         except httpx.HTTPError as exc:
             raise AdminError(f"cannot reach the admin API at {self.base_url} ({exc}); is `peel serve` "
                              "running there? (set --admin or PEEL_ADMIN_URL)") from None

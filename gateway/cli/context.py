@@ -31,12 +31,14 @@ def admin_url(args: argparse.Namespace) -> str:
     if config_path(args):
         listener = settings(args).listeners.admin
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listener.host, listener.host)
-        return f"http://{f'[{host}]' if ':' in host else host}:{listener.port}"
+        scheme = "https" if listener.tls else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{listener.port}"
     return DEFAULT_ADMIN_URL
 
 
 def admin_client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(admin_url(args), args.token or os.environ.get("PEEL_ADMIN_TOKEN"))
+    return AdminClient(admin_url(args), args.token or os.environ.get("PEEL_ADMIN_TOKEN"),
+                       cacert=args.cacert or os.environ.get("PEEL_ADMIN_CA") or None)
 
 
 def open_store(args: argparse.Namespace, *, check: bool = True) -> Store:
