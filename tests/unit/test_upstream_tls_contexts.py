@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from gateway.core.errors import UpstreamTlsConfig
+from gateway.core.errors import ConnectError, UpstreamTlsConfig, UpstreamTlsError
+from gateway.policy.retry import failure_kind
 from gateway.upstream.dial import RECHECK, UpstreamTls, server_name
 from routes.compiler import compile_document
 from routes.model import Document, Endpoint, Service
@@ -180,3 +181,9 @@ def test_a_factory_still_wins_over_the_policy(ca_file: Path) -> None:
     mine = ssl.create_default_context()
     tls = UpstreamTls(lambda e: mine)
     assert tls.context_for(endpoint(ServiceTls(ca=str(ca_file)))) is mine
+
+
+def test_a_failed_handshake_is_retried_as_a_connect_failure_and_unloadable_files_are_not() -> None:
+    assert failure_kind(UpstreamTlsError("untrusted")) == "connect-failure"
+    assert failure_kind(ConnectError("refused")) == "connect-failure"
+    assert failure_kind(UpstreamTlsConfig("no ca")) is None  # every endpoint shares the files
