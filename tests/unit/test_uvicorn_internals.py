@@ -249,6 +249,35 @@ def test_peels_own_config_loads_and_keeps_its_protocol_classes() -> None:
     needs(admin.ws_protocol_class is None, 'ws="none" on the admin listener', LISTENER)
 
 
+def test_the_ssl_context_factory_gives_the_listening_context_and_https_scopes() -> None:
+    import ssl
+
+    from uvicorn.protocols.utils import is_ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    calls: list[object] = []
+
+    def factory(config: object, default: object) -> ssl.SSLContext:
+        calls.append(config)
+        return context
+
+    config = uvicorn_config(asgi_app, Settings(), listener="public", ssl_context_factory=factory)
+    config.load()
+    tls = "gateway/edge/tls.py (TlsListener.factory)"
+    needs(config.ssl is context and calls == [config],
+          "Config.load() calls ssl_context_factory(config, default) once; Config.ssl is its context "
+          "(passed to loop.create_server)", tls)
+    needs(inspect.signature(HttpToolsProtocol.connection_made).parameters.keys() >= {"transport"}
+          and "is_ssl(transport)" in inspect.getsource(HttpToolsProtocol.connection_made),
+          "the protocol sets scope scheme https from is_ssl(transport)", "gateway/dataplane/forward.py")
+
+    class Transport:
+        def get_extra_info(self, name: str) -> object:
+            return context if name == "sslcontext" else None
+
+    needs(is_ssl(Transport()), 'is_ssl reads get_extra_info("sslcontext")', tls)  # type: ignore[arg-type]
+
+
 def test_the_websocket_protocol_drain_closes() -> None:
     for name in ("handshake_complete", "close_sent"):
         needs(f"self.{name} = False" in source(WebSocketsSansIOProtocol.__init__),
