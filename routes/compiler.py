@@ -14,18 +14,32 @@ one of its hosts, smaller first:
 
 A route with several hosts gets one entry per host, each ranked with that host, so a request is
 judged by the most specific host of the route that it matches.
+
+A route read from a store written before Peel ran regexes on RE2 may hold a pattern RE2 refuses
+(`Route.refused_regex`). Nothing runs that pattern: `unservable_match` stands in a pattern RE2 runs
+that accepts every request the stored one could (a superset), the route keeps its place in the
+precedence order, and its service is an empty stand-in, so the route's requests get 503 instead of
+silently reaching another route (the monolith's catch-all, say) while the rest of the table serves.
+Each such route is logged with its field and the fix.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from dataclasses import replace
+
 from routes.errors import RuleError
-from routes.matcher import KIND_RANK, CompiledMatch
+from routes.matcher import KIND_RANK, CompiledMatch, regex_literal_segments
 from routes.migration import CompiledMigration
-from routes.model import Document
+from routes.model import Document, FieldMatch, Match, Rewrite, Route
+from routes.regex import Regex, RegexError
 from routes.rewrite import compile_header_rules, compile_path_rewrite
 from routes.table import CompiledRoute, CompiledService, Entry, RouteTable, TrieNode
 
 PrecedenceKey = tuple[int, int, int, int, int, int, int, str]
+
+log = logging.getLogger("peel.routes")
 
 
 def precedence_key(route: CompiledRoute, host_pattern: str) -> PrecedenceKey:
@@ -56,6 +70,9 @@ def compile_document(document: Document, version: int) -> RouteTable:
                 raise RuleError(f"routes[{spec.name}].migration.to", "names no service",
                                 spec.migration.to)
             migration = CompiledMigration(spec.migration, spec.name, service, to)
+        if spec.refused_regex:
+            routes.append(_unservable(spec))
+            continue
         routes.append(CompiledRoute(spec, service, CompiledMatch(spec.match),
                                     compile_path_rewrite(spec.match, spec.rewrite),
                                     compile_header_rules(spec.rewrite.request_headers),
@@ -85,3 +102,47 @@ def compile_document(document: Document, version: int) -> RouteTable:
     for root in (hostless, *exact.values(), *wildcard.values()):
         root.freeze()
     return RouteTable(version, tuple(routes), services, exact, wildcard, hostless)
+
+
+def _runs(pattern: str) -> bool:
+    try:
+        Regex(pattern)
+    except RegexError:
+        return False
+    return True
+
+
+def unservable_match(match: Match) -> Match:
+    """`match` with each pattern RE2 refuses replaced by one RE2 runs that accepts a superset.
+
+    A path regex becomes the whole literal segments every match of it starts with
+    (`^/orders/(?=\\d)` gives `^/orders/`; nothing known gives `^/`); a header, query or cookie
+    regex becomes `present`, since a regex never matches an absent name. The rest is kept.
+    """
+    path_regex = match.path_regex
+    if path_regex is not None and not _runs(path_regex):
+        segments = regex_literal_segments(path_regex)
+        path_regex = "^/" + "".join(re.escape(s) + "/" for s in segments)
+
+    def fields(items: tuple[FieldMatch, ...]) -> tuple[FieldMatch, ...]:
+        return tuple(FieldMatch(p.name, present=True) if p.regex is not None and not _runs(p.regex)
+                     else p for p in items)
+
+    return replace(match, path_regex=path_regex, headers=fields(match.headers),
+                   query=fields(match.query), cookies=fields(match.cookies))
+
+
+def _unservable(spec: Route) -> CompiledRoute:
+    """The compiled form of a route whose stored regex RE2 refuses: matched, never forwarded."""
+    for refusal in spec.refused_regex:
+        log.warning("%s", refusal.warning())
+    match = CompiledMatch(unservable_match(spec.match))
+    if spec.match.path_regex is not None:
+        # Rank it as the stored route was ranked (the stand-in has the same literal segments).
+        match.path.pattern = spec.match.path_regex
+    # An empty stand-in service, outside the table's services: no endpoint, so the data plane
+    # answers 503 (no-endpoint) without dialing anything, and no health check or pool follows it.
+    nowhere = CompiledService(f"unservable route {spec.name}", ())
+    return CompiledRoute(spec, nowhere, match, compile_path_rewrite(spec.match, Rewrite()),
+                         compile_header_rules(spec.rewrite.request_headers),
+                         compile_header_rules(spec.rewrite.response_headers), None)

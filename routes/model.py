@@ -5,6 +5,13 @@ valid document or raises `RuleError` naming the first wrong field, such as
 `routes[orders].match.path_regex`, and the value. `Document.to_dict()` prints the canonical form:
 defaults left out, so `export` then `apply` changes nothing.
 
+`Document.parse(data, stored=True)` reads a document from the store, which an older Peel may have
+written with a regex RE2 refuses (a lookahead, a backreference: `routes.regex`). Exactly that
+refusal is then kept instead of raised: the route holds the pattern text, so it is exported as
+stored, and lists the refusal in `Route.refused_regex`; the compiler makes such a route answer 503
+without running the pattern. Every write parses strictly, and `Document.build` (every edit) refuses
+a document that still holds such a route, so no new version carries one.
+
 Nothing here does I/O. Cross-references (unknown service, duplicate names, two routes with the same
 match and priority) are checked by `Document.parse` too, so a document that parses is one that can be
 stored and compiled.
@@ -39,7 +46,7 @@ from routes.services import Endpoint, Service
 # Endpoint and Service live in routes.services (and NAME_RE in routes.fields); importers of the
 # document model find them here.
 __all__ = ["HEADER_VALUE_RE", "NAME_RE", "PATH_KINDS", "Document", "Endpoint", "FieldMatch", "HeaderRules",
-           "Match", "Rewrite", "Route", "Service"]
+           "Match", "RefusedRegex", "Rewrite", "Route", "Service"]
 
 TEMPLATE_PARAM_RE = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
 # Header values may hold visible ASCII, spaces and tabs (RFC 9110 field-value, without obs-text).
@@ -47,13 +54,52 @@ HEADER_VALUE_RE = re.compile(r"^[\t\x20-\x7e]*$")
 PATH_KINDS = ("path", "path_prefix", "path_template", "path_regex")
 
 
-def _regex(value: object, where: str) -> str:
-    """A pattern RE2 runs (`routes.regex`: linear time on request input, no backtracking syntax)."""
+@dataclass(frozen=True, slots=True)
+class RefusedRegex:
+    """A pattern or replacement in a stored route that this Peel will not run (see the module doc).
+
+    `field` is the document path (`routes[orders].match.path_regex`), `reason` RE2's refusal and
+    `value` the stored text.
+    """
+
+    route: str
+    field: str
+    reason: str
+    value: str
+
+    def error(self) -> RuleError:
+        """The 422 a write that still holds the pattern gets, with the fix."""
+        return RuleError(self.field, f"{self.reason}; this rule was stored before Peel ran regexes "
+                         f"on RE2: fix it with `peel routes set {self.route} -f route.yaml` (or "
+                         "delete the route) before any other change", self.value)
+
+    def warning(self) -> str:
+        """One log line for an operator: the route, the field, what happens and the fix."""
+        return (f"route {self.route} cannot be served: {self.field} {self.reason} (got "
+                f"{self.value!r}); its requests are answered 503 until it is fixed with "
+                f"`peel routes set {self.route} -f route.yaml`")
+
+
+# Where a lenient (stored) parse collects the refusals of one route; None: raise them (writes).
+Refusals = list[RuleError] | None
+
+
+def _refuse(error: RuleError, refused: Refusals) -> None:
+    if refused is None:
+        raise error
+    refused.append(error)
+
+
+def _regex(value: object, where: str, refused: Refusals = None) -> str:
+    """A pattern RE2 runs (`routes.regex`: linear time on request input, no backtracking syntax).
+
+    With `refused` (a stored document), a pattern RE2 refuses is collected there and kept as text.
+    """
     pattern = string(value, where)
     try:
         Regex(pattern)
     except RegexError as exc:
-        raise RuleError(where, f"is not a valid regular expression: {exc}", value) from exc
+        _refuse(RuleError(where, f"is not a valid regular expression: {exc}", value), refused)
     return pattern
 
 
@@ -81,7 +127,7 @@ class FieldMatch:
     present: bool | None = None
 
     @classmethod
-    def parse(cls, data: object, where: str, *, header: bool) -> FieldMatch:
+    def parse(cls, data: object, where: str, *, header: bool, refused: Refusals = None) -> FieldMatch:
         m = mapping(data, where, ("name", "value", "regex", "present"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
@@ -93,7 +139,7 @@ class FieldMatch:
         if "value" in m:
             return cls(name, value=string(m["value"], f"{where}.value", empty=True))
         if "regex" in m:
-            return cls(name, regex=_regex(m["regex"], f"{where}.regex"))
+            return cls(name, regex=_regex(m["regex"], f"{where}.regex", refused))
         if not isinstance(m["present"], bool):
             raise RuleError(f"{where}.present", "must be true or false", m["present"])
         return cls(name, present=m["present"])
@@ -127,7 +173,7 @@ class Match:
     cookies: tuple[FieldMatch, ...] = ()
 
     @classmethod
-    def parse(cls, data: object, where: str) -> Match:
+    def parse(cls, data: object, where: str, refused: Refusals = None) -> Match:
         m = mapping(data, where, ("hosts", *PATH_KINDS, "methods", "headers", "query", "cookies"))
         kinds = [k for k in PATH_KINDS if k in m]
         if len(kinds) > 1:
@@ -167,11 +213,11 @@ class Match:
                         raise RuleError(f"{where}.path_template", f"parameter {seg} is used twice",
                                         template)
                     names.add(seg)
-        regex = _regex(m["path_regex"], f"{where}.path_regex") if "path_regex" in m else None
+        regex = _regex(m["path_regex"], f"{where}.path_regex", refused) if "path_regex" in m else None
 
         def preds(key: str, header: bool) -> tuple[FieldMatch, ...]:
             items = sequence(m.get(key, []), f"{where}.{key}")
-            return tuple(FieldMatch.parse(d, f"{where}.{key}[{i}]", header=header)
+            return tuple(FieldMatch.parse(d, f"{where}.{key}[{i}]", header=header, refused=refused)
                          for i, d in enumerate(items))
 
         return cls(tuple(hosts), path, prefix, template, regex, tuple(methods),
@@ -254,11 +300,13 @@ class Rewrite:
     response_headers: HeaderRules = field(default_factory=HeaderRules)
 
     @classmethod
-    def parse(cls, data: object, where: str) -> Rewrite:
+    def parse(cls, data: object, where: str, refused: Refusals = None) -> Rewrite:
         m = mapping(data, where, ("path_prefix", "path_regex", "replacement", "host",
                                    "request_headers", "response_headers"))
         prefix = plain_path(m["path_prefix"], f"{where}.path_prefix") if "path_prefix" in m else None
-        regex = _regex(m["path_regex"], f"{where}.path_regex") if "path_regex" in m else None
+        count = len(refused) if refused is not None else 0
+        regex = _regex(m["path_regex"], f"{where}.path_regex", refused) if "path_regex" in m else None
+        runs = refused is None or len(refused) == count  # the stored pattern itself is not refused
         replacement = (string(m["replacement"], f"{where}.replacement", empty=True)
                        if "replacement" in m else None)
         if prefix is not None and regex is not None:
@@ -268,14 +316,14 @@ class Rewrite:
                             "path_regex and replacement go together")
         if replacement is not None and any(not 0x20 < ord(c) < 0x7f for c in replacement):
             # It becomes part of the request line sent upstream: CR/LF there would split the request.
-            raise RuleError(f"{where}.replacement", "may hold only visible ASCII characters (no spaces or "
-                            "control characters)", replacement)
-        if regex is not None and replacement is not None:
+            _refuse(RuleError(f"{where}.replacement", "may hold only visible ASCII characters (no "
+                              "spaces or control characters)", replacement), refused)
+        elif regex is not None and replacement is not None and runs:
             try:
                 Substitution(regex, replacement)
             except RegexError as exc:
-                raise RuleError(f"{where}.replacement", f"does not fit path_regex: {exc}",
-                                replacement) from exc
+                _refuse(RuleError(f"{where}.replacement", f"does not fit path_regex: {exc}",
+                                  replacement), refused)
         host = None
         if "host" in m:
             host = string(m["host"], f"{where}.host").lower()
@@ -320,6 +368,8 @@ class Route:
     rewrite: Rewrite = field(default_factory=Rewrite)
     migration: Migration | None = None
     max_body: int | None = None
+    # what a stored parse kept instead of refusing (never printed: the patterns themselves are)
+    refused_regex: tuple[RefusedRegex, ...] = ()
     retries: RetryPolicy | None = None
     timeouts: Timeouts | None = None
     rate_limit: RateLimit | None = None
@@ -327,7 +377,8 @@ class Route:
     buffering: Buffering | None = None
 
     @classmethod
-    def parse(cls, data: object, where: str) -> Route:
+    def parse(cls, data: object, where: str, *, stored: bool = False) -> Route:
+        """`stored`: keep a regex RE2 refuses and list it in `refused_regex` (module docstring)."""
         m = mapping(data, where, ("name", "match", "service", "priority", "rewrite", "migration",
                                    "max_body", *_ROUTE_POLICIES, "websocket"))
         if "name" not in m:
@@ -342,8 +393,9 @@ class Route:
                 not -1_000_000 <= priority <= 1_000_000:
             raise RuleError(f"{where}.priority", "must be an integer between -1000000 and 1000000",
                             priority)
-        match = Match.parse(m.get("match", {}), f"{where}.match")
-        rewrite = Rewrite.parse(m.get("rewrite", {}), f"{where}.rewrite")
+        refused: Refusals = [] if stored else None
+        match = Match.parse(m.get("match", {}), f"{where}.match", refused)
+        rewrite = Rewrite.parse(m.get("rewrite", {}), f"{where}.rewrite", refused)
         if rewrite.path_prefix is not None and match.path_prefix is None:
             raise RuleError(f"{where}.rewrite.path_prefix", "needs match.path_prefix to replace",
                             rewrite.path_prefix)
@@ -357,7 +409,8 @@ class Route:
             raise RuleError(f"{where}.max_body", "must be a whole number of bytes, 0 or more", max_body)
         policies = {key: parse(m[key], f"{where}.{key}")
                     for key, parse in _ROUTE_POLICIES.items() if m.get(key) is not None}
-        return cls(name, match, service, priority, rewrite, migration, max_body,
+        kept = tuple(RefusedRegex(name, e.field, e.message, str(e.value)) for e in refused or ())
+        return cls(name, match, service, priority, rewrite, migration, max_body, kept,
                    websocket=boolean(m.get("websocket", False), f"{where}.websocket"), **policies)
 
     def to_dict(self) -> dict[str, Any]:
@@ -398,19 +451,25 @@ class Document:
     routes: tuple[Route, ...] = ()
 
     @classmethod
-    def parse(cls, data: object) -> Document:
+    def parse(cls, data: object, *, stored: bool = False) -> Document:
+        """`stored`: a document read back from the store (lenient about RE2 refusals only)."""
         if data is None:
             data = {}
         m = mapping(data, "document", ("services", "routes"))
         services = [Service.parse(s, f"services[{i}]")
                     for i, s in enumerate(sequence(m.get("services") or [], "services"))]
-        routes = [Route.parse(r, f"routes[{i}]")
+        routes = [Route.parse(r, f"routes[{i}]", stored=stored)
                   for i, r in enumerate(sequence(m.get("routes") or [], "routes"))]
-        return cls.build(services, routes)
+        return cls.build(services, routes, stored=stored)
 
     @classmethod
-    def build(cls, services: Iterable[Service], routes: Iterable[Route]) -> Document:
-        """Check cross-references and return the document in canonical order."""
+    def build(cls, services: Iterable[Service], routes: Iterable[Route], *,
+              stored: bool = False) -> Document:
+        """Check cross-references and return the document in canonical order.
+
+        A route with a `refused_regex` is refused (its 422 names the field and the fix) unless the
+        document is the stored one being read: an edit never writes such a route again.
+        """
         by_name: dict[str, Service] = {}
         for s in services:
             if s.name in by_name:
@@ -420,6 +479,8 @@ class Document:
         seen_match: dict[tuple[object, ...], str] = {}
         route_list = list(routes)
         for r in route_list:
+            if r.refused_regex and not stored:
+                raise r.refused_regex[0].error()
             if r.name in route_names:
                 raise RuleError(f"routes[{r.name}].name", "is used by another route", r.name)
             route_names.add(r.name)
@@ -442,6 +503,15 @@ class Document:
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)
+
+    def refused_regexes(self) -> list[RefusedRegex]:
+        """What a stored parse kept that this Peel will not run, route by route (usually none)."""
+        return [refusal for r in self.routes for refusal in r.refused_regex]
+
+    def check_writable(self) -> None:
+        """Refuse (RuleError, 422) to write a document that still holds a refused regex."""
+        for refusal in self.refused_regexes():
+            raise refusal.error()
 
     def route(self, name: str) -> Route | None:
         return next((r for r in self.routes if r.name == name), None)

@@ -107,13 +107,19 @@ EMPTY_VERSION = ConfigVersion(0, _EPOCH, "", "no config version committed yet", 
 
 
 def encode_document(document: Document) -> str:
-    """The canonical JSON of a document: equal documents give equal text."""
+    """The canonical JSON of a document: equal documents give equal text.
+
+    A document that still holds a regex this Peel refuses (read from an older store) is refused
+    here, the one write path: a rollback to such a version included.
+    """
+    document.check_writable()
     return json.dumps(document.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def decode_document(text_: str, version: int) -> Document:
     try:
-        return Document.parse(json.loads(text_))
+        # stored: a route with a regex RE2 refuses (written by an older Peel) is kept, unservable
+        return Document.parse(json.loads(text_), stored=True)
     except (ValueError, RuleError) as exc:
         raise StoreError(f"config version {version} holds a document this Peel cannot read: {exc}") \
             from exc

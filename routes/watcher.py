@@ -48,7 +48,7 @@ def read_snapshot(path: Path) -> tuple[int, Document] | None:
     """The snapshot's version and document, or None when there is none or it is unreadable."""
     try:
         data: Any = json.loads(path.read_text())
-        return int(data["version"]), Document.parse(data["document"])
+        return int(data["version"]), Document.parse(data["document"], stored=True)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, PeelError) as exc:
