@@ -40,6 +40,10 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     store = open_store(args, check=False)
     store.upgrade()
     print("the store's schema is up to date")
+    # Rules stored before Peel ran regexes on RE2 may hold a pattern it refuses: say which, and how
+    # to fix them, now rather than when their requests start getting 503.
+    for refusal in store.latest().document.refused_regexes():
+        print(f"peel: warning: {refusal.warning()}", file=sys.stderr)
     return 0
 
 
