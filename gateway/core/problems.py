@@ -40,6 +40,32 @@ def encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
+# What a client is told about failures whose own text names the gateway's insides (endpoint URLs,
+# TLS errors, exception classes): the specifics stay in the log and the access-log line (`detail`).
+PUBLIC_DETAILS = {
+    "upstream-error": "the upstream service failed",
+    "no-endpoint": "the service has no endpoint available",
+    "circuit-open": "the service is refusing requests for a moment (circuit open); try again later",
+    "upstream-connect-failed": "the upstream service could not be reached",
+    "upstream-timeout": "the upstream service did not answer in time",
+    "deadline-exceeded": "the request's deadline passed before an answer",
+    "upstream-protocol-error": "the upstream service answered something that is not HTTP/1.1",
+    "upstream-reset": "the upstream service closed the connection before answering",
+    "upstream-tls-failed": "a secure connection to the upstream service could not be established",
+    "upstream-tls-config": "the gateway cannot use its TLS settings for the upstream service",
+    "internal-error": "the gateway failed on this request",
+}
+
+
+def public_detail(code: str, detail: str) -> str:
+    """The detail a downstream client may see for `code`: generic for upstream and internal
+    failures (any `upstream-*` code included), the given one for refusals of the request itself."""
+    public = PUBLIC_DETAILS.get(code)
+    if public is None and code.startswith("upstream-"):
+        public = PUBLIC_DETAILS["upstream-error"]
+    return detail if public is None else public
+
+
 def render(status: int, code: str, detail: str, *, headers: Iterable[tuple[bytes, bytes]] = (),
            close: bool = False, **extra: Any) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """(headers, body) of a problem+json answer: content type and length, then `headers`, then

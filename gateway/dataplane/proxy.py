@@ -158,7 +158,7 @@ class ProxyApp:
             req.error = "internal-error"
             if not req.started:
                 await self._forward.problem(req, 500, "internal-error",
-                                            f"the gateway failed on this request ({type(exc).__name__})")
+                                            f"{type(exc).__name__}: {exc}")
             else:
                 abort_downstream(scope)
         finally:
@@ -177,7 +177,7 @@ class ProxyApp:
                               duration, req.upstream, req.error, req.side, req.fallback,
                               trace_id=trace.trace_id if trace is not None else None,
                               span_id=trace.span_id if trace is not None else None,
-                              attempts=req.attempts)
+                              attempts=req.attempts, detail=req.detail)
 
     async def _handle(self, req: RequestState, host_header: bytes | None, hosts: int,
                       length: bytes | None, chunked: bool, deadline: bool) -> None:

@@ -36,8 +36,8 @@ class RequestState:
     """
 
     __slots__ = ("attempts", "body", "bytes_in", "bytes_out", "chunked", "client", "compiled", "deadline",
-                 "endpoint", "error", "fallback", "has_body", "host_header", "length", "method", "path",
-                 "query", "receive", "request_id", "response_headers", "route", "scope",
+                 "detail", "endpoint", "error", "fallback", "has_body", "host_header", "length", "method",
+                 "path", "query", "receive", "request_id", "response_headers", "route", "scope",
                  "send", "sent", "service", "side", "started", "status", "trace", "upstream")
 
     def __init__(self, request_id: bytes, scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,6 +73,7 @@ class RequestState:
         self.bytes_out = 0
         self.upstream: float | None = None
         self.error: str | None = None
+        self.detail: str | None = None  # what went wrong, in the operator's words (not the client's)
         self.started = False  # the response head went downstream
         self.sent = False  # the request went upstream completely
 
@@ -88,8 +89,11 @@ async def send_problem(req: RequestState, status: int, code: str, detail: str, *
     """Answer `req` with a problem+json; `close`: and end the connection (its body was not read)."""
     req.status = status
     req.error = req.error or code
+    public = problems.public_detail(code, detail)
+    if public is not detail:
+        req.detail = detail  # the specifics, for the access log only
     extra = [(rid_name, req.request_id), *headers] if headers else [(rid_name, req.request_id)]
-    out, body = problems.render(status, code, detail, headers=extra, close=close,
+    out, body = problems.render(status, code, public, headers=extra, close=close,
                                 request_id=req.request_id.decode("ascii"))
     req.started = True
     req.bytes_out = len(body)

@@ -201,7 +201,7 @@ class Resolver:
         if policy is not None and self._limiters is not None:
             verdict = self._limiters.get(route.name, policy).take(rate_key(policy, headers, client))
             if not verdict.allowed:
-                return Refusal(429, "rate-limited", f"route {route.name} allows {policy.requests} "
+                return Refusal(429, "rate-limited", f"this route allows {policy.requests} "
                                f"requests per {policy.per:g} s per client; try again later",
                                headers=verdict.headers, route=route)
             rate_headers = verdict.headers

@@ -71,8 +71,8 @@ _now = time.monotonic
 class _Entry:
     """What the access log says about one WebSocket, filled in as it goes."""
 
-    __slots__ = ("endpoint", "error", "measured", "request_id", "route", "service", "side", "started",
-                 "status", "upstream")
+    __slots__ = ("detail", "endpoint", "error", "measured", "request_id", "route", "service", "side",
+                 "started", "status", "upstream")
 
     def __init__(self, request_id: bytes) -> None:
         self.request_id = request_id
@@ -82,6 +82,7 @@ class _Entry:
         self.endpoint: Endpoint | None = None
         self.status = 0
         self.error: str | None = None
+        self.detail: str | None = None  # what went wrong, for the access log (the client gets less)
         self.upstream: float | None = None  # seconds until the upstream's handshake answer
         self.started = False  # the client got an answer (101 or a refusal)
         self.measured = False  # the handshake's request metric is recorded
@@ -146,8 +147,7 @@ class WebSocketProxy:
             log.exception("unexpected error on WebSocket %s", scope.get("path"))
             entry.error = "internal-error"
             if not entry.started:
-                await self._deny(scope, send, entry, 500, "internal-error",
-                                 f"the gateway failed on this request ({type(exc).__name__})")
+                await self._deny(scope, send, entry, 500, "internal-error", f"{type(exc).__name__}: {exc}")
             self._measure(entry, t0)
         finally:
             if trace is not None:
@@ -160,7 +160,8 @@ class WebSocketProxy:
                               entry.status, sent, received, _perf() - t0, entry.upstream, entry.error,
                               entry.side, attempts=1 if entry.endpoint is not None else 0,
                               trace_id=trace.trace_id if trace is not None else None,
-                              span_id=trace.span_id if trace is not None else None)
+                              span_id=trace.span_id if trace is not None else None,
+                              detail=entry.detail)
 
     def _measure(self, entry: _Entry, t0: float) -> None:
         """The handshake's request metric, once, when its answer is known (101 or a refusal): a
@@ -192,8 +193,7 @@ class WebSocketProxy:
         route = resolved.route
         if not route.websocket:
             return await self._deny(scope, send, entry, 403, "websocket-not-allowed",
-                                    f"route {route.name!r} does not allow WebSocket "
-                                    "(set `websocket: true` on it)")
+                                    "this route does not allow WebSocket (set `websocket: true` on it)")
         assert table is not None
         service: CompiledService = resolved.service
         decision = resolved.decision
@@ -325,6 +325,10 @@ class WebSocketProxy:
         entry.status = status
         entry.error = entry.error or code
         entry.started = True
+        public = problems.public_detail(code, detail)
+        if public is not detail:
+            entry.detail = detail  # the specifics, for the access log only
+            detail = public
         if _DENIAL not in (scope.get("extensions") or {}):
             entry.status = 403
             await send({"type": "websocket.close", "code": 1008})

@@ -12,7 +12,9 @@ request's server span; null without tracing), request_id, client, method, path, 
 endpoint, side ("from"/"to" on a migrated route, else null), status, bytes_in, bytes_out,
 duration_ms, upstream_ms (until the upstream's response head), attempts (upstream attempts made,
 retries and the fallback included; 0: none), fallback (the code of the `to` failure that `from`
-answered for, else null), error (a Peel error code or null).
+answered for, else null), error (a Peel error code or null), detail (what went wrong in the
+operator's words, such as the endpoint that refused or the TLS error, where the client was given
+a generic text; else null).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from routes.model import Endpoint
 
 FIELDS = ("time", "trace_id", "span_id", "request_id", "client", "method", "path", "route", "service",
           "endpoint", "side", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "attempts",
-          "fallback", "error")
+          "fallback", "error", "detail")
 _BATCH = 256  # lines written per GIL hand-over: a long batch would stall the event loop
 _COMPLAIN_EVERY = 60.0  # seconds between two reports of a failing target
 
@@ -95,7 +97,7 @@ class AccessLog:
             service: str | None, endpoint: Endpoint | str | None, status: int, bytes_in: int, bytes_out: int,
             duration: float, upstream: float | None, error: str | None, side: str | None = None,
             fallback: str | None = None, *, trace_id: str | None = None, span_id: str | None = None,
-            attempts: int = 0) -> None:
+            attempts: int = 0, detail: str | None = None) -> None:
         """Queue one line; never blocks. `duration` and `upstream` are in seconds.
 
         `endpoint` may be the `Endpoint` itself: its URL is then formatted by the writer thread.
@@ -110,7 +112,7 @@ class AccessLog:
             return
         queue.append((time.time() - duration, trace_id, span_id, request_id, client, method, path, route,
                       service, endpoint, side, status, bytes_in, bytes_out, duration, upstream, attempts,
-                      fallback, error))
+                      fallback, error, detail))
 
     def close(self) -> None:
         """Write everything queued, flush, and stop the writer thread."""
@@ -191,7 +193,7 @@ class AccessLog:
         # Formatted by hand: json.dumps of a dict costs several times more, and this thread
         # competes with the event loop for the GIL. Strings go through the C JSON escaper.
         (when, trace_id, span_id, request_id, client, method, path, route, service, endpoint, side,
-         status, bytes_in, bytes_out, duration, upstream, attempts, fallback, error) = record
+         status, bytes_in, bytes_out, duration, upstream, attempts, fallback, error, detail) = record
         return (f'{{"time":"{self._rfc3339(when)}","trace_id":{_text(trace_id)},'
                 f'"span_id":{_text(span_id)},'
                 f'"request_id":{_quote(request_id.decode("ascii", "replace"))},'
@@ -201,7 +203,8 @@ class AccessLog:
                 f'"status":{status:d},"bytes_in":{bytes_in:d},"bytes_out":{bytes_out:d},'
                 f'"duration_ms":{duration * 1000:.3f},'
                 f'"upstream_ms":{"null" if upstream is None else format(upstream * 1000, ".3f")},'
-                f'"attempts":{attempts:d},"fallback":{_text(fallback)},"error":{_text(error)}}}\n')
+                f'"attempts":{attempts:d},"fallback":{_text(fallback)},"error":{_text(error)},'
+                f'"detail":{_text(detail)}}}\n')
 
 
 _quote = json.encoder.encode_basestring
