@@ -3,6 +3,7 @@ write it never, and compile the route so that it answers its own requests withou
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -141,3 +142,15 @@ def test_a_route_value_with_a_refusal_is_equal_across_reads() -> None:
     first, second = Document.parse(data, stored=True), Document.parse(data, stored=True)
     assert first == second
     assert isinstance(first.route("broken"), Route)
+
+
+def test_the_snapshot_of_such_a_document_still_loads(tmp_path: Any) -> None:
+    """A restarted gateway whose store is down starts from the snapshot: it must load too."""
+    from routes.watcher import read_snapshot
+
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps({"version": 4, "document": document(STORED[0][0])}))
+    loaded = read_snapshot(path)
+    assert loaded is not None and loaded[0] == 4
+    broken = loaded[1].route("broken")
+    assert broken is not None and broken.refused_regex
