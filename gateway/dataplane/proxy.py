@@ -85,8 +85,10 @@ class ProxyApp:
         self._metrics = metrics
         self._forward = Forwarder(pool, self.upstreams, self._rules, settings,
                                   deadlines=self._deadlines, metrics=metrics)
-        self._resolver = Resolver(paths=self._paths, deadlines=self._deadlines, limiters=RateLimiters(),
-                                  beta=BetaTrust(facade.trusted_networks, facade.beta_secret))
+        # the resolve step of this listener (its beta filter's counts are published as metrics)
+        self.resolver = self._resolver = Resolver(
+            paths=self._paths, deadlines=self._deadlines, limiters=RateLimiters(),
+            beta=BetaTrust(facade.trusted_networks, facade.beta_secret))
         self._log = access_log if access_log is not None and access_log.enabled else None
         self._websocket = WebSocketProxy(holder, self._resolver, rules=self._rules, settings=settings,
                                          dialer=pool.dialer,

@@ -141,6 +141,11 @@ class Resolver:
         self._limiters = limiters
 
     @property
+    def beta_filter(self) -> TableBetaFilter:
+        """The beta filter of the tables this resolver sees (its `stripped` count)."""
+        return self._beta
+
+    @property
     def paths(self) -> PathRules:
         return self._paths
 

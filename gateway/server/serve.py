@@ -252,6 +252,7 @@ class Runtime:
                        upstreams=self.upstreams, tracing=tracing,
                        metrics=self.metrics if settings.metrics.enabled else None)
         self.proxies.append(app)
+        self.state.beta = app.resolver.beta_filter
         tls = self.tls.get("public")
         public = settings.listeners.public
         served: Any = Hsts(app, public.hsts_max_age) if tls is not None and public.hsts_max_age else app

@@ -250,7 +250,7 @@ class PeelCollector:
                 ejections.add((service,), n)
             for service, n in (m.get("circuit_open") or {}).items():
                 circuit_open.add((service,), n)
-            for name in ("in_flight", "overflow", "access_log_dropped"):
+            for name in ("in_flight", "overflow", "access_log_dropped", "beta_stripped"):
                 totals.add((name,), m.get(name, 0))
             for name, n in (m.get("spans") or {}).items():
                 spans.add((str(name),), n)
@@ -296,6 +296,8 @@ class PeelCollector:
                                 value=value(("processes",), 0.0))
         yield CounterMetricFamily("peel_access_log_dropped", "Access-log lines dropped (queue full or "
                                   "write failed)", value=value(("access_log_dropped",), 0.0))
+        yield CounterMetricFamily("peel_beta_stripped", "Beta values stripped before routing (untrusted, "
+                                  "ambiguous or spelt otherwise)", value=value(("beta_stripped",), 0.0))
         for name, doc in (("ended", "Sampled spans handed to the exporter's queue"),
                           ("dropped", "Sampled spans dropped because the export queue was full"),
                           ("exported", "Spans the collector accepted"),

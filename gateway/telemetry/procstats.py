@@ -205,6 +205,11 @@ class _SpanStats(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+class _Stripped(Protocol):
+    @property
+    def stripped(self) -> int: ...
+
+
 class ProcessState:
     """What one serving process publishes: its `Metrics`, its `Upstreams`, its access log's drops.
 
@@ -221,6 +226,8 @@ class ProcessState:
         self.access_log = access_log
         # the process's `Tracing` (its span export counts), when tracing is on
         self.tracing: _SpanStats | None = None
+        # the data plane's beta filter (beta values stripped), where requests are served
+        self.beta: _Stripped | None = None
         self.gateway = gateway
         self.role = role
         self.pid = os.getpid()
@@ -245,6 +252,7 @@ class ProcessState:
             services[service.name] = service.snapshot(now)
         metrics["ejections"] = self._ejections.update(ejections)
         metrics["access_log_dropped"] = self.access_log.dropped if self.access_log is not None else 0
+        metrics["beta_stripped"] = self.beta.stripped if self.beta is not None else 0
         if self.tracing is not None:
             metrics["spans"] = self.tracing.stats()
         return {"pid": self.pid, "gateway": self.gateway, "role": self.role, "time": time.time(),

@@ -159,6 +159,14 @@ def test_spoofed_beta_header_from_an_untrusted_address_never_reaches_the_new_ser
     assert len(sides.orders.seen) == before
     # Nor does the spoofed header travel on to the old one.
     assert all("x-beta-user" not in headers for _, _, headers, _ in sides.legacy.seen[-len(outside):])
+    # Each stripped value is counted, for an alert on spoofing attempts.
+    token = gateway.upgrade_with_token("beta-metrics")
+
+    def stripped() -> float:
+        _, body = gateway.admin_get("/metrics", token)
+        line = next(x for x in body.decode().splitlines() if x.startswith("peel_beta_stripped_total "))
+        return float(line.split()[1])
+    wait_for(lambda: stripped() >= len(outside), 15, "the stripped beta values in /metrics")
 
 
 def test_a_signed_beta_value_is_honoured_from_anywhere(gateway: PeelServe, sides: Sides) -> None:
