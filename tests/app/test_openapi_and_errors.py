@@ -70,7 +70,7 @@ async def test_openapi_request_bodies_and_refs_resolve(admin: Admin) -> None:
                    Timeouts, RateLimit):
         assert set(schemas[policy.__name__]["properties"]) == \
             {f.name for f in dataclasses.fields(policy)}, policy
-    assert set(schemas["MatchRequest"]["properties"]) == {"method", "url", "headers"}
+    assert set(schemas["MatchRequest"]["properties"]) == {"method", "url", "headers", "cookies", "from"}
     assert set(schemas["Match"]["properties"]) >= {"hosts", "path_prefix", "methods", "headers",
                                                      "query", "cookies"}
 
