@@ -34,10 +34,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import re2  # type: ignore[import-untyped]
-from re2 import _re2
-
-_UNANCHORED: Any = _re2.RE2.Anchor.UNANCHORED
+# RE2 is loaded with the first pattern (`_engine()`): a process whose tables hold no regex (most
+# gateways) does not pay its ~2.4 MiB of resident memory.
+_re2: Any = None
+_UNANCHORED: Any = None
 _NO_MATCH = -1
 # Two digits at most, as in Python: `\10` is group 10, never group 1 followed by `0`.
 _MAX_GROUP_DIGITS = 2
@@ -51,8 +51,19 @@ class RegexError(ValueError):
     """A pattern or replacement template Peel cannot run; the message says why."""
 
 
+def _engine() -> Any:
+    """RE2's pybind binding, imported on first use."""
+    global _re2, _UNANCHORED
+    if _re2 is None:
+        from re2 import _re2 as binding  # type: ignore[import-untyped]
+
+        _UNANCHORED = binding.RE2.Anchor.UNANCHORED
+        _re2 = binding
+    return _re2
+
+
 def _options(*, capture: bool) -> Any:
-    options = re2.Options()
+    options = _engine().RE2.Options()
     # RE2 writes every refused pattern to stderr through absl; the refusal is the caller's answer.
     options.log_errors = False
     options.never_capture = not capture
@@ -115,7 +126,7 @@ def _translate(pattern: str) -> str:
 
 
 def _program(pattern: str, *, capture: bool) -> Any:
-    program = _re2.RE2(_translate(pattern).encode("utf-8", "surrogatepass"), _options(capture=capture))
+    program = _engine().RE2(_translate(pattern).encode("utf-8", "surrogatepass"), _options(capture=capture))
     if not program.ok():
         error = program.error()
         reason = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)

@@ -30,11 +30,10 @@ import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
 
 from gateway.core.errors import ConfigError
 from gateway.core.settings import ListenerSettings, TlsCertificateSettings
@@ -127,6 +126,9 @@ def _read(path: str, setting: str, what: str) -> bytes:
 
 def _names(leaf: x509.Certificate) -> tuple[str, ...]:
     """The DNS names of the subjectAltName, lower-case; the common name only when there is no SAN."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -139,6 +141,10 @@ def load_certificate(pair: TlsCertificateSettings, setting: str, min_version: st
                      now: datetime.datetime | None = None) -> Certificate:
     """Read, check and load one certificate and its key; `ConfigError` naming `setting.cert` or
     `setting.key` for what is wrong."""
+    # cryptography is loaded only by a process that serves TLS: it costs every other one ~15 MiB.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     cert_key, key_key = f"{setting}.cert", f"{setting}.key"
     cert_pem = _read(pair.cert, cert_key, "certificate")
     try:

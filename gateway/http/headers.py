@@ -64,6 +64,23 @@ _NOT_NOMINATIONS = frozenset({b"close", b"keep-alive", b""})
 _VISIBLE = bytes(range(0x21, 0x7F))
 
 
+# Verdicts of `is_claim` by header name: the data plane asks for every header of every request
+# from an untrusted client, and names repeat. Bounded: hostile names cannot grow it.
+_CLAIMS: dict[bytes, bool] = {}
+_MAX_CLAIMS = 4096
+
+
+def claim_verdict(name: bytes) -> bool:
+    """`is_claim(name)`, remembered per name."""
+    verdict = _CLAIMS.get(name)
+    if verdict is None:
+        verdict = is_claim(name)
+        if len(_CLAIMS) >= _MAX_CLAIMS:
+            _CLAIMS.clear()
+        _CLAIMS[name] = verdict
+    return verdict
+
+
 def is_claim(name: bytes) -> bool:
     """Whether a (lower-case) header name is one only a trusted proxy may send: `CLIENT_CLAIMS`,
     `CLAIM_PREFIXES`, or the forwarded headers themselves spelt with `_` (`x_forwarded_for`)."""
@@ -167,6 +184,7 @@ class ForwardingRules:
         forwarded: dict[bytes, bytes] = {}
         rid_name = self.request_id_name
         trusted = self.trusts(client)
+        claims = _CLAIMS
         for name, value in headers:
             if name in HOP_BY_HOP:
                 if name == b"connection":
@@ -179,7 +197,7 @@ class ForwardingRules:
                 continue
             if name == rid_name or name == b"host" or name == b"expect":
                 continue
-            if not trusted and is_claim(name):
+            if not trusted and (claims[name] if name in claims else claim_verdict(name)):
                 continue
             out.append((name, value))
         if extra:

@@ -35,8 +35,25 @@ def _canonical(name: str) -> str | None:
     return name
 
 
+# Host headers repeat (a gateway serves a handful of names): each is read once, then looked up.
+_PARSED: dict[bytes, str | None] = {}
+_MAX_PARSED = 4096
+
+
 def parse_host(host: bytes) -> str | None:
     """The Host header's host, canonical (see the module docstring), or None: not `host[:port]`."""
+    try:
+        return _PARSED[host]
+    except KeyError:
+        pass
+    parsed = _parse_host(host)
+    if len(_PARSED) >= _MAX_PARSED:
+        _PARSED.clear()  # bounded: hostile Host values cannot grow it
+    _PARSED[host] = parsed
+    return parsed
+
+
+def _parse_host(host: bytes) -> str | None:
     text = host.decode("latin-1").lower()
     if text.startswith("["):
         end = text.find("]")
