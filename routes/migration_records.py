@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from routes.schema import migration_transitions, traffic_counts
@@ -51,6 +51,11 @@ class TransitionInfo:
                 "actor": self.actor, "reason": self.reason, "time": self.created_at.isoformat(),
                 "config_version": self.config_version}
 
+
+# The instance name under which `compact_traffic` keeps the counts of processes that are gone.
+ROLLUP_INSTANCE = "*rollup*"
+# rows of idle processes rolled up per `compact_traffic` call (the next call takes the rest)
+COMPACT_BATCH = 5000
 
 # Traffic count deltas: (route, config version) -> (to, from, fallback, retired misses)
 CountDeltas = Mapping[tuple[str, int], tuple[int, int, int, int]]
@@ -115,3 +120,47 @@ class MigrationRecords:
                                       func.coalesce(func.sum(c.retired_misses), 0))
                                .where(c.route == route, c.config_version >= version)).one()
         return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+    def compact_traffic(self, idle_before: datetime, *, batch: int = COMPACT_BATCH) -> tuple[int, int]:
+        """The traffic counts' clean-up, run by the fleet's leader: (rows rolled up, rows dropped).
+
+        Roll-up: the rows of a process not written since `idle_before` (a process that is gone:
+        each process counts under its own host:pid) are added into one `ROLLUP_INSTANCE` row per
+        route and config version, so the rows do not grow with restarts; every sum stays exact.
+        Clean-up: rows of a route below the config version of its newest transition are deleted:
+        a migration's counts are summed from its newest transition on (`traffic_since`), so
+        nothing reads them again. At most `batch` rows are rolled up per call.
+        """
+        c, t = traffic_counts.c, migration_transitions.c
+        with self._connect(write=True) as conn:
+            newest = (select(func.max(t.config_version)).where(t.route == c.route)
+                      .scalar_subquery())
+            dropped = int(conn.execute(delete(traffic_counts)
+                                       .where(c.config_version < newest)).rowcount or 0)
+            rows = conn.execute(
+                select(traffic_counts)
+                .where(c.instance != ROLLUP_INSTANCE, c.updated_at < idle_before)
+                .order_by(c.route, c.config_version, c.instance).limit(max(batch, 0))
+                .with_for_update()).all()
+            sums: dict[tuple[str, int], list[Any]] = {}
+            for r in rows:
+                acc = sums.setdefault((r.route, r.config_version), [0, 0, 0, 0, r.updated_at])
+                for i, n in enumerate((r.to_count, r.from_count, r.fallback_count, r.retired_misses)):
+                    acc[i] += n
+                acc[4] = max(acc[4], r.updated_at)
+                conn.execute(delete(traffic_counts).where(
+                    c.route == r.route, c.config_version == r.config_version,
+                    c.instance == r.instance))
+            for (route, version), (to, from_, fallback, misses, last) in sums.items():
+                key = ((c.route == route) & (c.config_version == version)
+                       & (c.instance == ROLLUP_INSTANCE))
+                done = conn.execute(update(traffic_counts).where(key).values(
+                    to_count=c.to_count + to, from_count=c.from_count + from_,
+                    fallback_count=c.fallback_count + fallback,
+                    retired_misses=c.retired_misses + misses)).rowcount
+                if not done:
+                    conn.execute(insert(traffic_counts).values(
+                        route=route, config_version=version, instance=ROLLUP_INSTANCE, to_count=to,
+                        from_count=from_, fallback_count=fallback, retired_misses=misses,
+                        updated_at=last))
+        return len(rows), dropped

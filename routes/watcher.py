@@ -10,6 +10,7 @@ from the snapshot file on local disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -78,6 +79,8 @@ class Watcher:
         self._failing_version: int | None = None
         # told the number of a stored config version that failed to compile (once per version)
         self.on_failed: Callable[[int], None] | None = None
+        # set by wake(): run() polls at once instead of at the end of its interval
+        self._woken = asyncio.Event()
 
     @property
     def failing_version(self) -> int | None:
@@ -153,11 +156,21 @@ class Watcher:
         await asyncio.to_thread(self._write_snapshot, table.version, document)
         return True
 
+    def wake(self) -> None:
+        """Poll now rather than at the end of the interval (a NOTIFY said a version was committed).
+
+        Call on the event loop (from another thread: `loop.call_soon_threadsafe(watcher.wake)`).
+        Wakes that arrive while a poll runs make one more poll after it, not one each.
+        """
+        self._woken.set()
+
     async def run(self) -> None:
-        """Poll until cancelled."""
+        """Poll every `interval` seconds, and at once when woken, until cancelled."""
         while True:
+            self._woken.clear()
             await self.refresh_async()
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), self.interval)
 
     def _write_snapshot(self, version: int, document: Document) -> None:
         if self.write_snapshots:

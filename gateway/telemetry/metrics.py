@@ -210,8 +210,10 @@ class PeelCollector:
     (a Peel upgrade mid-rollout) is left out of the histogram, not mixed in wrongly.
     """
 
-    def __init__(self, processes: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, processes: Sequence[Mapping[str, Any]],
+                 leader: tuple[str, bool] | None = None) -> None:
         self.processes = processes
+        self.leader = leader
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -314,6 +316,11 @@ class PeelCollector:
         yield from config.values()
         yield from proc.values()
         yield cpu
+        if self.leader is not None:
+            family = GaugeMetricFamily("peel_leader", "1 when this gateway leads the fleet (runs its "
+                                       "periodic control work), else 0", labels=["instance"])
+            family.add_metric([self.leader[0]], 1.0 if self.leader[1] else 0.0)
+            yield family
 
 
 _PROCESS_GAUGES = (
@@ -373,11 +380,13 @@ def _gauge(name: str, doc: str, labels: list[str], values: _Sum) -> GaugeMetricF
     return family
 
 
-def render(processes: Sequence[Mapping[str, Any]], *, admin_process: bool = True) -> bytes:
+def render(processes: Sequence[Mapping[str, Any]], *, admin_process: bool = True,
+           leader: tuple[str, bool] | None = None) -> bytes:
     """The Prometheus text exposition of `processes` (each a published process snapshot).
 
     `admin_process` adds prometheus-client's process_* and python_info metrics of the calling
-    process (the one serving the admin listener). A fresh registry per call: nothing is global.
+    process (the one serving the admin listener); `leader` (instance, leading) adds `peel_leader`.
+    A fresh registry per call: nothing is global.
     """
     from prometheus_client import PlatformCollector, ProcessCollector
     from prometheus_client.exposition import generate_latest
@@ -385,7 +394,7 @@ def render(processes: Sequence[Mapping[str, Any]], *, admin_process: bool = True
 
     registry = CollectorRegistry(auto_describe=False)
     # A collector is anything with collect(); Collector is the ABC only for type checkers.
-    registry.register(cast(Collector, PeelCollector(processes)))
+    registry.register(cast(Collector, PeelCollector(processes, leader)))
     if admin_process:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)

@@ -402,6 +402,9 @@ class LiveView:
         self.gateway = gateway
         self._clock = clock
         self._complained: dict[str, float] = {}
+        # (instance, leading?) of the process that competes for the fleet's leadership, set by
+        # `peel serve` in that process: shown as `peel_leader{instance=...}`
+        self.leader: tuple[str, Callable[[], bool]] | None = None
 
     def local_snapshot(self) -> dict[str, Any] | None:
         """The own process's state, copied; call on the event loop thread."""
@@ -483,8 +486,9 @@ class LiveView:
         too short, a string where a number goes) is left out and logged, not a 500.
         """
         processes = self.processes(local)
+        leader = (self.leader[0], self.leader[1]()) if self.leader is not None else None
         try:
-            return render(processes)
+            return render(processes, leader=leader)
         except (TypeError, ValueError, KeyError, IndexError, AttributeError):
             pass
         good = []
@@ -496,7 +500,7 @@ class LiveView:
                                f"cannot be rendered ({type(exc).__name__}: {exc})")
                 continue
             good.append(snap)
-        return render(good)
+        return render(good, leader=leader)
 
     def service(self, name: str) -> dict[str, Any] | None:
         """The service's live state summed over the processes, or None when none has it.
