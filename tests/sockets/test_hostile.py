@@ -509,3 +509,16 @@ def test_a_trailer_section_past_its_limits_is_431_and_closes(edge: Proxy, upstre
     finally:
         client.close()
     assert not any(s.target == "/many-trailers" for s in upstreams.echo.seen[before:])
+
+
+def test_options_asterisk_answers_the_documented_refusal(edge: Proxy, upstreams: Upstreams) -> None:
+    # `OPTIONS *` is valid HTTP/1.1 (RFC 9110 9.3.7) but asks the server itself, and Peel has no
+    # route for "the server": README and docs/edge.md list 400 not-an-open-proxy for it.
+    client = Client(edge.port)
+    try:
+        client.send(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+        response = client.response()
+    finally:
+        client.close()
+    assert response.status == 400
+    assert json.loads(response.body)["code"] == "not-an-open-proxy"
