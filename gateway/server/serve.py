@@ -52,6 +52,7 @@ from gateway.edge.listener import make_server, uvicorn_config
 from gateway.edge.protocol import PeelHttpProtocol
 from gateway.edge.tls import TlsListener
 from gateway.server import systemd
+from gateway.server.leader import AlwaysLease, Leader, cancel, leader_jobs
 from gateway.server.supervisor import HANDLED, Supervisor
 from gateway.telemetry.accesslog import AccessLog
 from gateway.telemetry.metrics import Metrics
@@ -63,6 +64,7 @@ from gateway.upstream.health import HealthChecker
 from gateway.upstream.pool import UpstreamPool
 from routes.errors import PeelError, StoreError
 from routes.holder import TableHolder
+from routes.listen import AdvisoryLease, ConfigListener
 from routes.store import Store
 from routes.watcher import Watcher
 
@@ -191,6 +193,9 @@ class Runtime:
         self.state = ProcessState(self.metrics, upstreams=self.upstreams,
                                   gateway=settings.listeners.public.bind, clock=self.upstreams.clock)
         self.proxies: list[ProxyApp] = []
+        # the admin process's live view (/metrics) and, in the master or single process, the leader
+        self.live: LiveView | None = None
+        self.leader: Leader | None = None
 
     def start_background(self, *, counts: bool, publish: bool = False) -> None:
         """The watcher (and, where requests are served, the traffic-count flusher, the followers
@@ -198,6 +203,9 @@ class Runtime:
         if counts:
             self.follow_tables()
         self._tasks.append(asyncio.create_task(self.watcher.run()))
+        self.listen_for_changes()
+        if self.watcher.write_snapshots:  # the single process or the master: one per gateway
+            self.lead()
         if counts:
             self._tasks.append(asyncio.create_task(self.flusher.run()))
             self._closers.append(self.flusher.flush)
@@ -209,6 +217,27 @@ class Runtime:
                                   self.settings.metrics.publish_interval)
             self._tasks.append(asyncio.create_task(publisher.run()))
             self._closers.append(lambda: asyncio.to_thread(publisher.remove))
+
+    def listen_for_changes(self) -> None:
+        """On PostgreSQL, LISTEN for committed versions and wake the watcher (docs/fleet.md)."""
+        store, loop = self.watcher.store, asyncio.get_running_loop()
+        if store.dialect != "postgresql":
+            return
+        listener = ConfigListener(store.engine.url,
+                                  lambda: loop.call_soon_threadsafe(self.watcher.wake))
+        listener.start()
+        self._closers.append(lambda: asyncio.to_thread(listener.stop))
+
+    def lead(self) -> None:
+        """Compete for the fleet's leadership (the advisory lock; alone on SQLite) and run the
+        leader's jobs while holding it (gateway/server/leader.py)."""
+        store = self.watcher.store
+        lease = AdvisoryLease(store.engine.url) if store.dialect == "postgresql" else AlwaysLease()
+        leader = self.leader = Leader(lease, leader_jobs(store))
+        if self.live is not None:
+            self.live.leader = (instance_id(), lambda: leader.leading)
+        task = asyncio.create_task(leader.run())
+        self._closers.append(lambda: cancel(task))
 
     def follow_tables(self) -> None:
         """The table followers of a serving process, registered once, called once per table in
@@ -282,6 +311,7 @@ class Runtime:
         settings = self.settings
         live = LiveView(settings.server.run_dir, interval=settings.metrics.publish_interval,
                         local=self.state if serving else None, gateway=settings.listeners.public.bind)
+        self.live = live
         app = build_admin_app(store, ready=self.ready, settings=settings, live=live)
         tls = self.tls.get("admin")
         server = make_server(uvicorn_config(app, self.settings, listener="admin",
