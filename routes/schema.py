@@ -113,3 +113,19 @@ traffic_counts = Table(
     Column("retired_misses", Integer, nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
 )
+
+# One-time join tokens (`peel join-token create`): a new VM trades one for its first certificate.
+# Only the SHA-256 of a token is kept (32 random bytes: a fast hash is enough); `used_at` is set
+# once, by the request that redeems it, so a token works exactly once.
+join_tokens = Table(
+    "join_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    # the service whose identity (spiffe://<trust domain>/svc/<service>) the token lets a VM ask for
+    Column("service", String(63), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("used_at", UtcDateTime(), nullable=True),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+)

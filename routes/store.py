@@ -1,4 +1,4 @@
-"""The store: config versions, admin tokens, and the schema check and upgrade. The only module with SQL.
+"""The store: config versions, admin and join tokens, the schema check and upgrade. The only module with SQL.
 
 Synchronous on purpose: the admin API calls it from a thread pool, the watcher from its own thread,
 and the CLI directly. Each public method is one short transaction on its own pooled connection.
@@ -34,6 +34,8 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from migrations import SchemaState, alembic_config, read_schema_state
 from routes.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
+from routes.join_tokens import JoinTokenInfo as JoinTokenInfo
+from routes.join_tokens import JoinTokenRecords
 from routes.migration_records import CountDeltas as CountDeltas
 from routes.migration_records import MigrationRecords
 from routes.migration_records import Transition as Transition
@@ -133,8 +135,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Store(MigrationRecords):
-    """Config versions, admin tokens and migration records in one SQL database (SQLite or PostgreSQL).
+class Store(MigrationRecords, JoinTokenRecords):
+    """Config versions, admin and join tokens, migration records: one SQL database (SQLite or PostgreSQL).
 
     `Store("sqlite://")` is an in-memory store on a single shared connection, for tests and
     throw-away tools: it forgets everything when closed, and its threads share one transaction

@@ -28,6 +28,7 @@ from starlette.routing import Route as HTTPRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admin.auth import OPEN_PATHS, BearerAuth, TokenCache
+from gateway.admin.certificates import CertificateResource
 from gateway.admin.config import ConfigResource
 from gateway.admin.matching import MatchResource
 from gateway.admin.migrations import migration_routes
@@ -136,6 +137,7 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         *ConfigResource(store).routes(),
         *MatchResource(store).routes(),
         *migration_routes(store),
+        *CertificateResource(store, settings).routes(),
     ]
     document = openapi_document()
 

@@ -1,7 +1,8 @@
 """Bearer-token authentication and scopes for the admin API, as pure ASGI middleware.
 
 There is no open default: every path but the health probes needs `Authorization: Bearer <token>`
-(and `/metrics` too, unless `metrics.open` says a scraper may read it without one).
+(and `/metrics` too, unless `metrics.open` says a scraper may read it without one). The two
+certificate paths (`SELF_AUTHENTICATED`) check their own credentials instead.
 Tokens are verified by the store (which keeps them hashed); a positive answer is remembered for a
 few seconds so a burst of CLI calls costs one query, which also bounds how long a revoked token
 keeps working.
@@ -36,6 +37,9 @@ from routes.errors import StoreError
 from routes.tokens import TokenGrant
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Paths that authenticate their callers themselves, not with an admin token: a join with its
+# one-time join token, a renewal with the current certificate (`gateway.admin.certificates`).
+SELF_AUTHENTICATED = frozenset({"/api/v1/certificates/join", "/api/v1/certificates/renew"})
 CACHE_SECONDS = 5.0
 CACHE_LIMIT = 1024
 MISS_SECONDS = 5.0
@@ -181,7 +185,8 @@ class BearerAuth:
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or scope["path"] in self.open_paths \
+                or scope["path"] in SELF_AUTHENTICATED:
             await self.app(scope, receive, send)
             return
         token = _bearer(scope)

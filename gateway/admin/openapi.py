@@ -418,6 +418,66 @@ def _version() -> str:
     except metadata.PackageNotFoundError:
         return "0.0.0"
 
+def _certificates() -> dict[str, Schema]:
+    """The two paths a gateway gets its workload certificate from (docs/identity.md)."""
+    refused = {"400": _problem("Not JSON, or a CSR that is malformed, badly signed or has a weak key "
+                               "(code csr-refused)"),
+               "403": _problem("The CSR asks for another identity than the credential allows "
+                               "(code identity-not-allowed)"),
+               "413": _problem("The body is larger than 64 KiB"),
+               "503": _problem("No CA here ([identity] ca_dir), or it cannot sign (code ca-unavailable)")}
+    return {
+        "/api/v1/certificates/join": {"post": {
+            "summary": "Trade a one-time join token and a CSR for this service's first certificate",
+            "tags": ["certificates"], "security": [{"joinToken": []}],
+            "requestBody": _body("JoinRequest"),
+            "responses": {"200": {"description": "Issued", "content": {"application/json": {
+                              "schema": _ref("IssuedCertificate")}}},
+                          "401": _problem("No join token, or an unknown, used, expired or revoked one "
+                                          "(codes missing-join-token, invalid-join-token, "
+                                          "join-token-used, join-token-expired, join-token-revoked)"),
+                          "429": _problem("Too many failed join tokens from this address"),
+                          **refused}}},
+        "/api/v1/certificates/renew": {"post": {
+            "summary": "Renew: the current chain, a CSR for a fresh key, and a signature by the "
+                       "current key over the CSR and the timestamp",
+            "tags": ["certificates"], "security": [],
+            "requestBody": _body("RenewRequest"),
+            "responses": {"200": {"description": "Issued", "content": {"application/json": {
+                              "schema": _ref("IssuedCertificate")}}},
+                          "401": _problem("The chain does not verify against the CA's bundle, the "
+                                          "certificate expired, the timestamp is more than 5 minutes "
+                                          "off, or the signature does not verify (code renewal-refused)"),
+                          **refused}}},
+    }
+
+
+CERTIFICATE_SCHEMAS: dict[str, Schema] = {
+    "JoinRequest": {"type": "object", "required": ["csr"], "additionalProperties": False,
+                    "properties": {"csr": {"type": "string", "description": "PEM CSR asking for "
+                                           "exactly spiffe://<trust domain>/svc/<token's service>"}}},
+    "RenewRequest": {"type": "object", "required": ["chain", "csr", "timestamp", "signature"],
+                     "additionalProperties": False,
+                     "properties": {"chain": {"type": "string", "description": "the current leaf and "
+                                              "intermediate, PEM"},
+                                    "csr": {"type": "string", "description": "PEM CSR for the same "
+                                            "SPIFFE ID and a new key"},
+                                    "timestamp": {"type": "integer", "description": "unix seconds"},
+                                    "signature": {"type": "string", "description": "base64 signature "
+                                                  "by the current key over 'peel-renew/1\\n' + "
+                                                  "timestamp + '\\n' + csr"}}},
+    "IssuedCertificate": {"type": "object", "required": ["certificate", "bundle", "spiffe_id", "serial",
+                                                         "not_after"],
+                          "properties": {"certificate": {"type": "string",
+                                                         "description": "leaf then intermediate, PEM"},
+                                         "bundle": {"type": "string", "description": "the trust "
+                                                    "bundle: one or two roots, PEM"},
+                                         "spiffe_id": {"type": "string"},
+                                         "serial": {"type": "string", "description": "hex"},
+                                         "not_after": {"type": "string", "format": "date-time"}}},
+}
+
+
 
 def openapi_document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document served at `/openapi.json`."""
@@ -482,11 +542,15 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "Peel admin API", "version": _version(),
                  "description": "Services, routes and config versions of a Peel gateway. Every "
                                 "change creates a config version with the token's name as actor."},
+        **_certificates(),
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,
-        "components": {"schemas": SCHEMAS,
+        "components": {"schemas": {**SCHEMAS, **CERTIFICATE_SCHEMAS},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "A token from "
-                                                                     "`peel token create NAME`"}}},
+                                                                     "`peel token create NAME`"},
+                                           "joinToken": {"type": "http", "scheme": "bearer",
+                                                         "description": "A one-time token from "
+                                                                        "`peel join-token create`"}}},
     }

@@ -227,6 +227,12 @@ class Settings:
     database: DatabaseSettings = DatabaseSettings()
     listeners: ListenersSettings = ListenersSettings()
     server: ServerSettings = ServerSettings()
+    # seconds a workload certificate issued by this control plane's CA lives (joins and renewals);
+    # gateways renew at half of it
+    certificate_lifetime: float = 86400.0
+    # the CA certificate(s) (PEM) that signed the control plane's admin listener certificate, for
+    # renewals; "": the system's trust store
+    control_cacert: str = ""
     proxy: ProxySettings = ProxySettings()
     access_log: AccessLogSettings = AccessLogSettings()
     facade: FacadeSettings = FacadeSettings()
@@ -344,6 +350,8 @@ def _check(key: str, obj: Any) -> None:
 
 
 def _check_listener(key: str, obj: ListenerSettings) -> None:
+            if not 60 <= obj.certificate_lifetime <= 366 * 86400:
+                raise ValueError("certificate_lifetime must be between 60 seconds and 366 days")
     name = key.rpartition(".")[2]
     if obj.bind or name != "redirect":
         split_bind(obj.bind)
@@ -514,9 +522,10 @@ def resolve_paths(settings: Settings, base: Path | None) -> Settings:
     def absolute(value: str) -> str:
         return value if os.path.isabs(value) else os.path.normpath(base / value)
 
-    identity = settings.identity  # identity.state_dir and identity.ca_dir
-    settings = replace(settings, identity=replace(identity, state_dir=absolute(identity.state_dir),
-                                                  ca_dir=absolute(identity.ca_dir)))
+    identity = settings.identity  # identity.state_dir, ca_dir and control_cacert
+    settings = replace(settings, identity=replace(
+        identity, state_dir=absolute(identity.state_dir), ca_dir=absolute(identity.ca_dir),
+        control_cacert=absolute(identity.control_cacert) if identity.control_cacert else ""))
     url = settings.database.url
     found = _SQLITE_FILE.match(url)
     if found is not None and found[2] not in ("", ":memory:") and not found[2].startswith("file:"):

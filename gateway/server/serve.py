@@ -51,6 +51,7 @@ from gateway.edge.https import Hsts, RedirectApp
 from gateway.edge.listener import make_server, uvicorn_config
 from gateway.edge.protocol import PeelHttpProtocol
 from gateway.edge.tls import TlsListener
+from gateway.identity.renewal import start_renewal
 from gateway.server import systemd
 from gateway.server.leader import AlwaysLease, Leader, cancel, leader_jobs
 from gateway.server.supervisor import HANDLED, Supervisor
@@ -212,6 +213,9 @@ class Runtime:
             self._closers.append(self.health.close)
         for tls in self.tls.values():
             self._tasks.append(asyncio.create_task(tls.watch()))
+        # this gateway's certificate renewed at half its life (when joined); expiries in /metrics
+        self.state.edge_tls = self.tls
+        self._tasks += start_renewal(self.settings.identity, self.state)
         if publish:
             publisher = Publisher(self.state, self.settings.server.run_dir,
                                   self.settings.metrics.publish_interval)

@@ -20,6 +20,7 @@ sets a process keeps is capped (`overflow` counts what was refused).
 
 from __future__ import annotations
 
+import math
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -357,6 +358,7 @@ def _histogram(requests: Mapping[tuple[str, ...], list[float]], buckets: Sequenc
         cumulative, running = [], 0.0
         for bound, n in zip(bounds, counts, strict=False):
             running += n
+        yield _certificate_expiry(self.processes)
             cumulative.append((bound, running))
         duration.add_metric(list(key), cumulative, total_seconds)
     return (total, duration)
@@ -376,6 +378,33 @@ def _gauge(name: str, doc: str, labels: list[str], values: _Sum) -> GaugeMetricF
 
     family = GaugeMetricFamily(name, doc, labels=labels)
     for key, value in sorted(values.values.items()):
+def _certificate_expiry(processes: Sequence[Mapping[str, Any]]) -> GaugeMetricFamily:
+    """`peel_certificate_expiry_seconds`: seconds until each certificate expires (negative: expired).
+
+    `{identity="spiffe://..."}` for this gateway's identity, `{listener, name}` for an edge TLS
+    certificate. Processes may report one certificate at different moments (one renewed it, the
+    others have not looked yet): the latest expiry is the certificate on disk, which is shown.
+    """
+    from prometheus_client.core import GaugeMetricFamily
+
+    latest: dict[tuple[tuple[str, str], ...], float] = {}
+    for snap in processes:
+        m: Mapping[str, Any] = snap.get("metrics") or {}
+        for cert in m.get("certificates") or ():
+            if not isinstance(cert, Mapping):
+                continue
+            keys = ("identity",) if "identity" in cert else ("listener", "name")
+            labels = tuple((k, str(cert.get(k, ""))) for k in keys)
+            latest[labels] = max(latest.get(labels, -math.inf), _num(cert.get("not_after", 0)))
+    family = GaugeMetricFamily("peel_certificate_expiry_seconds", "Seconds until the certificate "
+                               "expires: this gateway's identity (identity) and the edge listeners' "
+                               "(listener, name); alert well before 0")
+    now = time.time()
+    for labels, not_after in sorted(latest.items()):
+        family.add_sample("peel_certificate_expiry_seconds", dict(labels), not_after - now)
+    return family
+
+
         family.add_metric(list(key), value)
     return family
 

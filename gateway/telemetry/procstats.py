@@ -7,6 +7,7 @@ file, `{server.run_dir}/proc-{pid}.json`:
 
     {"pid", "gateway", "role", "time" (unix), "started" (unix),
      "metrics":   Metrics.snapshot() + "ejections" ({service: n}, from Upstreams), "access_log_dropped",
+                  "certificates" ([{"identity" | "listener", "name", "not_after" (unix)}]),
      "upstreams": [{"service", "in_flight", "pending",
                     "endpoints": [{"url", "in_flight", "healthy", "ejected"}]}],
      "services":  {name: ServiceState.snapshot(now)},
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -210,6 +212,41 @@ class _Stripped(Protocol):
     def stripped(self) -> int: ...
 
 
+class _Certificates(Protocol):
+    def certificates(self) -> list[dict[str, Any]]: ...
+
+
+class _EdgeCertificate(Protocol):
+    @property
+    def setting(self) -> str: ...
+    @property
+    def names(self) -> tuple[str, ...]: ...
+    @property
+    def not_after(self) -> datetime.datetime: ...
+
+
+class _EdgeCertificates(Protocol):
+    @property
+    def certificates(self) -> Sequence[_EdgeCertificate]: ...
+
+
+class _EdgeTls(Protocol):
+    @property
+    def certificates(self) -> _EdgeCertificates: ...
+
+
+def certificate_facts(identity: _Certificates | None,
+                      edge: Mapping[str, _EdgeTls]) -> list[dict[str, Any]]:
+    """`metrics["certificates"]`: this gateway's identity certificate ({"identity", "not_after"})
+    and the edge listeners' ({"listener", "name", "not_after"}), `not_after` in unix seconds."""
+    facts = list(identity.certificates()) if identity is not None else []
+    for listener, tls in edge.items():
+        for cert in tls.certificates.certificates:
+            facts.append({"listener": listener, "name": cert.names[0] if cert.names else cert.setting,
+                          "not_after": cert.not_after.timestamp()})
+    return facts
+
+
 class ProcessState:
     """What one serving process publishes: its `Metrics`, its `Upstreams`, its access log's drops.
 
@@ -228,6 +265,10 @@ class ProcessState:
         self.tracing: _SpanStats | None = None
         # the data plane's beta filter (beta values stripped), where requests are served
         self.beta: _Stripped | None = None
+        # this gateway's identity (the `gateway.identity.renewal.Renewer`) and edge TLS listeners
+        # by name: their certificates' expiry is `peel_certificate_expiry_seconds`
+        self.identity: _Certificates | None = None
+        self.edge_tls: Mapping[str, _EdgeTls] = {}
         self.gateway = gateway
         self.role = role
         self.pid = os.getpid()
@@ -253,6 +294,7 @@ class ProcessState:
         metrics["ejections"] = self._ejections.update(ejections)
         metrics["access_log_dropped"] = self.access_log.dropped if self.access_log is not None else 0
         metrics["beta_stripped"] = self.beta.stripped if self.beta is not None else 0
+        metrics["certificates"] = certificate_facts(self.identity, self.edge_tls)
         if self.tracing is not None:
             metrics["spans"] = self.tracing.stats()
         return {"pid": self.pid, "gateway": self.gateway, "role": self.role, "time": time.time(),
