@@ -131,7 +131,6 @@ class PeelHttpProtocol(HttpToolsProtocol):
         self._buf = b""  # the head so far
         self._left = 0  # _LENGTH: body bytes still due
         self._chunked: ChunkedBody | None = None
-        self._in_head = True  # the parser is reading a head (not the trailers of a chunked body)
         self._refused = False  # a refusal was answered (or is pending): ignore what follows
         self._pending: bytes | None = None  # a refusal that waits for the response in flight
         self._served = 0
@@ -310,21 +309,7 @@ class PeelHttpProtocol(HttpToolsProtocol):
         transport.write(answer)
         transport.close()
 
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        super().on_message_begin()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # httptools calls this for the trailer fields of a chunked body too, and uvicorn appends
-        # them to the list that is the scope's headers: after the app started, where a buffered
-        # request would send them upstream in its head, past every trust rule and header limit.
-        # RFC 9110 §6.5.1: trailers are not merged into the header section. Peel drops them (their
-        # size and number are capped by the chunked decoder, which answers 431 past them).
-        if self._in_head:
-            super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
-        self._in_head = False
         self.waiting_since = None
         # on_message_begin made a fresh scope and on_url collected the whole target; the ASGI task
         # is created by the parent below, so the scope is complete before the app sees it.
@@ -335,6 +320,15 @@ class PeelHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not previous and cycle is not None:
             cycle.transport = self._writer  # type: ignore[assignment]
+            # httptools reports the trailer fields of a chunked body through on_header too, and
+            # uvicorn appends them to `self.headers`, the very list that is the scope's headers:
+            # after the app started, where a buffered request would send them upstream in its head,
+            # past every trust rule and header limit. RFC 9110 §6.5.1: trailers are not merged into
+            # the header section. From here on they land in a list nobody reads (their size and
+            # number are capped by the chunked decoder, 431 past them); the next request's
+            # on_message_begin makes a fresh one. (Kept for an upgrade: uvicorn reads the headers
+            # again when it switches protocols; a handshake has no body, so no trailers.)
+            self.headers = []
 
     def on_response_complete(self) -> None:
         # uvicorn's own, except that the keep-alive wait is timed by _EdgeTimer instead of a
