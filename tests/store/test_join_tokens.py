@@ -37,7 +37,7 @@ def test_only_the_hash_is_stored_and_a_token_is_used_once(store: Store) -> None:
 
 
 def test_an_expired_or_revoked_token_cannot_be_used(store: Store) -> None:
-    token_id, token = _token(store, ttl=timedelta(minutes=1))
+    _, token = _token(store, ttl=timedelta(minutes=1))
     later = datetime.now(UTC) + timedelta(minutes=2)
     info = store.join_token(tokens.hash_token(token))
     assert info is not None and info.status(later) == "expired"

@@ -28,7 +28,7 @@ def test_a_token_names_its_identity_and_is_stored_as_its_sha256() -> None:
 
 
 @pytest.mark.parametrize("bad", ["", "peel_abc", "peel_join.x", "peel_join..secret", "nope.a.b",
-                                 "peel_join." + base64.urlsafe_b64encode(b"spiffe://td/other").decode() + ".s",
+                                 "peel_join." + base64.urlsafe_b64encode(b"spiffe://td/x").decode() + ".s",
                                  "peel_join.!!!.secret", "peel_join.a.b.c"])
 def test_things_that_are_not_tokens_are_refused(bad: str) -> None:
     with pytest.raises(tokens.BadJoinToken):
@@ -46,7 +46,8 @@ def test_an_edited_identity_changes_the_hash() -> None:
 NOW = 1_800_000_000
 
 
-@pytest.mark.parametrize("key", [ec.generate_private_key(ec.SECP256R1()), rsa.generate_private_key(65537, 2048),
+@pytest.mark.parametrize("key", [ec.generate_private_key(ec.SECP256R1()),
+                                 rsa.generate_private_key(65537, 2048),
                                  ed25519.Ed25519PrivateKey.generate()])
 def test_the_proof_verifies_with_the_signing_key_only(key: certs.PrivateKey) -> None:
     csr = b"-----BEGIN CERTIFICATE REQUEST-----\nxyz\n-----END CERTIFICATE REQUEST-----\n"
