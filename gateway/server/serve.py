@@ -31,6 +31,7 @@ import dataclasses
 import gc
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
@@ -81,8 +82,16 @@ def configure_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def bind(listener: ListenerSettings, name: str) -> socket.socket:
-    """Bind one listener's socket, or fail with a message naming the settings key."""
+def bind(listener: ListenerSettings, name: str,
+         passed: dict[str, socket.socket] | None = None) -> socket.socket:
+    """Bind one listener's socket, or fail with a message naming the settings key.
+
+    A socket systemd passed under the listener's name (`FileDescriptorName=` in
+    `deploy/vm/peel.socket`) is taken instead of binding: systemd keeps it open across a restart
+    or an upgrade, so connections wait in its queue for the next process rather than being refused.
+    """
+    if passed and name in passed:
+        return adopt(passed.pop(name), listener, name)
     host, port = listener.host, listener.port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -95,6 +104,43 @@ def bind(listener: ListenerSettings, name: str) -> socket.socket:
                           f"{exc.strerror or exc}") from exc
     sock.listen(2048)
     sock.set_inheritable(True)
+    return sock
+
+
+SO_DETACH_FILTER = 27  # <asm-generic/socket.h>
+
+
+def passed_sockets() -> dict[str, socket.socket]:
+    """The listening sockets systemd passed to this process, by name (see `systemd.listen_fds`)."""
+    out: dict[str, socket.socket] = {}
+    for name, fd in systemd.listen_fds(os.environ, os.getpid()):
+        sock = socket.socket(fileno=fd)
+        if name in out or sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            log.warning("ignoring the socket systemd passed as %r (fd %d): not one listening "
+                        "stream socket per name", name, fd)
+            sock.detach()
+            continue
+        out[name] = sock
+    systemd.forget_listen_fds(os.environ)
+    return out
+
+
+def adopt(sock: socket.socket, listener: ListenerSettings, name: str) -> socket.socket:
+    """A listening socket from systemd, made ready to serve as listener `name`."""
+    if sys.platform == "linux":
+        # A Peel that drained this socket before may have left its drop-every-packet filter on it
+        # (gateway/edge/drain.py): the socket outlived that process, so the filter did too.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+    address = sock.getsockname()
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and address[1] != listener.port:
+        log.warning("listeners.%s.bind says %s but systemd passed a socket on port %s: serving "
+                    "that one; make the socket unit and the setting agree", name, listener.bind,
+                    address[1])
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    log.info("%s listener: socket passed by systemd (%s)", name, address)
     return sock
 
 
@@ -549,6 +595,9 @@ async def _notify_when_started(runtime: Runtime) -> None:
             kind = ("https" if listener.tls else "http") if name != "redirect" else "308 to https"
             log.info("%s listener on %s (%s)", name, listener.bind, kind)
     systemd.notify("READY=1", f"STATUS=serving config version {runtime.watcher.version}")
+    period = systemd.watchdog_period(os.environ, os.getpid())
+    if period is not None:
+        runtime._tasks.append(asyncio.create_task(systemd.watchdog(period)))
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
@@ -567,8 +616,12 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     warn_plaintext_admin(settings)
     store = preflight(settings)
     listeners = settings.listeners
-    sockets = Sockets(bind(listeners.public, "public"), bind(listeners.admin, "admin"),
-                      bind(listeners.redirect, "redirect") if listeners.redirect.bind else None)
+    passed = passed_sockets()
+    sockets = Sockets(bind(listeners.public, "public", passed), bind(listeners.admin, "admin", passed),
+                      bind(listeners.redirect, "redirect", passed) if listeners.redirect.bind else None)
+    for name, unused in passed.items():
+        log.warning("systemd passed a socket named %r that no listener uses; closing it", name)
+        unused.close()
     if settings.server.workers == 1:
         return _run(run_single(settings, store, sockets, config_path, tls))
     return _run(run_master(settings, store, sockets, config_path, tls))
