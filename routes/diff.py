@@ -21,7 +21,7 @@ _DEFAULTS: dict[Kind, dict[str, Any]] = {
                 "retries": {}, "timeouts": {}, "buffering": {}},
     "route": {"priority": 0, "match": {}, "rewrite": {}, "migration": None,
               "max_body": None, "retries": None, "timeouts": None, "rate_limit": None,
-              "websocket": False, "buffering": None},
+              "websocket": False, "authorization": None, "buffering": None},
 }
 
 

@@ -39,7 +39,7 @@ from routes.fields import (
 )
 from routes.grammar import TOKEN_RE
 from routes.migration import Migration
-from routes.policies import Buffering, RateLimit, RetryPolicy, Timeouts
+from routes.policies import Authorization, Buffering, RateLimit, RetryPolicy, Timeouts
 from routes.regex import Regex, RegexError, Substitution
 from routes.services import Endpoint, Service
 
@@ -375,6 +375,8 @@ class Route:
     rate_limit: RateLimit | None = None
     websocket: bool = False
     buffering: Buffering | None = None
+    # who may call the route, by the calling gateway's identity (docs/mtls.md); None: no policy
+    authorization: Authorization | None = None
 
     @classmethod
     def parse(cls, data: object, where: str, *, stored: bool = False) -> Route:
@@ -436,7 +438,7 @@ class Route:
 # The policy blocks a route may declare, and their parsers.
 _ROUTE_POLICIES: dict[str, Callable[[object, str], Any]] = {
     "retries": RetryPolicy.parse, "timeouts": Timeouts.parse, "rate_limit": RateLimit.parse,
-    "buffering": Buffering.parse}
+    "buffering": Buffering.parse, "authorization": Authorization.parse}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from routes.errors import RuleError
 from routes.fields import (
     HOST_RE,
+    NAME_RE,
     boolean,
     duration,
     format_duration,
@@ -455,6 +457,9 @@ class ServiceTls:
     client_key: str | None = None
     server_name: str | None = None
     min_version: str = "1.2"
+    # the SPIFFE ID the endpoints must present (upstream mTLS with this gateway's identity); set
+    # from the service's top-level `identity`, never printed inside `tls`
+    identity: str | None = None
 
     @classmethod
     def parse(cls, data: object, where: str) -> ServiceTls:
@@ -485,4 +490,74 @@ class ServiceTls:
         return tuple(p for p in (self.ca, self.client_cert, self.client_key) if p is not None)
 
     def to_dict(self) -> dict[str, Any]:
+        out = _print(self)
+        out.pop("identity", None)  # printed by the service, at its top level
+        return out
+
+
+#: what an `allow_from` / `deny_from` entry may be: a SPIFFE ID, or a service name (its workloads)
+_SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]+(/[a-zA-Z0-9._-]+)*\Z")
+AUTHZ_MODES = ("enforce", "dry_run")
+MAX_AUTHZ_ENTRIES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """Who may call a route, by the identity of the calling gateway (`docs/mtls.md`).
+
+    Entries are SPIFFE IDs (`spiffe://peel.internal/svc/orders`) or service names (`orders`: the
+    identity `spiffe://<any trust domain>/svc/orders`). `deny_from` wins over `allow_from`; an empty
+    `allow_from` allows everyone not denied; a caller without an identity (plaintext, no client
+    certificate) matches no entry, so any `allow_from` refuses it. `mode: dry_run` only logs and
+    counts what `enforce` would refuse.
+    """
+
+    allow_from: tuple[str, ...] = ()
+    deny_from: tuple[str, ...] = ()
+    mode: str = "enforce"
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> Authorization:
+        m = mapping(data, where, ("allow_from", "deny_from", "mode"))
+        lists = {key: cls._entries(m.get(key, []), f"{where}.{key}") for key in ("allow_from", "deny_from")}
+        mode = m.get("mode", "enforce")
+        if mode not in AUTHZ_MODES:
+            raise RuleError(f"{where}.mode", f"must be one of {', '.join(AUTHZ_MODES)}", mode)
+        if not lists["allow_from"] and not lists["deny_from"]:
+            raise RuleError(where, "needs allow_from or deny_from (a list of identities or service names)",
+                            data)
+        return cls(lists["allow_from"], lists["deny_from"], mode)
+
+    @staticmethod
+    def _entries(data: object, where: str) -> tuple[str, ...]:
+        if not isinstance(data, list):
+            raise RuleError(where, "must be a list of SPIFFE IDs or service names", data)
+        if len(data) > MAX_AUTHZ_ENTRIES:
+            raise RuleError(where, f"lists at most {MAX_AUTHZ_ENTRIES} entries", len(data))
+        out: list[str] = []
+        for i, entry in enumerate(data):
+            if not isinstance(entry, str) or not (
+                    NAME_RE.match(entry) or (len(entry) <= 2048 and _SPIFFE_ID.match(entry))):
+                raise RuleError(f"{where}[{i}]", "must be a SPIFFE ID (spiffe://<trust-domain>/svc/"
+                                "<service>) or a service name", entry)
+            if entry not in out:
+                out.append(entry)
+        return tuple(out)
+
+    def allows(self, identity: str | None) -> bool:
+        """Whether a caller with `identity` (None: none) passes (`mode` aside)."""
+        if identity is not None and self.deny_from and _matches(self.deny_from, identity):
+            return False
+        if not self.allow_from:
+            return True
+        return identity is not None and _matches(self.allow_from, identity)
+
+    def to_dict(self) -> dict[str, Any]:
         return _print(self)
+
+
+def _matches(entries: tuple[str, ...], identity: str) -> bool:
+    if identity in entries:
+        return True
+    head, sep, service = identity.rpartition("/svc/")
+    return bool(sep) and "/" not in head[len("spiffe://"):] and service in entries

@@ -8,6 +8,7 @@ defaults left out. The policies themselves parse and print in `routes.policies`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,6 +28,10 @@ from routes.policies import (
 )
 
 MAX_WEIGHT = 1000
+
+#: a service identity `spiffe://<trust-domain>/svc/<service>` (gateway.identity.spiffe is the full
+#: check; routes/ imports nothing from gateway/)
+_SERVICE_ID = re.compile(r"spiffe://[a-z0-9._-]{1,255}/svc/[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +118,8 @@ class Service:
     @classmethod
     def parse(cls, data: object, where: str) -> Service:
         m = mapping(data, where, ("name", "endpoints", "balancer", "health_check", "outlier",
-                                   "circuit_breaker", "retries", "timeouts", "buffering", "tls"))
+                                   "circuit_breaker", "retries", "timeouts", "buffering", "tls",
+                                   "identity"))
         if "name" not in m:
             raise RuleError(f"{where}.name", "is required")
         name = rule_name(m["name"], f"{where}.name")
@@ -134,6 +140,18 @@ class Service:
             if plain:
                 raise RuleError(f"{where}.tls", "applies to https:// endpoints only; these are "
                                 "plain http: " + ", ".join(plain), m["tls"])
+        if m.get("identity") is not None:
+            # upstream mTLS to peer gateways' inbound listeners (docs/mtls.md)
+            expected = m["identity"]
+            if not isinstance(expected, str) or not _SERVICE_ID.match(expected):
+                raise RuleError(f"{where}.identity", "must be a service identity "
+                                "spiffe://<trust-domain>/svc/<service>", expected)
+            plain = [e.url for e in endpoints if e.scheme != "https"]
+            if plain:
+                raise RuleError(f"{where}.identity", "peer gateways are dialled with mTLS: the "
+                                "endpoints must be https://; these are plain http: " + ", ".join(plain),
+                                expected)
+            tls = replace(tls or ServiceTls(), identity=expected)
         return cls(name, endpoints,
                    Balancer.parse(m.get("balancer", {}), f"{where}.balancer"),
                    HealthCheck.parse(m["health_check"], f"{where}.health_check")
@@ -161,5 +179,9 @@ class Service:
         if self.buffering != Buffering():
             out["buffering"] = self.buffering.to_dict()
         if self.tls is not None:
-            out["tls"] = self.tls.to_dict()
+            printed = self.tls.to_dict()
+            if printed or self.tls.identity is None:
+                out["tls"] = printed
+            if self.tls.identity is not None:
+                out["identity"] = self.tls.identity
         return out

@@ -24,6 +24,7 @@ from routes.matcher import CompiledMatch, FieldChecks, Headers, RequestFacts
 from routes.migration import CompiledMigration
 from routes.model import Endpoint, Route, Service
 from routes.policies import (
+    Authorization,
     Balancer,
     Buffering,
     CircuitBreaker,
@@ -97,9 +98,9 @@ class CompiledRoute(_Frozen):
     service's; with a migration they apply to both sides. `buffering` is None when it is off.
     """
 
-    __slots__ = ("buffering", "fields", "match", "max_body", "methods", "migration", "name", "path_regex",
-                 "priority", "rate_limit", "request_headers", "response_headers", "retries", "rewrite_path",
-                 "service", "spec", "timeouts", "upstream_host", "websocket")
+    __slots__ = ("authorization", "buffering", "fields", "match", "max_body", "methods", "migration", "name",
+                 "path_regex", "priority", "rate_limit", "request_headers", "response_headers", "retries",
+                 "rewrite_path", "service", "spec", "timeouts", "upstream_host", "websocket")
     spec: Route
     name: str
     priority: int
@@ -120,6 +121,8 @@ class CompiledRoute(_Frozen):
     timeouts: Timeouts
     # None: no rate limit on this route
     rate_limit: RateLimit | None
+    # who may call it by identity (docs/mtls.md); None: no policy
+    authorization: Authorization | None
     # the route accepts WebSocket upgrades
     websocket: bool
     # request and response buffering (the route's, else the service's); None: off (streaming)
@@ -135,7 +138,8 @@ class CompiledRoute(_Frozen):
                    migration=migration, max_body=spec.max_body,
                    retries=spec.retries if spec.retries is not None else service.spec.retries,
                    timeouts=spec.timeouts if spec.timeouts is not None else service.spec.timeouts,
-                   rate_limit=spec.rate_limit, websocket=spec.websocket,
+                   rate_limit=spec.rate_limit, authorization=spec.authorization,
+                   websocket=spec.websocket,
                    buffering=_effective(spec.buffering if spec.buffering is not None
                                         else service.spec.buffering))
 

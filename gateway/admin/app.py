@@ -32,6 +32,7 @@ from gateway.admin.certificates import CertificateResource
 from gateway.admin.config import ConfigResource
 from gateway.admin.matching import MatchResource
 from gateway.admin.migrations import migration_routes
+from gateway.admin.mtls import mtls_routes
 from gateway.admin.openapi import openapi_document
 from gateway.admin.rules import rule_routes
 from gateway.admin.wire import problem_response
@@ -138,6 +139,7 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         *MatchResource(store).routes(),
         *migration_routes(store),
         *CertificateResource(store, settings).routes(),
+        *mtls_routes(),
     ]
     document = openapi_document()
 

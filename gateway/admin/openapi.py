@@ -102,6 +102,10 @@ POLICIES: dict[str, Schema] = {
                        "burst": {"type": "integer", "minimum": 1, "description": "default: requests"},
                        "header": {"type": "string", "description": "key; default: the client address"}},
                       ("requests",), description="A token bucket per client address or header value."),
+    "Authorization": _obj({"allow_from": _array({"type": "string"}), "deny_from": _array({"type": "string"}),
+                           "mode": {"type": "string", "enum": ["enforce", "dry_run"], "default": "enforce"}},
+                          description="Who may call the route, by the caller's identity: SPIFFE IDs or "
+                                      "service names; deny_from wins (docs/mtls.md)."),
     "Buffering": _obj({"memory": _count(65536, 0, 16 * 1024 * 1024),
                        "max_body": _count(64 * 1024 * 1024, 1, 16 * 1024 ** 3),
                        "min_rate": _count(1024, 0, 1_000_000_000), "timeout": _duration("5m"),
@@ -128,7 +132,9 @@ SCHEMAS: dict[str, Schema] = {
                      "circuit_breaker": _ref("CircuitBreaker"), "retries": _ref("RetryPolicy"),
                      "timeouts": _ref("Timeouts"),
                      "buffering": {"oneOf": [_ref("Buffering"), {"type": "boolean"}]},
-                     "tls": _ref("ServiceTls")},
+                     "tls": _ref("ServiceTls"),
+                     "identity": {"type": "string", "description": "the SPIFFE ID its https endpoints "
+                                  "(peer gateways' inbound listeners) must present (docs/mtls.md)"}},
                     ("name", "endpoints"),
                     description="A named upstream: a pool of endpoints and its resilience policies."),
     "FieldMatch": FIELD_MATCH,
@@ -148,11 +154,18 @@ SCHEMAS: dict[str, Schema] = {
                    "rewrite": _ref("Rewrite"), "migration": _ref("Migration"),
                    "retries": {**_ref("RetryPolicy"), "description": "replaces the service's retries"},
                    "timeouts": {**_ref("Timeouts"), "description": "replaces the service's timeouts"},
-                   "rate_limit": _ref("RateLimit"),
+                   "rate_limit": _ref("RateLimit"), "authorization": _ref("Authorization"),
                    "websocket": {"type": "boolean", "default": False},
                    "buffering": {"oneOf": [_ref("Buffering"), {"type": "boolean"}],
                                  "description": "replaces the service's buffering"}}, ("name", "service"),
                   description="A stored rule: a match, what to change, and the service that answers."),
+    "MtlsSource": _obj({"source": {"type": "string", "description": "the identity, else the address"},
+                        "requests": {"type": "integer"}, "last_seen": {"type": "number"}},
+                       ("source", "requests", "last_seen")),
+    "MtlsReadiness": _obj({"window": {"type": "number"}, "plaintext": _array(_ref("MtlsSource")),
+                           "mtls": _array(_ref("MtlsSource")), "ready": {"type": "boolean"}},
+                          ("window", "plaintext", "mtls", "ready"),
+                          description="ready: no source spoke plaintext in the window"),
     "KeySource": _obj({"header": {"type": "string"}, "cookie": {"type": "string"}},
                       description="Where a value comes from: a header or a cookie (one of them)."),
     "Beta": _obj({"header": {"type": "string"}, "cookie": {"type": "string"},
@@ -412,12 +425,6 @@ def _migrations() -> dict[str, Schema]:
     return paths
 
 
-def _version() -> str:
-    try:
-        return metadata.version("peel")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
-
 def _certificates() -> dict[str, Schema]:
     """The two paths a gateway gets its workload certificate from (docs/identity.md)."""
     refused = {"400": _problem("Not JSON, or a CSR that is malformed, badly signed or has a weak key "
@@ -478,6 +485,12 @@ CERTIFICATE_SCHEMAS: dict[str, Schema] = {
 }
 
 
+def _version() -> str:
+    try:
+        return metadata.version("peel")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
 
 def openapi_document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document served at `/openapi.json`."""
@@ -505,6 +518,12 @@ def openapi_document() -> dict[str, Any]:
                                            **COMMON}}},
         **_collection("service", "Service"),
         **_collection("route", "Route"),
+        "/api/v1/mtls/readiness": {"get": _op(
+            "Who spoke plaintext (and who mTLS) to the inbound listener within the window "
+            "(peel mtls readiness; docs/mtls.md)", {"200": _ok("MtlsReadiness")}, tag="mtls",
+            params=[{"name": "window", "in": "query", "required": False,
+                     "schema": {"type": "string", "default": "1h"},
+                     "description": "a duration: 30m, 1h, 24h (at most a day)"}])},
         "/api/v1/config": {"get": _op("The latest config version with its document",
                                       {"200": _ok("ConfigVersion")}, tag="config")},
         "/api/v1/config/versions": {"get": _op(
@@ -536,13 +555,13 @@ def openapi_document() -> dict[str, Any]:
              "404": _problem("No route matches (code no-route)"),
              "422": _problem("A bad method, URL or header")}, body="MatchRequest", tag="match")},
         **_migrations(),
+        **_certificates(),
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Peel admin API", "version": _version(),
                  "description": "Services, routes and config versions of a Peel gateway. Every "
                                 "change creates a config version with the token's name as actor."},
-        **_certificates(),
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,

@@ -14,6 +14,27 @@ Send = Callable[[Message], Awaitable[None]]
 # the request line's raw target bytes, and the connection's `Downstream` handle.
 TARGET = "peel.target"
 DOWNSTREAM = "peel.downstream"
+# On the inbound listener: the connection's `Peer` (its verified SPIFFE ID, or None in plaintext
+# or without a client certificate); None on the other listeners. Read once per connection.
+PEER = "peel.peer"
+
+
+class Peer:
+    """Who is on the other end of an inbound-listener connection (`docs/mtls.md`).
+
+    `identity`: the SPIFFE ID of the client certificate OpenSSL verified, else None; `mtls`: the
+    connection speaks TLS; `strict`: the listener was strict when the connection was accepted (a
+    route without an authorization policy is then refused); `source`: the identity, else the
+    client address, as the inbound counts name it.
+    """
+
+    __slots__ = ("identity", "mtls", "source", "strict")
+
+    def __init__(self, identity: str | None, *, mtls: bool, strict: bool, address: str) -> None:
+        self.identity = identity
+        self.mtls = mtls
+        self.strict = strict
+        self.source = identity or address
 
 
 class Downstream:
@@ -44,4 +65,4 @@ class Downstream:
             callback()
 
 
-__all__ = ["DOWNSTREAM", "TARGET", "Downstream", "Message", "Receive", "Scope", "Send"]
+__all__ = ["DOWNSTREAM", "PEER", "TARGET", "Downstream", "Message", "Peer", "Receive", "Scope", "Send"]

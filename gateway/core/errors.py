@@ -63,6 +63,13 @@ class UpstreamTlsConfig(ConnectError):
     code = "upstream-tls-config"
 
 
+class UpstreamIdentityMismatch(ConnectError):
+    """A peer gateway's certificate verified, but names another identity than the service expects."""
+
+    status = 502
+    code = "upstream-identity-mismatch"
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream-timeout"

@@ -54,6 +54,9 @@ class ListenerSettings:
     tls_min_version: str = "1.2"
     # public listener with TLS only: Strict-Transport-Security max-age in seconds; 0: no header
     hsts_max_age: int = 0
+    # inbound listener only (`docs/mtls.md`): "off" (no inbound listener), "permissive" (mTLS and
+    # plaintext on one port) or "strict" (mTLS only); SIGHUP switches between the last two
+    mtls: str = "off"
 
     @property
     def host(self) -> str:
@@ -74,6 +77,9 @@ class ListenersSettings:
     admin: ListenerSettings = ListenerSettings("127.0.0.1:9901")
     # optional plain listener answering 308 to https on the public listener; bind "": none
     redirect: ListenerSettings = ListenerSettings("")
+    # mTLS from peer gateways (east-west), with this gateway's identity (`[identity] state_dir`);
+    # on when `mtls` is "permissive" or "strict"
+    inbound: ListenerSettings = ListenerSettings("0.0.0.0:15443")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +226,12 @@ class IdentitySettings:
     state_dir: str = "./.peel/identity"
     # the certificate authority's directory (`peel ca`): its keys live here, mode 0700
     ca_dir: str = "./.peel/ca"
+    # seconds a workload certificate issued by this control plane's CA lives (joins and renewals);
+    # gateways renew at half of it
+    certificate_lifetime: float = 86400.0
+    # the CA certificate(s) (PEM) that signed the control plane's admin listener certificate, for
+    # renewals; "": the system's trust store
+    control_cacert: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +239,6 @@ class Settings:
     database: DatabaseSettings = DatabaseSettings()
     listeners: ListenersSettings = ListenersSettings()
     server: ServerSettings = ServerSettings()
-    # seconds a workload certificate issued by this control plane's CA lives (joins and renewals);
-    # gateways renew at half of it
-    certificate_lifetime: float = 86400.0
-    # the CA certificate(s) (PEM) that signed the control plane's admin listener certificate, for
-    # renewals; "": the system's trust store
-    control_cacert: str = ""
     proxy: ProxySettings = ProxySettings()
     access_log: AccessLogSettings = AccessLogSettings()
     facade: FacadeSettings = FacadeSettings()
@@ -343,15 +349,18 @@ def _check(key: str, obj: Any) -> None:
             if not re.fullmatch(r"[a-z0-9._-]{1,255}", obj.trust_domain):
                 raise ValueError(f"trust_domain {obj.trust_domain!r} must be 1-255 lower-case letters, "
                                  "digits, '.', '-' or '_' (a SPIFFE trust domain)")
+            if not 60 <= obj.certificate_lifetime <= 366 * 86400:
+                raise ValueError("certificate_lifetime must be between 60 seconds and 366 days")
         elif isinstance(obj, DatabaseSettings) and "://" not in obj.url:
             raise ValueError(f"url {obj.url!r} is not a SQLAlchemy URL such as sqlite:///./peel.db")
     except ValueError as exc:
         raise ConfigError(key or "settings", str(exc)) from exc
 
 
+MTLS_MODES = ("off", "permissive", "strict")
+
+
 def _check_listener(key: str, obj: ListenerSettings) -> None:
-            if not 60 <= obj.certificate_lifetime <= 366 * 86400:
-                raise ValueError("certificate_lifetime must be between 60 seconds and 366 days")
     name = key.rpartition(".")[2]
     if obj.bind or name != "redirect":
         split_bind(obj.bind)
@@ -360,6 +369,13 @@ def _check_listener(key: str, obj: ListenerSettings) -> None:
                           f"not {obj.tls_min_version!r}")
     if name == "redirect" and obj.tls:
         raise ConfigError(f"{key}.tls_certificates", "the redirect listener is plain HTTP")
+    if obj.mtls not in MTLS_MODES:
+        raise ConfigError(f"{key}.mtls", f"must be one of {', '.join(MTLS_MODES)}, not {obj.mtls!r}")
+    if obj.mtls != "off" and name != "inbound":
+        raise ConfigError(f"{key}.mtls", "only the inbound listener speaks mTLS (listeners.inbound)")
+    if name == "inbound" and obj.tls:
+        raise ConfigError(f"{key}.tls_certificates", "the inbound listener serves this gateway's "
+                          "identity (identity.state_dir), not certificate files")
     if obj.hsts_max_age < 0:
         raise ConfigError(f"{key}.hsts_max_age", "must not be negative (0: no header)")
     if obj.hsts_max_age and (name != "public" or not obj.tls):

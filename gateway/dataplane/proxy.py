@@ -24,7 +24,7 @@ import time
 from facade.beta import BetaTrust
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
 from facade.decision import Decision
-from gateway.core.asgi import TARGET, Receive, Scope, Send
+from gateway.core.asgi import PEER, TARGET, Peer, Receive, Scope, Send
 from gateway.core.settings import DeadlineSettings, FacadeSettings, ProxySettings, Settings
 from gateway.dataplane.buffering import Watch, read_body
 from gateway.dataplane.forward import Forwarder
@@ -141,11 +141,15 @@ class ProxyApp:
         if metrics is not None:
             metrics.in_flight += 1
         host_name = hostname(host) if host is not None else ""
+        # the inbound listener's caller (gateway.edge.protocol reads it once per connection)
+        peer: Peer | None = scope["extensions"].get(PEER) if "extensions" in scope else None
         if self._tracing is not None:
             req.trace = self._tracing.start(scope["headers"], req.client, req.method,
                                             scope.get("path", ""), host_name)
+            if peer is not None and peer.identity is not None:
+                req.trace.peer(peer.identity)
         try:
-            await self._handle(req, host, hosts, length, chunked, deadline)
+            await self._handle(req, host, hosts, length, chunked, deadline, peer)
         except BodyTooLarge as exc:
             # A chunked body passed the route's cap: the upstream exchange was cut either way.
             req.error = "body-too-large"
@@ -173,27 +177,35 @@ class ProxyApp:
             if metrics is not None:
                 metrics.in_flight -= 1
                 metrics.request(req.route, req.service, req.side, req.status, duration)
+                if peer is not None:
+                    metrics.inbound(peer.mtls, peer.source)
             if self._log is not None:
                 self._log.log(req.request_id, req.client, req.method, scope.get("path", ""), req.route,
                               req.service, req.endpoint, req.status, req.bytes_in, req.bytes_out,
                               duration, req.upstream, req.error, req.side, req.fallback,
                               trace_id=trace.trace_id if trace is not None else None,
                               span_id=trace.span_id if trace is not None else None,
-                              attempts=req.attempts, detail=req.detail)
+                              attempts=req.attempts, detail=req.detail,
+                              peer=peer.identity if peer is not None else None)
 
     async def _handle(self, req: RequestState, host_header: bytes | None, hosts: int,
-                      length: bytes | None, chunked: bool, deadline: bool) -> None:
+                      length: bytes | None, chunked: bool, deadline: bool, peer: Peer | None) -> None:
         scope = req.scope
         table = self._holder.table
         extensions = scope.get("extensions") or {}
         incoming = Incoming(req.method, scope.get("raw_path") or scope["path"].encode("utf-8"),
                             scope["query_string"], scope["headers"], req.client,
                             target=extensions.get(TARGET), host_header=host_header, hosts=hosts,
-                            length=length, deadline=deadline)
+                            length=length, deadline=deadline, peer=peer)
         resolved = self._resolver.resolve(table, incoming, _now())
         if isinstance(resolved, Refusal):
             return await self._refuse(req, resolved)
         route = resolved.route
+        if resolved.dry_run_denied:
+            log.warning("authorization dry run: route %s would refuse %s", route.name,
+                        peer.source if peer is not None else req.client)
+            if self._metrics is not None:
+                self._metrics.authz_dry_run(route.name)
         req.route = route.name
         req.compiled = route
         scope["path"] = resolved.path
@@ -232,6 +244,8 @@ class ProxyApp:
                                 route.migration.spec.stage if route.migration is not None else None)
             if refusal.code == "rate-limited" and self._metrics is not None:
                 self._metrics.rate_limited(route.name)
+            elif refusal.code == "forbidden-identity" and self._metrics is not None:
+                self._metrics.authz_denied(route.name)
         await self._forward.problem(req, refusal.status, refusal.code, refusal.detail,
                                     headers=refusal.headers or None, close=refusal.close)
 

@@ -21,6 +21,12 @@ get. In order (DESIGN.md, "The request path"):
    millisecond is left); the deadline headers are stripped either way;
 9. the facade decision for a migrated route (`facade.decision.decide_request`): which side answers.
 
+Between 5 and 6, authorization by identity (`docs/mtls.md`): the route's `authorization` policy
+against the peer (`Incoming.peer`, the inbound listener's `Peer`; None elsewhere), 403
+`forbidden-identity` naming the route's policy; in `dry_run` mode the request passes and
+`Resolution.dry_run_denied` says it would not have. On a strict inbound listener a route without a
+policy is refused (default deny).
+
 Pure apart from the rate limiter's buckets and the clock (`now` is passed in); no I/O. A refusal
 says what the client is answered (status, Peel code, detail, extra headers, whether to close) and
 which route it was refused on, so the caller records it in metrics, traces and the access log.
@@ -31,6 +37,7 @@ from __future__ import annotations
 from facade.beta import BetaTrust
 from facade.beta_filter import TableBetaFilter
 from facade.decision import NO_USERS, BetaUsers, Decision, decide_request
+from gateway.core.asgi import Peer
 from gateway.http.hosts import absolute_target, parse_host
 from gateway.http.paths import DEFAULT_RULES, PathRules, normalise
 from gateway.policy.deadline import DeadlineRules, expired
@@ -46,15 +53,18 @@ class Incoming:
     `target` is the raw request target when the listener kept it (absolute form starts without
     `/`), else the raw path; `host_header` is the (first) Host header and `hosts` how many there
     were; `length` the Content-Length value; `deadline` whether a deadline header is present (the
-    HTTP listener spots it while it reads the headers once; None: look).
+    HTTP listener spots it while it reads the headers once; None: look); `peer` the inbound
+    listener's `Peer` (the caller's identity; None on other listeners).
     """
 
-    __slots__ = ("client", "deadline", "headers", "host_header", "hosts", "length", "method", "query",
-                 "raw_path", "target")
+    __slots__ = ("client", "deadline", "headers", "host_header", "hosts", "length", "method", "peer",
+                 "query", "raw_path", "target")
 
     def __init__(self, method: str, raw_path: bytes, query: bytes, headers: Headers, client: str | None,
                  *, target: bytes | None = None, host_header: bytes | None = None, hosts: int = -1,
-                 length: bytes | None = None, deadline: bool | None = None) -> None:
+                 length: bytes | None = None, deadline: bool | None = None,
+                 peer: Peer | None = None) -> None:
+        self.peer = peer
         self.method = method
         self.raw_path = raw_path
         self.target = target
@@ -84,8 +94,8 @@ class Resolution:
     `authority` the host[:port] of an absolute-form target, which replaces Host upstream.
     """
 
-    __slots__ = ("authority", "beta_users", "deadline", "decision", "headers", "host", "path", "query",
-                 "rate_headers", "route", "service")
+    __slots__ = ("authority", "beta_users", "deadline", "decision", "dry_run_denied", "headers", "host",
+                 "path", "query", "rate_headers", "route", "service")
 
     def __init__(self, route: CompiledRoute, service: CompiledService, host: str, path: str, query: bytes,
                  headers: Headers, beta_users: BetaUsers, deadline: float | None,
@@ -102,6 +112,8 @@ class Resolution:
         self.decision = decision
         self.rate_headers = rate_headers
         self.authority = authority
+        # the route's authorization policy in dry_run mode would have refused this request
+        self.dry_run_denied = False
 
 
 class Refusal:
@@ -195,6 +207,19 @@ class Resolver:
         route = table.match(method, host, path, query, headers)
         if route is None:
             return Refusal(404, "no-route", "no route matches this request")
+        dry_run_denied = False
+        peer = incoming.peer
+        authz = route.authorization
+        if authz is not None:
+            if not authz.allows(peer.identity if peer is not None else None):
+                if authz.mode == "enforce":
+                    return Refusal(403, "forbidden-identity", f"the authorization policy of route "
+                                   f"{route.name} does not allow this caller", route=route)
+                dry_run_denied = True
+        elif peer is not None and peer.strict:
+            return Refusal(403, "forbidden-identity", f"route {route.name} has no authorization policy: "
+                           "in strict mode the inbound listener serves only routes that name their callers",
+                           route=route)
         limit = route.max_body
         length = incoming.length
         if limit is not None and length is not None and length.isdigit() and int(length) > limit:
@@ -232,8 +257,12 @@ class Resolver:
                            route=route)
         migration = route.migration
         if migration is None:
-            return Resolution(route, route.service, host, path, query, headers, beta_users, until, None,
-                              rate_headers, authority)
-        decision = decide_request(migration, headers, client, method, beta_users)
-        return Resolution(route, migration.service(decision.side), host, path, query, headers, beta_users,
-                          until, decision, rate_headers, authority)
+            resolution = Resolution(route, route.service, host, path, query, headers, beta_users, until,
+                                    None, rate_headers, authority)
+        else:
+            decision = decide_request(migration, headers, client, method, beta_users)
+            resolution = Resolution(route, migration.service(decision.side), host, path, query, headers,
+                                    beta_users, until, decision, rate_headers, authority)
+        if dry_run_denied:
+            resolution.dry_run_denied = True
+        return resolution

@@ -14,7 +14,10 @@
 4. A head timeout: a connection must deliver a complete request head within the keep-alive
    timeout, whether it is new, idle between requests, or trickling a head byte by byte
    (uvicorn times only the idle case, with a timer per response).
-5. WebSocket upgrades: `check_head` strips every `Upgrade` offer; when the listener runs a
+5. On the inbound listener, the peer (`scope["extensions"]["peel.peer"]`, a `Peer`): the SPIFFE ID
+   of the client certificate, read from the TLS object once per connection (uvicorn puts nothing
+   of the certificate into the scope); None on the other listeners.
+6. WebSocket upgrades: `check_head` strips every `Upgrade` offer; when the listener runs a
    WebSocket protocol (`ws_protocol_class`) and `gateway.dataplane.websocket_rules.websocket_offer` finds a
    complete opening handshake, the checked head goes to httptools with its offer and the
    connection is handed to uvicorn's WebSocket protocol (the app then gets a `websocket` scope;
@@ -32,7 +35,7 @@ from typing import Any, ClassVar, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.core.asgi import DOWNSTREAM, TARGET, Downstream
+from gateway.core.asgi import DOWNSTREAM, PEER, TARGET, Downstream, Peer
 from gateway.core.settings import LimitsSettings
 from gateway.dataplane.websocket_rules import websocket_offer
 from gateway.http.framing import (
@@ -44,6 +47,7 @@ from gateway.http.framing import (
     check_head,
     refusal_response,
 )
+from gateway.identity.bundle import peer_identity
 
 log = logging.getLogger("peel.edge")
 
@@ -115,6 +119,9 @@ class PeelHttpProtocol(HttpToolsProtocol):
 
     limits: ClassVar[LimitsSettings] = LimitsSettings()
     head_limits: ClassVar[HeadLimits] = HeadLimits()
+    # Set on an instance by the inbound listener's acceptor (gateway.edge.inbound) before the
+    # connection is made: the listener's mode at accept time. None: not the inbound listener.
+    inbound_strict: bool | None = None
 
     @classmethod
     def configured(cls, limits: LimitsSettings) -> type[PeelHttpProtocol]:
@@ -134,6 +141,7 @@ class PeelHttpProtocol(HttpToolsProtocol):
         self._refused = False  # a refusal was answered (or is pending): ignore what follows
         self._pending: bytes | None = None  # a refusal that waits for the response in flight
         self._served = 0
+        self._peer: Peer | None = None
         # Since when this connection waits for a complete request head (None while a request is
         # served), since when its body is being read, since when a write is blocked: see _EdgeTimer.
         self.waiting_since: float | None = None
@@ -142,6 +150,8 @@ class PeelHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.inbound_strict is not None:
+            self._peer = _peer(transport, self.inbound_strict, self.client)
         self._writer = CoalescingWriter(transport, self.loop)
         self.waiting_since = self.loop.time()
         _EdgeTimer.ensure(self.server_state, self.loop, self)
@@ -314,7 +324,7 @@ class PeelHttpProtocol(HttpToolsProtocol):
         # on_message_begin made a fresh scope and on_url collected the whole target; the ASGI task
         # is created by the parent below, so the scope is complete before the app sees it.
         scope: Any = self.scope  # uvicorn types extensions as dict[str, dict]; ours hold bytes
-        scope["extensions"] = {TARGET: self.url, DOWNSTREAM: self._downstream}
+        scope["extensions"] = {TARGET: self.url, DOWNSTREAM: self._downstream, PEER: self._peer}
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
@@ -441,6 +451,13 @@ class _EdgeTimer:
             if timed_out is not None:
                 timed_out(now)
         loop.call_later(interval, _EdgeTimer.tick, state, loop, interval)
+
+
+def _peer(transport: asyncio.Transport, strict: bool, client: tuple[str, int] | None) -> Peer:
+    """The one place the peer certificate is read (issue 12 item 11): at connection time."""
+    tls = transport.get_extra_info("ssl_object")
+    return Peer(peer_identity(tls), mtls=tls is not None, strict=strict,
+                address=client[0] if client else "unknown")
 
 
 def downstream_of(scope: Any) -> Downstream | None:

@@ -18,9 +18,11 @@ workers.
 TLS (`docs/tls.md`): a listener with `tls_certificates` serves HTTPS. The certificates are loaded
 (and checked) before any socket is bound, so a bad one stops `peel serve` with the setting's name;
 each process that serves a TLS listener loads its own copy and reloads it on SIGHUP and when the
-files change. The optional redirect listener runs in the first process. An admin listener bound
-beyond loopback without TLS is logged as a warning at start: its bearer tokens would cross the
-network in clear.
+files change. The optional redirect listener runs in the first process. The inbound listener
+(`listeners.inbound.mtls`, `docs/mtls.md`) serves the same app with this gateway's identity
+(`gateway.identity.bundle`), reloaded like the certificates; for now with one worker only. An
+admin listener bound beyond loopback without TLS is logged as a warning at start: its bearer
+tokens would cross the network in clear.
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, lo
 from gateway.dataplane.proxy import ProxyApp
 from gateway.edge import drain
 from gateway.edge.https import Hsts, RedirectApp
+from gateway.edge.inbound import InboundListener
 from gateway.edge.listener import make_server, uvicorn_config
 from gateway.edge.protocol import PeelHttpProtocol
 from gateway.edge.tls import TlsListener
+from gateway.identity.bundle import IdentityBundle, exists
 from gateway.identity.renewal import start_renewal
 from gateway.server import systemd
 from gateway.server.leader import AlwaysLease, Leader, cancel, leader_jobs
@@ -144,6 +148,18 @@ def adopt(sock: socket.socket, listener: ListenerSettings, name: str) -> socket.
     return sock
 
 
+def load_identity(settings: Settings) -> IdentityBundle | None:
+    """This gateway's identity: required by the inbound listener, used for upstream mTLS when the
+    state directory holds one; `ConfigError` naming `identity.state_dir` when it cannot be used."""
+    inbound = settings.listeners.inbound.mtls != "off"
+    if inbound and settings.server.workers > 1:
+        raise ConfigError("listeners.inbound.mtls", "the inbound listener runs with server.workers = 1 "
+                          "only, for now")
+    if inbound or exists(settings.identity.state_dir):
+        return IdentityBundle(settings.identity.state_dir)
+    return None
+
+
 def load_tls(settings: Settings, names: tuple[str, ...] = ("public", "admin")) -> dict[str, TlsListener]:
     """The TLS side of each listener in `names` that has certificates; `ConfigError` naming the
     setting for a certificate or key that cannot be used."""
@@ -181,6 +197,7 @@ class Sockets:
     public: socket.socket
     admin: socket.socket
     redirect: socket.socket | None = None
+    inbound: socket.socket | None = None
 
 
 def preflight(settings: Settings) -> Store:
@@ -207,8 +224,12 @@ class Runtime:
     holder, the watcher and the live view of its workers."""
 
     def __init__(self, settings: Settings, store: Store, *, write_snapshots: bool,
-                 tls: dict[str, TlsListener] | None = None) -> None:
+                 tls: dict[str, TlsListener] | None = None,
+                 identity: IdentityBundle | None = None) -> None:
         self.settings = settings
+        # this gateway's identity (inbound listener, upstream mTLS); reloaded like `tls`
+        self.identity = identity
+        self.inbound_listener: InboundListener | None = None
         # the TLS side of this process's TLS listeners, by listener name (reloaded on SIGHUP)
         self.tls = tls or {}
         self.holder = TableHolder()
@@ -235,6 +256,7 @@ class Runtime:
         self.upstreams = Upstreams()
         # the one dial seam of this process: the pool, WebSocket upstreams and health checks
         self.dialer = Dialer()
+        self.dialer.tls.identity = identity
         self.health = HealthChecker(self.upstreams, dialer=self.dialer)
         self.metrics = Metrics()
         self.state = ProcessState(self.metrics, upstreams=self.upstreams,
@@ -259,6 +281,8 @@ class Runtime:
             self._closers.append(self.health.close)
         for tls in self.tls.values():
             self._tasks.append(asyncio.create_task(tls.watch()))
+        if self.identity is not None:
+            self._tasks.append(asyncio.create_task(self.identity.watch()))
         # this gateway's certificate renewed at half its life (when joined); expiries in /metrics
         self.state.edge_tls = self.tls
         self._tasks += start_renewal(self.settings.identity, self.state)
@@ -369,6 +393,31 @@ class Runtime:
         self.servers.append(server)
         return server
 
+    def inbound(self, sock: socket.socket) -> uvicorn.Server:
+        """The inbound listener: the data plane's app (after `data_plane`), connections accepted by
+        `InboundListener` (run it with `serve_inbound`)."""
+        assert self.identity is not None and self.proxies
+        server = make_server(uvicorn_config(self.proxies[0], self.settings, listener="inbound",
+                                            sock_fd=sock.fileno()))
+        self.servers.append(server)
+        self.inbound_listener = InboundListener(server, sock, self.identity,
+                                                lambda: self.settings.listeners.inbound.mtls)
+        return server
+
+    async def serve_inbound(self, server: uvicorn.Server) -> None:
+        """Run the inbound server (no socket of its own) and its acceptor until the drain ends it."""
+        acceptor = self.inbound_listener
+        assert acceptor is not None
+        serving = asyncio.create_task(server.serve(sockets=[]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        accepting = asyncio.create_task(acceptor.run())
+        try:
+            await serving
+        finally:
+            acceptor.close()
+            accepting.cancel()
+
     def redirect(self, sock: socket.socket) -> uvicorn.Server:
         """The optional plain listener that answers 308 to https on the public listener."""
         app = RedirectApp(self.settings.listeners.public.port)
@@ -410,7 +459,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         while not all(server.started for server, _ in self._data) and not self.forced:
             await asyncio.sleep(0.02)  # a signal during start-up: uvicorn has no sockets to close yet
-        for server, _ in self._data:
+        for server in [s for s, _ in self._data] + ([self.inbound_listener.server]
+                                                    if self.inbound_listener else []):
             drain.close_after_response(server)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._forcing.wait(), max(0.0, stop_accepting_at - loop.time()))
@@ -419,13 +469,19 @@ class Runtime:
         deadline = loop.time() + self.settings.server.grace_period
         for server, spare in self._data:
             await drain.stop_accepting(server, spare)
+        inbound = self.inbound_listener
+        data = [server for server, _ in self._data]
+        if inbound is not None:
+            inbound.close()
+            inbound.sock.close()
+            data.append(inbound.server)
         if self._data:
             log.info("draining: listeners closed")
         while loop.time() < deadline and not self.forced:
-            if not any([drain.settle(server) for server, _ in self._data]):
+            if not any([drain.settle(server) for server in data]):
                 break
             await asyncio.sleep(0.02)
-        for server, _ in self._data:
+        for server in data:
             # uvicorn's own shutdown ends what is left, cancelling requests past the grace period
             server.config.timeout_graceful_shutdown = max(0.0, deadline - loop.time())  # type: ignore[assignment]
             server.should_exit = True
@@ -462,6 +518,9 @@ def reload_settings(runtime: Runtime, config_path: str | None) -> bool:
     apply_limits(runtime.servers, fresh.limits)
     for name, tls in runtime.tls.items():
         tls.reload(getattr(fresh.listeners, name))
+    if runtime.identity is not None:
+        runtime.identity.reload()
+    _reload_inbound_mode(runtime, fresh)
     for name in ("public", "admin"):
         if name not in runtime.tls and getattr(fresh.listeners, name).tls:
             log.error("SIGHUP: listeners.%s.tls_certificates: turning TLS on needs a restart", name)
@@ -470,6 +529,20 @@ def reload_settings(runtime: Runtime, config_path: str | None) -> bool:
         runtime.forward(signal.SIGHUP)
     systemd.notify("READY=1")
     return True
+
+
+def _reload_inbound_mode(runtime: Runtime, fresh: Settings) -> None:
+    """`listeners.inbound.mtls` between permissive and strict applies to the next connections."""
+    running = runtime.settings.listeners
+    mode = fresh.listeners.inbound.mtls
+    if mode == running.inbound.mtls:
+        return
+    if runtime.inbound_listener is None or mode == "off":
+        log.error("SIGHUP: listeners.inbound.mtls: turning the inbound listener on or off needs a restart")
+        return
+    runtime.settings = dataclasses.replace(runtime.settings, listeners=dataclasses.replace(
+        running, inbound=dataclasses.replace(running.inbound, mtls=mode)))
+    log.info("SIGHUP: the inbound listener is now %s", mode)
 
 
 def apply_limits(servers: list[uvicorn.Server], limits: LimitsSettings) -> None:
@@ -487,11 +560,12 @@ def apply_limits(servers: list[uvicorn.Server], limits: LimitsSettings) -> None:
 
 
 async def run_single(settings: Settings, store: Store, sockets: Sockets, config_path: str | None,
-                     tls: dict[str, TlsListener]) -> int:
+                     tls: dict[str, TlsListener], identity: IdentityBundle | None = None) -> int:
     """One process: every listener, one watcher. The admin listener outlives the data plane's drain."""
-    runtime = Runtime(settings, store, write_snapshots=True, tls=tls)
+    runtime = Runtime(settings, store, write_snapshots=True, tls=tls, identity=identity)
     await runtime.load_first_table()
     proxy_server = runtime.data_plane(sockets.public)
+    inbound_server = runtime.inbound(sockets.inbound) if sockets.inbound else None
     admin_server = runtime.admin(store, serving=True)
     redirect_server = runtime.redirect(sockets.redirect) if sockets.redirect else None
     install_signals(runtime, config_path)
@@ -501,8 +575,11 @@ async def run_single(settings: Settings, store: Store, sockets: Sockets, config_
         proxying = asyncio.create_task(proxy_server.serve(sockets=[sockets.public]))
         serving = asyncio.create_task(admin_server.serve(sockets=[sockets.admin]))
         redirecting = _serve_redirect(redirect_server, sockets.redirect)
+        inbound = asyncio.create_task(runtime.serve_inbound(inbound_server)) if inbound_server else None
         await _notify_when_started(runtime)
         await proxying
+        if inbound is not None:
+            await inbound
         await _stop_redirect(redirect_server, redirecting)
         admin_server.should_exit = True
         await serving
@@ -527,7 +604,8 @@ async def run_worker(settings: Settings, fd: int, config_path: str | None) -> in
     """A worker process: the public listener on the inherited socket, its own watcher."""
     public = socket.socket(fileno=fd)
     store = Store(settings.database.url)
-    runtime = Runtime(settings, store, write_snapshots=False, tls=load_tls(settings, ("public",)))
+    runtime = Runtime(settings, store, write_snapshots=False, tls=load_tls(settings, ("public",)),
+                      identity=load_identity(settings))
     await runtime.load_first_table()
     server = runtime.data_plane(public)
     install_signals(runtime, config_path)
@@ -590,9 +668,10 @@ async def _notify_when_started(runtime: Runtime) -> None:
         await asyncio.sleep(0.02)
     listeners = runtime.settings.listeners
     for name, listener in (("public", listeners.public), ("admin", listeners.admin),
-                           ("redirect", listeners.redirect)):
-        if listener.bind:
+                           ("redirect", listeners.redirect), ("inbound", listeners.inbound)):
+        if listener.bind and (name != "inbound" or listener.mtls != "off"):
             kind = ("https" if listener.tls else "http") if name != "redirect" else "308 to https"
+            kind = f"mTLS, {listener.mtls}" if name == "inbound" else kind
             log.info("%s listener on %s (%s)", name, listener.bind, kind)
     systemd.notify("READY=1", f"STATUS=serving config version {runtime.watcher.version}")
     period = systemd.watchdog_period(os.environ, os.getpid())
@@ -613,17 +692,19 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(settings.server.log_level)
     tls = load_tls(settings)
+    identity = load_identity(settings)
     warn_plaintext_admin(settings)
     store = preflight(settings)
     listeners = settings.listeners
     passed = passed_sockets()
     sockets = Sockets(bind(listeners.public, "public", passed), bind(listeners.admin, "admin", passed),
-                      bind(listeners.redirect, "redirect", passed) if listeners.redirect.bind else None)
+                      bind(listeners.redirect, "redirect", passed) if listeners.redirect.bind else None,
+                      bind(listeners.inbound, "inbound", passed) if listeners.inbound.mtls != "off" else None)
     for name, unused in passed.items():
         log.warning("systemd passed a socket named %r that no listener uses; closing it", name)
         unused.close()
     if settings.server.workers == 1:
-        return _run(run_single(settings, store, sockets, config_path, tls))
+        return _run(run_single(settings, store, sockets, config_path, tls, identity))
     return _run(run_master(settings, store, sockets, config_path, tls))
 
 

@@ -32,7 +32,7 @@ from routes.model import Endpoint
 
 FIELDS = ("time", "trace_id", "span_id", "request_id", "client", "method", "path", "route", "service",
           "endpoint", "side", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "attempts",
-          "fallback", "error", "detail")
+          "fallback", "error", "detail", "peer")
 _BATCH = 256  # lines written per GIL hand-over: a long batch would stall the event loop
 _COMPLAIN_EVERY = 60.0  # seconds between two reports of a failing target
 
@@ -97,13 +97,14 @@ class AccessLog:
             service: str | None, endpoint: Endpoint | str | None, status: int, bytes_in: int, bytes_out: int,
             duration: float, upstream: float | None, error: str | None, side: str | None = None,
             fallback: str | None = None, *, trace_id: str | None = None, span_id: str | None = None,
-            attempts: int = 0, detail: str | None = None) -> None:
+            attempts: int = 0, detail: str | None = None, peer: str | None = None) -> None:
         """Queue one line; never blocks. `duration` and `upstream` are in seconds.
 
         `endpoint` may be the `Endpoint` itself: its URL is then formatted by the writer thread.
         `side` is "from" or "to" on a migrated route; `fallback` the error code of the `to`
         attempt that `from` answered for; `trace_id`/`span_id` hex ids of the request's server
-        span; `attempts` the upstream attempts made.
+        span; `attempts` the upstream attempts made; `peer` the caller's identity (SPIFFE ID) on the
+        inbound listener.
         """
         queue = self._queue
         if len(queue) >= self._max or not self.enabled:
@@ -112,7 +113,7 @@ class AccessLog:
             return
         queue.append((time.time() - duration, trace_id, span_id, request_id, client, method, path, route,
                       service, endpoint, side, status, bytes_in, bytes_out, duration, upstream, attempts,
-                      fallback, error, detail))
+                      fallback, error, detail, peer))
 
     def close(self) -> None:
         """Write everything queued, flush, and stop the writer thread."""
@@ -193,7 +194,7 @@ class AccessLog:
         # Formatted by hand: json.dumps of a dict costs several times more, and this thread
         # competes with the event loop for the GIL. Strings go through the C JSON escaper.
         (when, trace_id, span_id, request_id, client, method, path, route, service, endpoint, side,
-         status, bytes_in, bytes_out, duration, upstream, attempts, fallback, error, detail) = record
+         status, bytes_in, bytes_out, duration, upstream, attempts, fallback, error, detail, peer) = record
         return (f'{{"time":"{self._rfc3339(when)}","trace_id":{_text(trace_id)},'
                 f'"span_id":{_text(span_id)},'
                 f'"request_id":{_quote(request_id.decode("ascii", "replace"))},'
@@ -204,7 +205,7 @@ class AccessLog:
                 f'"duration_ms":{duration * 1000:.3f},'
                 f'"upstream_ms":{"null" if upstream is None else format(upstream * 1000, ".3f")},'
                 f'"attempts":{attempts:d},"fallback":{_text(fallback)},"error":{_text(error)},'
-                f'"detail":{_text(detail)}}}\n')
+                f'"detail":{_text(detail)},"peer":{_text(peer)}}}\n')
 
 
 _quote = json.encoder.encode_basestring

@@ -36,7 +36,9 @@ MAX_SERIES = 10_000
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # prometheus-client's CONTENT_TYPE_PLAIN_0_0_4
 # Index status // 100; "none": no response was sent (the downstream went away first).
 _CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
-_ROUTE_COUNTERS = ("retries", "fallbacks", "rate_limited")
+_ROUTE_COUNTERS = ("retries", "fallbacks", "rate_limited", "authz_dry_run", "authz_denied")
+# distinct sources counted per process on the inbound listener; more are "other"
+MAX_SOURCES = 1000
 
 
 def status_class(status: int) -> str:
@@ -65,6 +67,10 @@ class Metrics:
         self._fallbacks: dict[str, int] = {}
         self._rate_limited: dict[str, int] = {}
         self._circuit_open: dict[str, int] = {}
+        # inbound listener: (mtls "true"/"false", source) -> [requests, unix time of the last one]
+        self._inbound: dict[tuple[str, str], list[float]] = {}
+        self._authz_dry_run: dict[str, int] = {}
+        self._authz_denied: dict[str, int] = {}
         self.config_version = -1
         self.config_loaded_at: float | None = None  # unix time of the last table swapped in
         self.last_reload_at: float | None = None  # unix time of the last attempt, good or bad
@@ -119,6 +125,28 @@ class Metrics:
         """
         self._count(self._circuit_open, service)
 
+    def inbound(self, mtls: bool, source: str) -> None:
+        """One request on the inbound listener, from `source` (the caller's identity, else its
+        address). Sources past `MAX_SOURCES` are counted as "other" (bounded cardinality)."""
+        key = ("true" if mtls else "false", source)
+        row = self._inbound.get(key)
+        if row is None:
+            if len(self._inbound) >= MAX_SOURCES or not self._room():
+                key = (key[0], "other")
+                row = self._inbound.setdefault(key, [0.0, 0.0])
+            else:
+                row = self._inbound[key] = [0.0, 0.0]
+        row[0] += 1
+        row[1] = time.time()
+
+    def authz_dry_run(self, route: str) -> None:
+        """A request that the route's authorization policy in `dry_run` mode would have refused."""
+        self._count(self._authz_dry_run, route)
+
+    def authz_denied(self, route: str) -> None:
+        """A request refused 403 `forbidden-identity` on `route`."""
+        self._count(self._authz_denied, route)
+
     def _count(self, counts: dict[str, int], key: str) -> None:
         n = counts.get(key)
         if n is not None:
@@ -163,6 +191,10 @@ class Metrics:
             "fallbacks": dict(self._fallbacks),
             "rate_limited": dict(self._rate_limited),
             "circuit_open": dict(self._circuit_open),
+            "inbound": [[mtls, source, row[0], row[1]]
+                        for (mtls, source), row in list(self._inbound.items())],
+            "authz_dry_run": dict(self._authz_dry_run),
+            "authz_denied": dict(self._authz_denied),
             "in_flight": self.in_flight,
             "overflow": self.overflow,
             "config": {"version": self.config_version, "loaded_at": self.config_loaded_at,
@@ -223,7 +255,7 @@ class PeelCollector:
         buckets: list[float] | None = None
         attempts = _Sum()
         per_route = {name: _Sum() for name in _ROUTE_COUNTERS}
-        ejections, circuit_open = _Sum(), _Sum()
+        ejections, circuit_open, inbound = _Sum(), _Sum(), _Sum()
         upstream_in_flight, healthy, ejected = _Sum(), _Sum(), _Sum()
         totals, spans = _Sum(), _Sum()
         proc = {name: GaugeMetricFamily(f"peel_worker_{name}", doc, labels=["pid"])
@@ -249,6 +281,8 @@ class PeelCollector:
             for name in _ROUTE_COUNTERS:
                 for route, n in (m.get(name) or {}).items():
                     per_route[name].add((route,), n)
+            for row in m.get("inbound", ()):
+                inbound.add(("inbound", str(row[0]), str(row[1])), row[2])
             for service, n in (m.get("ejections") or {}).items():
                 ejections.add((service,), n)
             for service, n in (m.get("circuit_open") or {}).items():
@@ -283,6 +317,13 @@ class PeelCollector:
                        ["route"], per_route["fallbacks"])
         yield _counter("peel_rate_limited", "Requests refused by a route's rate limit",
                        ["route"], per_route["rate_limited"])
+        yield _counter("peel_authz_dry_run_denials", "Requests a route's authorization policy in "
+                       "dry_run mode would have refused", ["route"], per_route["authz_dry_run"])
+        yield _counter("peel_authz_denials", "Requests refused 403 forbidden-identity", ["route"],
+                       per_route["authz_denied"])
+        yield _counter("peel_inbound_requests", "Requests on the inbound listener, plaintext or mTLS, by "
+                       "source (the caller's identity, else its address)", ["listener", "mtls", "source"],
+                       inbound)
         yield _counter("peel_ejections", "Outlier ejections of endpoints", ["service"], ejections)
         yield _counter("peel_circuit_open", "Requests refused by a service's circuit breaker",
                        ["service"], circuit_open)
@@ -317,6 +358,7 @@ class PeelCollector:
         yield from config.values()
         yield from proc.values()
         yield cpu
+        yield _certificate_expiry(self.processes)
         if self.leader is not None:
             family = GaugeMetricFamily("peel_leader", "1 when this gateway leads the fleet (runs its "
                                        "periodic control work), else 0", labels=["instance"])
@@ -336,48 +378,6 @@ _CONFIG_GAUGES = (
 )
 
 
-def _config_samples(config: dict[str, GaugeMetricFamily], pid: str, cfg: Mapping[str, Any]) -> None:
-    config["version"].add_metric([pid], _num(cfg.get("version", -1)))
-    if cfg.get("last_reload_at") is not None:
-        config["last_reload_timestamp_seconds"].add_metric([pid], _num(cfg["last_reload_at"]))
-    config["last_reload_success"].add_metric([pid], 1.0 if cfg.get("last_reload_ok", True) else 0.0)
-
-
-def _histogram(requests: Mapping[tuple[str, ...], list[float]], buckets: Sequence[float]) -> Iterable[Metric]:
-    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-
-    labels = ["route", "service", "side", "status_class"]
-    total = CounterMetricFamily("peel_requests", "Downstream requests", labels=labels)
-    duration = HistogramMetricFamily("peel_request_duration_seconds",
-                                     "Time from the request head to the end of the response",
-                                     labels=labels)
-    bounds = [repr(float(b)) for b in buckets] + ["+Inf"]  # "0.0005", "1.0": as prometheus-client writes
-    for key, row in sorted(requests.items()):
-        count, total_seconds, counts = row[0], row[1], row[2:]
-        total.add_metric(list(key), count)
-        cumulative, running = [], 0.0
-        for bound, n in zip(bounds, counts, strict=False):
-            running += n
-        yield _certificate_expiry(self.processes)
-            cumulative.append((bound, running))
-        duration.add_metric(list(key), cumulative, total_seconds)
-    return (total, duration)
-
-
-def _counter(name: str, doc: str, labels: list[str], values: _Sum) -> CounterMetricFamily:
-    from prometheus_client.core import CounterMetricFamily
-
-    family = CounterMetricFamily(name, doc, labels=labels)
-    for key, value in sorted(values.values.items()):
-        family.add_metric(list(key), value)
-    return family
-
-
-def _gauge(name: str, doc: str, labels: list[str], values: _Sum) -> GaugeMetricFamily:
-    from prometheus_client.core import GaugeMetricFamily
-
-    family = GaugeMetricFamily(name, doc, labels=labels)
-    for key, value in sorted(values.values.items()):
 def _certificate_expiry(processes: Sequence[Mapping[str, Any]]) -> GaugeMetricFamily:
     """`peel_certificate_expiry_seconds`: seconds until each certificate expires (negative: expired).
 
@@ -405,6 +405,47 @@ def _certificate_expiry(processes: Sequence[Mapping[str, Any]]) -> GaugeMetricFa
     return family
 
 
+def _config_samples(config: dict[str, GaugeMetricFamily], pid: str, cfg: Mapping[str, Any]) -> None:
+    config["version"].add_metric([pid], _num(cfg.get("version", -1)))
+    if cfg.get("last_reload_at") is not None:
+        config["last_reload_timestamp_seconds"].add_metric([pid], _num(cfg["last_reload_at"]))
+    config["last_reload_success"].add_metric([pid], 1.0 if cfg.get("last_reload_ok", True) else 0.0)
+
+
+def _histogram(requests: Mapping[tuple[str, ...], list[float]], buckets: Sequence[float]) -> Iterable[Metric]:
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+    labels = ["route", "service", "side", "status_class"]
+    total = CounterMetricFamily("peel_requests", "Downstream requests", labels=labels)
+    duration = HistogramMetricFamily("peel_request_duration_seconds",
+                                     "Time from the request head to the end of the response",
+                                     labels=labels)
+    bounds = [repr(float(b)) for b in buckets] + ["+Inf"]  # "0.0005", "1.0": as prometheus-client writes
+    for key, row in sorted(requests.items()):
+        count, total_seconds, counts = row[0], row[1], row[2:]
+        total.add_metric(list(key), count)
+        cumulative, running = [], 0.0
+        for bound, n in zip(bounds, counts, strict=False):
+            running += n
+            cumulative.append((bound, running))
+        duration.add_metric(list(key), cumulative, total_seconds)
+    return (total, duration)
+
+
+def _counter(name: str, doc: str, labels: list[str], values: _Sum) -> CounterMetricFamily:
+    from prometheus_client.core import CounterMetricFamily
+
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.values.items()):
+        family.add_metric(list(key), value)
+    return family
+
+
+def _gauge(name: str, doc: str, labels: list[str], values: _Sum) -> GaugeMetricFamily:
+    from prometheus_client.core import GaugeMetricFamily
+
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.values.items()):
         family.add_metric(list(key), value)
     return family
 

@@ -215,7 +215,7 @@ class RequestTrace:
     span are kept only then (`_recording()`), so an unsampled request sets five slots.
     """
 
-    __slots__ = ("_fallback", "_incoming", "_method", "_path", "_record", "_route", "_seen",
+    __slots__ = ("_fallback", "_incoming", "_method", "_path", "_peer", "_record", "_route", "_seen",
                  "_server", "_service", "_side", "_stage", "_start_ns", "_tracing", "parent_id",
                  "sampled", "span_id", "trace_id")
 
@@ -240,6 +240,12 @@ class RequestTrace:
         self._stage: str | None = None
         self._side: str | None = None
         self._fallback: str | None = None
+        self._peer: str | None = None
+
+    def peer(self, identity: str) -> None:
+        """The caller's identity on the inbound listener (`peel.peer.identity`)."""
+        if self._record:
+            self._peer = identity
 
     def route(self, route: str, service: str, stage: str | None) -> None:
         """The matched route (its name is `http.route`), its service, and its migration's stage."""
@@ -287,6 +293,8 @@ class RequestTrace:
             attributes["peel.side"] = self._side
         if self._fallback is not None:
             attributes["peel.fallback"] = self._fallback
+        if self._peer is not None:
+            attributes["peel.peer.identity"] = self._peer
         # A server span fails on a 5xx only (semantic conventions): a 4xx is the caller's.
         failed = error if error is not None else (str(status) if status >= 500 else None)
         if failed is not None:

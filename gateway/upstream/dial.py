@@ -24,6 +24,15 @@ Files that cannot be loaded fail that service's dials with `UpstreamTlsConfig` (
 `upstream-tls-config`), and only its dials: the rest of the table keeps serving. Files that turn
 bad after a good load (a rotation caught half-written) keep the last good context, with an error
 logged, until they load again.
+
+Upstream mTLS (`docs/mtls.md`): a service that declares `identity: spiffe://<td>/svc/<name>` (its
+endpoints are peer gateways' inbound listeners) is dialled with this gateway's identity
+(`identity`, an `IdentityBundle`): its certificate is presented and the peer's chain verified
+against the trust bundle. The peer is named by that SPIFFE ID, not a host name, so the context does
+not check host names; after the handshake the peer certificate's URI SAN must equal the expected
+ID, else the connection is closed and the dial fails with `UpstreamIdentityMismatch` (502
+`upstream-identity-mismatch`). Without an identity in this process such a dial fails with 502
+`upstream-tls-config`.
 """
 
 from __future__ import annotations
@@ -37,7 +46,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from gateway.core.errors import ConnectError, UpstreamTimeout, UpstreamTlsConfig, UpstreamTlsError
+from gateway.core.errors import (
+    ConnectError,
+    UpstreamIdentityMismatch,
+    UpstreamTimeout,
+    UpstreamTlsConfig,
+    UpstreamTlsError,
+)
+from gateway.identity.bundle import IdentityBundle, peer_identity
 from routes.model import Endpoint
 from routes.policies import ServiceTls
 from routes.table import RouteTable
@@ -159,12 +175,14 @@ class UpstreamTls:
     for the `RECHECK` interval (tests inject one).
     """
 
-    __slots__ = ("_by_fingerprint", "_clock", "_default", "_factory", "_loaded")
+    __slots__ = ("_by_fingerprint", "_clock", "_default", "_factory", "_loaded", "identity")
 
     def __init__(self, factory: TlsFactory | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._factory = factory
         self._clock = clock
+        # this gateway's identity, for services that declare the identity of their peers
+        self.identity: IdentityBundle | None = None
         self._default: ssl.SSLContext | None = None
         self._loaded: dict[ServiceTls, _Loaded] = {}
         # one context per distinct policy settings and file contents, shared by equal ones
@@ -178,6 +196,11 @@ class UpstreamTls:
         policy = endpoint.tls
         if policy is None:
             return ssl_context_for(endpoint, self._factory, self._default_context)
+        if policy.identity is not None:
+            if self.identity is None:
+                raise UpstreamTlsConfig(f"the service expects the identity {policy.identity}, and "
+                                        "this gateway has none (identity.state_dir: run `peel join`)")
+            return self.identity.client_context()
         return ssl_context_for(endpoint, self._factory, lambda: self._service_context(policy))
 
     def update(self, table: RouteTable) -> None:
@@ -280,6 +303,13 @@ class Dialer:
                 transport, protocol = await loop.create_connection(
                     protocol_factory, endpoint.host, endpoint.port, ssl=context,
                     server_hostname=server_name(endpoint) if context is not None else None)
+            expected = endpoint.tls.identity if endpoint.tls is not None else None
+            if expected is not None:
+                found = peer_identity(transport.get_extra_info("ssl_object"))
+                if found != expected:
+                    transport.abort()
+                    raise UpstreamIdentityMismatch(f"{endpoint.url} presented the identity "
+                                                   f"{found or 'none'}; the service expects {expected}")
         except TimeoutError as exc:
             if timeout is None:
                 raise  # the caller's own timeout

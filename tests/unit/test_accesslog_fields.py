@@ -22,7 +22,7 @@ from routes.model import Endpoint
 
 ISSUE_ORDER = ("time", "trace_id", "span_id", "request_id", "client", "method", "path", "route", "service",
                "endpoint", "side", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms",
-               "attempts", "fallback", "error", "detail")
+               "attempts", "fallback", "error", "detail", "peer")  # peer: issue 12 item 10
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:

@@ -283,3 +283,23 @@ def test_the_websocket_protocol_drain_closes() -> None:
         needs(f"self.{name} = False" in source(WebSocketsSansIOProtocol.__init__),
               f"WebSocketsSansIOProtocol.{name}", DRAIN)
     needs(params(WebSocketsSansIOProtocol.shutdown) == [], "WebSocketsSansIOProtocol.shutdown()", DRAIN)
+
+
+INBOUND = "gateway/edge/inbound.py (InboundListener)"
+
+
+def test_serve_with_no_sockets_creates_no_listening_server() -> None:
+    # The inbound listener accepts on its socket itself and hands connections to the server's
+    # protocol class; `serve(sockets=[])` must then run the server without binding anything.
+    startup = source(uvicorn.Server.startup)
+    needs("if sockets is not None:" in startup and "for sock in sockets:" in startup,
+          "Server.startup(sockets=[]) makes no listening server", INBOUND)
+    needs("self.servers: list" in startup or "self.servers = []" in startup,
+          "Server.startup keeps its listening servers in self.servers", INBOUND)
+    needs("server_state=self.server_state" in startup and "app_state=self.lifespan.state" in startup,
+          "Server.startup builds protocols from config.http_protocol_class with server_state and "
+          "app_state=lifespan.state", INBOUND)
+    needs("self.connections.add(self)" in source(HttpToolsProtocol.connection_made),
+          "HttpToolsProtocol.connection_made registers the connection in server_state", INBOUND)
+    needs("self.client = get_remote_addr(transport)" in source(HttpToolsProtocol.connection_made),
+          "HttpToolsProtocol.connection_made sets self.client", f"{PROTOCOL} (the peer's address)")
