@@ -54,6 +54,9 @@ class ListenerSettings:
     tls_min_version: str = "1.2"
     # public listener with TLS only: Strict-Transport-Security max-age in seconds; 0: no header
     hsts_max_age: int = 0
+    # inbound listener only (`docs/mtls.md`): "off" (no inbound listener), "permissive" (mTLS and
+    # plaintext on one port) or "strict" (mTLS only); SIGHUP switches between the last two
+    mtls: str = "off"
 
     @property
     def host(self) -> str:
@@ -74,6 +77,9 @@ class ListenersSettings:
     admin: ListenerSettings = ListenerSettings("127.0.0.1:9901")
     # optional plain listener answering 308 to https on the public listener; bind "": none
     redirect: ListenerSettings = ListenerSettings("")
+    # mTLS from peer gateways (east-west), with this gateway's identity (`[identity] state_dir`);
+    # on when `mtls` is "permissive" or "strict"
+    inbound: ListenerSettings = ListenerSettings("0.0.0.0:15443")
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +357,9 @@ def _check(key: str, obj: Any) -> None:
         raise ConfigError(key or "settings", str(exc)) from exc
 
 
+MTLS_MODES = ("off", "permissive", "strict")
+
+
 def _check_listener(key: str, obj: ListenerSettings) -> None:
     name = key.rpartition(".")[2]
     if obj.bind or name != "redirect":
@@ -360,6 +369,13 @@ def _check_listener(key: str, obj: ListenerSettings) -> None:
                           f"not {obj.tls_min_version!r}")
     if name == "redirect" and obj.tls:
         raise ConfigError(f"{key}.tls_certificates", "the redirect listener is plain HTTP")
+    if obj.mtls not in MTLS_MODES:
+        raise ConfigError(f"{key}.mtls", f"must be one of {', '.join(MTLS_MODES)}, not {obj.mtls!r}")
+    if obj.mtls != "off" and name != "inbound":
+        raise ConfigError(f"{key}.mtls", "only the inbound listener speaks mTLS (listeners.inbound)")
+    if name == "inbound" and obj.tls:
+        raise ConfigError(f"{key}.tls_certificates", "the inbound listener serves this gateway's "
+                          "identity (identity.state_dir), not certificate files")
     if obj.hsts_max_age < 0:
         raise ConfigError(f"{key}.hsts_max_age", "must not be negative (0: no header)")
     if obj.hsts_max_age and (name != "public" or not obj.tls):
