@@ -32,7 +32,7 @@ from websockets.utils import generate_key
 
 from facade.counts import FROM, RETIRED_MISSES, TO, TrafficCounts
 from gateway.core import problems
-from gateway.core.asgi import Receive, Scope, Send
+from gateway.core.asgi import PEER, Receive, Scope, Send
 from gateway.core.errors import ProtocolError, UpstreamError
 from gateway.core.settings import ProxySettings
 from gateway.dataplane.resolve import Headers, Incoming, Refusal, Resolver
@@ -176,7 +176,7 @@ class WebSocketProxy:
         table = self._holder.table
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         incoming = Incoming("GET", raw_path, scope.get("query_string", b""), scope["headers"], client_addr,
-                            target=raw_path)
+                            target=raw_path, peer=(scope.get("extensions") or {}).get(PEER))
         now = _now()
         resolved = self._resolver.resolve(table, incoming, now)
         route = resolved.route

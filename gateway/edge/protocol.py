@@ -279,6 +279,13 @@ class PeelHttpProtocol(HttpToolsProtocol):
         self._state = _UPGRADED
         self.waiting_since = self.body_since = None
         self.handle_websocket_upgrade()
+        if self._peer is not None:
+            # The WebSocket protocol parsed the handshake and made its scope (its app task has
+            # not run yet): the inbound listener's peer goes into it as into an HTTP scope's.
+            ws: Any = self.transport.get_protocol() if self.transport is not None else None
+            scope = getattr(ws, "scope", None)
+            if scope is not None:
+                scope["extensions"][PEER] = self._peer
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's own plain-text 400, for whatever the parser refuses: Peel's problem+json.

@@ -295,3 +295,40 @@ def test_openssl_s_client_handshakes_with_the_inbound_listener(world: World) -> 
         assert re.search(r"New, TLSv1\.[23]", done.stdout)
     finally:
         peel.stop()
+
+
+def test_websocket_handshakes_on_the_inbound_listener_carry_the_peer(world: World) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from tests.sockets.test_websocket import WsUpstream
+
+    ws = WsUpstream().start()
+    tmp = world.tmp / "ws"
+    tmp.mkdir()
+    identity = write_identity(world.ca, tmp / "identity", "orders")
+    port = free_port()
+    peel = PeelServe(tmp, extra_settings=(
+        f'[listeners.inbound]\nbind = "127.0.0.1:{port}"\nmtls = "strict"\n'
+        f'[identity]\nstate_dir = "{identity.directory}"\n'))
+    peel.upgrade_with_token()
+    peel.commit({"services": [{"name": "ws", "endpoints": [ws.url]}],
+                 "routes": [{"name": "ws-billing", "match": {"path_prefix": "/billing"}, "service": "ws",
+                             "websocket": True, "authorization": {"allow_from": ["billing"]}},
+                            {"name": "ws-payments", "match": {"path_prefix": "/payments"}, "service": "ws",
+                             "websocket": True, "authorization": {"allow_from": ["payments"]}},
+                            {"name": "ws-open", "match": {"path_prefix": "/open"}, "service": "ws",
+                             "websocket": True}]})
+    peel.start()
+    try:
+        context = client_context(world.billing, world.billing.bundle)
+        with connect(f"wss://127.0.0.1:{port}/billing", ssl=context, open_timeout=10) as client:
+            client.send("hello")
+            assert client.recv(timeout=10) == "hello"
+        for path in ("/payments", "/open"):  # another identity; no policy in strict mode
+            with pytest.raises(InvalidStatus) as refused:
+                connect(f"wss://127.0.0.1:{port}{path}", ssl=context, open_timeout=10)
+            assert refused.value.response.status_code == 403
+    finally:
+        peel.stop()
+        ws.stop()

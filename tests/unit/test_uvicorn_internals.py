@@ -303,3 +303,16 @@ def test_serve_with_no_sockets_creates_no_listening_server() -> None:
           "HttpToolsProtocol.connection_made registers the connection in server_state", INBOUND)
     needs("self.client = get_remote_addr(transport)" in source(HttpToolsProtocol.connection_made),
           "HttpToolsProtocol.connection_made sets self.client", f"{PROTOCOL} (the peer's address)")
+
+
+def test_the_websocket_handshake_makes_its_scope_before_its_app_runs() -> None:
+    # PeelHttpProtocol._upgrade puts the inbound listener's peer into the WebSocket scope right
+    # after handle_websocket_upgrade: the handshake bytes are fed synchronously and handle_connect
+    # builds `self.scope` (with an extensions dict) and only schedules the app.
+    needs("protocol.data_received(" in source(HttpToolsProtocol.handle_websocket_upgrade)
+          and "self.transport.set_protocol(protocol)" in source(HttpToolsProtocol.handle_websocket_upgrade),
+          "handle_websocket_upgrade feeds the handshake to the WebSocket protocol at once", PROTOCOL)
+    connect = source(WebSocketsSansIOProtocol.handle_connect)
+    needs('self.scope' in connect and '"extensions": {' in connect and "create_task" in connect,
+          "WebSocketsSansIOProtocol.handle_connect builds scope['extensions'], then schedules the app",
+          PROTOCOL)
