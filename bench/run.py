@@ -3,6 +3,7 @@
 
     python bench/run.py [--seconds 8] [--reps 3] [--workers 1] [--bodies hello,16k] [--no-match]
                         [--telemetry on|off|tracing|metrics] [--paced 4000] [--baseline DIR]
+                        [--tls [--tls-clients 4]]
 
 Starts an nginx origin ("hello", 5 bytes, at `/`; 16 KiB at `/16k`), nginx with one worker as the
 reference proxy, and `peel serve` with `--workers` workers (temp dir: settings, an upgraded SQLite
@@ -21,8 +22,16 @@ same interpreter with cwd=DIR and PYTHONPATH=DIR so DIR's packages shadow the ed
 (checked before it starts). It is interleaved with the others in every round, and the report adds its
 rows and the ratios peel / peel-base: the before/after comparison a change on the request path reports.
 
-Needs nginx and wrk: installed with apt-get when missing and running as root. Every process this
-script starts is stopped by its PID (its process group) at the end.
+`--tls` measures HTTPS instead: a test CA and one server certificate (bench/tls_certs.py) in the temp
+dir, nginx listening with `ssl` and Peel with `tls_certificates`, both with that certificate and key,
+TLS 1.2 and 1.3, session tickets on, both proxying to the same plain-HTTP origin. Per round and per
+target: `wrk -t1 -c50 https://...` (keep-alive: steady-state HTTPS throughput), then full and resumed
+handshakes a second with `openssl s_time -new` / `-reuse`, for TLS 1.2 and for TLS 1.3, from
+`--tls-clients` s_time processes at once; the report gives each against nginx, and the HTTPS
+throughput per worker against the 0.25 x nginx aim.
+
+Needs nginx and wrk (and openssl for --tls): installed with apt-get when missing and running as
+root. Every process this script starts is stopped by its PID (its process group) at the end.
 """
 
 from __future__ import annotations
@@ -35,10 +44,12 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -48,6 +59,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.tls_certs import BenchCerts, make_certs  # noqa: E402
 from routes.model import Document  # noqa: E402
 from routes.store import Store  # noqa: E402
 
@@ -87,6 +99,20 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
     location / {{ proxy_pass http://origin; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_set_header Host $host; }} }} }}
 """
+# --tls: the same proxy, listening with TLS. The protocols, the TLS 1.2 ciphers and resumption are
+# Peel's (docs/tls.md): 1.2 and 1.3, ECDHE with AES-GCM or ChaCha20, a session cache and tickets.
+NGINX_TLS_PROXY = NGINX_PROXY.replace(
+    "listen 127.0.0.1:{port} backlog=4096;",
+    "listen 127.0.0.1:{port} ssl backlog=4096;\n"
+    "    ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n"
+    "    ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20; ssl_prefer_server_ciphers on;\n"
+    "    ssl_session_cache shared:SSL:10m; ssl_session_timeout 1h; ssl_session_tickets on;")
+TLS_VERSIONS = ("1.2", "1.3")
+HANDSHAKES = ("new", "reuse")  # s_time's -new (full handshakes) and -reuse (resumed)
+# s_time -www PATH sends "GET PATH HTTP/1.0\r\n\r\n": no Host, which nginx passes on empty and the
+# origin answers 400, while Peel proxies a 200. This "path" completes an HTTP/1.1 request with a
+# Host and `Connection: close` (the rest of s_time's line becomes a header), so both proxy a 200.
+WWW_REQUEST = "/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Bench:"
 
 
 class BenchError(Exception):
@@ -156,13 +182,27 @@ def free_port() -> int:
         return port
 
 
-def fetch(port: int, path: str) -> bytes | None:
+def fetch(port: int, path: str, tls: BenchCerts | None = None) -> bytes | None:
+    """GET over HTTP, or over HTTPS verifying the server certificate against `tls.ca`."""
+    scheme = "https" if tls is not None else "http"
+    context = ssl.create_default_context(cafile=str(tls.ca)) if tls is not None else None
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}{path}", timeout=5, context=context) as r:
             body: bytes = r.read()
             return body
     except OSError:
         return None
+
+
+def served_certificate(port: int, tls: BenchCerts) -> bytes:
+    """The DER certificate a TLS handshake with the target gets (verified against the test CA)."""
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as conn:
+        der = conn.getpeercert(binary_form=True)
+    if der is None:
+        raise BenchError(f"no certificate from 127.0.0.1:{port}")
+    return der
 
 
 def wait_until(what: str, ready: Callable[[], bool], seconds: float,
@@ -178,11 +218,12 @@ def wait_until(what: str, ready: Callable[[], bool], seconds: float,
         time.sleep(0.05)
 
 
-def wrk(port: int, path: str, conns: int, seconds: int, *, script: Path | None = None) -> dict[str, float]:
+def wrk(port: int, path: str, conns: int, seconds: int, *, script: Path | None = None,
+        scheme: str = "http") -> dict[str, float]:
     """One wrk run; `script` a Lua file (the pacing one for a fixed offered load)."""
     extra = ["-s", str(script)] if script is not None else []
     out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *extra,
-                          f"http://127.0.0.1:{port}{path}"],
+                          f"{scheme}://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, check=True).stdout
 
     def ms(label: str) -> float:
@@ -198,6 +239,41 @@ def wrk(port: int, path: str, conns: int, seconds: int, *, script: Path | None =
     errors += sum(int(x) for x in sock.groups()) if sock else 0
     return {"rps": float(rps.group(1)) if rps else 0.0, "p50": ms("50%"), "p90": ms("90%"),
             "p99": ms("99%"), "errors": float(errors)}
+
+
+def s_time(port: int, version: str, mode: str, seconds: int, clients: int) -> dict[str, float]:
+    """Handshakes a second: `clients` `openssl s_time` processes at once against the target, each for
+    `seconds`, TLS `version` only; `mode` "new" (every connection a full handshake) or "reuse" (every
+    connection resumes the session of the one before). TLS 1.2: the handshake alone. TLS 1.3 sends
+    its session tickets after the handshake and s_time only reads them when it fetches a page, so with
+    1.3 each connection also sends `GET /` (WWW_REQUEST) and reads the answer to the close (for -new
+    too, so both count the same work). The rate is the sum over clients of connections / own wall time
+    (s_time stops on a whole second of the clock, so its own timings are coarse and CPU-only);
+    "resumed" the share of connections s_time saw resumed; "errors" the clients that failed."""
+    argv = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", f"-{mode}",
+            "-tls1_2" if version == "1.2" else "-tls1_3", "-time", str(seconds)]
+    argv += ["-www", WWW_REQUEST] if version == "1.3" else []
+    results: list[tuple[float, int, int, int]] = []  # wall s, connections, resumed, return code
+
+    def one() -> None:
+        start = time.monotonic()
+        out = subprocess.run(argv, capture_output=True, text=True, check=False)
+        wall = time.monotonic() - start
+        count = re.search(r"^(\d+) connections in [\d.]+s;", out.stdout, re.M)
+        marks = re.search(r"^starting\n([^\n]*)$", out.stdout, re.M)  # one character a connection
+        results.append((wall, int(count.group(1)) if count else 0,
+                        marks.group(1).count("r") if marks else 0, out.returncode))
+
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = sum(n for _, n, _, _ in results)
+    return {"hps": sum(n / wall for wall, n, _, _ in results),
+            "resumed": sum(r for _, _, r, _ in results) / total if total else 0.0,
+            "errors": float(sum(1 for _, n, _, rc in results if rc != 0 or n == 0)),
+            "connections": float(total)}
 
 
 def pacing_script(directory: Path, rate: int, conns: int) -> Path:
@@ -239,6 +315,7 @@ class Bench:
     # "off": neither; "tracing" or "metrics": only that one
     telemetry: str = "on"
     baseline: Path | None = None  # --baseline: another checkout, started as the target BASE
+    tls: BenchCerts | None = None  # --tls: nginx and the Peels listen with TLS, with this certificate
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -258,12 +335,14 @@ class Bench:
         self.ports["direct"], self.ports["nginx"] = free_port(), free_port()
         (self.dir / "16k.txt").write_text("x" * 16384)
         (self.dir / "origin.conf").write_text(NGINX_ORIGIN.format(d=self.dir, port=self.ports["direct"]))
-        (self.dir / "proxy.conf").write_text(NGINX_PROXY.format(d=self.dir, port=self.ports["nginx"],
-                                                                origin=self.ports["direct"]))
+        proxy = NGINX_PROXY if self.tls is None else NGINX_TLS_PROXY
+        tls = {} if self.tls is None else {"cert": self.tls.cert, "key": self.tls.key}
+        (self.dir / "proxy.conf").write_text(proxy.format(d=self.dir, port=self.ports["nginx"],
+                                                          origin=self.ports["direct"], **tls))
         for name in ("origin", "proxy"):
             self.spawn(["nginx", "-c", str(self.dir / f"{name}.conf")], f"{name}.log")
-        for target in ("direct", "nginx"):
-            wait_until(f"nginx ({target}) answering", self.answers(self.ports[target]), 15, self.procs)
+        wait_until("nginx (direct) answering", self.answers(self.ports["direct"]), 15, self.procs)
+        wait_until("nginx answering", self.answers(self.ports["nginx"], self.tls), 15, self.procs)
 
     def start_peel(self, name: str = "peel") -> subprocess.Popen[bytes]:
         """Start `peel serve` as target `name`: this checkout for "peel", the baseline for BASE
@@ -275,7 +354,10 @@ class Bench:
         config = self.dir / f"{name}.toml"
         config.write_text(
             f'[database]\nurl = "{url}"\n\n'
-            f'[listeners.public]\nbind = "127.0.0.1:{self.ports[name]}"\n\n'
+            f'[listeners.public]\nbind = "127.0.0.1:{self.ports[name]}"\n'
+            + ('' if self.tls is None else
+               f'tls_certificates = [{{cert = "{self.tls.cert}", key = "{self.tls.key}"}}]\n')
+            + '\n'
             f'[listeners.admin]\nbind = "127.0.0.1:{admin}"\n\n'
             f'[server]\nworkers = {self.workers}\ngrace_period = 2.0\n'
             f'snapshot_path = "{self.dir / f"{files}snapshot.json"}"\n'
@@ -302,13 +384,13 @@ class Bench:
                                  f"{seeded.stderr.strip()}")
         peel = self.spawn([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
                           f"{name}.log", env=env, cwd=root)
-        wait_until(f"{name} serve answering / from the origin", self.answers(self.ports[name]), 60,
-                   self.procs)
+        wait_until(f"{name} serve answering / from the origin", self.answers(self.ports[name], self.tls),
+                   60, self.procs)
         return peel
 
     @staticmethod
-    def answers(port: int) -> Callable[[], bool]:
-        return lambda: fetch(port, "/") == b"hello"
+    def answers(port: int, tls: BenchCerts | None = None) -> Callable[[], bool]:
+        return lambda: fetch(port, "/", tls) == b"hello"
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -444,6 +526,93 @@ def compare_baseline(rows: dict[tuple[str, str, int], list[dict[str, float]]], b
           f"(peel / {BASE} {now_rss / base_rss:.3f})")
 
 
+TlsRows = dict[tuple[str, str, str], list[dict[str, float]]]
+
+
+def measure_tls(bench: Bench, pids: dict[str, int], bodies: list[str], reps: int, seconds: int,
+                clients: int) -> TlsRows:
+    """--tls: rows keyed (target, "https", body) for wrk over HTTPS and (target, version, mode) for
+    s_time; nginx and the Peels in turn within each round, like the plain runs."""
+    rows: TlsRows = {}
+    targets = [t for t in bench.targets if t != "direct"]  # the origin speaks plain HTTP
+    handshake_seconds = max(1, seconds // 2)
+    for body in bodies:
+        for target in targets:  # warm-up: connections, caches, the upstream pool
+            wrk(bench.ports[target], PATHS[body], CONNS, 2, scheme="https")
+    for rnd in range(reps):
+        print(f"round {rnd + 1}/{reps} ...", file=sys.stderr, flush=True)
+        for target in targets:
+            port = bench.ports[target]
+            for body in bodies:
+                result = wrk(port, PATHS[body], CONNS, seconds, scheme="https")
+                if target in pids:
+                    result["rss"] = process_rss_mib(pids[target])[0]
+                rows.setdefault((target, "https", body), []).append(result)
+            for version in TLS_VERSIONS:
+                for mode in HANDSHAKES:
+                    rows.setdefault((target, version, mode), []).append(
+                        s_time(port, version, mode, handshake_seconds, clients))
+    return rows
+
+
+def report_tls(rows: TlsRows, bodies: list[str], reps: int, seconds: int, workers: int, clients: int,
+               baseline: Path | None = None) -> None:
+    targets = ("nginx", "peel") + ((BASE,) if baseline is not None else ())
+
+    def med(key: tuple[str, str, str], name: str) -> float:
+        return statistics.median(r[name] for r in rows[key])
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    base = f" and {BASE} ({baseline})" if baseline is not None else ""
+    print(f"\n### HTTPS: Peel ({workers} worker{'s' if workers > 1 else ''}){base} vs nginx (1 worker), "
+          f"the same ECDSA P-256 certificate, TLS 1.2 + 1.3, session tickets on: {reps} interleaved "
+          f"rounds, {os.cpu_count()} cores\n")
+    print(f"wrk -t1 -c{CONNS}, {seconds} s, keep-alive (steady-state HTTPS, TLS 1.3):\n")
+    print(f"| body | target | req/s c{CONNS} | p50 ms | p99 ms | errors | RSS MiB | x nginx |")
+    print("|---|---|---|---|---|---|---|---|")
+    for body in bodies:
+        for target in targets:
+            key = (target, "https", body)
+            rps = med(key, "rps")
+            errors = sum(r["errors"] for r in rows[key])
+            mem = f"{max(r['rss'] for r in rows[key]):.1f}" if target != "nginx" else "-"
+            print(f"| {body} | {target} | {rps:,.0f} | {med(key, 'p50'):.3f} | {med(key, 'p99'):.3f} | "
+                  f"{errors:.0f} | {mem} | {rps / med(('nginx', 'https', body), 'rps'):.3f} |")
+    print(f"\nHandshakes a second, {clients} openssl s_time clients at once, {max(1, seconds // 2)} s each "
+          "(TLS 1.2: the handshake alone; TLS 1.3: the handshake and one GET / answered 200, as 1.3's "
+          "tickets come after the handshake):\n")
+    print("| TLS | target | full hs/s | x nginx | resumed hs/s | x nginx | resumed % | failed clients |")
+    print("|---|---|---|---|---|---|---|---|")
+    for version in TLS_VERSIONS:
+        for target in targets:
+            full, again = med((target, version, "new"), "hps"), med((target, version, "reuse"), "hps")
+            share = min(r["resumed"] for r in rows[(target, version, "reuse")]) * 100
+            failed = sum(r["errors"] for mode in HANDSHAKES for r in rows[(target, version, mode)])
+            nginx_full = med(("nginx", version, "new"), "hps")
+            nginx_again = med(("nginx", version, "reuse"), "hps")
+            print(f"| {version} | {target} | {full:,.0f} | {full / nginx_full:.3f} | {again:,.0f} | "
+                  f"{again / nginx_again:.3f} | {share:.1f} | {failed:.0f} |")
+    print()
+    for body in bodies:
+        ratio = med(("peel", "https", body), "rps") / med(("nginx", "https", body), "rps") / workers
+        print(f"{body}: HTTPS throughput per worker {ratio:.3f} x nginx (aim ≥ {TARGET_THROUGHPUT}: "
+              f"{verdict(ratio >= TARGET_THROUGHPUT)})")
+    shares = {v: min(r["resumed"] for r in rows[("peel", v, "reuse")]) for v in TLS_VERSIONS}
+    print("peel session resumption: " + ", ".join(f"TLS {v} {shares[v] * 100:.1f}% of -reuse connections "
+                                                   "resumed" for v in TLS_VERSIONS)
+          + f" (on: {verdict(all(x >= 0.99 for x in shares.values()))}); handshakes a second x nginx: "
+          + ", ".join(f"TLS {v} full {med(('peel', v, 'new'), 'hps') / med(('nginx', v, 'new'), 'hps'):.3f}"
+                      f" resumed {med(('peel', v, 'reuse'), 'hps') / med(('nginx', v, 'reuse'), 'hps'):.3f}"
+                      for v in TLS_VERSIONS))
+    for target in targets:
+        errors = sum(r["errors"] for k, rs in rows.items() if k[0] == target for r in rs)
+        if errors:
+            print(f"{target} errors during the run: {errors:.0f} (non-2xx answers, socket errors, failed "
+                  "s_time clients)")
+
+
 def run_match() -> int:
     script = ROOT / "bench" / "match.py"
     if not script.exists():
@@ -467,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paced", type=int, default=PACED_RATE, metavar="REQ_PER_S",
                     help=f"offered load of the fixed-load runs, where p99 is compared (default "
                          f"{PACED_RATE}; 0 skips them)")
+    ap.add_argument("--tls", action="store_true",
+                    help="measure HTTPS instead: nginx and Peel with the same test certificate; HTTPS "
+                         "throughput (wrk) and full and resumed handshakes a second (openssl s_time), "
+                         "TLS 1.2 and 1.3 (--paced does not apply)")
+    ap.add_argument("--tls-clients", type=int, default=4, metavar="N",
+                    help="--tls: openssl s_time processes run at once for the handshake rates (default 4)")
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help=f"another checkout of Peel (e.g. a git worktree of an older commit), run as a "
                          f"fourth target, {BASE}, with the same settings, interleaved, and compared")
@@ -477,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--bodies takes hello and/or 16k, not {args.bodies!r}")
     if args.seconds < 1 or args.reps < 1 or args.workers < 1:
         ap.error("--seconds, --reps and --workers must be at least 1")
+    if args.tls_clients < 1:
+        ap.error("--tls-clients must be at least 1")
     if args.paced < 0:
         ap.error("--paced must be a rate in requests a second, or 0")
     baseline: Path | None = args.baseline.resolve() if args.baseline is not None else None
@@ -493,16 +670,26 @@ def main(argv: list[str] | None = None) -> int:
             check_baseline(baseline)
         need("nginx")
         need("wrk")
+        if args.tls:
+            need("openssl")
+            bench.tls = make_certs(d)
         bench.start_nginx()
         pids = {name: bench.start_peel(name).pid for name in bench.targets if name in ("peel", BASE)}
         for name in pids:
             for body in bodies:
-                got = fetch(bench.ports[name], PATHS[body])
+                got = fetch(bench.ports[name], PATHS[body], bench.tls)
                 if got is None or len(got) != SIZES[body]:
                     raise BenchError(f"{name} answered {PATHS[body]} with "
                                      f"{None if got is None else len(got)} bytes, not {SIZES[body]}")
-        rows, rss = measure(bench, pids, bodies, args.reps, args.seconds, args.paced)
-        report(rows, rss, bodies, args.reps, args.seconds, args.workers, args.paced, baseline)
+        if bench.tls is not None:
+            served = {name: served_certificate(bench.ports[name], bench.tls) for name in ("nginx", *pids)}
+            if len(set(served.values())) != 1:
+                raise BenchError("nginx and Peel do not serve the same certificate")
+            tls_rows = measure_tls(bench, pids, bodies, args.reps, args.seconds, args.tls_clients)
+            report_tls(tls_rows, bodies, args.reps, args.seconds, args.workers, args.tls_clients, baseline)
+        else:
+            rows, rss = measure(bench, pids, bodies, args.reps, args.seconds, args.paced)
+            report(rows, rss, bodies, args.reps, args.seconds, args.workers, args.paced, baseline)
     except (BenchError, subprocess.CalledProcessError) as exc:
         keep_logs = True
         print(f"bench: {exc} (logs kept in {d})", file=sys.stderr)
