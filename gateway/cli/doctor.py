@@ -68,7 +68,9 @@ def outbound_proxy(path: str | None) -> str:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(path, f"cannot read the settings file: {exc}") from exc
-    bind = data.get("listeners", {}).get("outbound", {}).get("bind")
+    listeners = data.get("listeners")
+    outbound = listeners.get("outbound") if isinstance(listeners, dict) else None
+    bind = outbound.get("bind") if isinstance(outbound, dict) else None
     if bind is None:
         return DEFAULT_PROXY
     try:

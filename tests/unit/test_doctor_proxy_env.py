@@ -79,6 +79,8 @@ def test_outbound_proxy_from_the_settings_file(tmp_path: Path) -> None:
     settings = tmp_path / "peel.toml"
     settings.write_text("[listeners.public]\nbind = '0.0.0.0:8080'\n")
     assert outbound_proxy(str(settings)) == DEFAULT_PROXY
+    settings.write_text("listeners = 'x'\n")
+    assert outbound_proxy(str(settings)) == DEFAULT_PROXY
     settings.write_text("[listeners.outbound]\nbind = '0.0.0.0:15002'\n")
     assert outbound_proxy(str(settings)) == "http://127.0.0.1:15002"
     settings.write_text("[listeners.outbound]\nbind = '[::1]:15003'\n")
