@@ -253,6 +253,8 @@ def test_renewed_files_are_picked_up_without_dropping_an_open_connection(world: 
         response.read()
         assert kept.sock.getpeercert(binary_form=True) == before
         kept.close()
+        assert peel.stop() == 0  # the inbound listener drains and the process exits cleanly
+        assert "Traceback" not in peel.log.read_text()
     finally:
         peel.stop()
 
