@@ -36,6 +36,7 @@ import uvicorn
 
 from gateway.http.framing import Refusal, refusal_response
 from gateway.identity.bundle import IdentityBundle
+from gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("peel.inbound")
 
@@ -49,17 +50,20 @@ class InboundListener:
 
     `mode()` gives the current mode ("permissive" or "strict"). `refused` counts plaintext
     connections refused in strict mode and `handshake_failures` TLS handshakes that failed (an
-    untrusted, expired or missing client certificate).
+    untrusted, expired or missing client certificate); both also go to `metrics`
+    (`peel_inbound_refused_total{reason}`) when given.
     """
 
     def __init__(self, server: uvicorn.Server, sock: socket.socket, bundle: IdentityBundle,
-                 mode: Callable[[], str], *, first_byte_timeout: float = 15.0) -> None:
+                 mode: Callable[[], str], *, first_byte_timeout: float = 15.0,
+                 metrics: Metrics | None = None) -> None:
         self.server = server
         self.sock = sock
         self.bundle = bundle
         self.mode = mode
         self.first_byte_timeout = first_byte_timeout
         self.refused = 0
+        self.metrics = metrics
         self.handshake_failures = 0
         self._pending: set[asyncio.Task[None]] = set()
         self.closed = False
@@ -115,6 +119,8 @@ class InboundListener:
         if first[0] != TLS_HANDSHAKE:
             if strict:
                 self.refused += 1
+                if self.metrics is not None:
+                    self.metrics.inbound_refused("plaintext")
                 _refuse_plaintext(conn)
                 return
             context: ssl.SSLContext | None = None
@@ -126,6 +132,8 @@ class InboundListener:
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT if context is not None else None)
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
             self.handshake_failures += 1
+            if self.metrics is not None:
+                self.metrics.inbound_refused("handshake")
             log.info("inbound listener: TLS handshake refused: %s", exc)
             with contextlib.suppress(OSError):
                 conn.close()

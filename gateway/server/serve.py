@@ -400,8 +400,9 @@ class Runtime:
         server = make_server(uvicorn_config(self.proxies[0], self.settings, listener="inbound",
                                             sock_fd=sock.fileno()))
         self.servers.append(server)
-        self.inbound_listener = InboundListener(server, sock, self.identity,
-                                                lambda: self.settings.listeners.inbound.mtls)
+        self.inbound_listener = InboundListener(
+            server, sock, self.identity, lambda: self.settings.listeners.inbound.mtls,
+            metrics=self.metrics if self.settings.metrics.enabled else None)
         return server
 
     async def serve_inbound(self, server: uvicorn.Server) -> None:

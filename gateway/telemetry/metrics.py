@@ -70,6 +70,7 @@ class Metrics:
         # inbound listener: (mtls "true"/"false", source) -> [requests, unix time of the last one]
         self._inbound: dict[tuple[str, str], list[float]] = {}
         self._authz_dry_run: dict[str, int] = {}
+        self._inbound_refused: dict[str, int] = {}
         self._authz_denied: dict[str, int] = {}
         self.config_version = -1
         self.config_loaded_at: float | None = None  # unix time of the last table swapped in
@@ -139,6 +140,10 @@ class Metrics:
         row[0] += 1
         row[1] = time.time()
 
+    def inbound_refused(self, reason: str) -> None:
+        """A connection the inbound listener refused: "plaintext" (strict mode) or "handshake"."""
+        self._count(self._inbound_refused, reason)
+
     def authz_dry_run(self, route: str) -> None:
         """A request that the route's authorization policy in `dry_run` mode would have refused."""
         self._count(self._authz_dry_run, route)
@@ -194,6 +199,7 @@ class Metrics:
             "inbound": [[mtls, source, row[0], row[1]]
                         for (mtls, source), row in list(self._inbound.items())],
             "authz_dry_run": dict(self._authz_dry_run),
+            "inbound_refused": dict(self._inbound_refused),
             "authz_denied": dict(self._authz_denied),
             "in_flight": self.in_flight,
             "overflow": self.overflow,
@@ -255,7 +261,7 @@ class PeelCollector:
         buckets: list[float] | None = None
         attempts = _Sum()
         per_route = {name: _Sum() for name in _ROUTE_COUNTERS}
-        ejections, circuit_open, inbound = _Sum(), _Sum(), _Sum()
+        ejections, circuit_open, inbound, inbound_refused = _Sum(), _Sum(), _Sum(), _Sum()
         upstream_in_flight, healthy, ejected = _Sum(), _Sum(), _Sum()
         totals, spans = _Sum(), _Sum()
         proc = {name: GaugeMetricFamily(f"peel_worker_{name}", doc, labels=["pid"])
@@ -283,6 +289,8 @@ class PeelCollector:
                     per_route[name].add((route,), n)
             for row in m.get("inbound", ()):
                 inbound.add(("inbound", str(row[0]), str(row[1])), row[2])
+            for reason, n in (m.get("inbound_refused") or {}).items():
+                inbound_refused.add(("inbound", str(reason)), n)
             for service, n in (m.get("ejections") or {}).items():
                 ejections.add((service,), n)
             for service, n in (m.get("circuit_open") or {}).items():
@@ -324,6 +332,9 @@ class PeelCollector:
         yield _counter("peel_inbound_requests", "Requests on the inbound listener, plaintext or mTLS, by "
                        "source (the caller's identity, else its address)", ["listener", "mtls", "source"],
                        inbound)
+        yield _counter("peel_inbound_refused", "Connections the inbound listener refused: plaintext in "
+                       "strict mode, or a failed TLS handshake (no, an untrusted or an expired client "
+                       "certificate)", ["listener", "reason"], inbound_refused)
         yield _counter("peel_ejections", "Outlier ejections of endpoints", ["service"], ejections)
         yield _counter("peel_circuit_open", "Requests refused by a service's circuit breaker",
                        ["service"], circuit_open)

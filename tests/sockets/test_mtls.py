@@ -189,6 +189,8 @@ def test_strict_refuses_plaintext_foreign_expired_and_other_identities(world: Wo
         text = metrics(peel, token)
         assert 'peel_authz_dry_run_denials_total{route="dry"} 1.0' in text
         assert 'peel_authz_denials_total{route="denied"} 1.0' in text
+        assert 'peel_inbound_refused_total{listener="inbound",reason="plaintext"} 1.0' in text
+        assert 'peel_inbound_refused_total{listener="inbound",reason="handshake"} 3.0' in text
         lines = [json.loads(line) for line in (peel.tmp / "access.log").read_text().splitlines()]
         assert {line["peer"] for line in lines if line["route"] == "allowed"} == {f"spiffe://{TD}/svc/billing"}
     finally:
