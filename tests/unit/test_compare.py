@@ -42,6 +42,7 @@ def diffs(a: Any, b: Any, rules: CompareRules | None = None) -> list[tuple[str, 
     ({"ok": True}, {"ok": 1}, [("$.ok", "type")]),          # a boolean is not the number 1
     ({"n": 1}, {"n": 1.0}, []),                              # JSON has one number type
     ({"n": None}, {"n": 0}, [("$.n", "type")]),
+    ([True, 0, 1.0], [1, False, 1], [("$[0]", "type"), ("$[1]", "type")]),
     ({"a": 1, "b": 2}, {"b": 2, "a": 1}, []),                # key order does not matter
     ({"items": [{"price": 1}, {"price": 2}]}, {"items": [{"price": 1}, {"price": 3}]},
      [("$.items[1].price", "value")]),
