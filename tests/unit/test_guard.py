@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -248,3 +250,28 @@ def test_bad_policies_are_refused_naming_the_field(data: dict[str, Any], field: 
     with pytest.raises(RuleError) as caught:
         GuardPolicy.parse(data, "g")
     assert caught.value.field == field
+
+
+@given(st.floats(0.0, 0.05), st.floats(0.05, 0.5), st.integers(1000, 10_000))
+def test_an_error_rate_worse_beyond_the_bound_rolls_back(base: float, extra: float, n: int) -> None:
+    to = SideStats(n, round((base + extra) * n), 100.0)
+    from_ = SideStats(10_000, round(base * 10_000), 100.0)
+    verdict = evaluate(POLICY, window(to=to, from_=from_), NOW)
+    assert (verdict.action, verdict.rule) == ("rollback", "error-rate")
+
+
+@given(st.floats(0.0, 0.1), st.integers(2000, 10_000), st.floats(50.0, 500.0), st.floats(0.8, 1.2))
+def test_a_to_as_good_as_from_advances(rate: float, n: int, p99: float, latency_ratio: float) -> None:
+    to = SideStats(n, round(rate * n), p99 * latency_ratio)
+    from_ = SideStats(20_000, round(rate * 20_000), p99)
+    verdict = evaluate(POLICY, window(to=to, from_=from_), NOW)
+    assert (verdict.action, verdict.next_stage, verdict.next_percent) == ("advance", "canary", 25)
+
+
+def test_the_pure_core_loads_nothing_of_the_gateway() -> None:
+    # The data plane calls these with plain values; they must not drag in the pool or the server.
+    code = ("import sys, facade.compare, facade.noise, facade.guard; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gateway'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert done.stdout.strip() == "[]"
