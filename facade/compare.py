@@ -436,7 +436,9 @@ def _texts(segments: Sequence[Segment]) -> tuple[str, str]:
     return "".join(path), "".join(field)
 
 
-_Node = tuple[Any, Any, tuple[Segment, ...]]
+# (primary, candidate, segments, what): `what` is None to compare the two, or "missing"/"extra" for
+# a node on one side only, recorded when popped so differences come out in document order.
+_Node = tuple[Any, Any, tuple[Segment, ...], Kind | None]
 
 
 def _compare_json(a: Any, b: Any, rules: CompareRules, out: _Collector) -> None:
@@ -456,27 +458,30 @@ def _compare_json(a: Any, b: Any, rules: CompareRules, out: _Collector) -> None:
             out.differences.append(Difference(path, field, kind, _excerpt(va) if has_a else None,
                                               _excerpt(vb) if has_b else None))
 
-    stack: list[_Node] = [(a, b, ())]
+    stack: list[_Node] = [(a, b, (), None)]
     while stack:
-        va, vb, segs = stack.pop()
+        va, vb, segs, what = stack.pop()
         if paths and segs and ignored(segs):
+            continue
+        if what == "missing":
+            add(segs, what, va, None, has_b=False)
+            continue
+        if what == "extra":
+            add(segs, what, None, vb, has_a=False)
             continue
         ta, tb = type(va), type(vb)
         if ta is dict and tb is dict:
             children: list[_Node] = []
             for key, x in va.items():
                 if key not in vb:
-                    if not (paths and ignored((*segs, key))):
-                        add((*segs, key), "missing", x, None, has_b=False)
+                    children.append((x, None, (*segs, key), "missing"))
                     continue
                 y = vb[key]
                 tx = type(x)
                 if tx is type(y) and tx in _SCALARS and x == y:
                     continue
-                children.append((x, y, (*segs, key)))
-            for key, y in vb.items():
-                if key not in va and not (paths and ignored((*segs, key))):
-                    add((*segs, key), "extra", None, y, has_a=False)
+                children.append((x, y, (*segs, key), None))
+            children.extend((None, y, (*segs, key), "extra") for key, y in vb.items() if key not in va)
             stack.extend(reversed(children))
         elif ta is list and tb is list:
             common = min(len(va), len(vb))
@@ -486,13 +491,9 @@ def _compare_json(a: Any, b: Any, rules: CompareRules, out: _Collector) -> None:
                 tx = type(x)
                 if tx is type(y) and tx in _SCALARS and x == y:
                     continue
-                children.append((x, y, (*segs, i)))
-            for i in range(common, len(va)):
-                if not (paths and ignored((*segs, i))):
-                    add((*segs, i), "missing", va[i], None, has_b=False)
-            for i in range(common, len(vb)):
-                if not (paths and ignored((*segs, i))):
-                    add((*segs, i), "extra", None, vb[i], has_a=False)
+                children.append((x, y, (*segs, i), None))
+            children.extend((va[i], None, (*segs, i), "missing") for i in range(common, len(va)))
+            children.extend((None, vb[i], (*segs, i), "extra") for i in range(common, len(vb)))
             stack.extend(reversed(children))
         else:
             kind_a, kind_b = _json_type(va), _json_type(vb)

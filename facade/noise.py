@@ -33,14 +33,17 @@ are counted under `OTHER`. Each field is counted at most once per pair, so every
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from facade.compare import Comparison
+from facade.compare import Comparison, Difference
 
 Verdict = Literal["regression", "inconclusive", "below-margin", "noise"]
 OTHER = "(other)"
 DEFAULT_MAX_FIELDS = 200
+DEFAULT_MAX_EXAMPLES = 3
 DEFAULT_MARGIN = 0.03
 Z_95 = 1.959963984540054
 _RANK: dict[Verdict, int] = {"regression": 0, "inconclusive": 1, "below-margin": 2, "noise": 3}
@@ -51,6 +54,7 @@ def wilson(k: int, n: int, z: float = Z_95) -> Interval:
     """Wilson's score interval for k successes in n trials; (0, 1) when n is 0."""
     if n <= 0:
         return (0.0, 1.0)
+    k = min(max(k, 0), n)
     p = k / n
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
@@ -90,11 +94,12 @@ class ShadowCounts:
         else:
             self.pairs += 1
             self.mismatched += not comparison.same
-        seen = {self._key(f) for f in comparison.fields()}
+        # In the comparison's order, so which fields the cap keeps does not depend on set order.
+        seen = dict.fromkeys(self._key(d.field) for d in comparison.differences)
         if comparison.truncated:
             # Differences past the comparison's bound were counted but not kept: their fields are
             # unknown, and counted here.
-            seen.add(OTHER)
+            seen[OTHER] = None
         for key in seen:
             self.fields.setdefault(key, [0, 0])[side] += 1
 
@@ -104,8 +109,8 @@ class ShadowCounts:
         return OTHER
 
     def merge(self, other: ShadowCounts) -> None:
-        """Add `other`'s counts (fields beyond the cap go to `OTHER`; there they may count a pair
-        more than once, which only overstates the rest)."""
+        """Add `other`'s counts. Fields beyond the cap go to `OTHER`, where a pair may count more
+        than once: its counts are clamped to the pairs, so it stays a rate (an overstated one)."""
         self.pairs += other.pairs
         self.mismatched += other.mismatched
         self.baseline_pairs += other.baseline_pairs
@@ -114,23 +119,32 @@ class ShadowCounts:
             counts = self.fields.setdefault(self._key(name), [0, 0])
             counts[0] += new
             counts[1] += old
+        other_counts = self.fields.get(OTHER)
+        if other_counts is not None:
+            other_counts[0] = min(other_counts[0], self.pairs)
+            other_counts[1] = min(other_counts[1], self.baseline_pairs)
 
 
 class NoiseWindow:
     """A sliding window of `ShadowCounts` for one route: `slots` slots of `window / slots` seconds.
 
-    The clock is injected (`now`, seconds); memory is at most `slots` x `max_fields` fields.
+    The clock is injected (`now`, seconds); memory is at most `slots` x `max_fields` fields, plus
+    the latest `max_examples` old-vs-new differences of each of at most `max_fields` fields (their
+    excerpts are bounded and credential headers redacted by `facade.compare`).
     """
 
-    __slots__ = ("_slots", "max_fields", "slots", "width")
+    __slots__ = ("_examples", "_slots", "max_examples", "max_fields", "slots", "width")
 
-    def __init__(self, window: float = 600.0, slots: int = 10, max_fields: int = DEFAULT_MAX_FIELDS) -> None:
+    def __init__(self, window: float = 600.0, slots: int = 10, max_fields: int = DEFAULT_MAX_FIELDS,
+                 max_examples: int = DEFAULT_MAX_EXAMPLES) -> None:
         if window <= 0 or slots < 1:
             raise ValueError("window and slots must be positive")
         self.width = window / slots
         self.slots = slots
         self.max_fields = max_fields
+        self.max_examples = max_examples
         self._slots: dict[int, ShadowCounts] = {}
+        self._examples: dict[str, deque[Difference]] = {}
 
     def _current(self, now: float) -> ShadowCounts:
         slot = math.floor(now / self.width)
@@ -147,8 +161,24 @@ class NoiseWindow:
         counts = self._current(now)
         if candidate is not None:
             counts.add(candidate)
+            self._keep_examples(candidate)
         if baseline is not None:
             counts.add(baseline, baseline=True)
+
+    def _keep_examples(self, comparison: Comparison) -> None:
+        if self.max_examples <= 0:
+            return
+        for difference in comparison.differences:
+            kept = self._examples.get(difference.field)
+            if kept is None:
+                if len(self._examples) >= self.max_fields:
+                    continue
+                kept = self._examples[difference.field] = deque(maxlen=self.max_examples)
+            kept.append(difference)
+
+    def examples(self) -> dict[str, tuple[Difference, ...]]:
+        """The latest old-vs-new differences kept per field, oldest first."""
+        return {name: tuple(kept) for name, kept in self._examples.items()}
 
     def counts(self, now: float) -> ShadowCounts:
         """The sum of the slots inside the window ending at `now`."""
@@ -171,6 +201,7 @@ class FieldReport:
     old_rate: float
     excess: Interval
     verdict: Verdict
+    examples: tuple[Difference, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +239,10 @@ def classify(new: int, pairs: int, old: int, baseline_pairs: int, margin: float 
     return (low, high), "inconclusive"
 
 
-def report(counts: ShadowCounts, *, margin: float = DEFAULT_MARGIN, z: float = Z_95,
-           top: int = 10) -> RouteReport:
-    """The report of one route's counts: rates with intervals, and the `top` fields, regressions first."""
+def report(counts: ShadowCounts, *, margin: float = DEFAULT_MARGIN, z: float = Z_95, top: int = 10,
+           examples: Mapping[str, tuple[Difference, ...]] | None = None) -> RouteReport:
+    """The report of one route's counts: rates with intervals, and the `top` fields, regressions first,
+    each with its `examples` (from `NoiseWindow.examples()`) when given."""
     fields: list[FieldReport] = []
     for name, (new, old) in counts.fields.items():
         if new == 0 and old == 0:
@@ -218,7 +250,7 @@ def report(counts: ShadowCounts, *, margin: float = DEFAULT_MARGIN, z: float = Z
         excess, verdict = classify(new, counts.pairs, old, counts.baseline_pairs, margin, z)
         fields.append(FieldReport(name, new, old, new / counts.pairs if counts.pairs else 0.0,
                                   old / counts.baseline_pairs if counts.baseline_pairs else 0.0,
-                                  excess, verdict))
+                                  excess, verdict, () if examples is None else examples.get(name, ())))
     floor, _ = classify(0, counts.pairs, 0, counts.baseline_pairs, margin, z)
     lows = [f.excess[0] for f in fields] + [floor[0]]
     highs = [f.excess[1] for f in fields] + [floor[1]]

@@ -291,3 +291,10 @@ def test_key_order_never_matters(doc: dict[str, int], rnd: Any) -> None:
     items = list(doc.items())
     rnd.shuffle(items)
     assert compare(reply(doc), Reply(200, (JSON_CT,), json.dumps(dict(items)).encode())).same
+
+
+def test_differences_come_in_document_order() -> None:
+    got = compare(reply({"a": 1, "b": {"x": 1}, "c": [1, 2, 3]}),
+                  reply({"b": {"x": 2}, "c": [1, 9], "a2": 0}))
+    assert [(d.path, d.kind) for d in got.differences] == [
+        ("$.a", "missing"), ("$.b.x", "value"), ("$.c[1]", "value"), ("$.c[2]", "missing"), ("$.a2", "extra")]

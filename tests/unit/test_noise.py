@@ -183,3 +183,35 @@ def test_report_keeps_the_top_fields() -> None:
     for i in range(50):
         counts.add(comparison(*(f"$.f{j}" for j in range(i % 20))))
     assert len(report(counts, top=5).fields) == 5
+
+
+def test_examples_are_the_latest_few_per_field_and_redacted() -> None:
+    window = NoiseWindow(max_fields=2, max_examples=2)
+    rules = CompareRules.build(headers=["authorization"])
+    for i in range(5):
+        primary = Reply(200, ((b"content-type", b"application/json"), (b"authorization", b"Bearer a")),
+                        json.dumps({"price": 10, "n": 0}).encode())
+        candidate = Reply(200, ((b"content-type", b"application/json"), (b"authorization", b"Bearer b")),
+                          json.dumps({"price": 10 + i + 1, "n": 1, "extra": i}).encode())
+        window.add(float(i), compare(primary, candidate, rules))
+    kept = window.examples()
+    assert set(kept) == {"headers.authorization", "$.price"}          # capped at max_fields
+    assert [d.candidate for d in kept["$.price"]] == ["14", "15"]      # the latest two
+    assert all(d.primary == d.candidate == "<redacted>" for d in kept["headers.authorization"])
+    got = report(window.counts(5.0), examples=kept)
+    by_field = {f.field: f for f in got.fields}
+    assert by_field["$.price"].examples == kept["$.price"]
+    assert set(by_field) == {"headers.authorization", "$.price", OTHER}   # $.n and $.extra: capped
+    assert by_field[OTHER].examples == ()
+    assert by_field[OTHER].new_diffs == 5                                   # once per pair, at most
+    assert "Bearer" not in repr(got)
+
+
+def test_merging_into_a_smaller_cap_keeps_other_a_rate() -> None:
+    source = ShadowCounts()
+    for _ in range(2):
+        source.add(comparison("$.p", "$.q", "$.r"))
+    total = ShadowCounts(max_fields=1)
+    total.merge(source)
+    assert total.fields == {"$.p": [2, 0], OTHER: [2, 0]}   # q and r both differed in the same 2 pairs
+    assert all(f.new_rate <= 1 for f in report(total).fields)
