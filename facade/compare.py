@@ -249,6 +249,9 @@ class CompareRules:
     ignore_paths: tuple[PathPattern, ...] = ()
     # (name, regex): the built-ins by name, operator regexes under their own text.
     ignore_values: tuple[tuple[str, Regex], ...] = ()
+    # How many of `ignore_values` are built-ins (they come first): an operator regex may be spelt
+    # like a built-in's name.
+    builtins: int = 0
     max_body: int = DEFAULT_MAX_BODY
     max_differences: int = DEFAULT_MAX_DIFFERENCES
 
@@ -282,11 +285,13 @@ class CompareRules:
             except ValueError as exc:
                 raise RuleError(field, str(exc), text) from None
         values: list[tuple[str, Regex]] = []
+        builtins = 0
         for i, name in enumerate(sequence(ignore.get("patterns", []), f"{where}.ignore.patterns")):
             if name not in BUILTIN_PATTERNS:
                 raise RuleError(f"{where}.ignore.patterns[{i}]",
                                 f"must be one of {', '.join(BUILTIN_PATTERNS)}", name)
             values.append((name, Regex(BUILTIN_PATTERNS[name])))
+            builtins += 1
         for i, text in enumerate(sequence(ignore.get("regexes", []), f"{where}.ignore.regexes")):
             field = f"{where}.ignore.regexes[{i}]"
             try:
@@ -296,7 +301,7 @@ class CompareRules:
         max_body = integer(m.get("max_body", DEFAULT_MAX_BODY), f"{where}.max_body", 0, MAX_BODY_LIMIT)
         limit = integer(m.get("max_differences", DEFAULT_MAX_DIFFERENCES), f"{where}.max_differences",
                         1, 1000)
-        return cls(tuple(headers), tuple(paths), tuple(values), max_body, limit)
+        return cls(tuple(headers), tuple(paths), tuple(values), builtins, max_body, limit)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical form, defaults left out."""
@@ -306,8 +311,8 @@ class CompareRules:
         ignore: dict[str, Any] = {}
         if self.ignore_paths:
             ignore["paths"] = [p.text for p in self.ignore_paths]
-        patterns = [name for name, _ in self.ignore_values if name in BUILTIN_PATTERNS]
-        regexes = [name for name, _ in self.ignore_values if name not in BUILTIN_PATTERNS]
+        patterns = [name for name, _ in self.ignore_values[:self.builtins]]
+        regexes = [name for name, _ in self.ignore_values[self.builtins:]]
         if patterns:
             ignore["patterns"] = patterns
         if regexes:

@@ -229,7 +229,7 @@ def test_bad_rules_are_refused_naming_the_field(data: Any, field: str) -> None:
 
 def test_rules_round_trip() -> None:
     data = {"headers": ["etag"], "ignore": {"paths": ["$.items[*].updated_at", "headers.date"],
-                                            "patterns": ["uuid"], "regexes": ["^ord-"]},
+                                            "patterns": ["uuid"], "regexes": ["^ord-", "uuid"]},
             "max_body": 4096, "max_differences": 20}
     rules = CompareRules.parse(data, "c")
     assert rules.to_dict() == data
