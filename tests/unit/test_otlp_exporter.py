@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from gateway.core.errors import ConfigError
 from gateway.core.settings import TracingSettings
 from gateway.telemetry import export as trace_export
-from gateway.telemetry.export import OtlpHttpExporter, make_exporter, parse_headers
+from gateway.telemetry.export import OtlpHttpExporter, export_log, make_exporter, parse_headers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,6 +165,16 @@ def collector() -> Iterator[Collector]:
     c = Collector()
     yield c
     c.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_warning_throttle() -> None:
+    """The export logger lets each warning template through once a minute per process; a test that
+    counts warnings must not depend on whether an earlier test of the run logged the same one."""
+    for throttle in export_log.filters:
+        memory = getattr(throttle, "_last", None)
+        if isinstance(memory, dict):
+            memory.clear()
 
 
 @pytest.fixture(autouse=True)
