@@ -75,9 +75,21 @@ class ThreadServer:
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self.loop.call_soon_threadsafe(self._server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        """Close the listener, cancel the connections still being served (each closes its writer
+        while the loop runs, instead of being collected later on a closed loop), then stop."""
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            done = asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+            with contextlib.suppress(Exception):
+                done.result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
     def __enter__(self) -> ThreadServer:
