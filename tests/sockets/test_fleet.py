@@ -13,14 +13,13 @@ import contextlib
 import os
 import re
 import signal
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fakes.relay import Relay
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.sockets.conftest import wait_for
 from tests.sockets.fleet_harness import document, fleet, leader_gauge, propagate, stamp
@@ -87,63 +86,10 @@ def test_the_leader_killed_another_leads_within_seconds(
         assert "leading the fleet" in other.log.read_text()
 
 
-class Switch:
-    """A TCP relay to PostgreSQL that can be cut (the database gone: connections broken and
-    refused) and restored on the same port."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = 0
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self.listener: socket.socket | None = None
-        self.restore()
-
-    def restore(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                down, _ = listener.accept()
-                up = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                return
-            with self._lock:
-                if self.listener is not listener:  # cut meanwhile: this one must not get through
-                    down.close()
-                    up.close()
-                    return
-                self._conns += [down, up]
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def cut(self) -> None:
-        with self._lock:
-            if self.listener is not None:
-                self.listener.close()
-                self.listener = None
-            for conn in self._conns:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-                conn.close()
-            self._conns = []
-
-
 def test_the_database_gone_both_serve_a_restarted_one_from_its_snapshot_then_both_converge(
         tmp_path: Path, echo: ScriptedUpstream, pg_url: str) -> None:  # noqa: F811
     host, port = re.search(r"@([\d.]+):(\d+)/", pg_url).groups()  # type: ignore[union-attr]
-    switch = Switch((host, int(port)))
+    switch = Relay((host, int(port)))
     url = pg_url.replace(f"{host}:{port}", f"127.0.0.1:{switch.port}")
     token = prepare(url, echo.url)
     try:

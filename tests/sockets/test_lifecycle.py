@@ -6,7 +6,6 @@ messages, and the growing pause before a dead worker is started again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from sqlalchemy import create_engine, insert
 
 from routes.model import Document
 from routes.schema import config_versions
+from tests.fakes.relay import Relay
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.sockets.conftest import wait_for
 from tests.sockets.serve_harness import PeelServe
@@ -138,57 +138,6 @@ def test_an_unloadable_config_version_is_logged_once_and_the_previous_table_serv
 
 
 # -- the store lost after start ------------------------------------------------------------------
-
-
-class Relay:
-    """A TCP relay on loopback to `target`; `cut()` closes it and every connection through it, and
-    refuses new ones (a database lost behind a network partition)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._cut = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                downstream, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                downstream.close()
-                continue
-            with self._lock:
-                if self._cut:
-                    downstream.close()
-                    upstream.close()
-                    return
-                self._conns += [downstream, upstream]
-            for a, b in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def cut(self) -> None:
-        with self._lock:
-            self._cut = True
-            self.listener.close()
-            for conn in self._conns:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-                conn.close()
 
 
 @pytest.mark.postgres
