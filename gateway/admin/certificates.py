@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HTTPRoute
 
 from gateway.admin.auth import FailureThrottle, TooManyFailures
-from gateway.admin.wire import BadRequest, BodyTooLarge, problem_response
+from gateway.admin.wire import BadRequest, BodyTooLarge, body_object, problem_response
 from gateway.core import problems
 from gateway.core.settings import Settings
 from routes.errors import RuleError
@@ -81,15 +81,7 @@ async def _body(request: Request, fields: tuple[str, ...]) -> dict[str, Any]:
         value = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest("body", f"is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise RuleError("body", "must be a JSON object", type(value).__name__)
-    for key in value:
-        if key not in fields:
-            raise RuleError(str(key), f"unknown field; allowed: {', '.join(fields)}")
-    for key in fields:
-        if key not in value:
-            raise RuleError(key, "is required")
-    return value
+    return body_object(value, fields, fields)
 
 
 def _text(body: dict[str, Any], key: str) -> bytes:

@@ -211,13 +211,20 @@ def build_leaf(csr: x509.CertificateSigningRequest, identity: SpiffeId, issuer: 
             .sign(issuer_key, _hash(issuer_key)))
 
 
-def spiffe_id_of(cert: x509.Certificate) -> SpiffeId:
-    """The SPIFFE ID of an X509-SVID: its one URI SAN (`BadSpiffeId` / `CsrRefused` otherwise)."""
+def uri_names(cert: x509.Certificate) -> list[str] | None:
+    """The URI names of a certificate's subjectAltName; None when it has no SAN at all."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        raise CsrRefused("the certificate has no subject alternative name") from None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        return None
+    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def spiffe_id_of(cert: x509.Certificate) -> SpiffeId:
+    """The SPIFFE ID of an X509-SVID: its one URI SAN (`BadSpiffeId` / `CsrRefused` otherwise)."""
+    uris = uri_names(cert)
+    if uris is None:
+        raise CsrRefused("the certificate has no subject alternative name")
     if len(uris) != 1:
         raise CsrRefused(f"the certificate has {len(uris)} URI names; an X509-SVID has exactly one")
     return parse(uris[0])

@@ -157,11 +157,9 @@ class Issuer:
 
 
 def _leaf_uri(leaf: x509.Certificate) -> str:
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise ProofRefused("the current certificate has no SPIFFE ID") from None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    uris = certs.uri_names(leaf)
+    if uris is None:
+        raise ProofRefused("the current certificate has no SPIFFE ID")
     if len(uris) != 1:
         raise ProofRefused(f"the current certificate has {len(uris)} URI names; an X509-SVID has one")
     return uris[0]
