@@ -114,6 +114,38 @@ traffic_counts = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
 )
 
+# Shadow comparisons per migrated route, config version, minute and serving process (issue 15):
+# pairs compared old-vs-new and old-vs-old, copies dropped (queue full), skipped (method, body
+# size) and failed (`to` did not answer), and per field `[differed old-vs-new, old-vs-old]` as JSON.
+# Added to every few seconds like `traffic_counts`; `bucket` (Unix time of the minute) gives windows.
+shadow_counts = Table(
+    "shadow_counts",
+    metadata,
+    Column("route", String(63), primary_key=True),
+    Column("config_version", Integer, primary_key=True, autoincrement=False),
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("instance", String(128), primary_key=True),
+    Column("pairs", Integer, nullable=False),
+    Column("mismatched", Integer, nullable=False),
+    Column("baseline_pairs", Integer, nullable=False),
+    Column("baseline_mismatched", Integer, nullable=False),
+    Column("dropped", Integer, nullable=False),
+    Column("skipped", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("fields", Text, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# The latest example pairs of a route's shadow (redacted JSON, a bounded number per route).
+shadow_examples = Table(
+    "shadow_examples",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("route", String(63), nullable=False, index=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("example", Text, nullable=False),
+)
+
 # One-time join tokens (`peel join-token create`): a new VM trades one for its first certificate.
 # Only the SHA-256 of a token is kept (32 random bytes: a fast hash is enough); `used_at` is set
 # once, by the request that redeems it, so a token works exactly once.
