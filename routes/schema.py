@@ -146,6 +146,22 @@ shadow_examples = Table(
     Column("example", Text, nullable=False),
 )
 
+# The guard's measurements (issue 15): per migrated route, side (`to`, `from`), one-second slice
+# (Unix seconds) and serving process, requests, errors and a sparse latency histogram (JSON
+# {bucket: count}, `facade.window`), added to every few seconds; the leader sums a window's slices.
+guard_samples = Table(
+    "guard_samples",
+    metadata,
+    Column("route", String(63), primary_key=True),
+    Column("side", String(8), primary_key=True),
+    Column("slice", Integer, primary_key=True, autoincrement=False),
+    Column("instance", String(128), primary_key=True),
+    Column("requests", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("latency", Text, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
 # One-time join tokens (`peel join-token create`): a new VM trades one for its first certificate.
 # Only the SHA-256 of a token is kept (32 random bytes: a fast hash is enough); `used_at` is set
 # once, by the request that redeems it, so a token works exactly once.
