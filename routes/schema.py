@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Dialect, Integer, MetaData, String, Table, Text, TypeDecorator
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Dialect,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -176,4 +187,22 @@ join_tokens = Table(
     Column("expires_at", UtcDateTime(), nullable=False),
     Column("used_at", UtcDateTime(), nullable=True),
     Column("revoked_at", UtcDateTime(), nullable=True),
+)
+
+# The service registry (issue 14): one row per endpoint a sidecar registered for its service, with
+# the identity that registered it. `refreshed_at` and `expires_at` move on every heartbeat;
+# `changed_at` only when the row's content changes (a new endpoint, another identity, a row brought
+# back after it expired), so gateways notice a change by one cheap aggregate (`routes.registry`).
+service_endpoints = Table(
+    "service_endpoints",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service", String(63), nullable=False),
+    Column("url", String(300), nullable=False),
+    Column("identity", Text, nullable=False),
+    Column("registered_at", UtcDateTime(), nullable=False),
+    Column("changed_at", UtcDateTime(), nullable=False),
+    Column("refreshed_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("service", "url"),
 )
