@@ -3,7 +3,7 @@
 
     python bench/run.py [--seconds 8] [--reps 3] [--workers 1] [--bodies hello,16k] [--no-match]
                         [--telemetry on|off|tracing|metrics] [--paced 4000] [--baseline DIR]
-                        [--tls [--tls-clients 4]]
+                        [--tls [--tls-clients 4]] [--routes N [--changes [--changes-rate 1500]]]
 
 Starts an nginx origin ("hello", 5 bytes, at `/`; 16 KiB at `/16k`), nginx with one worker as the
 reference proxy, and `peel serve` with `--workers` workers (temp dir: settings, an upgraded SQLite
@@ -29,6 +29,11 @@ target: `wrk -t1 -c50 https://...` (keep-alive: steady-state HTTPS throughput), 
 handshakes a second with `openssl s_time -new` / `-reuse`, for TLS 1.2 and for TLS 1.3, from
 `--tls-clients` s_time processes at once; the report gives each against nginx, and the HTTPS
 throughput per worker against the 0.25 x nginx aim.
+
+`--routes N` fills both Peels' stores with N routes (N - 1 of them `/rN`, then the catch-all `/`),
+for the RSS and throughput of a large table. With `--changes`, instead of the runs above,
+bench/changes.py measures whether a one-route change stalls that table: p99 at a fixed load with no
+change, with `PUT /api/v1/routes/{name}` changes and with `peel apply -f` changes (see its docstring).
 
 Needs nginx and wrk (and openssl for --tls): installed with apt-get when missing and running as
 root. Every process this script starts is stopped by its PID (its process group) at the end.
@@ -59,6 +64,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.changes import CHANGE_RATE, large_document, measure_changes, report_changes  # noqa: E402
 from bench.tls_certs import BenchCerts, make_certs  # noqa: E402
 from routes.model import Document  # noqa: E402
 from routes.store import Store  # noqa: E402
@@ -119,10 +125,9 @@ class BenchError(Exception):
     """The benchmark cannot run or its result would be meaningless; the message says why."""
 
 
-def route_document(origin: int) -> dict[str, object]:
-    """What both Peels' stores hold: one route `/` to the origin."""
-    return {"services": [{"name": "origin", "endpoints": [f"http://127.0.0.1:{origin}"]}],
-            "routes": [{"name": "all", "match": {"path_prefix": "/"}, "service": "origin"}]}
+def route_document(origin: int, routes: int = 1) -> dict[str, object]:
+    """What both Peels' stores hold: the route `all` (`/`) to the origin, after `routes - 1` others."""
+    return large_document(origin, routes)
 
 
 REASON = "bench: everything to the origin"
@@ -237,8 +242,11 @@ def wrk(port: int, path: str, conns: int, seconds: int, *, script: Path | None =
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = int(non2xx.group(1)) if non2xx else 0
     errors += sum(int(x) for x in sock.groups()) if sock else 0
+    latency = re.search(r"^\s*Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out, re.M)
+    worst = float(latency.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[latency.group(2)] \
+        if latency else float("nan")
     return {"rps": float(rps.group(1)) if rps else 0.0, "p50": ms("50%"), "p90": ms("90%"),
-            "p99": ms("99%"), "errors": float(errors)}
+            "p99": ms("99%"), "max": worst, "errors": float(errors)}
 
 
 def s_time(port: int, version: str, mode: str, seconds: int, clients: int) -> dict[str, float]:
@@ -316,6 +324,8 @@ class Bench:
     telemetry: str = "on"
     baseline: Path | None = None  # --baseline: another checkout, started as the target BASE
     tls: BenchCerts | None = None  # --tls: nginx and the Peels listen with TLS, with this certificate
+    routes: int = 1  # --routes: how many routes the stores hold
+    token: str = ""  # an admin token of the "peel" target (--changes)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -350,6 +360,7 @@ class Bench:
         root = self.baseline if name == BASE else None
         files = "" if root is None else f"{BASE}-"  # the peel target's file names are unchanged
         self.ports[name], admin = free_port(), free_port()
+        self.ports[f"{name}-admin"] = admin
         url = f"sqlite:///{self.dir / f'{name}.db'}"
         config = self.dir / f"{name}.toml"
         config.write_text(
@@ -366,12 +377,13 @@ class Bench:
             + (f'[tracing]\nendpoint = "http://127.0.0.1:{self.ports["direct"]}/v1/traces"\n'
                if self.telemetry in ("on", "tracing") else '[tracing]\nenabled = false\n')
             + ('' if self.telemetry in ("on", "metrics") else '[metrics]\nenabled = false\n'))
-        document = route_document(self.ports["direct"])
+        document = route_document(self.ports["direct"], self.routes)
         if root is None:
             store = Store(url)
             try:
                 store.upgrade()
                 store.commit(Document.parse(document), actor="bench", reason=REASON)
+                self.token = store.create_token("bench")
             finally:
                 store.close()
             env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
@@ -645,6 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help=f"another checkout of Peel (e.g. a git worktree of an older commit), run as a "
                          f"fourth target, {BASE}, with the same settings, interleaved, and compared")
+    ap.add_argument("--routes", type=int, default=1, metavar="N",
+                    help="routes in the Peels' stores (default 1: only the catch-all)")
+    ap.add_argument("--changes", action="store_true",
+                    help="measure instead whether one-route changes (PUT and peel apply) stall the "
+                         "--routes table at a fixed load (bench/changes.py)")
+    ap.add_argument("--changes-rate", type=int, default=CHANGE_RATE, metavar="REQ_PER_S",
+                    help=f"--changes: the fixed offered load (default {CHANGE_RATE})")
     args = ap.parse_args(argv)
     bodies = [b for b in args.bodies.split(",") if b]
     unknown = [b for b in bodies if b not in PATHS]
@@ -654,6 +673,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--seconds, --reps and --workers must be at least 1")
     if args.tls_clients < 1:
         ap.error("--tls-clients must be at least 1")
+    if args.routes < 1 or args.changes_rate < 1:
+        ap.error("--routes and --changes-rate must be at least 1")
+    if args.changes and (args.tls or args.baseline is not None):
+        ap.error("--changes measures one Peel over plain HTTP: not with --tls or --baseline")
     if args.paced < 0:
         ap.error("--paced must be a rate in requests a second, or 0")
     baseline: Path | None = args.baseline.resolve() if args.baseline is not None else None
@@ -663,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
 
     d = Path(tempfile.mkdtemp(prefix="peel-bench-"))
     os.chmod(d, 0o755)  # nginx workers run as an unprivileged user and must read 16k.txt
-    bench = Bench(d, args.workers, telemetry=args.telemetry, baseline=baseline)
+    bench = Bench(d, args.workers, telemetry=args.telemetry, baseline=baseline, routes=args.routes)
     keep_logs = False
     try:
         if baseline is not None:
@@ -681,6 +704,10 @@ def main(argv: list[str] | None = None) -> int:
                 if got is None or len(got) != SIZES[body]:
                     raise BenchError(f"{name} answered {PATHS[body]} with "
                                      f"{None if got is None else len(got)} bytes, not {SIZES[body]}")
+        if args.changes:
+            change_rows = measure_changes(bench, pids["peel"], args.reps, args.seconds, args.changes_rate)
+            report_changes(change_rows, args.routes, args.reps, args.seconds, args.changes_rate)
+            return 0
         if bench.tls is not None:
             served = {name: served_certificate(bench.ports[name], bench.tls) for name in ("nginx", *pids)}
             if len(set(served.values())) != 1:
