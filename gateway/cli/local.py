@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from gateway.cli.args import Commands, actions, add_command, positive
 from gateway.cli.context import config_path, open_store, settings
 from gateway.cli.output import print_json, table
+from gateway.core.settings import ROLES, with_role
 from routes.store import TokenInfo
 from routes.tokens import DEFAULT_SCOPES, SCOPES
 
@@ -33,6 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     current = settings(args)
     if args.workers is not None:
         current = replace(current, server=replace(current.server, workers=args.workers))
+    if args.role is not None:
+        current = with_role(current, args.role)
     return serve(current, config_path(args))
 
 
@@ -95,6 +98,8 @@ def register(commands: Commands) -> None:
     """serve, db, token and demo."""
     p = add_command(commands, "serve", cmd_serve, "run the gateway (listeners, admin API)")
     p.add_argument("--workers", type=positive, help="worker processes (default: server.workers)")
+    p.add_argument("--role", choices=ROLES, help="gateway (public, admin listeners) or sidecar (beside "
+                   "an app: only the outbound and inbound listeners); default: server.role")
     add_command(actions(add_command(commands, "db", None, "the store's schema")), "upgrade",
                 cmd_db_upgrade, "create or migrate the store's tables")
     tokens = actions(add_command(commands, "token", None, "admin API tokens (local: uses the store)"))

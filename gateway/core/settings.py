@@ -15,7 +15,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -57,6 +57,9 @@ class ListenerSettings:
     # inbound listener only (`docs/mtls.md`): "off" (no inbound listener), "permissive" (mTLS and
     # plaintext on one port) or "strict" (mTLS only); SIGHUP switches between the last two
     mtls: str = "off"
+    # inbound listener of a sidecar only (`docs/east-west.md`): the local app every request goes
+    # to, `http://127.0.0.1:9000`; "": none (the gateway role serves the route table)
+    app: str = ""
 
     @property
     def host(self) -> str:
@@ -72,6 +75,21 @@ class ListenerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboundListenerSettings(ListenerSettings):
+    """The outbound listener (east-west, `docs/east-west.md`): local apps calling out through Peel."""
+
+    # None: on in the sidecar role, off in the gateway role; true/false: as said
+    enabled: bool | None = None
+    # the outbound listener is an HTTP proxy for registered services only, yet it must never be
+    # reachable from other machines: a bind beyond loopback is refused unless this is true
+    allow_non_loopback: bool = False
+    # `CONNECT host:port` is tunnelled only to these (`host:port` or `*.suffix:port`); empty: none
+    connect_allow: tuple[str, ...] = ()
+    # a local port per service on the outbound listener's address: {orders = 15101}
+    service_ports: Mapping[str, int] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
 class ListenersSettings:
     public: ListenerSettings = ListenerSettings("0.0.0.0:8080")
     admin: ListenerSettings = ListenerSettings("127.0.0.1:9901")
@@ -80,10 +98,15 @@ class ListenersSettings:
     # mTLS from peer gateways (east-west), with this gateway's identity (`[identity] state_dir`);
     # on when `mtls` is "permissive" or "strict"
     inbound: ListenerSettings = ListenerSettings("0.0.0.0:15443")
+    # local apps calling out (east-west): on by default in the sidecar role (`docs/east-west.md`)
+    outbound: OutboundListenerSettings = OutboundListenerSettings("127.0.0.1:15001")
 
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
+    # "gateway" (public, admin and optional inbound/outbound listeners) or "sidecar" (beside an
+    # app: only the outbound and inbound listeners; `docs/east-west.md`)
+    role: str = "gateway"
     workers: int = 1
     # seconds that in-flight requests get to finish after SIGTERM
     grace_period: float = 30.0
@@ -249,6 +272,15 @@ class Settings:
     metrics: MetricsSettings = MetricsSettings()
     identity: IdentitySettings = IdentitySettings()
 
+    @property
+    def outbound_enabled(self) -> bool:
+        """Whether the outbound listener runs: `listeners.outbound.enabled`, else the role's default."""
+        enabled = self.listeners.outbound.enabled
+        return enabled if enabled is not None else self.server.role == "sidecar"
+
+
+ROLES = ("gateway", "sidecar")
+
 
 def split_bind(bind: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` → (host, port)."""
@@ -280,7 +312,11 @@ def _check(key: str, obj: Any) -> None:
             if obj.redirect.bind and not obj.public.tls:
                 raise ConfigError("listeners.redirect.bind", "the redirect listener sends clients "
                                   "to https: it needs listeners.public.tls_certificates")
+        elif isinstance(obj, Settings):
+            _check_roles(obj)
         elif isinstance(obj, ServerSettings):
+            if obj.role not in ROLES:
+                raise ConfigError(f"{key}.role", f"must be one of {', '.join(ROLES)}, not {obj.role!r}")
             if obj.workers < 1:
                 raise ValueError("workers must be at least 1")
             if obj.log_level not in LOG_LEVELS:
@@ -358,6 +394,61 @@ def _check(key: str, obj: Any) -> None:
 
 
 MTLS_MODES = ("off", "permissive", "strict")
+_CONNECT_ENTRY = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?:[0-9]{1,5}")
+_SERVICE_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_roles(obj: Settings) -> None:
+    """What the role and the east-west listeners require of each other."""
+    outbound, inbound = obj.listeners.outbound, obj.listeners.inbound
+    if obj.outbound_enabled:
+        if not outbound.allow_non_loopback and not is_loopback(outbound.host):
+            raise ConfigError("listeners.outbound.bind", f"{outbound.bind} is beyond loopback: the "
+                              "outbound listener forwards for whoever reaches it, so it binds "
+                              "127.0.0.1 (or set listeners.outbound.allow_non_loopback = true)")
+        if obj.server.workers > 1:
+            raise ConfigError("listeners.outbound.enabled", "the outbound listener runs with "
+                              "server.workers = 1 only, for now")
+    if inbound.app:
+        if obj.server.role != "sidecar":
+            raise ConfigError("listeners.inbound.app", "only the sidecar role forwards the inbound "
+                              "listener to a local app (server.role = \"sidecar\"); a gateway's "
+                              "inbound listener serves the route table")
+        if inbound.mtls == "off":
+            raise ConfigError("listeners.inbound.app", "the inbound listener is off: set "
+                              "listeners.inbound.mtls to \"permissive\" or \"strict\"")
+    elif obj.server.role == "sidecar" and inbound.mtls != "off":
+        raise ConfigError("listeners.inbound.app", "a sidecar's inbound listener forwards to the local "
+                          "app: set it, such as \"http://127.0.0.1:9000\"")
+
+
+def _check_outbound(key: str, obj: OutboundListenerSettings) -> None:
+    for entry in obj.connect_allow:
+        if not _CONNECT_ENTRY.fullmatch(entry) or not 0 < int(entry.rpartition(":")[2]) <= 65535:
+            raise ConfigError(f"{key}.connect_allow", f"{entry!r} is not host:port or *.suffix:port "
+                              "(lower-case, a port from 1 to 65535)")
+    seen: dict[int, str] = {}
+    for name, port in obj.service_ports.items():
+        where = f"{key}.service_ports.{name}"
+        if not _SERVICE_NAME.fullmatch(name):
+            raise ConfigError(where, "is not a service name (lower-case letters, digits, . - _)")
+        if not 0 < port <= 65535:
+            raise ConfigError(where, f"port {port} is out of range")
+        if port == obj.port:
+            raise ConfigError(where, f"port {port} is the outbound listener's own (bind)")
+        if port in seen:
+            raise ConfigError(where, f"port {port} is also service {seen[port]}'s")
+        seen[port] = name
 
 
 def _check_listener(key: str, obj: ListenerSettings) -> None:
@@ -371,6 +462,18 @@ def _check_listener(key: str, obj: ListenerSettings) -> None:
         raise ConfigError(f"{key}.tls_certificates", "the redirect listener is plain HTTP")
     if obj.mtls not in MTLS_MODES:
         raise ConfigError(f"{key}.mtls", f"must be one of {', '.join(MTLS_MODES)}, not {obj.mtls!r}")
+    if obj.app and name != "inbound":
+        raise ConfigError(f"{key}.app", "only the inbound listener forwards to a local app")
+    if obj.app:
+        try:
+            url = urlsplit(obj.app)
+            url.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ConfigError(f"{key}.app", f"{obj.app!r} is not a URL: {exc}") from None
+        if url.scheme != "http" or not url.hostname or url.path not in ("", "/") or url.query:
+            raise ConfigError(f"{key}.app", f"{obj.app!r} is not http://host:port (the local app)")
+    if isinstance(obj, OutboundListenerSettings):
+        _check_outbound(key, obj)
     if obj.mtls != "off" and name != "inbound":
         raise ConfigError(f"{key}.mtls", "only the inbound listener speaks mTLS (listeners.inbound)")
     if name == "inbound" and obj.tls:
@@ -383,8 +486,24 @@ def _check_listener(key: str, obj: ListenerSettings) -> None:
                           "tls_certificates sends Strict-Transport-Security")
 
 
+def _optional(kind: Any) -> Any:
+    """`X` of `X | None`; None for any other type."""
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(kind)) == 2:
+            return args[0]
+    return None
+
+
 def _convert(key: str, kind: Any, value: Any, base: Any = None) -> Any:
     origin = typing.get_origin(kind)
+    if _optional(kind) is not None:
+        return _convert(key, _optional(kind), value, base)
+    if origin in (dict, Mapping):
+        if isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, int)
+                                              and not isinstance(v, bool) for k, v in value.items()):
+            return types.MappingProxyType(dict(value))
+        raise ConfigError(key, f"must be a table of whole numbers such as {{orders = 15101}}, not {value!r}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -452,6 +571,14 @@ def env_name(key: str) -> str:
 
 
 def _parse_env(key: str, kind: Any, text: str) -> Any:
+    if _optional(kind) is not None:
+        kind = _optional(kind)
+    if typing.get_origin(kind) in (dict, Mapping):
+        try:
+            return tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(key, f"{env_name(key)} is not a TOML table such as "
+                              f"{{orders = 15101}}: {exc}") from None
     if kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):
             return True
@@ -563,6 +690,14 @@ def resolve_paths(settings: Settings, base: Path | None) -> Settings:
                    access_log=replace(settings.access_log, target=target),
                    listeners=replace(listeners, public=certificates(listeners.public),
                                      admin=certificates(listeners.admin)))
+
+
+def with_role(settings: Settings, role: str) -> Settings:
+    """`settings` in `role` (`peel serve --role`), checked again as a whole (`ConfigError`)."""
+    fresh = replace(settings, server=replace(settings.server, role=role))
+    _check("server", fresh.server)
+    _check("", fresh)
+    return fresh
 
 
 def settings_type_names() -> Mapping[str, str]:
