@@ -3,6 +3,11 @@
 The order matters: responses start saying `Connection: close`; after the pre-stop delay the
 listening socket closes, but only once what the kernel already queued has been taken over; then
 idle connections close and busy ones are given the grace period.
+
+A listening socket that systemd passed (socket activation, `deploy/vm/peel.socket`) is different:
+systemd keeps it open after this process exits and the next process accepts on it, so the draining
+process only stops accepting. Its queue, and every connection that arrives meanwhile, waits there
+for the next process: handshakes complete in the kernel at once, none is dropped or refused.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import ctypes
 import functools
 import logging
+import os
 import socket
 import struct
 import sys
@@ -20,6 +26,32 @@ import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 log = logging.getLogger("peel.serve")
+
+# The sockets held by the process that started this one (systemd), by inode: a socket's inode is the
+# same in every process holding it, so the worker processes, which inherit the environment and the
+# socket, know it too. Not a PEEL_ name: those are settings.
+HELD_ENV = "LISTEN_HELD_INODES"
+
+
+def _inode(sock: socket.socket) -> str | None:
+    try:
+        return str(os.fstat(sock.fileno()).st_ino)
+    except OSError:
+        return None
+
+
+def hold(sock: socket.socket) -> None:
+    """Mark `sock` as held by systemd (passed by LISTEN_FDS): its drain leaves the socket as it is."""
+    inode = _inode(sock)
+    held = [i for i in os.environ.get(HELD_ENV, "").split(",") if i]
+    if inode is not None and inode not in held:
+        os.environ[HELD_ENV] = ",".join([*held, inode])
+
+
+def held(sock: socket.socket) -> bool:
+    """Whether systemd holds `sock` (marked by `hold`, in this process or the one that started it)."""
+    inode = _inode(sock)
+    return inode is not None and inode in os.environ.get(HELD_ENV, "").split(",")
 
 
 def close_after_response(server: uvicorn.Server) -> None:
@@ -44,7 +76,18 @@ async def stop_accepting(server: uvicorn.Server, spare: socket.socket) -> None:
     closes are reset, though their clients saw the connect succeed. uvicorn's server closes its
     descriptor first (no more accepts from the loop); the spare one keeps the queue alive while it
     is emptied here into ordinary connections, then closes.
+
+    A socket systemd holds (`held`) outlives this process with its queue: this process closes its
+    descriptors and accepts nothing more; no filter, so new handshakes keep completing and wait in
+    the queue for the next process (a filter there made every connect wait 1-3 s, the kernel's SYN
+    retransmissions, until the next process removed it).
     """
+    if held(spare):
+        for listening in server.servers:
+            listening.close()
+        spare.close()
+        log.info("draining: stopped accepting; systemd keeps the listening socket for the next process")
+        return
     drop_new_handshakes(spare)
     for listening in server.servers:
         listening.close()

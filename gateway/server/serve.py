@@ -144,6 +144,7 @@ def adopt(sock: socket.socket, listener: ListenerSettings, name: str) -> socket.
                     address[1])
     sock.setblocking(False)
     sock.set_inheritable(True)
+    drain.hold(sock)  # the drain leaves it to systemd and the next process
     log.info("%s listener: socket passed by systemd (%s)", name, address)
     return sock
 

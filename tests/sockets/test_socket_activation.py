@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,9 +65,14 @@ def start_activated(peel: PeelServe, passed: socket.socket, **env: str) -> subpr
     return process
 
 
-def get(port: int, timeout: float = 30) -> tuple[int, str | None]:
+def get(port: int, timeout: float = 30, connected: list[float] | None = None) -> tuple[int, str | None]:
+    """GET /x: (status, X-Version); the seconds the TCP connect took are appended to `connected`."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
+        start = time.monotonic()
+        conn.connect()
+        if connected is not None:
+            connected.append(time.monotonic() - start)
         conn.request("GET", "/x")
         response = conn.getresponse()
         response.read()
@@ -93,17 +99,23 @@ def test_peel_serves_the_passed_socket_and_the_next_process_answers_what_queued_
 
         first.send_signal(signal.SIGTERM)
         assert first.wait(30) == 0
+        assert "systemd keeps the listening socket" in peel.log.read_text()
         # No Peel runs now. A client connects and waits: it must be answered by the next process,
-        # not refused, and not dropped for good by the packet filter the first process's drain
-        # left on the socket (gateway/edge/drain.py; the next process detaches it). Until then
-        # its handshake is dropped and the kernel sends it again (after 1 s, then 3 s).
+        # not refused. Its handshake completes at once and it waits in the queue: the draining
+        # process put no drop-every-packet filter on a socket systemd holds (gateway/edge/drain.py;
+        # with one, the connect waited for the kernel's SYN retransmissions, 1 s then 3 s, until
+        # the next process detached it).
         peel.commit(document(echo.url, 2))
         answered: list[tuple[int, str | None]] = []
-        client = threading.Thread(target=lambda: answered.append(get(peel.public_port)))
+        connected: list[float] = []
+        client = threading.Thread(target=lambda: answered.append(get(peel.public_port,
+                                                                     connected=connected)))
         client.start()
+        wait_for(lambda: bool(connected), 30, "the client's connect to complete while no Peel runs")
         second = start_activated(peel, passed)
         client.join(60)
         assert answered == [(200, "2")], peel.log.read_text()
+        assert connected[0] < 0.5, connected
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
     finally:
