@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Index,
     Integer,
     MetaData,
     String,
@@ -205,4 +206,23 @@ service_endpoints = Table(
     Column("refreshed_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
     UniqueConstraint("service", "url"),
+)
+
+# The dependency graph (issue 14, `gateway.telemetry.graph`): requests, errors and a latency
+# histogram (JSON list of counts on the metrics' buckets) per observing listener, caller, service,
+# minute (Unix time of its start) and serving process, added to every few seconds; a window sums
+# the minutes it covers over every gateway. Rows older than a day are deleted by the flushers.
+graph_edges = Table(
+    "graph_edges",
+    metadata,
+    Column("listener", String(16), primary_key=True),
+    Column("source", String(255), primary_key=True),
+    Column("destination", String(63), primary_key=True),
+    Column("minute", Integer, primary_key=True, autoincrement=False),
+    Column("instance", String(128), primary_key=True),
+    Column("requests", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("latency", Text, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index("ix_graph_edges_minute", "minute"),
 )
