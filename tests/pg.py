@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +61,24 @@ class PostgresServer:
     user: str
     root: Path
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
+    def url(self, database: str = "postgres", host: str | None = None) -> str:
+        """The URL of `database`, through `host` (one of the addresses it listens on)."""
+        return f"postgresql+psycopg://{self.user}@{host or self.host}:{self.port}/{database}"
+
+    def stop(self) -> None:
+        """Stop the server (fast: sessions are ended), keeping its data; `start()` brings it back."""
+        done = _pg_ctl(self.root, "-m", "fast", "-w", "stop")
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {done.stderr.strip()}")
+
+    def start(self) -> None:
+        """Start a stopped server again on the same port and addresses."""
+        done = _pg_ctl(self.root, "-l", str(self.root / "server.log"), "-w", "-t",
+                       str(int(START_TIMEOUT)), "-o", f"-p {self.port}", "start")
+        if done.returncode != 0 or not _wait_ready(self.host, self.port,
+                                                   time.monotonic() + START_TIMEOUT):
+            raise RuntimeError(f"PostgreSQL did not start again: {done.stderr.strip()}\n"
+                               f"{_log_tail(self.root / 'server.log')}")
 
     def create_database(self, name: str | None = None) -> str:
         """Create a fresh, empty database and return its URL."""
@@ -73,6 +89,15 @@ class PostgresServer:
                              autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')  # name is ours: a literal, no injection
         return self.url(name)
+
+
+def _pg_ctl(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    bindir = find_bindir()
+    if bindir is None:
+        raise PostgresUnavailable("pg_ctl not found")
+    prefix, _ = _run_as()
+    return subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(root / "data"), *args],
+                          cwd=root, capture_output=True, text=True, timeout=START_TIMEOUT)
 
 
 def find_bindir() -> Path | None:
@@ -148,8 +173,13 @@ def _wait_ready(host: str, port: int, deadline: float) -> bool:
 
 
 @contextlib.contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
+def running_postgres(listen: Sequence[str] = (), clients: Sequence[str] = ()
+                     ) -> Iterator[PostgresServer]:
     """Start a throwaway server; stop it and delete its files on exit.
+
+    It listens on 127.0.0.1 and the addresses in `listen` (they must exist on this host), and
+    trusts connections from loopback and from the networks in `clients` (CIDR), e.g. network
+    namespaces reaching it through a veth pair.
 
     Raises `PostgresUnavailable` when it cannot run here, `RuntimeError` when it fails to start.
     """
@@ -180,10 +210,14 @@ def running_postgres() -> Iterator[PostgresServer]:
                    "UTF8", "--locale=C", "--no-sync")
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
-        settings = "".join(f"{k} = {v}\n" for k, v in _SERVER_SETTINGS.items())
+        addresses = ",".join(["127.0.0.1", *listen])
+        settings = "".join(f"{k} = {v}\n" for k, v in
+                           {**_SERVER_SETTINGS, "listen_addresses": f"'{addresses}'"}.items())
         settings += f"unix_socket_directories = '{sockets}'\n"
         with (data / "postgresql.conf").open("a") as conf:
             conf.write(settings)
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write("".join(f"host all all {network} trust\n" for network in clients))
         # the OS picks the port; another process could take it before postgres binds, so retry
         for _attempt in range(3):
             port = _free_port()

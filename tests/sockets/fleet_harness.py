@@ -8,9 +8,11 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.sockets.serve_harness import PeelServe
+
+P = TypeVar("P", bound=PeelServe)
 
 
 def document(echo_url: str, stamp: int) -> dict[str, Any]:
@@ -28,11 +30,15 @@ def fleet(root: Path, url: str, size: int, *, poll_interval: float = 30.0,
     for i in range(size):
         tmp = root / f"gw{i}"
         tmp.mkdir()
-        peel = PeelServe(tmp, url=url, extra_settings=extra)
-        text = peel.config.read_text()
-        peel.config.write_text(text.replace("[server]\n", f"[server]\npoll_interval = {poll_interval}\n", 1))
-        out.append(peel)
+        out.append(polling(PeelServe(tmp, url=url, extra_settings=extra), poll_interval))
     return out
+
+
+def polling(peel: P, interval: float) -> P:
+    """`peel` (not started) with `server.poll_interval` set to `interval` seconds."""
+    text = peel.config.read_text()
+    peel.config.write_text(text.replace("[server]\n", f"[server]\npoll_interval = {interval}\n", 1))
+    return peel
 
 
 def stamp(peel: PeelServe) -> str | None:
@@ -46,7 +52,9 @@ def stamp(peel: PeelServe) -> str | None:
 
 def apply(peel: PeelServe, token: str, doc: dict[str, Any], reason: str = "fleet") -> int:
     """POST /api/v1/config/apply on `peel`'s admin API; the new config version."""
-    conn = http.client.HTTPConnection("127.0.0.1", peel.admin_port, timeout=30)
+    # a gateway in a network namespace (tests/e2e/test_fleet_netns.py) is reached at its own address
+    host = str(getattr(peel, "host", "127.0.0.1"))
+    conn = http.client.HTTPConnection(host, peel.admin_port, timeout=30)
     try:
         conn.request("POST", "/api/v1/config/apply", body=json.dumps({"document": doc, "reason": reason}),
                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
