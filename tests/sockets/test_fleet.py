@@ -1,5 +1,5 @@
 """Two real `peel serve` gateways on one real PostgreSQL (issue 13 item 5; separate processes on
-loopback, not network namespaces: that e2e version is still to come).
+loopback; tests/e2e/test_fleet_netns.py runs them in two network namespaces).
 
 A change made through one gateway's admin API is served by both within a second: with a 30 s poll
 interval only LISTEN/NOTIFY can do it. One leads (`peel_leader` 1); killed with SIGKILL, the other
