@@ -65,9 +65,15 @@ class DocumentDiff:
 
     services: KindDiff
     routes: KindDiff
+    # the fleet-wide parts (routes.revocations): revocations added and removed, and the mesh
+    # block's (old, new) when it changed
+    revocations_added: tuple[dict[str, Any], ...] = ()
+    revocations_removed: tuple[dict[str, Any], ...] = ()
+    mesh: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.services or self.routes)
+        return bool(self.services or self.routes or self.revocations_added
+                    or self.revocations_removed or self.mesh)
 
     def summary(self) -> str:
         """A short line such as `+1 route, ~1 service`, or `no change`."""
@@ -77,11 +83,22 @@ class DocumentDiff:
                 count = len(getattr(kinds, attr))
                 if count:
                     parts.append(f"{sign}{count} {kinds.kind}{'' if count == 1 else 's'}")
+        for sign, items in (("+", self.revocations_added), ("-", self.revocations_removed)):
+            if items:
+                parts.append(f"{sign}{len(items)} revocation{'' if len(items) == 1 else 's'}")
+        if self.mesh is not None:
+            parts.append("~mesh")
         return ", ".join(parts) or "no change"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary(), "services": self.services.to_dict(),
-                "routes": self.routes.to_dict()}
+        out = {"summary": self.summary(), "services": self.services.to_dict(),
+               "routes": self.routes.to_dict()}
+        if self.revocations_added or self.revocations_removed:
+            out["revocations"] = {"added": list(self.revocations_added),
+                                  "removed": list(self.revocations_removed)}
+        if self.mesh is not None:
+            out["mesh"] = {"old": self.mesh[0], "new": self.mesh[1]}
+        return out
 
     def to_text(self) -> str:
         """A readable listing, one line per item: `+` added, `~` changed, `-` removed.
@@ -98,6 +115,10 @@ class DocumentDiff:
                 lines.append(f"~ {kinds.kind} {c.name}: {fields}")
         for kinds in (self.routes, self.services):
             lines += [f"- {kinds.kind} {item['name']}" for item in kinds.removed]
+        for sign, items in (("+", self.revocations_added), ("-", self.revocations_removed)):
+            lines += [f"{sign} revocation {_show(item)}" for item in items]
+        if self.mesh is not None:
+            lines.append(f"~ mesh: {_show(self.mesh[0])} -> {_show(self.mesh[1])}")
         return "\n".join(lines) if lines else "no change"
 
 
@@ -129,7 +150,13 @@ def _compare(kind: Kind, old: Sequence[dict[str, Any]], new: Sequence[dict[str, 
 
 def diff(old: Document, new: Document) -> DocumentDiff:
     """What changes when `new` replaces `old`."""
+    before = [r.to_dict() for r in old.revocations]
+    after = [r.to_dict() for r in new.revocations]
+    old_mesh = old.mesh.to_dict() if old.mesh is not None else {}
+    new_mesh = new.mesh.to_dict() if new.mesh is not None else {}
     return DocumentDiff(
         _compare("service", [s.to_dict() for s in old.services], [s.to_dict() for s in new.services]),
         _compare("route", [r.to_dict() for r in old.routes], [r.to_dict() for r in new.routes]),
+        tuple(r for r in after if r not in before), tuple(r for r in before if r not in after),
+        (old_mesh, new_mesh) if old_mesh != new_mesh else None,
     )

@@ -41,6 +41,7 @@ from routes.grammar import TOKEN_RE
 from routes.migration import Migration
 from routes.policies import Authorization, Buffering, RateLimit, RetryPolicy, Timeouts
 from routes.regex import Regex, RegexError, Substitution
+from routes.revocations import Mesh, Revocation, canonical, parse_revocations
 from routes.services import Endpoint, Service
 
 # Endpoint and Service live in routes.services (and NAME_RE in routes.fields); importers of the
@@ -447,26 +448,39 @@ _ROUTE_POLICIES: dict[str, Callable[[object, str], Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """All services and routes of one config version, in a stable order (by name)."""
+    """All services and routes of one config version, in a stable order (by name).
+
+    `revocations` (by time) and `mesh` are the fleet's certificate revocations and mesh switches
+    (`routes.revocations`); edits of services and routes keep them (`edit`).
+    """
 
     services: tuple[Service, ...] = ()
     routes: tuple[Route, ...] = ()
+    revocations: tuple[Revocation, ...] = ()
+    mesh: Mesh | None = None
 
     @classmethod
     def parse(cls, data: object, *, stored: bool = False) -> Document:
         """`stored`: a document read back from the store (lenient about RE2 refusals only)."""
         if data is None:
             data = {}
-        m = mapping(data, "document", ("services", "routes"))
+        m = mapping(data, "document", ("services", "routes", "revocations", "mesh"))
         services = [Service.parse(s, f"services[{i}]")
                     for i, s in enumerate(sequence(m.get("services") or [], "services"))]
         routes = [Route.parse(r, f"routes[{i}]", stored=stored)
                   for i, r in enumerate(sequence(m.get("routes") or [], "routes"))]
-        return cls.build(services, routes, stored=stored)
+        return cls.build(services, routes, stored=stored,
+                         revocations=parse_revocations(m.get("revocations")),
+                         mesh=Mesh.parse(m.get("mesh")))
+
+    def edit(self, services: Iterable[Service], routes: Iterable[Route]) -> Document:
+        """`build` with these services and routes and this document's revocations and mesh."""
+        return Document.build(services, routes, revocations=self.revocations, mesh=self.mesh)
 
     @classmethod
     def build(cls, services: Iterable[Service], routes: Iterable[Route], *,
-              stored: bool = False) -> Document:
+              stored: bool = False, revocations: Iterable[Revocation] = (),
+              mesh: Mesh | None = None) -> Document:
         """Check cross-references and return the document in canonical order.
 
         A route with a `refused_regex` is refused (its 422 names the field and the fix) unless the
@@ -497,11 +511,17 @@ class Document:
                                 r.match.to_dict())
             seen_match[key] = r.name
         return cls(tuple(sorted(by_name.values(), key=lambda s: s.name)),
-                   tuple(sorted(route_list, key=lambda r: r.name)))
+                   tuple(sorted(route_list, key=lambda r: r.name)), canonical(revocations),
+                   mesh if mesh is not None and mesh.inbound_mtls is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"services": [s.to_dict() for s in self.services],
-                "routes": [r.to_dict() for r in self.routes]}
+        out: dict[str, Any] = {"services": [s.to_dict() for s in self.services],
+                               "routes": [r.to_dict() for r in self.routes]}
+        if self.revocations:
+            out["revocations"] = [r.to_dict() for r in self.revocations]
+        if self.mesh is not None:
+            out["mesh"] = self.mesh.to_dict()
+        return out
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)

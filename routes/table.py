@@ -36,6 +36,7 @@ from routes.policies import (
     Timeouts,
 )
 from routes.regex import Regex
+from routes.revocations import NO_REVOCATIONS, Revocations
 from routes.rewrite import HeaderEdit, PathRewrite
 
 # A candidate: (precedence rank over the whole table, route). Ranks are unique, so sorting a list of
@@ -224,7 +225,7 @@ class RouteTable(_Frozen):
     """
 
     __slots__ = ("_exact", "_hostless", "_wildcard", "_wildcard_labels", "beta_cookies",
-                 "beta_headers", "routes", "services", "version")
+                 "beta_headers", "inbound_mtls", "revocations", "routes", "services", "version")
     version: int
     routes: tuple[CompiledRoute, ...]
     services: Mapping[str, CompiledService]
@@ -236,10 +237,15 @@ class RouteTable(_Frozen):
     # untrusted downstreams before matching
     beta_headers: frozenset[bytes]
     beta_cookies: frozenset[str]
+    # the fleet's revoked certificates and the document's inbound listener mode (None: the
+    # settings'), for the inbound listener and the mTLS dialer (routes.revocations)
+    revocations: Revocations
+    inbound_mtls: str | None
 
     def __init__(self, version: int, routes: tuple[CompiledRoute, ...],
                  services: Mapping[str, CompiledService], exact: dict[str, TrieNode],
-                 wildcard: dict[str, TrieNode], hostless: TrieNode) -> None:
+                 wildcard: dict[str, TrieNode], hostless: TrieNode, *,
+                 revocations: Revocations = NO_REVOCATIONS, inbound_mtls: str | None = None) -> None:
         sources = [r.migration.beta_source for r in routes
                    if r.migration is not None and r.migration.beta_source is not None]
         # The index dicts stay plain dicts (private, never handed out): a MappingProxyType would add
@@ -248,7 +254,8 @@ class RouteTable(_Frozen):
                    _exact=exact, _wildcard=wildcard, _hostless=hostless,
                    _wildcard_labels=tuple(sorted({s.count(".") + 1 for s in wildcard}, reverse=True)),
                    beta_headers=frozenset(n for k, n in sources if isinstance(n, bytes)),
-                   beta_cookies=frozenset(n for k, n in sources if isinstance(n, str)))
+                   beta_cookies=frozenset(n for k, n in sources if isinstance(n, str)),
+                   revocations=revocations, inbound_mtls=inbound_mtls)
 
     def _wildcard_roots(self, host: str) -> list[TrieNode]:
         """The wildcard buckets whose suffix `host` ends with (after at least one more label)."""

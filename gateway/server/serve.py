@@ -404,6 +404,8 @@ class Runtime:
         self.inbound_listener = InboundListener(
             server, sock, self.identity, lambda: self.settings.listeners.inbound.mtls,
             metrics=self.metrics if self.settings.metrics.enabled else None)
+        # the document's mesh.inbound_mtls and revocations (docs/mtls.md)
+        self.holder.follow(self.inbound_listener.follow)
         return server
 
     async def serve_inbound(self, server: uvicorn.Server) -> None:

@@ -32,7 +32,8 @@ against the trust bundle. The peer is named by that SPIFFE ID, not a host name, 
 not check host names; after the handshake the peer certificate's URI SAN must equal the expected
 ID, else the connection is closed and the dial fails with `UpstreamIdentityMismatch` (502
 `upstream-identity-mismatch`). Without an identity in this process such a dial fails with 502
-`upstream-tls-config`.
+`upstream-tls-config`. A peer whose certificate the table's `revocations` refuse is closed too
+(`UpstreamTlsError`, 502 `upstream-tls-failed`, the detail naming the revocation).
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ from gateway.core.errors import (
     UpstreamTlsError,
 )
 from gateway.identity.bundle import IdentityBundle, peer_identity
+from gateway.identity.revocation import describe, revoked_peer
 from routes.model import Endpoint
 from routes.policies import ServiceTls
+from routes.revocations import NO_REVOCATIONS, Revocations
 from routes.table import RouteTable
 
 log = logging.getLogger("peel.upstream.tls")
@@ -175,7 +178,8 @@ class UpstreamTls:
     for the `RECHECK` interval (tests inject one).
     """
 
-    __slots__ = ("_by_fingerprint", "_clock", "_default", "_factory", "_loaded", "identity")
+    __slots__ = ("_by_fingerprint", "_clock", "_default", "_factory", "_loaded", "identity",
+                 "revocations")
 
     def __init__(self, factory: TlsFactory | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -183,6 +187,8 @@ class UpstreamTls:
         self._clock = clock
         # this gateway's identity, for services that declare the identity of their peers
         self.identity: IdentityBundle | None = None
+        # the revoked certificates of the current table: an mTLS peer presenting one is refused
+        self.revocations: Revocations = NO_REVOCATIONS
         self._default: ssl.SSLContext | None = None
         self._loaded: dict[ServiceTls, _Loaded] = {}
         # one context per distinct policy settings and file contents, shared by equal ones
@@ -207,6 +213,7 @@ class UpstreamTls:
         """A table follower: load the files of every `tls` policy in `table` now (so a bad file is
         logged when the table arrives, not at the first request) and forget the policies it no
         longer has."""
+        self.revocations = table.revocations
         self.refresh(s.tls for s in table.services.values() if s.tls is not None)
 
     def refresh(self, policies: Iterable[ServiceTls]) -> None:
@@ -310,6 +317,11 @@ class Dialer:
                     transport.abort()
                     raise UpstreamIdentityMismatch(f"{endpoint.url} presented the identity "
                                                    f"{found or 'none'}; the service expects {expected}")
+                revoked = revoked_peer(self.tls.revocations, transport.get_extra_info("ssl_object"))
+                if revoked is not None:
+                    transport.abort()
+                    raise UpstreamTlsError(f"TLS with {endpoint.url} refused: its certificate is "
+                                           f"revoked ({describe(revoked)})")
         except TimeoutError as exc:
             if timeout is None:
                 raise  # the caller's own timeout
