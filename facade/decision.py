@@ -12,12 +12,13 @@ today are deterministic, which is what makes the canary sticky.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from facade.bucketing import in_share
-from routes.migration import CompiledMigration, Headers, Migration
+from routes.migration import FULL_SHARE, CompiledMigration, Headers, Migration
 
 Side = Literal["to", "from"]
 # Why a request went where it went: for tests, `peel match` and the access log.
@@ -46,13 +47,15 @@ class Decision:
 
     `fallback`: a failure of `to` may be answered by `from` (the method is checked by the proxy,
     which also knows whether the body fitted). `count_misses`: a failure of `to` that `from` would
-    have answered is counted as a retired miss.
+    have answered is counted as a retired miss. `shadow`: a copy goes to `to` to be compared
+    (stage shadow: sampled by its percentage, always for a beta user on the allow-list).
     """
 
     side: Side
     reason: Reason
     fallback: bool = False
     count_misses: bool = False
+    shadow: bool = False
 
 
 def decide(migration: Migration, facts: Facts, salt: str,
@@ -66,6 +69,14 @@ def decide(migration: Migration, facts: Facts, salt: str,
             return Decision("from", "beta-deny")
         if policy.split != "none" and user in beta.allow:
             return Decision("to", "beta-allow", policy.fallback, policy.counts_misses)
+    if policy.shadow:
+        # `from` answers; the beta allow-list is shadowed always, the others per the percentage
+        # (per request, not sticky: a sample of the traffic, not of the users).
+        if user is not None and beta is not None and user in beta.allow:
+            return Decision("from", "beta-allow", shadow=True)
+        share = migration.shadow_spec.share
+        draw = (rand or random.random)()
+        return Decision("from", "percent", shadow=draw * FULL_SHARE < share)
     if policy.split == "none":
         return Decision("from", "stage")
     if policy.split == "all":

@@ -8,13 +8,16 @@ A migration lives inside its route in the declarative document:
         service: legacy                 # the `from` service
         migration:
           to: orders
-          stage: canary                 # legacy | canary | migrated | retired
+          stage: canary                 # legacy | shadow | canary | migrated | retired
           percent: 10                   # 0-100, to 0.01
           cohort: {header: X-User-Id}   # or {cookie: session}; absent key -> client address
           salt: orders                  # default: the route name
           beta: {header: X-Beta-User, allow: [alice], deny: [bob]}
           fallback: {statuses: [404, 501, 502, 503], on_error: true, max_body: 65536,
                      unsafe_methods: false}
+          shadow: {percent: 20, baseline_percent: 5, unsafe_methods: false,
+                   sandbox: "http://10.0.0.9:8080", max_body: 1048576, timeout: 5s,
+                   concurrency: 8, queue: 128, compare: {headers: [etag], ignore: {...}}}
 
 `Migration.parse` validates everything that needs only the migration itself and raises `RuleError`
 naming the field; the route checks the cross-references (`to` names a service other than the
@@ -29,9 +32,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from routes.compare_rules import CompareRules
 from routes.errors import RuleError
-from routes.fields import mapping, type_name
+from routes.fields import duration, format_duration, integer, mapping, type_name
 from routes.grammar import IDEMPOTENT_METHODS, TOKEN_RE, cookie_value, header_value
+from routes.services import Endpoint
 
 if TYPE_CHECKING:
     from routes.table import CompiledService
@@ -44,6 +49,8 @@ USER_RE = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,200}$")
 DEFAULT_STATUSES = (404, 501, 502, 503)
 DEFAULT_MAX_BODY = 65_536
 MAX_BODY_LIMIT = 16 * 1024 * 1024
+# The methods a shadow copies by default: they change nothing on `to` (RFC 9110 9.2.1).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,7 @@ class StagePolicy:
     `split`: who gets `to` — nobody, the percentage of users (and the beta allow-list), or all.
     `deny`: the deny list keeps users on `from`. `fallback`: a failing `to` is answered by `from`.
     `counts_misses`: a request that would have needed `from` is counted (retired).
+    `shadow`: `from` answers and a sampled copy goes to `to` to be compared (`ShadowSpec`).
     """
 
     name: str
@@ -60,12 +68,13 @@ class StagePolicy:
     deny: bool
     fallback: bool
     counts_misses: bool = False
+    shadow: bool = False
 
 
-# The stages in lifecycle order. A `shadow` stage slots in here (with a shadow flag on the policy)
-# without touching the proxy.
+# The stages in lifecycle order.
 STAGES: Mapping[str, StagePolicy] = {
     "legacy": StagePolicy("legacy", "none", deny=True, fallback=False),
+    "shadow": StagePolicy("shadow", "none", deny=True, fallback=False, shadow=True),
     "canary": StagePolicy("canary", "percent", deny=True, fallback=True),
     "migrated": StagePolicy("migrated", "all", deny=True, fallback=True),
     "retired": StagePolicy("retired", "all", deny=False, fallback=False, counts_misses=True),
@@ -228,6 +237,86 @@ class Fallback:
         return out
 
 
+SHADOW_MAX_BODY = 1 << 20
+SHADOW_TIMEOUT = 5.0
+SHADOW_CONCURRENCY = 8
+SHADOW_QUEUE = 128
+SHADOW_FIELDS = ("percent", "baseline_percent", "unsafe_methods", "sandbox", "max_body", "timeout",
+                 "concurrency", "queue", "compare")
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSpec:
+    """The shadow stage of a migration: `from` answers, a sampled copy goes to `to` and is compared.
+
+    `share`: requests copied to `to`, basis points (default all); `baseline_share`: of those, also
+    sent a second time to `from` (the noise baseline, safe methods only; default none).
+    `unsafe_methods`: copy methods other than GET, HEAD and OPTIONS to `to` itself; a `sandbox`
+    endpoint takes the copies of those methods instead (and allows them). `max_body`: request and
+    response bodies are copied up to this many bytes (larger: skipped and counted). `timeout`,
+    `concurrency` and `queue` bound the copies of each gateway process per route.
+    """
+
+    share: int = FULL_SHARE
+    baseline_share: int = 0
+    unsafe_methods: bool = False
+    sandbox: Endpoint | None = None
+    max_body: int = SHADOW_MAX_BODY
+    timeout: float = SHADOW_TIMEOUT
+    concurrency: int = SHADOW_CONCURRENCY
+    queue: int = SHADOW_QUEUE
+    compare: CompareRules = field(default_factory=CompareRules)
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> ShadowSpec:
+        m = mapping(data, where, SHADOW_FIELDS)
+        sandbox = Endpoint.parse(m["sandbox"], f"{where}.sandbox") if "sandbox" in m else None
+        if sandbox is not None and sandbox.weight != 1:
+            raise RuleError(f"{where}.sandbox", "takes a URL only (no weight)", m["sandbox"])
+        return cls(
+            parse_percent(m.get("percent", 100), f"{where}.percent"),
+            parse_percent(m.get("baseline_percent", 0), f"{where}.baseline_percent"),
+            _bool(m.get("unsafe_methods", False), f"{where}.unsafe_methods"),
+            sandbox,
+            integer(m.get("max_body", SHADOW_MAX_BODY), f"{where}.max_body", 0, MAX_BODY_LIMIT,
+                    "a byte count"),
+            duration(m.get("timeout", SHADOW_TIMEOUT), f"{where}.timeout"),
+            integer(m.get("concurrency", SHADOW_CONCURRENCY), f"{where}.concurrency", 1, 1000),
+            integer(m.get("queue", SHADOW_QUEUE), f"{where}.queue", 0, 100_000),
+            CompareRules.parse(m.get("compare", {}), f"{where}.compare"))
+
+    def target(self, method: str) -> str | None:
+        """Where a copy of a `method` request goes: "to", "sandbox", or None (not copied)."""
+        if method in SAFE_METHODS:
+            return "to"
+        if self.sandbox is not None:
+            return "sandbox"
+        return "to" if self.unsafe_methods else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.share != FULL_SHARE:
+            out["percent"] = format_percent(self.share)
+        if self.baseline_share:
+            out["baseline_percent"] = format_percent(self.baseline_share)
+        if self.unsafe_methods:
+            out["unsafe_methods"] = True
+        if self.sandbox is not None:
+            out["sandbox"] = self.sandbox.url
+        if self.max_body != SHADOW_MAX_BODY:
+            out["max_body"] = self.max_body
+        if self.timeout != SHADOW_TIMEOUT:
+            out["timeout"] = format_duration(self.timeout)
+        if self.concurrency != SHADOW_CONCURRENCY:
+            out["concurrency"] = self.concurrency
+        if self.queue != SHADOW_QUEUE:
+            out["queue"] = self.queue
+        compare = self.compare.to_dict()
+        if compare:
+            out["compare"] = compare
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """The strangling of one route from its `service` (the `from` side) to `to`.
@@ -242,6 +331,12 @@ class Migration:
     salt: str | None = None
     beta: Beta | None = None
     fallback: Fallback = field(default_factory=Fallback)
+    # None: the defaults when the stage is `shadow`
+    shadow: ShadowSpec | None = None
+
+    @property
+    def shadow_spec(self) -> ShadowSpec:
+        return self.shadow if self.shadow is not None else DEFAULT_SHADOW
 
     @property
     def policy(self) -> StagePolicy:
@@ -253,7 +348,8 @@ class Migration:
 
     @classmethod
     def parse(cls, data: object, where: str) -> Migration:
-        m = mapping(data, where, ("to", "stage", "percent", "cohort", "salt", "beta", "fallback"))
+        m = mapping(data, where, ("to", "stage", "percent", "cohort", "salt", "beta", "fallback",
+                                  "shadow"))
         if "to" not in m:
             raise RuleError(f"{where}.to", "is required: the service the route moves to")
         to = m["to"]
@@ -268,8 +364,9 @@ class Migration:
             raise RuleError(f"{where}.salt", "must be a non-empty string of at most 200 characters",
                             salt)
         beta = Beta.parse(m["beta"], f"{where}.beta") if "beta" in m else None
+        shadow = ShadowSpec.parse(m["shadow"], f"{where}.shadow") if "shadow" in m else None
         return cls(to, stage, share, Cohort.parse(m.get("cohort", {}), f"{where}.cohort"), salt, beta,
-                   Fallback.parse(m.get("fallback", {}), f"{where}.fallback"))
+                   Fallback.parse(m.get("fallback", {}), f"{where}.fallback"), shadow)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"to": self.to, "stage": self.stage}
@@ -284,8 +381,12 @@ class Migration:
         fallback = self.fallback.to_dict()
         if fallback:
             out["fallback"] = fallback
+        if self.shadow is not None:
+            out["shadow"] = self.shadow.to_dict()
         return out
 
+
+DEFAULT_SHADOW = ShadowSpec()
 
 Headers = list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]
 
@@ -299,7 +400,7 @@ class CompiledMigration:
     """
 
     __slots__ = ("beta_source", "cohort_cookie", "cohort_header", "fallback", "from_service", "salt",
-                 "spec", "statuses", "to_service")
+                 "shadow", "spec", "statuses", "to_service")
 
     def __init__(self, spec: Migration, route_name: str, from_service: CompiledService,
                  to_service: CompiledService) -> None:
@@ -317,6 +418,8 @@ class CompiledMigration:
                 else ("cookie", beta.cookie or "")
         self.fallback: Fallback = spec.fallback
         self.statuses = frozenset(spec.fallback.statuses)
+        # the shadow's settings when the stage copies to `to` (None otherwise)
+        self.shadow: ShadowSpec | None = spec.shadow_spec if spec.policy.shadow else None
 
     def cohort_key(self, headers: Headers, client: str | None) -> str:
         """The sticky key: the configured header or cookie, else the downstream address."""

@@ -35,6 +35,7 @@ from gateway.admin.migrations import migration_routes
 from gateway.admin.mtls import mtls_routes
 from gateway.admin.openapi import openapi_document
 from gateway.admin.rules import rule_routes
+from gateway.admin.shadow import shadow_routes
 from gateway.admin.wire import problem_response
 from gateway.core import problems
 from gateway.core.settings import Settings
@@ -138,6 +139,7 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         *ConfigResource(store).routes(),
         *MatchResource(store).routes(),
         *migration_routes(store),
+        *shadow_routes(store),
         *CertificateResource(store, settings).routes(),
         *mtls_routes(),
     ]

@@ -191,6 +191,11 @@ SCHEMAS: dict[str, Schema] = {
                    "additionalProperties": {"type": "integer"}}}},
     "MigrationList": {"type": "object", "properties": {"version": {"type": "integer"},
                                                        "migrations": _array(_ref("MigrationStatus"))}},
+    "ShadowReport": {"type": "object", "properties": {
+        "version": {"type": "integer"},
+        "shadow": {"type": "object", "description": "compared pairs, mismatch rate and interval, "
+                   "the noise baseline, dropped/skipped/failed copies, the top fields with their "
+                   "verdict (regression, inconclusive, below-margin, noise) and redacted examples"}}},
     "MigrationAnswer": {"type": "object", "properties": {"version": {"type": "integer"},
                                                          "migration": _ref("MigrationStatus")}},
     "Transition": {"type": "object", "properties": {
@@ -412,6 +417,15 @@ def _migrations() -> dict[str, Schema]:
                                                        "404": _problem("No such route")},
             tag="migrations", params=[{"name": "limit", "in": "query", "required": False,
                                        "schema": {"type": "integer", "minimum": 1, "default": 100}}])},
+        base + "/{route}/shadow": {"parameters": [route], "get": _op(
+            "What the shadow stage measured since the newest transition: pairs, mismatch rate, "
+            "fields (noise marked), examples", {"200": _ok("ShadowReport"),
+                                                 "404": _problem("No such migration")},
+            tag="migrations", params=[
+                {"name": "top", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "default": 10}},
+                {"name": "examples", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "default": 5}}])},
         base + "/{route}/start": {"parameters": [route], "post": transition(
             "Start a migration to a service (stage legacy)", "StartRequest")},
         base + "/{route}/shift": {"parameters": [route], "post": transition(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from gateway.cli import ca, config, doctor, join, local, migrate, mtls, rules
+from gateway.cli import ca, config, doctor, join, local, migrate, mtls, rules, shadow
 from gateway.cli.args import Commands, global_options
 
 COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
@@ -17,6 +17,7 @@ COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     rules.register,    # apply, export, services, routes, match
     config.register,   # config history, show, diff, rollback
     migrate.register,  # migrate start, shift, promote, retire, rollback, status, history; beta sign
+    shadow.register,   # shadow report
     ca.register,       # ca init, rotate, status, issue (local: the CA's directory)
     join.register,     # join-token create, list, revoke (local); join (to the control plane)
     mtls.register,     # mtls readiness

@@ -24,12 +24,14 @@ import time
 from facade.beta import BetaTrust
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
 from facade.decision import Decision
+from facade.shadow_counts import ShadowStats
 from gateway.core.asgi import PEER, TARGET, Peer, Receive, Scope, Send
 from gateway.core.settings import DeadlineSettings, FacadeSettings, ProxySettings, Settings
 from gateway.dataplane.buffering import Watch, read_body
 from gateway.dataplane.forward import Forwarder
 from gateway.dataplane.request import BodyTooLarge, RequestState, abort_downstream
 from gateway.dataplane.resolve import Incoming, Refusal, Resolver
+from gateway.dataplane.shadow import Shadower
 from gateway.dataplane.websocket import WebSocketProxy
 from gateway.http.headers import ForwardingRules, new_request_id, valid_request_id
 from gateway.http.hosts import hostname
@@ -64,7 +66,8 @@ class ProxyApp:
     def __init__(self, holder: TableHolder, pool: UpstreamPool, settings: ProxySettings | Settings,
                  access_log: AccessLog | None = None, *, facade: FacadeSettings | None = None,
                  counts: TrafficCounts | None = None, upstreams: Upstreams | None = None,
-                 tracing: Tracing | None = None, metrics: Metrics | None = None) -> None:
+                 tracing: Tracing | None = None, metrics: Metrics | None = None,
+                 shadow_stats: ShadowStats | None = None) -> None:
         # The path rules come with the whole settings; given only `proxy`, the defaults apply.
         self._paths = DEFAULT_RULES
         deadlines = DeadlineSettings()
@@ -85,6 +88,9 @@ class ProxyApp:
         self._metrics = metrics
         self._forward = Forwarder(pool, self.upstreams, self._rules, settings,
                                   deadlines=self._deadlines, metrics=metrics)
+        # the shadow stage's copies: their own pool and queues (`shadow_stats`: their counts)
+        self.shadow = Shadower(settings, pool.dialer, shadow_stats if shadow_stats is not None
+                               else ShadowStats(), self._rules)
         # the resolve step of this listener (its beta filter's counts are published as metrics)
         self.resolver = self._resolver = Resolver(
             paths=self._paths, deadlines=self._deadlines, limiters=RateLimiters(),
@@ -98,8 +104,10 @@ class ProxyApp:
             # Its own endpoint state: it follows the tables too (else the owner registered it).
             holder.follow(self.upstreams.update)
         holder.follow(self._follow)
+        holder.follow(self.shadow.follow)
 
     async def aclose(self) -> None:
+        await self.shadow.aclose()
         await self._pool.close()
 
     def _follow(self, table: RouteTable) -> None:
@@ -258,7 +266,14 @@ class ProxyApp:
         req.side = decision.side
         if decision.side == "from":
             counts.add(route.name, table.version, FROM)
-            await forward.call(req, migration.from_service, None)
+            if decision.shadow:
+                # The shadow stage: `from` answers; a copy goes to `to` once the answer is out.
+                shadow = self.shadow
+                pending = await shadow.prepare(req, route, migration, table.version)
+                await forward.call(req, migration.from_service, None)
+                shadow.submit(pending, req)
+            else:
+                await forward.call(req, migration.from_service, None)
             return
         counts.add(route.name, table.version, TO)
         replay = decision.fallback and migration.fallback.allows_method(method)
