@@ -46,6 +46,7 @@ import uvicorn
 
 from facade.counts import TrafficCounts
 from facade.flusher import CountsFlusher, instance_id
+from facade.shadow_counts import ShadowFlusher, ShadowStats
 from gateway.core.errors import ConfigError
 from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, load_settings
 from gateway.dataplane.proxy import ProxyApp
@@ -240,6 +241,10 @@ class Runtime:
         self.counts = TrafficCounts()
         self.flusher = CountsFlusher(store, self.counts, instance=instance_id(),
                                      interval=settings.facade.counts_interval)
+        # the shadow stage's comparison counts, flushed like the traffic counts
+        self.shadow_stats = ShadowStats()
+        self.shadow_flusher = ShadowFlusher(store, self.shadow_stats, instance=instance_id(),
+                                            interval=settings.facade.counts_interval)
         self.servers: list[uvicorn.Server] = []
         self.stopping = False
         self.forced = False
@@ -279,6 +284,8 @@ class Runtime:
         if counts:
             self._tasks.append(asyncio.create_task(self.flusher.run()))
             self._closers.append(self.flusher.flush)
+            self._tasks.append(asyncio.create_task(self.shadow_flusher.run()))
+            self._closers.append(self.shadow_flusher.flush)
             self._closers.append(self.health.close)
         for tls in self.tls.values():
             self._tasks.append(asyncio.create_task(tls.watch()))
@@ -353,6 +360,7 @@ class Runtime:
         tracing = Tracing(settings.tracing) if settings.tracing.enabled else None
         self.state.tracing = tracing
         app = ProxyApp(self.holder, pool, settings, access_log, counts=self.counts,
+                       shadow_stats=self.shadow_stats,
                        upstreams=self.upstreams, tracing=tracing,
                        metrics=self.metrics if settings.metrics.enabled else None)
         self.proxies.append(app)
