@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 
 from routes.errors import RuleError
@@ -34,6 +35,7 @@ from routes.matcher import KIND_RANK, CompiledMatch, regex_literal_segments
 from routes.migration import CompiledMigration
 from routes.model import Document, FieldMatch, Match, Rewrite, Route
 from routes.regex import Regex, RegexError
+from routes.registry import Registration, compiled_services
 from routes.revocations import Revocations
 from routes.rewrite import compile_header_rules, compile_path_rewrite
 from routes.table import CompiledRoute, CompiledService, Entry, RouteTable, TrieNode
@@ -56,9 +58,11 @@ def precedence_key(route: CompiledRoute, host_pattern: str) -> PrecedenceKey:
             -len(path.pattern), -route.match.predicate_count, route.name)
 
 
-def compile_document(document: Document, version: int) -> RouteTable:
-    """Compile a validated document. Raises `RuleError` for a route the table cannot hold."""
-    services = {s.name: CompiledService(s.name, s.endpoints, s) for s in document.services}
+def compile_document(document: Document, version: int,
+                     registered: Sequence[Registration] = ()) -> RouteTable:
+    """Compile a validated document, with the service registry's endpoints (`routes.registry`).
+    Raises `RuleError` for a route the table cannot hold."""
+    services = compiled_services(document.services, registered)
     routes: list[CompiledRoute] = []
     for spec in document.routes:
         service = services.get(spec.service)

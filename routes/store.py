@@ -1,4 +1,5 @@
-"""The store: config versions, admin and join tokens, the schema check and upgrade. The only module with SQL.
+"""The store: config versions, admin and join tokens, the service registry, the schema check and upgrade.
+The only module with SQL (with its record mixins: `routes.join_tokens`, `routes.registry`, ...).
 
 Synchronous on purpose: the admin API calls it from a thread pool, the watcher from its own thread,
 and the CLI directly. Each public method is one short transaction on its own pooled connection.
@@ -41,6 +42,8 @@ from routes.migration_records import MigrationRecords
 from routes.migration_records import Transition as Transition
 from routes.migration_records import TransitionInfo as TransitionInfo
 from routes.model import NAME_RE, Document
+from routes.registry import Registration as Registration
+from routes.registry import RegistryRecords
 from routes.schema import admin_tokens, config_versions, migration_transitions
 from routes.tokens import DEFAULT_SCOPES, TokenGrant, closure
 from routes.tokens import decode as decode_scopes
@@ -135,7 +138,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Store(MigrationRecords, JoinTokenRecords):
+class Store(MigrationRecords, JoinTokenRecords, RegistryRecords):
     """Config versions, admin and join tokens, migration records: one SQL database (SQLite or PostgreSQL).
 
     `Store("sqlite://")` is an in-memory store on a single shared connection, for tests and

@@ -1,10 +1,11 @@
 """Keeps one process's route table current: poll the store, compile off the loop, swap whole.
 
-The request path never waits for any of this. Each poll is one cheap query (the latest config
-version number) run in a thread; only when it moved is the document loaded and compiled, also in a
-thread, and the new table assigned to the holder in one step. When the store cannot be reached the
-last good table keeps serving; at start, when the store is down, the last good document is read
-from the snapshot file on local disk.
+The request path never waits for any of this. Each poll is two cheap queries (the latest config
+version number and the service registry's stamp, `routes.registry`) run in a thread; only when one
+moved are the document and the registered endpoints loaded and compiled, also in a thread, and the
+new table assigned to the holder in one step. When the store cannot be reached the last good table
+keeps serving; at start, when the store is down, the last good document (with the registered
+endpoints it was served with) is read from the snapshot file on local disk.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,22 @@ from routes.compiler import compile_document
 from routes.errors import PeelError
 from routes.holder import TableHolder
 from routes.model import Document
+from routes.registry import Registration, Stamp
 from routes.store import Store
 from routes.table import RouteTable
 
 log = logging.getLogger("peel.watcher")
 
 
-def write_snapshot(path: Path, version: int, document: Document) -> None:
-    """Write the document atomically (temp file, fsync, rename) so a crash never leaves half a file."""
+def write_snapshot(path: Path, version: int, document: Document,
+                   registered: Sequence[Registration] = ()) -> None:
+    """Write the document (and the registered endpoints it was served with) atomically (temp file,
+    fsync, rename) so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps({"version": version, "document": document.to_dict()}, separators=(",", ":"))
+    body: dict[str, Any] = {"version": version, "document": document.to_dict()}
+    if registered:
+        body["registered"] = [r.to_dict() for r in registered]
+    data = json.dumps(body, separators=(",", ":"))
     fd, tmp = tempfile.mkstemp(prefix=".snapshot-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -47,12 +54,19 @@ def write_snapshot(path: Path, version: int, document: Document) -> None:
 
 def read_snapshot(path: Path) -> tuple[int, Document] | None:
     """The snapshot's version and document, or None when there is none or it is unreadable."""
+    found = read_served_snapshot(path)
+    return None if found is None else (found[0], found[1])
+
+
+def read_served_snapshot(path: Path) -> tuple[int, Document, tuple[Registration, ...]] | None:
+    """The snapshot's version, document and registered endpoints, or None (none, or unreadable)."""
     try:
         data: Any = json.loads(path.read_text())
-        return int(data["version"]), Document.parse(data["document"], stored=True)
+        return (int(data["version"]), Document.parse(data["document"], stored=True),
+                tuple(Registration.from_dict(r) for r in data.get("registered", ())))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, PeelError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, PeelError) as exc:
         log.warning("ignoring the route snapshot %s: %s", path, exc)
         return None
 
@@ -66,7 +80,8 @@ class Watcher:
 
     def __init__(self, store: Store, holder: TableHolder, *, interval: float, snapshot: Path,
                  write_snapshots: bool = True,
-                 compile: Callable[[Document, int], RouteTable] = compile_document) -> None:
+                 compile: Callable[[Document, int, Sequence[Registration]], RouteTable] = compile_document,
+                 ) -> None:
         self.store = store
         self.holder = holder
         self.interval = interval
@@ -77,6 +92,8 @@ class Watcher:
         self.last_error: str | None = None
         self.reloads = 0
         self._failing_version: int | None = None
+        # the registry's stamp the current table was compiled with (`routes.registry`)
+        self._stamp: Stamp | None = None
         # told the number of a stored config version that failed to compile (once per version)
         self.on_failed: Callable[[int], None] | None = None
         # set by wake(): run() polls at once instead of at the end of its interval
@@ -94,11 +111,11 @@ class Watcher:
 
     def load_snapshot(self) -> bool:
         """Serve the snapshot's table when nothing newer is loaded. True when one was loaded."""
-        found = read_snapshot(self.snapshot)
+        found = read_served_snapshot(self.snapshot)
         if found is None or found[0] <= self.version:
             return False
-        version, document = found
-        self._swap(self.compile(document, version), source="snapshot")
+        version, document, registered = found
+        self._swap(self.compile(document, version, registered), source="snapshot")
         return True
 
     def refresh(self) -> bool:
@@ -111,15 +128,16 @@ class Watcher:
         found = self.poll()
         if found is None:
             return False
-        table, document = found
+        table, document, registered = found
         self._swap(table, source="store")
-        self._write_snapshot(table.version, document)
+        self._write_snapshot(table.version, document, registered)
         return True
 
-    def poll(self) -> tuple[RouteTable, Document] | None:
+    def poll(self) -> tuple[RouteTable, Document, tuple[Registration, ...]] | None:
         """Blocking, thread-safe, no swap: a newer table compiled from the store, or None."""
         try:
             latest = self.store.latest_version()
+            stamp = self.store.registry_stamp()
             self._set_store_ok(True)
         except PeelError as exc:
             self._set_store_ok(False, str(exc))
@@ -127,11 +145,12 @@ class Watcher:
         except Exception as exc:  # a driver error the store did not wrap: still keep serving
             self._set_store_ok(False, f"{type(exc).__name__}: {exc}")
             return None
-        if latest == self.version or latest == self._failing_version:
+        if stamp == self._stamp and latest in (self.version, self._failing_version):
             return None
         try:
             current = self.store.get(latest) if latest else self.store.latest()
-            table = self.compile(current.document, current.version)
+            registered = tuple(self.store.registrations())
+            table = self.compile(current.document, current.version, registered)
         except Exception as exc:
             # A table that fails to compile leaves the previous one live; say so once per version.
             self._failing_version = latest
@@ -139,7 +158,8 @@ class Watcher:
             log.error("%s; still serving version %d", self.last_error, self.version)
             return None
         self._failing_version = None
-        return table, current.document
+        self._stamp = stamp
+        return table, current.document, registered
 
     async def refresh_async(self) -> bool:
         """`refresh` for the event loop: poll and compile in a thread, swap on the loop (so the
@@ -151,9 +171,9 @@ class Watcher:
                     and self.on_failed is not None:
                 self.on_failed(self._failing_version)
             return False
-        table, document = found
+        table, document, registered = found
         self._swap(table, source="store")
-        await asyncio.to_thread(self._write_snapshot, table.version, document)
+        await asyncio.to_thread(self._write_snapshot, table.version, document, registered)
         return True
 
     def wake(self) -> None:
@@ -172,10 +192,11 @@ class Watcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), self.interval)
 
-    def _write_snapshot(self, version: int, document: Document) -> None:
+    def _write_snapshot(self, version: int, document: Document,
+                        registered: Sequence[Registration] = ()) -> None:
         if self.write_snapshots:
             try:
-                write_snapshot(self.snapshot, version, document)
+                write_snapshot(self.snapshot, version, document, registered)
             except OSError as exc:
                 log.warning("could not write the route snapshot %s: %s", self.snapshot, exc)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from routes.compiler import compile_document
 from routes.holder import TableHolder
 from routes.model import Document
+from routes.registry import Registration
 from routes.store import Store
 from routes.table import RouteTable
 from routes.watcher import Watcher
@@ -58,10 +60,10 @@ def test_the_watcher_swaps_on_the_loop_and_reports_a_failing_version_once(tmp_pa
     holder.follow(lambda t: threads.append(threading.current_thread()))
     failures: list[int] = []
 
-    def compile_or_fail(document: Document, version: int) -> RouteTable:
+    def compile_or_fail(document: Document, version: int, registered: Sequence[Registration]) -> RouteTable:
         if version == 2:
             raise ValueError("cannot compile")
-        return compile_document(document, version)
+        return compile_document(document, version, registered)
 
     watcher = Watcher(store, holder, interval=0.01, snapshot=tmp_path / "snap.json",
                       compile=compile_or_fail)
