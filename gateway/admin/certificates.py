@@ -2,8 +2,10 @@
 
     POST /api/v1/certificates/join    Authorization: Bearer <join token>; {"csr": PEM}
     POST /api/v1/certificates/renew   {"chain": PEM, "csr": PEM, "timestamp": unix s, "signature": b64}
+    GET  /api/v1/certificates/revocations   the revocations of the latest config version
+    POST /api/v1/certificates/revocations   {"serial": HEX | "identity": ID, "reason": TEXT}
 
-Both answer `{"certificate": leaf + intermediate PEM, "bundle": roots PEM, "spiffe_id", "serial",
+Join and renew answer `{"certificate": leaf + intermediate PEM, "bundle": roots PEM, "spiffe_id", "serial",
 "not_after"}`. Neither takes an admin token (`gateway.admin.auth.SELF_AUTHENTICATED`): a join is
 authenticated by its one-time join token, a renewal by the current certificate and a signature of
 its key (`gateway.identity.issuer`). The CA is `[identity] ca_dir` of this process's settings, and
@@ -15,6 +17,13 @@ that is refused leaves the token usable, and of two racing requests only one get
 Failed token lookups are throttled per client address like admin tokens (`FailureThrottle`).
 
 Bodies are at most `MAX_BODY` bytes: these paths answer before any admin token is checked.
+
+Revocations are rules like routes (admin token, `read` to list, `write` to revoke): a revocation is
+a new config version whose document lists it (`routes.revocations`), committed through
+`commit_edit` (If-Match, the reason, the compile check), so every gateway following the table
+refuses the certificate within its poll interval (docs/mtls.md, "Revocation"). `identity` is a
+SPIFFE ID or a service name of `[identity] trust_domain`; `at` is the time of the request. A
+renewal presenting a revoked certificate is refused 403 `certificate-revoked`.
 """
 
 from __future__ import annotations
@@ -31,10 +40,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HTTPRoute
 
 from gateway.admin.auth import FailureThrottle, TooManyFailures
-from gateway.admin.wire import BadRequest, BodyTooLarge, body_object, problem_response
+from gateway.admin.wire import BadRequest, BodyTooLarge, answer, body_object, problem_response, read_json
+from gateway.admin.writes import commit_edit, write_answer
 from gateway.core import problems
 from gateway.core.settings import Settings
 from routes.errors import RuleError
+from routes.fields import NAME_RE
+from routes.model import Document
+from routes.revocations import Revocation, Revocations, format_time
 from routes.store import Store
 
 if TYPE_CHECKING:
@@ -43,6 +56,7 @@ if TYPE_CHECKING:
 MAX_BODY = 64 * 1024
 JOIN_PATH = "/api/v1/certificates/join"
 RENEW_PATH = "/api/v1/certificates/renew"
+REVOCATIONS_PATH = "/api/v1/certificates/revocations"
 
 # identity error class name -> (status, problem code); looked up by name so that this module does
 # not import gateway.identity (and cryptography) until a certificate is asked for
@@ -52,6 +66,7 @@ _IDENTITY_ERRORS = {
     "BadJoinToken": (401, "invalid-join-token"),
     "NotAllowed": (403, "identity-not-allowed"),
     "ProofRefused": (401, "renewal-refused"),
+    "Revoked": (403, "certificate-revoked"),
     "CaError": (503, "ca-unavailable"),
 }
 
@@ -106,7 +121,9 @@ class CertificateResource:
 
     def routes(self) -> list[HTTPRoute]:
         return [HTTPRoute(JOIN_PATH, self.join, methods=["POST"]),
-                HTTPRoute(RENEW_PATH, self.renew, methods=["POST"])]
+                HTTPRoute(RENEW_PATH, self.renew, methods=["POST"]),
+                HTTPRoute(REVOCATIONS_PATH, self.revocations, methods=["GET"]),
+                HTTPRoute(REVOCATIONS_PATH, self.revoke, methods=["POST"])]
 
     def _issuer(self) -> Issuer:
         from gateway.identity.issuer import Issuer
@@ -169,11 +186,66 @@ class CertificateResource:
         if not isinstance(signature, str):
             raise RuleError("signature", "must be a string (base64)")
         renewal = RenewalRequest(_text(body, "chain"), _text(body, "csr"), timestamp, signature)
+
+        def issue() -> Issued:
+            self._check_not_revoked(renewal.chain_pem)
+            return self._issuer().renew(renewal, now=datetime.now(UTC))
+
         try:
-            issued = await run_in_threadpool(lambda: self._issuer().renew(renewal, now=datetime.now(UTC)))
+            issued = await run_in_threadpool(issue)
         except IdentityError as exc:
             return _identity_problem(exc)
         return JSONResponse(issued.to_json())
+
+    def _check_not_revoked(self, chain: bytes) -> None:
+        """`Revoked` when the latest config version revokes the chain's leaf."""
+        from gateway.identity.errors import Revoked
+        from gateway.identity.issuer import load_chain
+        from gateway.identity.revocation import describe, leaf_facts
+
+        revocations = Revocations(self.store.latest().document.revocations)
+        found = leaf_facts(load_chain(chain)[0]).refused_by(revocations)
+        if found is not None:
+            raise Revoked(f"the certificate is revoked: {describe(found)}; join again with a new "
+                          "token (`peel join-token create`)")
+
+    async def revocations(self, request: Request) -> Response:
+        latest = await run_in_threadpool(self.store.latest)
+        return answer({"version": latest.version,
+                       "revocations": [r.to_dict() for r in latest.document.revocations]},
+                      version=latest.version)
+
+    async def revoke(self, request: Request) -> Response:
+        data = body_object(await read_json(request), ("serial", "identity", "reason"))
+        given = [key for key in ("serial", "identity") if key in data]
+        if len(given) != 1:
+            raise RuleError(given[1] if given else "serial", "give exactly one of serial or identity")
+        key = given[0]
+        value = data[key]
+        if not isinstance(value, str):
+            raise RuleError(key, "must be a string", value)
+        if key == "identity" and isinstance(value, str) and NAME_RE.match(value):
+            value = f"spiffe://{self.identity.trust_domain}/svc/{value}"  # a service name
+        reason = data.get("reason", "")
+        if not isinstance(reason, str):
+            raise RuleError("reason", "must be a string", reason)
+        fields = {key: value, "at": format_time(datetime.now(UTC)), "reason": reason.strip()}
+        try:
+            revocation = Revocation.parse(fields, "revocation")
+        except RuleError as exc:
+            raise RuleError(exc.field.removeprefix("revocation."), exc.message, exc.value) from None
+
+        def edit(doc: Document) -> Document:
+            if revocation.serial is not None and any(r.serial == revocation.serial
+                                                     for r in doc.revocations):
+                return doc  # revoked already: no new version
+            return Document.build(doc.services, doc.routes, mesh=doc.mesh,
+                                  revocations=(*doc.revocations, revocation))
+
+        why = f"revoke {revocation.subject}" + (f": {revocation.reason}" if revocation.reason else "")
+        info, diff, live = await commit_edit(request, self.store, edit, why)
+        return write_answer(info, diff, live, status=201 if info is not None else 200,
+                            extra={"revocation": revocation.to_dict()})
 
 
 def _identity_problem(exc: Exception) -> Response:

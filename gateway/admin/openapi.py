@@ -216,8 +216,25 @@ SCHEMAS: dict[str, Schema] = {
     "ShiftRequest": _obj({"percent": {"type": "number", "minimum": 0, "maximum": 100},
                           "reason": {"type": "string"}}, ("percent",)),
     "ReasonRequest": _obj({"reason": {"type": "string"}}),
-    "Document": _obj({"services": _array(_ref("Service")), "routes": _array(_ref("Route"))},
+    "Document": _obj({"services": _array(_ref("Service")), "routes": _array(_ref("Route")),
+                      "revocations": _array(_ref("Revocation")), "mesh": _ref("Mesh")},
                      description="The declarative document, as `peel export` prints it."),
+    "Revocation": _obj({"serial": {"type": "string", "pattern": "^[0-9a-f]{1,40}$"},
+                        "identity": {"type": "string", "format": "uri", "pattern": "^spiffe://"},
+                        "at": {"type": "string", "format": "date-time"},
+                        "reason": {"type": "string", "maxLength": 200}}, ("at",),
+                       description="A revoked certificate (serial) or every certificate of an "
+                                   "identity issued up to `at` (docs/mtls.md); one of serial or "
+                                   "identity."),
+    "Mesh": _obj({"inbound_mtls": {"enum": ["permissive", "strict"]}},
+                 description="Fleet-wide mesh switches: the mode of every gateway's inbound listener."),
+    "RevokeRequest": _obj({"serial": {"type": "string", "description": "hex, colons allowed"},
+                           "identity": {"type": "string", "description": "a SPIFFE ID or a service "
+                                        "name of [identity] trust_domain"},
+                           "reason": {"type": "string"}},
+                          description="Exactly one of serial or identity."),
+    "RevocationList": {"type": "object", "properties": {"version": {"type": "integer"},
+                                                         "revocations": _array(_ref("Revocation"))}},
     "VersionInfo": {"type": "object", "required": ["version", "created_at", "actor", "reason"],
                     "properties": {"version": {"type": "integer"},
                                    "created_at": {"type": "string", "format": "date-time"},
@@ -469,7 +486,19 @@ def _certificates() -> dict[str, Schema]:
                           "401": _problem("The chain does not verify against the CA's bundle, the "
                                           "certificate expired, the timestamp is more than 5 minutes "
                                           "off, or the signature does not verify (code renewal-refused)"),
-                          **refused}}},
+                          **refused,
+                          "403": _problem("The CSR asks for another identity (code "
+                                          "identity-not-allowed), or the current certificate is "
+                                          "revoked (code certificate-revoked)")}}},
+        "/api/v1/certificates/revocations": {
+            "get": _op("The revocations of the latest config version", {"200": _ok("RevocationList")},
+                       tag="certificates"),
+            "post": _op("Revoke a certificate by serial, or an identity's certificates issued until "
+                        "now: a new config version (peel ca revoke; docs/mtls.md)",
+                        {"201": _ok("WriteResult", "Created; a new config version"),
+                         "200": _ok("WriteResult", "Revoked already: no change")},
+                        body="RevokeRequest", params=[IF_MATCH, REASON], write=True,
+                        tag="certificates")},
     }
 
 

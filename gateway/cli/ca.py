@@ -5,6 +5,12 @@ is involved and no key is ever printed or sent). See docs/identity.md.
     peel ca rotate [--overlap 48h]  |  peel ca rotate --finish [--force]
     peel ca status
     peel ca issue --service NAME --csr FILE [--lifetime 24h] [--out FILE] [--chain]
+
+Except revocation, which is a rule of the fleet and goes through the admin API like the other
+rule changes (a new config version every gateway follows; docs/mtls.md, "Revocation"):
+
+    peel ca revoke --serial HEX | --identity ID [--reason TEXT] [--if-match N]
+    peel ca revocations
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.args import Commands, actions, add_command
-from gateway.cli.context import settings
+from gateway.cli.args import Commands, actions, add_command, write_options
+from gateway.cli.context import admin_client, settings
 from gateway.cli.local import duration
 from gateway.cli.output import print_json, table
 
@@ -146,8 +152,46 @@ def cmd_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+REVOCATIONS = "/api/v1/certificates/revocations"
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    body = {"serial": args.serial} if args.serial else {"identity": args.identity}
+    if args.reason:
+        body["reason"] = args.reason
+    with admin_client(args) as client:
+        answer = client.request("POST", REVOCATIONS, body=body, if_match=args.if_match)
+    if args.json:
+        print_json(answer)
+        return 0
+    revoked = answer["revocation"]
+    what = f"serial {revoked['serial']}" if "serial" in revoked else \
+        f"{revoked['identity']} (certificates issued until {revoked['at']})"
+    if answer["changed"]:
+        print(f"revoked {what} in config version {answer['version']}: gateways refuse it at their "
+              "next table")
+    else:
+        print(f"{what} is revoked already (config version {answer['version']})")
+    return 0
+
+
+def cmd_revocations(args: argparse.Namespace) -> int:
+    with admin_client(args) as client:
+        answer = client.request("GET", REVOCATIONS)
+    if args.json:
+        print_json(answer)
+        return 0
+    rows = [(r["at"], r.get("serial") or "", r.get("identity") or "", r.get("reason", ""))
+            for r in answer["revocations"]]
+    if not rows:
+        print(f"no revocations in config version {answer['version']}")
+        return 0
+    table(rows, ("AT (UTC)", "SERIAL", "IDENTITY (issued until AT)", "REASON"))
+    return 0
+
+
 def register(commands: Commands) -> None:
-    """ca init, rotate, status, issue."""
+    """ca init, rotate, status, issue, revoke, revocations."""
     group = actions(add_command(commands, "ca", None, "the certificate authority (local: its directory)"))
 
     def where(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -189,6 +233,21 @@ def register(commands: Commands) -> None:
     issue.add_argument("--out", metavar="FILE", help="write the certificate here (default: stdout)")
     issue.add_argument("--chain", action="store_true",
                        help="append the intermediate (what a TLS server sends)")
+    revoke = add_command(group, "revoke", cmd_revoke, "revoke a certificate or an identity (admin "
+                         "API: a new config version every gateway enforces)", check=_revoke_check)
+    revoke.add_argument("--serial", metavar="HEX", help="the certificate's serial (as `openssl x509 "
+                        "-serial` or identity.json print it)")
+    revoke.add_argument("--identity", metavar="ID", help="a SPIFFE ID or a service name: every "
+                        "certificate of it issued until now")
+    write_options(revoke)
+    add_command(group, "revocations", cmd_revocations, "list the revocations of the latest config "
+                "version (admin API)")
+
+
+def _revoke_check(args: argparse.Namespace) -> str | None:
+    if bool(args.serial) == bool(args.identity):
+        return "give exactly one of --serial or --identity"
+    return None
 
 
 def _rotate_check(args: argparse.Namespace) -> str | None:

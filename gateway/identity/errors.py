@@ -7,6 +7,7 @@
         ├── CaError          the CA directory: missing, half-made, or refusing the operation
         ├── NotAllowed       a join or renewal asks for an identity its credential does not give
         ├── ProofRefused     a renewal's chain, timestamp or signature does not hold
+        ├── Revoked          a renewal presents a certificate that a config version revoked
         └── StateError       this gateway's state directory: missing, unreadable, inconsistent
 """
 
@@ -37,6 +38,10 @@ class NotAllowed(IdentityError):
 
 class ProofRefused(IdentityError):
     """A renewal whose current certificate chain, timestamp or proof-of-possession fails."""
+
+
+class Revoked(IdentityError):
+    """A renewal whose current certificate is revoked (by serial, or its identity since its issue)."""
 
 
 class StateError(IdentityError):
