@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import replace
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from gateway.cli.args import Commands, actions, add_command, positive
 from gateway.cli.context import config_path, open_store, settings
 from gateway.cli.output import print_json, table
-from gateway.core.settings import ROLES, with_role
+from gateway.core.settings import ROLES
 from routes.store import TokenInfo
 from routes.tokens import DEFAULT_SCOPES, SCOPES
 
@@ -31,11 +32,13 @@ def duration(text: str) -> timedelta:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server.serve import serve
 
+    if args.role is not None:
+        # As its environment override: the file is then checked in that role as a whole (a
+        # sidecar's `listeners.inbound.app` is refused in the gateway role).
+        os.environ["PEEL_SERVER_ROLE"] = args.role
     current = settings(args)
     if args.workers is not None:
         current = replace(current, server=replace(current.server, workers=args.workers))
-    if args.role is not None:
-        current = with_role(current, args.role)
     return serve(current, config_path(args))
 
 

@@ -692,14 +692,6 @@ def resolve_paths(settings: Settings, base: Path | None) -> Settings:
                                      admin=certificates(listeners.admin)))
 
 
-def with_role(settings: Settings, role: str) -> Settings:
-    """`settings` in `role` (`peel serve --role`), checked again as a whole (`ConfigError`)."""
-    fresh = replace(settings, server=replace(settings.server, role=role))
-    _check("server", fresh.server)
-    _check("", fresh)
-    return fresh
-
-
 def settings_type_names() -> Mapping[str, str]:
     """Every settings key with its type name, for docs and `--help`."""
     return types.MappingProxyType({k: getattr(t, "__name__", str(t))

@@ -49,11 +49,20 @@ from facade.flusher import CountsFlusher, instance_id
 from facade.shadow_counts import ShadowFlusher, ShadowStats
 from gateway.core.errors import ConfigError
 from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, load_settings
+from gateway.dataplane.outbound import (
+    OutboundApp,
+    OutboundCounts,
+    app_endpoint,
+    follow_derived,
+    outbound_table,
+    sidecar_table,
+)
 from gateway.dataplane.proxy import ProxyApp
 from gateway.edge import drain
 from gateway.edge.https import Hsts, RedirectApp
 from gateway.edge.inbound import InboundListener
 from gateway.edge.listener import make_server, uvicorn_config
+from gateway.edge.outbound import Tunnels, outbound_protocol
 from gateway.edge.protocol import PeelHttpProtocol
 from gateway.edge.tls import TlsListener
 from gateway.identity.bundle import IdentityBundle, exists
@@ -200,6 +209,8 @@ class Sockets:
     admin: socket.socket
     redirect: socket.socket | None = None
     inbound: socket.socket | None = None
+    # the outbound listener's socket, then one per `service_ports` entry (docs/east-west.md)
+    outbound: tuple[socket.socket, ...] = ()
 
 
 def preflight(settings: Settings) -> Store:
@@ -272,14 +283,14 @@ class Runtime:
         self.live: LiveView | None = None
         self.leader: Leader | None = None
 
-    def start_background(self, *, counts: bool, publish: bool = False) -> None:
+    def start_background(self, *, counts: bool, publish: bool = False, lead: bool = True) -> None:
         """The watcher (and, where requests are served, the traffic-count flusher, the followers
         of new tables and, in a worker, the publisher of its live state for the master's admin)."""
         if counts:
             self.follow_tables()
         self._tasks.append(asyncio.create_task(self.watcher.run()))
         self.listen_for_changes()
-        if self.watcher.write_snapshots:  # the single process or the master: one per gateway
+        if self.watcher.write_snapshots and lead:  # the single process or the master: one per gateway
             self.lead()
         if counts:
             self._tasks.append(asyncio.create_task(self.flusher.run()))
@@ -402,11 +413,74 @@ class Runtime:
         self.servers.append(server)
         return server
 
-    def inbound(self, sock: socket.socket) -> uvicorn.Server:
-        """The inbound listener: the data plane's app (after `data_plane`), connections accepted by
-        `InboundListener` (run it with `serve_inbound`)."""
-        assert self.identity is not None and self.proxies
-        server = make_server(uvicorn_config(self.proxies[0], self.settings, listener="inbound",
+    def east_west_proxy(self, holder: TableHolder, *, own_upstreams: bool = False) -> ProxyApp:
+        """A data-plane app over `holder` (the outbound or a sidecar's inbound table), with this
+        process's access log and tracing (made here in a sidecar, which has no public listener);
+        `own_upstreams`: its own endpoint state (a sidecar's local app)."""
+        settings = self.settings
+        if self.state.access_log is None:
+            access_log = self.state.access_log = AccessLog(settings.access_log.target)
+            made = self.state.tracing = Tracing(settings.tracing) if settings.tracing.enabled else None
+
+            async def close_access_log() -> None:
+                access_log.close()
+
+            async def close_tracing() -> None:
+                if made is not None:
+                    await asyncio.to_thread(made.shutdown)
+
+            self._closers += [close_access_log, close_tracing]
+        pool = UpstreamPool(settings.proxy, dialer=self.dialer)
+        self._closers.append(pool.close)
+        tracing = self.state.tracing if isinstance(self.state.tracing, Tracing) else None
+        return ProxyApp(holder, pool, settings, self.state.access_log, counts=self.counts,
+                        upstreams=None if own_upstreams else self.upstreams, tracing=tracing,
+                        metrics=self.metrics if settings.metrics.enabled else None)
+
+    def outbound(self, socks: tuple[socket.socket, ...]) -> list[uvicorn.Server]:
+        """The outbound listener (docs/east-west.md): the data plane over the outbound table, one
+        server per socket (the listener's, then each service port's), `CONNECT` to the allow-list;
+        drained like the public listener."""
+        settings = self.settings
+        listener = settings.listeners.outbound
+        holder = follow_derived(self.holder, outbound_table)
+        counts = self.outbound_counts = OutboundCounts()
+        ports = {port: name for name, port in listener.service_ports.items()}
+        app = OutboundApp(self.east_west_proxy(holder), holder, service_ports=ports, counts=counts)
+        tunnels = Tunnels(listener.connect_allow, self.dialer, counts)
+        servers = []
+        for sock in socks:
+            config = uvicorn_config(app, settings, listener="outbound", sock_fd=sock.fileno())
+            config.http = outbound_protocol(settings.limits, tunnels)
+            server = make_server(config)
+            self.servers.append(server)
+            spare = sock.dup()
+            spare.setblocking(False)
+            self._data.append((server, spare))
+            servers.append(server)
+
+        async def close_tunnels() -> None:
+            tunnels.close()
+
+        self._closers.append(close_tunnels)
+        return servers
+
+    def sidecar_app(self) -> ProxyApp:
+        """A sidecar's inbound app: its own service's routes, answered by the local app."""
+        assert self.identity is not None
+        service = self.identity.identity.service
+        if service is None:
+            raise ConfigError("identity.state_dir", f"the identity {self.identity.identity} names no "
+                              "service (spiffe://<trust domain>/svc/<service>): a sidecar serves one")
+        app = app_endpoint(self.settings.listeners.inbound.app)
+        holder = follow_derived(self.holder, lambda table: sidecar_table(table, service, app))
+        return self.east_west_proxy(holder, own_upstreams=True)
+
+    def inbound(self, sock: socket.socket, app: ProxyApp | None = None) -> uvicorn.Server:
+        """The inbound listener: `app`, else the data plane's app (after `data_plane`), connections
+        accepted by `InboundListener` (run it with `serve_inbound`)."""
+        assert self.identity is not None and (app is not None or self.proxies)
+        server = make_server(uvicorn_config(app or self.proxies[0], self.settings, listener="inbound",
                                             sock_fd=sock.fileno()))
         self.servers.append(server)
         self.inbound_listener = InboundListener(
@@ -578,6 +652,7 @@ async def run_single(settings: Settings, store: Store, sockets: Sockets, config_
     await runtime.load_first_table()
     proxy_server = runtime.data_plane(sockets.public)
     inbound_server = runtime.inbound(sockets.inbound) if sockets.inbound else None
+    outbound_servers = runtime.outbound(sockets.outbound) if sockets.outbound else []
     admin_server = runtime.admin(store, serving=True)
     redirect_server = runtime.redirect(sockets.redirect) if sockets.redirect else None
     install_signals(runtime, config_path)
@@ -588,8 +663,12 @@ async def run_single(settings: Settings, store: Store, sockets: Sockets, config_
         serving = asyncio.create_task(admin_server.serve(sockets=[sockets.admin]))
         redirecting = _serve_redirect(redirect_server, sockets.redirect)
         inbound = asyncio.create_task(runtime.serve_inbound(inbound_server)) if inbound_server else None
+        outbound = [asyncio.create_task(server.serve(sockets=[sock]))
+                    for server, sock in zip(outbound_servers, sockets.outbound, strict=True)]
         await _notify_when_started(runtime)
         await proxying
+        for task in outbound:
+            await task
         if inbound is not None:
             await inbound
         await _stop_redirect(redirect_server, redirecting)
@@ -598,6 +677,49 @@ async def run_single(settings: Settings, store: Store, sockets: Sockets, config_
     finally:
         await runtime.close()
     return 0
+
+
+async def run_sidecar(settings: Settings, store: Store, outbound_socks: tuple[socket.socket, ...],
+                      inbound_sock: socket.socket | None, config_path: str | None,
+                      identity: IdentityBundle | None) -> int:
+    """A sidecar (`server.role = "sidecar"`, docs/east-west.md): the outbound listener for the
+    local apps and the inbound listener in front of the local app; no public or admin listener;
+    one watcher; never the fleet's leader (its control work is the gateways')."""
+    runtime = Runtime(settings, store, write_snapshots=True, identity=identity)
+    await runtime.load_first_table()
+    outbound_servers = runtime.outbound(outbound_socks) if outbound_socks else []
+    inbound_server = runtime.inbound(inbound_sock, runtime.sidecar_app()) if inbound_sock else None
+    install_signals(runtime, config_path)
+    runtime.start_background(counts=True, lead=False)
+    settle_memory()
+    try:
+        outbound = [asyncio.create_task(server.serve(sockets=[sock]))
+                    for server, sock in zip(outbound_servers, outbound_socks, strict=True)]
+        inbound = asyncio.create_task(runtime.serve_inbound(inbound_server)) if inbound_server else None
+        await _notify_when_started(runtime)
+        for task in outbound:
+            await task
+        if inbound is not None:
+            await inbound
+    finally:
+        await runtime.close()
+    return 0
+
+
+def bind_outbound(settings: Settings, passed: dict[str, socket.socket]) -> tuple[socket.socket, ...]:
+    """The outbound listener's socket, then one per `listeners.outbound.service_ports` entry (on the
+    listener's address)."""
+    listener = settings.listeners.outbound
+    socks = [bind(listener, "outbound", passed)]
+    host = f"[{listener.host}]" if ":" in listener.host else listener.host
+    for name, port in listener.service_ports.items():
+        try:
+            socks.append(bind(dataclasses.replace(listener, bind=f"{host}:{port}"), "outbound"))
+        except ConfigError as exc:
+            for sock in socks:
+                sock.close()
+            raise ConfigError(f"listeners.outbound.service_ports.{name}", exc.message) from exc
+    return tuple(socks)
 
 
 def _serve_redirect(server: uvicorn.Server | None, sock: socket.socket | None) -> asyncio.Task[None] | None:
@@ -679,12 +801,19 @@ async def _notify_when_started(runtime: Runtime) -> None:
     while not all(s.started for s in runtime.servers) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     listeners = runtime.settings.listeners
+    sidecar = runtime.settings.server.role == "sidecar"
     for name, listener in (("public", listeners.public), ("admin", listeners.admin),
                            ("redirect", listeners.redirect), ("inbound", listeners.inbound)):
+        if sidecar and name != "inbound":
+            continue
         if listener.bind and (name != "inbound" or listener.mtls != "off"):
             kind = ("https" if listener.tls else "http") if name != "redirect" else "308 to https"
             kind = f"mTLS, {listener.mtls}" if name == "inbound" else kind
             log.info("%s listener on %s (%s)", name, listener.bind, kind)
+    if runtime.settings.outbound_enabled:
+        outbound = listeners.outbound
+        log.info("outbound listener on %s (HTTP proxy for registered services%s)", outbound.bind,
+                 "".join(f", {name} on port {port}" for name, port in outbound.service_ports.items()))
     systemd.notify("READY=1", f"STATUS=serving config version {runtime.watcher.version}")
     period = systemd.watchdog_period(os.environ, os.getpid())
     if period is not None:
@@ -705,13 +834,24 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     configure_logging(settings.server.log_level)
     tls = load_tls(settings)
     identity = load_identity(settings)
-    warn_plaintext_admin(settings)
     store = preflight(settings)
     listeners = settings.listeners
     passed = passed_sockets()
+    if settings.server.role == "sidecar":
+        if not settings.outbound_enabled and listeners.inbound.mtls == "off":
+            raise ConfigError("server.role", "a sidecar serves the outbound or the inbound listener: "
+                              "both are off (listeners.outbound.enabled, listeners.inbound.mtls)")
+        outbound = bind_outbound(settings, passed) if settings.outbound_enabled else ()
+        inbound = bind(listeners.inbound, "inbound", passed) if listeners.inbound.mtls != "off" else None
+        for name, unused in passed.items():
+            log.warning("systemd passed a socket named %r that a sidecar does not use; closing it", name)
+            unused.close()
+        return _run(run_sidecar(settings, store, outbound, inbound, config_path, identity))
+    warn_plaintext_admin(settings)
     sockets = Sockets(bind(listeners.public, "public", passed), bind(listeners.admin, "admin", passed),
                       bind(listeners.redirect, "redirect", passed) if listeners.redirect.bind else None,
-                      bind(listeners.inbound, "inbound", passed) if listeners.inbound.mtls != "off" else None)
+                      bind(listeners.inbound, "inbound", passed) if listeners.inbound.mtls != "off" else None,
+                      bind_outbound(settings, passed) if settings.outbound_enabled else ())
     for name, unused in passed.items():
         log.warning("systemd passed a socket named %r that no listener uses; closing it", name)
         unused.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.errors import ConfigError
-from gateway.core.settings import load_settings, with_role
+from gateway.core.settings import load_settings
 
 
 def test_defaults_gateway_role_outbound_off_sidecar_on() -> None:
@@ -68,12 +68,3 @@ def test_allowed_non_loopback_bind_and_sidecar_with_app() -> None:
                                     "PEEL_LISTENERS_INBOUND_MTLS": "strict",
                                     "PEEL_LISTENERS_INBOUND_APP": "http://127.0.0.1:9000"})
     assert settings.listeners.inbound.app == "http://127.0.0.1:9000"
-
-
-def test_role_from_the_command_line_is_checked_again() -> None:
-    settings = load_settings(None, {"PEEL_LISTENERS_OUTBOUND_BIND": "0.0.0.0:15001"})
-    assert with_role(settings, "gateway").server.role == "gateway"
-    with pytest.raises(ConfigError, match=r"listeners\.outbound\.bind"):
-        with_role(settings, "sidecar")
-    with pytest.raises(ConfigError, match=r"server\.role"):
-        with_role(settings, "mesh")
