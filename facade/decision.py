@@ -22,7 +22,7 @@ from routes.migration import FULL_SHARE, CompiledMigration, Headers, Migration
 
 Side = Literal["to", "from"]
 # Why a request went where it went: for tests, `peel match` and the access log.
-Reason = Literal["stage", "percent", "beta-allow", "beta-deny"]
+Reason = Literal["stage", "percent", "beta-allow", "beta-deny", "carried"]
 # Trusted beta users of one request, by source: ("header", b"x-beta-user") or ("cookie", "beta").
 BetaUsers = Mapping[tuple[str, bytes | str], str]
 NO_USERS: BetaUsers = {}
@@ -33,12 +33,14 @@ class Facts:
     """What the decision needs from one request.
 
     `key` is the cohort key (header or cookie value, else the client address); `beta_user` is the
-    beta user id only when the value was trusted (`facade.beta`), else None.
+    beta user id only when the value was trusted (`facade.beta`), else None; `carried` the side an
+    earlier hop chose for this request, from a trusted source only (`facade.cohort`), else None.
     """
 
     key: str
     beta_user: str | None = None
     method: str = "GET"
+    carried: Side | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,12 @@ def decide(migration: Migration, facts: Facts, salt: str,
         return Decision("from", "stage")
     if policy.split == "all":
         return Decision("to", "stage", policy.fallback, policy.counts_misses)
+    # The side an earlier hop chose stands in for this hop's percentage bucket (beta lists and the
+    # stage came first), so a request stays on one side across the services it crosses.
+    if facts.carried == "to":
+        return Decision("to", "carried", policy.fallback, policy.counts_misses)
+    if facts.carried == "from":
+        return Decision("from", "carried")
     if in_share(salt, facts.key, migration.share):
         return Decision("to", "percent", policy.fallback, policy.counts_misses)
     return Decision("from", "percent")
@@ -88,9 +96,10 @@ def decide(migration: Migration, facts: Facts, salt: str,
 
 def decide_request(migration: CompiledMigration, headers: Headers, client: str | None, method: str,
                    beta_users: BetaUsers = NO_USERS, rand: Callable[[], float] | None = None,
-                   now: float = 0.0) -> Decision:
-    """Which side of a compiled migration answers this request (`beta_users`: trusted values only)."""
+                   now: float = 0.0, carried: Side | None = None) -> Decision:
+    """Which side of a compiled migration answers this request (`beta_users`: trusted values only;
+    `carried`: the side a trusted earlier hop chose)."""
     source = migration.beta_source
     user = beta_users.get(source) if source is not None else None
-    return decide(migration.spec, Facts(migration.cohort_key(headers, client), user, method),
+    return decide(migration.spec, Facts(migration.cohort_key(headers, client), user, method, carried),
                   migration.salt, rand, now)

@@ -17,6 +17,10 @@ DOWNSTREAM = "peel.downstream"
 # On the inbound listener: the connection's `Peer` (its verified SPIFFE ID, or None in plaintext
 # or without a client certificate); None on the other listeners. Read once per connection.
 PEER = "peel.peer"
+# The kind of listener a request came in on when it is not the app's default ("outbound": a local
+# app on this VM); the inbound listener is known by its `PEER`. Cohorts and the dependency graph
+# read it (docs/east-west.md).
+LISTENER = "peel.listener"
 
 
 class Peer:
@@ -65,4 +69,5 @@ class Downstream:
             callback()
 
 
-__all__ = ["DOWNSTREAM", "PEER", "TARGET", "Downstream", "Message", "Peer", "Receive", "Scope", "Send"]
+__all__ = ["DOWNSTREAM", "LISTENER", "PEER", "TARGET", "Downstream", "Message", "Peer", "Receive", "Scope",
+           "Send"]

@@ -20,6 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from facade.cohort import with_side
 from gateway.core.asgi import Downstream, Receive
 from gateway.core.errors import (
     CircuitOpen,
@@ -314,6 +315,9 @@ class Forwarder:
             headers += self._deadlines.outgoing(remaining)
         if trace_headers:
             headers += trace_headers
+        if req.baggage:
+            # Peel's baggage member: the side chosen for this request (facade.cohort), or none.
+            headers = with_side(headers, req.cohort)
         headers = route.request_headers.apply(headers)
         target = route.rewrite_path(req.path).encode("ascii", "backslashreplace")
         if req.query:

@@ -25,7 +25,7 @@ from facade.beta import BetaTrust
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
 from facade.decision import Decision
 from facade.shadow_counts import ShadowStats
-from gateway.core.asgi import PEER, TARGET, Peer, Receive, Scope, Send
+from gateway.core.asgi import LISTENER, PEER, TARGET, Peer, Receive, Scope, Send
 from gateway.core.settings import DeadlineSettings, FacadeSettings, ProxySettings, Settings
 from gateway.dataplane.buffering import Watch, read_body
 from gateway.dataplane.forward import Forwarder
@@ -39,6 +39,7 @@ from gateway.http.paths import DEFAULT_RULES, path_rules
 from gateway.policy.deadline import DeadlineRules
 from gateway.policy.ratelimit import RateLimiters
 from gateway.telemetry.accesslog import AccessLog
+from gateway.telemetry.graph import EdgeCounts
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing
 from gateway.upstream.endpoints import Upstreams
@@ -60,18 +61,26 @@ class ProxyApp:
     trust then comes from `facade`, default: nobody trusted; deadlines from `[deadlines]`'s
     defaults); `access_log` may be None for none; `counts` receives the per-route traffic counts of
     migrations (None: not counted); `upstreams` keeps the endpoints' live state (balancing, health,
-    ejection; made here when not given); `tracing` and `metrics` are None when off.
+    ejection; made here when not given); `tracing` and `metrics` are None when off; `graph`
+    receives every request's dependency-graph edge (None: not recorded); `listener` is the kind of
+    listener this app serves ("public" or "outbound"; a request with a peer is "inbound", and a
+    request's `peel.listener` extension overrides it).
     """
 
     def __init__(self, holder: TableHolder, pool: UpstreamPool, settings: ProxySettings | Settings,
                  access_log: AccessLog | None = None, *, facade: FacadeSettings | None = None,
                  counts: TrafficCounts | None = None, upstreams: Upstreams | None = None,
                  tracing: Tracing | None = None, metrics: Metrics | None = None,
-                 shadow_stats: ShadowStats | None = None) -> None:
+                 shadow_stats: ShadowStats | None = None,
+                 graph: EdgeCounts | None = None, listener: str = "public") -> None:
         # The path rules come with the whole settings; given only `proxy`, the defaults apply.
         self._paths = DEFAULT_RULES
         deadlines = DeadlineSettings()
+        trust_domain: str | None = None
+        self.graph = graph
+        self.listener = listener
         if isinstance(settings, Settings):
+            trust_domain = settings.identity.trust_domain
             facade = facade or settings.facade
             self._paths = path_rules(settings.paths)
             deadlines = settings.deadlines
@@ -94,7 +103,7 @@ class ProxyApp:
         # the resolve step of this listener (its beta filter's counts are published as metrics)
         self.resolver = self._resolver = Resolver(
             paths=self._paths, deadlines=self._deadlines, limiters=RateLimiters(),
-            beta=BetaTrust(facade.trusted_networks, facade.beta_secret))
+            beta=BetaTrust(facade.trusted_networks, facade.beta_secret), trust_domain=trust_domain)
         self._log = access_log if access_log is not None and access_log.enabled else None
         self._websocket = WebSocketProxy(holder, self._resolver, rules=self._rules, settings=settings,
                                          dialer=pool.dialer,
@@ -132,6 +141,7 @@ class ProxyApp:
         length: bytes | None = None
         chunked = False
         deadline = False
+        baggage = False
         for name, value in scope["headers"]:
             if name == b"host":
                 host = value
@@ -144,20 +154,24 @@ class ProxyApp:
                 request_id = value
             elif name in deadline_names:
                 deadline = True
+            elif name == b"baggage":
+                baggage = True
         req = RequestState(request_id or new_request_id(), scope, receive, send)
         metrics = self._metrics
         if metrics is not None:
             metrics.in_flight += 1
         host_name = hostname(host) if host is not None else ""
         # the inbound listener's caller (gateway.edge.protocol reads it once per connection)
-        peer: Peer | None = scope["extensions"].get(PEER) if "extensions" in scope else None
+        extensions = scope.get("extensions") or {}
+        peer: Peer | None = extensions.get(PEER)
+        listener = "inbound" if peer is not None else extensions.get(LISTENER) or self.listener
         if self._tracing is not None:
             req.trace = self._tracing.start(scope["headers"], req.client, req.method,
                                             scope.get("path", ""), host_name)
             if peer is not None and peer.identity is not None:
                 req.trace.peer(peer.identity)
         try:
-            await self._handle(req, host, hosts, length, chunked, deadline, peer)
+            await self._handle(req, host, hosts, length, chunked, deadline, peer, listener, baggage)
         except BodyTooLarge as exc:
             # A chunked body passed the route's cap: the upstream exchange was cut either way.
             req.error = "body-too-large"
@@ -187,6 +201,16 @@ class ProxyApp:
                 metrics.request(req.route, req.service, req.side, req.status, duration)
                 if peer is not None:
                     metrics.inbound(peer.mtls, peer.source)
+            graph = self.graph
+            if graph is not None:
+                # the edge: who called, and the service that answered (or would have: a refusal
+                # after matching names the route's service)
+                destination = req.service or (req.compiled.service.name if req.compiled is not None
+                                              else None)
+                if destination is not None:
+                    graph.record(listener, graph.source(listener, peer.source if peer is not None
+                                                        else None),
+                                 destination, req.status, _failed(req), duration)
             if self._log is not None:
                 self._log.log(req.request_id, req.client, req.method, scope.get("path", ""), req.route,
                               req.service, req.endpoint, req.status, req.bytes_in, req.bytes_out,
@@ -197,14 +221,16 @@ class ProxyApp:
                               peer=peer.identity if peer is not None else None)
 
     async def _handle(self, req: RequestState, host_header: bytes | None, hosts: int,
-                      length: bytes | None, chunked: bool, deadline: bool, peer: Peer | None) -> None:
+                      length: bytes | None, chunked: bool, deadline: bool, peer: Peer | None,
+                      listener: str = "public", baggage: bool | None = None) -> None:
         scope = req.scope
         table = self._holder.table
         extensions = scope.get("extensions") or {}
         incoming = Incoming(req.method, scope.get("raw_path") or scope["path"].encode("utf-8"),
                             scope["query_string"], scope["headers"], req.client,
                             target=extensions.get(TARGET), host_header=host_header, hosts=hosts,
-                            length=length, deadline=deadline, peer=peer)
+                            length=length, deadline=deadline, peer=peer, listener=listener,
+                            baggage=baggage)
         resolved = self._resolver.resolve(table, incoming, _now())
         if isinstance(resolved, Refusal):
             return await self._refuse(req, resolved)
@@ -216,6 +242,9 @@ class ProxyApp:
                 self._metrics.authz_dry_run(route.name)
         req.route = route.name
         req.compiled = route
+        if resolved.baggage:
+            req.baggage = True
+            req.cohort = resolved.cohort
         scope["path"] = resolved.path
         scope["headers"] = resolved.headers
         if req.trace is not None:
@@ -308,3 +337,9 @@ class ProxyApp:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _failed(req: RequestState) -> bool:
+    """The answer failed on the upstream's side without a 5xx status: cut after it started (a 5xx,
+    Peel's own 502/503/504 included, is counted as an error by its status)."""
+    return req.error is not None and req.status < 400 and req.error != "downstream-disconnected"

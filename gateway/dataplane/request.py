@@ -14,6 +14,7 @@ from gateway.core.asgi import Downstream, Receive, Scope, Send
 from gateway.upstream.pool import ExchangeAborted
 
 if TYPE_CHECKING:
+    from facade.decision import Side
     from gateway.dataplane.buffering import BufferedBody
     from gateway.telemetry.tracing import RequestTrace
     from routes.model import Endpoint
@@ -35,7 +36,8 @@ class RequestState:
     goes and ends up in the access log, the metrics and the trace.
     """
 
-    __slots__ = ("attempts", "body", "bytes_in", "bytes_out", "chunked", "client", "compiled", "deadline",
+    __slots__ = ("attempts", "baggage", "body", "bytes_in", "bytes_out", "chunked", "client", "cohort",
+                 "compiled", "deadline",
                  "detail", "endpoint", "error", "fallback", "has_body", "host_header", "length", "method",
                  "path", "query", "receive", "request_id", "response_headers", "route", "scope",
                  "send", "sent", "service", "side", "started", "status", "trace", "upstream")
@@ -59,6 +61,9 @@ class RequestState:
         self.body: BufferedBody | None = None
         self.deadline: float | None = None  # time.monotonic() by which the answer must be complete
         self.trace: RequestTrace | None = None
+        # the outgoing `baggage` is rewritten with this side of a migration (facade.cohort)
+        self.baggage = False
+        self.cohort: Side | None = None
         # extra headers for the downstream response (the route's rate-limit state)
         self.response_headers: list[tuple[bytes, bytes]] | None = None
         # -- outcome

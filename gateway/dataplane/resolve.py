@@ -21,6 +21,12 @@ get. In order (DESIGN.md, "The request path"):
    millisecond is left); the deadline headers are stripped either way;
 9. the facade decision for a migrated route (`facade.decision.decide_request`): which side answers.
 
+Between 4 and 5, cohorts across hops (`facade.cohort`, docs/east-west.md): a `peel-side` baggage
+member is honoured only from a trusted source (a local app on the outbound listener, an mTLS peer in
+`trust_domain` on the inbound listener) and stands in for the migration's percentage bucket; from
+anyone else Peel's members are stripped (other members kept). `Resolution.cohort` is the side to
+carry upstream and `Resolution.baggage` whether the outgoing `baggage` must be rewritten.
+
 Between 5 and 6, authorization by identity (`docs/mtls.md`): the route's `authorization` policy
 against the peer (`Incoming.peer`, the inbound listener's `Peer`; None elsewhere), 403
 `forbidden-identity` naming the route's policy; in `dry_run` mode the request passes and
@@ -36,7 +42,8 @@ from __future__ import annotations
 
 from facade.beta import BetaTrust
 from facade.beta_filter import TableBetaFilter
-from facade.decision import NO_USERS, BetaUsers, Decision, decide_request
+from facade.cohort import BAGGAGE, carried_side, strip_members, to_carry, trusted_source
+from facade.decision import NO_USERS, BetaUsers, Decision, Side, decide_request
 from gateway.core.asgi import Peer
 from gateway.http.hosts import absolute_target, parse_host
 from gateway.http.paths import DEFAULT_RULES, PathRules, normalise
@@ -54,17 +61,21 @@ class Incoming:
     `/`), else the raw path; `host_header` is the (first) Host header and `hosts` how many there
     were; `length` the Content-Length value; `deadline` whether a deadline header is present (the
     HTTP listener spots it while it reads the headers once; None: look); `peer` the inbound
-    listener's `Peer` (the caller's identity; None on other listeners).
+    listener's `Peer` (the caller's identity; None on other listeners); `listener` the kind of
+    listener it came in on ("public", "outbound"; a `peer` makes it "inbound"); `baggage` whether a
+    `baggage` header is present (None: look).
     """
 
-    __slots__ = ("client", "deadline", "headers", "host_header", "hosts", "length", "method", "peer",
-                 "query", "raw_path", "target")
+    __slots__ = ("baggage", "client", "deadline", "headers", "host_header", "hosts", "length", "listener",
+                 "method", "peer", "query", "raw_path", "target")
 
     def __init__(self, method: str, raw_path: bytes, query: bytes, headers: Headers, client: str | None,
                  *, target: bytes | None = None, host_header: bytes | None = None, hosts: int = -1,
                  length: bytes | None = None, deadline: bool | None = None,
-                 peer: Peer | None = None) -> None:
+                 peer: Peer | None = None, listener: str = "public", baggage: bool | None = None) -> None:
         self.peer = peer
+        self.listener = "inbound" if peer is not None else listener
+        self.baggage = baggage
         self.method = method
         self.raw_path = raw_path
         self.target = target
@@ -91,11 +102,13 @@ class Resolution:
     `service` is the service that answers (a migration's chosen side, else the route's); `decision`
     is the facade's (None without a migration); `deadline` the absolute deadline on the caller's
     clock (None: none); `rate_headers` the `RateLimit` headers to add to the answer;
-    `authority` the host[:port] of an absolute-form target, which replaces Host upstream.
+    `authority` the host[:port] of an absolute-form target, which replaces Host upstream;
+    `cohort` the side to carry upstream in `baggage` (`facade.cohort`) and `baggage` whether the
+    outgoing `baggage` is rewritten (the request had one, or there is a side to carry).
     """
 
-    __slots__ = ("authority", "beta_users", "deadline", "decision", "dry_run_denied", "headers", "host",
-                 "path", "query", "rate_headers", "route", "service")
+    __slots__ = ("authority", "baggage", "beta_users", "cohort", "deadline", "decision", "dry_run_denied",
+                 "headers", "host", "path", "query", "rate_headers", "route", "service")
 
     def __init__(self, route: CompiledRoute, service: CompiledService, host: str, path: str, query: bytes,
                  headers: Headers, beta_users: BetaUsers, deadline: float | None,
@@ -114,6 +127,8 @@ class Resolution:
         self.authority = authority
         # the route's authorization policy in dry_run mode would have refused this request
         self.dry_run_denied = False
+        self.cohort: Side | None = None
+        self.baggage = False
 
 
 class Refusal:
@@ -140,12 +155,18 @@ class Refusal:
 
 class Resolver:
     """The resolve step of one listener (or of `/match`): its path rules, beta trust, deadline
-    rules and rate limiters. `limiters=None` takes no tokens (what `/match` asks)."""
+    rules and rate limiters. `limiters=None` takes no tokens (what `/match` asks). `trust_domain`
+    is this gateway's: inbound peers in it may carry a cohort (None: no peer may).
+    `cohort_stripped` counts the requests whose `peel-*` baggage members were stripped."""
 
-    __slots__ = ("_beta", "_deadlines", "_limiters", "_paths", "beta_trust")
+    __slots__ = ("_beta", "_deadlines", "_limiters", "_paths", "beta_trust", "cohort_stripped",
+                 "trust_domain")
 
     def __init__(self, *, paths: PathRules = DEFAULT_RULES, beta: BetaTrust | None = None,
-                 deadlines: DeadlineRules, limiters: RateLimiters | None = None) -> None:
+                 deadlines: DeadlineRules, limiters: RateLimiters | None = None,
+                 trust_domain: str | None = None) -> None:
+        self.trust_domain = trust_domain
+        self.cohort_stripped = 0
         self._paths = paths
         self.beta_trust = beta if beta is not None else BetaTrust()
         self._beta = TableBetaFilter(self.beta_trust)
@@ -202,6 +223,21 @@ class Resolver:
             cleaned, beta_users = self._beta.for_table(table).apply(headers, client, wall)
             if cleaned is not None:
                 headers = cleaned
+        carried: Side | None = None
+        baggage = incoming.baggage
+        if baggage is None:
+            baggage = any(name == BAGGAGE for name, _ in headers)
+        if baggage:
+            side, ours = carried_side(headers)
+            if ours:
+                peer = incoming.peer
+                if trusted_source(incoming.listener, peer.identity if peer is not None else None,
+                                  peer is not None and peer.mtls, self.trust_domain):
+                    carried = side
+                else:
+                    # A cohort is not the client's to pick: gone before matching and forwarding.
+                    headers = strip_members(headers)
+                    self.cohort_stripped += 1
         method = incoming.method
         query = incoming.query
         route = table.match(method, host, path, query, headers)
@@ -259,10 +295,15 @@ class Resolver:
         if migration is None:
             resolution = Resolution(route, route.service, host, path, query, headers, beta_users, until,
                                     None, rate_headers, authority)
+            cohort = carried
         else:
-            decision = decide_request(migration, headers, client, method, beta_users)
+            decision = decide_request(migration, headers, client, method, beta_users, carried=carried)
             resolution = Resolution(route, migration.service(decision.side), host, path, query, headers,
                                     beta_users, until, decision, rate_headers, authority)
+            cohort = to_carry(decision, migration.spec.policy.split, carried)
         if dry_run_denied:
             resolution.dry_run_denied = True
+        if baggage or cohort is not None:
+            resolution.cohort = cohort
+            resolution.baggage = True
         return resolution
