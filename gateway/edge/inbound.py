@@ -39,9 +39,8 @@ import contextlib
 import logging
 import socket
 import ssl
-import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
@@ -86,10 +85,11 @@ class InboundListener:
         self.closed = False
         self.document_mode: str | None = None
         self.revocations: Revocations = NO_REVOCATIONS
-        # open connections that presented a certificate, by transport (weak: an upgraded
-        # WebSocket's transport outlives the HTTP protocol that would remove it)
-        self._open: weakref.WeakKeyDictionary[asyncio.BaseTransport, CertFacts] = \
-            weakref.WeakKeyDictionary()
+        # open connections that presented a certificate, by transport. Not weak: uvloop's TLS
+        # transports take no weak reference. An upgraded WebSocket's transport outlives the HTTP
+        # protocol that would remove it, so closed ones are pruned as the dict grows (`_admit`).
+        self._open: dict[asyncio.BaseTransport, CertFacts] = {}
+        self._prune_at = 64
         self._guards: dict[type, type] = {}
 
     def current_mode(self) -> str:
@@ -122,8 +122,7 @@ class InboundListener:
             if cycle is not None:
                 cycle.disconnected = True  # cut on purpose: not "returned without a response"
             self._open.pop(transport, None)
-            assert isinstance(transport, asyncio.Transport)
-            transport.abort()
+            cast(asyncio.Transport, transport).abort()  # uvloop's are not asyncio's subclasses
             closed += 1
         return closed
 
@@ -145,6 +144,10 @@ class InboundListener:
                         describe(found))
             transport.abort()
             return False
+        if len(self._open) >= self._prune_at:
+            for gone in [t for t in self._open if t.is_closing()]:
+                del self._open[gone]
+            self._prune_at = max(64, 2 * len(self._open))
         self._open[transport] = facts
         return True
 
