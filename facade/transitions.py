@@ -19,8 +19,9 @@ from routes.store import Transition
 
 # action -> (stages it may start from, the stage it leaves the migration in)
 ALLOWED: Mapping[str, tuple[frozenset[str], str]] = {
-    "shift": (frozenset({"legacy", "canary", "migrated"}), "canary"),
-    "promote": (frozenset({"legacy", "canary"}), "migrated"),
+    "shadow": (frozenset({"legacy", "canary"}), "shadow"),
+    "shift": (frozenset({"legacy", "shadow", "canary", "migrated"}), "canary"),
+    "promote": (frozenset({"legacy", "shadow", "canary"}), "migrated"),
     "retire": (frozenset({"migrated"}), "retired"),
     "rollback": (frozenset(STAGES), "legacy"),
 }
@@ -75,7 +76,7 @@ def _move(action: str, doc: Document, name: str, share: int | None = None) -> Do
                             f"{action} is not allowed from stage {migration.stage} (only from "
                             f"{allowed})", migration.stage)
     new_share = migration.share if share is None else share
-    if target == "legacy":
+    if target in ("legacy", "shadow"):
         new_share = 0
     return _put(doc, route, replace(migration, stage=target, share=new_share))
 
@@ -83,6 +84,11 @@ def _move(action: str, doc: Document, name: str, share: int | None = None) -> Do
 def shift(doc: Document, name: str, percent: object) -> Document:
     """Send `percent` of the route's users (sticky) to `to`: stage canary."""
     return _move("shift", doc, name, parse_percent(percent, "percent"))
+
+
+def shadow(doc: Document, name: str) -> Document:
+    """`from` answers everyone; a sampled copy goes to `to` and is compared: stage shadow."""
+    return _move("shadow", doc, name)
 
 
 def promote(doc: Document, name: str) -> Document:

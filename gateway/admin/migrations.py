@@ -5,7 +5,7 @@
     GET  /api/v1/migrations/{route}/history      its transitions, newest first
     POST /api/v1/migrations/{route}/start        {"to": SERVICE, "cohort": {...}, "beta": {...}}
     POST /api/v1/migrations/{route}/shift        {"percent": N}
-    POST /api/v1/migrations/{route}/promote | retire | rollback
+    POST /api/v1/migrations/{route}/shadow | promote | retire | rollback
 
 Every transition is one config version (through `routes.changes.commit_change`, so `If-Match` and
 the compile check apply) and one `migration_transitions` row in the same transaction. A refused
@@ -83,7 +83,7 @@ class MigrationResource:
                HTTPRoute(base + "/{route}/history", self.history, methods=["GET"]),
                HTTPRoute(base + "/{route}/start", self.start, methods=["POST"]),
                HTTPRoute(base + "/{route}/shift", self.shift, methods=["POST"])]
-        for action in ("promote", "retire", "rollback"):
+        for action in ("shadow", "promote", "retire", "rollback"):
             out.append(HTTPRoute(f"{base}/{{route}}/{action}", self._simple(action), methods=["POST"]))
         return out
 

@@ -448,11 +448,13 @@ def _migrations() -> dict[str, Schema]:
         base + "/{route}/shift": {"parameters": [route], "post": transition(
             "Send a sticky percentage of users to `to` (stage canary)", "ShiftRequest")},
     }
-    for action, summary in (("promote", "All users to `to`, `from` kept as fallback (migrated)"),
+    for action, summary in (("shadow", "`from` answers, a copy goes to `to` and is compared (shadow)"),
+                            ("promote", "All users to `to`, `from` kept as fallback (migrated)"),
                             ("retire", "No more fallback to `from` (retired; from migrated only)"),
                             ("rollback", "All traffic back to `from` (legacy), from any stage")):
-        paths[f"{base}/{{route}}/{action}"] = {"parameters": [route],
-                                               "post": transition(summary, "ReasonRequest", False)}
+        # `.../shadow` also answers GET (the shadow's report)
+        item = paths.setdefault(f"{base}/{{route}}/{action}", {"parameters": [route]})
+        item["post"] = transition(summary, "ReasonRequest", False)
     return paths
 
 

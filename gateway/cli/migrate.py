@@ -186,7 +186,9 @@ def register(commands: Commands) -> None:
     p.add_argument("route", metavar="ROUTE")
     p.add_argument("--percent", required=True, type=percent_arg, metavar="N", help="0-100, to 0.01")
     write_options(p)
-    for action, help_text in (("promote", "all users to the new service, the old one kept as fallback "
+    for action, help_text in (("shadow", "the old service answers everyone; a copy goes to the new one "
+                                         "and is compared (stage shadow; see peel shadow report)"),
+                              ("promote", "all users to the new service, the old one kept as fallback "
                                           "(stage migrated)"),
                               ("retire", "no more fallback to the old service (stage retired; from "
                                          "migrated only)"),
