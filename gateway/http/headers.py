@@ -26,10 +26,12 @@ from gateway.core.trust import TrustedNetworks
 Headers = list[tuple[bytes, bytes]]
 _getrandbits = random.getrandbits
 
-# RFC 9110 section 7.6.1, plus the pre-standard Keep-Alive and Proxy-Connection.
+# RFC 9110 section 7.6.1, plus the pre-standard Keep-Alive and Proxy-Connection, and `Proxy`: no
+# HTTP header at all, but a CGI-style app reads it as its HTTP_PROXY variable (httpoxy), so it never
+# reaches an upstream from any listener.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"proxy",
 })
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"

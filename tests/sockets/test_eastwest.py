@@ -76,6 +76,7 @@ class Mesh:
     inbound: int  # the orders sidecar's inbound listener
     tunnel_target: int  # a TCP listener on the CONNECT allow-list
     tunnel_listener: socket.socket
+    closed_port: int  # on the CONNECT allow-list, nothing listens
     ca: CertificateAuthority
 
 
@@ -95,13 +96,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     db = f"sqlite:///{tmp / 'peel.db'}"
     outbound, orders_port, inbound, orders_outbound = free_port(), free_port(), free_port(), free_port()
     echo, echo_port = _tcp_echo()
+    closed_port = free_port()
     (tmp / "monolith").mkdir()
     (tmp / "orders").mkdir()
     mono_id = write_identity(ca, tmp / "monolith" / "identity", "monolith")
     orders_id = write_identity(ca, tmp / "orders" / "identity", "orders")
     monolith = Sidecar(tmp / "monolith", url=db, extra_settings=(
         f'[listeners.outbound]\nbind = "127.0.0.1:{outbound}"\nservice_ports = {{orders = {orders_port}}}\n'
-        f'connect_allow = ["127.0.0.1:{echo_port}"]\n'
+        f'connect_allow = ["127.0.0.1:{echo_port}", "127.0.0.1:{closed_port}"]\n'
         f'[identity]\nstate_dir = "{mono_id.directory}"\n'))
     monolith.ports = (outbound, orders_port)
     orders = Sidecar(tmp / "orders", url=db, extra_settings=(
@@ -127,7 +129,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     try:
         started.append(orders.start())
         started.append(monolith.start())
-        yield Mesh(tmp, app, monolith, orders, outbound, orders_port, inbound, echo_port, echo, ca)
+        yield Mesh(tmp, app, monolith, orders, outbound, orders_port, inbound, echo_port, echo,
+                   closed_port, ca)
     finally:
         for sidecar in started:
             sidecar.stop()
@@ -252,8 +255,8 @@ def _connect(port: int, authority: str) -> tuple[bytes, socket.socket]:
 
 def test_connect_only_to_the_allow_list(mesh: Mesh) -> None:
     head, sock = _connect(mesh.outbound, "example.com:443")
-    sock.close()
-    assert head.startswith(b"HTTP/1.1 403"), head
+    answer = head + _rest(sock)
+    assert head.startswith(b"HTTP/1.1 403") and b"connect-refused" in answer, answer
     head, sock = _connect(mesh.outbound, f"127.0.0.1:{mesh.tunnel_target}")
     try:
         assert head.startswith(b"HTTP/1.1 200"), head
@@ -266,8 +269,42 @@ def test_connect_only_to_the_allow_list(mesh: Mesh) -> None:
         echo.close()
     finally:
         sock.close()
+    head, sock = _connect(mesh.outbound, f"127.0.0.1:{mesh.closed_port}")
+    answer = head + _rest(sock)
+    assert head.startswith(b"HTTP/1.1 502") and b"upstream-connect-failed" in answer, answer
     # the orders sidecar has no allow-list: CONNECT is not offered there
     head, sock = _connect(mesh.orders.ports[1], f"127.0.0.1:{mesh.tunnel_target}")
     sock.close()
     assert head.startswith(b"HTTP/1.1 405")
 
+
+
+def _rest(sock: socket.socket) -> bytes:
+    """What the listener sends until it closes (a refusal's body)."""
+    out = b""
+    with sock:
+        while chunk := sock.recv(4096):
+            out += chunk
+    return out
+
+
+def test_the_gateway_role_runs_the_outbound_listener_when_enabled(mesh: Mesh) -> None:
+    """A gateway (public and admin listeners) with `listeners.outbound.enabled = true`."""
+    outbound = free_port()
+    tmp = mesh.tmp / "gateway"
+    tmp.mkdir()
+    gateway = PeelServe(tmp, url=mesh.monolith.url, extra_settings=(
+        f'[listeners.outbound]\nenabled = true\nbind = "127.0.0.1:{outbound}"\n'
+        f'[identity]\nstate_dir = "{mesh.tmp / "monolith" / "identity"}"\n'))
+    gateway.start()
+    try:
+        wait_for(lambda: accepting(outbound), 30, "the gateway's outbound listener")
+        status, body = _request(outbound, "GET", "http://orders/from-gateway")
+        assert status == 200 and _echo(body)["target"] == "/from-gateway"
+        # the public listener is as before: the route table, and absolute form only for route hosts
+        status, _, body = gateway.get("/public")
+        assert status == 200 and _echo(body)["target"] == "/public"
+        status, _, body = gateway.get("http://example.com/")
+        assert status == 400 and json.loads(body)["code"] == "not-an-open-proxy"
+    finally:
+        gateway.stop()

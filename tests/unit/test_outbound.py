@@ -211,3 +211,11 @@ def test_connect_allow_list(host: str, port: int, allowed: bool) -> None:
     allow = ("api.github.com:443", "*.example.com:443", "10.0.0.9:5432")
     assert connect_allowed(host, port, allow) is allowed
     assert not connect_allowed(host, port, ())
+
+
+def test_proxy_header_never_reaches_an_upstream_from_any_listener() -> None:
+    """httpoxy: the public and inbound listeners strip `Proxy` too (the hop-by-hop rules)."""
+    from gateway.http.headers import strip_hop_by_hop
+
+    headers = [(b"proxy", b"http://evil.example:1"), (b"accept", b"*/*")]
+    assert strip_hop_by_hop(headers) == [(b"accept", b"*/*")]
