@@ -278,10 +278,14 @@ class Resolver:
             names = deadlines.names
             has_deadline = any(name in names for name, _ in headers)
         if has_deadline:
-            # The incoming deadline counts from trusted networks only; either way Peel's own
-            # (the remaining budget) replaces it upstream.
+            # The incoming deadline counts from trusted networks, or from a peer gateway of the
+            # trust domain (the remaining budget of the caller's hop, docs/east-west.md), only;
+            # either way Peel's own (the remaining budget) replaces it upstream.
+            peer = incoming.peer
+            gateway = peer is not None and peer.mtls and trusted_source(
+                "inbound", peer.identity, True, self.trust_domain)
             try:
-                until = deadlines.read(headers, client, now)
+                until = deadlines.read(headers, client, now, trusted=gateway)
             except ValueError as exc:
                 return Refusal(400, "bad-deadline", f"the deadline header is refused: {exc}", route=route)
             headers = deadlines.strip(headers)

@@ -118,15 +118,16 @@ class DeadlineRules:
         # Whether the downstream peer at `client` may set a deadline (no networks: nobody may).
         self.trusts = TrustedNetworks(settings.trusted_networks).contains
 
-    def read(self, headers: Iterable[tuple[bytes, bytes]], client: str | None, now: float) -> float | None:
+    def read(self, headers: Iterable[tuple[bytes, bytes]], client: str | None, now: float, *,
+             trusted: bool = False) -> float | None:
         """The absolute deadline (on the clock `now` is from) the request carries, or None.
 
-        None when the client is not trusted or sent no deadline header. When several values are
-        present (both headers, or one twice) the earliest deadline wins: a caller can only be
-        waiting for the shortest. A malformed value from a trusted client raises ValueError with
-        the reason (the proxy answers 400 `bad-deadline`).
+        None when the client is not trusted (`trusted`: whatever its address) or sent no deadline
+        header. When several values are present (both headers, or one twice) the earliest deadline
+        wins: a caller can only be waiting for the shortest. A malformed value from a trusted
+        client raises ValueError with the reason (the proxy answers 400 `bad-deadline`).
         """
-        if not self.trusts(client):
+        if not trusted and not self.trusts(client):
             return None
         shortest: float | None = None
         for name, value in headers:

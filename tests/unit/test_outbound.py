@@ -219,3 +219,31 @@ def test_proxy_header_never_reaches_an_upstream_from_any_listener() -> None:
 
     headers = [(b"proxy", b"http://evil.example:1"), (b"accept", b"*/*")]
     assert strip_hop_by_hop(headers) == [(b"accept", b"*/*")]
+
+
+def test_a_peer_gateway_of_the_trust_domain_sets_the_deadline() -> None:
+    """The caller's hop sends its remaining budget; the peer's inbound listener honours it from an
+    mTLS peer of its trust domain whatever its address, and from nobody else outside the trusted
+    networks."""
+    from gateway.core.asgi import Peer
+    from gateway.core.settings import DeadlineSettings
+    from gateway.dataplane.resolve import Incoming, Resolution, Resolver
+    from gateway.policy.deadline import DeadlineRules
+
+    resolver = Resolver(deadlines=DeadlineRules(DeadlineSettings()), trust_domain="peel.internal")
+    inbound = sidecar_table(table(), "orders", app_endpoint("http://127.0.0.1:9000"))
+    headers = [(b"host", b"orders"), (b"peel-timeout-ms", b"500")]
+
+    def deadline(peer: Peer | None) -> float | None:
+        found = resolver.resolve(inbound, Incoming("GET", b"/x", b"", list(headers), "10.0.3.7",
+                                                   peer=peer), 100.0)
+        assert isinstance(found, Resolution), found
+        assert all(name != b"peel-timeout-ms" for name, _ in found.headers)
+        return found.deadline
+
+    gateway = Peer("spiffe://peel.internal/svc/monolith", mtls=True, strict=False, address="10.0.3.7")
+    assert deadline(gateway) == pytest.approx(100.5)
+    foreign = Peer("spiffe://other.example/svc/monolith", mtls=True, strict=False, address="10.0.3.7")
+    assert deadline(foreign) is None
+    assert deadline(Peer(None, mtls=False, strict=False, address="10.0.3.7")) is None
+    assert deadline(None) is None
