@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from gateway.cli import ca, config, doctor, join, local, migrate, mtls, rules, shadow
+from gateway.cli import ca, config, doctor, graph, join, local, migrate, mtls, rules, shadow
 from gateway.cli.args import Commands, global_options
 
 COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
@@ -21,6 +21,7 @@ COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     ca.register,       # ca init, rotate, status, issue (local: the CA's directory)
     join.register,     # join-token create, list, revoke (local); join (to the control plane)
     mtls.register,     # mtls readiness
+    graph.register,    # graph (the dependency graph)
     doctor.register,   # doctor proxy-env (local: measures this machine's HTTP clients)
 )
 

@@ -71,6 +71,7 @@ from gateway.server import systemd
 from gateway.server.leader import AlwaysLease, Leader, cancel, leader_jobs
 from gateway.server.supervisor import HANDLED, Supervisor
 from gateway.telemetry.accesslog import AccessLog
+from gateway.telemetry.graph import EdgeCounts, GraphFlusher
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.procstats import LiveView, ProcessState, Publisher
 from gateway.telemetry.tracing import Tracing
@@ -252,6 +253,11 @@ class Runtime:
         self.counts = TrafficCounts()
         self.flusher = CountsFlusher(store, self.counts, instance=instance_id(),
                                      interval=settings.facade.counts_interval)
+        # the dependency graph's edges (docs/east-west.md), flushed like the traffic counts; the
+        # outbound listener's callers are this gateway's own service
+        self.graph = EdgeCounts(local=str(identity.identity) if identity is not None else None)
+        self.graph_flusher = GraphFlusher(store, self.graph, instance=instance_id(),
+                                          interval=settings.facade.counts_interval)
         # the shadow stage's comparison counts, flushed like the traffic counts
         self.shadow_stats = ShadowStats()
         self.shadow_flusher = ShadowFlusher(store, self.shadow_stats, instance=instance_id(),
@@ -295,6 +301,8 @@ class Runtime:
         if counts:
             self._tasks.append(asyncio.create_task(self.flusher.run()))
             self._closers.append(self.flusher.flush)
+            self._tasks.append(asyncio.create_task(self.graph_flusher.run()))
+            self._closers.append(self.graph_flusher.flush)
             self._tasks.append(asyncio.create_task(self.shadow_flusher.run()))
             self._closers.append(self.shadow_flusher.flush)
             self._closers.append(self.health.close)
@@ -371,7 +379,7 @@ class Runtime:
         tracing = Tracing(settings.tracing) if settings.tracing.enabled else None
         self.state.tracing = tracing
         app = ProxyApp(self.holder, pool, settings, access_log, counts=self.counts,
-                       shadow_stats=self.shadow_stats,
+                       shadow_stats=self.shadow_stats, graph=self.graph,
                        upstreams=self.upstreams, tracing=tracing,
                        metrics=self.metrics if settings.metrics.enabled else None)
         self.proxies.append(app)
@@ -434,7 +442,8 @@ class Runtime:
         self._closers.append(pool.close)
         tracing = self.state.tracing if isinstance(self.state.tracing, Tracing) else None
         return ProxyApp(holder, pool, settings, self.state.access_log, counts=self.counts,
-                        upstreams=None if own_upstreams else self.upstreams, tracing=tracing,
+                        graph=self.graph, upstreams=None if own_upstreams else self.upstreams,
+                        tracing=tracing,
                         metrics=self.metrics if settings.metrics.enabled else None)
 
     def outbound(self, socks: tuple[socket.socket, ...]) -> list[uvicorn.Server]:
@@ -446,7 +455,9 @@ class Runtime:
         holder = follow_derived(self.holder, outbound_table)
         counts = self.outbound_counts = OutboundCounts()
         ports = {port: name for name, port in listener.service_ports.items()}
-        app = OutboundApp(self.east_west_proxy(holder), holder, service_ports=ports, counts=counts)
+        proxy = self.east_west_proxy(holder)
+        proxy.listener = "outbound"  # its callers are local apps: cohorts trusted, graph source this VM
+        app = OutboundApp(proxy, holder, service_ports=ports, counts=counts)
         tunnels = Tunnels(listener.connect_allow, self.dialer, counts)
         servers = []
         for sock in socks:
