@@ -282,7 +282,7 @@ class ShadowSpec:
                     "a byte count"),
             duration(m.get("timeout", SHADOW_TIMEOUT), f"{where}.timeout"),
             integer(m.get("concurrency", SHADOW_CONCURRENCY), f"{where}.concurrency", 1, 1000),
-            integer(m.get("queue", SHADOW_QUEUE), f"{where}.queue", 0, 100_000),
+            integer(m.get("queue", SHADOW_QUEUE), f"{where}.queue", 1, 100_000),
             CompareRules.parse(m.get("compare", {}), f"{where}.compare"))
 
     def target(self, method: str) -> str | None:

@@ -42,7 +42,7 @@ from gateway.http.headers import ForwardingRules
 from gateway.http.http1 import request_head
 from gateway.upstream.dial import Dial
 from gateway.upstream.pool import UpstreamPool
-from routes.migration import FULL_SHARE, CompiledMigration, ShadowSpec
+from routes.migration import FULL_SHARE, SAFE_METHODS, CompiledMigration, ShadowSpec
 from routes.services import Endpoint
 from routes.table import CompiledRoute, RouteTable
 
@@ -179,11 +179,16 @@ class Shadower:
 
     def _lane(self, route: str, spec: ShadowSpec) -> Lane:
         lane = self._lanes.get(route)
-        if lane is None or lane.spec is not spec:
-            if lane is not None:
-                lane.stop()
-            lane = self._lanes[route] = Lane(spec)
-            lane.start(self._run)
+        if lane is not None and lane.spec is spec:
+            return lane
+        if lane is not None and lane.spec == spec:
+            # A new table with the same shadow: the lane (its queue, its copies in flight) goes on.
+            lane.spec = spec
+            return lane
+        if lane is not None:
+            lane.stop()
+        lane = self._lanes[route] = Lane(spec)
+        lane.start(self._run)
         return lane
 
     async def prepare(self, req: RequestState, route: CompiledRoute, migration: CompiledMigration,
@@ -218,7 +223,9 @@ class Shadower:
                 if not message.get("more_body", False):
                     break
             body = b"".join(parts)
-        baseline = (target == "to" and spec.baseline_share > 0
+        # The baseline sends the request to `from` a second time: safe methods only, whatever the
+        # route allows for `to` (a second POST to the old service would write twice).
+        baseline = (req.method in SAFE_METHODS and spec.baseline_share > 0
                     and self._rand() * FULL_SHARE < spec.baseline_share)
         pending = Pending(route, migration, spec, version, lane, target, baseline)
         pending.method = req.method

@@ -92,7 +92,8 @@ def document(s: Sides) -> dict[str, Any]:
         route("hang", "hangs", timeout="30s", concurrency=1, queue=2),
         route("fail", "fails"),
         route("post", "writes"),
-        route("unsafe", "allowed", unsafe_methods=True),
+        # the baseline's second copy to `from` is never a POST, whatever `to` may get
+        route("unsafe", "allowed", unsafe_methods=True, baseline_percent=100),
         route("sampled", "same", percent=20),
         {"name": "direct", "match": {"path_prefix": "/direct"}, "service": "legacy"},
     ]}
@@ -187,6 +188,10 @@ def test_a_post_never_reaches_to_unless_allowed(gateway: tuple[PeelServe, str], 
     assert (method, target, length) == ("POST", "/unsafe/orders", 8)
     assert headers["peel-shadow"] == "1"
     assert "peel-shadow" not in sides.legacy.seen[-1][2]
+    wait_for(lambda: _report(peel, token, "unsafe")["pairs"] >= 2, 20, "the POST pairs counted")
+    posts = [seen for seen in sides.legacy.seen if seen[1] == "/unsafe/orders"]
+    assert [m for m, *_ in posts] == ["POST", "POST"]  # the primaries only: no second write
+    assert _report(peel, token, "unsafe")["baseline"]["pairs"] == 0
 
 
 def test_noise_is_recognised_and_a_real_difference_reported(gateway: tuple[PeelServe, str],

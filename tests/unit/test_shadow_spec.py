@@ -65,6 +65,7 @@ def test_defaults_are_left_out() -> None:
     ({"timeout": "soon"}, "m.shadow.timeout"),
     ({"concurrency": 0}, "m.shadow.concurrency"),
     ({"queue": True}, "m.shadow.queue"),
+    ({"queue": 0}, "m.shadow.queue"),
     ({"compare": {"headers": ["bad header"]}}, "m.shadow.compare.headers[0]"),
     ({"compare": {"ignore": {"paths": ["items"]}}}, "m.shadow.compare.ignore.paths[0]"),
     ({"compare": {"ignore": {"regexes": ["(a"]}}}, "m.shadow.compare.ignore.regexes[0]"),
