@@ -36,6 +36,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from migrations import SchemaState, alembic_config, read_schema_state
 from routes.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
 from routes.graph_records import GraphRecords
+from routes.guard_records import GuardRecords
 from routes.join_tokens import JoinTokenInfo as JoinTokenInfo
 from routes.join_tokens import JoinTokenRecords
 from routes.migration_records import CountDeltas as CountDeltas
@@ -139,7 +140,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Store(MigrationRecords, JoinTokenRecords, RegistryRecords, GraphRecords):
+class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, GraphRecords):
     """Config versions, admin and join tokens, migration records: one SQL database (SQLite or PostgreSQL).
 
     `Store("sqlite://")` is an in-memory store on a single shared connection, for tests and

@@ -6,6 +6,7 @@
     POST /api/v1/migrations/{route}/start        {"to": SERVICE, "cohort": {...}, "beta": {...}}
     POST /api/v1/migrations/{route}/shift        {"percent": N}
     POST /api/v1/migrations/{route}/shadow | promote | retire | rollback
+    POST /api/v1/migrations/{route}/guard        {"guard": {...}} | {"freeze": true|false} | {"off": true}
 
 Every transition is one config version (through `routes.changes.commit_change`, so `If-Match` and
 the compile check apply) and one `migration_transitions` row in the same transaction. A refused
@@ -15,6 +16,7 @@ body's `reason`, else the `Peel-Reason` header.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +27,7 @@ from starlette.routing import Route as HTTPRoute
 
 from facade import transitions
 from facade.counts import SIDES
+from facade.guard_run import assess, set_guard, step_start
 from gateway.admin.wire import (
     BadRequest,
     actor,
@@ -37,7 +40,8 @@ from gateway.admin.wire import (
 )
 from gateway.admin.writes import check_compiles, diff_body
 from routes.changes import commit_change
-from routes.errors import NotFoundError, RuleError
+from routes.errors import ConflictError, NotFoundError, RuleError
+from routes.guard_spec import GuardPolicy
 from routes.migration import Beta, Cohort
 from routes.model import Document, Route
 from routes.store import Store, TransitionInfo
@@ -46,8 +50,10 @@ Edit = Callable[[Document], Document]
 
 
 def migration_status(route: Route, last: TransitionInfo | None,
-                     counts: tuple[int, int, int, int]) -> dict[str, Any]:
-    """One migration as `GET /migrations` shows it: where it stands and its traffic since then."""
+                     counts: tuple[int, int, int, int],
+                     guard: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One migration as `GET /migrations` shows it: where it stands and its traffic since then, and
+    where its guard stands (its verdict on the last window, `facade.guard_run.Assessment`)."""
     assert route.migration is not None
     m = route.migration
     return {"route": route.name, "from": route.service, "to": m.to, "stage": m.stage,
@@ -56,7 +62,7 @@ def migration_status(route: Route, last: TransitionInfo | None,
                                                 "config_version": last.config_version,
                                                 "time": last.created_at, "actor": last.actor,
                                                 "reason": last.reason},
-            "counts": dict(zip(SIDES, counts, strict=True))}
+            "counts": dict(zip(SIDES, counts, strict=True)), "guard": guard}
 
 
 async def _optional_body(request: Request) -> dict[str, Any]:
@@ -85,9 +91,10 @@ class MigrationResource:
                HTTPRoute(base + "/{route}/shift", self.shift, methods=["POST"])]
         for action in ("shadow", "promote", "retire", "rollback"):
             out.append(HTTPRoute(f"{base}/{{route}}/{action}", self._simple(action), methods=["POST"]))
+        out.append(HTTPRoute(base + "/{route}/guard", self.guard, methods=["POST"]))
         return out
 
-    def _statuses(self, name: str | None) -> tuple[int, list[dict[str, Any]]]:
+    def _statuses(self, name: str | None, lag: float = 3.0) -> tuple[int, list[dict[str, Any]]]:
         latest = self.store.latest()
         routes = [r for r in latest.document.routes if r.migration is not None
                   and (name is None or r.name == name)]
@@ -100,15 +107,20 @@ class MigrationResource:
         for route in routes:
             since = last.get(route.name)
             counts = self.store.traffic_since(route.name, since.config_version if since else 0)
-            out.append(migration_status(route, since, counts))
+            guard = None
+            if route.migration is not None and route.migration.guard is not None:
+                step_since = step_start(since, route.migration, latest.created_at.timestamp())
+                guard = assess(self.store, route, step_since, time.time(), lag).to_dict()
+            out.append(migration_status(route, since, counts, guard))
         return latest.version, out
 
     async def list(self, request: Request) -> Response:
-        version, items = await run_in_threadpool(self._statuses, None)
+        version, items = await run_in_threadpool(self._statuses, None, _lag(request))
         return answer({"version": version, "migrations": items}, version=version)
 
     async def get(self, request: Request) -> Response:
-        version, items = await run_in_threadpool(self._statuses, request.path_params["route"])
+        version, items = await run_in_threadpool(self._statuses, request.path_params["route"],
+                                                 _lag(request))
         return answer({"version": version, "migration": items[0]}, version=version)
 
     async def history(self, request: Request) -> Response:
@@ -128,7 +140,7 @@ class MigrationResource:
             lambda: commit_change(self.store, edit, actor=actor(request), reason=reason,
                                   if_match=expected, check=check_compiles,
                                   transitions=transitions.recorder(action, name)))
-        version, items = await run_in_threadpool(self._statuses, name)
+        version, items = await run_in_threadpool(self._statuses, name, _lag(request))
         body: dict[str, Any] = {"version": version, "changed": info is not None, "action": action,
                                 "migration": items[0], **diff_body(diff)}
         if info is not None:
@@ -170,6 +182,47 @@ class MigrationResource:
 
         handler.__name__ = action
         return handler
+
+
+    async def guard(self, request: Request) -> Response:
+        """Set a migration's guard (`guard`: the document's block), freeze or unfreeze it, or take
+        it off. One config version with a `guard` transition in the history (the step's clock
+        starts again: the next verdict needs a full window under the new rules)."""
+        name = request.path_params["route"]
+        data = body_object(await read_json(request), ("guard", "freeze", "off", "reason"))
+        off = data.get("off", False)
+        freeze = data.get("freeze")
+        if not isinstance(off, bool):
+            raise RuleError("off", "must be true or false", off)
+        if freeze is not None and not isinstance(freeze, bool):
+            raise RuleError("freeze", "must be true or false", freeze)
+        if off and ("guard" in data or freeze is not None):
+            raise RuleError("off", "takes the guard off: give neither guard nor freeze with it", off)
+        if not off and "guard" not in data and freeze is None:
+            raise RuleError("guard", "is required (or freeze, or off)")
+        given = GuardPolicy.parse(data["guard"], "guard") if "guard" in data else None
+
+        def edit(doc: Document) -> Document:
+            if off:
+                return set_guard(doc, name, None)
+            route = doc.route(name)
+            current = route.migration.guard if route is not None and route.migration else None
+            policy = given if given is not None else current
+            if policy is None:
+                raise ConflictError(f"routes[{name}].migration.guard", "the migration has no guard "
+                                    "to freeze; set one with `peel migrate guard ROUTE`", name)
+            return set_guard(doc, name, policy if freeze is None else policy.with_freeze(freeze))
+
+        what = "take the guard off" if off else "freeze the guard" if freeze and given is None else \
+            "unfreeze the guard" if freeze is False and given is None else "set the guard"
+        reason = _reason(request, data, f"{what} of route {name}")
+        return await self._transition(request, "guard", edit, reason)
+
+
+def _lag(request: Request) -> float:
+    """How far behind the guard's window ends: every gateway's samples are in (see leader.py)."""
+    settings = getattr(request.app.state, "settings", None)
+    return settings.facade.counts_interval + 1.0 if settings is not None else 3.0
 
 
 def _reason(request: Request, data: dict[str, Any], default: str) -> str:

@@ -200,7 +200,7 @@ SCHEMAS: dict[str, Schema] = {
                                              "default": "legacy"},
                        "percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 0},
                        "cohort": _ref("KeySource"), "salt": {"type": "string"}, "beta": _ref("Beta"),
-                       "fallback": _ref("Fallback")}, ("to",),
+                       "fallback": _ref("Fallback"), "guard": _ref("GuardPolicy")}, ("to",),
                       description="The strangling of the route from its `service` to `to`."),
     "MigrationStatus": {"type": "object", "properties": {
         "route": NAME, "from": NAME, "to": NAME, "stage": {"type": "string"},
@@ -208,7 +208,10 @@ SCHEMAS: dict[str, Schema] = {
         "since": {"type": ["object", "null"], "description": "the last transition"},
         "counts": {"type": "object", "description": "requests since the last transition, summed "
                    "over every gateway process: to, from, fallback, retired_misses",
-                   "additionalProperties": {"type": "integer"}}}},
+                   "additionalProperties": {"type": "integer"}},
+        "guard": {"type": ["object", "null"], "description": "where the guard stands and why: policy, "
+                  "frozen, the window judged now, action, rule, reason, next_stage, next_percent, "
+                  "evidence (the window's numbers); null without a guard"}}},
     "MigrationList": {"type": "object", "properties": {"version": {"type": "integer"},
                                                        "migrations": _array(_ref("MigrationStatus"))}},
     "ShadowReport": {"type": "object", "properties": {
@@ -236,6 +239,21 @@ SCHEMAS: dict[str, Schema] = {
     "ShiftRequest": _obj({"percent": {"type": "number", "minimum": 0, "maximum": 100},
                           "reason": {"type": "string"}}, ("percent",)),
     "ReasonRequest": _obj({"reason": {"type": "string"}}),
+    "GuardPolicy": _obj({
+        "steps": _array({"type": ["string", "number"]}), "window": DURATION,
+        "min_requests": {"type": "integer", "minimum": 1, "default": 200},
+        "min_pairs": {"type": "integer", "minimum": 1, "default": 200},
+        "max_error_increase": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.02},
+        "max_p99_ratio": {"type": "number", "minimum": 1, "maximum": 100, "default": 1.5},
+        "p99_slack_ms": {"type": "number", "minimum": 0, "default": 25},
+        "max_mismatch": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.03},
+        "confidence": {"type": "number", "minimum": 0.5, "exclusiveMaximum": 1, "default": 0.95},
+        "on_failure": {"enum": ["rollback", "hold"], "default": "rollback"},
+        "freeze": {"type": "boolean", "default": False}},
+        description="A migration's guard (docs/verification.md): steps like [shadow, 1, 5, 25, 50, "
+                    "migrated], gates and rollback triggers comparing `to` with `from` per window"),
+    "GuardRequest": _obj({"guard": _ref("GuardPolicy"), "freeze": {"type": "boolean"},
+                          "off": {"type": "boolean"}, "reason": {"type": "string"}}),
     "Document": _obj({"services": _array(_ref("Service")), "routes": _array(_ref("Route")),
                       "revocations": _array(_ref("Revocation")), "mesh": _ref("Mesh")},
                      description="The declarative document, as `peel export` prints it."),
@@ -467,6 +485,8 @@ def _migrations() -> dict[str, Schema]:
             "Start a migration to a service (stage legacy)", "StartRequest")},
         base + "/{route}/shift": {"parameters": [route], "post": transition(
             "Send a sticky percentage of users to `to` (stage canary)", "ShiftRequest")},
+        base + "/{route}/guard": {"parameters": [route], "post": transition(
+            "Set the migration's guard, freeze or unfreeze it, or take it off", "GuardRequest")},
     }
     for action, summary in (("shadow", "`from` answers, a copy goes to `to` and is compared (shadow)"),
                             ("promote", "All users to `to`, `from` kept as fallback (migrated)"),

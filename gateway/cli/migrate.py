@@ -65,6 +65,26 @@ def _describe(status: dict[str, Any]) -> list[str]:
     when = f"since {since['action']} at config version {since['config_version']} " \
            f"({since['time'][:19].replace('T', ' ')})" if since else "since the migration appeared"
     lines.append(f"  requests {_counts(status)} ({when})")
+    return lines + _guard_lines(status.get("guard"))
+
+
+def _guard_lines(guard: dict[str, Any] | None) -> list[str]:
+    """Where the guard stands and why: its verdict on the last window, with the window's numbers."""
+    if guard is None:
+        return ["  guard    none (moves only by hand; `peel migrate guard ROUTE` sets one)"]
+    w, e = guard["window"], guard["evidence"]
+    steps = guard["policy"].get("steps")
+    lines = [f"  guard    {'frozen, ' if guard['frozen'] else ''}{guard['action']} ({guard['rule']}): "
+             f"{guard['reason']}",
+             f"  window   {w['start'][11:19]}..{w['end'][11:19]} UTC ({w['seconds']} s): "
+             f"to {e.get('to_errors', 0)}/{e.get('to_requests', 0)} errors"
+             + (f", p99 {e['to_p99_ms']} ms" if "to_p99_ms" in e else "")
+             + f"; from {e.get('from_errors', 0)}/{e.get('from_requests', 0)} errors"
+             + (f", p99 {e['from_p99_ms']} ms" if "from_p99_ms" in e else "")]
+    if guard["action"] == "advance":
+        lines.append(f"  next     {guard['next_stage']} {guard['next_percent']}%")
+    rules = ", ".join(f"{k} {v}" for k, v in guard["policy"].items() if k != "steps") or "defaults"
+    lines.append(f"  policy   steps {steps or 'shadow, 1, 5, 25, 50, migrated'}; {rules}")
     return lines
 
 
@@ -82,9 +102,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no migrations")
         return 0
     table([(s["route"], s["stage"], s["percent"] if s["stage"] == "canary" else "-", s["from"], s["to"],
-            s["counts"]["to"], s["counts"]["from"], s["counts"]["fallback"], s["counts"]["retired_misses"])
+            s["counts"]["to"], s["counts"]["from"], s["counts"]["fallback"], s["counts"]["retired_misses"],
+            f"{s['guard']['action']} ({s['guard']['rule']})" if s.get("guard") else "-")
            for s in items],
-          ("ROUTE", "STAGE", "PERCENT", "FROM", "TO", "TO-REQS", "FROM-REQS", "FALLBACKS", "MISSES"))
+          ("ROUTE", "STAGE", "PERCENT", "FROM", "TO", "TO-REQS", "FROM-REQS", "FALLBACKS", "MISSES",
+           "GUARD"))
     return 0
 
 
@@ -142,6 +164,52 @@ def _simple(action: str) -> Any:
     return handler
 
 
+# `peel migrate guard` options -> the guard block's fields
+GUARD_OPTIONS = ("window", "min_requests", "min_pairs", "max_error_increase", "max_p99_ratio",
+                 "p99_slack_ms", "max_mismatch", "confidence", "on_failure")
+
+
+def steps_arg(text: str) -> list[str | int | float]:
+    """`shadow,1,5,25,50,migrated`: names as they are, numbers as numbers (the server checks)."""
+    out: list[str | int | float] = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            out.append(percent_arg(item))
+        except argparse.ArgumentTypeError:
+            out.append(item)
+    return out
+
+
+def cmd_guard(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    given = {name: getattr(args, name) for name in GUARD_OPTIONS if getattr(args, name) is not None}
+    if args.steps is not None:
+        given["steps"] = args.steps
+    with admin_client(args) as client:
+        if args.off:
+            body["off"] = True
+        else:
+            if given or not (args.freeze or args.unfreeze):
+                current = client.request("GET", f"{BASE}/{args.route}")["migration"]["migration"]
+                body["guard"] = {**current.get("guard", {}), **given}
+            if args.freeze or args.unfreeze:
+                body["freeze"] = bool(args.freeze)
+        answer = client.request("POST", f"{BASE}/{args.route}/guard", body=body, reason=args.reason,
+                                if_match=args.if_match)
+    if args.json:
+        print_json(answer)
+        return 0
+    status = answer["migration"]
+    if not answer["changed"]:
+        print(f"no change to the guard of route {args.route} (config version {answer['version']})")
+    else:
+        print(f"guard of route {args.route} {'taken off' if args.off else 'set'} "
+              f"(config version {answer['version']})")
+    print("\n".join(_guard_lines(status.get("guard"))))
+    return 0
+
+
 def cmd_beta_sign(args: argparse.Namespace) -> int:
     secret = settings(args).facade.beta_secret
     if not secret:
@@ -162,7 +230,7 @@ def _start_check(args: argparse.Namespace) -> str | None:
 
 
 def register(commands: Commands) -> None:
-    """migrate start, shift, promote, retire, rollback, status, history; beta sign."""
+    """migrate start, shift, promote, retire, rollback, guard, status, history; beta sign."""
     migrate = actions(add_command(commands, "migrate", None, "strangle a route: start, shift, promote, "
                                   "retire, rollback, status, history"))
     p = add_command(migrate, "start", cmd_start, "start migrating ROUTE to SERVICE (stage legacy: "
@@ -197,8 +265,33 @@ def register(commands: Commands) -> None:
         p = add_command(migrate, action, _simple(action), help_text)
         p.add_argument("route", metavar="ROUTE")
         write_options(p)
+    p = add_command(migrate, "guard", cmd_guard, "promote ROUTE step by step on measured evidence "
+                    "and roll it back when to does worse than from (given options change the "
+                    "current guard; docs/verification.md)")
+    p.add_argument("route", metavar="ROUTE")
+    p.add_argument("--steps", type=steps_arg, metavar="LIST",
+                   help="the schedule, e.g. shadow,1,5,25,50,migrated")
+    p.add_argument("--window", metavar="DURATION", help="one judged window: 5m, 30s (default 5m)")
+    p.add_argument("--min-requests", type=positive, metavar="N",
+                   help="requests each side needs in a window, else hold (default 200)")
+    p.add_argument("--min-pairs", type=positive, metavar="N",
+                   help="shadow pairs a window needs in the shadow step (default 200)")
+    p.add_argument("--max-error-increase", type=float, metavar="X",
+                   help="to's error rate minus from's, as a fraction (default 0.02)")
+    p.add_argument("--max-p99-ratio", type=float, metavar="X", help="to's p99 over from's (default 1.5)")
+    p.add_argument("--p99-slack-ms", type=float, metavar="MS", help="added to that bound (default 25)")
+    p.add_argument("--max-mismatch", type=float, metavar="X",
+                   help="a field's old-vs-new minus old-vs-old difference rate (default 0.03)")
+    p.add_argument("--confidence", type=float, metavar="P", help="of the intervals (default 0.95)")
+    p.add_argument("--on-failure", choices=("rollback", "hold"),
+                   help="when a trigger fires: roll back (default) or hold and freeze")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--freeze", action="store_true", help="stop advancing (triggers still act)")
+    g.add_argument("--unfreeze", action="store_true", help="advance again")
+    g.add_argument("--off", action="store_true", help="take the guard off")
+    write_options(p)
     p = add_command(migrate, "status", cmd_status, "stage, percentage, cohort rules and requests per "
-                    "side since the last transition")
+                    "side since the last transition, and where the guard stands and why")
     p.add_argument("route", metavar="ROUTE", nargs="?", help="default: every migration")
     p = add_command(migrate, "history", cmd_history, "the transitions of ROUTE, newest first")
     p.add_argument("route", metavar="ROUTE")

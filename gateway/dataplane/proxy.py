@@ -25,6 +25,7 @@ from facade.beta import BetaTrust
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
 from facade.decision import Decision
 from facade.shadow_counts import ShadowStats
+from facade.window import GuardSamples
 from gateway.core.asgi import LISTENER, PEER, TARGET, Peer, Receive, Scope, Send
 from gateway.core.settings import DeadlineSettings, FacadeSettings, ProxySettings, Settings
 from gateway.dataplane.buffering import Watch, read_body
@@ -71,7 +72,7 @@ class ProxyApp:
                  access_log: AccessLog | None = None, *, facade: FacadeSettings | None = None,
                  counts: TrafficCounts | None = None, upstreams: Upstreams | None = None,
                  tracing: Tracing | None = None, metrics: Metrics | None = None,
-                 shadow_stats: ShadowStats | None = None,
+                 samples: GuardSamples | None = None, shadow_stats: ShadowStats | None = None,
                  graph: EdgeCounts | None = None, listener: str = "public") -> None:
         # The path rules come with the whole settings; given only `proxy`, the defaults apply.
         self._paths = DEFAULT_RULES
@@ -87,6 +88,8 @@ class ProxyApp:
             settings = settings.proxy
         facade = facade or FacadeSettings()
         self.counts = counts if counts is not None else TrafficCounts()
+        # the guard's measurements of guarded migrations (facade.window; None: not measured)
+        self.samples = samples
         self._holder = holder
         self._pool = pool
         self.upstreams = upstreams if upstreams is not None else Upstreams()
@@ -293,6 +296,8 @@ class ProxyApp:
         method = req.method
         counts = self.counts
         req.side = decision.side
+        samples = self.samples if migration.spec.guard is not None else None
+        t0 = _perf()
         if decision.side == "from":
             counts.add(route.name, table.version, FROM)
             if decision.shadow:
@@ -303,6 +308,8 @@ class ProxyApp:
                 shadow.submit(pending, req)
             else:
                 await forward.call(req, migration.from_service, None)
+            if samples is not None:
+                _sample(samples, route.name, "from", req, None, t0)
             return
         counts.add(route.name, table.version, TO)
         replay = decision.fallback and migration.fallback.allows_method(method)
@@ -313,6 +320,8 @@ class ProxyApp:
             replay = req.body.complete and req.body.size <= migration.fallback.max_body
         watch = Watch(migration, replay) if replay or decision.count_misses else None
         failed = await forward.call(req, migration.to_service, watch)
+        if samples is not None:
+            _sample(samples, route.name, "to", req, failed, t0)
         if failed is None:
             return
         if not replay:
@@ -337,6 +346,17 @@ class ProxyApp:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _sample(samples: GuardSamples, route: str, side: str, req: RequestState, failed: str | None,
+            t0: float) -> None:
+    """One answer of a guarded migration's side: an error is a 5xx or an upstream failure (a `to`
+    failure answered by `from` counts against `to`; a 404 handed to the fallback does not)."""
+    if failed is not None:
+        error = not failed.startswith("status-") or failed >= "status-5"
+    else:
+        error = req.status >= 500 or req.error is not None
+    samples.add(route, side, error=error, seconds=_perf() - t0, now=time.time())
 
 
 def _failed(req: RequestState) -> bool:

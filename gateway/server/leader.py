@@ -17,12 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from routes.errors import StoreError
+from facade.guard_run import ACTOR, Assessment, WindowStore, assess, describe, edit_for, step_start
+from gateway.admin.writes import check_compiles
+from routes.changes import VersionStore, commit_change
+from routes.errors import ConflictError, StoreError
+from routes.store import TransitionInfo
 
 log = logging.getLogger("peel.leader")
 
@@ -145,10 +150,99 @@ def compact_traffic_job(store: TrafficStore, *, interval: float = TRAFFIC_COMPAC
     return Job(interval, run)
 
 
-def leader_jobs(store: TrafficStore) -> dict[str, Job]:
-    """Every job the leader runs, by name: the one registry (later: the rollback guard,
-    certificate renewals)."""
-    return {"traffic-counts": compact_traffic_job(store)}
+class GuardJobStore(TrafficStore, WindowStore, VersionStore, Protocol):
+    """The store's slice the guard job needs (`routes.store.Store` is one)."""
+
+    def last_transitions(self) -> dict[str, TransitionInfo]: ...
+
+    def prune_guard_samples(self, before: int) -> int: ...
+
+
+# how often the guard looks at every guarded migration (a verdict needs a full window: most turns
+# hold with `step-time` or on a window that has not moved much)
+GUARD_INTERVAL = 1.0
+# guard samples older than this are deleted (checked once a minute)
+GUARD_KEEP = 3600.0
+
+
+class GuardJob:
+    """The guard loop (issue 15): every turn, each guarded migration's last window is judged by
+    `facade.guard.evaluate`; an `advance` or a `rollback` (or a freeze under `on_failure: hold`)
+    becomes a config version by actor `guard` whose reason holds the rule and the window's numbers.
+
+    The change is committed with `If-Match` on the version the turn read, so a change made
+    meanwhile (an operator's, or another leader's during a partition) wins and the guard judges
+    again next turn. `last` keeps each route's latest assessment (for logs and tests).
+    """
+
+    def __init__(self, store: GuardJobStore, *, lag: float, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.lag = lag
+        self.clock = clock
+        self.last: dict[str, Assessment] = {}
+        self.actions: list[tuple[str, str, int]] = []  # (route, action, config version), newest last
+        self._pruned = 0.0
+        self._seen: dict[tuple[str, str, int], float] = {}
+
+    def turn(self) -> list[tuple[str, str, int]]:
+        """One pass over the guarded migrations (blocking); the actions it committed."""
+        now = self.clock()
+        latest = self.store.latest()
+        since = self.store.last_transitions()
+        done: list[tuple[str, str, int]] = []
+        for route in latest.document.routes:
+            m = route.migration
+            if m is None or m.guard is None or m.stage in ("legacy", "retired"):
+                self.last.pop(route.name, None)
+                continue
+            # a step set without a transition (by `peel apply`): from when this leader first saw it
+            seen = self._seen.setdefault((route.name, m.stage, m.share), latest.created_at.timestamp())
+            step_since = step_start(since.get(route.name), m, seen)
+            a = assess(self.store, route, step_since, now, self.lag)
+            before = self.last.get(route.name)
+            if before is None or (before.verdict.rule, before.verdict.action) != \
+                    (a.verdict.rule, a.verdict.action):
+                log.info("guard %s: %s (%s): %s", route.name, a.verdict.action, a.verdict.rule,
+                         a.verdict.reason)
+            self.last[route.name] = a
+            act = edit_for(a)
+            if act is None:
+                continue
+            action, edit, record = act
+            try:
+                info, _ = commit_change(self.store, edit, actor=ACTOR, reason=describe(a),
+                                        if_match=latest.version, check=check_compiles,
+                                        transitions=record)
+            except ConflictError as exc:  # a change came first (PreconditionFailed too): next turn
+                log.info("guard %s: %s not committed: %s", route.name, action, exc)
+                return done
+            if info is not None:
+                log.warning("%s (config version %d)", describe(a), info.version)
+                done.append((route.name, action, info.version))
+                self.actions.append((route.name, action, info.version))
+                return done  # the document changed: the next turn reads it again
+        if now - self._pruned >= 60:
+            self._pruned = now
+            self.store.prune_guard_samples(int(now - GUARD_KEEP))
+        return done
+
+
+def guard_job(store: GuardJobStore, *, lag: float, interval: float = GUARD_INTERVAL) -> tuple[Job, GuardJob]:
+    """The guard loop as a leader job (and the loop, whose `last` shows what it decided)."""
+    loop = GuardJob(store, lag=lag)
+
+    async def run() -> None:
+        try:
+            await asyncio.to_thread(loop.turn)
+        except StoreError as exc:
+            log.warning("guard: the store cannot be read (next try in %.0f s): %s", interval, exc)
+
+    return Job(interval, run), loop
+
+
+def leader_jobs(store: GuardJobStore, *, guard_lag: float = 3.0) -> dict[str, Job]:
+    """Every job the leader runs, by name: the one registry (later: certificate renewals)."""
+    return {"traffic-counts": compact_traffic_job(store), "guard": guard_job(store, lag=guard_lag)[0]}
 
 
 async def cancel(task: asyncio.Task[None]) -> None:

@@ -47,6 +47,7 @@ import uvicorn
 from facade.counts import TrafficCounts
 from facade.flusher import CountsFlusher, instance_id
 from facade.shadow_counts import ShadowFlusher, ShadowStats
+from facade.window import GuardSamples, SamplesFlusher
 from gateway.core.errors import ConfigError
 from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, load_settings
 from gateway.dataplane.outbound import (
@@ -258,6 +259,10 @@ class Runtime:
         self.graph = EdgeCounts(local=str(identity.identity) if identity is not None else None)
         self.graph_flusher = GraphFlusher(store, self.graph, instance=instance_id(),
                                           interval=settings.facade.counts_interval)
+        # the guard's measurements of guarded migrations, flushed like the traffic counts
+        self.samples = GuardSamples()
+        self.samples_flusher = SamplesFlusher(store, self.samples, instance=instance_id(),
+                                              interval=settings.facade.counts_interval)
         # the shadow stage's comparison counts, flushed like the traffic counts
         self.shadow_stats = ShadowStats()
         self.shadow_flusher = ShadowFlusher(store, self.shadow_stats, instance=instance_id(),
@@ -303,6 +308,8 @@ class Runtime:
             self._closers.append(self.flusher.flush)
             self._tasks.append(asyncio.create_task(self.graph_flusher.run()))
             self._closers.append(self.graph_flusher.flush)
+            self._tasks.append(asyncio.create_task(self.samples_flusher.run()))
+            self._closers.append(self.samples_flusher.flush)
             self._tasks.append(asyncio.create_task(self.shadow_flusher.run()))
             self._closers.append(self.shadow_flusher.flush)
             self._closers.append(self.health.close)
@@ -334,7 +341,9 @@ class Runtime:
         leader's jobs while holding it (gateway/server/leader.py)."""
         store = self.watcher.store
         lease = AdvisoryLease(store.engine.url) if store.dialect == "postgresql" else AlwaysLease()
-        leader = self.leader = Leader(lease, leader_jobs(store))
+        # the guard reads a window once every gateway has flushed it (counts_interval, and a margin)
+        lag = self.settings.facade.counts_interval + 1.0
+        leader = self.leader = Leader(lease, leader_jobs(store, guard_lag=lag))
         if self.live is not None:
             self.live.leader = (instance_id(), lambda: leader.leading)
         task = asyncio.create_task(leader.run())
@@ -378,7 +387,7 @@ class Runtime:
         pool = UpstreamPool(settings.proxy, dialer=self.dialer)
         tracing = Tracing(settings.tracing) if settings.tracing.enabled else None
         self.state.tracing = tracing
-        app = ProxyApp(self.holder, pool, settings, access_log, counts=self.counts,
+        app = ProxyApp(self.holder, pool, settings, access_log, counts=self.counts, samples=self.samples,
                        shadow_stats=self.shadow_stats, graph=self.graph,
                        upstreams=self.upstreams, tracing=tracing,
                        metrics=self.metrics if settings.metrics.enabled else None)
