@@ -59,21 +59,43 @@ def precedence_key(route: CompiledRoute, host_pattern: str) -> PrecedenceKey:
 
 
 def compile_document(document: Document, version: int,
-                     registered: Sequence[Registration] = ()) -> RouteTable:
+                     registered: Sequence[Registration] = (), *,
+                     previous: RouteTable | None = None) -> RouteTable:
     """Compile a validated document, with the service registry's endpoints (`routes.registry`).
-    Raises `RuleError` for a route the table cannot hold."""
+    Raises `RuleError` for a route the table cannot hold.
+
+    With `previous` (a table compiled before), a service whose spec and endpoints are unchanged, and
+    a route whose spec is the same object (`ParseMemo` keeps unchanged routes the same objects)
+    with unchanged services, are taken from it as they are: compiled objects are immutable, so the
+    tables share them, and a one-route change to a large table compiles one route. The index is
+    built again whole.
+    """
     services = compiled_services(document.services, registered)
+    reuse: dict[int, CompiledRoute] = {}
+    if previous is not None:
+        for name, fresh in services.items():
+            old = previous.services.get(name)
+            if old is not None and old.spec is fresh.spec and old.endpoints == fresh.endpoints:
+                services[name] = old
+        reuse = {id(route.spec): route for route in previous.routes}
     routes: list[CompiledRoute] = []
     for spec in document.routes:
         service = services.get(spec.service)
         if service is None:
             raise RuleError(f"routes[{spec.name}].service", "names no service", spec.service)
-        migration = None
+        to: CompiledService | None = None
         if spec.migration is not None:
             to = services.get(spec.migration.to)
             if to is None:
                 raise RuleError(f"routes[{spec.name}].migration.to", "names no service",
                                 spec.migration.to)
+        known = reuse.get(id(spec))
+        if known is not None and known.spec is spec and known.service is service \
+                and (known.migration.to_service if known.migration is not None else None) is to:
+            routes.append(known)
+            continue
+        migration = None
+        if spec.migration is not None and to is not None:
             migration = CompiledMigration(spec.migration, spec.name, service, to)
         if spec.refused_regex:
             routes.append(_unservable(spec))
@@ -153,3 +175,26 @@ def _unservable(spec: Route) -> CompiledRoute:
     return CompiledRoute(spec, nowhere, match, compile_path_rewrite(spec.match, Rewrite()),
                          compile_header_rules(spec.rewrite.request_headers),
                          compile_header_rules(spec.rewrite.response_headers), None)
+
+
+class IncrementalCompiler:
+    """`compile_document` that passes the table it compiled last as `previous` (see there). Safe
+    from several threads: the last table is a plain reference, read and replaced whole, and reuse
+    goes by identity of immutable objects, so a table compiled for another purpose (the admin API's
+    check of a change) is as good a `previous` as the live one."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: RouteTable | None = None
+
+    def __call__(self, document: Document, version: int,
+                 registered: Sequence[Registration] = ()) -> RouteTable:
+        table = compile_document(document, version, registered, previous=self.last)
+        self.last = table
+        return table
+
+
+# The process's one: the watcher and the admin API's check of a change both compile with it, so in
+# a single process the check's table and the live one share their compiled routes.
+compile_incrementally = IncrementalCompiler()

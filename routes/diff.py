@@ -1,7 +1,8 @@
 """The difference between two documents: what a dry run shows and what history summarises.
 
 Pure: services and routes are compared by name on their canonical dicts (`to_dict()`), so two
-documents that print the same are equal here too, whatever order they were written in.
+documents that print the same are equal here too, whatever order they were written in. An item that
+is the same object in both documents is equal without being printed.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from routes.model import Document
 
@@ -128,13 +129,27 @@ def _show(value: Any) -> str:
     return json.dumps(value, separators=(", ", ": "), sort_keys=False)
 
 
-def _compare(kind: Kind, old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> KindDiff:
-    before = {item["name"]: item for item in old}
-    after = {item["name"]: item for item in new}
+class _Item(Protocol):
+    """A service or a route: what `_compare` needs of one."""
+
+    @property
+    def name(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def _compare(kind: Kind, old: Sequence[_Item], new: Sequence[_Item]) -> KindDiff:
+    """Items paired by name; one that is the same object on both sides is unchanged without being
+    printed (documents read and edited by one process share their unchanged services and routes,
+    so a one-route change to a large table prints two routes, not all of them)."""
+    before = {item.name: item for item in old}
+    after = {item.name: item for item in new}
     defaults = _DEFAULTS[kind]
     changed: list[Changed] = []
     for name in sorted(before.keys() & after.keys()):
-        a, b = before[name], after[name]
+        if before[name] is after[name]:
+            continue
+        a, b = before[name].to_dict(), after[name].to_dict()
         if a == b:
             continue
         keys = [k for k in b if k != "name"] + [k for k in a if k not in b]
@@ -143,8 +158,8 @@ def _compare(kind: Kind, old: Sequence[dict[str, Any]], new: Sequence[dict[str, 
                                {f: a.get(f, defaults.get(f)) for f in fields},
                                {f: b.get(f, defaults.get(f)) for f in fields}))
     return KindDiff(kind,
-                    tuple(after[n] for n in sorted(after.keys() - before.keys())),
-                    tuple(before[n] for n in sorted(before.keys() - after.keys())),
+                    tuple(after[n].to_dict() for n in sorted(after.keys() - before.keys())),
+                    tuple(before[n].to_dict() for n in sorted(before.keys() - after.keys())),
                     tuple(changed))
 
 
@@ -155,8 +170,8 @@ def diff(old: Document, new: Document) -> DocumentDiff:
     old_mesh = old.mesh.to_dict() if old.mesh is not None else {}
     new_mesh = new.mesh.to_dict() if new.mesh is not None else {}
     return DocumentDiff(
-        _compare("service", [s.to_dict() for s in old.services], [s.to_dict() for s in new.services]),
-        _compare("route", [r.to_dict() for r in old.routes], [r.to_dict() for r in new.routes]),
+        _compare("service", old.services, new.services),
+        _compare("route", old.routes, new.routes),
         tuple(r for r in after if r not in before), tuple(r for r in before if r not in after),
         (old_mesh, new_mesh) if old_mesh != new_mesh else None,
     )

@@ -21,7 +21,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,7 +43,7 @@ from routes.migration_records import CountDeltas as CountDeltas
 from routes.migration_records import MigrationRecords
 from routes.migration_records import Transition as Transition
 from routes.migration_records import TransitionInfo as TransitionInfo
-from routes.model import NAME_RE, Document
+from routes.model import NAME_RE, Document, ParseMemo
 from routes.registry import Registration as Registration
 from routes.registry import RegistryRecords
 from routes.schema import admin_tokens, config_versions, migration_transitions
@@ -55,6 +55,8 @@ from routes.tokens import encode as encode_scopes
 COMMIT_LOCK_KEY = int.from_bytes(hashlib.sha256(b"peel-commit").digest()[:8], "big", signed=True)
 # NOTIFY channel told about every new config version (payload: the version number).
 NOTIFY_CHANNEL = "peel_config"
+# decoded config versions a Store keeps (the latest and the few before it: history views, diffs)
+DECODED_KEPT = 4
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 TOKEN_PREFIX = "peel_"
 # verify_token writes last_used_at at most this often per token: one write a minute, not per request
@@ -123,10 +125,10 @@ def encode_document(document: Document) -> str:
     return json.dumps(document.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_document(text_: str, version: int) -> Document:
+def decode_document(text_: str, version: int, memo: ParseMemo | None = None) -> Document:
     try:
         # stored: a route with a regex RE2 refuses (written by an older Peel) is kept, unservable
-        return Document.parse(json.loads(text_), stored=True)
+        return Document.parse(json.loads(text_), stored=True, memo=memo)
     except (ValueError, RuleError) as exc:
         raise StoreError(f"config version {version} holds a document this Peel cannot read: {exc}") \
             from exc
@@ -158,6 +160,11 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
             self._url = self._url.set(drivername="postgresql+psycopg")
         self.safe_url = self._url.render_as_string(hide_password=True)
         self._engine = self._make_engine()
+        # Stored versions never change: the last few read or committed are kept decoded, and a new
+        # one is decoded reusing the unchanged routes of the one before (`ParseMemo`), so a change
+        # to a large table costs what changed, in the admin API and in every watcher.
+        self._memo = ParseMemo()
+        self._decoded: dict[int, Document] = {}
 
     # -- engine set-up ----------------------------------------------------------------------
 
@@ -271,7 +278,7 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         with self._connect() as conn:
             row = conn.execute(select(config_versions).order_by(config_versions.c.version.desc())
                                .limit(1)).first()
-        return EMPTY_VERSION if row is None else _config_version(row._mapping)
+        return EMPTY_VERSION if row is None else _config_version(row._mapping, self._decode)
 
     def get(self, version: int) -> ConfigVersion:
         with self._connect() as conn:
@@ -279,7 +286,7 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
                                .where(config_versions.c.version == version)).first()
         if row is None:
             raise NotFoundError("version", "no such config version", version)
-        return _config_version(row._mapping)
+        return _config_version(row._mapping, self._decode)
 
     def history(self, limit: int = 50) -> list[VersionInfo]:
         """The newest `limit` config versions, newest first, without their documents."""
@@ -325,17 +332,32 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         except IntegrityError as exc:
             raise ConflictError("version", "another change was committed at the same time; retry") \
                 from exc
+        self._keep(info.version, document)
         return info
 
-    @staticmethod
-    def _summary_against(conn: Connection, latest: int, document: Document) -> str:
+    def _decode(self, body: str, version: int) -> Document:
+        """The document of stored `version` (its text `body`), decoded once."""
+        document = self._decoded.get(version)
+        if document is None:
+            document = decode_document(body, version, self._memo)
+            self._keep(version, document)
+        return document
+
+    def _keep(self, version: int, document: Document) -> None:
+        decoded = dict(self._decoded)  # replaced whole: readers in other threads see one or the other
+        decoded[version] = document
+        for old in sorted(decoded)[:-DECODED_KEPT]:
+            del decoded[old]
+        self._decoded = decoded
+
+    def _summary_against(self, conn: Connection, latest: int, document: Document) -> str:
         from routes.diff import diff
 
         previous = Document()
         if latest:
-            body = conn.scalar(select(config_versions.c.document)
-                               .where(config_versions.c.version == latest))
-            previous = decode_document(str(body), latest)
+            previous = self._decoded.get(latest) or self._decode(
+                str(conn.scalar(select(config_versions.c.document)
+                                .where(config_versions.c.version == latest))), latest)
         return diff(previous, document).summary()
 
     # -- admin tokens ---------------------------------------------------------------------------
@@ -441,10 +463,10 @@ def _create_private(path: Path) -> None:
         os.close(fd)
 
 
-def _config_version(row: Any) -> ConfigVersion:
+def _config_version(row: Any, decode: Callable[[str, int], Document]) -> ConfigVersion:
     version = int(row["version"])
     return ConfigVersion(version, row["created_at"], row["actor"], row["reason"],
-                         decode_document(row["document"], version), row["summary"])
+                         decode(row["document"], version), row["summary"])
 
 
 def _sqlite_transactions(engine: Engine, *, wal: bool) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from routes.compiler import compile_document
+from routes.compiler import compile_incrementally
 from routes.errors import PeelError
 from routes.holder import TableHolder
 from routes.model import Document
@@ -71,6 +71,9 @@ def read_served_snapshot(path: Path) -> tuple[int, Document, tuple[Registration,
         return None
 
 
+Compile = Callable[[Document, int, Sequence[Registration]], RouteTable]
+
+
 class Watcher:
     """Polls `store` every `interval` seconds and swaps newer tables into `holder`.
 
@@ -80,7 +83,7 @@ class Watcher:
 
     def __init__(self, store: Store, holder: TableHolder, *, interval: float, snapshot: Path,
                  write_snapshots: bool = True,
-                 compile: Callable[[Document, int, Sequence[Registration]], RouteTable] = compile_document,
+                 compile: Compile = compile_incrementally,
                  ) -> None:
         self.store = store
         self.holder = holder

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from gateway.admin.wire import actor, answer, if_match
 from routes.changes import commit_change
-from routes.compiler import compile_document
+from routes.compiler import compile_incrementally
 from routes.diff import DocumentDiff
 from routes.model import Document
 from routes.store import Store, VersionInfo
@@ -24,7 +24,7 @@ from routes.store import Store, VersionInfo
 
 def check_compiles(document: Document) -> None:
     """Refuse (RuleError) a document the compiler cannot turn into a route table."""
-    compile_document(document, 0)
+    compile_incrementally(document, 0)
 
 
 def diff_body(diff: DocumentDiff) -> dict[str, Any]:
