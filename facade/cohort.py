@@ -26,6 +26,7 @@ none.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -47,8 +48,11 @@ SIDES: dict[bytes, Side] = {b"to": "to", b"from": "from"}
 _MEMBER_BYTES = MEMBER.encode("ascii")
 
 
+_PRINTABLE = re.compile(rb"[\t\x20-\x7e]*\Z")
+
+
 def _printable(value: bytes) -> bool:
-    return value.isascii() and all(0x20 <= c < 0x7f or c == 0x09 for c in value)
+    return _PRINTABLE.match(value) is not None
 
 
 def _key(member: bytes) -> bytes:
@@ -67,8 +71,8 @@ def carried_side(headers: Sequence[tuple[bytes, bytes]]) -> tuple[Side | None, b
     or when the baggage is past the limits; the flag says whether stripping has work to do.
     """
     values = [value for name, value in headers if name == BAGGAGE]
-    if not values:
-        return None, False
+    if not values or all(PREFIX not in value.lower() for value in values):
+        return None, False  # the common case: no member of Peel's at all
     found: Side | None = None
     seen = False
     refused = False  # malformed, ambiguous or past the limits: no side at all
