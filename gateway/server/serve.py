@@ -20,7 +20,8 @@ TLS (`docs/tls.md`): a listener with `tls_certificates` serves HTTPS. The certif
 each process that serves a TLS listener loads its own copy and reloads it on SIGHUP and when the
 files change. The optional redirect listener runs in the first process. The inbound listener
 (`listeners.inbound.mtls`, `docs/mtls.md`) serves the same app with this gateway's identity
-(`gateway.identity.bundle`), reloaded like the certificates; for now with one worker only. An
+(`gateway.identity.bundle`), reloaded like the certificates; with several workers each worker
+accepts on the inherited inbound socket too (`--inbound-fd`), with its own identity and table. An
 admin listener bound beyond loopback without TLS is logged as a warning at start: its bearer
 tokens would cross the network in clear.
 """
@@ -165,9 +166,6 @@ def load_identity(settings: Settings) -> IdentityBundle | None:
     """This gateway's identity: required by the inbound listener, used for upstream mTLS when the
     state directory holds one; `ConfigError` naming `identity.state_dir` when it cannot be used."""
     inbound = settings.listeners.inbound.mtls != "off"
-    if inbound and settings.server.workers > 1:
-        raise ConfigError("listeners.inbound.mtls", "the inbound listener runs with server.workers = 1 "
-                          "only, for now")
     if inbound or exists(settings.identity.state_dir):
         return IdentityBundle(settings.identity.state_dir)
     return None
@@ -754,20 +752,27 @@ async def _stop_redirect(server: uvicorn.Server | None, task: asyncio.Task[None]
         await task
 
 
-async def run_worker(settings: Settings, fd: int, config_path: str | None) -> int:
-    """A worker process: the public listener on the inherited socket, its own watcher."""
+async def run_worker(settings: Settings, fd: int, config_path: str | None,
+                     inbound_fd: int | None = None) -> int:
+    """A worker process: the public listener on the inherited socket (and the inbound listener
+    on its inherited socket, when the master passed one), its own watcher."""
     public = socket.socket(fileno=fd)
+    inbound = socket.socket(fileno=inbound_fd) if inbound_fd is not None else None
     store = Store(settings.database.url)
     runtime = Runtime(settings, store, write_snapshots=False, tls=load_tls(settings, ("public",)),
                       identity=load_identity(settings))
     await runtime.load_first_table()
     server = runtime.data_plane(public)
+    inbound_server = runtime.inbound(inbound) if inbound is not None else None
     install_signals(runtime, config_path)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # blocked by Supervisor.spawn
     runtime.start_background(counts=True, publish=True)
     settle_memory()
     try:
+        inbound_task = asyncio.create_task(runtime.serve_inbound(inbound_server)) if inbound_server else None
         await server.serve(sockets=[public])
+        if inbound_task is not None:
+            await inbound_task
     finally:
         await runtime.close()
     return 0
@@ -783,7 +788,7 @@ async def run_master(settings: Settings, store: Store, sockets: Sockets, config_
     admin_server = runtime.admin(store, serving=False)
     redirect_server = runtime.redirect(sockets.redirect) if sockets.redirect else None
     supervisor = Supervisor(settings.server.workers, sockets.public, config_path,
-                            lambda: runtime.stopping)
+                            lambda: runtime.stopping, inbound=sockets.inbound)
     runtime.forward = supervisor.forward
     runtime.workers = supervisor.running
     install_signals(runtime, config_path)
@@ -884,10 +889,11 @@ def worker_main(argv: list[str]) -> int:
     """Entry of a worker process started by the master (not a user command)."""
     config_path = argv[argv.index("--config") + 1] if "--config" in argv else None
     fd = int(argv[argv.index("--fd") + 1])
+    inbound_fd = int(argv[argv.index("--inbound-fd") + 1]) if "--inbound-fd" in argv else None
     settings = load_settings(config_path)
     configure_logging(settings.server.log_level)
     try:
-        return _run(run_worker(settings, fd, config_path))
+        return _run(run_worker(settings, fd, config_path, inbound_fd))
     except PeelError as exc:
         log.error("worker failed: %s", exc)
         return 1

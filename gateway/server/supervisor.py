@@ -65,9 +65,12 @@ class Supervisor:
 
     def __init__(self, count: int, public: socket.socket | None, config_path: str | None,
                  stopping: Callable[[], bool], *, launch: Callable[[int], Process] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 inbound: socket.socket | None = None) -> None:
         self.count = count
         self.public = public
+        # the inbound listener's socket, inherited by every worker too (None: no inbound listener)
+        self.inbound = inbound
         self.config_path = config_path
         self.stopping = stopping
         self.procs: dict[int, Process] = {}
@@ -82,6 +85,10 @@ class Supervisor:
         assert self.public is not None
         fd = self.public.fileno()
         args = [sys.executable, "-m", "gateway.server.serve", "--worker", "--fd", str(fd)]
+        fds = [fd]
+        if self.inbound is not None:
+            fds.append(self.inbound.fileno())
+            args += ["--inbound-fd", str(fds[-1])]
         if self.config_path:
             args += ["--config", self.config_path]
         # Only the master speaks to systemd (NotifyAccess=main would log every worker's message).
@@ -91,7 +98,7 @@ class Supervisor:
         # ending it by the default action.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
-            return subprocess.Popen(args, pass_fds=(fd,), env=env)
+            return subprocess.Popen(args, pass_fds=tuple(fds), env=env)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ import yaml
 
 from gateway.identity.ca import CertificateAuthority
 from tests.sockets.conftest import ROOT, wait_for
-from tests.sockets.serve_harness import PeelServe
+from tests.sockets.serve_harness import PeelServe, free_port
 from tests.sockets.test_mtls import (
     TD,
     Identity,
@@ -208,5 +209,72 @@ def test_peel_apply_of_mesh_inbound_mtls_switches_the_mode_without_a_signal(worl
         cli(peel, token, "apply", "-f", "-", stdin=yaml.safe_dump(document(world.echo.url)))
         wait_for(lambda: get(port, "/open")[0] == 200, 30, "permissive again")
         assert "now strict" in peel.log.read_text()
+    finally:
+        peel.stop()
+
+
+def _listening_inode(port: int) -> str:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # LISTEN
+            return fields[9]
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def _holds_socket(pid: int, inode: str) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) == f"socket:[{inode}]" for fd in fds.iterdir())
+
+
+def test_the_inbound_listener_with_two_workers_follows_revocations_and_the_mode(world: World) -> None:
+    tmp = world.tmp / "workers"
+    tmp.mkdir()
+    identity = write_identity(world.ca, tmp / "identity", "orders")
+    port = free_port()
+    peel = PeelServe(tmp, workers=2, extra_settings=(
+        f'[listeners.inbound]\nbind = "127.0.0.1:{port}"\nmtls = "permissive"\n'
+        f'[identity]\nstate_dir = "{identity.directory}"\n'))
+    token = peel.upgrade_with_token("operator")
+    peel.commit(document(world.echo.url))
+    billing = write_identity(world.ca, world.tmp / "billing-workers", "billing")
+    peel.start()
+    try:
+        wait_for(lambda: len(peel.children()) == 2, 30, "two workers")
+        inode = _listening_inode(port)
+        assert all(_holds_socket(pid, inode) for pid in peel.children())  # both accept on it
+        context = client_context(billing, billing.bundle)
+
+        def served() -> bool:
+            try:
+                return get(port, "/open", context, timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        # the first process is ready before its workers accept (slow to start on a loaded machine)
+        wait_for(served, 60, "a worker serving the inbound listener")
+        assert all(get(port, "/open", context)[0] == 200 for _ in range(20))
+        assert all(get(port, "/open")[0] == 200 for _ in range(10))
+
+        def plaintext_seen() -> int:
+            status, body = peel.admin_get("/api/v1/mtls/readiness?window=1h", token)
+            assert status == 200, body
+            return sum(r["requests"] for r in json.loads(body)["plaintext"])
+
+        # the readiness view merges the workers' counts
+        wait_for(lambda: plaintext_seen() == 10, 30, "both workers' plaintext counts in readiness")
+        kept = [KeptConnection(port, billing) for _ in range(6)]  # spread over the workers
+
+        cli(peel, token, "ca", "revoke", "--serial", serial_hex(billing))
+        # every worker follows the table: no new handshake of the serial gets through any of them
+        wait_for(lambda: all(refused(port, context) for _ in range(10)), 30, "refused by every worker")
+        wait_for(lambda: all(k.closed_by_server() for k in kept), 90, "every open connection closed")
+
+        strict = {**document(world.echo.url), "mesh": {"inbound_mtls": "strict"}}
+        cli(peel, token, "apply", "-f", "-", stdin=yaml.safe_dump(strict))
+        wait_for(lambda: all(get(port, "/open")[0] == 403 for _ in range(10)), 30, "strict in every worker")
+        for k in kept:
+            k.close()
+        assert peel.stop() == 0
+        assert "Traceback" not in peel.log.read_text()
     finally:
         peel.stop()
