@@ -31,7 +31,7 @@ from gateway.core.settings import DeadlineSettings, FacadeSettings, ProxySetting
 from gateway.dataplane.buffering import Watch, read_body
 from gateway.dataplane.forward import Forwarder
 from gateway.dataplane.request import BodyTooLarge, RequestState, abort_downstream
-from gateway.dataplane.resolve import Incoming, Refusal, Resolver
+from gateway.dataplane.resolve import Incoming, Refusal, Resolver, from_gateway
 from gateway.dataplane.shadow import Shadower
 from gateway.dataplane.websocket import WebSocketProxy
 from gateway.http.headers import ForwardingRules, new_request_id, valid_request_id
@@ -170,7 +170,8 @@ class ProxyApp:
         listener = "inbound" if peer is not None else extensions.get(LISTENER) or self.listener
         if self._tracing is not None:
             req.trace = self._tracing.start(scope["headers"], req.client, req.method,
-                                            scope.get("path", ""), host_name)
+                                            scope.get("path", ""), host_name,
+                                            trusted=from_gateway(peer, self._resolver.trust_domain))
             if peer is not None and peer.identity is not None:
                 req.trace.peer(peer.identity)
         try:

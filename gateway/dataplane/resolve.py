@@ -54,6 +54,13 @@ from routes.table import CompiledRoute, CompiledService, RouteTable
 Headers = list[tuple[bytes, bytes]]
 
 
+def from_gateway(peer: Peer | None, trust_domain: str | None) -> bool:
+    """Whether the caller is a peer gateway: an mTLS peer on the inbound listener whose certificate
+    names an identity of `trust_domain`. Its deadline and trace context are believed whatever its
+    address (docs/east-west.md)."""
+    return peer is not None and peer.mtls and trusted_source("inbound", peer.identity, True, trust_domain)
+
+
 class Incoming:
     """The facts of one request that the listener read: the input of `Resolver.resolve`.
 
@@ -281,11 +288,9 @@ class Resolver:
             # The incoming deadline counts from trusted networks, or from a peer gateway of the
             # trust domain (the remaining budget of the caller's hop, docs/east-west.md), only;
             # either way Peel's own (the remaining budget) replaces it upstream.
-            peer = incoming.peer
-            gateway = peer is not None and peer.mtls and trusted_source(
-                "inbound", peer.identity, True, self.trust_domain)
             try:
-                until = deadlines.read(headers, client, now, trusted=gateway)
+                until = deadlines.read(headers, client, now,
+                                       trusted=from_gateway(incoming.peer, self.trust_domain))
             except ValueError as exc:
                 return Refusal(400, "bad-deadline", f"the deadline header is refused: {exc}", route=route)
             headers = deadlines.strip(headers)

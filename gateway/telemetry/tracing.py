@@ -114,12 +114,13 @@ class Tracing:
             self.tracer = self._provider.get_tracer("peel")
 
     def start(self, headers: Headers, client: str | None, method: str, path: str,
-              server_address: str) -> RequestTrace:
-        """The trace of one downstream request: its context continued (when trusted) or a new one."""
+              server_address: str, *, trusted: bool = False) -> RequestTrace:
+        """The trace of one downstream request: its context continued (when trusted: by the client's
+        network, or `trusted`, a peer gateway) or a new one."""
         incoming: Incoming | None = None
         # C-level scan (map + isdisjoint): half the cost of a Python loop over the headers.
         seen = not TRACE_HEADERS.isdisjoint(map(_name, headers))
-        if seen and self.trusts(client):
+        if seen and (trusted or self.trusts(client)):
             incoming = propagation.extract(headers)
         parent_id: str | None = None
         sampled: bool | None = None

@@ -109,7 +109,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     orders = Sidecar(tmp / "orders", url=db, extra_settings=(
         f'[listeners.outbound]\nbind = "127.0.0.1:{orders_outbound}"\n'
         f'[listeners.inbound]\nbind = "127.0.0.1:{inbound}"\nmtls = "strict"\napp = "{app.url}"\n'
-        f'[identity]\nstate_dir = "{orders_id.directory}"\n'))
+        f'[identity]\nstate_dir = "{orders_id.directory}"\n'
+        # nobody by address: the deadline and trace context are believed from the mTLS peer only
+        '[tracing]\ntrusted_networks = []\n[deadlines]\ntrusted_networks = []\n'))
     orders.ports = (inbound, orders_outbound)
     monolith.upgrade_with_token()
     monolith.commit({
@@ -162,6 +164,7 @@ def test_curl_with_http_proxy_reaches_the_service_over_mtls_and_proxy_is_strippe
     before = len(mesh.app.seen)
     result = subprocess.run(
         ["curl", "-sS", "-H", "Proxy: http://evil.example:1", "-H", "Proxy-Authorization: Basic eA==",
+         "-H", "Peel-Timeout-Ms: 5000",
          "-w", "\n%{http_code}", "http://orders/orders/7?x=1"],
         env=proxy_env(mesh.outbound), capture_output=True, text=True, timeout=60)
     body, _, status = result.stdout.rpartition("\n")
@@ -171,15 +174,23 @@ def test_curl_with_http_proxy_reaches_the_service_over_mtls_and_proxy_is_strippe
     headers = _headers(seen)
     assert "proxy" not in headers and "proxy-authorization" not in headers
     assert headers["host"] == "orders"
+    # the remaining deadline crossed both hops (the orders sidecar trusts no network, only its peer)
+    assert 0 < int(headers["peel-timeout-ms"]) <= 5000
     assert len(mesh.app.seen) == before + 1
     # It crossed the orders sidecar's inbound listener with the monolith's identity.
-    def crossed() -> bool:
-        log = mesh.orders.tmp / "access.log"
-        lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-        return any(line["peer"] == f"spiffe://{TD}/svc/monolith" and line["route"] == "orders-callers"
-                   and line["path"] == "/orders/7" for line in lines)
+    def line(sidecar: Sidecar) -> dict[str, object] | None:
+        log = sidecar.tmp / "access.log"
+        lines = [json.loads(text) for text in log.read_text().splitlines()] if log.exists() else []
+        return next((found for found in lines if found["path"] == "/orders/7"), None)
 
-    wait_for(crossed, 30, "the orders sidecar's access log line with the monolith's identity")
+    wait_for(lambda: line(mesh.orders) is not None and line(mesh.monolith) is not None, 30,
+             "both sidecars' access log lines")
+    inbound, outbound = line(mesh.orders), line(mesh.monolith)
+    assert inbound is not None and outbound is not None
+    assert inbound["peer"] == f"spiffe://{TD}/svc/monolith" and inbound["route"] == "orders-callers"
+    assert outbound["route"] == "orders-callers" and outbound["service"] == "orders"
+    # one trace spans both hops
+    assert inbound["trace_id"] == outbound["trace_id"] and inbound["trace_id"]
 
 
 def test_python_urllib_with_http_proxy_reaches_the_service(mesh: Mesh) -> None:

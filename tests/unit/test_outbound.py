@@ -247,3 +247,27 @@ def test_a_peer_gateway_of_the_trust_domain_sets_the_deadline() -> None:
     assert deadline(foreign) is None
     assert deadline(Peer(None, mtls=False, strict=False, address="10.0.3.7")) is None
     assert deadline(None) is None
+
+
+def test_a_peer_gateway_continues_the_trace_and_no_one_else_outside_trusted_networks() -> None:
+    """One trace spans every hop: the inbound listener continues a peer gateway's trace context."""
+    from gateway.core.asgi import Peer
+    from gateway.core.settings import TracingSettings
+    from gateway.dataplane.resolve import from_gateway
+    from gateway.telemetry.tracing import Tracing
+
+    trace_id, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    headers = [(b"host", b"orders"), (b"traceparent", f"00-{trace_id}-{parent}-01".encode())]
+    tracing = Tracing(TracingSettings(sample_ratio=0.0, trusted_networks=()))
+    gateway = Peer("spiffe://peel.internal/svc/monolith", mtls=True, strict=True, address="10.0.3.7")
+    assert from_gateway(gateway, "peel.internal")
+    continued = tracing.start(headers, "10.0.3.7", "GET", "/", "orders",
+                              trusted=from_gateway(gateway, "peel.internal"))
+    assert (continued.trace_id, continued.parent_id, continued.sampled) == (trace_id, parent, True)
+    for peer, domain in ((gateway, "other.example"), (gateway, None), (None, "peel.internal"),
+                         (Peer("spiffe://peel.internal/svc/x", mtls=False, strict=False, address="a"),
+                          "peel.internal"),
+                         (Peer(None, mtls=True, strict=False, address="10.0.3.7"), "peel.internal")):
+        assert not from_gateway(peer, domain)
+        fresh = tracing.start(headers, "10.0.3.7", "GET", "/", "orders", trusted=from_gateway(peer, domain))
+        assert fresh.trace_id != trace_id and fresh.parent_id is None
