@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.admin.auth import OPEN_PATHS, BearerAuth, TokenCache
 from gateway.admin.certificates import CertificateResource
 from gateway.admin.config import ConfigResource
+from gateway.admin.control import ControlResource
 from gateway.admin.graph import GraphResource
 from gateway.admin.matching import MatchResource
 from gateway.admin.migrations import migration_routes
@@ -142,6 +143,7 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         *migration_routes(store),
         *shadow_routes(store),
         *CertificateResource(store, settings).routes(),
+        *ControlResource(store, settings).routes(),
         *mtls_routes(),
         *GraphResource(store).routes(),
     ]

@@ -2,7 +2,8 @@
 
 There is no open default: every path but the health probes needs `Authorization: Bearer <token>`
 (and `/metrics` too, unless `metrics.open` says a scraper may read it without one). The two
-certificate paths (`SELF_AUTHENTICATED`) check their own credentials instead.
+certificate paths and a sidecar's control paths (`SELF_AUTHENTICATED`) check their own credentials
+instead.
 Tokens are verified by the store (which keeps them hashed); a positive answer is remembered for a
 few seconds so a burst of CLI calls costs one query, which also bounds how long a revoked token
 keeps working.
@@ -39,7 +40,9 @@ from routes.tokens import TokenGrant
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 # Paths that authenticate their callers themselves, not with an admin token: a join with its
 # one-time join token, a renewal with the current certificate (`gateway.admin.certificates`).
-SELF_AUTHENTICATED = frozenset({"/api/v1/certificates/join", "/api/v1/certificates/renew"})
+SELF_AUTHENTICATED = frozenset({"/api/v1/certificates/join", "/api/v1/certificates/renew",
+                                # a sidecar, by its certificate (`gateway.admin.control`)
+                                "/api/v1/control/config", "/api/v1/control/endpoints"})
 CACHE_SECONDS = 5.0
 CACHE_LIMIT = 1024
 MISS_SECONDS = 5.0

@@ -297,7 +297,8 @@ SCHEMAS: dict[str, Schema] = {
                                    "dry_run": {"type": "boolean"}, "rolled_back_to": {"type": "integer"},
                                    "service": _ref("Service"), "route": _ref("Route")}},
     "ServiceList": {"type": "object", "properties": {"version": {"type": "integer"},
-                                                     "services": _array(_ref("Service"))}},
+                                                     "services": _array(_ref("Service")),
+                                                     "registered": _array(_ref("Registration"))}},
     "RouteList": {"type": "object", "properties": {"version": {"type": "integer"},
                                                    "routes": _array(_ref("Route"))}},
     "ServiceAnswer": {"type": "object", "properties": {"version": {"type": "integer"},
@@ -544,6 +545,57 @@ def _certificates() -> dict[str, Schema]:
     }
 
 
+def _control() -> dict[str, Schema]:
+    """What a sidecar asks of its control plane as itself (docs/east-west.md, "Registry")."""
+    refused = {"401": _problem("No Peel-Certificate/Peel-Proof, a chain the CA did not issue or that "
+                               "expired, a timestamp more than 5 minutes off, or a signature that does "
+                               "not verify for this request (code caller-refused)"),
+               "503": _problem("No CA here ([identity] ca_dir) (code ca-unavailable)")}
+    endpoint = {"application/json": {"schema": _ref("RegisterRequest")}}
+    return {
+        "/api/v1/control/config": {"get": {
+            "summary": "The latest config version and the registered endpoints; with `known`, a long "
+                       "poll until either moves (304 when neither did within `wait`)",
+            "tags": ["control"], "security": [{"peelProof": []}],
+            "parameters": [{"name": "known", "in": "query", "required": False,
+                            "schema": {"type": "string"}, "description": "the tag the caller holds"},
+                           {"name": "wait", "in": "query", "required": False,
+                            "schema": {"type": "number", "minimum": 0, "maximum": 30, "default": 0}}],
+            "responses": {"200": {"description": "The current tag's config",
+                                  "content": {"application/json": {"schema": _ref("ControlConfig")}}},
+                          "304": {"description": "Nothing moved within `wait`"},
+                          "400": _problem("A bad wait"), **refused}}},
+        "/api/v1/control/endpoints": {
+            "post": {"summary": "Register or refresh the caller's endpoint under its service, with its "
+                                "identity, for `ttl` seconds (default 30, 5 to 3600)",
+                     "tags": ["control"], "security": [{"peelProof": []}],
+                     "requestBody": {"required": True, "content": endpoint},
+                     "responses": {"200": {"description": "Registered", "content": {"application/json": {
+                                       "schema": _ref("Registration")}}},
+                                   "422": _problem("Not an https:// endpoint, or a bad ttl"), **refused}},
+            "delete": {"summary": "Remove the caller's endpoint from the registry",
+                       "tags": ["control"], "security": [{"peelProof": []}],
+                       "requestBody": {"required": True, "content": endpoint},
+                       "responses": {"200": {"description": "Removed (or was not there)"}, **refused}}},
+    }
+
+
+CONTROL_SCHEMAS: dict[str, Schema] = {
+    "RegisterRequest": _obj({"endpoint": {"type": "string", "description": "https://host:port of the "
+                                          "caller's inbound listener"},
+                             "ttl": {"type": "number", "minimum": 5, "maximum": 3600}}, ("endpoint",)),
+    "Registration": {"type": "object", "properties": {
+        "service": NAME, "endpoint": {"type": "string"}, "identity": {"type": "string"},
+        "registered_at": {"type": "string", "format": "date-time"},
+        "refreshed_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "live": {"type": "boolean", "description": "not expired (in lists)"}}},
+    "ControlConfig": {"type": "object", "properties": {
+        "version": {"type": "integer"}, "tag": {"type": "string"}, "document": _ref("Document"),
+        "registered": _array(_ref("Registration"))}},
+}
+
+
 CERTIFICATE_SCHEMAS: dict[str, Schema] = {
     "JoinRequest": {"type": "object", "required": ["csr"], "additionalProperties": False,
                     "properties": {"csr": {"type": "string", "description": "PEM CSR asking for "
@@ -648,6 +700,7 @@ def openapi_document() -> dict[str, Any]:
              "422": _problem("A bad method, URL or header")}, body="MatchRequest", tag="match")},
         **_migrations(),
         **_certificates(),
+        **_control(),
     }
     return {
         "openapi": "3.1.0",
@@ -657,11 +710,16 @@ def openapi_document() -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,
-        "components": {"schemas": {**SCHEMAS, **CERTIFICATE_SCHEMAS},
+        "components": {"schemas": {**SCHEMAS, **CERTIFICATE_SCHEMAS, **CONTROL_SCHEMAS},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "A token from "
                                                                      "`peel token create NAME`"},
                                            "joinToken": {"type": "http", "scheme": "bearer",
                                                          "description": "A one-time token from "
-                                                                        "`peel join-token create`"}}},
+                                                                        "`peel join-token create`"},
+                                           "peelProof": {"type": "apiKey", "in": "header",
+                                                         "name": "Peel-Proof",
+                                                         "description": "With Peel-Certificate: the "
+                                                         "caller's chain and its key's signature over "
+                                                         "the request (gateway.identity.caller)"}}},
     }

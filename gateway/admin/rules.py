@@ -3,13 +3,15 @@
 Bodies are a service or a route exactly as in the declarative document. `PUT` creates or replaces,
 `POST` refuses a name that exists (409). The reason for a change comes from the `Peel-Reason` header.
 Reading one service adds `live`, the serving processes' view of its endpoints (health, ejection,
-latency, load), when there is one.
+latency, load), when there is one. Listing services adds `registered`: the endpoints sidecars
+registered (`routes.registry`), each with its identity, expiry and whether it is live.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -86,7 +88,13 @@ class RuleResource:
     async def list(self, request: Request) -> Response:
         latest = await run_in_threadpool(self.store.latest)
         items = [item.to_dict() for item in self.kind.items(latest.document)]
-        return answer({"version": latest.version, self.kind.plural: items}, version=latest.version)
+        body: dict[str, Any] = {"version": latest.version, self.kind.plural: items}
+        if self.kind is SERVICES:
+            # the service registry's endpoints (routes.registry), expired ones not yet pruned too
+            now = datetime.now(UTC)
+            found = await run_in_threadpool(lambda: self.store.registrations(now=now, expired=True))
+            body["registered"] = [r.to_dict(now) for r in found]
+        return answer(body, version=latest.version)
 
     async def get(self, request: Request) -> Response:
         name = request.path_params["name"]

@@ -5,7 +5,7 @@ docs/identity.md.
     peel join-token create --service NAME [--ttl 15m]
     peel join-token list
     peel join-token revoke ID
-    peel join --token TOKEN --control https://admin-host:9901 [--cacert FILE]
+    peel join --token TOKEN --control https://admin-host:9901 [--cacert FILE] [--advertise URL]
 """
 
 from __future__ import annotations
@@ -86,6 +86,16 @@ def cmd_join(args: argparse.Namespace) -> int:
     if args.cacert and args.cacert != identity.control_cacert:
         print(f"peel: renewals verify the control plane with [identity] control_cacert; set it to "
               f"{args.cacert}", file=sys.stderr)
+    if args.advertise:
+        # the service registry (docs/east-west.md, "Registry"): this VM's inbound listener, as itself
+        from gateway.identity.caller import call
+        from gateway.identity.join import read_state
+
+        _, answer = call(read_state(state_dir), "POST", "/api/v1/control/endpoints",
+                         {"endpoint": args.advertise}, cafile=cafile)
+        assert answer is not None
+        print(f"registered {answer['endpoint']} for {answer['service']} until {answer['expires_at']} "
+              "(the sidecar's heartbeats keep it)")
     return 0
 
 
@@ -105,3 +115,6 @@ def register(commands: Commands) -> None:
                        "(--token), keep them in [identity] state_dir")
     join.add_argument("--control", required=True, metavar="URL",
                       help="the control plane's admin API, https://admin-host:9901")
+    join.add_argument("--advertise", metavar="URL",
+                      help="register this VM's inbound listener in the service registry under the "
+                      "token's service, https://10.0.2.15:15443 (the sidecar keeps it registered)")

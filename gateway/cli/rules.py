@@ -37,9 +37,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         answer = client.items(args.kind)
     items = answer[args.kind]
     if args.json:
-        print_json(items)
+        print_json({"services": items, "registered": answer.get("registered", [])}
+                   if args.kind == "services" else items)
     elif args.kind == "services":
-        table([(s["name"], ", ".join(s["endpoints"])) for s in items], ("NAME", "ENDPOINTS"))
+        rows = [(s["name"], ", ".join(e if isinstance(e, str) else e["url"] for e in s["endpoints"]),
+                 "document") for s in items]
+        # the service registry's: a sidecar's inbound listener, with the identity that registered it
+        rows += [(r["service"], r["endpoint"], f"registered {r['identity']}" if r.get("live", True)
+                  else f"registered {r['identity']} (expired)") for r in answer.get("registered", [])]
+        table(sorted(rows, key=lambda row: (row[0], row[2] != "document", row[1])),
+              ("NAME", "ENDPOINTS", "SOURCE"))
     else:
         table([(r["name"], match_summary(r.get("match", {})), r["service"], r.get("priority", 0))
                for r in items], ("NAME", "MATCH", "SERVICE", "PRIORITY"))

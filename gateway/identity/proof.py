@@ -28,13 +28,16 @@ CONTEXT = b"peel-renew/1\n"
 MAX_SKEW = 300  # seconds
 
 
-def message(csr_pem: bytes, timestamp: int) -> bytes:
-    return CONTEXT + str(timestamp).encode() + b"\n" + csr_pem
+def message(csr_pem: bytes, timestamp: int, context: bytes = CONTEXT) -> bytes:
+    return context + str(timestamp).encode() + b"\n" + csr_pem
 
 
-def sign(key: PrivateKey, csr_pem: bytes, timestamp: int) -> str:
-    """The proof, base64: `key` (the current certificate's) signs the CSR and the timestamp."""
-    data = message(csr_pem, timestamp)
+def sign(key: PrivateKey, csr_pem: bytes, timestamp: int, *, context: bytes = CONTEXT) -> str:
+    """The proof, base64: `key` (the current certificate's) signs the CSR and the timestamp.
+
+    `context` separates uses: a renewal's proof (`CONTEXT`) never verifies as another's, such as a
+    request to the control plane (`gateway.identity.caller`), which signs a request in place of a CSR."""
+    data = message(csr_pem, timestamp, context)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         raw = key.sign(data, ec.ECDSA(hashes.SHA256()))
     elif isinstance(key, rsa.RSAPrivateKey):
@@ -45,7 +48,7 @@ def sign(key: PrivateKey, csr_pem: bytes, timestamp: int) -> str:
 
 
 def verify(public: CertificatePublicKeyTypes, proof: str, csr_pem: bytes, timestamp: int, *,
-           now: float) -> None:
+           now: float, context: bytes = CONTEXT) -> None:
     """Refuse (`ProofRefused`, with the reason) a stale or future timestamp or a bad signature."""
     if abs(now - timestamp) > MAX_SKEW:
         raise ProofRefused(f"the request's timestamp is {int(now - timestamp)} s from the CA's clock; "
@@ -54,7 +57,7 @@ def verify(public: CertificatePublicKeyTypes, proof: str, csr_pem: bytes, timest
         raw = base64.b64decode(proof, validate=True)
     except (binascii.Error, ValueError):
         raise ProofRefused("the signature is not base64") from None
-    data = message(csr_pem, timestamp)
+    data = message(csr_pem, timestamp, context)
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
             public.verify(raw, data, ec.ECDSA(hashes.SHA256()))

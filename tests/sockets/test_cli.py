@@ -160,7 +160,7 @@ def test_services_and_routes_set_get_list_delete(peel: Peel, tmp_path: Path) -> 
     assert lines[2].split() == ["orders", "GET,POST", "prefix=/orders", "header:X-Beta=1", "orders", "5"]
     assert lines[0].index("SERVICE") == lines[1].index(" legacy ") + 1 == lines[2].rindex(" orders ") + 1
     services = peel("services", "list").stdout.splitlines()
-    assert services[1].split() == ["legacy", "http://10.0.0.5:8080"]
+    assert services[1].split() == ["legacy", "http://10.0.0.5:8080", "document"]
     assert peel("services", "set", "legacy", "--endpoint", "http://10.0.0.5:8080").stdout.startswith(
         "no change")
     peel("routes", "delete", "orders", "--if-match", "4")

@@ -1,0 +1,195 @@
+"""`/api/v1/control`: what a sidecar asks of its control plane, as itself (no admin token).
+
+    GET    /api/v1/control/config?known=TAG&wait=S   the current config version and registered endpoints
+    POST   /api/v1/control/endpoints   {"endpoint": URL, "ttl": S}   register or refresh the caller's endpoint
+    DELETE /api/v1/control/endpoints   {"endpoint": URL}             remove it
+
+Every request is authenticated by the caller's certificate and a signature of its key
+(`gateway.identity.caller`: the renewal's proof of possession, applied to the request), checked
+against `[identity] ca_dir`, like a renewal; the answer is for that identity. A sidecar registers
+only under its own service, with its own identity.
+
+`config` answers `{version, tag, document, registered}` with the tag also as `ETag`: the config
+version and the registry's stamp (`routes.registry`), which together say what a gateway compiles.
+With `known` equal to the current tag it waits (long poll, at most `MAX_WAIT` seconds) for either
+to move and answers 304 when neither did. One `ChangeFeed` per admin app asks the store for the tag
+at most every `POLL_INTERVAL` seconds however many sidecars wait, and only while one does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as HTTPRoute
+
+from gateway.admin.wire import BadRequest, BodyTooLarge, body_object, problem_response
+from gateway.core import problems
+from gateway.core.settings import Settings
+from routes.errors import RuleError
+from routes.registry import DEFAULT_TTL
+from routes.store import Store
+
+CONFIG_PATH = "/api/v1/control/config"
+ENDPOINTS_PATH = "/api/v1/control/endpoints"
+PATHS = frozenset({CONFIG_PATH, ENDPOINTS_PATH})
+MAX_BODY = 4096
+MAX_WAIT = 30.0
+POLL_INTERVAL = 0.25
+
+
+class ChangeFeed:
+    """The store's current tag (config version and registry stamp), asked at most every `interval`
+    seconds by whichever waiter comes first, shared by the others."""
+
+    def __init__(self, store: Store, interval: float = POLL_INTERVAL) -> None:
+        self.store = store
+        self.interval = interval
+        self._tag = ""
+        self._at = -1e9
+        self._lock = asyncio.Lock()
+
+    def read(self) -> str:
+        """Blocking: the tag now, `<config version>-<digest of the registry's stamp>` (URL-safe)."""
+        version = self.store.latest_version()
+        stamp = repr(self.store.registry_stamp()).encode()
+        return f"{version}-{hashlib.sha256(stamp).hexdigest()[:16]}"
+
+    async def current(self) -> str:
+        async with self._lock:
+            if time.monotonic() - self._at >= self.interval:
+                self._tag = await run_in_threadpool(self.read)
+                self._at = time.monotonic()
+            return self._tag
+
+    async def wait_past(self, known: str, timeout: float) -> str:
+        """The tag once it differs from `known`, or `known` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            tag = await self.current()
+            left = deadline - time.monotonic()
+            if tag != known or left <= 0:
+                return tag
+            await asyncio.sleep(min(self.interval, left))
+
+
+async def _raw_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise BodyTooLarge("body", f"is larger than {MAX_BODY} bytes", int(declared))
+    data = b""
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY:
+            raise BodyTooLarge("body", f"is larger than {MAX_BODY} bytes")
+    return data
+
+
+def _target(request: Request) -> str:
+    """The request target as the caller sent (and signed) it: raw path and query."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    return raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+
+
+def _refused(exc: Exception) -> Response:
+    if type(exc).__name__ == "CaError":
+        return problem_response(problems.problem(503, "ca-unavailable", str(exc)))
+    return problem_response(problems.problem(401, "caller-refused", str(exc)),
+                            {"WWW-Authenticate": 'PeelProof realm="peel"'})
+
+
+class ControlResource:
+    """The control paths over `store`, callers checked against the CA of `settings`."""
+
+    def __init__(self, store: Store, settings: Settings, *, feed: ChangeFeed | None = None) -> None:
+        self.store = store
+        self.ca_dir = Path(settings.identity.ca_dir)
+        self.feed = feed if feed is not None else ChangeFeed(store)
+
+    def routes(self) -> list[HTTPRoute]:
+        return [HTTPRoute(CONFIG_PATH, self.config, methods=["GET"]),
+                HTTPRoute(ENDPOINTS_PATH, self.register, methods=["POST"]),
+                HTTPRoute(ENDPOINTS_PATH, self.deregister, methods=["DELETE"])]
+
+    async def _caller(self, request: Request, body: bytes) -> str | Response:
+        """The caller's SPIFFE ID, or the refusal to answer."""
+        from gateway.identity import caller
+        from gateway.identity.errors import IdentityError
+
+        target, method = _target(request), request.method
+        try:
+            identity = await run_in_threadpool(caller.verify, self.ca_dir, request.headers, method, target,
+                                               body, now=datetime.now(UTC))
+        except IdentityError as exc:
+            return _refused(exc)
+        return str(identity)
+
+    async def config(self, request: Request) -> Response:
+        found = await self._caller(request, b"")
+        if isinstance(found, Response):
+            return found
+        known = request.query_params.get("known", "")
+        try:
+            wait = float(request.query_params.get("wait", "0"))
+        except ValueError:
+            raise BadRequest("wait", "must be a number of seconds", request.query_params["wait"]) from None
+        if not 0 <= wait <= MAX_WAIT:
+            raise BadRequest("wait", f"must be from 0 to {MAX_WAIT:g} seconds", str(wait))
+        # the tag is read before the data: a change in between is answered now and again next time,
+        # never missed
+        tag = await self.feed.wait_past(known, wait) if known else await self.feed.current()
+        if known and tag == known:
+            return Response(status_code=304, headers={"ETag": f'"{tag}"'})
+
+        def load() -> dict[str, Any]:
+            latest = self.store.latest()
+            registered = self.store.registrations()
+            return {"version": latest.version, "tag": tag, "document": latest.document.to_dict(),
+                    "registered": [r.to_dict() for r in registered]}
+
+        body = await run_in_threadpool(load)
+        return JSONResponse(body, headers={"ETag": f'"{tag}"'})
+
+    async def _endpoint_body(self, request: Request,
+                             allowed: tuple[str, ...]) -> tuple[bytes, dict[str, Any]]:
+        raw = await _raw_body(request)
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadRequest("body", f"is not valid JSON: {exc}") from None
+        body = body_object(value, allowed, ("endpoint",))
+        if not isinstance(body["endpoint"], str):
+            raise RuleError("endpoint", "must be a URL string", str(body["endpoint"]))
+        return raw, body
+
+    async def register(self, request: Request) -> Response:
+        raw, body = await self._endpoint_body(request, ("endpoint", "ttl"))
+        found = await self._caller(request, raw)
+        if isinstance(found, Response):
+            return found
+        ttl = body.get("ttl", DEFAULT_TTL.total_seconds())
+        if not isinstance(ttl, int | float) or isinstance(ttl, bool):
+            raise RuleError("ttl", "must be a number of seconds", str(ttl))
+        service = found.rsplit("/", 1)[1]
+        registration = await run_in_threadpool(
+            lambda: self.store.register_endpoint(service, body["endpoint"], found,
+                                                 ttl=timedelta(seconds=ttl)))
+        return JSONResponse(registration.to_dict())
+
+    async def deregister(self, request: Request) -> Response:
+        raw, body = await self._endpoint_body(request, ("endpoint",))
+        found = await self._caller(request, raw)
+        if isinstance(found, Response):
+            return found
+        service = found.rsplit("/", 1)[1]
+        removed = await run_in_threadpool(self.store.deregister_endpoint, service, body["endpoint"])
+        return JSONResponse({"service": service, "endpoint": body["endpoint"], "removed": removed})
