@@ -153,9 +153,6 @@ class GraphFlusher:
         try:
             if deltas:
                 await asyncio.to_thread(self.store.add_edges, self.instance, minute(now), deltas)
-            self.flushes += 1
-            if self.flushes % self.prune_every == 1:
-                await asyncio.to_thread(self.store.prune_edges, minute(now - RETENTION))
         except StoreError as exc:
             self.edges.put_back(deltas)
             self.failures += 1
@@ -163,6 +160,12 @@ class GraphFlusher:
                 log.warning("dependency graph edges not written (kept for the next try): %s", exc)
             return False
         self.failures = 0
+        self.flushes += 1
+        if self.flushes % self.prune_every == 1:
+            try:
+                await asyncio.to_thread(self.store.prune_edges, minute(now - RETENTION))
+            except StoreError as exc:  # the next prune takes them; the edges were written
+                log.warning("old dependency graph edges not pruned: %s", exc)
         return True
 
     async def run(self) -> None:

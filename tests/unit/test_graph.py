@@ -4,6 +4,7 @@ histogram, and edges that no authorization policy declares marked unexpected."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from gateway.telemetry.graph import (
     EXTERNAL,
     OTHER,
     EdgeCounts,
+    GraphFlusher,
     merge,
     minute,
     node_name,
@@ -21,6 +23,7 @@ from gateway.telemetry.graph import (
 )
 from gateway.telemetry.metrics import BUCKETS
 from routes.compiler import compile_document
+from routes.errors import StoreError
 from routes.model import Document
 
 ORDERS = "spiffe://peel.internal/svc/orders"
@@ -159,3 +162,35 @@ def test_an_edge_is_declared_by_an_allow_from_of_a_route_that_sends_to_its_servi
 def test_minutes() -> None:
     assert minute(119.9) == 60
     assert minute(120) == 120
+
+
+class FlakyStore:
+    """A store whose writes fail while `down`; prunes fail always (they must not undo a write)."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.added: list[dict[tuple[str, str, str], list[int]]] = []
+
+    def add_edges(self, instance: str, minute: int, deltas: Any) -> None:
+        if self.down:
+            raise StoreError("the store is away", unreachable=True)
+        self.added.append({k: list(v) for k, v in deltas.items()})
+
+    def prune_edges(self, before: int) -> int:
+        raise StoreError("the store is away", unreachable=True)
+
+
+def test_a_failed_flush_keeps_the_edges_and_a_failed_prune_does_not_count_them_twice() -> None:
+    store = FlakyStore()
+    edges = EdgeCounts()
+    flusher = GraphFlusher(store, edges, instance="a:1", clock=lambda: 600.0)
+    edges.record("public", EXTERNAL, "orders", 200, False, 0.001)
+
+    async def go() -> None:
+        assert not await flusher.flush()
+        edges.record("public", EXTERNAL, "orders", 200, False, 0.001)
+        store.down = False
+        assert await flusher.flush()  # written; its prune failed and changes nothing
+        assert await flusher.flush()  # nothing new
+    asyncio.run(go())
+    assert [d[("public", EXTERNAL, "orders")][0] for d in store.added] == [2]
