@@ -646,6 +646,11 @@ def _reload_inbound_mode(runtime: Runtime, fresh: Settings) -> None:
         return
     runtime.settings = dataclasses.replace(runtime.settings, listeners=dataclasses.replace(
         running, inbound=dataclasses.replace(running.inbound, mtls=mode)))
+    document = runtime.inbound_listener.document_mode
+    if document is not None:
+        log.warning("SIGHUP: listeners.inbound.mtls is now %s, but the document's mesh.inbound_mtls "
+                    "(%s) sets the inbound listener's mode while it is there", mode, document)
+        return
     log.info("SIGHUP: the inbound listener is now %s", mode)
 
 
