@@ -172,10 +172,11 @@ class IdentityBundle:
 
     def reload(self, *, why: str = "SIGHUP") -> bool:
         """Load the files again and swap them in; on any error keep the running identity."""
+        seen = signature(self.directory)  # refused as seen before the load: a later change is retried
         try:
             fresh = load(self.directory)
         except ConfigError as exc:
-            self._refused = signature(self.directory)
+            self._refused = seen
             log.error("%s: identity files refused, keeping the running identity: %s", why, exc)
             return False
         self._loaded, self._refused = fresh, None

@@ -12,6 +12,15 @@ renewal's credential is its current chain and proof of possession (`gateway.iden
 the chain's leaf must be issued by one of the CA's intermediates (the current generation or the
 previous one during a root rotation; both under a root of the bundle), valid now, an X509-SVID of
 this trust domain, and the new CSR must ask for that same SPIFFE ID.
+
+Root rotation (`Issuer.signer`): for one leaf lifetime after `peel ca rotate` the *previous*
+generation keeps signing, while every answer already carries the two-root bundle. A gateway
+renewing then gets a certificate its peers still trust (they may not have the new root yet) and
+the new bundle; once a lifetime has passed every gateway that renews on time (at half life) holds
+the new root, and the new generation signs. Signing with the new generation at once would give the
+first gateway to renew a certificate the others refuse until they renew too (measured in
+tests/sockets/test_rotation.py: mTLS handshakes refused). So `--overlap` should be at least two
+leaf lifetimes: one for the bundle to spread, one for the last leaves of the old root to expire.
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from gateway.identity import certs, proof
-from gateway.identity.ca import CertificateAuthority
+from gateway.identity.ca import CertificateAuthority, Generation
 from gateway.identity.errors import CsrRefused, IdentityError, NotAllowed, ProofRefused
+from gateway.identity.files import read_private
 from gateway.identity.spiffe import SpiffeId, parse, service_id
 
 
@@ -91,11 +101,27 @@ class Issuer:
         self.ca_dir = ca_dir
         self.lifetime = lifetime
 
+    def signer(self, ca: CertificateAuthority, now: datetime) -> Generation:
+        """The generation whose intermediate signs at `now`: the previous one for one leaf lifetime
+        after a rotation started (module docstring), else the current one."""
+        previous = ca.previous
+        if previous is None:
+            return ca.current
+        # the new generation's CA certificates are backdated like leaves: its start is the rotation's
+        started = ca.current.intermediate.not_valid_before_utc + certs.BACKDATE
+        if (now < started + self.lifetime and previous.intermediate_key_path.is_file()
+                and now < previous.intermediate.not_valid_after_utc):
+            return previous
+        return ca.current
+
     def _issue(self, ca: CertificateAuthority, csr: x509.CertificateSigningRequest, service: str,
                now: datetime) -> Issued:
-        leaf = ca.issue(csr, service, now=now, lifetime=self.lifetime)
-        return Issued(leaf, certs.cert_pem(leaf, ca.current.intermediate), ca.bundle_pem(),
-                      service_id(ca.trust_domain, service))
+        generation = self.signer(ca, now)
+        identity = service_id(ca.trust_domain, service)
+        path = generation.intermediate_key_path
+        key = certs.load_key(read_private(path), str(path))
+        leaf = certs.build_leaf(csr, identity, generation.intermediate, key, now=now, lifetime=self.lifetime)
+        return Issued(leaf, certs.cert_pem(leaf, generation.intermediate), ca.bundle_pem(), identity)
 
     def check_join(self, csr_pem: bytes, service: str) -> tuple[CertificateAuthority,
                                                                  x509.CertificateSigningRequest]:

@@ -17,9 +17,9 @@ Each one also looks at `cert.pem` every `POLL_SECONDS`, so its view of the certi
 `peel_certificate_expiry_seconds` metric it publishes) follows a renewal made by another.
 
 When the control plane is unreachable or refuses, the failure is logged and retried with
-exponential backoff and full jitter (1 s doubling to `MAX_BACKOFF`); the gateway keeps serving on
-its current certificate meanwhile. An expired certificate cannot be renewed (the CA refuses it):
-the log says to join again.
+exponential backoff and full jitter (1 s doubling to `MAX_BACKOFF`, and to no more than a quarter
+of the certificate's remaining life); the gateway keeps serving on its current certificate
+meanwhile. An expired certificate cannot be renewed (the CA refuses it): the log says to join again.
 """
 
 from __future__ import annotations
@@ -79,9 +79,15 @@ def renewal_delay(not_before: datetime, not_after: datetime, now: datetime,
     return max(0.0, (due - now).total_seconds())
 
 
-def backoff(failures: int, rand: Callable[[], float] = random.random) -> float:
-    """Seconds before retry number `failures`: full jitter over [0, min(MAX, BASE * 2^(n-1))]."""
-    return min(MAX_BACKOFF, BASE_BACKOFF * 2.0 ** min(max(failures, 1) - 1, 16)) * rand()
+def backoff(failures: int, rand: Callable[[], float] = random.random, *, left: float | None = None) -> float:
+    """Seconds before retry number `failures`: full jitter over [0, min(MAX, BASE * 2^(n-1))].
+
+    With `left`, the seconds the certificate has left, the cap is also a quarter of that (never
+    below BASE): a short certificate is not left to expire while its renewal waits out a minute of
+    backoff after the control plane came back (a 1-minute certificate has 30 s after its renewal
+    is due; `MAX_BACKOFF` alone could wait past them)."""
+    cap = MAX_BACKOFF if left is None else min(MAX_BACKOFF, max(BASE_BACKOFF, left / 4))
+    return min(cap, BASE_BACKOFF * 2.0 ** min(max(failures, 1) - 1, 16)) * rand()
 
 
 def renew_state(state: State, *, cafile: str | None, now: datetime) -> State:
@@ -179,7 +185,7 @@ class Renewer:
             except IdentityError as exc:
                 self.failures += 1
                 left = (leaf.not_valid_after_utc - self._now()).total_seconds()
-                wait = backoff(self.failures, self._rand)
+                wait = backoff(self.failures, self._rand, left=left)
                 if left <= 0:
                     log.error("identity %s: the certificate expired %.0f s ago and renewal failed (%s); "
                               "the CA renews only a valid certificate: join again with a new token",
