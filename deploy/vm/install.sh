@@ -1,9 +1,14 @@
 #!/bin/sh
 # Install, upgrade or remove Peel on a Debian or Ubuntu VM with systemd (deploy/vm/README.md).
 #
-#   install.sh [--role gateway|sidecar] [--wheelhouse DIR | --source DIR]
+#   install.sh [--role gateway|sidecar] [--wheelhouse DIR | --source DIR] [--database URL]
+#              [--control URL [--join-token TOKEN] [--control-cacert FILE]] [--app URL]
 #   install.sh --uninstall          stop and remove Peel; keep /etc/peel and /var/lib/peel
 #   install.sh --purge              remove Peel, its settings, its data and its user
+#
+# --role sidecar: only the east-west listeners (outbound 127.0.0.1:15001, inbound 0.0.0.0:15443 in
+# front of the local app at --app URL, default http://127.0.0.1:8080), no public or admin listener.
+# --join-token runs `peel join --control URL` at install (the inbound listener needs the identity).
 #
 # Re-running it upgrades in place: a new virtualenv is built next to the running one, the store's
 # schema is migrated (`peel db upgrade`), then the service restarts while systemd holds the
@@ -16,12 +21,20 @@ CONFIG_DIR=/etc/peel
 CONFIG=$CONFIG_DIR/peel.toml
 STATE_DIR=/var/lib/peel
 UNIT_DIR=/etc/systemd/system
-UNITS="peel.service peel.socket peel-admin.socket"
+# every unit any role installs: the sockets are the role's (the gateway's public and admin listeners,
+# the sidecar's outbound and inbound ones); peel.service is the same for both
+ALL_UNITS="peel.service peel.socket peel-admin.socket peel-outbound.socket peel-inbound.socket"
 USER_NAME=peel
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd /
 
 role=gateway
+role_given=0
+database=
+control=
+join_token=
+control_cacert=
+app=
 wheelhouse=
 source_dir=
 action=install
@@ -30,14 +43,24 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
 
 usage() {
-  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,12p' "$HERE/$(basename "$0")" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
 while [ $# -gt 0 ]; do
   case $1 in
-    --role) [ $# -ge 2 ] || die "--role needs gateway or sidecar"; role=$2; shift 2 ;;
-    --role=*) role=${1#--role=}; shift ;;
+    --role) [ $# -ge 2 ] || die "--role needs gateway or sidecar"; role=$2; role_given=1; shift 2 ;;
+    --role=*) role=${1#--role=}; role_given=1; shift ;;
+    --database) [ $# -ge 2 ] || die "--database needs a URL"; database=$2; shift 2 ;;
+    --database=*) database=${1#--database=}; shift ;;
+    --control) [ $# -ge 2 ] || die "--control needs the control plane's admin URL"; control=$2; shift 2 ;;
+    --control=*) control=${1#--control=}; shift ;;
+    --join-token) [ $# -ge 2 ] || die "--join-token needs a token"; join_token=$2; shift 2 ;;
+    --join-token=*) join_token=${1#--join-token=}; shift ;;
+    --control-cacert) [ $# -ge 2 ] || die "--control-cacert needs a file"; control_cacert=$2; shift 2 ;;
+    --control-cacert=*) control_cacert=${1#--control-cacert=}; shift ;;
+    --app) [ $# -ge 2 ] || die "--app needs a URL"; app=$2; shift 2 ;;
+    --app=*) app=${1#--app=}; shift ;;
     --wheelhouse) [ $# -ge 2 ] || die "--wheelhouse needs a directory"; wheelhouse=$2; shift 2 ;;
     --wheelhouse=*) wheelhouse=${1#--wheelhouse=}; shift ;;
     --source) [ $# -ge 2 ] || die "--source needs a directory"; source_dir=$2; shift 2 ;;
@@ -86,18 +109,43 @@ if [ "$action" = install ]; then
     [ -f "$source_dir/pyproject.toml" ] \
       || die "no Peel checkout at $source_dir (give --source DIR, or --wheelhouse DIR for an offline install)"
   fi
-  for unit in $UNITS; do
+  for unit in $ALL_UNITS; do
     [ -f "$HERE/$unit" ] || die "$HERE/$unit is missing: run install.sh from a Peel checkout or release"
   done
   if [ -e "$CONFIG" ] && ! getent group "$USER_NAME" >/dev/null; then
     die "$CONFIG exists but the group $USER_NAME does not: fix or move it aside first"
+  fi
+  for value in "$database" "$control" "$app" "$control_cacert"; do
+    case "$value" in *'"'*|*'\'*) die "a quote or backslash in '$value': give URLs and paths without them" ;; esac
+  done
+  if [ -n "$join_token" ] && [ -z "$control" ]; then
+    die "--join-token needs --control URL (the control plane's admin API, https://admin-host:9901)"
+  fi
+  case "$control" in ""|http://*|https://*) ;; *) die "--control must be an https:// URL (http:// on loopback only), not '$control'" ;; esac
+  case "$app" in ""|http://*|https://*) ;; *) die "--app must be the local app's http:// URL, not '$app'" ;; esac
+  if [ -n "$control_cacert" ]; then
+    [ -f "$control_cacert" ] && [ -r "$control_cacert" ] || die "--control-cacert $control_cacert is not a readable file"
+  fi
+  # The settings file is never rewritten, so it says which role this VM has: a different --role is
+  # refused rather than installing units that disagree with it.
+  if [ -e "$CONFIG" ]; then
+    file_role=$("$python" -c '
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    print(tomllib.load(f).get("server", {}).get("role", "gateway"))' "$CONFIG" 2>/dev/null) \
+      || die "cannot read $CONFIG as TOML: fix it first"
+    if [ "$role_given" = 1 ] && [ "$file_role" != "$role" ]; then
+      die "$CONFIG says role = \"$file_role\" but --role is $role: the installer never rewrites the settings; edit it, or move it aside to have one written for $role"
+    fi
+    role=$file_role
+    case "$role" in gateway|sidecar) ;; *) die "$CONFIG: [server] role must be gateway or sidecar, not '$role'" ;; esac
   fi
 fi
 
 # -- uninstall ---------------------------------------------------------------------------------------
 
 if [ "$action" != install ]; then
-  for unit in $UNITS; do
+  for unit in $ALL_UNITS; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
     rm -f "$UNIT_DIR/$unit"
   done
@@ -141,33 +189,26 @@ say "installed peel $version in $release"
 
 install -d -m 0750 -o root -g "$USER_NAME" "$CONFIG_DIR"
 if [ ! -e "$CONFIG" ]; then
-  if [ "$role" = gateway ]; then
-    public_bind=0.0.0.0:8080
-    role_note="# gateway: the public listener faces the network; the admin API stays on loopback."
-  else
-    public_bind=127.0.0.1:8080
-    role_note="# sidecar: only the applications on this VM use the listener (loopback). The east-west
-# listeners (outbound/inbound) and joining a control plane come with the east-west issue; until
-# then a sidecar is this same gateway bound to loopback."
-  fi
   umask 027
-  cat > "$CONFIG.new" <<EOF
-# Peel's settings (README.md "Settings"), written by deploy/vm/install.sh --role $role.
+  if [ "$role" = gateway ]; then
+    cat > "$CONFIG.new" <<EOF
+# Peel's settings (README.md "Settings"), written by deploy/vm/install.sh --role gateway.
 # Never overwritten by the installer. After a change: systemctl reload peel (what SIGHUP applies)
-# or systemctl restart peel (everything else); a changed bind also needs the socket unit changed.
-$role_note
+# or systemctl restart peel (everything else); a changed bind: re-run install.sh.
+# gateway: the public listener faces the network; the admin API stays on loopback.
 
 [database]
 # SQLite for one gateway; a fleet shares one PostgreSQL (deploy/vm/README.md)
-url = "sqlite:///$STATE_DIR/peel.db"
+url = "${database:-sqlite:///$STATE_DIR/peel.db}"
 
 [listeners.public]
-bind = "$public_bind"
+bind = "0.0.0.0:8080"
 
 [listeners.admin]
 bind = "127.0.0.1:9901"
 
 [server]
+role = "gateway"
 snapshot_path = "$STATE_DIR/snapshot.json"
 run_dir = "/run/peel"
 
@@ -175,32 +216,107 @@ run_dir = "/run/peel"
 # stdout goes to the journal: journalctl -u peel
 target = "stdout"
 EOF
+  else
+    cacert_line=
+    [ -z "$control_cacert" ] || cacert_line="control_cacert = \"$CONFIG_DIR/control-ca.pem\""
+    cat > "$CONFIG.new" <<EOF
+# Peel's settings (README.md "Settings"), written by deploy/vm/install.sh --role sidecar.
+# Never overwritten by the installer. After a change: systemctl reload peel (what SIGHUP applies)
+# or systemctl restart peel (everything else); a changed bind: re-run install.sh.
+# sidecar: beside the app on this VM; only the east-west listeners, no public or admin listener
+# (docs/east-west.md). Control plane: ${control:-none given (peel join --control URL)}
+
+[server]
+role = "sidecar"
+snapshot_path = "$STATE_DIR/snapshot.json"
+run_dir = "/run/peel"
+
+[database]
+# where the route table comes from: the fleet's PostgreSQL (install.sh --database URL)
+url = "${database:-sqlite:///$STATE_DIR/peel.db}"
+
+[listeners.outbound]
+# the apps on this VM call out through it (HTTP_PROXY, Host routing); loopback only
+bind = "127.0.0.1:15001"
+
+[listeners.inbound]
+# peer gateways and sidecars call this VM's service here (mTLS), answered by the local app
+bind = "0.0.0.0:15443"
+mtls = "permissive"
+app = "${app:-http://127.0.0.1:8080}"
+
+[identity]
+# this sidecar's key and certificate (peel join); renewed at half life from the control plane
+state_dir = "$STATE_DIR/identity"
+$cacert_line
+
+[access_log]
+# stdout goes to the journal: journalctl -u peel
+target = "stdout"
+EOF
+  fi
+  if [ -n "$control_cacert" ]; then
+    install -m 0640 -o root -g "$USER_NAME" "$control_cacert" "$CONFIG_DIR/control-ca.pem"
+  fi
   chown root:"$USER_NAME" "$CONFIG.new"
   chmod 0640 "$CONFIG.new"
   mv "$CONFIG.new" "$CONFIG"
   say "wrote $CONFIG (role $role)"
 else
-  say "kept the existing $CONFIG"
+  say "kept the existing $CONFIG (role $role)"
+  if [ -n "$database$app$control_cacert" ]; then
+    say "--database, --app and --control-cacert only shape a new settings file: edit $CONFIG instead"
+  fi
 fi
 
 install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$STATE_DIR"
-(cd "$STATE_DIR" && runuser -u "$USER_NAME" -- "$PREFIX/bin/peel" db upgrade --config "$CONFIG")
 
-# The socket units listen where the settings say.
-binds=$("$release/bin/python" -c '
+# What the settings say, read by Peel itself (in the state directory, the service's working
+# directory, so relative paths mean what they mean to the service): the kind of store, each socket
+# unit of the role with the address it must listen on, and whether a needed identity is missing.
+facts=$(cd "$STATE_DIR" && "$release/bin/python" -c '
 import sys
 from gateway.core.settings import load_settings
-listeners = load_settings(sys.argv[1]).listeners
-print(listeners.public.bind, listeners.admin.bind)' "$CONFIG")
-public_bind=${binds% *}
-admin_bind=${binds#* }
+from gateway.identity.bundle import exists
+settings = load_settings(sys.argv[1])
+listeners = settings.listeners
+print("store", "sqlite" if settings.database.url.startswith("sqlite") else "shared")
+if settings.server.role == "sidecar":
+    if settings.outbound_enabled:
+        print("socket peel-outbound.socket", listeners.outbound.bind)
+    if listeners.inbound.mtls != "off":
+        print("socket peel-inbound.socket", listeners.inbound.bind)
+else:
+    print("socket peel.socket", listeners.public.bind)
+    print("socket peel-admin.socket", listeners.admin.bind)
+inbound = listeners.inbound.mtls != "off"
+print("identity", "missing" if inbound and not exists(settings.identity.state_dir) else "ok")' "$CONFIG") \
+  || die "Peel refused $CONFIG (above): fix it and re-run install.sh"
+sockets=$(echo "$facts" | awk '$1 == "socket" { printf "%s%s", sep, $2; sep = " " }')
+[ -n "$sockets" ] || die "$CONFIG turns every listener of role $role off: nothing to serve"
+
+# The store: a gateway migrates it; a sidecar leaves the fleet's shared store to the gateways (a newer
+# sidecar must not move the fleet's schema under them) and migrates only a SQLite store of its own.
+if [ "$role" = gateway ] || echo "$facts" | grep -qx "store sqlite"; then
+  (cd "$STATE_DIR" && runuser -u "$USER_NAME" -- "$PREFIX/bin/peel" db upgrade --config "$CONFIG")
+fi
+
+if [ -n "$join_token" ]; then
+  (cd "$STATE_DIR" && runuser -u "$USER_NAME" -- "$PREFIX/bin/peel" join --control "$control" \
+    --token "$join_token" --config "$CONFIG") || die "peel join failed (above): nothing started"
+  facts=$(echo "$facts" | sed 's/^identity missing$/identity ok/')
+fi
 
 changed_sockets=
-for unit in $UNITS; do
+for unit in peel.service $sockets; do
   case $unit in
-    peel.socket) sed "s|^ListenStream=.*|ListenStream=$public_bind|" "$HERE/$unit" > "$UNIT_DIR/$unit.new" ;;
-    peel-admin.socket) sed "s|^ListenStream=.*|ListenStream=$admin_bind|" "$HERE/$unit" > "$UNIT_DIR/$unit.new" ;;
-    *) cp "$HERE/$unit" "$UNIT_DIR/$unit.new" ;;
+    peel.service)
+      # the same service for both roles; it requires the role's socket units
+      sed -e "s|^Requires=.*|Requires=$sockets|" -e "s|^After=.*|After=network-online.target $sockets|" \
+        "$HERE/$unit" > "$UNIT_DIR/$unit.new" ;;
+    *)
+      bind=$(echo "$facts" | awk -v unit="$unit" '$1 == "socket" && $2 == unit { print $3 }')
+      sed "s|^ListenStream=.*|ListenStream=$bind|" "$HERE/$unit" > "$UNIT_DIR/$unit.new" ;;
   esac
   chmod 0644 "$UNIT_DIR/$unit.new"
   if [ "${unit##*.}" = socket ] && [ -e "$UNIT_DIR/$unit" ] && ! cmp -s "$UNIT_DIR/$unit" "$UNIT_DIR/$unit.new"; then
@@ -208,7 +324,26 @@ for unit in $UNITS; do
   fi
   mv "$UNIT_DIR/$unit.new" "$UNIT_DIR/$unit"
 done
+# a socket unit the settings no longer use (a listener turned off)
+for unit in $ALL_UNITS; do
+  case " peel.service $sockets " in *" $unit "*) continue ;; esac
+  if [ -e "$UNIT_DIR/$unit" ]; then
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    rm -f "$UNIT_DIR/$unit"
+    say "removed $unit: $CONFIG does not use it"
+  fi
+done
 systemctl daemon-reload
+
+if echo "$facts" | grep -qx "identity missing"; then
+  # The inbound listener cannot start without this VM's identity: nothing is enabled until it has one.
+  say "installed, not started: the inbound listener needs this VM's identity. Get a join token on the"
+  say "control plane (peel join-token create --service NAME), then re-run install.sh with"
+  say "--control URL --join-token TOKEN, or:"
+  say "  cd $STATE_DIR && runuser -u $USER_NAME -- $PREFIX/bin/peel join --control ${control:-https://ADMIN-HOST:9901} --token TOKEN --config $CONFIG"
+  say "  systemctl enable --now $sockets peel.service"
+  exit 0
+fi
 
 if [ -n "$changed_sockets" ]; then
   # New addresses need new sockets: the one moment connections are refused (README: "Changing a bind").
@@ -217,8 +352,10 @@ if [ -n "$changed_sockets" ]; then
   # shellcheck disable=SC2086
   systemctl restart $changed_sockets
 fi
-systemctl enable --quiet peel.socket peel-admin.socket peel.service
-systemctl start peel.socket peel-admin.socket
+# shellcheck disable=SC2086
+systemctl enable --quiet $sockets peel.service
+# shellcheck disable=SC2086
+systemctl start $sockets
 if systemctl is-active --quiet peel.service; then
   systemctl restart peel.service
   say "upgraded and restarted peel.service (${previous:+from $previous })"
