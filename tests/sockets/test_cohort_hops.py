@@ -6,6 +6,9 @@ from plaintext on its inbound listener; each gateway's graph shows the edge it s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -133,6 +136,18 @@ def test_each_gateway_graphs_the_edges_it_served(hops: Hops) -> None:
     assert seen["observed_by"] == ["inbound"]
     assert seen["expected"] is False  # no allow_from names the edge gateway: unexpected
     assert edges(hops.edge, hops.edge_token)[("external", "payments")]["expected"] is None
+    # `peel graph` says so, and exits 1 while an edge is unexpected
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
+    env.update(PEEL_ADMIN_URL=f"http://127.0.0.1:{hops.second.admin_port}",
+               PEEL_ADMIN_TOKEN=hops.second_token)
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "graph", "--window", "5m"], env=env,
+                          text=True, capture_output=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert any(line.split()[:2] == ["edge", "payments-v2"] and line.endswith("UNEXPECTED")
+               for line in done.stdout.splitlines()), done.stdout
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "graph", "--format", "dot"], env=env,
+                          text=True, capture_output=True, timeout=60)
+    assert done.stdout.startswith("digraph peel {") and '"edge" -> "payments-v2"' in done.stdout
 
 
 def test_the_hop_between_the_gateways_is_mtls_with_the_edges_identity(hops: Hops) -> None:
