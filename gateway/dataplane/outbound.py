@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 from gateway.core import problems
 from gateway.core.asgi import TARGET, Receive, Scope, Send
 from gateway.http.hosts import absolute_target, parse_host
+from gateway.telemetry.metrics import Metrics
 from routes.compiler import compile_document
 from routes.errors import PeelError
 from routes.holder import TableHolder
@@ -171,17 +172,32 @@ def classify(table: RouteTable | None, target: bytes | None, host_header: bytes 
 
 
 class OutboundCounts:
-    """What the outbound listener refused, by Peel code, and forwarded, by destination host
-    (at most `MAX_HOSTS` hosts; the rest as `other`)."""
+    """What the outbound listener refused, by Peel code, forwarded, by destination host, and
+    tunnelled, by destination (at most `MAX_HOSTS` keys each; the rest as `other`). Refusals and
+    tunnels also go to `metrics` (`peel_outbound_refused_total`, `peel_outbound_tunnels_total`)."""
 
     MAX_HOSTS = 1000
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
         self.refused: dict[str, int] = {}
         self.forwarded: dict[str, int] = {}
         self.tunnels: dict[str, int] = {}
 
-    def add(self, counts: dict[str, int], key: str) -> None:
+    def refuse(self, code: str) -> None:
+        self._add(self.refused, code)
+        if self.metrics is not None:
+            self.metrics.outbound_refused(code)
+
+    def forward(self, host: str) -> None:
+        self._add(self.forwarded, host)
+
+    def tunnel(self, destination: str) -> None:
+        self._add(self.tunnels, destination)
+        if self.metrics is not None:
+            self.metrics.outbound_tunnel(destination)
+
+    def _add(self, counts: dict[str, int], key: str) -> None:
         if key not in counts and len(counts) >= self.MAX_HOSTS:
             key = "other"
         counts[key] = counts.get(key, 0) + 1
@@ -224,13 +240,13 @@ class OutboundApp:
         found = classify(self._holder.table, extensions.get(TARGET), host_header,
                          server[1] if server else None, self._ports)
         if isinstance(found, Refused):
-            self.counts.add(self.counts.refused, found.code)
+            self.counts.refuse(found.code)
             log.info("outbound: refused %s %s: %s", scope.get("method", "GET"),
                      (extensions.get(TARGET) or b"").decode("latin-1")[:200], found.code)
             await _refuse(kind, send, found)
             return
         if found is not None:
-            self.counts.add(self.counts.forwarded, found.host)
+            self.counts.forward(found.host)
             if found.service_port:
                 # The port names the service: it is the Host, whatever the app sent.
                 headers = [(n, v) for n, v in headers if n != b"host"]

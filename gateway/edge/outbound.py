@@ -166,11 +166,11 @@ class OutboundProtocol(PeelHttpProtocol):
             self.waiting_since = self.body_since = None
             self.flow.pause_reading()
             self.connections.discard(self)
-            counts.add(counts.tunnels, f"{target[0]}:{target[1]}")
+            counts.tunnel(f"{target[0]}:{target[1]}")
             task = self.loop.create_task(self._open(tunnels, target, rest))
             task.add_done_callback(_log_failure)
             return
-        counts.add(counts.refused, refusal.code)
+        counts.refuse(refusal.code)
         log.info("outbound: refused %s: %s", line[:200].decode("latin-1"), refusal.code)
         self._refuse(refusal)
 
@@ -181,7 +181,7 @@ class OutboundProtocol(PeelHttpProtocol):
             transport, upstream = await tunnels.dialer.open(
                 Endpoint("http", host, port), lambda: _Relay(tunnels), timeout=CONNECT_TIMEOUT)
         except UpstreamError as exc:
-            tunnels.counts.add(tunnels.counts.refused, "upstream-connect-failed")
+            tunnels.counts.refuse("upstream-connect-failed")
             self._refused = False
             self._refuse(Refusal(502, "upstream-connect-failed", f"CONNECT {host}:{port}: {exc}"))
             return

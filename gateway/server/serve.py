@@ -460,7 +460,7 @@ class Runtime:
         settings = self.settings
         listener = settings.listeners.outbound
         holder = follow_derived(self.holder, outbound_table)
-        counts = self.outbound_counts = OutboundCounts()
+        counts = self.outbound_counts = OutboundCounts(self.metrics if settings.metrics.enabled else None)
         ports = {port: name for name, port in listener.service_ports.items()}
         proxy = self.east_west_proxy(holder)
         proxy.listener = "outbound"  # its callers are local apps: cohorts trusted, graph source this VM

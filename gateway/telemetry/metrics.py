@@ -71,6 +71,9 @@ class Metrics:
         self._inbound: dict[tuple[str, str], list[float]] = {}
         self._authz_dry_run: dict[str, int] = {}
         self._inbound_refused: dict[str, int] = {}
+        # outbound listener (docs/east-west.md): refusals by Peel code, CONNECT tunnels by destination
+        self._outbound_refused: dict[str, int] = {}
+        self._outbound_tunnels: dict[str, int] = {}
         self._authz_denied: dict[str, int] = {}
         self.config_version = -1
         self.config_loaded_at: float | None = None  # unix time of the last table swapped in
@@ -144,6 +147,14 @@ class Metrics:
         """A connection the inbound listener refused: "plaintext" (strict mode) or "handshake"."""
         self._count(self._inbound_refused, reason)
 
+    def outbound_refused(self, code: str) -> None:
+        """A request the outbound listener refused (`unknown-destination`, `connect-refused`, ...)."""
+        self._count(self._outbound_refused, code)
+
+    def outbound_tunnel(self, destination: str) -> None:
+        """A `CONNECT` tunnel the outbound listener opened to `destination` (host:port)."""
+        self._count(self._outbound_tunnels, destination)
+
     def authz_dry_run(self, route: str) -> None:
         """A request that the route's authorization policy in `dry_run` mode would have refused."""
         self._count(self._authz_dry_run, route)
@@ -200,6 +211,8 @@ class Metrics:
                         for (mtls, source), row in list(self._inbound.items())],
             "authz_dry_run": dict(self._authz_dry_run),
             "inbound_refused": dict(self._inbound_refused),
+            "outbound_refused": dict(self._outbound_refused),
+            "outbound_tunnels": dict(self._outbound_tunnels),
             "authz_denied": dict(self._authz_denied),
             "in_flight": self.in_flight,
             "overflow": self.overflow,
@@ -262,6 +275,7 @@ class PeelCollector:
         attempts = _Sum()
         per_route = {name: _Sum() for name in _ROUTE_COUNTERS}
         ejections, circuit_open, inbound, inbound_refused = _Sum(), _Sum(), _Sum(), _Sum()
+        outbound_refused, tunnels = _Sum(), _Sum()
         upstream_in_flight, healthy, ejected = _Sum(), _Sum(), _Sum()
         totals, spans = _Sum(), _Sum()
         proc = {name: GaugeMetricFamily(f"peel_worker_{name}", doc, labels=["pid"])
@@ -291,6 +305,10 @@ class PeelCollector:
                 inbound.add(("inbound", str(row[0]), str(row[1])), row[2])
             for reason, n in (m.get("inbound_refused") or {}).items():
                 inbound_refused.add(("inbound", str(reason)), n)
+            for code, n in (m.get("outbound_refused") or {}).items():
+                outbound_refused.add(("outbound", str(code)), n)
+            for destination, n in (m.get("outbound_tunnels") or {}).items():
+                tunnels.add(("outbound", str(destination)), n)
             for service, n in (m.get("ejections") or {}).items():
                 ejections.add((service,), n)
             for service, n in (m.get("circuit_open") or {}).items():
@@ -335,6 +353,11 @@ class PeelCollector:
         yield _counter("peel_inbound_refused", "Connections the inbound listener refused: plaintext in "
                        "strict mode, or a failed TLS handshake (no, an untrusted or an expired client "
                        "certificate)", ["listener", "reason"], inbound_refused)
+        yield _counter("peel_outbound_refused", "Requests the outbound listener refused: a destination "
+                       "that is no registered service or route host, a CONNECT off the allow-list",
+                       ["listener", "code"], outbound_refused)
+        yield _counter("peel_outbound_tunnels", "CONNECT tunnels the outbound listener opened",
+                       ["listener", "destination"], tunnels)
         yield _counter("peel_ejections", "Outlier ejections of endpoints", ["service"], ejections)
         yield _counter("peel_circuit_open", "Requests refused by a service's circuit breaker",
                        ["service"], circuit_open)

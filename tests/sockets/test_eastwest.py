@@ -134,10 +134,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         yield Mesh(tmp, app, monolith, orders, outbound, orders_port, inbound, echo_port, echo,
                    closed_port, ca)
     finally:
-        for sidecar in started:
-            sidecar.stop()
+        codes = [sidecar.stop() for sidecar in started]
         app.stop()
         echo.close()
+    assert codes == [0, 0], f"a sidecar did not drain and exit 0 on SIGTERM: {codes}"
 
 
 def _echo(body: bytes) -> dict[str, object]:
@@ -317,5 +317,11 @@ def test_the_gateway_role_runs_the_outbound_listener_when_enabled(mesh: Mesh) ->
         assert status == 200 and _echo(body)["target"] == "/public"
         status, _, body = gateway.get("http://example.com/")
         assert status == 400 and json.loads(body)["code"] == "not-an-open-proxy"
+        # the outbound listener's refusals are in the gateway's /metrics
+        status, body = _request(outbound, "GET", "http://example.com/")
+        assert status == 403
+        token = gateway.upgrade_with_token("outbound-metrics")
+        expected = b'peel_outbound_refused_total{code="unknown-destination",listener="outbound"} 1.0'
+        wait_for(lambda: expected in gateway.admin_get("/metrics", token)[1], 30, "the refusal in /metrics")
     finally:
-        gateway.stop()
+        assert gateway.stop() == 0

@@ -271,3 +271,21 @@ def test_a_peer_gateway_continues_the_trace_and_no_one_else_outside_trusted_netw
         assert not from_gateway(peer, domain)
         fresh = tracing.start(headers, "10.0.3.7", "GET", "/", "orders", trusted=from_gateway(peer, domain))
         assert fresh.trace_id != trace_id and fresh.parent_id is None
+
+
+def test_refusals_and_tunnels_are_metrics() -> None:
+    from gateway.dataplane.outbound import OutboundCounts
+    from gateway.telemetry.metrics import Metrics, render
+
+    metrics = Metrics()
+    counts = OutboundCounts(metrics)
+    counts.refuse("unknown-destination")
+    counts.refuse("unknown-destination")
+    counts.refuse("connect-refused")
+    counts.tunnel("api.github.com:443")
+    counts.forward("orders")
+    text = render([{"pid": 1, "metrics": metrics.snapshot()}], admin_process=False).decode()
+    assert 'peel_outbound_refused_total{code="unknown-destination",listener="outbound"} 2.0' in text
+    assert 'peel_outbound_refused_total{code="connect-refused",listener="outbound"} 1.0' in text
+    assert 'peel_outbound_tunnels_total{destination="api.github.com:443",listener="outbound"} 1.0' in text
+    assert counts.forwarded == {"orders": 1}
