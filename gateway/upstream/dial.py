@@ -33,7 +33,8 @@ not check host names; after the handshake the peer certificate's URI SAN must eq
 ID, else the connection is closed and the dial fails with `UpstreamIdentityMismatch` (502
 `upstream-identity-mismatch`). Without an identity in this process such a dial fails with 502
 `upstream-tls-config`. A peer whose certificate the table's `revocations` refuse is closed too
-(`UpstreamTlsError`, 502 `upstream-tls-failed`, the detail naming the revocation).
+(`UpstreamTlsError`, 502 `upstream-tls-failed`, the detail naming the revocation), and a table that
+revokes the certificate of a peer already connected closes those connections, pooled or in use.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from gateway.core.errors import (
     ConnectError,
@@ -55,7 +56,7 @@ from gateway.core.errors import (
     UpstreamTlsError,
 )
 from gateway.identity.bundle import IdentityBundle, peer_identity
-from gateway.identity.revocation import describe, revoked_peer
+from gateway.identity.revocation import CertFacts, describe, peer_facts, revoked_peer
 from routes.model import Endpoint
 from routes.policies import ServiceTls
 from routes.revocations import NO_REVOCATIONS, Revocations
@@ -178,7 +179,7 @@ class UpstreamTls:
     for the `RECHECK` interval (tests inject one).
     """
 
-    __slots__ = ("_by_fingerprint", "_clock", "_default", "_factory", "_loaded", "identity",
+    __slots__ = ("_by_fingerprint", "_clock", "_default", "_factory", "_loaded", "_peers", "identity",
                  "revocations")
 
     def __init__(self, factory: TlsFactory | None = None, *,
@@ -189,6 +190,9 @@ class UpstreamTls:
         self.identity: IdentityBundle | None = None
         # the revoked certificates of the current table: an mTLS peer presenting one is refused
         self.revocations: Revocations = NO_REVOCATIONS
+        # open mTLS connections to peer gateways with their certificates: a table that revokes one
+        # closes it (pooled or in use); closed ones are pruned as the map grows
+        self._peers: dict[asyncio.BaseTransport, CertFacts] = {}
         self._default: ssl.SSLContext | None = None
         self._loaded: dict[ServiceTls, _Loaded] = {}
         # one context per distinct policy settings and file contents, shared by equal ones
@@ -213,8 +217,33 @@ class UpstreamTls:
         """A table follower: load the files of every `tls` policy in `table` now (so a bad file is
         logged when the table arrives, not at the first request) and forget the policies it no
         longer has."""
-        self.revocations = table.revocations
+        if table.revocations != self.revocations:
+            self.revocations = table.revocations
+            self.close_revoked()
         self.refresh(s.tls for s in table.services.values() if s.tls is not None)
+
+    def track(self, transport: asyncio.BaseTransport) -> None:
+        """Remember an mTLS connection's peer certificate for the revocations still to come."""
+        facts = peer_facts(transport.get_extra_info("ssl_object"))
+        if facts is None:
+            return
+        if len(self._peers) >= 256 and len(self._peers) & 255 == 0:
+            self._peers = {t: f for t, f in self._peers.items() if not t.is_closing()}
+        self._peers[transport] = facts
+
+    def close_revoked(self) -> int:
+        """Close the open mTLS connections whose peer certificate is now revoked."""
+        closed = 0
+        for transport, facts in list(self._peers.items()):
+            if transport.is_closing():
+                del self._peers[transport]
+            elif (found := facts.refused_by(self.revocations)) is not None:
+                log.warning("closing an upstream mTLS connection to %s: %s",
+                            facts.identity or facts.serial, describe(found))
+                del self._peers[transport]
+                cast(asyncio.Transport, transport).abort()
+                closed += 1
+        return closed
 
     def refresh(self, policies: Iterable[ServiceTls]) -> None:
         """Read the files of `policies` now and keep only their contexts."""
@@ -322,6 +351,7 @@ class Dialer:
                     transport.abort()
                     raise UpstreamTlsError(f"TLS with {endpoint.url} refused: its certificate is "
                                            f"revoked ({describe(revoked)})")
+                self.tls.track(transport)
         except TimeoutError as exc:
             if timeout is None:
                 raise  # the caller's own timeout

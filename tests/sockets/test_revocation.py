@@ -186,6 +186,14 @@ def test_an_mtls_dial_refuses_a_peer_whose_certificate_is_revoked(world: World) 
         # the peer itself served nothing: the caller closed right after the handshake
         caller.commit({"services": services, "routes": routes})  # the revocation taken back
         wait_for(lambda: caller.get("/allowed/thing")[0] == 200, 10, "served again")
+        # revoked again while the caller holds a pooled connection to the peer: the table closes
+        # it, so the next request dials anew and is refused (reused, it would still get 200)
+        assert caller.get("/allowed/thing")[0] == 200
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        caller.commit({"services": services, "routes": routes,
+                       "revocations": [{"identity": f"spiffe://{TD}/svc/orders", "at": now}]})
+        wait_for(lambda: caller.get("/allowed/thing")[0] == 502, 10, "the pooled connection closed")
+        assert "closing an upstream mTLS connection" in caller.log.read_text()
     finally:
         caller.stop()
         peer.stop()
