@@ -39,6 +39,7 @@ from routes.grammar import IDEMPOTENT_METHODS, TOKEN_RE, cookie_value, header_va
 from routes.services import Endpoint
 
 if TYPE_CHECKING:
+    from routes.guard_spec import GuardPolicy
     from routes.table import CompiledService
 
 Split = Literal["none", "percent", "all"]
@@ -333,6 +334,8 @@ class Migration:
     fallback: Fallback = field(default_factory=Fallback)
     # None: the defaults when the stage is `shadow`
     shadow: ShadowSpec | None = None
+    # the guard's policy (`routes.guard_spec`); None: no guard
+    guard: GuardPolicy | None = None
 
     @property
     def shadow_spec(self) -> ShadowSpec:
@@ -349,7 +352,7 @@ class Migration:
     @classmethod
     def parse(cls, data: object, where: str) -> Migration:
         m = mapping(data, where, ("to", "stage", "percent", "cohort", "salt", "beta", "fallback",
-                                  "shadow"))
+                                  "shadow", "guard"))
         if "to" not in m:
             raise RuleError(f"{where}.to", "is required: the service the route moves to")
         to = m["to"]
@@ -365,8 +368,10 @@ class Migration:
                             salt)
         beta = Beta.parse(m["beta"], f"{where}.beta") if "beta" in m else None
         shadow = ShadowSpec.parse(m["shadow"], f"{where}.shadow") if "shadow" in m else None
+        from routes.guard_spec import GuardPolicy  # here: routes.guard_spec imports this module
+        guard = GuardPolicy.parse(m["guard"], f"{where}.guard") if "guard" in m else None
         return cls(to, stage, share, Cohort.parse(m.get("cohort", {}), f"{where}.cohort"), salt, beta,
-                   Fallback.parse(m.get("fallback", {}), f"{where}.fallback"), shadow)
+                   Fallback.parse(m.get("fallback", {}), f"{where}.fallback"), shadow, guard)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"to": self.to, "stage": self.stage}
@@ -383,6 +388,8 @@ class Migration:
             out["fallback"] = fallback
         if self.shadow is not None:
             out["shadow"] = self.shadow.to_dict()
+        if self.guard is not None:
+            out["guard"] = self.guard.to_dict()
         return out
 
 
