@@ -9,8 +9,12 @@ compares `to` with `from` over the same window, never `to` against an absolute n
 | check | trigger (rollback) | gate (needed to advance) |
 |---|---|---|
 | error rate | the interval of to - from lies above `max_error_increase` | its upper bound is within it |
-| p99 latency | to > `max_p99_ratio` x from + `p99_slack_ms` | to <= that bound |
+| p99 latency | to > `max_p99_ratio` x from + `p99_slack_ms` (*) | to <= that bound |
 | shadow mismatch | some field's excess over noise surely > `max_mismatch` | every field's within it |
+
+(*) With a latency histogram (`SideStats.latency`), only when more than 1 % of to's requests are
+surely slower than that bound (the lower Wilson bound of their share): one stall in a small window
+moves a p99 but is no regression; it holds, inconclusive, instead.
 
 Error rates are compared with Newcombe's interval for a difference of proportions (`facade.noise`),
 so a trigger fires only on evidence (ten failures out of ten fire at once, one out of ten does not)
@@ -31,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from facade.noise import RouteReport, newcombe
+from facade.noise import RouteReport, newcombe, wilson
 from routes.guard_spec import DEFAULT_STEPS, DEFAULTS, STAGE_ORDER, GuardPolicy, OnFailure, Step
 from routes.migration import format_percent
 
@@ -44,11 +48,18 @@ Action = Literal["hold", "advance", "rollback"]
 @dataclass(frozen=True, slots=True)
 class SideStats:
     """One side over the window: requests answered, errors among them (5xx, connect errors,
-    timeouts), and the p99 latency in milliseconds (None: not measured)."""
+    timeouts), the p99 latency in milliseconds (None: not measured) and, when measured as a
+    histogram, its buckets `(low_ms, high_ms, count)`, which let the p99 trigger count the requests
+    surely slower than its bound instead of trusting one high percentile of a small sample."""
 
     requests: int = 0
     errors: int = 0
     p99_ms: float | None = None
+    latency: tuple[tuple[float, float, int], ...] = ()
+
+    def slower_than(self, bound_ms: float) -> int:
+        """Requests whose latency was surely above `bound_ms` (their bucket starts at or above it)."""
+        return sum(n for low, _, n in self.latency if low >= bound_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +146,17 @@ def _triggers(policy: GuardPolicy, w: WindowStats, z: float) -> tuple[str, str] 
     if (w.to.p99_ms is not None and w.from_.p99_ms is not None and w.to.requests >= policy.min_requests
             and w.from_.requests >= policy.min_requests):
         bound = policy.max_p99_ratio * w.from_.p99_ms + policy.p99_slack_ms
-        if w.to.p99_ms > bound:
+        if w.to.latency:
+            # to's p99 is surely above the bound when more than 1 % of its requests surely are:
+            # a stall or two in a small window is not a regression
+            slow = w.to.slower_than(bound)
+            low, _ = wilson(slow, w.to.requests, z)
+            if low > 0.01:
+                return ("p99-ratio", f"to's p99 {w.to.p99_ms:g} ms is above {policy.max_p99_ratio:g} x "
+                        f"from's {w.from_.p99_ms:g} ms + {policy.p99_slack_ms:g} ms: {slow} of "
+                        f"{w.to.requests} requests ({slow / w.to.requests:.1%}) slower than "
+                        f"{bound:g} ms, at least {low:.1%}")
+        elif w.to.p99_ms > bound:
             return ("p99-ratio", f"to's p99 {w.to.p99_ms:g} ms is above {policy.max_p99_ratio:g} x from's "
                     f"{w.from_.p99_ms:g} ms + {policy.p99_slack_ms:g} ms")
     if w.shadow is not None and w.shadow.pairs and w.shadow.excess_low > policy.max_mismatch:
@@ -160,6 +181,11 @@ def _gates(policy: GuardPolicy, w: WindowStats, z: float) -> tuple[str, str] | N
                 f"(limit {policy.max_error_increase:.2%}); more traffic will tell")
     if w.to.p99_ms is None or w.from_.p99_ms is None:
         return ("min-samples", "inconclusive: p99 latency not measured on both sides")
+    bound = policy.max_p99_ratio * w.from_.p99_ms + policy.p99_slack_ms
+    if w.to.p99_ms > bound:
+        return ("p99-ratio", f"inconclusive: to's p99 {w.to.p99_ms:g} ms is above {bound:g} ms "
+                f"({policy.max_p99_ratio:g} x from's + {policy.p99_slack_ms:g} ms) but not surely: "
+                f"{w.to.slower_than(bound)} of {w.to.requests} requests were")
     if w.shadow is not None and w.shadow.pairs and w.shadow.excess_high > policy.max_mismatch:
         return ("mismatch", f"inconclusive: a field may differ old-vs-new more than old-vs-old by up to "
                 f"{w.shadow.excess_high:.2%} (limit {policy.max_mismatch:.2%})")

@@ -8,22 +8,27 @@
 The window is the last `policy.window` seconds that every gateway has written by now: it ends
 `lag` seconds ago (the samples' flush interval and a margin), in whole seconds, so the leader reads
 the same sums whichever gateway measured the requests. `facade.guard.evaluate` decides; this
-module only measures and turns a verdict into an edit and a message. The shadow mismatch gate has
-no input here yet (the shadow stage's counts): it reads None, and in the shadow step the guard
-holds and says that no shadow pairs were compared.
+module only measures and turns a verdict into an edit and a message. In the shadow step `to` is
+measured by the shadow copies' answers and the mismatch gate reads the shadow counts
+(`facade.shadow_counts`), which are kept per minute: the minutes from the window's first on.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from sqlalchemy.engine import Connection
+
 from facade import transitions
-from facade.guard import SideStats, Verdict, WindowStats, evaluate
-from facade.window import SideWindow
+from facade.guard import ShadowStats, SideStats, Verdict, WindowStats, evaluate
+from facade.noise import report
+from facade.shadow_counts import shadow_window
+from facade.window import SideWindow, bucket_bound
 from routes.errors import ConflictError, NotFoundError
 from routes.guard_records import GuardRow
 from routes.guard_spec import GuardPolicy
@@ -36,7 +41,12 @@ ACTOR = "guard"
 
 
 class WindowStore(Protocol):
+    """The store's slice a window needs (`routes.store.Store` is one): the guard's samples, and
+    its connection for the shadow counts (`facade.shadow_counts.shadow_window`)."""
+
     def guard_window(self, route: str, start: int, end: int) -> list[GuardRow]: ...
+
+    def _connect(self, *, write: bool = False) -> AbstractContextManager[Connection]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +79,9 @@ def window_bounds(policy: GuardPolicy, now: float, lag: float) -> tuple[int, int
 
 
 def side_stats(side: SideWindow) -> SideStats:
-    return SideStats(side.requests, side.errors, side.p99_ms())
+    buckets = tuple((bucket_bound(i - 1) if i else 0.0, bucket_bound(i), n)
+                    for i, n in sorted(side.histogram.items()))
+    return SideStats(side.requests, side.errors, side.p99_ms(), buckets)
 
 
 def measure(store: WindowStore, route: Route, step_since: float, now: float, lag: float) -> WindowStats:
@@ -81,8 +93,14 @@ def measure(store: WindowStore, route: Route, step_since: float, now: float, lag
     for side, requests, errors, hist in store.guard_window(route.name, start, end):
         if side in sides:
             sides[side].add(requests, errors, hist)
+    shadow = None
+    if migration.stage == "shadow":
+        # the shadow counts are kept per minute: the minutes from the window's first on
+        totals = shadow_window(store, route.name, float(start))
+        shadow = ShadowStats.of(report(totals.counts, z=migration.guard.z)) if totals.pairs else \
+            ShadowStats(0, 0.0, 0.0)
     return WindowStats(migration.stage, migration.share, step_since, float(start), float(end),
-                       side_stats(sides["to"]), side_stats(sides["from"]))
+                       side_stats(sides["to"]), side_stats(sides["from"]), shadow)
 
 
 def assess(store: WindowStore, route: Route, step_since: float, now: float, lag: float) -> Assessment:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from routes.errors import StoreError
 from routes.guard_records import GuardDeltas
@@ -120,6 +121,29 @@ class GuardSamples:
         """Return deltas that could not be written, so the next flush carries them."""
         for key, (requests, errors, hist) in deltas.items():
             self._data.setdefault(key, SideWindow()).add(requests, errors, hist)
+
+
+T = TypeVar("T")
+
+
+async def measured(samples: GuardSamples | None, route: str, side: str, answer: Awaitable[T],
+                   status: Callable[[T], int]) -> T:
+    """Await `answer` and, with `samples`, record it as one answer of `side`: an error when it
+    raises (not when cancelled) or its `status` is a 5xx. For answers that are not the request's
+    own, such as the shadow stage's copies to `to`."""
+    if samples is None:
+        return await answer
+    started = time.perf_counter()
+    try:
+        result = await answer
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        samples.add(route, side, error=True, seconds=time.perf_counter() - started, now=time.time())
+        raise
+    samples.add(route, side, error=status(result) >= 500, seconds=time.perf_counter() - started,
+                now=time.time())
+    return result
 
 
 class SamplesStore(Protocol):

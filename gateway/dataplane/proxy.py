@@ -103,6 +103,7 @@ class ProxyApp:
         # the shadow stage's copies: their own pool and queues (`shadow_stats`: their counts)
         self.shadow = Shadower(settings, pool.dialer, shadow_stats if shadow_stats is not None
                                else ShadowStats(), self._rules)
+        self.shadow.samples = samples
         # the resolve step of this listener (its beta filter's counts are published as metrics)
         self.resolver = self._resolver = Resolver(
             paths=self._paths, deadlines=self._deadlines, limiters=RateLimiters(),

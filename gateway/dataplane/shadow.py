@@ -34,6 +34,7 @@ from typing import Any
 
 from facade.compare import CREDENTIAL_HEADERS, REDACTED, Comparison, Reply, compare
 from facade.shadow_counts import ShadowStats
+from facade.window import GuardSamples, measured
 from gateway.core.asgi import Message
 from gateway.core.settings import ProxySettings
 from gateway.dataplane.buffering import read_body
@@ -151,6 +152,7 @@ class Shadower:
                  rules: ForwardingRules, *, rand: Callable[[], float] = random.random,
                  clock: Callable[[], float] = time.time) -> None:
         self.stats = stats
+        self.samples: GuardSamples | None = None  # the guard's measurements (ProxyApp sets them)
         self._pool = UpstreamPool(settings, dialer=dialer)
         self._rules = rules
         self._rand = rand
@@ -275,7 +277,10 @@ class Shadower:
     async def _run(self, pending: Pending, primary: Reply) -> None:
         name, version, spec = pending.route.name, pending.version, pending.spec
         timeout = spec.timeout
-        copies = [self._copy(pending, pending.target, timeout)]
+        # a guarded migration's shadow step judges `to` by these copies (facade.window.measured)
+        samples = self.samples if pending.migration.spec.guard is not None else None
+        copies = [measured(samples, name, "to", self._copy(pending, pending.target, timeout),
+                           lambda reply: reply.status)]
         if pending.baseline:
             copies.append(self._copy(pending, "from", timeout))
         results = await asyncio.gather(*copies, return_exceptions=True)

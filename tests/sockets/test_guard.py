@@ -12,9 +12,10 @@ why; the operator sets up, freezes and reads the guard with the `peel` command.
 from __future__ import annotations
 
 import asyncio
-import http.client
-import random
-import threading
+import re
+import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,8 @@ from tests.sockets.conftest import wait_for
 from tests.sockets.serve_harness import PeelServe
 from tests.sockets.test_strangler import Operator
 from tests.sockets.upstreams import ThreadServer, read_body, read_head
+
+pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (the load generator)")
 
 WINDOW = 3.0
 LAG = 1.5  # counts_interval 0.5 + 1
@@ -54,48 +57,54 @@ class Upstream(ThreadServer):
             await writer.drain()
 
 
-def guarded(name: str, to: str, guard: dict[str, Any]) -> dict[str, Any]:
+def guarded(name: str, to: str, guard: dict[str, Any], stage: str = "canary") -> dict[str, Any]:
     return {"name": name, "match": {"path_prefix": f"/{name}"}, "service": "legacy",
-            "migration": {"to": to, "stage": "canary", "percent": 50, "cohort": {"header": "X-User-Id"},
-                          "guard": {"window": "3s", **guard}}}
+            "migration": {"to": to, "stage": stage, "percent": 50 if stage == "canary" else 0,
+                          "cohort": {"header": "X-User-Id"}, "guard": {"window": "3s", **guard}}}
+
+
+USERS_LUA = """
+request = function()
+  return wrk.format("GET", nil, {["X-User-Id"] = "u" .. math.random(1, 1000000000)})
+end
+"""
 
 
 class Load:
-    """Client threads calling a path with a random user each time, until stopped."""
+    """`wrk` (its own process, so the load does not share this process's GIL with the upstreams)
+    calling a path with a random user each time, until stopped."""
 
-    def __init__(self, peel: PeelServe, path: str, threads: int) -> None:
-        self.peel, self.path = peel, path
-        self.stop_event = threading.Event()
-        self.statuses: dict[int, int] = {}
+    def __init__(self, peel: PeelServe, path: str, connections: int) -> None:
+        script = peel.tmp / "users.lua"
+        script.write_text(USERS_LUA)
+        self.output = b""
         self.started = time.time()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        for t in self.threads:
-            t.start()
-
-    def _run(self) -> None:
-        rng = random.Random()
-        conn = http.client.HTTPConnection("127.0.0.1", self.peel.public_port, timeout=10)
-        while not self.stop_event.is_set():
-            try:
-                conn.request("GET", self.path, headers={"X-User-Id": f"u{rng.getrandbits(32)}"})
-                response = conn.getresponse()
-                response.read()
-                self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
-            except OSError:
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.peel.public_port, timeout=10)
-        conn.close()
+        self.process = subprocess.Popen(
+            ["wrk", "-t1", f"-c{connections}", "-d120s", "-s", str(script),
+             f"http://127.0.0.1:{peel.public_port}{path}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(15)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)   # wrk prints its summary on SIGINT
+        self.output, _ = self.process.communicate(timeout=30)
+
+    @property
+    def non_2xx(self) -> int:
+        match = re.search(rb"Non-2xx or 3xx responses: (\d+)", self.output)
+        return int(match.group(1)) if match else 0
+
+    @property
+    def requests(self) -> int:
+        match = re.search(rb"(\d+) requests in", self.output)
+        return int(match.group(1)) if match else 0
 
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[tuple[PeelServe, Operator]]:
     ups = {"legacy": Upstream("legacy").start(), "flaky": Upstream("flaky", fail_every=20).start(),
-           "slow": Upstream("slow", delay=0.3).start(), "fine": Upstream("fine").start()}
+           "slow": Upstream("slow", delay=0.3).start(), "fine": Upstream("fine").start(),
+           "twin": Upstream("legacy").start()}
     peel = PeelServe(tmp_path, extra_settings="[facade]\ncounts_interval = 0.5\n")
     token = peel.upgrade_with_token("ops")
     peel.commit({
@@ -107,6 +116,11 @@ def gateway(tmp_path: Path) -> Iterator[tuple[PeelServe, Operator]]:
             guarded("healthy", "fine", {"steps": [50, "migrated"], "min_requests": 60,
                                         "max_error_increase": 0.05}),
             guarded("idle", "fine", {"steps": [50, "migrated"], "min_requests": 100}),
+            # the shadow step: `to` answers another body (a regression), or the same one
+            guarded("differs", "fine", {"steps": ["shadow", 50, "migrated"], "min_requests": 50,
+                                        "min_pairs": 50}, stage="shadow"),
+            guarded("same", "twin", {"steps": ["shadow", 50, "migrated"], "min_requests": 50,
+                                     "min_pairs": 50, "max_error_increase": 0.05}, stage="shadow"),
             {"name": "default", "match": {"path_prefix": "/"}, "service": "legacy"}]})
     peel.start()
     yield peel, Operator(peel, token)
@@ -149,11 +163,11 @@ def watch(peel: PeelServe, peel_cli: Operator, loads: list[Load], routes: dict[s
 def test_a_failing_to_is_rolled_back_within_one_window_a_healthy_one_advances(
         gateway: tuple[PeelServe, Operator]) -> None:
     peel, peel_cli = gateway
-    loads = [Load(peel, "/failing/x", 4), Load(peel, "/healthy/x", 3)]
+    loads = [Load(peel, "/failing/x", 4), Load(peel, "/healthy/x", 4)]
     reached = watch(peel, peel_cli, loads, {"failing": "legacy", "healthy": "migrated"})
     # the first window that holds the traffic ends LAG s before it is judged (a turn a second)
     assert reached["failing"] - loads[0].started <= WINDOW + LAG + 1.0 + 2.0
-    assert loads[0].statuses.get(503, 0) == 0   # the fallback answered to's 503s from `from`
+    assert loads[0].requests and loads[0].non_2xx == 0   # the fallback answered to's 503s
     history = peel_cli("migrate", "history", "failing")
     assert "guard" in history and "rollback" in history and "error-rate" in history
     assert "to_errors=" in history
@@ -173,6 +187,17 @@ def test_a_to_300_ms_slower_is_rolled_back_within_one_window(gateway: tuple[Peel
     assert reached["slow"] - loads[0].started <= WINDOW + LAG + 1.0 + 2.0
     history = peel_cli("migrate", "history", "slow")
     assert "p99-ratio" in history and "to_p99_ms=" in history
+
+
+def test_in_the_shadow_step_a_differing_to_is_rolled_back_and_a_same_one_advances(
+        gateway: tuple[PeelServe, Operator]) -> None:
+    peel, peel_cli = gateway
+    loads = [Load(peel, "/differs/x", 2), Load(peel, "/same/x", 2)]
+    watch(peel, peel_cli, loads, {"differs": "legacy", "same": "canary"})
+    assert all(load.requests and load.non_2xx == 0 for load in loads)   # `from` answered all
+    history = peel_cli("migrate", "history", "differs")
+    assert "rollback" in history and "(mismatch)" in history and "shadow_pairs=" in history
+    assert "rollback" not in peel_cli("migrate", "history", "same")
 
 
 def test_the_operator_sets_freezes_and_takes_off_the_guard(gateway: tuple[PeelServe, Operator]) -> None:

@@ -275,3 +275,21 @@ def test_the_pure_core_loads_nothing_of_the_gateway() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_with_a_histogram_a_stall_or_two_hold_while_a_slow_to_rolls_back() -> None:
+    """The p99 trigger on measured histograms: over 1 % of to's requests surely slower than the
+    bound rolls back; two stalls in 140 requests move the p99 above it but only hold."""
+    policy = GuardPolicy(min_requests=100, max_error_increase=0.05)
+    fast = ((20.0, 22.0, 138),)
+    from_ = SideStats(140, 0, 22.0, ((20.0, 22.0, 140),))
+    stalls = SideStats(140, 0, 220.0, (*fast, (200.0, 220.0, 2)))
+    verdict = evaluate(policy, window(to=stalls, from_=from_, step_since=NOW - 1000), NOW)
+    assert (verdict.action, verdict.rule) == ("hold", "p99-ratio")
+    assert verdict.reason.startswith("inconclusive: to's p99 220 ms is above 58 ms")
+    slow = SideStats(140, 0, 330.0, ((300.0, 330.0, 140),))
+    verdict = evaluate(policy, window(to=slow, from_=from_, step_since=NOW - 1000), NOW)
+    assert (verdict.action, verdict.rule) == ("rollback", "p99-ratio")
+    assert "140 of 140 requests (100.0%) slower than 58 ms" in verdict.reason
+    few = SideStats(140, 0, 330.0, ((20.0, 22.0, 130), (300.0, 330.0, 10)))  # 7 %
+    assert evaluate(policy, window(to=few, from_=from_, step_since=NOW - 1000), NOW).action == "rollback"

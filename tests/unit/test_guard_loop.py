@@ -278,3 +278,39 @@ def test_twenty_healthy_schedules_make_no_false_rollback(tmp_path: Path,
         assert stage_of(s)[0] == "migrated", (run, job.last["orders"].verdict)
         assert [t.action for t in reversed(s.transitions("orders"))] == ["shift"] * 3 + ["promote"]
         s.close()
+
+
+def shadowed(store: Store, clock: Clock, pairs: int, differing: bool) -> None:
+    """`pairs` shadow comparisons at the clock's time (old-vs-new; `differing`: `$.price` differs)."""
+    from facade.compare import Comparison, Difference
+    from facade.shadow_counts import ShadowStats as Counts
+    from facade.shadow_counts import add_shadow
+
+    counts = Counts(clock=clock)
+    diff = (Difference("$.price", "$.price", "value"),) if differing else ()
+    for _ in range(pairs):
+        counts.compared("orders", store.latest_version(), Comparison(diff, len(diff), "json"),
+                        Comparison((), 0, "json"))
+    deltas, examples = counts.take()
+    add_shadow(store, "test:1", deltas, examples)
+
+
+@pytest.mark.parametrize(("differing", "outcome"), [(False, ("canary", 50)), (True, ("legacy", 0))])
+def test_the_shadow_step_reads_the_shadow_counts(store: Store, differing: bool,
+                                                  outcome: tuple[str, int]) -> None:
+    """In the shadow step `to` is measured by the copies and the mismatch gate reads the shadow
+    counts: clean pairs advance to the first canary step, a field that always differs (never
+    old-vs-old) rolls back on `mismatch`."""
+    job, clock = setup(store, stage="shadow", percent=0,
+                       guard={"steps": ["shadow", 50, "migrated"], "window": "3s", "min_requests": 50,
+                              "min_pairs": 50})
+    t0 = clock.now
+    clock.now += 3 + LAG + 1.5
+    assert job.turn() == [] and job.last["orders"].verdict.reason.startswith("inconclusive: to answered 0")
+    traffic(store, t0, 6, to=(100, 0, 22.0))
+    shadowed(store, clock, 200, differing)
+    actions = job.turn()
+    assert stage_of(store) == outcome, job.last["orders"].verdict
+    if differing:
+        assert [a for _, a, _ in actions] == ["rollback"]
+        assert "(mismatch)" in store.get(actions[0][2]).reason
