@@ -130,7 +130,8 @@ def compile_document(document: Document, version: int,
         root.freeze()
     return RouteTable(version, tuple(routes), services, exact, wildcard, hostless,
                       revocations=Revocations(document.revocations),
-                      inbound_mtls=document.mesh.inbound_mtls if document.mesh is not None else None)
+                      inbound_mtls=document.mesh.inbound_mtls if document.mesh is not None else None,
+                      registered=tuple(registered))
 
 
 def _runs(pattern: str) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from routes.matcher import CompiledMatch, FieldChecks, Headers, RequestFacts
 from routes.migration import CompiledMigration
@@ -38,6 +39,9 @@ from routes.policies import (
 from routes.regex import Regex
 from routes.revocations import NO_REVOCATIONS, Revocations
 from routes.rewrite import HeaderEdit, PathRewrite
+
+if TYPE_CHECKING:
+    from routes.registry import Registration
 
 # A candidate: (precedence rank over the whole table, route). Ranks are unique, so sorting a list of
 # candidates compares integers only.
@@ -225,7 +229,8 @@ class RouteTable(_Frozen):
     """
 
     __slots__ = ("_exact", "_hostless", "_wildcard", "_wildcard_labels", "beta_cookies",
-                 "beta_headers", "inbound_mtls", "revocations", "routes", "services", "version")
+                 "beta_headers", "inbound_mtls", "registered", "revocations", "routes", "services",
+                 "version")
     version: int
     routes: tuple[CompiledRoute, ...]
     services: Mapping[str, CompiledService]
@@ -241,11 +246,15 @@ class RouteTable(_Frozen):
     # settings'), for the inbound listener and the mTLS dialer (routes.revocations)
     revocations: Revocations
     inbound_mtls: str | None
+    # the service registry's endpoints compiled into `services` (routes.registry), so that a table
+    # derived from this one (the outbound listener's) keeps them
+    registered: tuple[Registration, ...]
 
     def __init__(self, version: int, routes: tuple[CompiledRoute, ...],
                  services: Mapping[str, CompiledService], exact: dict[str, TrieNode],
                  wildcard: dict[str, TrieNode], hostless: TrieNode, *,
-                 revocations: Revocations = NO_REVOCATIONS, inbound_mtls: str | None = None) -> None:
+                 revocations: Revocations = NO_REVOCATIONS, inbound_mtls: str | None = None,
+                 registered: tuple[Registration, ...] = ()) -> None:
         sources = [r.migration.beta_source for r in routes
                    if r.migration is not None and r.migration.beta_source is not None]
         # The index dicts stay plain dicts (private, never handed out): a MappingProxyType would add
@@ -255,7 +264,7 @@ class RouteTable(_Frozen):
                    _wildcard_labels=tuple(sorted({s.count(".") + 1 for s in wildcard}, reverse=True)),
                    beta_headers=frozenset(n for k, n in sources if isinstance(n, bytes)),
                    beta_cookies=frozenset(n for k, n in sources if isinstance(n, str)),
-                   revocations=revocations, inbound_mtls=inbound_mtls)
+                   revocations=revocations, inbound_mtls=inbound_mtls, registered=registered)
 
     def _wildcard_roots(self, host: str) -> list[TrieNode]:
         """The wildcard buckets whose suffix `host` ends with (after at least one more label)."""

@@ -60,6 +60,9 @@ class ListenerSettings:
     # inbound listener of a sidecar only (`docs/east-west.md`): the local app every request goes
     # to, `http://127.0.0.1:9000`; "": none (the gateway role serves the route table)
     app: str = ""
+    # inbound listener only: the `https://host:port` peers reach it at, registered (with heartbeats)
+    # in the control plane's service registry by a sidecar following it; "": not registered
+    advertise: str = ""
 
     @property
     def host(self) -> str:
@@ -107,6 +110,9 @@ class ServerSettings:
     # "gateway" (public, admin and optional inbound/outbound listeners) or "sidecar" (beside an
     # app: only the outbound and inbound listeners; `docs/east-west.md`)
     role: str = "gateway"
+    # where the route table comes from: "database" (the store, `[database] url`) or, for a
+    # sidecar, "control" (the control plane it joined, over its admin API, as its identity)
+    source: str = "database"
     workers: int = 1
     # seconds that in-flight requests get to finish after SIGTERM
     grace_period: float = 30.0
@@ -280,6 +286,7 @@ class Settings:
 
 
 ROLES = ("gateway", "sidecar")
+SOURCES = ("database", "control")
 
 
 def split_bind(bind: str) -> tuple[str, int]:
@@ -317,6 +324,9 @@ def _check(key: str, obj: Any) -> None:
         elif isinstance(obj, ServerSettings):
             if obj.role not in ROLES:
                 raise ConfigError(f"{key}.role", f"must be one of {', '.join(ROLES)}, not {obj.role!r}")
+            if obj.source not in SOURCES:
+                raise ConfigError(f"{key}.source", f"must be one of {', '.join(SOURCES)}, not "
+                                  f"{obj.source!r}")
             if obj.workers < 1:
                 raise ValueError("workers must be at least 1")
             if obj.log_level not in LOG_LEVELS:
@@ -464,6 +474,16 @@ def _check_listener(key: str, obj: ListenerSettings) -> None:
         raise ConfigError(f"{key}.mtls", f"must be one of {', '.join(MTLS_MODES)}, not {obj.mtls!r}")
     if obj.app and name != "inbound":
         raise ConfigError(f"{key}.app", "only the inbound listener forwards to a local app")
+    if obj.advertise:
+        advertised = urlsplit(obj.advertise)
+        try:
+            advertised.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            advertised = urlsplit("")
+        if name != "inbound" or advertised.scheme != "https" or not advertised.hostname \
+                or advertised.path not in ("", "/") or advertised.query:
+            raise ConfigError(f"{key}.advertise", f"{obj.advertise!r}: only the inbound listener is "
+                              "advertised, as https://host:port (peers dial it with mTLS)")
     if obj.app:
         try:
             url = urlsplit(obj.app)

@@ -71,7 +71,7 @@ def outbound_table(table: RouteTable) -> RouteTable:
               else r.spec for r in table.routes]
     routes += [_service_route(name) for name in table.services if not table.routes_host(name)]
     document = Document(tuple(s.spec for s in table.services.values()), tuple(routes))
-    return compile_document(document, table.version)
+    return compile_document(document, table.version, table.registered)
 
 
 def sidecar_table(table: RouteTable, service: str, app: Endpoint) -> RouteTable:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from gateway.core.settings import Settings
 from routes.compiler import compile_document
 from routes.holder import TableHolder
 from routes.model import Document
@@ -214,3 +215,11 @@ class ControlFollower:
         self.reloads += 1
         log.info("route table version %d loaded from the %s (%d routes, %d services)", table.version,
                  source, len(table.routes), len(table.services))
+
+
+def control_follower(settings: Settings, holder: TableHolder) -> ControlFollower:
+    """The follower `peel serve` runs for a sidecar with `server.source = "control"`."""
+    return ControlFollower(holder, state_dir=Path(settings.identity.state_dir),
+                           snapshot=Path(settings.server.snapshot_path),
+                           cafile=settings.identity.control_cacert or None,
+                           advertise=settings.listeners.inbound.advertise)

@@ -70,6 +70,7 @@ from gateway.edge.tls import TlsListener
 from gateway.identity.bundle import IdentityBundle, exists
 from gateway.identity.renewal import start_renewal
 from gateway.server import systemd
+from gateway.server.follow_control import ControlFollower, control_follower
 from gateway.server.leader import AlwaysLease, Leader, cancel, leader_jobs
 from gateway.server.supervisor import HANDLED, Supervisor
 from gateway.telemetry.accesslog import AccessLog
@@ -246,9 +247,10 @@ class Runtime:
         # the TLS side of this process's TLS listeners, by listener name (reloaded on SIGHUP)
         self.tls = tls or {}
         self.holder = TableHolder()
-        self.watcher = Watcher(store, self.holder, interval=settings.server.poll_interval,
-                               snapshot=Path(settings.server.snapshot_path),
-                               write_snapshots=write_snapshots)
+        # the table source: the store, or a sidecar's control plane (`run_sidecar`, server.source)
+        self.watcher: Watcher | ControlFollower = Watcher(
+            store, self.holder, interval=settings.server.poll_interval,
+            snapshot=Path(settings.server.snapshot_path), write_snapshots=write_snapshots)
         self.counts = TrafficCounts()
         self.flusher = CountsFlusher(store, self.counts, instance=instance_id(),
                                      interval=settings.facade.counts_interval)
@@ -298,10 +300,13 @@ class Runtime:
         if counts:
             self.follow_tables()
         self._tasks.append(asyncio.create_task(self.watcher.run()))
+        if isinstance(self.watcher, ControlFollower):  # registered in the service registry meanwhile
+            self._tasks.append(asyncio.create_task(self.watcher.heartbeat()))
+            self._closers.append(self.watcher.deregister)
         self.listen_for_changes()
         if self.watcher.write_snapshots and lead:  # the single process or the master: one per gateway
             self.lead()
-        if counts:
+        if counts and isinstance(self.watcher, Watcher):  # counts go to the store, when there is one
             self._tasks.append(asyncio.create_task(self.flusher.run()))
             self._closers.append(self.flusher.flush)
             self._tasks.append(asyncio.create_task(self.graph_flusher.run()))
@@ -310,6 +315,7 @@ class Runtime:
             self._closers.append(self.samples_flusher.flush)
             self._tasks.append(asyncio.create_task(self.shadow_flusher.run()))
             self._closers.append(self.shadow_flusher.flush)
+        if counts:
             self._closers.append(self.health.close)
         for tls in self.tls.values():
             self._tasks.append(asyncio.create_task(tls.watch()))
@@ -326,6 +332,8 @@ class Runtime:
 
     def listen_for_changes(self) -> None:
         """On PostgreSQL, LISTEN for committed versions and wake the watcher (docs/fleet.md)."""
+        if not isinstance(self.watcher, Watcher):
+            return
         store, loop = self.watcher.store, asyncio.get_running_loop()
         if store.dialect != "postgresql":
             return
@@ -337,6 +345,7 @@ class Runtime:
     def lead(self) -> None:
         """Compete for the fleet's leadership (the advisory lock; alone on SQLite) and run the
         leader's jobs while holding it (gateway/server/leader.py)."""
+        assert isinstance(self.watcher, Watcher)
         store = self.watcher.store
         lease = AdvisoryLease(store.engine.url) if store.dialect == "postgresql" else AlwaysLease()
         # the guard reads a window once every gateway has flushed it (counts_interval, and a margin)
@@ -707,8 +716,11 @@ async def run_sidecar(settings: Settings, store: Store, outbound_socks: tuple[so
                       identity: IdentityBundle | None) -> int:
     """A sidecar (`server.role = "sidecar"`, docs/east-west.md): the outbound listener for the
     local apps and the inbound listener in front of the local app; no public or admin listener;
-    one watcher; never the fleet's leader (its control work is the gateways')."""
+    one watcher, of the store or (server.source = "control") of the control plane it joined; never
+    the fleet's leader (its control work is the gateways')."""
     runtime = Runtime(settings, store, write_snapshots=True, identity=identity)
+    if settings.server.source == "control":
+        runtime.watcher = control_follower(settings, runtime.holder)
     await runtime.load_first_table()
     outbound_servers = runtime.outbound(outbound_socks) if outbound_socks else []
     inbound_server = runtime.inbound(inbound_sock, runtime.sidecar_app()) if inbound_sock else None
@@ -864,7 +876,14 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     configure_logging(settings.server.log_level)
     tls = load_tls(settings)
     identity = load_identity(settings)
-    store = preflight(settings)
+    if settings.server.source == "control" and settings.server.role != "sidecar":
+        raise ConfigError("server.source", "only a sidecar follows the control plane (server.role = "
+                          "\"sidecar\"); a gateway serves the admin API over the store")
+    if settings.listeners.inbound.advertise and settings.server.source != "control":
+        raise ConfigError("listeners.inbound.advertise", "the endpoint is registered by a sidecar "
+                          "following the control plane (server.source = \"control\")")
+    # a sidecar following its control plane opens no database (an unused in-memory stand-in)
+    store = Store("sqlite://") if settings.server.source == "control" else preflight(settings)
     listeners = settings.listeners
     passed = passed_sockets()
     if settings.server.role == "sidecar":
