@@ -193,7 +193,8 @@ class GuardJob:
         for route in latest.document.routes:
             m = route.migration
             if m is None or m.guard is None or m.stage in ("legacy", "retired"):
-                self.last.pop(route.name, None)
+                if self.last.pop(route.name, None) is not None:
+                    self._seen = {k: v for k, v in self._seen.items() if k[0] != route.name}
                 continue
             # a step set without a transition (by `peel apply`): from when this leader first saw it
             seen = self._seen.setdefault((route.name, m.stage, m.share), latest.created_at.timestamp())
