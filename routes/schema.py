@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Dialect,
@@ -166,7 +167,7 @@ guard_samples = Table(
     metadata,
     Column("route", String(63), primary_key=True),
     Column("side", String(8), primary_key=True),
-    Column("slice", Integer, primary_key=True, autoincrement=False),
+    Column("slice", BigInteger, primary_key=True, autoincrement=False),  # past 2038
     Column("instance", String(128), primary_key=True),
     Column("requests", Integer, nullable=False),
     Column("errors", Integer, nullable=False),

@@ -21,7 +21,7 @@ def upgrade() -> None:
         "guard_samples",
         sa.Column("route", sa.String(length=63), nullable=False),
         sa.Column("side", sa.String(length=8), nullable=False),
-        sa.Column("slice", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("slice", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("instance", sa.String(length=128), nullable=False),
         sa.Column("requests", sa.Integer(), nullable=False),
         sa.Column("errors", sa.Integer(), nullable=False),
