@@ -283,6 +283,9 @@ def test_connect_only_to_the_allow_list(mesh: Mesh) -> None:
     head, sock = _connect(mesh.outbound, f"127.0.0.1:{mesh.closed_port}")
     answer = head + _rest(sock)
     assert head.startswith(b"HTTP/1.1 502") and b"upstream-connect-failed" in answer, answer
+    head, sock = _connect(mesh.outbound, "no-port-here")
+    answer = head + _rest(sock)
+    assert head.startswith(b"HTTP/1.1 400") and b"bad-request" in answer, answer
     # the orders sidecar has no allow-list: CONNECT is not offered there
     head, sock = _connect(mesh.orders.ports[1], f"127.0.0.1:{mesh.tunnel_target}")
     sock.close()
