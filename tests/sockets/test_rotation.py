@@ -15,7 +15,7 @@ with both gateways' current certificates. Leaves live 1 minute.
   reaches each one before a peer presents a leaf of the new root), `peel ca rotate --finish`, both
   renew again and keep only the new root; 0 failed requests; `openssl verify` of the renewed leaves.
 
-The tests take about 1.5 and 2.5 minutes (1-minute leaves renew 27-33 s after issue). The measured
+The tests take about 1.5 and 2.3 minutes (1-minute leaves renew 27-33 s after issue). The measured
 results are in docs/identity.md, "Proofs".
 """
 
