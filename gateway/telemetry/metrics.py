@@ -351,8 +351,9 @@ class PeelCollector:
                        "source (the caller's identity, else its address)", ["listener", "mtls", "source"],
                        inbound)
         yield _counter("peel_inbound_refused", "Connections the inbound listener refused: plaintext in "
-                       "strict mode, or a failed TLS handshake (no, an untrusted or an expired client "
-                       "certificate)", ["listener", "reason"], inbound_refused)
+                       "strict mode, a failed TLS handshake (no, an untrusted or an expired client "
+                       "certificate), a revoked certificate (revoked) or an open connection closed "
+                       "by a revocation (revoked_open)", ["listener", "reason"], inbound_refused)
         yield _counter("peel_outbound_refused", "Requests the outbound listener refused: a destination "
                        "that is no registered service or route host, a CONNECT off the allow-list",
                        ["listener", "code"], outbound_refused)
