@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 
+from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.sockets.conftest import wait_for
+from tests.sockets.fleet_harness import fleet, leader_gauge
 from tests.sockets.serve_harness import PeelServe
 from tests.sockets.test_strangler import Operator
 from tests.sockets.upstreams import ThreadServer, read_body, read_head
@@ -214,3 +216,53 @@ def test_the_operator_sets_freezes_and_takes_off_the_guard(gateway: tuple[PeelSe
     assert "no guard to freeze" in peel_cli("migrate", "guard", "idle", "--freeze", expect=1)
     history = peel_cli("migrate", "history", "idle")
     assert history.count("guard") >= 3 and "tighter" in history
+
+
+@pytest.mark.postgres
+def test_in_a_fleet_the_leader_rolls_back_on_what_another_gateway_measured(
+        tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    """Two gateways on one PostgreSQL: every request goes through the one that does not lead, and
+    the leader, which served none of them, rolls the migration back within one window."""
+    ups = {"legacy": Upstream("legacy").start(), "flaky": Upstream("flaky", fail_every=20).start()}
+    try:
+        token = PeelServe.upgrade_with_token(_at(pg_url))
+        PeelServe.commit(_at(pg_url), {
+            "services": [{"name": n, "endpoints": [u.url]} for n, u in ups.items()],
+            "routes": [guarded("failing", "flaky", {"steps": [50, 75, "migrated"], "min_requests": 100,
+                                                    "max_error_increase": 0.01})]})
+        gateways = fleet(tmp_path, pg_url, 2, poll_interval=1.0, extra="[facade]\ncounts_interval = 0.5\n")
+        try:
+            for peel in gateways:
+                peel.start()
+            wait_for(lambda: sorted(leader_gauge(g, token) or 0 for g in gateways) == [0, 1], 20,
+                     "exactly one leader")
+            leader, other = sorted(gateways, key=lambda g: -(leader_gauge(g, token) or 0))
+            load = Load(other, "/failing/x", 4)
+            try:
+                wait_for(lambda: stage(other, "failing")[0] == "legacy", 60, "the rollback")
+            finally:
+                load.stop()
+            assert time.time() - load.started <= 60
+            store = other.store()
+            try:
+                [t] = store.transitions("failing", 1)
+            finally:
+                store.close()
+            assert (t.action, t.actor) == ("rollback", "guard") and "(error-rate)" in t.reason
+            assert t.created_at.timestamp() - load.started <= WINDOW + LAG + 1.0 + 2.0, t.reason
+            assert "guard failing: rollback" in leader.log.read_text()
+            assert "guard failing" not in other.log.read_text()   # only the leader judges
+        finally:
+            for peel in gateways:
+                if peel.process is not None:
+                    peel.stop()
+    finally:
+        for u in ups.values():
+            u.stop()
+
+
+def _at(url: str) -> PeelServe:
+    """A harness object only for its store helpers (upgrade, commit) on `url`."""
+    peel = PeelServe.__new__(PeelServe)
+    peel.url = url
+    return peel
