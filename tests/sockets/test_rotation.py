@@ -41,6 +41,7 @@ from tests.fakes.relay import Relay
 from tests.fakes.tls import TestCA
 from tests.sockets.conftest import ROOT
 from tests.sockets.serve_harness import PeelServe, free_port
+from tests.sockets.test_join import peel
 from tests.sockets.test_tls import TlsPeel
 from tests.sockets.upstreams import ScriptedUpstream
 
@@ -49,14 +50,6 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs t
 TD = "peel.internal"
 LIFETIME = 60  # seconds: renewed 27-33 s after issue
 ORDERS, BILLING = f"spiffe://{TD}/svc/orders", f"spiffe://{TD}/svc/billing"
-
-
-def peel(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=60)
-    assert done.returncode == expect, (args, done.stdout, done.stderr)
-    return done
 
 
 def peel_started(*args: str) -> subprocess.Popen[str]:
