@@ -32,7 +32,7 @@ from gateway.dataplane.buffering import Watch, read_body
 from gateway.dataplane.forward import Forwarder
 from gateway.dataplane.request import BodyTooLarge, RequestState, abort_downstream
 from gateway.dataplane.resolve import Incoming, Refusal, Resolver, from_gateway
-from gateway.dataplane.shadow import Shadower
+from gateway.dataplane.shadow import MARKER_NAME, Shadower
 from gateway.dataplane.websocket import WebSocketProxy
 from gateway.http.headers import ForwardingRules, new_request_id, valid_request_id
 from gateway.http.hosts import hostname
@@ -146,6 +146,7 @@ class ProxyApp:
         chunked = False
         deadline = False
         baggage = False
+        marked = False  # a `Peel-Shadow` header from the client: never passed on
         for name, value in scope["headers"]:
             if name == b"host":
                 host = value
@@ -160,6 +161,8 @@ class ProxyApp:
                 deadline = True
             elif name == b"baggage":
                 baggage = True
+            elif name == MARKER_NAME:
+                marked = True
         req = RequestState(request_id or new_request_id(), scope, receive, send)
         metrics = self._metrics
         if metrics is not None:
@@ -176,7 +179,8 @@ class ProxyApp:
             if peer is not None and peer.identity is not None:
                 req.trace.peer(peer.identity)
         try:
-            await self._handle(req, host, hosts, length, chunked, deadline, peer, listener, baggage)
+            await self._handle(req, host, hosts, length, chunked, deadline, peer, listener, baggage,
+                               marked)
         except BodyTooLarge as exc:
             # A chunked body passed the route's cap: the upstream exchange was cut either way.
             req.error = "body-too-large"
@@ -227,7 +231,8 @@ class ProxyApp:
 
     async def _handle(self, req: RequestState, host_header: bytes | None, hosts: int,
                       length: bytes | None, chunked: bool, deadline: bool, peer: Peer | None,
-                      listener: str = "public", baggage: bool | None = None) -> None:
+                      listener: str = "public", baggage: bool | None = None,
+                      marked: bool = False) -> None:
         scope = req.scope
         table = self._holder.table
         extensions = scope.get("extensions") or {}
@@ -251,7 +256,10 @@ class ProxyApp:
             req.baggage = True
             req.cohort = resolved.cohort
         scope["path"] = resolved.path
-        scope["headers"] = resolved.headers
+        # Only Peel marks a request as a shadow copy: a client's marker could make `to` treat a
+        # real request as one (and not act on it).
+        scope["headers"] = resolved.headers if not marked else \
+            [(n, v) for n, v in resolved.headers if n != MARKER_NAME]
         if req.trace is not None:
             req.trace.route(route.name, route.service.name,
                             route.migration.spec.stage if route.migration is not None else None)

@@ -48,7 +48,8 @@ from routes.services import Endpoint
 from routes.table import CompiledRoute, RouteTable
 
 log = logging.getLogger("peel.shadow")
-MARKER = (b"peel-shadow", b"1")
+MARKER_NAME = b"peel-shadow"
+MARKER = (MARKER_NAME, b"1")
 _DROP = frozenset({b"content-length", b"transfer-encoding", b"peel-shadow"})
 # Differences kept in one example pair.
 EXAMPLE_DIFFERENCES = 10

@@ -160,7 +160,10 @@ def test_a_hanging_or_failing_to_leaves_the_primary_unchanged(gateway: tuple[Pee
             assert _is_primary(status, headers, body), (route, status, headers, body)
         # The copies went out (the shadow ran), and the primary never waited for them: `hangs`
         # holds each copy for its 30 s timeout, yet 20 answers came, each well within it.
-        wait_for(lambda server=server: len(server.seen) >= 1, 20, f"a copy to reach {route}")
+        def reached(server: Json = server) -> bool:
+            return len(server.seen) >= 1
+
+        wait_for(reached, 20, f"a copy to reach {route}")
         assert max(seconds for *_, seconds in answers) < 10
     # One copy hangs, two wait in the queue, the rest are dropped and counted.
     wait_for(lambda: _report(peel, token, "hang")["dropped"] >= 10, 20, "dropped copies counted")
@@ -188,6 +191,11 @@ def test_a_post_never_reaches_to_unless_allowed(gateway: tuple[PeelServe, str], 
     assert (method, target, length) == ("POST", "/unsafe/orders", 8)
     assert headers["peel-shadow"] == "1"
     assert "peel-shadow" not in sides.legacy.seen[-1][2]
+    # A client cannot mark its own request as a copy: the marker is stripped on every route.
+    for path in ("/direct/x", "/post/x"):
+        status, headers, body, _ = _requests(peel, "POST", path, 1, b"{}", {"Peel-Shadow": "1"})[0]
+        assert _is_primary(status, headers, body)
+        assert sides.legacy.seen[-1][1] == path and "peel-shadow" not in sides.legacy.seen[-1][2]
     wait_for(lambda: _report(peel, token, "unsafe")["pairs"] >= 2, 20, "the POST pairs counted")
     posts = [seen for seen in sides.legacy.seen if seen[1] == "/unsafe/orders"]
     assert [m for m, *_ in posts] == ["POST", "POST"]  # the primaries only: no second write
