@@ -33,6 +33,7 @@ route for the service's own host, all answered by the local app (`[listeners.inb
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -99,18 +100,53 @@ def app_endpoint(url: str) -> Endpoint:
 def follow_derived(source: TableHolder, build: Callable[[RouteTable], RouteTable]) -> TableHolder:
     """A holder that gets `build(table)` for every table `source` swaps in (a follower of it).
 
-    A table that cannot be derived leaves the previous derived table live, with an error logged.
+    The first table is derived at once (the listeners open with it). Later ones are derived in a
+    thread and swapped in on the event loop when done, the newest winning: deriving compiles the
+    table again (about 40 ms per 1,000 routes, 0.8 s for 10,000 on the 2-core machine), which would
+    stall every request of the loop if done in the follower. Meanwhile the previous derived table
+    serves, so the outbound listener may follow a new config version a moment later than the
+    public one. Without a running loop (tests, a synchronous refresh) every table is derived at
+    once. A table that cannot be derived leaves the previous derived table live, with an error
+    logged.
     """
     derived = TableHolder()
+    latest: list[RouteTable] = []
+    running: list[asyncio.Task[None]] = []
 
-    def swap(table: RouteTable) -> None:
+    def derive(table: RouteTable) -> RouteTable | None:
         try:
-            fresh = build(table)
+            return build(table)
         except PeelError as exc:
             log.error("config version %s: the derived table cannot be built, the previous one stays "
                       "in use: %s", table.version, exc)
+        except Exception:
+            log.exception("config version %s: deriving the table failed, the previous one stays in use",
+                          table.version)
+        return None
+
+    async def catch_up() -> None:
+        try:
+            while latest:
+                table = latest.pop()
+                fresh = await asyncio.to_thread(derive, table)
+                if fresh is not None and not latest:
+                    derived.swap(fresh)
+        finally:
+            running.clear()
+
+    def swap(table: RouteTable) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or derived.table is None:
+            fresh = derive(table)
+            if fresh is not None:
+                derived.swap(fresh)
             return
-        derived.swap(fresh)
+        latest[:] = [table]
+        if not running:
+            running.append(loop.create_task(catch_up()))
 
     source.follow(swap)
     return derived

@@ -289,3 +289,33 @@ def test_refusals_and_tunnels_are_metrics() -> None:
     assert 'peel_outbound_refused_total{code="connect-refused",listener="outbound"} 1.0' in text
     assert 'peel_outbound_tunnels_total{destination="api.github.com:443",listener="outbound"} 1.0' in text
     assert counts.forwarded == {"orders": 1}
+
+
+def test_later_tables_are_derived_off_the_event_loop_and_the_newest_wins() -> None:
+    import threading
+
+    other = Document.parse({"services": [{"name": "a", "endpoints": ["http://x:1"]}], "routes": []})
+
+    async def main() -> list[tuple[int, bool]]:
+        source = TableHolder()
+        built: list[tuple[int, bool]] = []
+
+        def build(t: RouteTable) -> RouteTable:
+            built.append((t.version, threading.current_thread() is threading.main_thread()))
+            return outbound_table(t)
+
+        derived = follow_derived(source, build)
+        source.swap(table())
+        assert derived.table is not None and derived.table.version == 7  # the first: at once
+        source.swap(compile_document(other, 8))
+        source.swap(compile_document(other, 9))
+        assert derived.table.version == 7  # the loop never waited for a compile
+        for _ in range(1000):
+            if derived.table.version == 9:
+                break
+            await asyncio.sleep(0.01)
+        assert derived.table.version == 9 and derived.table.routes_host("a")
+        return built
+
+    # 8 was superseded before its turn: never derived
+    assert asyncio.run(main()) == [(7, True), (9, False)]
