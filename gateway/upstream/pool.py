@@ -10,13 +10,19 @@ the client is still being written to, and the connection goes back to the pool a
 
 Idle connections wait in a LIFO deque per endpoint (the most recently used is the least likely to
 have been closed by the upstream's keep-alive timer); the oldest are closed when there are more
-than `max_idle_per_endpoint` or when idle longer than `upstream_keepalive`.
+than `max_idle_per_endpoint` or when idle longer than `upstream_keepalive`. A TLS connection is
+not reused once the certificate its upstream presented at the handshake has expired (a renewed
+peer, such as another gateway's inbound listener with 1-minute certificates, is then met on a new
+connection, which also presents this gateway's current certificate); until then it is, like any
+keep-alive connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -30,6 +36,8 @@ from routes.model import Endpoint
 HIGH_WATER = 256 * 1024
 # A deadline this close is due: the event loop's timers are no finer (uvloop counts milliseconds).
 RESOLUTION = 0.001
+# Wall-clock time, which certificates' lives are counted in (a test moves it).
+_now = time.time
 
 
 class ExchangeAborted(Exception):
@@ -55,6 +63,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.got_bytes = False
         self.idle_since = 0.0
+        # unix time the upstream's certificate expires (0: not TLS, or no expiry to read)
+        self.trusted_until = 0.0
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._pool = pool
         self._loop = loop
@@ -74,6 +84,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:  # made after the handshake: the peer's certificate is known
+            self.trusted_until = _not_after(ssl_object)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -255,6 +268,16 @@ class UpstreamConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
 
+def _not_after(ssl_object: ssl.SSLObject) -> float:
+    """When the verified certificate the peer presented expires (unix time), 0 when unknown."""
+    cert = ssl_object.getpeercert()
+    value = cert.get("notAfter") if cert else None
+    try:
+        return float(ssl.cert_time_to_seconds(value)) if isinstance(value, str) else 0.0
+    except ValueError:
+        return 0.0
+
+
 class UpstreamPool:
     """Keep-alive connections to every endpoint this worker talks to.
 
@@ -281,9 +304,13 @@ class UpstreamPool:
         idle = self._idle.get(endpoint)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
-                conn.reused = True
-                return conn
+            if conn.closed:
+                continue
+            if conn.trusted_until and _now() >= conn.trusted_until:
+                conn.close()  # the certificate it was verified with has expired since
+                continue
+            conn.reused = True
+            return conn
         return None
 
     async def connect(self, endpoint: Endpoint, timeout: float | None = None) -> UpstreamConnection:
