@@ -53,6 +53,9 @@ MARKER = (MARKER_NAME, b"1")
 _DROP = frozenset({b"content-length", b"transfer-encoding", b"peel-shadow"})
 # Differences kept in one example pair.
 EXAMPLE_DIFFERENCES = 10
+# Bytes (request bodies and recorded answers) one route's lane holds while copies wait or run: a
+# full queue of 1 MiB bodies would otherwise hold hundreds of MiB. Past it, copies are dropped.
+LANE_BYTES = 16 << 20
 
 
 class ShadowTooLarge(Exception):
@@ -116,12 +119,13 @@ class Pending:
 class Lane:
     """The bounded queue and the workers of one route's shadow in this process."""
 
-    __slots__ = ("queue", "spec", "tasks")
+    __slots__ = ("held", "queue", "spec", "tasks")
 
     def __init__(self, spec: ShadowSpec) -> None:
         self.spec = spec
         self.queue: asyncio.Queue[tuple[Pending, Reply]] = asyncio.Queue(maxsize=spec.queue)
         self.tasks: list[asyncio.Task[None]] = []
+        self.held = 0  # bytes of the copies queued or in flight (`LANE_BYTES`)
 
     def start(self, run: Callable[[Pending, Reply], Any]) -> None:
         if self.tasks:
@@ -134,6 +138,8 @@ class Lane:
                     await run(pending, primary)
                 except Exception:
                     log.exception("shadow copy of route %s failed unexpectedly", pending.route.name)
+                finally:
+                    self.held -= len(pending.body) + len(primary.body)
 
         self.tasks = [asyncio.create_task(work()) for _ in range(self.spec.concurrency)]
 
@@ -261,10 +267,14 @@ class Shadower:
             # The primary failed or was too large to record: nothing to compare it with.
             self.stats.skipped(name, pending.version)
             return
-        try:
-            pending.lane.queue.put_nowait((pending, pending.primary()))
-        except asyncio.QueueFull:
+        lane = pending.lane
+        primary = pending.primary()
+        size = len(pending.body) + len(primary.body)
+        if lane.held + size > LANE_BYTES or lane.queue.full():
             self.stats.dropped(name, pending.version)
+            return
+        lane.queue.put_nowait((pending, primary))
+        lane.held += size
 
     def _endpoint(self, pending: Pending, side: str) -> Endpoint:
         if side == "sandbox":

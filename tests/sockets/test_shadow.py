@@ -91,6 +91,7 @@ def document(s: Sides) -> dict[str, Any]:
         route("noise", "differs", baseline_percent=100),
         route("hang", "hangs", timeout="30s", concurrency=1, queue=2),
         route("fail", "fails"),
+        route("heavy", "hangs", timeout="30s", concurrency=1, queue=1000, unsafe_methods=True),
         route("post", "writes"),
         # the baseline's second copy to `from` is never a POST, whatever `to` may get
         route("unsafe", "allowed", unsafe_methods=True, baseline_percent=100),
@@ -170,6 +171,18 @@ def test_a_hanging_or_failing_to_leaves_the_primary_unchanged(gateway: tuple[Pee
     assert len(sides.hangs.seen) == 1
     wait_for(lambda: _report(peel, token, "fail")["failed"] >= 15, 20, "failed copies counted")
     assert _report(peel, token, "fail")["pairs"] == 0
+
+
+def test_the_bytes_a_lane_holds_are_bounded(gateway: tuple[PeelServe, str], sides: Sides) -> None:
+    """A queue of 1,000 would hold 1,000 bodies of up to 1 MiB: the lane's bytes are bounded
+    (16 MiB) and the copies past them are dropped, while the primary answers every request."""
+    peel, token = gateway
+    body = b"x" * 900_000
+    for status, headers, answer, _ in _requests(peel, "POST", "/heavy/upload", 30, body=body):
+        assert _is_primary(status, headers, answer)
+    wait_for(lambda: _report(peel, token, "heavy")["dropped"] >= 12, 20, "dropped copies counted")
+    # 16 MiB of 900 kB bodies: the one in flight and 17 waiting; the other 12 dropped.
+    assert _report(peel, token, "heavy")["dropped"] == 12
 
 
 def test_a_post_never_reaches_to_unless_allowed(gateway: tuple[PeelServe, str], sides: Sides) -> None:
