@@ -42,8 +42,8 @@ from routes.table import CompiledService
 DEFAULT_TTL = timedelta(seconds=30)
 MIN_TTL = timedelta(seconds=5)
 MAX_TTL = timedelta(hours=1)
-# rows expired this long ago are deleted by `prune_registry` (kept a while so `peel services list`
-# can still say an endpoint expired)
+# rows expired this long ago are deleted by the next registration (kept a while so `peel services
+# list` can still say an endpoint expired)
 PRUNE_AFTER = timedelta(hours=1)
 
 _IDENTITY = re.compile(r"spiffe://([a-z0-9._-]{1,255})/svc/([a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?)\Z")
@@ -136,6 +136,8 @@ class RegistryRecords:
         for attempt in (1, 2):
             try:
                 with self._connect(write=True) as conn:
+                    # rows expired long ago go with any registration: no clean-up job is needed
+                    conn.execute(delete(service_endpoints).where(c.expires_at <= when - PRUNE_AFTER))
                     row = conn.execute(select(c.id, c.identity, c.expires_at, c.registered_at)
                                        .where(c.service == service, c.url == canonical)).first()
                     if row is None:

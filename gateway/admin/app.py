@@ -143,7 +143,7 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         *migration_routes(store),
         *shadow_routes(store),
         *CertificateResource(store, settings).routes(),
-        *ControlResource(store, settings).routes(),
+        *ControlResource(store, settings, serving=ready).routes(),
         *mtls_routes(),
         *GraphResource(store).routes(),
     ]

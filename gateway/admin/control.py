@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from gateway.core import problems
 from gateway.core.settings import Settings
 from routes.errors import RuleError
 from routes.registry import DEFAULT_TTL
+from routes.revocations import Revocations
 from routes.store import Store
 
 CONFIG_PATH = "/api/v1/control/config"
@@ -63,6 +65,10 @@ class ChangeFeed:
         stamp = repr(self.store.registry_stamp()).encode()
         return f"{version}-{hashlib.sha256(stamp).hexdigest()[:16]}"
 
+    def invalidate(self) -> None:
+        """Read the store again at the next ask (this process just changed the registry)."""
+        self._at = -1e9
+
     async def current(self) -> str:
         async with self._lock:
             if time.monotonic() - self._at >= self.interval:
@@ -70,13 +76,15 @@ class ChangeFeed:
                 self._at = time.monotonic()
             return self._tag
 
-    async def wait_past(self, known: str, timeout: float) -> str:
-        """The tag once it differs from `known`, or `known` after `timeout` seconds."""
+    async def wait_past(self, known: str, timeout: float, *,
+                        stop: Callable[[], bool] = lambda: False) -> str:
+        """The tag once it differs from `known`, or `known` after `timeout` seconds (or as soon as
+        `stop()`: a draining control plane ends its long polls instead of waiting on them)."""
         deadline = time.monotonic() + timeout
         while True:
             tag = await self.current()
             left = deadline - time.monotonic()
-            if tag != known or left <= 0:
+            if tag != known or left <= 0 or stop():
                 return tag
             await asyncio.sleep(min(self.interval, left))
 
@@ -110,27 +118,58 @@ def _refused(exc: Exception) -> Response:
 class ControlResource:
     """The control paths over `store`, callers checked against the CA of `settings`."""
 
-    def __init__(self, store: Store, settings: Settings, *, feed: ChangeFeed | None = None) -> None:
+    def __init__(self, store: Store, settings: Settings, *, feed: ChangeFeed | None = None,
+                 serving: Callable[[], bool] = lambda: True) -> None:
         self.store = store
+        # false while the gateway drains (its readiness): long polls answer at once then
+        self.serving = serving
         self.ca_dir = Path(settings.identity.ca_dir)
         self.feed = feed if feed is not None else ChangeFeed(store)
+        # the answer of one tag and its revocations, loaded once for every sidecar that asks
+        self._loaded: tuple[str, dict[str, Any], Revocations] | None = None
+        self._loading = asyncio.Lock()
 
     def routes(self) -> list[HTTPRoute]:
         return [HTTPRoute(CONFIG_PATH, self.config, methods=["GET"]),
                 HTTPRoute(ENDPOINTS_PATH, self.register, methods=["POST"]),
                 HTTPRoute(ENDPOINTS_PATH, self.deregister, methods=["DELETE"])]
 
+    async def _load(self, tag: str) -> tuple[dict[str, Any], Revocations]:
+        """The config answer for `tag` (read after the tag: a change in between is answered now and
+        again next time, never missed) and the latest version's revocations; once per tag."""
+        async with self._loading:
+            loaded = self._loaded
+            if loaded is None or loaded[0] != tag:
+
+                def load() -> tuple[dict[str, Any], Revocations]:
+                    latest = self.store.latest()
+                    registered = self.store.registrations()
+                    return ({"version": latest.version, "tag": tag, "document": latest.document.to_dict(),
+                             "registered": [r.to_dict() for r in registered]},
+                            Revocations(latest.document.revocations))
+
+                loaded = self._loaded = (tag, *await run_in_threadpool(load))
+            return loaded[1], loaded[2]
+
     async def _caller(self, request: Request, body: bytes) -> str | Response:
-        """The caller's SPIFFE ID, or the refusal to answer."""
+        """The caller's SPIFFE ID, or the refusal to answer (401, or 403 for a revoked certificate,
+        as a renewal's)."""
         from gateway.identity import caller
         from gateway.identity.errors import IdentityError
+        from gateway.identity.revocation import describe, leaf_facts
 
         target, method = _target(request), request.method
         try:
-            identity = await run_in_threadpool(caller.verify, self.ca_dir, request.headers, method, target,
-                                               body, now=datetime.now(UTC))
+            identity, leaf = await run_in_threadpool(caller.verify, self.ca_dir, request.headers, method,
+                                                     target, body, now=datetime.now(UTC))
         except IdentityError as exc:
             return _refused(exc)
+        _, revocations = await self._load(await self.feed.current())
+        found = leaf_facts(leaf).refused_by(revocations)
+        if found is not None:
+            return problem_response(problems.problem(
+                403, "certificate-revoked", f"the certificate is revoked: {describe(found)}; join again "
+                "with a new token (`peel join-token create`)"))
         return str(identity)
 
     async def config(self, request: Request) -> Response:
@@ -144,19 +183,11 @@ class ControlResource:
             raise BadRequest("wait", "must be a number of seconds", request.query_params["wait"]) from None
         if not 0 <= wait <= MAX_WAIT:
             raise BadRequest("wait", f"must be from 0 to {MAX_WAIT:g} seconds", str(wait))
-        # the tag is read before the data: a change in between is answered now and again next time,
-        # never missed
-        tag = await self.feed.wait_past(known, wait) if known else await self.feed.current()
+        tag = await self.feed.wait_past(known, wait, stop=lambda: not self.serving()) if known \
+            else await self.feed.current()
         if known and tag == known:
             return Response(status_code=304, headers={"ETag": f'"{tag}"'})
-
-        def load() -> dict[str, Any]:
-            latest = self.store.latest()
-            registered = self.store.registrations()
-            return {"version": latest.version, "tag": tag, "document": latest.document.to_dict(),
-                    "registered": [r.to_dict() for r in registered]}
-
-        body = await run_in_threadpool(load)
+        body, _ = await self._load(tag)
         return JSONResponse(body, headers={"ETag": f'"{tag}"'})
 
     async def _endpoint_body(self, request: Request,
@@ -183,6 +214,7 @@ class ControlResource:
         registration = await run_in_threadpool(
             lambda: self.store.register_endpoint(service, body["endpoint"], found,
                                                  ttl=timedelta(seconds=ttl)))
+        self.feed.invalidate()
         return JSONResponse(registration.to_dict())
 
     async def deregister(self, request: Request) -> Response:
@@ -192,4 +224,5 @@ class ControlResource:
             return found
         service = found.rsplit("/", 1)[1]
         removed = await run_in_threadpool(self.store.deregister_endpoint, service, body["endpoint"])
+        self.feed.invalidate()
         return JSONResponse({"service": service, "endpoint": body["endpoint"], "removed": removed})

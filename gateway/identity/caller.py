@@ -15,15 +15,20 @@ its intermediates, valid now, one SPIFFE ID of its trust domain naming a service
 that identity. Over HTTPS a proof cannot be seen, so a replay within the window needs the bytes of
 a request the attacker could not read; and the requests it authenticates (read the config,
 register the caller's own endpoint) are idempotent.
+
+`call(state, method, path, body)` sends such a request for the identity in a state directory
+(`gateway.identity.join.State`) to the control plane it joined; `verify` is the control plane's side.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import http.client
 import json
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +36,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from cryptography import x509
 
 from gateway.identity import certs, proof
 from gateway.identity.ca import CertificateAuthority
@@ -59,8 +66,9 @@ def sign(key: certs.PrivateKey, chain_pem: bytes, method: str, target: str, body
 
 
 def verify(ca_dir: Path, headers: Mapping[str, str], method: str, target: str, body: bytes, *,
-           now: datetime) -> SpiffeId:
-    """The caller's identity, or `ProofRefused` (or `CaError`) saying why not (module docstring).
+           now: datetime) -> tuple[SpiffeId, x509.Certificate]:
+    """The caller's identity and certificate, or `ProofRefused` (or `CaError`) saying why not
+    (module docstring). Revocations are the caller's to check (they travel with config versions).
 
     `headers` are looked up by lower-case name (starlette's `Headers` does so)."""
     chain_b64, signed = headers.get(CERTIFICATE_HEADER), headers.get(PROOF_HEADER)
@@ -89,16 +97,19 @@ def verify(ca_dir: Path, headers: Mapping[str, str], method: str, target: str, b
                            f"{ca.trust_domain}")
     proof.verify(leaf.public_key(), signature, payload(method, target, body), int(stamp),
                  now=now.timestamp(), context=CONTEXT)
-    return identity
+    return identity, leaf
 
 
 def call(state: State, method: str, path: str, body: dict[str, Any] | None = None, *,
-         cafile: str | None = None, timeout: float = TIMEOUT,
-         now: Callable[[], float] = time.time) -> tuple[int, dict[str, Any] | None]:
+         cafile: str | None = None, timeout: float = TIMEOUT, now: Callable[[], float] = time.time,
+         opened: Callable[[http.client.HTTPConnection], None] | None = None,
+         ) -> tuple[int, dict[str, Any] | None]:
     """Send a signed request to the control plane `state` joined; (status, JSON answer or None).
 
     https only, except to a loopback address (as `join.post`); 200 and 304 are answers, any other
-    status is `ControlError` with the problem's code, a failure to connect `ControlUnreachable`."""
+    status is `ControlError` with the problem's code, a failure to connect `ControlUnreachable`.
+    `opened(conn)` is told the connection before the request goes out, so that another thread can
+    end a long poll (`abort`)."""
     url = urlsplit(state.control)
     host = url.hostname or ""
     if url.scheme not in ("http", "https") or not host or (url.scheme == "http" and not _loopback(host)):
@@ -117,6 +128,8 @@ def call(state: State, method: str, path: str, body: dict[str, Any] | None = Non
             conn = http.client.HTTPConnection(host, url.port, timeout=timeout)
     except ValueError:
         raise ControlError(f"the control plane {state.control!r} has a bad port") from None
+    if opened is not None:
+        opened(conn)
     try:
         conn.request(method, target, data if body is not None else None, headers)
         response = conn.getresponse()
@@ -144,3 +157,11 @@ def call(state: State, method: str, path: str, body: dict[str, Any] | None = Non
         raise ControlError(f"the control plane refused ({status} {code}): {detail}", status=status,
                            code=str(code))
     return status, answer
+
+
+def abort(conn: http.client.HTTPConnection) -> None:
+    """End `conn`'s request now, from any thread: its reader sees the connection closed."""
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

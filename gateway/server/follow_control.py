@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import http.client
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from gateway.core.settings import Settings
@@ -51,6 +53,9 @@ WAIT = 25.0  # seconds a long poll waits on the control plane (its limit is 30)
 RETRY = 2.0  # seconds between attempts while the control plane cannot be reached
 
 Compile = Callable[[Document, int, Sequence[Registration]], RouteTable]
+_T = TypeVar("_T")
+# the connections a task's thread opened (`ControlFollower._in_thread`), to abort when it is cancelled
+_IN_FLIGHT: contextvars.ContextVar[set[http.client.HTTPConnection]] = contextvars.ContextVar("_IN_FLIGHT")
 
 
 class ControlFollower:
@@ -95,7 +100,23 @@ class ControlFollower:
         from gateway.identity.caller import call
         from gateway.identity.join import read_state
 
-        return call(read_state(self.state_dir), method, path, body, cafile=self.cafile, timeout=timeout)
+        in_flight = _IN_FLIGHT.get(None)
+        return call(read_state(self.state_dir), method, path, body, cafile=self.cafile, timeout=timeout,
+                    opened=in_flight.add if in_flight is not None else None)
+
+    async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` in a thread; cancelled, its requests are aborted, so the thread ends with it
+        (a long poll would otherwise hold the process's exit for up to `wait` seconds)."""
+        from gateway.identity.caller import abort
+
+        opened: set[http.client.HTTPConnection] = set()
+        _IN_FLIGHT.set(opened)  # this task's own set: the thread runs in a copy of its context
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except asyncio.CancelledError:
+            for conn in list(opened):
+                abort(conn)
+            raise
 
     def fetch(self, wait: float) -> dict[str, Any] | None:
         """The control plane's answer when it differs from what this sidecar holds, else None.
@@ -131,7 +152,7 @@ class ControlFollower:
         from gateway.identity.errors import IdentityError
 
         try:
-            answer = await asyncio.to_thread(self.fetch, wait)
+            answer = await self._in_thread(self.fetch, wait)
         except IdentityError as exc:
             self._failed(str(exc))
             return False
@@ -164,11 +185,13 @@ class ControlFollower:
         self._woken.set()
 
     async def run(self) -> None:
-        """Long-poll until cancelled; pause `retry` seconds after a failure."""
+        """Long-poll until cancelled; pause `retry` seconds after a failure, or after a poll that
+        ended well before its wait without a new table (a control plane draining or starting)."""
+        loop = asyncio.get_running_loop()
         while True:
             self._woken.clear()
-            await self.refresh_async(self.wait)
-            if self.last_error is not None and self._failing is None:  # not reached: pause
+            started = loop.time()
+            if not await self.refresh_async(self.wait) and loop.time() - started < self.wait / 2:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._woken.wait(), self.retry)
 
@@ -182,7 +205,7 @@ class ControlFollower:
         while True:
             body = {"endpoint": self.advertise, "ttl": self.ttl}
             try:
-                await asyncio.to_thread(self._call, "POST", ENDPOINTS_PATH, body)
+                await self._in_thread(self._call, "POST", ENDPOINTS_PATH, body)
                 self.registered += 1
                 if error is not None:
                     log.info("registered %s in the service registry again", self.advertise)

@@ -131,6 +131,19 @@ async def test_who_is_not_a_sidecar_of_this_ca_is_refused(client: httpx.AsyncCli
     r = await register(client, orders, b'{"endpoint": "http://10.0.2.15:15443"}')
     assert r.status_code == 422 and r.json()["field"] == "endpoint"
     assert store.registrations() == []
+    # a revoked identity (revocations travel with the config version) is refused, as at renewal
+    r = await client.get(path, headers=orders.headers("GET", path))
+    assert r.status_code == 200
+    revoked = datetime.now(UTC) + timedelta(seconds=1)
+    store.commit(Document.parse({**SAMPLE, "revocations": [{"identity": ORDERS, "at": revoked.isoformat()}]}),
+                 actor="t", reason="revoke orders")
+    deadline = asyncio.get_running_loop().time() + 10  # the feed looks again within 0.25 s
+    while (r := await client.get(path, headers=orders.headers("GET", path))).status_code == 200:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    assert r.status_code == 403 and r.json()["code"] == "certificate-revoked"
+    r = await register(client, orders, b'{"endpoint": "https://10.0.2.15:15443"}')
+    assert r.status_code == 403 and store.registrations() == []
 
 
 async def test_the_services_list_shows_registered_endpoints_and_their_source(

@@ -4,7 +4,7 @@ whose database URL points nowhere, joined with `peel join` (orders with `--adver
 sidecar registers its inbound listener; the monolith's outbound listener reaches it by the service
 name alone (a registry-only service, dialled with mTLS); a change committed on the control plane
 reaches the monolith sidecar; with the control plane stopped the sidecar keeps serving, and a
-restarted one serves from its snapshot."""
+restarted one serves from its snapshot; a sidecar stopping cleanly removes its registration."""
 
 from __future__ import annotations
 
@@ -86,6 +86,13 @@ def test_sidecars_follow_the_control_plane_and_find_each_other_in_the_registry(t
         assert _request(outbound, "GET", "http://orders/restarted")[0] == 200
         assert "loaded from the snapshot" in monolith.log.read_text()
         assert "sqlite" not in monolith.log.read_text() and "127.0.0.1:1" not in monolith.log.read_text()
+
+        # the control plane is back: the sidecars reconnect; orders stopping cleanly deregisters
+        control.start()
+        wait_for(lambda: "control plane reachable again" in orders.log.read_text(), 30, "the reconnection")
+        assert [r.url for r in store.registrations()] == [f"https://127.0.0.1:{inbound}"]
+        assert orders.stop() == 0
+        assert store.registrations(expired=True) == []
     finally:
         store.close()
         for sidecar in (monolith, orders):

@@ -37,7 +37,10 @@ def test_register_refresh_and_expire(store: Store) -> None:
     gone = later + timedelta(seconds=31)
     assert store.registrations(now=gone) == []
     assert [r.live(gone) for r in store.registrations(now=gone, expired=True)] == [False]
-    assert store.prune_registry(now=gone, after=timedelta(seconds=0)) == 1
+    # a registration an hour after the expiry takes the old row away
+    store.register_endpoint("orders", "https://10.0.2.16:15443", ORDERS, now=gone + timedelta(hours=1))
+    assert [r.url for r in store.registrations(now=gone, expired=True)] == ["https://10.0.2.16:15443"]
+    assert store.prune_registry(now=gone + timedelta(days=1), after=timedelta(seconds=0)) == 1
     assert store.registrations(now=gone, expired=True) == []
 
 
