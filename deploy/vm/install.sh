@@ -2,13 +2,15 @@
 # Install, upgrade or remove Peel on a Debian or Ubuntu VM with systemd (deploy/vm/README.md).
 #
 #   install.sh [--role gateway|sidecar] [--wheelhouse DIR | --source DIR] [--database URL]
-#              [--control URL [--join-token TOKEN] [--control-cacert FILE]] [--app URL]
+#              [--control URL [--join-token TOKEN] [--control-cacert FILE] [--advertise URL]]
+#              [--app URL]
 #   install.sh --uninstall          stop and remove Peel; keep /etc/peel and /var/lib/peel
 #   install.sh --purge              remove Peel, its settings, its data and its user
 #
 # --role sidecar: only the east-west listeners (outbound 127.0.0.1:15001, inbound 0.0.0.0:15443 in
-# front of the local app at --app URL, default http://127.0.0.1:8080), no public or admin listener.
-# --join-token runs `peel join --control URL` at install (the inbound listener needs the identity).
+# front of the local app at --app URL, default http://127.0.0.1:8080), no public or admin listener;
+# with --control (and no --database) it follows that control plane for its route table.
+# --join-token runs `peel join --control URL` at install (the sidecar needs its identity).
 #
 # Re-running it upgrades in place: a new virtualenv is built next to the running one, the store's
 # schema is migrated (`peel db upgrade`), then the service restarts while systemd holds the
@@ -35,6 +37,7 @@ control=
 join_token=
 control_cacert=
 app=
+advertise=
 wheelhouse=
 source_dir=
 action=install
@@ -43,7 +46,7 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
 
 usage() {
-  sed -n '2,12p' "$HERE/$(basename "$0")" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "$HERE/$(basename "$0")" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -59,6 +62,8 @@ while [ $# -gt 0 ]; do
     --join-token=*) join_token=${1#--join-token=}; shift ;;
     --control-cacert) [ $# -ge 2 ] || die "--control-cacert needs a file"; control_cacert=$2; shift 2 ;;
     --control-cacert=*) control_cacert=${1#--control-cacert=}; shift ;;
+    --advertise) [ $# -ge 2 ] || die "--advertise needs a URL"; advertise=$2; shift 2 ;;
+    --advertise=*) advertise=${1#--advertise=}; shift ;;
     --app) [ $# -ge 2 ] || die "--app needs a URL"; app=$2; shift 2 ;;
     --app=*) app=${1#--app=}; shift ;;
     --wheelhouse) [ $# -ge 2 ] || die "--wheelhouse needs a directory"; wheelhouse=$2; shift 2 ;;
@@ -115,7 +120,7 @@ if [ "$action" = install ]; then
   if [ -e "$CONFIG" ] && ! getent group "$USER_NAME" >/dev/null; then
     die "$CONFIG exists but the group $USER_NAME does not: fix or move it aside first"
   fi
-  for value in "$database" "$control" "$app" "$control_cacert"; do
+  for value in "$database" "$control" "$app" "$control_cacert" "$advertise"; do
     case "$value" in *'"'*|*'\'*) die "a quote or backslash in '$value': give URLs and paths without them" ;; esac
   done
   if [ -n "$join_token" ] && [ -z "$control" ]; then
@@ -123,6 +128,9 @@ if [ "$action" = install ]; then
   fi
   case "$control" in ""|http://*|https://*) ;; *) die "--control must be an https:// URL (http:// on loopback only), not '$control'" ;; esac
   case "$app" in ""|http://*|https://*) ;; *) die "--app must be the local app's http:// URL, not '$app'" ;; esac
+  if [ -n "$advertise" ] && { [ -z "$control" ] || [ -n "$database" ] || [ "$role" != sidecar ]; }; then
+    die "--advertise is for a sidecar following its control plane: give --role sidecar and --control, not --database"
+  fi
   if [ -n "$control_cacert" ]; then
     [ -f "$control_cacert" ] && [ -r "$control_cacert" ] || die "--control-cacert $control_cacert is not a readable file"
   fi
@@ -219,6 +227,20 @@ EOF
   else
     cacert_line=
     [ -z "$control_cacert" ] || cacert_line="control_cacert = \"$CONFIG_DIR/control-ca.pem\""
+    advertise_line=
+    [ -z "$advertise" ] || advertise_line="advertise = \"$advertise\""
+    if [ -n "$control" ] && [ -z "$database" ]; then
+      # no database credentials on an app VM: the route table comes from the control plane it joined
+      source_lines='# the route table comes from the control plane this sidecar joined (identity.json), over
+# its admin API, as this identity; no database credentials here
+source = "control"'
+    else
+      source_lines="source = \"database\"
+
+[database]
+# where the route table comes from: the fleet's PostgreSQL (install.sh --database URL)
+url = \"${database:-sqlite:///$STATE_DIR/peel.db}\""
+    fi
     cat > "$CONFIG.new" <<EOF
 # Peel's settings (README.md "Settings"), written by deploy/vm/install.sh --role sidecar.
 # Never overwritten by the installer. After a change: systemctl reload peel (what SIGHUP applies)
@@ -230,10 +252,7 @@ EOF
 role = "sidecar"
 snapshot_path = "$STATE_DIR/snapshot.json"
 run_dir = "/run/peel"
-
-[database]
-# where the route table comes from: the fleet's PostgreSQL (install.sh --database URL)
-url = "${database:-sqlite:///$STATE_DIR/peel.db}"
+$source_lines
 
 [listeners.outbound]
 # the apps on this VM call out through it (HTTP_PROXY, Host routing); loopback only
@@ -244,6 +263,7 @@ bind = "127.0.0.1:15001"
 bind = "0.0.0.0:15443"
 mtls = "permissive"
 app = "${app:-http://127.0.0.1:8080}"
+$advertise_line
 
 [identity]
 # this sidecar's key and certificate (peel join); renewed at half life from the control plane
@@ -280,7 +300,10 @@ from gateway.core.settings import load_settings
 from gateway.identity.bundle import exists
 settings = load_settings(sys.argv[1])
 listeners = settings.listeners
-print("store", "sqlite" if settings.database.url.startswith("sqlite") else "shared")
+if settings.server.source == "control":
+    print("store control")
+else:
+    print("store", "sqlite" if settings.database.url.startswith("sqlite") else "shared")
 if settings.server.role == "sidecar":
     if settings.outbound_enabled:
         print("socket peel-outbound.socket", listeners.outbound.bind)
@@ -289,14 +312,15 @@ if settings.server.role == "sidecar":
 else:
     print("socket peel.socket", listeners.public.bind)
     print("socket peel-admin.socket", listeners.admin.bind)
-inbound = listeners.inbound.mtls != "off"
-print("identity", "missing" if inbound and not exists(settings.identity.state_dir) else "ok")' "$CONFIG") \
+needed = listeners.inbound.mtls != "off" or settings.server.source == "control"
+print("identity", "missing" if needed and not exists(settings.identity.state_dir) else "ok")' "$CONFIG") \
   || die "Peel refused $CONFIG (above): fix it and re-run install.sh"
 sockets=$(echo "$facts" | awk '$1 == "socket" { printf "%s%s", sep, $2; sep = " " }')
 [ -n "$sockets" ] || die "$CONFIG turns every listener of role $role off: nothing to serve"
 
 # The store: a gateway migrates it; a sidecar leaves the fleet's shared store to the gateways (a newer
-# sidecar must not move the fleet's schema under them) and migrates only a SQLite store of its own.
+# sidecar must not move the fleet's schema under them), migrates only a SQLite store of its own and
+# has none when it follows its control plane.
 if [ "$role" = gateway ] || echo "$facts" | grep -qx "store sqlite"; then
   (cd "$STATE_DIR" && runuser -u "$USER_NAME" -- "$PREFIX/bin/peel" db upgrade --config "$CONFIG")
 fi
@@ -336,8 +360,9 @@ done
 systemctl daemon-reload
 
 if echo "$facts" | grep -qx "identity missing"; then
-  # The inbound listener cannot start without this VM's identity: nothing is enabled until it has one.
-  say "installed, not started: the inbound listener needs this VM's identity. Get a join token on the"
+  # The inbound listener and following the control plane need this VM's identity: nothing is
+  # enabled until it has one.
+  say "installed, not started: the sidecar needs this VM's identity. Get a join token on the"
   say "control plane (peel join-token create --service NAME), then re-run install.sh with"
   say "--control URL --join-token TOKEN, or:"
   say "  cd $STATE_DIR && runuser -u $USER_NAME -- $PREFIX/bin/peel join --control ${control:-https://ADMIN-HOST:9901} --token TOKEN --config $CONFIG"

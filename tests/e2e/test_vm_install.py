@@ -316,8 +316,8 @@ state_dir = "/root/cp/identity"
 
 
 def control_plane(vm: Vm) -> str:
-    """A control plane in the VM (its own virtualenv, CA and store; admin API on 127.0.0.1:9911);
-    returns a join token for the service `orders`."""
+    """A control plane in the VM (its own virtualenv, CA and store with one document; admin API on
+    127.0.0.1:9911); returns a join token for the service `orders`."""
     peel = "/root/cp/bin/peel"
     vm.run("python3", "-m", "venv", "/root/cp")
     vm.run("/root/cp/bin/pip", "install", "-q", "--no-index", "--find-links", "/srv/wheels", "peel")
@@ -331,6 +331,12 @@ def control_plane(vm: Vm) -> str:
     wait_for(lambda: vm.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                             "http://127.0.0.1:9911/healthz", check=False).stdout not in ("", "000"),
              60, "the control plane")
+    admin = vm.run(peel, "token", "create", "e2e", "--config",
+                   "/root/cp/peel.toml").stdout.strip().splitlines()[-1]
+    document = ('{"services": [{"name": "orders", "endpoints": ["http://127.0.0.1:8081"]}],'
+                ' "routes": [{"name": "all", "match": {"path_prefix": "/"}, "service": "orders"}]}')
+    vm.run(peel, "apply", "-f", "-", "--config", "/root/cp/peel.toml", "--token", admin,
+           "--reason", "e2e", input=document)
     return token
 
 
@@ -343,10 +349,17 @@ def test_sidecar_role_installs_only_the_east_west_listeners_joined(installed: Vm
     assert vm.run("test", "-e", "/opt/peel", check=False).returncode != 0
     vm.run("/srv/deploy/vm/install.sh", "--purge")
     token = control_plane(vm)
+    # without a join token: installed, nothing enabled or started (it could not run without identity)
     done = vm.run(*install, "--role", "sidecar", "--control", "http://127.0.0.1:9911",
-                  "--join-token", token, "--app", "http://127.0.0.1:8081")
+                  "--app", "http://127.0.0.1:8081")
     assert "wrote /etc/peel/peel.toml (role sidecar)" in done.stdout, done.stdout
-    assert "started peel.service" in done.stdout, done.stdout
+    assert "installed, not started" in done.stdout, done.stdout
+    assert vm.show("ActiveState") == "inactive"
+    assert vm.show("UnitFileState") == "disabled"
+    # re-run (no --role: the settings say sidecar) with the token: joined at install, started
+    done = vm.run(*install, "--control", "http://127.0.0.1:9911", "--join-token", token)
+    assert "kept the existing /etc/peel/peel.toml (role sidecar)" in done.stdout, done.stdout
+    assert "joined as spiffe://" in done.stdout and "started peel.service" in done.stdout, done.stdout
     assert vm.show("ActiveState") == "active", vm.journal()
     assert vm.show("StatusText").startswith("serving config version"), vm.journal()
     requires = set(vm.show("Requires").split())
@@ -359,7 +372,11 @@ def test_sidecar_role_installs_only_the_east_west_listeners_joined(installed: Vm
     journal = vm.journal()
     assert "outbound listener: socket passed by systemd" in journal, journal
     assert "inbound listener: socket passed by systemd" in journal, journal
-    assert 'role = "sidecar"' in vm.run("cat", "/etc/peel/peel.toml").stdout
+    settings = vm.run("cat", "/etc/peel/peel.toml").stdout
+    assert 'role = "sidecar"' in settings and 'source = "control"' in settings, settings
+    assert "[database]" not in settings, settings
+    # its route table comes from the control plane it joined, over its admin API
+    wait_for(lambda: "loaded from the control plane" in vm.journal(), 60, "the control plane's table")
     assert vm.run("stat", "-c", "%U", "/var/lib/peel/identity/cert.pem").stdout.strip() == "peel"
     # no public or admin listener
     for port in (8080, 9901):
