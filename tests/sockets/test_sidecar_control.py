@@ -29,7 +29,7 @@ def test_sidecars_follow_the_control_plane_and_find_each_other_in_the_registry(t
     app.start()
     (tmp_path / "cp").mkdir()
     control = PeelServe(tmp_path / "cp", extra_settings=f'[identity]\nca_dir = "{tmp_path / "ca"}"\n')
-    control.upgrade_with_token()
+    admin_token = control.upgrade_with_token()
     control.commit({"services": [{"name": "legacy", "endpoints": [app.url]}],
                     "routes": [{"name": "default", "match": {"path_prefix": "/"}, "service": "legacy"}]})
     control.start()
@@ -54,6 +54,11 @@ def test_sidecars_follow_the_control_plane_and_find_each_other_in_the_registry(t
         orders.start()
         wait_for(lambda: [r.url for r in store.registrations()] == [f"https://127.0.0.1:{inbound}"], 30,
                  "the orders sidecar to register its inbound listener")
+        # what an operator sees: the document's endpoints and the registered one, with its source
+        listed = peel("services", "list", "--admin", url, "--token", admin_token).stdout.splitlines()
+        assert [line.split() for line in listed] == [
+            ["NAME", "ENDPOINTS", "SOURCE"], ["legacy", app.url, "document"],
+            ["orders", f"https://127.0.0.1:{inbound}", "registered", f"spiffe://{TD}/svc/orders"]]
         monolith.start()
         # orders is known by its registration only: the monolith's outbound dials it with mTLS
         wait_for(lambda: _request(outbound, "GET", "http://orders/hello")[0] == 200, 30,
