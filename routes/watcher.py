@@ -155,8 +155,10 @@ class Watcher:
             registered = tuple(self.store.registrations())
             table = self.compile(current.document, current.version, registered)
         except Exception as exc:
-            # A table that fails to compile leaves the previous one live; say so once per version.
+            # A table that fails to compile leaves the previous one live; say so once per version
+            # (and registry state: the next registry change tries again, not every poll).
             self._failing_version = latest
+            self._stamp = stamp
             self.last_error = f"config version {latest} could not be loaded: {exc}"
             log.error("%s; still serving version %d", self.last_error, self.version)
             return None

@@ -4,15 +4,19 @@ stamp gateways poll, and the watcher serving registered endpoints beside the doc
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from routes.compiler import compile_document
 from routes.errors import RuleError
 from routes.holder import TableHolder
 from routes.model import Document
+from routes.registry import Registration
 from routes.store import Store
+from routes.table import RouteTable
 from routes.watcher import Watcher
 
 ORDERS = "spiffe://peel.internal/svc/orders"
@@ -108,3 +112,26 @@ def test_the_watcher_serves_registered_endpoints_and_follows_them(store: Store, 
     assert restarted.table is not None
     assert [e.url for e in restarted.table.services["orders"].endpoints] == [
         "http://10.0.0.7:9000", "https://10.0.2.15:15443"]
+
+
+def test_a_version_that_fails_to_compile_is_tried_once_per_registry_change(store: Store,
+                                                                          tmp_path: Path) -> None:
+    store.commit(Document.parse(DOC), actor="t", reason="one")
+    store.register_endpoint("orders", "https://10.0.2.15:15443", ORDERS)
+    tried: list[int] = []
+
+    def compile_or_fail(document: Document, version: int, registered: Sequence[Registration]) -> RouteTable:
+        tried.append(version)
+        if version == 2:
+            raise ValueError("cannot compile")
+        return compile_document(document, version, registered)
+
+    watcher = Watcher(store, TableHolder(), interval=600, snapshot=tmp_path / "snap.json",
+                      compile=compile_or_fail)
+    assert watcher.refresh()
+    store.commit(Document.parse({**DOC, "routes": []}), actor="t", reason="two")
+    assert not watcher.refresh() and not watcher.refresh() and not watcher.refresh()
+    assert tried == [1, 2]
+    store.register_endpoint("orders", "https://10.0.2.16:15443", ORDERS)
+    assert not watcher.refresh() and not watcher.refresh()
+    assert tried == [1, 2, 2] and watcher.version == 1
