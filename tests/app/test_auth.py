@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from gateway.admin.app import build_admin_app
 from gateway.admin.auth import (
+    CACHE_SECONDS,
     FAILURE_BURST,
     FAILURE_RATE,
     SELF_AUTHENTICATED,
@@ -166,9 +167,14 @@ async def test_bad_tokens_through_the_api_are_throttled_per_client(
             r = await c.get("/api/v1/services", headers={"Authorization": f"Bearer peel_{i:043d}"})
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
         throttled = r
-        # the good token, remembered, still works for the same client
+        took = time.monotonic() - started
+        # the good token, remembered, still works for the same client; on a machine so loaded that
+        # the loop outlived the cache, it needs a store lookup, which the throttle refuses
         r = await c.get("/api/v1/services", headers={"Authorization": f"Bearer {good}"})
-        assert r.status_code == 200
+        if took < CACHE_SECONDS - 0.5:
+            assert r.status_code == 200
+        elif took > CACHE_SECONDS + 1.5:
+            assert r.status_code == 429
     elapsed = time.monotonic() - started
     assert set(statuses) == {401, 429}
     assert queries[0] <= 1 + FAILURE_BURST + elapsed * FAILURE_RATE + 1
