@@ -158,6 +158,9 @@ if [ "$action" != install ]; then
     rm -f "$UNIT_DIR/$unit"
   done
   systemctl daemon-reload
+  # forget a failed state (a crash, a kill): a later install starts from a clean slate
+  # shellcheck disable=SC2086
+  systemctl reset-failed $ALL_UNITS >/dev/null 2>&1 || true
   rm -rf "$PREFIX"
   if [ "$action" = purge ]; then
     rm -rf "$CONFIG_DIR" "$STATE_DIR"

@@ -354,7 +354,7 @@ def test_sidecar_role_installs_only_the_east_west_listeners_joined(installed: Vm
                   "--app", "http://127.0.0.1:8081")
     assert "wrote /etc/peel/peel.toml (role sidecar)" in done.stdout, done.stdout
     assert "installed, not started" in done.stdout, done.stdout
-    assert vm.show("ActiveState") == "inactive"
+    assert vm.show("ActiveState") == "inactive" and vm.show("MainPID") == "0", vm.journal()
     assert vm.show("UnitFileState") == "disabled"
     # re-run (no --role: the settings say sidecar) with the token: joined at install, started
     done = vm.run(*install, "--control", "http://127.0.0.1:9911", "--join-token", token)
