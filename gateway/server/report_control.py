@@ -13,7 +13,8 @@ A send that fails (the control plane unreachable, or refusing) keeps the deltas 
 and the next flush of the same kind sends them with its own: late, never lost while the process
 lives, as with a store that is down. Bounded: at most `MAX_ROWS` keys per kind are kept (past that,
 new keys are dropped and counted in `dropped`), so a body never exceeds what the control plane
-accepts. Nothing is raised to the flushers: the report keeps what it could not send.
+accepts. A body the control plane refuses as such (400, 413, 422: it would be refused again) is
+dropped and logged. Nothing is raised to the flushers: the report keeps what it could not send.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ log = logging.getLogger("peel.facade")
 
 MAX_ROWS = wire.MAX_ROWS
 TIMEOUT = 10.0
+# answers that refuse the body itself (out of bounds, too large): not sent again, dropped
+REFUSED = frozenset({400, 413, 422})
 Call = Callable[[str, str, dict[str, Any] | None, float], tuple[int, dict[str, Any] | None]]
 
 
@@ -44,6 +47,7 @@ class ControlReport:
         self.sent = 0
         self.failures = 0
         self.dropped = 0  # rows dropped because the kept ones were at `max_rows`
+        self.refused = 0  # bodies the control plane refused (`REFUSED`), dropped
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._traffic: dict[tuple[str, int], list[int]] = {}
@@ -144,22 +148,34 @@ class ControlReport:
     def _post(self, body: dict[str, Any], what: str) -> bool:
         """Send `body`; False (logged at the first failure and every 30th) when it did not go."""
         from gateway.identity.errors import IdentityError
+        from gateway.identity.join import ControlError
 
         if not any(body.get(kind) for kind in wire.KINDS):
             return True
         try:
             self._send("POST", wire.COUNTS_PATH, body, TIMEOUT)
+        except ControlError as exc:
+            if exc.status not in REFUSED:
+                return self._failed(exc, what)
+            # the body itself is refused: sent again, it would be refused again
+            self.refused += 1
+            log.error("%s refused by the control plane, dropped: %s", what, exc)
+            return True
         except IdentityError as exc:
-            self.failures += 1
-            self.last_error = str(exc)
-            if self.failures == 1 or self.failures % 30 == 0:
-                log.warning("%s not sent to the control plane (kept for the next try): %s", what, exc)
-            return False
+            return self._failed(exc, what)
         if self.failures:
             log.info("counts sent to the control plane again")
         self.failures, self.last_error = 0, None
         self.sent += 1
         return True
+
+    def _failed(self, exc: Exception, what: str) -> bool:
+        """Keep the deltas (the caller does): logged at the first failure and every 30th."""
+        self.failures += 1
+        self.last_error = str(exc)
+        if self.failures == 1 or self.failures % 30 == 0:
+            log.warning("%s not sent to the control plane (kept for the next try): %s", what, exc)
+        return False
 
 
 def _add(row: list[int], values: Sequence[int]) -> None:

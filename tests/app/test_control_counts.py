@@ -20,7 +20,7 @@ from facade.shadow_counts import ShadowTotals, shadow_examples_of, shadow_since
 from gateway.admin.app import build_admin_app
 from gateway.core.settings import Settings
 from gateway.identity.ca import CertificateAuthority
-from gateway.identity.join import ControlUnreachable
+from gateway.identity.join import ControlError, ControlUnreachable
 from gateway.server.report_control import ControlReport
 from gateway.telemetry.metrics import BUCKETS
 from routes.store import Store
@@ -37,12 +37,15 @@ class Captured:
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.down = False
+        self.refusing = False
 
     def __call__(self, method: str, path: str, body: dict[str, Any] | None,
                  timeout: float) -> tuple[int, dict[str, Any] | None]:
         assert (method, path) == ("POST", PATH) and body is not None
         if self.down:
             raise ControlUnreachable("cannot reach the control plane")
+        if self.refusing:
+            raise ControlError("the control plane refused (422 invalid-rule)", status=422)
         self.bodies.append(json.loads(json.dumps(body)))  # as it goes on the wire
         return 200, {}
 
@@ -176,3 +179,14 @@ async def test_a_failed_send_keeps_the_deltas_for_the_next_one_within_bounds() -
     captured.down = True
     report.add_traffic("vm", {("r", n): (1, 0, 0, 0) for n in range(5)})
     assert report.dropped == 2 and report.pending() == 5
+
+
+async def test_a_body_the_control_plane_refuses_is_dropped_not_sent_forever() -> None:
+    captured = Captured()
+    report = ControlReport(captured)
+    captured.refusing = True
+    report.add_traffic("vm", {("orders", 1): (1, 0, 0, 0)})
+    assert (report.refused, report.failures, report.pending()) == (1, 0, 0)
+    captured.refusing = False
+    report.add_traffic("vm", {("orders", 1): (2, 0, 0, 0)})
+    assert captured.bodies == [{"instance": "vm", "traffic": [["orders", 1, 2, 0, 0, 0]]}]
