@@ -42,7 +42,8 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 # one-time join token, a renewal with the current certificate (`gateway.admin.certificates`).
 SELF_AUTHENTICATED = frozenset({"/api/v1/certificates/join", "/api/v1/certificates/renew",
                                 # a sidecar, by its certificate (`gateway.admin.control`)
-                                "/api/v1/control/config", "/api/v1/control/endpoints"})
+                                "/api/v1/control/config", "/api/v1/control/endpoints",
+                                "/api/v1/control/counts"})
 CACHE_SECONDS = 5.0
 CACHE_LIMIT = 1024
 MISS_SECONDS = 5.0

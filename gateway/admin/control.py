@@ -3,6 +3,8 @@
     GET    /api/v1/control/config?known=TAG&wait=S   the current config version and registered endpoints
     POST   /api/v1/control/endpoints   {"endpoint": URL, "ttl": S}   register or refresh the caller's endpoint
     DELETE /api/v1/control/endpoints   {"endpoint": URL}             remove it
+    POST   /api/v1/control/counts      {"instance": ..., "traffic": [...], "edges": [...], ...}
+                                       add what the caller's flushers counted to the store
 
 Every request is authenticated by the caller's certificate and a signature of its key
 (`gateway.identity.caller`: the renewal's proof of possession, applied to the request), checked
@@ -14,11 +16,18 @@ version and the registry's stamp (`routes.registry`), which together say what a 
 With `known` equal to the current tag it waits (long poll, at most `MAX_WAIT` seconds) for either
 to move and answers 304 when neither did. One `ChangeFeed` per admin app asks the store for the tag
 at most every `POLL_INTERVAL` seconds however many sidecars wait, and only while one does.
+
+`counts` takes what a sidecar would have written to the store (it has none): its traffic counts,
+graph edges, guard samples and shadow counts, checked by `gateway.admin.control_counts` and added in
+one transaction under the caller's identity, so the graph, `peel migrate status`, the guard and the
+shadow report of the control plane include what its sidecars saw.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import hashlib
 import json
 import time
@@ -32,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HTTPRoute
 
+from gateway.admin import control_counts
 from gateway.admin.wire import BadRequest, BodyTooLarge, body_object, problem_response
 from gateway.core import problems
 from gateway.core.settings import Settings
@@ -42,7 +52,8 @@ from routes.store import Store
 
 CONFIG_PATH = "/api/v1/control/config"
 ENDPOINTS_PATH = "/api/v1/control/endpoints"
-PATHS = frozenset({CONFIG_PATH, ENDPOINTS_PATH})
+COUNTS_PATH = control_counts.COUNTS_PATH
+PATHS = frozenset({CONFIG_PATH, ENDPOINTS_PATH, COUNTS_PATH})
 MAX_BODY = 4096
 MAX_WAIT = 30.0
 POLL_INTERVAL = 0.25
@@ -89,16 +100,41 @@ class ChangeFeed:
             await asyncio.sleep(min(self.interval, left))
 
 
-async def _raw_body(request: Request) -> bytes:
+async def _raw_body(request: Request, limit: int = MAX_BODY) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise BodyTooLarge("body", f"is larger than {MAX_BODY} bytes", int(declared))
-    data = b""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge("body", f"is larger than {limit} bytes", int(declared))
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_BODY:
-            raise BodyTooLarge("body", f"is larger than {MAX_BODY} bytes")
-    return data
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge("body", f"is larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest("body", f"is not valid JSON: {exc}") from None
+
+
+def write_report(store: Store, report: control_counts.Report) -> None:
+    """Add a checked report to `store` in one transaction (blocking)."""
+    from facade.shadow_counts import add_shadow
+
+    with store._connect(write=True) as conn:
+        # the store's own writers, each on this one connection (they open their transaction with
+        # `_connect`; here it hands them the open one)
+        one = copy.copy(store)
+        object.__setattr__(one, "_connect", lambda *, write=False: contextlib.nullcontext(conn))
+        one.add_traffic(report.instance, report.traffic)
+        for minute, edges in sorted(report.edges.items()):
+            one.add_edges(report.instance, minute, edges)
+        one.add_guard_samples(report.instance, report.samples)
+        add_shadow(one, report.instance, report.shadow, report.examples)
 
 
 def _target(request: Request) -> str:
@@ -132,7 +168,8 @@ class ControlResource:
     def routes(self) -> list[HTTPRoute]:
         return [HTTPRoute(CONFIG_PATH, self.config, methods=["GET"]),
                 HTTPRoute(ENDPOINTS_PATH, self.register, methods=["POST"]),
-                HTTPRoute(ENDPOINTS_PATH, self.deregister, methods=["DELETE"])]
+                HTTPRoute(ENDPOINTS_PATH, self.deregister, methods=["DELETE"]),
+                HTTPRoute(COUNTS_PATH, self.counts, methods=["POST"])]
 
     async def _load(self, tag: str) -> tuple[dict[str, Any], Revocations]:
         """The config answer for `tag` (read after the tag: a change in between is answered now and
@@ -193,11 +230,7 @@ class ControlResource:
     async def _endpoint_body(self, request: Request,
                              allowed: tuple[str, ...]) -> tuple[bytes, dict[str, Any]]:
         raw = await _raw_body(request)
-        try:
-            value = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadRequest("body", f"is not valid JSON: {exc}") from None
-        body = body_object(value, allowed, ("endpoint",))
+        body = body_object(_json(raw), allowed, ("endpoint",))
         if not isinstance(body["endpoint"], str):
             raise RuleError("endpoint", "must be a URL string", str(body["endpoint"]))
         return raw, body
@@ -226,3 +259,15 @@ class ControlResource:
         removed = await run_in_threadpool(self.store.deregister_endpoint, service, body["endpoint"])
         self.feed.invalidate()
         return JSONResponse({"service": service, "endpoint": body["endpoint"], "removed": removed})
+
+    async def counts(self, request: Request) -> Response:
+        raw = await _raw_body(request, control_counts.MAX_BODY)
+        found = await self._caller(request, raw)  # who sent it first: its rows are named after it
+        if isinstance(found, Response):
+            return found
+        value = _json(raw)
+        if not isinstance(value, dict):
+            raise BadRequest("body", "must be a JSON object")
+        report = control_counts.decode(value, found)
+        await run_in_threadpool(write_report, self.store, report)
+        return JSONResponse({"instance": report.instance, "rows": report.rows()})

@@ -577,10 +577,35 @@ def _control() -> dict[str, Schema]:
                        "tags": ["control"], "security": [{"peelProof": []}],
                        "requestBody": {"required": True, "content": endpoint},
                        "responses": {"200": {"description": "Removed (or was not there)"}, **refused}}},
+        "/api/v1/control/counts": {"post": {
+            "summary": "Add what the caller's flushers counted (traffic counts, graph edges, guard "
+                       "samples, shadow counts and examples) to the store in one transaction, under the "
+                       "caller's identity (docs/east-west.md, \"Registry\")",
+            "tags": ["control"], "security": [{"peelProof": []}],
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref("CountsReport")}}},
+            "responses": {"200": {"description": "Added: the instance the rows are stored under, and how "
+                                                 "many rows"},
+                          "413": _problem("A body larger than 8 MiB"),
+                          "422": _problem("A row out of bounds; `field` names it (edges[3][1]); nothing "
+                                          "was written"), **refused}}},
     }
 
 
 CONTROL_SCHEMAS: dict[str, Schema] = {
+    "CountsReport": _obj({
+        "instance": {"type": "string", "maxLength": 128, "description": "the sending process"},
+        "traffic": {"type": "array", "maxItems": 5000, "description": "[route, config_version, to, "
+                    "from, fallback, retired_misses]", "items": {"type": "array"}},
+        "edges": {"type": "array", "maxItems": 5000, "description": "[listener, source, destination, "
+                  "minute, requests, errors, [bucket counts]]", "items": {"type": "array"}},
+        "samples": {"type": "array", "maxItems": 5000, "description": "[route, side, second, requests, "
+                    "errors, {bucket: count}]", "items": {"type": "array"}},
+        "shadow": {"type": "array", "maxItems": 5000, "description": "[route, config_version, minute, "
+                   "{pairs, mismatched, baseline_pairs, baseline_mismatched, dropped, skipped, failed, "
+                   "fields}]", "items": {"type": "array"}},
+        "examples": {"type": "object", "description": "route: [redacted example pair, at most 10]"}},
+        ("instance",)),
     "RegisterRequest": _obj({"endpoint": {"type": "string", "description": "https://host:port of the "
                                           "caller's inbound listener"},
                              "ttl": {"type": "number", "minimum": 5, "maximum": 3600}}, ("endpoint",)),

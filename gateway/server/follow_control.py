@@ -20,6 +20,8 @@ table keeps serving; the error is logged once per distinct error and the request
 `RETRY` seconds. A config version that does not compile is logged once and skipped (the last good
 table stays) until the next change.
 
+Its counts go the same way (`gateway.server.report_control`, through `call`).
+
 `heartbeat()` registers this sidecar's inbound listener (`advertise`) under its service in the
 service registry (`POST /api/v1/control/endpoints`) at once and every third of `ttl`, so the
 registration outlives a missed beat or two and expires within `ttl` after the sidecar stops.
@@ -94,6 +96,12 @@ class ControlFollower:
         return table.version if table is not None else -1
 
     # -- talking to the control plane (blocking; run in a thread) --------------------------------
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout: float = 30.0) -> tuple[int, dict[str, Any] | None]:
+        """One signed request to the control plane (blocking; `gateway.identity.caller.call`); what
+        else a sidecar sends it goes through here too (its counts: `gateway.server.report_control`)."""
+        return self._call(method, path, body, timeout)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
               timeout: float = 30.0) -> tuple[int, dict[str, Any] | None]:

@@ -72,6 +72,7 @@ from gateway.identity.renewal import start_renewal
 from gateway.server import systemd
 from gateway.server.follow_control import ControlFollower, control_follower
 from gateway.server.leader import AlwaysLease, Leader, cancel, leader_jobs
+from gateway.server.report_control import ControlReport
 from gateway.server.supervisor import HANDLED, Supervisor
 from gateway.telemetry.accesslog import AccessLog
 from gateway.telemetry.graph import EdgeCounts, GraphFlusher
@@ -306,7 +307,11 @@ class Runtime:
         self.listen_for_changes()
         if self.watcher.write_snapshots and lead:  # the single process or the master: one per gateway
             self.lead()
-        if counts and isinstance(self.watcher, Watcher):  # counts go to the store, when there is one
+        if counts and isinstance(self.watcher, ControlFollower):  # no store: to the control plane
+            report = ControlReport(self.watcher.call)
+            for flusher in (self.flusher, self.graph_flusher, self.samples_flusher, self.shadow_flusher):
+                flusher.store = report
+        if counts:  # counts go to the store, or to the control plane a sidecar follows
             self._tasks.append(asyncio.create_task(self.flusher.run()))
             self._closers.append(self.flusher.flush)
             self._tasks.append(asyncio.create_task(self.graph_flusher.run()))

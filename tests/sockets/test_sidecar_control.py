@@ -4,11 +4,14 @@ whose database URL points nowhere, joined with `peel join` (orders with `--adver
 sidecar registers its inbound listener; the monolith's outbound listener reaches it by the service
 name alone (a registry-only service, dialled with mTLS); a change committed on the control plane
 reaches the monolith sidecar; with the control plane stopped the sidecar keeps serving, and a
-restarted one serves from its snapshot; a sidecar stopping cleanly removes its registration."""
+restarted one serves from its snapshot; a sidecar stopping cleanly removes its registration. The
+sidecars have no database: what they observed (the dependency graph's edges) reaches the control
+plane's `GET /api/v1/graph` through `POST /api/v1/control/counts`."""
 
 from __future__ import annotations
 
 import json
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +24,14 @@ from tests.sockets.test_mtls import TD
 from tests.sockets.upstreams import ScriptedUpstream
 
 NOWHERE = "postgresql://peel@127.0.0.1:1/never"  # a sidecar following the control plane never opens it
+
+
+def graph_edges(url: str, token: str) -> dict[tuple[str, str], set[str]]:
+    """The control plane's graph: (source, destination) -> the listeners that observed it."""
+    request = urllib.request.Request(f"{url}/api/v1/graph", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        graph = json.load(answer)
+    return {(e["source"], e["destination"]): set(e["observed_by"]) for e in graph["edges"]}
 
 
 def test_sidecars_follow_the_control_plane_and_find_each_other_in_the_registry(tmp_path: Path) -> None:
@@ -69,6 +80,10 @@ def test_sidecars_follow_the_control_plane_and_find_each_other_in_the_registry(t
         wait_for(lambda: access.exists() and access.read_text().strip() != "", 10, "the access log line")
         line = json.loads(access.read_text().splitlines()[-1])
         assert line["peer"] == f"spiffe://{TD}/svc/monolith"
+        # both sidecars saw the call (the monolith's outbound, orders' inbound listener) and, having
+        # no database, reported it to the control plane, whose graph shows it
+        wait_for(lambda: graph_edges(url, admin_token).get(("monolith", "orders")) == {"outbound", "inbound"},
+                 30, "the sidecars' edges in the control plane's graph")
 
         # a change on the control plane: a new service, reached through the monolith within seconds
         assert _request(outbound, "GET", "http://payments/x")[0] != 200
