@@ -34,10 +34,20 @@ from routes.guard_records import GuardRow
 from routes.guard_spec import GuardPolicy
 from routes.migration import Migration
 from routes.model import Document, Route
-from routes.store import Transition, TransitionInfo
+from routes.store import ConfigVersion, Transition, TransitionInfo, VersionInfo
 
 # who the guard's config versions name
 ACTOR = "guard"
+# config versions `unchanged_since` reads back at most
+HISTORY_DEPTH = 50
+
+
+class VersionHistory(Protocol):
+    """The store's config history (`routes.store.Store` is one)."""
+
+    def history(self, limit: int = 50) -> list[VersionInfo]: ...
+
+    def get(self, version: int) -> ConfigVersion: ...
 
 
 class WindowStore(Protocol):
@@ -111,13 +121,35 @@ def assess(store: WindowStore, route: Route, step_since: float, now: float, lag:
     return Assessment(route.name, migration.guard, window, evaluate(migration.guard, window, now))
 
 
-def step_start(last: TransitionInfo | None, migration: Migration, otherwise: float) -> float:
+def step_start(last: TransitionInfo | None, migration: Migration,
+               otherwise: float | Callable[[], float]) -> float:
     """When the migration reached its stage and share: its last transition's time when that
     transition left it there, else `otherwise` (a stage written by `peel apply` records no
-    transition: the caller says since when it has seen it)."""
+    transition: the caller says since when it has seen it, or how to find out)."""
     if last is not None and (last.to_stage, last.share) == (migration.stage, migration.share):
         return last.created_at.timestamp()
-    return otherwise
+    return otherwise() if callable(otherwise) else otherwise
+
+
+def unchanged_since(store: VersionHistory, route: str, migration: Migration, latest_version: int,
+                    latest_time: float, depth: int = HISTORY_DEPTH) -> float:
+    """When the route's migration got its stage and share, read from the config history: the time
+    of the oldest version in the unbroken run of newest versions that hold it there (looking at most
+    `depth` versions back). `step_start`'s `otherwise` for a reader that has not watched it happen
+    (the admin API's status), so that changes to other routes do not restart this one's step."""
+    since = latest_time
+    for info in store.history(limit=depth):
+        if info.version >= latest_version:
+            continue
+        try:
+            older = store.get(info.version).document.route(route)
+        except NotFoundError:
+            break
+        m = older.migration if older is not None else None
+        if m is None or (m.stage, m.share) != (migration.stage, migration.share):
+            break
+        since = info.created_at.timestamp()
+    return since
 
 
 def _number(value: float) -> str:

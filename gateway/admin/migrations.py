@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +28,7 @@ from starlette.routing import Route as HTTPRoute
 
 from facade import transitions
 from facade.counts import SIDES
-from facade.guard_run import assess, set_guard, step_start
+from facade.guard_run import assess, set_guard, step_start, unchanged_since
 from gateway.admin.wire import (
     BadRequest,
     actor,
@@ -109,7 +110,9 @@ class MigrationResource:
             counts = self.store.traffic_since(route.name, since.config_version if since else 0)
             guard = None
             if route.migration is not None and route.migration.guard is not None:
-                step_since = step_start(since, route.migration, latest.created_at.timestamp())
+                step_since = step_start(since, route.migration, partial(
+                    unchanged_since, self.store, route.name, route.migration, latest.version,
+                    latest.created_at.timestamp()))
                 guard = assess(self.store, route, step_since, time.time(), lag).to_dict()
             out.append(migration_status(route, since, counts, guard))
         return latest.version, out

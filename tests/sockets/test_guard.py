@@ -178,7 +178,7 @@ def test_a_failing_to_is_rolled_back_within_one_window_a_healthy_one_advances(
 
     # no traffic: the guard holds and says so, in `peel migrate status`
     status = peel_cli("migrate", "status", "idle")
-    assert "hold (min-samples)" in status and "to answered 0 requests in the window" in status
+    assert "hold (min-samples)" in status and "to answered 0 requests in the window" in status, status
     assert "hold (min-samples)" in peel_cli("migrate", "status")
 
 
