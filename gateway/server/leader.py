@@ -242,7 +242,7 @@ def guard_job(store: GuardJobStore, *, lag: float, interval: float = GUARD_INTER
 
 
 def leader_jobs(store: GuardJobStore, *, guard_lag: float = 3.0) -> dict[str, Job]:
-    """Every job the leader runs, by name: the one registry (later: certificate renewals)."""
+    """Every job the leader runs, by name: the one registry."""
     return {"traffic-counts": compact_traffic_job(store), "guard": guard_job(store, lag=guard_lag)[0]}
 
 
