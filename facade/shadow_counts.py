@@ -19,7 +19,6 @@ gives the mismatch rate with its interval and the fields with their verdicts (no
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -34,8 +33,8 @@ from typing import Any, Protocol
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from facade.flusher import Flusher
 from facade.noise import ShadowCounts
-from routes.errors import StoreError
 from routes.schema import shadow_counts, shadow_examples
 
 log = logging.getLogger("peel.facade")
@@ -238,36 +237,28 @@ def shadow_routes_with_counts(store: _Connecting) -> int:
         return int(conn.execute(select(func.count()).select_from(shadow_counts)).scalar_one())
 
 
-class ShadowFlusher:
-    """Takes the deltas of `stats` every `interval` seconds and adds them to the store."""
+Examples = dict[str, list[dict[str, Any]]]
+
+
+class ShadowFlusher(Flusher[tuple[dict[Key, ShadowTotals], Examples]]):
+    """Takes the deltas of `stats` every `interval` seconds and adds them to the store (`Flusher`);
+    a failed write keeps the counts, not the examples."""
+
+    what = "shadow counts"
 
     def __init__(self, store: Any, stats: ShadowStats, *, instance: str, interval: float = 2.0) -> None:
+        super().__init__(instance=instance, interval=interval)
         self.store = store
         self.stats = stats
-        self.instance = instance
-        self.interval = interval
-        self.failures = 0
 
-    async def flush(self) -> bool:
-        """Write what was counted since the last flush; False (and kept for later) when it failed."""
+    def take(self) -> tuple[dict[Key, ShadowTotals], Examples] | None:
         deltas, examples = self.stats.take()
-        if not deltas and not examples:
-            return True
-        try:
-            # a store, or what has the same `add_shadow` (a sidecar's `gateway.server.report_control`)
-            write = getattr(self.store, "add_shadow", None) or partial(add_shadow, self.store)
-            await asyncio.to_thread(write, self.instance, deltas, examples)
-        except StoreError as exc:
-            self.stats.put_back(deltas)
-            self.failures += 1
-            if self.failures == 1 or self.failures % 30 == 0:
-                log.warning("shadow counts not written (kept for the next try): %s", exc)
-            return False
-        self.failures = 0
-        return True
+        return (deltas, examples) if deltas or examples else None
 
-    async def run(self) -> None:
-        """Flush every `interval` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()
+    def put_back(self, taken: tuple[dict[Key, ShadowTotals], Examples]) -> None:
+        self.stats.put_back(taken[0])
+
+    def write(self, taken: tuple[dict[Key, ShadowTotals], Examples]) -> None:
+        # a store, or what has the same `add_shadow` (a sidecar's `gateway.server.report_control`)
+        write = getattr(self.store, "add_shadow", None) or partial(add_shadow, self.store)
+        write(self.instance, *taken)

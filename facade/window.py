@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from routes.errors import StoreError
+from facade.flusher import Flusher
 from routes.guard_records import GuardDeltas
 
 log = logging.getLogger("peel.facade")
@@ -152,34 +152,22 @@ class SamplesStore(Protocol):
     def add_guard_samples(self, instance: str, deltas: GuardDeltas) -> None: ...
 
 
-class SamplesFlusher:
-    """Writes a process's guard samples to the store every `interval` seconds (like the traffic
-    counts' `CountsFlusher`): a failed write puts them back for the next try."""
+class SamplesFlusher(Flusher[GuardDeltas]):
+    """Writes a process's guard samples to the store every `interval` seconds (`Flusher`)."""
+
+    what = "guard samples"
 
     def __init__(self, store: SamplesStore, samples: GuardSamples, *, instance: str,
                  interval: float = 2.0) -> None:
+        super().__init__(instance=instance, interval=interval)
         self.store = store
         self.samples = samples
-        self.instance = instance
-        self.interval = interval
-        self.failures = 0
 
-    async def flush(self) -> bool:
-        deltas = self.samples.take()
-        if not deltas:
-            return True
-        try:
-            await asyncio.to_thread(self.store.add_guard_samples, self.instance, deltas)
-        except StoreError as exc:
-            self.samples.put_back(deltas)
-            self.failures += 1
-            if self.failures == 1 or self.failures % 30 == 0:
-                log.warning("guard samples not written (kept for the next try): %s", exc)
-            return False
-        self.failures = 0
-        return True
+    def take(self) -> GuardDeltas | None:
+        return self.samples.take()
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()
+    def put_back(self, deltas: GuardDeltas) -> None:
+        self.samples.put_back(deltas)
+
+    def write(self, deltas: GuardDeltas) -> None:
+        self.store.add_guard_samples(self.instance, deltas)

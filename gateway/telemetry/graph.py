@@ -31,6 +31,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from facade.flusher import Flusher
 from gateway.telemetry.metrics import BUCKETS
 from routes.errors import StoreError
 
@@ -128,50 +129,43 @@ def minute(now: float) -> int:
     return int(now // 60) * 60
 
 
-class GraphFlusher:
-    """Adds the edges of `edges` to the store every `interval` seconds, off the request path.
-
-    A failed write puts the deltas back, so they are late, never lost while the process lives.
-    Every `prune_every`-th flush also deletes rows older than `RETENTION` (any process may: the
-    delete is idempotent).
+class GraphFlusher(Flusher[dict[Key, list[int]]]):
+    """Adds the edges of `edges` to the store every `interval` seconds, off the request path
+    (`Flusher`: a failed write puts the deltas back, so they are late, never lost while the process
+    lives). Every `prune_every`-th flush also deletes rows older than `RETENTION` (any process may:
+    the delete is idempotent).
     """
+
+    what = "dependency graph edges"
 
     def __init__(self, store: GraphStore, edges: EdgeCounts, *, instance: str, interval: float = 5.0,
                  clock: Callable[[], float] | None = None, prune_every: int = 120) -> None:
+        super().__init__(instance=instance, interval=interval)
         self.store = store
         self.edges = edges
-        self.instance = instance
-        self.interval = interval
         self.clock = clock or time.time
         self.prune_every = prune_every
         self.flushes = 0
-        self.failures = 0
+
+    def take(self) -> dict[Key, list[int]] | None:
+        return self.edges.take()
+
+    def put_back(self, deltas: dict[Key, list[int]]) -> None:
+        self.edges.put_back(deltas)
+
+    def write(self, deltas: dict[Key, list[int]]) -> None:
+        self.store.add_edges(self.instance, minute(self.clock()), deltas)
 
     async def flush(self) -> bool:
-        deltas = self.edges.take()
-        now = self.clock()
-        try:
-            if deltas:
-                await asyncio.to_thread(self.store.add_edges, self.instance, minute(now), deltas)
-        except StoreError as exc:
-            self.edges.put_back(deltas)
-            self.failures += 1
-            if self.failures == 1 or self.failures % 30 == 0:
-                log.warning("dependency graph edges not written (kept for the next try): %s", exc)
+        if not await super().flush():
             return False
-        self.failures = 0
         self.flushes += 1
         if self.flushes % self.prune_every == 1:
             try:
-                await asyncio.to_thread(self.store.prune_edges, minute(now - RETENTION))
+                await asyncio.to_thread(self.store.prune_edges, minute(self.clock() - RETENTION))
             except StoreError as exc:  # the next prune takes them; the edges were written
                 log.warning("old dependency graph edges not pruned: %s", exc)
         return True
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()
 
 
 def quantile(q: float, histogram: Sequence[int], buckets: Sequence[float] = BUCKETS) -> float | None:
