@@ -125,8 +125,10 @@ class Service:
         name = rule_name(m["name"], f"{where}.name")
         where = f"services[{name}]"
         raw = sequence(m.get("endpoints", []), f"{where}.endpoints")
-        if not raw:
-            raise RuleError(f"{where}.endpoints", "needs at least one endpoint", m.get("endpoints"))
+        if not raw and m.get("identity") is None:
+            # a service of sidecars (`identity`) may list none: the registry fills it (east-west.md)
+            raise RuleError(f"{where}.endpoints", "needs at least one endpoint (or an `identity`: a "
+                            "service of sidecars, whose endpoints the registry fills)", m.get("endpoints"))
         endpoints = tuple(Endpoint.parse(e, f"{where}.endpoints[{i}]") for i, e in enumerate(raw))
         seen: set[Endpoint] = set()
         for i, e in enumerate(endpoints):

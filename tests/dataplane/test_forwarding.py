@@ -325,3 +325,17 @@ def test_a_deadline_under_a_millisecond_is_expired_never_forwarded_as_zero(plane
         assert (r.status, r.json()["code"]) == (504, "deadline-exceeded")
         assert p[ORDERS_A].count() + p[ORDERS_B].count() == 0
     p.run(go)
+
+
+def test_a_service_of_sidecars_with_nothing_registered_answers_503_no_endpoint(
+        plane: PlaneFactory) -> None:
+    p = plane({"services": [{"name": "payments", "endpoints": [],
+                             "identity": "spiffe://peel.internal/svc/payments"}],
+               "routes": [{"name": "pay", "match": {"path_prefix": "/pay"}, "service": "payments"}]},
+              {})
+
+    async def test() -> None:
+        r = await p.request("GET", "/pay/1")
+        assert r.status == 503 and r.json()["code"] == "no-endpoint"
+
+    p.run(test)

@@ -166,3 +166,26 @@ def test_round_trip_property(service_names: list[str], prefixes: list[str]) -> N
               for i, p in enumerate(prefixes)]
     document = Document.parse({"services": services, "routes": routes})
     assert Document.parse(document.to_dict()) == document
+
+
+def test_a_service_of_sidecars_may_leave_its_endpoints_to_the_registry() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from routes.compiler import compile_document
+    from routes.registry import Registration
+
+    identity = "spiffe://peel.internal/svc/payments"
+    data = doc([{"name": "payments", "endpoints": [], "identity": identity,
+                 "health_check": {"path": "/healthz"}}],
+               routes=[route(service="payments")])
+    document = Document.parse(data)
+    assert document.services[0].endpoints == ()
+    assert Document.parse(document.to_dict()) == document
+    assert compile_document(document, 1).services["payments"].endpoints == ()  # 503 until one joins
+    now = datetime.now(UTC)
+    joined = Registration("payments", "https://10.0.2.15:15443", identity, now, now,
+                          now + timedelta(seconds=30))
+    service = compile_document(document, 2, [joined]).services["payments"]
+    assert [e.url for e in service.endpoints] == ["https://10.0.2.15:15443"]
+    assert service.endpoints[0].tls is not None and service.endpoints[0].tls.identity == identity
+    assert service.health_check is not None  # the document's policies apply to registered endpoints
