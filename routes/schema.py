@@ -136,7 +136,7 @@ shadow_counts = Table(
     metadata,
     Column("route", String(63), primary_key=True),
     Column("config_version", Integer, primary_key=True, autoincrement=False),
-    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("bucket", BigInteger, primary_key=True, autoincrement=False),  # Unix seconds: past 2038
     Column("instance", String(128), primary_key=True),
     Column("pairs", Integer, nullable=False),
     Column("mismatched", Integer, nullable=False),
@@ -219,7 +219,7 @@ graph_edges = Table(
     Column("listener", String(16), primary_key=True),
     Column("source", String(255), primary_key=True),
     Column("destination", String(63), primary_key=True),
-    Column("minute", Integer, primary_key=True, autoincrement=False),
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),  # Unix seconds: past 2038
     Column("instance", String(128), primary_key=True),
     Column("requests", Integer, nullable=False),
     Column("errors", Integer, nullable=False),

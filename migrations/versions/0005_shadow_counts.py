@@ -21,7 +21,7 @@ def upgrade() -> None:
         "shadow_counts",
         sa.Column("route", sa.String(length=63), nullable=False),
         sa.Column("config_version", sa.Integer(), autoincrement=False, nullable=False),
-        sa.Column("bucket", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("bucket", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("instance", sa.String(length=128), nullable=False),
         sa.Column("pairs", sa.Integer(), nullable=False),
         sa.Column("mismatched", sa.Integer(), nullable=False),

@@ -22,7 +22,7 @@ def upgrade() -> None:
         sa.Column("listener", sa.String(length=16), nullable=False),
         sa.Column("source", sa.String(length=255), nullable=False),
         sa.Column("destination", sa.String(length=63), nullable=False),
-        sa.Column("minute", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("minute", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("instance", sa.String(length=128), nullable=False),
         sa.Column("requests", sa.Integer(), nullable=False),
         sa.Column("errors", sa.Integer(), nullable=False),

@@ -158,3 +158,15 @@ def test_the_sqlite_file_and_its_wal_are_private_whatever_the_umask(tmp_path: Pa
     assert files.get("peel.db-wal") == 0o600, files
     assert all(m == 0o600 for m in files.values()), files
     assert stat.S_IMODE((tmp_path / "new" / "dir").stat().st_mode) == 0o700
+
+
+def test_every_unix_time_column_holds_times_past_2038(store: Store) -> None:
+    """Columns of Unix seconds are 64-bit: a 32-bit one overflows on 2038-01-19 (PostgreSQL refuses
+    the value; the store test runs on both backends)."""
+    from sqlalchemy import BigInteger
+
+    from routes.schema import metadata
+
+    times = {("shadow_counts", "bucket"), ("graph_edges", "minute"), ("guard_samples", "slice")}
+    for table, column in times:
+        assert isinstance(metadata.tables[table].c[column].type, BigInteger), (table, column)
