@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,20 @@ async def test_rollback_creates_a_new_version_equal_to_n(admin: Admin) -> None:
     r = await admin.client.post("/api/v1/config/rollback", json={"version": "2"})
     assert r.status_code == 422 and r.json()["field"] == "version"
     assert admin.version() == 3
+
+
+async def test_an_applied_document_shares_its_unchanged_routes_with_the_stored_version(admin: Admin) -> None:
+    """Applied again with one route changed, a document's other routes are the stored version's
+    objects (parsed once, off the loop), so the diff and the compiles take only what changed."""
+    doc: dict[str, Any] = {"services": [{"name": "legacy", "endpoints": ["http://10.0.0.5:8080"]}],
+                           "routes": [{"name": f"r{i}", "match": {"path_prefix": f"/r{i}"},
+                                       "service": "legacy"} for i in range(20)]}
+    r = await admin.client.post("/api/v1/config/apply", json={"document": doc})
+    assert r.status_code == 200, r.text
+    first = admin.store.latest().document
+    doc["routes"][3]["match"]["path_prefix"] = "/three"
+    r = await admin.client.post("/api/v1/config/apply", json={"document": doc})
+    assert r.status_code == 200 and r.json()["summary"] == "~1 route", r.text
+    second = admin.store.latest().document
+    shared = [r.name for r in second.routes if r is first.route(r.name)]
+    assert len(shared) == 19 and "r3" not in shared
