@@ -39,11 +39,12 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
+from gateway.core.settings import is_loopback
 from gateway.identity import certs, proof
 from gateway.identity.ca import CertificateAuthority
 from gateway.identity.errors import IdentityError, ProofRefused
 from gateway.identity.issuer import Issuer, load_chain
-from gateway.identity.join import TIMEOUT, ControlError, ControlUnreachable, State, _context, _loopback
+from gateway.identity.join import TIMEOUT, ControlError, ControlUnreachable, State, _context
 from gateway.identity.spiffe import SpiffeId, parse
 
 CONTEXT = b"peel-request/1\n"
@@ -112,7 +113,7 @@ def call(state: State, method: str, path: str, body: dict[str, Any] | None = Non
     end a long poll (`abort`)."""
     url = urlsplit(state.control)
     host = url.hostname or ""
-    if url.scheme not in ("http", "https") or not host or (url.scheme == "http" and not _loopback(host)):
+    if url.scheme not in ("http", "https") or not host or (url.scheme == "http" and not is_loopback(host)):
         raise ControlError(f"the control plane {state.control!r} is not an https:// admin API URL")
     target = url.path.rstrip("/") + path
     data = b"" if body is None else json.dumps(body).encode()

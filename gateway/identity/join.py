@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import http.client
-import ipaddress
 import json
 import os
 import ssl
@@ -43,6 +42,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from gateway.core.settings import is_loopback
 from gateway.identity import certs
 from gateway.identity.errors import IdentityError, StateError
 from gateway.identity.files import KEY_MODE, PUBLIC_MODE, private_dir, read_private, sync_dir, write_atomic
@@ -108,13 +108,6 @@ def _context(cafile: str | None) -> ssl.SSLContext:
                            f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def post(control: str, path: str, body: dict[str, Any], *, token: str | None = None,
          cafile: str | None = None, timeout: float = TIMEOUT) -> dict[str, Any]:
     """POST `body` as JSON to the control plane's admin API; its JSON answer, or `ControlError`.
@@ -130,7 +123,7 @@ def post(control: str, path: str, body: dict[str, Any], *, token: str | None = N
         raise ControlError(f"--control {control!r} has a bad port") from None
     if url.scheme not in ("http", "https") or not host:
         raise ControlError(f"--control {control!r} is not an https:// URL of the control plane's admin API")
-    if url.scheme == "http" and not _loopback(host):
+    if url.scheme == "http" and not is_loopback(host):
         raise ControlError(f"--control {control!r}: the admin API must be https:// (a join token or "
                            "certificate request does not travel in clear text)")
     conn: http.client.HTTPConnection

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import ipaddress
 import logging
 import os
 import signal
@@ -50,7 +49,7 @@ from facade.flusher import CountsFlusher, instance_id
 from facade.shadow_counts import ShadowFlusher, ShadowStats
 from facade.window import GuardSamples, SamplesFlusher
 from gateway.core.errors import ConfigError
-from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, load_settings
+from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, is_loopback, load_settings
 from gateway.dataplane.outbound import (
     OutboundApp,
     OutboundCounts,
@@ -184,19 +183,10 @@ def load_tls(settings: Settings, names: tuple[str, ...] = ("public", "admin")) -
     return out
 
 
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def warn_plaintext_admin(settings: Settings) -> None:
     """Loud, at start: an admin listener beyond loopback without TLS carries tokens in clear."""
     admin = settings.listeners.admin
-    if not admin.tls and not loopback(admin.host):
+    if not admin.tls and not is_loopback(admin.host):
         log.warning("INSECURE: the admin listener binds %s without TLS: admin bearer tokens and every "
                     "change to routes cross the network in clear, readable and replayable by anyone "
                     "on the path. Set listeners.admin.tls_certificates (docs/tls.md) or bind it to "
