@@ -40,9 +40,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from gateway.core.settings import Settings
-from routes.compiler import compile_document
+from routes.compiler import compile_incrementally
 from routes.holder import TableHolder
-from routes.model import Document
+from routes.model import Document, ParseMemo
 from routes.registry import DEFAULT_TTL, Registration
 from routes.table import RouteTable
 from routes.watcher import read_served_snapshot, write_snapshot
@@ -72,7 +72,7 @@ class ControlFollower:
 
     def __init__(self, holder: TableHolder, *, state_dir: Path, snapshot: Path, cafile: str | None = None,
                  advertise: str = "", ttl: float = DEFAULT_TTL.total_seconds(), wait: float = WAIT,
-                 retry: float = RETRY, compile: Compile = compile_document) -> None:
+                 retry: float = RETRY, compile: Compile = compile_incrementally) -> None:
         self.holder = holder
         self.state_dir = state_dir
         self.snapshot = snapshot
@@ -82,6 +82,8 @@ class ControlFollower:
         self.wait = wait
         self.retry = retry
         self.compile = compile
+        # each answer is a whole document: its unchanged routes are parsed and compiled once
+        self._memo = ParseMemo()
         self.tag = ""
         self.last_error: str | None = None
         self.reloads = 0
@@ -139,7 +141,7 @@ class ControlFollower:
     def load(self, answer: dict[str, Any]) -> tuple[RouteTable, Document, tuple[Registration, ...]]:
         """Compile an answer (blocking); raises what parsing or compiling raises."""
         version = int(answer["version"])
-        document = Document.parse(answer["document"], stored=True)
+        document = Document.parse(answer["document"], stored=True, memo=self._memo)
         registered = tuple(Registration.from_dict(r) for r in answer.get("registered", ()))
         return self.compile(document, version, registered), document, registered
 
