@@ -4,6 +4,7 @@
     python bench/run.py [--seconds 8] [--reps 3] [--workers 1] [--bodies hello,16k] [--no-match]
                         [--telemetry on|off|tracing|metrics] [--paced 4000] [--baseline DIR]
                         [--tls [--tls-clients 4]] [--routes N [--changes [--changes-rate 1500]]]
+                        [--profile FILE]
 
 Starts an nginx origin ("hello", 5 bytes, at `/`; 16 KiB at `/16k`), nginx with one worker as the
 reference proxy, and `peel serve` with `--workers` workers (temp dir: settings, an upgraded SQLite
@@ -35,6 +36,9 @@ for the RSS and throughput of a large table. With `--changes`, instead of the ru
 bench/changes.py measures whether a one-route change stalls that table: p99 at a fixed load with no
 change, with `PUT /api/v1/routes/{name}` changes and with `peel apply -f` changes (see its docstring).
 
+`--profile FILE` runs no comparison: it samples `peel` with py-spy during one c50 run per body and
+prints where the CPU went by layer (bench/profile.py).
+
 Needs nginx and wrk (and openssl for --tls): installed with apt-get when missing and running as
 root. Every process this script starts is stopped by its PID (its process group) at the end.
 """
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -64,6 +69,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import profile  # noqa: E402
 from bench.changes import CHANGE_RATE, large_document, measure_changes, report_changes  # noqa: E402
 from bench.tls_certs import BenchCerts, make_certs  # noqa: E402
 from routes.model import Document  # noqa: E402
@@ -657,6 +663,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help=f"another checkout of Peel (e.g. a git worktree of an older commit), run as a "
                          f"fourth target, {BASE}, with the same settings, interleaved, and compared")
+    ap.add_argument("--profile", type=Path, metavar="FILE",
+                    help="instead of the runs, sample peel with py-spy during one c50 run per body: "
+                         "folded stacks to FILE (FILE.16k for 16k), a summary by layer printed "
+                         "(bench/profile.py)")
     ap.add_argument("--routes", type=int, default=1, metavar="N",
                     help="routes in the Peels' stores (default 1: only the catch-all)")
     ap.add_argument("--changes", action="store_true",
@@ -707,6 +717,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.changes:
             change_rows = measure_changes(bench, pids["peel"], args.reps, args.seconds, args.changes_rate)
             report_changes(change_rows, args.routes, args.reps, args.seconds, args.changes_rate)
+            return 0
+        if args.profile is not None:
+            for body in bodies:
+                wrk(bench.ports["peel"], PATHS[body], CONNS, 2)  # warm-up
+                out = args.profile if body == bodies[0] else args.profile.with_name(
+                    f"{args.profile.name}.{body}")
+                print(f"-- {body}: wrk -t1 -c{CONNS} {args.seconds} s, sampled into {out}")
+                load = functools.partial(wrk, bench.ports["peel"], PATHS[body], CONNS, args.seconds)
+                print(profile.record(pids["peel"], out, args.seconds, lambda load=load: print(load())))
             return 0
         if bench.tls is not None:
             served = {name: served_certificate(bench.ports[name], bench.tls) for name in ("nginx", *pids)}

@@ -2,8 +2,8 @@
 
 Why each option is what it is:
 
-- `http=PeelHttpProtocol` (uvicorn's httptools protocol plus the raw target and disconnect hook)
-  and `loop="uvloop"`: the fastest pair uvicorn offers; the data plane's budget needs both.
+- `http=PeelHttpProtocol` (Peel's own HTTP/1.1 protocol, gateway/edge/protocol.py) and
+  `loop="uvloop"`: the data plane's budget needs both.
 - `proxy_headers=False`: uvicorn would otherwise trust `X-Forwarded-For` from loopback and rewrite
   the client address; Peel decides whom to trust itself (`proxy.trusted_proxies`).
 - `server_header=False`; `date_header=False` on data-plane listeners, where the upstream's Date
@@ -23,7 +23,8 @@ Why each option is what it is:
   way), permessage-deflate offered to clients (windows of 4 KiB: ~40 KiB per connection).
 
 This package (gateway/edge/) and `gateway.server.serve` are the only code that touches uvicorn's
-internals (its protocol's private methods, the server's state, `Server.capture_signals`); uvicorn
+internals (its flow control and address helpers, the WebSocket protocol's constructor, the
+server's state, `Server.capture_signals`); uvicorn
 is pinned to the minor version they were checked against, and `tests/unit/test_uvicorn_internals.py`
 names each one with the module that relies on it.
 """

@@ -1,47 +1,58 @@
-"""uvicorn's httptools protocol with the two things the data plane needs from the connection.
+"""Peel's HTTP/1.1 protocol for every listener: the request head parsed and checked in one pass.
 
-1. The raw request target: uvicorn parses it into `path`/`raw_path`/`query_string` and drops the
-   rest, so an absolute-form target (`GET http://elsewhere/ HTTP/1.1`, the open-proxy probe) looks
-   like an origin-form one. The bytes of the request line's target go into
-   `scope["extensions"]["peel.target"]`.
-2. A `Downstream` handle in `scope["extensions"]["peel.downstream"]`: uvicorn's `send` silently
-   does nothing once the client is gone, so a proxy streaming a download would keep pulling from
-   the upstream. The handle calls back when the connection is lost (so the upstream exchange is
-   cancelled at once) and can abort the connection when a response must be cut short.
+uvicorn's server runs it (the same constructor as uvicorn's protocols, `shutdown()`, the server's
+`connections` and `tasks`), but the connection is Peel's own, for speed and for the edge rules:
 
-3. A `CoalescingWriter` in front of the transport, so a response head and a small body leave in
-   one system call instead of two.
-4. A head timeout: a connection must deliver a complete request head within the keep-alive
-   timeout, whether it is new, idle between requests, or trickling a head byte by byte
-   (uvicorn times only the idle case, with a timer per response).
-5. On the inbound listener, the peer (`scope["extensions"]["peel.peer"]`, a `Peer`): the SPIFFE ID
-   of the client certificate, read from the TLS object once per connection (uvicorn puts nothing
-   of the certificate into the scope); None on the other listeners.
-6. WebSocket upgrades: `check_head` strips every `Upgrade` offer; when the listener runs a
-   WebSocket protocol (`ws_protocol_class`) and `gateway.dataplane.websocket_rules.websocket_offer` finds a
-   complete opening handshake, the checked head goes to httptools with its offer and the
-   connection is handed to uvicorn's WebSocket protocol (the app then gets a `websocket` scope;
-   whether the route allows it is the app's decision). Plain requests never take this path.
-
-The hooks cost one dict per request; everything else is uvicorn's own code path.
+1. One parse. `gateway.http.framing.check_head` checks the complete head against Peel's framing
+   rules and limits and returns what the request is (method, target, version, headers lower-cased,
+   framing, keep-alive); the body is framed by its Content-Length or decoded by a `ChunkedBody`.
+   No second HTTP parser reads the bytes, and no Python callback runs per header.
+2. The raw request target in `scope["extensions"]["peel.target"]`: an absolute-form target
+   (`GET http://elsewhere/ HTTP/1.1`, the open-proxy probe) must not look like an origin-form one.
+3. A `Downstream` handle in `scope["extensions"]["peel.downstream"]`: it calls back when the
+   connection is lost (so the upstream exchange is cancelled at once) and can abort the connection
+   when a response must be cut short.
+4. A `ResponseCycle` per request (gateway.edge.cycle): ASGI's receive/send without uvicorn's
+   per-header pattern checks, and a `CoalescingWriter` in front of the transport, so a response
+   head and a small body leave in one system call instead of two.
+5. Timeouts from one ticker per server: a complete request head within the header timeout
+   (new, idle between requests, or trickled byte by byte), an idle keep-alive connection closed, a
+   stalled body and a client that stopped reading cut.
+6. On the inbound listener, the peer (`scope["extensions"]["peel.peer"]`, a `Peer`): the SPIFFE ID
+   of the client certificate, read from the TLS object once per connection; None elsewhere.
+7. WebSocket upgrades: `check_head` strips every `Upgrade` offer; when the listener runs a
+   WebSocket protocol (`ws_protocol_class`) and `gateway.dataplane.websocket_rules.websocket_offer`
+   finds a complete opening handshake, the connection is handed to uvicorn's WebSocket protocol
+   with its head, names lower-cased (the app then gets a `websocket` scope; whether the route allows it is
+   the app's decision). Plain requests never take this path.
+8. Pipelining: a request whose head arrives while the one before is answered waits, reading
+   paused, and starts when that response is complete; a refusal waits likewise, then closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any, ClassVar, cast
+from urllib.parse import unquote
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
 
 from gateway.core.asgi import DOWNSTREAM, PEER, TARGET, Downstream, Peer
 from gateway.core.settings import LimitsSettings
 from gateway.dataplane.websocket_rules import websocket_offer
+from gateway.edge.cycle import ResponseCycle
 from gateway.http.framing import (
     CHUNKED,
     LENGTH,
+    NO_BODY,
     ChunkedBody,
+    Head,
     HeadLimits,
     Refusal,
     check_head,
@@ -108,13 +119,17 @@ _HOLD_BELOW = 16 * 1024
 _JOIN_BELOW = 64 * 1024
 
 
-class PeelHttpProtocol(HttpToolsProtocol):
+class PeelHttpProtocol(asyncio.Protocol):
     """The HTTP/1.1 protocol Peel's listeners run (pass `configured(limits)` as uvicorn's `http`).
 
-    Every request head is checked by `gateway.http.framing.check_head` before httptools parses it, and
-    every chunked body by a `ChunkedBody`, so Peel's framing rules and limits hold whatever the
-    parser tolerates. To see each head whole, the bytes are handed to the parser one message part
-    at a time: the head (once complete), then exactly the body's bytes, then the next head.
+    Peel's own, with uvicorn's constructor (`config=, server_state=, app_state=`), so uvicorn's
+    server runs it, drains it (`shutdown()`, `server_state.connections` and `tasks`) and hands it a
+    WebSocket protocol class. Every request head is parsed and checked in one pass by
+    `gateway.http.framing.check_head`, which gives the method, target, version, header list,
+    framing and keep-alive; the body is framed by its Content-Length or decoded by a
+    `ChunkedBody`; no second parser reads the bytes. Each request gets a `ResponseCycle`
+    (gateway.edge.cycle) and a task running the app on it; a pipelined request waits, read paused,
+    until the response before it is complete.
     """
 
     limits: ClassVar[LimitsSettings] = LimitsSettings()
@@ -130,8 +145,27 @@ class PeelHttpProtocol(HttpToolsProtocol):
                           limits.max_body, limits.allow_underscore_headers)
         return type(cls.__name__, (cls,), {"limits": limits, "head_limits": head})
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.ws_protocol_class = config.ws_protocol_class
+        self.app_state = app_state
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.server_state = server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        # per connection
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.flow: FlowControl = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.pipeline: deque[ResponseCycle] = deque()  # requests waiting, newest first
+        self.cycle: ResponseCycle | None = None  # the newest request (its body is being read)
         self._downstream = Downstream(self._abort_connection)
         self._writer: CoalescingWriter | None = None
         self._state = _HEAD
@@ -148,8 +182,16 @@ class PeelHttpProtocol(HttpToolsProtocol):
         self.body_since: float | None = None
         self.blocked_since: float | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    # -- the connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.connections.add(self)  # type: ignore[arg-type]
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = get_local_addr(transport)
+        self.client = get_remote_addr(transport)
+        self.scheme = "https" if is_ssl(transport) else "http"
         if self.inbound_strict is not None:
             self._peer = _peer(transport, self.inbound_strict, self.client)
         self._writer = CoalescingWriter(transport, self.loop)
@@ -160,15 +202,49 @@ class PeelHttpProtocol(HttpToolsProtocol):
             self._refuse(Refusal(503, "too-many-connections",
                                  f"this listener serves at most {limit} connections at once"))
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        cycle = self.cycle
+        if cycle is not None:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+            cycle.message_event.set()
+        for waiting in self.pipeline:
+            waiting.disconnected = True
+        if self.flow is not None:
+            self.flow.resume_writing()
+        if exc is None:
+            self.transport.close()
+        self._downstream.connection_lost()
+
+    def eof_received(self) -> None:
+        return None  # the transport closes: a half-closed client gets its answers no further
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+        self.blocked_since = self.loop.time()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+        self.blocked_since = None
+
+    def shutdown(self) -> None:
+        """The server drains: close an idle connection now, end a busy one after its response."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.close()
+        else:
+            cycle.keep_alive = False
+
     def _abort_connection(self) -> None:
         """`Downstream.abort`: reset the connection on purpose."""
         cycle = self.cycle
         if cycle is not None:
-            # uvicorn would otherwise log "returned without completing response" for a cut we
-            # made on purpose.
-            cycle.disconnected = True
+            cycle.disconnected = True  # cut on purpose: not "returned without completing"
         if self.transport is not None:
             self.transport.abort()
+
+    # -- reading requests -------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self._state == _UPGRADED:
@@ -179,36 +255,52 @@ class PeelHttpProtocol(HttpToolsProtocol):
             state = self._state
             if state == _LENGTH:
                 take = min(self._left, len(data))
-                if not self._feed(data if take == len(data) else data[:take]):
-                    return
+                self._body(data if take == len(data) else data[:take])
                 data = data[take:]
                 self._left -= take
                 self._body_progress(self._left == 0)
             elif state == _CHUNKED:
                 chunked = self._chunked
                 assert chunked is not None
+                spans: list[tuple[int, int]] = []
                 try:
-                    used = chunked.feed(data)
+                    used = chunked.feed(data, spans)
                 except Refusal as refusal:
                     self._refuse(refusal)
                     return
-                if not self._feed(data if used == len(data) else data[:used]):
-                    return
+                for start, end in spans:
+                    self._body(data[start:end])
                 data = data[used:]
                 self._body_progress(chunked.done)
             else:
                 data = self._take_head(data)
+                if self._state == _UPGRADED:
+                    return
+
+    def _body(self, data: bytes) -> None:
+        """Bytes of the current request's body, for its app (dropped once it has answered)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not data:
+            return
+        cycle.body += data
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def _body_progress(self, done: bool) -> None:
         if done:
             self._state = _HEAD
             self._chunked = None
             self.body_since = None
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                cycle.more_body = False
+                cycle.message_event.set()
         else:
             self.body_since = self.loop.time()
 
     def _take_head(self, buf: bytes) -> bytes:
-        """Check and hand on the head at the start of `buf`; return the bytes after it.
+        """Check and start the request whose head is at the start of `buf`; return the bytes after it.
 
         An incomplete head is kept for the next `data_received` (and b"" returned).
         """
@@ -222,74 +314,110 @@ class PeelHttpProtocol(HttpToolsProtocol):
             else:
                 self._buf = buf
             return b""
+        block = buf[:end + 4]
         try:
-            head = check_head(buf[:end + 4], self.head_limits)
+            head = check_head(block, self.head_limits)
         except Refusal as refusal:
             self._refuse(refusal)
             return b""
-        block = head.head
-        if head.upgrade_stripped and self.ws_protocol_class is not None \
-                and websocket_offer(buf[:end + 4], head):
+        if head.upgrade_stripped and self.ws_protocol_class is not None and websocket_offer(block, head):
             cycle = self.cycle
             if self.pipeline or (cycle is not None and not cycle.response_complete):
                 # The switch would interleave with a response still being written.
                 self._refuse(Refusal(400, "bad-request",
                                      "a WebSocket handshake may not be pipelined behind another request"))
                 return b""
-            block = buf[:end + 4]  # with its offer: httptools raises HttpParserUpgrade at its end
-            self._state = _UPGRADING
-        elif head.framing == LENGTH:
+            self._upgrade(block, buf[end + 4:])
+            return b""
+        self.waiting_since = None
+        self._start(head)
+        if head.framing == LENGTH:
             self._state, self._left = _LENGTH, head.length
+            self.body_since = self.loop.time()
         elif head.framing == CHUNKED:
             self._state, self._chunked = _CHUNKED, ChunkedBody(self.head_limits.max_body)
-        if not self._feed(block):
-            return b""
-        if self._state == _UPGRADED:
-            rest = buf[end + 4:]
-            if rest:  # frames right behind the handshake belong to the new protocol
-                cast(asyncio.Protocol, self.transport.get_protocol()).data_received(rest)
-            return b""
-        if self._state == _UPGRADING:
-            self._state = _HEAD  # httptools saw no upgrade after all: served as plain HTTP
-        if self._state != _HEAD:
             self.body_since = self.loop.time()
         return buf[end + 4:]
 
-    def _feed(self, data: bytes) -> bool:
-        """Hand bytes to httptools; False (and answered) when it refuses them."""
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._refuse(Refusal(400, "bad-request", f"malformed request: {exc}"))
-            return False
-        except httptools.HttpParserUpgrade:
-            if self._state == _UPGRADING and self.parser.should_upgrade() and self._should_upgrade():
-                self._upgrade()
-                return True
-            # check_head strips other offers and refuses CONNECT's authority-form, so this is a
-            # parser disagreement: refuse rather than guess where the next request starts.
-            self._refuse(Refusal(400, "bad-request", "protocol switches are not supported"))
-            return False
-        return True
+    def _start(self, head: Head) -> None:
+        """A checked head: the request's scope and cycle, and its app task (or its place in line)."""
+        target = head.target
+        if target[:1] == b"/" and b"?" not in target:
+            raw_path, query = target, b""  # the common origin-form target: nothing to split
+        else:
+            try:
+                parsed = httptools.parse_url(target)
+            except httptools.HttpParserInvalidURLError:
+                raw_path, query = b"/", b""  # `*` (OPTIONS): nothing routes it; the app answers
+            else:
+                raw_path, query = parsed.path or b"/", parsed.query or b""
+        path = raw_path.decode("ascii")
+        major, minor = head.version
+        scope: Any = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": "1.1" if minor == 1 else f"{major}.{minor}",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": "",
+            "headers": head.headers,
+            "state": self.app_state.copy() if self.app_state else {},
+            "method": head.method.decode("ascii"),
+            "path": unquote(path) if "%" in path else path,
+            "raw_path": raw_path,
+            "query_string": query,
+            # the raw target (absolute-form included) for the resolve step, the Downstream handle,
+            # the inbound listener's peer
+            "extensions": {TARGET: target, DOWNSTREAM: self._downstream, PEER: self._peer},
+        }
+        cycle = ResponseCycle(scope, self._writer, self.flow, self.server_state.default_headers,
+                              head.expect_continue, head.keep_alive, self._response_complete)
+        if head.framing == NO_BODY:
+            cycle.more_body = False
+            cycle.message_event.set()  # the whole request is in: `receive()` answers at once
+        previous = self.cycle
+        self.cycle = cycle
+        if previous is None or previous.response_complete:
+            self._run(cycle)
+        else:
+            # Pipelined: waits for the response in flight; reading pauses meanwhile.
+            self.flow.pause_reading()
+            self.pipeline.appendleft(cycle)
 
-    def _upgrade(self) -> None:
-        """Hand the connection to uvicorn's WebSocket protocol (it answers the handshake later)."""
+    def _run(self, cycle: ResponseCycle) -> None:
+        task = self.loop.create_task(cycle.run_asgi(self.app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def _upgrade(self, block: bytes, rest: bytes) -> None:
+        """Hand the connection to uvicorn's WebSocket protocol with the handshake's head (it answers
+        the handshake itself, once the app accepts)."""
         if self._writer is not None:
             self._writer.flush()  # bytes of an earlier response go out before the 101
         self._state = _UPGRADED
         self.waiting_since = self.body_since = None
-        self.handle_websocket_upgrade()
+        self.connections.discard(self)
+        assert self.ws_protocol_class is not None
+        protocol: Any = self.ws_protocol_class(config=self.config,  # type: ignore[call-arg]
+                                               server_state=self.server_state, app_state=self.app_state)
+        protocol.connection_made(self.transport)
+        self.transport.set_protocol(protocol)
+        # as uvicorn hands it over: names lower-cased (the WebSocket scope's headers are ASGI's)
+        lines = block[:-4].split(b"\r\n")
+        fields = (name.lower() + b": " + value.strip(b" \t")
+                  for name, _, value in (line.partition(b":") for line in lines[1:]))
+        protocol.data_received(b"\r\n".join((lines[0], *fields)) + b"\r\n\r\n")
         if self._peer is not None:
-            # The WebSocket protocol parsed the handshake and made its scope (its app task has
-            # not run yet): the inbound listener's peer goes into it as into an HTTP scope's.
-            ws: Any = self.transport.get_protocol() if self.transport is not None else None
-            scope = getattr(ws, "scope", None)
+            # The WebSocket protocol parsed the handshake and made its scope (its app task has not
+            # run yet): the inbound listener's peer goes into it as into an HTTP scope's.
+            scope = getattr(protocol, "scope", None)
             if scope is not None:
                 scope["extensions"][PEER] = self._peer
+        if rest:  # frames right behind the handshake belong to the new protocol
+            protocol.data_received(rest)
 
-    def send_400_response(self, msg: str) -> None:
-        # uvicorn's own plain-text 400, for whatever the parser refuses: Peel's problem+json.
-        self._refuse(Refusal(400, "bad-request", msg))
+    # -- answering --------------------------------------------------------------------------------
 
     def _refuse(self, refusal: Refusal) -> None:
         """Answer `refusal` and close; after a response already started, cut the connection."""
@@ -326,57 +454,24 @@ class PeelHttpProtocol(HttpToolsProtocol):
         transport.write(answer)
         transport.close()
 
-    def on_headers_complete(self) -> None:
-        self.waiting_since = None
-        # on_message_begin made a fresh scope and on_url collected the whole target; the ASGI task
-        # is created by the parent below, so the scope is complete before the app sees it.
-        scope: Any = self.scope  # uvicorn types extensions as dict[str, dict]; ours hold bytes
-        scope["extensions"] = {TARGET: self.url, DOWNSTREAM: self._downstream, PEER: self._peer}
-        previous = self.cycle
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not previous and cycle is not None:
-            cycle.transport = self._writer  # type: ignore[assignment]
-            # httptools reports the trailer fields of a chunked body through on_header too, and
-            # uvicorn appends them to `self.headers`, the very list that is the scope's headers:
-            # after the app started, where a buffered request would send them upstream in its head,
-            # past every trust rule and header limit. RFC 9110 §6.5.1: trailers are not merged into
-            # the header section. From here on they land in a list nobody reads (their size and
-            # number are capped by the chunked decoder, 431 past them); the next request's
-            # on_message_begin makes a fresh one. (Kept for an upgrade: uvicorn reads the headers
-            # again when it switches protocols; a handshake has no body, so no trailers.)
-            self.headers = []
+    def _response_complete(self) -> None:
+        """A response is complete (called by its cycle): start the next request, or wait for one.
 
-    def on_response_complete(self) -> None:
-        # uvicorn's own, except that the keep-alive wait is timed by _EdgeTimer instead of a
-        # call_later per response (which cost more than the rest of this method).
+        The keep-alive wait is timed by _EdgeTimer, not by a timer per response.
+        """
         self.server_state.total_requests += 1
         self._served += 1
         if self.transport.is_closing():
             return
-        self._unset_keepalive_if_required()
         if self.pipeline:
             self.flow.resume_reading()
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
+            self._run(self.pipeline.pop())
         elif self._pending is not None:
             answer, self._pending = self._pending, None
             self._write_and_close(answer)
         else:
             self.flow.resume_reading()
             self.waiting_since = self.loop.time()
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self.blocked_since = self.loop.time()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self.blocked_since = None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._downstream.connection_lost()
 
     def timed_out(self, now: float) -> None:
         """Called by the ticker: enforce the head, keep-alive, body-idle and write timeouts."""
@@ -404,11 +499,11 @@ class PeelHttpProtocol(HttpToolsProtocol):
             self._downstream.abort()
 
 
+_ASGI: Any = {"version": "3.0", "spec_version": "2.3"}  # the same in every scope
 _HEAD = 0
 _LENGTH = 1
 _CHUNKED = 2
-_UPGRADING = 3  # a WebSocket handshake head is being handed to httptools
-_UPGRADED = 4  # the connection belongs to the WebSocket protocol now
+_UPGRADED = 3  # the connection belongs to the WebSocket protocol now
 
 
 def _incomplete_head_refusal(buf: bytes, limits: HeadLimits) -> Refusal | None:

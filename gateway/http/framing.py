@@ -90,11 +90,15 @@ class Refusal(Exception):
 
 
 class Head(NamedTuple):
-    """What the protocol layer needs from an accepted request head.
+    """What the protocol layer needs from an accepted request head: the parse and its checks in one.
 
-    `head` is the bytes to hand the HTTP parser: the original head, or (when an `Upgrade` was
-    stripped) the head rebuilt without it. `framing` is NO_BODY, LENGTH or CHUNKED. A NamedTuple:
-    one is built per request, and a frozen dataclass costs several times more to construct.
+    `head` is the head as it goes on: the original bytes, or (when an `Upgrade` was stripped) the
+    head rebuilt without it. `framing` is NO_BODY, LENGTH or CHUNKED. `headers` are the fields as
+    ASGI gives them (names lower-cased, values without surrounding whitespace, in order), an
+    `Upgrade` or `HTTP2-Settings` offer left out; `keep_alive` whether the client lets the
+    connection stay open after this request (RFC 9112 9.3: HTTP/1.1 unless `Connection: close`,
+    HTTP/1.0 only with `Connection: keep-alive`). A NamedTuple: one is built per request, and a
+    frozen dataclass costs several times more to construct.
     """
 
     head: bytes
@@ -103,6 +107,10 @@ class Head(NamedTuple):
     length: int
     expect_continue: bool
     upgrade_stripped: bool
+    target: bytes
+    version: tuple[int, int]
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
 
 
 def check_head(block: bytes, limits: HeadLimits) -> Head:
@@ -134,9 +142,15 @@ def check_head(block: bytes, limits: HeadLimits) -> Head:
     expect: list[bytes] = []
     connection: list[bytes] = []
     upgrade_lines: list[int] = []
+    headers: list[tuple[bytes, bytes]] = []
+    append = headers.append
     for index, field in enumerate(fields, 1):
         name, value = _field(field, limits)
         lowered = name.lower()
+        if lowered == b"upgrade" or lowered == b"http2-settings":
+            upgrade_lines.append(index)
+            continue
+        append((lowered, value))
         if lowered == b"host":
             hosts += 1
             host = value
@@ -148,8 +162,6 @@ def check_head(block: bytes, limits: HeadLimits) -> Head:
             expect.append(value)
         elif lowered == b"connection":
             connection.append(value)
-        elif lowered == b"upgrade" or lowered == b"http2-settings":
-            upgrade_lines.append(index)
 
     if hosts > 1:
         raise Refusal(400, "duplicate-host", "the request has more than one Host header")
@@ -158,7 +170,7 @@ def check_head(block: bytes, limits: HeadLimits) -> Head:
     if host.translate(None, _HOST_BYTES):
         raise Refusal(400, "bad-host", "the Host header holds characters a host name cannot")
     _check_target(method, target)
-    _check_connection(connection)
+    keep_alive = _check_connection(connection, version)
 
     framing, length = _framing(lengths, codings, version, limits)
     expect_continue = False
@@ -173,7 +185,8 @@ def check_head(block: bytes, limits: HeadLimits) -> Head:
         # request goes on as plain HTTP/1.1 without the offer, as RFC 9110 7.8 lets a server do.
         keep = [line] + [f for i, f in enumerate(fields, 1) if i not in upgrade_lines]
         head = b"\r\n".join(keep) + b"\r\n\r\n"
-    return Head(head, method, framing, length, expect_continue, bool(upgrade_lines))
+    return Head(head, method, framing, length, expect_continue, bool(upgrade_lines), target, version,
+                headers, keep_alive)
 
 
 def _request_line(line: bytes) -> tuple[bytes, bytes, tuple[int, int]]:
@@ -220,13 +233,22 @@ def _field(field: bytes, limits: HeadLimits) -> tuple[bytes, bytes]:
     return name, value.strip(b" \t")
 
 
-def _check_connection(values: list[bytes]) -> None:
+def _check_connection(values: list[bytes], version: tuple[int, int]) -> bool:
+    """Refuse a `Connection` that nominates a protected header; whether the connection is kept."""
+    close = keep = False
     for value in values:
         for token in value.split(b","):
             token = token.strip(b" \t").lower()
             if token in PROTECTED:
                 raise Refusal(400, "protected-header-nominated",
                               f"Connection may not nominate {token.decode('ascii')!r}")
+            if token == b"close":
+                close = True
+            elif token == b"keep-alive":
+                keep = True
+    if close:
+        return False
+    return keep if version == (1, 0) else True
 
 
 def _framing(lengths: list[bytes], codings: list[bytes], version: tuple[int, int],

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 import uvicorn
 from uvicorn.lifespan.off import LifespanOff
 from uvicorn.lifespan.on import LifespanOn
-from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
 from gateway.core.settings import Settings
 from gateway.edge.listener import QuietServer, uvicorn_config
 from gateway.edge.protocol import PeelHttpProtocol
+from tests.fakes.transport import RecordingTransport
 
 PROTOCOL = "gateway/edge/protocol.py (PeelHttpProtocol)"
 DRAIN = "gateway/edge/drain.py"
@@ -51,31 +49,7 @@ async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-class Transport(asyncio.Transport):
-    """Enough of a transport for uvicorn's protocol to serve one request into `written`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closing = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+Transport = RecordingTransport
 
 
 def loaded_config(**options: Any) -> uvicorn.Config:
@@ -84,104 +58,54 @@ def loaded_config(**options: Any) -> uvicorn.Config:
     return config
 
 
-# --- gateway/edge/protocol.py: PeelHttpProtocol subclasses HttpToolsProtocol ------------------------
+# --- gateway/edge/protocol.py: Peel's own protocol, run by uvicorn's server ------------------------
 
-def test_the_protocol_peel_subclasses() -> None:
-    needs(issubclass(PeelHttpProtocol, HttpToolsProtocol) and issubclass(HttpToolsProtocol, asyncio.Protocol),
-          "HttpToolsProtocol is an asyncio.Protocol", PROTOCOL)
-    # uvicorn's server (and drain.stop_accepting's factory) build protocols with these keywords
-    needs({"config", "server_state", "app_state", "_loop"} <= set(params(HttpToolsProtocol.__init__)),
-          "HttpToolsProtocol(config=, server_state=, app_state=, _loop=)", f"{PROTOCOL} and {DRAIN}")
-
-
-@pytest.mark.parametrize(("method", "signature"), [
-    # overridden by PeelHttpProtocol: uvicorn must still call them, with these arguments
-    ("connection_made", ["transport"]),
-    ("data_received", ["data"]),
-    ("connection_lost", ["exc"]),
-    ("on_headers_complete", []),
-    ("on_response_complete", []),
-    ("pause_writing", []),
-    ("resume_writing", []),
-    ("send_400_response", ["msg"]),
-    # called by PeelHttpProtocol (and shutdown by drain.settle)
-    ("handle_websocket_upgrade", []),
-    ("_should_upgrade", []),
-    ("_unset_keepalive_if_required", []),
-    ("_start_asgi_task", ["cycle", "app"]),
-    ("shutdown", []),
-])
-def test_the_protocol_methods_peel_overrides_or_calls(method: str, signature: list[str]) -> None:
-    function = getattr(HttpToolsProtocol, method, None)
-    needs(callable(function), f"HttpToolsProtocol.{method}", PROTOCOL)
-    assert function is not None
-    needs(params(function) == signature, f"HttpToolsProtocol.{method}({', '.join(signature)})", PROTOCOL)
+def test_uvicorns_server_builds_protocols_as_peels_takes_them() -> None:
+    # uvicorn's server (and drain.stop_accepting's factory) build the protocol class with these
+    # keywords; PeelHttpProtocol takes the same.
+    needs("server_state=self.server_state" in source(uvicorn.Server.startup)
+          and "config=config" in source(uvicorn.Server.startup),
+          "Server.startup builds config.http_protocol_class(config=, server_state=, app_state=)",
+          f"{PROTOCOL} and {DRAIN}")
+    assert params(PeelHttpProtocol.__init__) == ["config", "server_state", "app_state", "_loop"]
+    needs(params(WebSocketsSansIOProtocol.__init__)[:3] == ["config", "server_state", "app_state"],
+          "WebSocketsSansIOProtocol(config=, server_state=, app_state=)", f"{PROTOCOL} (_upgrade)")
 
 
-def test_send_400_response_is_where_parser_refusals_go() -> None:
-    # PeelHttpProtocol.send_400_response answers Peel's problem+json instead of uvicorn's text: only
-    # while uvicorn's own data_received routes a parser error there.
-    needs("send_400_response" in source(HttpToolsProtocol.data_received),
-          "HttpToolsProtocol.data_received answers parser errors with send_400_response", PROTOCOL)
+def test_the_flow_control_peel_uses() -> None:
+    transport = Transport()
+    flow = FlowControl(transport)
+    for name in ("read_paused", "write_paused"):
+        needs(getattr(flow, name, None) is False, f"FlowControl.{name} (bool)", f"{PROTOCOL} and cycle.py")
+    for name in ("pause_reading", "resume_reading", "pause_writing", "resume_writing", "drain"):
+        needs(callable(getattr(flow, name, None)), f"FlowControl.{name}()", f"{PROTOCOL} and cycle.py")
+    needs(isinstance(HIGH_WATER_LIMIT, int) and HIGH_WATER_LIMIT > 0,
+          "flow_control.HIGH_WATER_LIMIT (int)", PROTOCOL)
 
 
-def test_on_response_complete_does_what_peels_copy_does() -> None:
-    # PeelHttpProtocol.on_response_complete is uvicorn's with the keep-alive timer moved to
-    # _EdgeTimer: if uvicorn's gains a step, the copy must gain it too.
-    text = source(HttpToolsProtocol.on_response_complete)
-    for step in ("server_state.total_requests += 1", "transport.is_closing()",
-                 "_unset_keepalive_if_required()", "flow.resume_reading()", "self.pipeline.pop()",
-                 "_start_asgi_task(cycle, app)", "timeout_keep_alive_task"):
-        needs(step in text, f"HttpToolsProtocol.on_response_complete does `{step}`", PROTOCOL)
-    needs(source(HttpToolsProtocol.on_response_complete).count("\n") < 30,
-          "HttpToolsProtocol.on_response_complete grew: compare it with Peel's copy", PROTOCOL)
+def test_a_request_served_by_peels_protocol_has_the_state_peel_and_the_drain_read() -> None:
+    """Drive PeelHttpProtocol through one request with uvicorn's config and server state."""
 
-
-def test_a_served_request_has_the_state_peel_reads() -> None:
-    """Drive uvicorn's own protocol through one request and look at what Peel's subclass touches."""
-
-    async def serve() -> tuple[HttpToolsProtocol, Transport, Any]:
+    async def serve() -> tuple[PeelHttpProtocol, Transport, Any]:
         config = loaded_config()
         state = ServerState()
-        protocol = HttpToolsProtocol(config=config, server_state=state, app_state={})
+        protocol = PeelHttpProtocol(config=config, server_state=state, app_state={})
         transport = Transport()
         protocol.connection_made(transport)
-        needs(protocol in state.connections, "connection_made adds the protocol to server_state.connections",
-              f"{PROTOCOL} (max_connections) and {DRAIN}")
+        assert protocol in state.connections
         protocol.data_received(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n")
         cycle = protocol.cycle
         await asyncio.wait_for(asyncio.gather(*state.tasks), 30)
         return protocol, transport, cycle
 
     protocol, transport, cycle = asyncio.run(serve())
-    for name, kind in (("parser", object), ("pipeline", deque), ("flow", FlowControl), ("loop", object),
-                       ("server_state", ServerState), ("connections", set), ("timeout_keep_alive", int),
-                       ("ws_protocol_class", object), ("transport", asyncio.BaseTransport),
-                       ("config", uvicorn.Config), ("scope", dict)):
-        needs(hasattr(protocol, name) and isinstance(getattr(protocol, name), kind),
-              f"HttpToolsProtocol.{name} ({kind.__name__})", PROTOCOL)
-    needs(getattr(protocol, "url", None) == b"/a?b", "HttpToolsProtocol.url holds the raw request target",
-          f"{PROTOCOL} (peel.target)")
-    needs(callable(getattr(protocol.parser, "feed_data", None))
-          and callable(getattr(protocol.parser, "should_upgrade", None)),
-          "HttpToolsProtocol.parser.feed_data / should_upgrade", PROTOCOL)
-    needs(isinstance(cycle, RequestResponseCycle), "HttpToolsProtocol.cycle is a RequestResponseCycle",
-          f"{PROTOCOL} and {DRAIN}")
+    scope = cycle.scope
+    assert (scope["method"], scope["path"], scope["query_string"]) == ("GET", "/a", b"b")
+    assert scope["extensions"]["peel.target"] == b"/a?b" and scope["headers"] == [(b"host", b"x")]
     for name in ("disconnected", "response_started", "response_complete", "keep_alive"):
-        needs(isinstance(getattr(cycle, name, None), bool), f"RequestResponseCycle.{name} (bool)",
-              f"{PROTOCOL} and {DRAIN}")
-    needs(isinstance(getattr(cycle, "message_event", None), asyncio.Event),
-          "RequestResponseCycle.message_event", PROTOCOL)
-    needs(getattr(cycle, "transport", None) is transport,
-          "RequestResponseCycle.transport is what responses are written to (Peel swaps in its writer)",
-          PROTOCOL)
-    needs(cycle.response_complete and transport.written.startswith(b"HTTP/1.1 204"),
-          "the request was served through cycle.transport", PROTOCOL)
-    needs(protocol.server_state.total_requests == 1,
-          "on_response_complete counts server_state.total_requests", PROTOCOL)
-    needs(isinstance(protocol.flow.read_paused, bool) and callable(protocol.flow.pause_reading)
-          and callable(protocol.flow.resume_reading),
-          "FlowControl.read_paused / pause_reading / resume_reading", PROTOCOL)
+        assert isinstance(getattr(cycle, name, None), bool), name  # read by drain.py and inbound.py
+    assert cycle.response_complete and transport.written.startswith(b"HTTP/1.1 204")
+    assert protocol.server_state.total_requests == 1
 
 
 # --- gateway/edge/drain.py and gateway/server/serve.py: the server's state ---------------------------
@@ -267,9 +191,6 @@ def test_the_ssl_context_factory_gives_the_listening_context_and_https_scopes() 
     needs(config.ssl is context and calls == [config],
           "Config.load() calls ssl_context_factory(config, default) once; Config.ssl is its context "
           "(passed to loop.create_server)", tls)
-    needs(inspect.signature(HttpToolsProtocol.connection_made).parameters.keys() >= {"transport"}
-          and "is_ssl(transport)" in inspect.getsource(HttpToolsProtocol.connection_made),
-          "the protocol sets scope scheme https from is_ssl(transport)", "gateway/dataplane/forward.py")
 
     class Transport:
         def get_extra_info(self, name: str) -> object:
@@ -299,19 +220,12 @@ def test_serve_with_no_sockets_creates_no_listening_server() -> None:
     needs("server_state=self.server_state" in startup and "app_state=self.lifespan.state" in startup,
           "Server.startup builds protocols from config.http_protocol_class with server_state and "
           "app_state=lifespan.state", INBOUND)
-    needs("self.connections.add(self)" in source(HttpToolsProtocol.connection_made),
-          "HttpToolsProtocol.connection_made registers the connection in server_state", INBOUND)
-    needs("self.client = get_remote_addr(transport)" in source(HttpToolsProtocol.connection_made),
-          "HttpToolsProtocol.connection_made sets self.client", f"{PROTOCOL} (the peer's address)")
 
 
 def test_the_websocket_handshake_makes_its_scope_before_its_app_runs() -> None:
     # PeelHttpProtocol._upgrade puts the inbound listener's peer into the WebSocket scope right
-    # after handle_websocket_upgrade: the handshake bytes are fed synchronously and handle_connect
-    # builds `self.scope` (with an extensions dict) and only schedules the app.
-    needs("protocol.data_received(" in source(HttpToolsProtocol.handle_websocket_upgrade)
-          and "self.transport.set_protocol(protocol)" in source(HttpToolsProtocol.handle_websocket_upgrade),
-          "handle_websocket_upgrade feeds the handshake to the WebSocket protocol at once", PROTOCOL)
+    # after feeding it the handshake: the bytes are parsed synchronously and handle_connect builds
+    # `self.scope` (with an extensions dict) and only schedules the app.
     connect = source(WebSocketsSansIOProtocol.handle_connect)
     needs('self.scope' in connect and '"extensions": {' in connect and "create_task" in connect,
           "WebSocketsSansIOProtocol.handle_connect builds scope['extensions'], then schedules the app",

@@ -1,0 +1,214 @@
+"""One request and its response on a connection of `PeelHttpProtocol`: Peel's own request cycle.
+
+uvicorn's `RequestResponseCycle` does per response what a gateway cannot afford on every request:
+two regular-expression searches per header, a copy of the header list, a lower-cased copy of each
+name, an f-string access-log check, and a `drain()` check before every write. Profiling `make bench`
+put it at about a tenth of a worker's CPU (bench/profile.py). `ResponseCycle` is the same contract
+(ASGI's `receive`/`send`, the attributes uvicorn's protocol reads: `body`, `more_body`,
+`message_event`, `response_started`, `response_complete`, `keep_alive`, `disconnected`,
+`on_response`) written for the cost:
+
+- the response head is joined in one pass; header names are taken as the app gives them (the data
+  plane passes names lower-cased, as ASGI asks) and the framing headers are found by one comparison
+  each;
+- instead of matching every name and value against a pattern, the joined head must hold exactly one
+  CR and one LF per line: a CR or LF smuggled into a name or a value (response splitting) fails it,
+  with the same `RuntimeError` uvicorn raises, and nothing is written;
+- the status line comes from a table built once;
+- `send` only awaits when the transport asked to pause writing.
+
+What is kept as uvicorn does it: `100 Continue` on the first `receive()`, `Connection: close` when
+the connection will not be kept, chunked framing when the app gives no length, HEAD and 204/304
+without a body, a length mismatch raising, the connection closed after a response when keep-alive
+is off, `http.disconnect` once the client is gone or the response is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("peel.edge")
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+STATUS_LINES: dict[int, bytes] = {status: _status_line(status) for status in range(100, 600)}
+
+_INTERNAL_ERROR = (b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                   b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ResponseCycle:
+    """One request on a connection: its body as it arrives, and its response as the app sends it."""
+
+    __slots__ = ("body", "chunked", "default_headers", "disconnected", "flow", "head_only", "keep_alive",
+                 "length", "message_event", "more_body", "on_response", "response_complete",
+                 "response_started", "scope", "transport", "waiting_for_100_continue")
+
+    def __init__(self, scope: Any, transport: Any, flow: Any, default_headers: list[tuple[bytes, bytes]],
+                 expect_100_continue: bool, keep_alive: bool, on_response: Callable[[], None]) -> None:
+        self.scope = scope
+        self.transport = transport
+        self.flow = flow
+        self.default_headers = default_headers
+        self.message_event = asyncio.Event()
+        self.on_response = on_response
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = expect_100_continue
+        self.body = bytearray()
+        self.more_body = True
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.length = 0  # body bytes still due under a Content-Length
+        self.head_only = scope["method"] == "HEAD"
+
+    async def run_asgi(self, app: Any) -> None:
+        """Run the app for this request (the name uvicorn's protocol calls it by)."""
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except BaseException:
+            log.exception("exception in the request handler")
+            if not self.response_started:
+                self._write_internal_error()
+            else:
+                self.transport.close()
+        else:
+            if result is not None:
+                log.error("the request handler returned %r instead of None", result)
+                self.transport.close()
+            elif not self.response_started and not self.disconnected:
+                log.error("the request handler returned without starting a response")
+                self._write_internal_error()
+            elif not self.response_complete and not self.disconnected:
+                log.error("the request handler returned without completing its response")
+                self.transport.close()
+        finally:
+            self.on_response = _nothing
+
+    def _write_internal_error(self) -> None:
+        self.response_started = self.response_complete = True
+        if not self.disconnected and not self.transport.is_closing():
+            self.transport.write(_INTERNAL_ERROR)
+            self.transport.close()
+
+    async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"expected 'http.response.start', got {message['type']!r}")
+            self._start(message["status"], message.get("headers", ()))
+            return
+        if self.response_complete:
+            raise RuntimeError(f"unexpected {message['type']!r} after the response completed")
+        if message["type"] != "http.response.body":
+            raise RuntimeError(f"expected 'http.response.body', got {message['type']!r}")
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        if self.head_only:
+            self.length = 0
+        elif self.chunked:
+            if body:
+                self.transport.write(b"%x\r\n%b\r\n%b" % (len(body), body, b"" if more else _LAST_CHUNK)
+                                     if len(body) < 65536 else
+                                     b"".join((b"%x\r\n" % len(body), body, b"\r\n",
+                                               b"" if more else _LAST_CHUNK)))
+            elif not more:
+                self.transport.write(_LAST_CHUNK)
+        elif body:
+            size = len(body)
+            if size > self.length:
+                raise RuntimeError("response content longer than Content-Length")
+            self.length -= size
+            self.transport.write(body)
+        if not more:
+            if self.length != 0:
+                raise RuntimeError("response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    def _start(self, status: int, headers: Any) -> None:
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        parts = [STATUS_LINES.get(status) or _status_line(status)]
+        append = parts.append
+        lines = 0
+        length: bytes | None = None
+        chunked = close = False
+        for name, value in (self.default_headers + list(headers)) if self.default_headers else headers:
+            if name == b"content-length":
+                if length is None:
+                    length = value
+            elif name == b"transfer-encoding":
+                if value.lower() == b"chunked":
+                    chunked = True
+            elif name == b"connection" and b"close" in value.lower():
+                self.keep_alive = False
+                close = True
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+            lines += 1
+        if not self.keep_alive and not close:
+            append(b"connection: close\r\n")
+            lines += 1
+        if chunked:
+            self.chunked = True
+        elif length is not None:
+            try:
+                self.length = int(length)
+            except ValueError:
+                raise RuntimeError("invalid Content-Length in the response") from None
+        elif not self.head_only and status not in (204, 304):
+            self.chunked = True
+            append(b"transfer-encoding: chunked\r\n")
+            lines += 1
+        append(b"\r\n")
+        head = b"".join(parts)
+        # one CRLF per header line, the status line and the end: anything else is a CR or an LF
+        # inside a name or value (response splitting), refused before a byte is written
+        if head.count(b"\n") != lines + 2 or head.count(b"\r") != lines + 2:
+            self.response_started = False
+            raise RuntimeError("invalid HTTP header name or value: it holds a CR or an LF")
+        self.transport.write(head)
+
+    async def receive(self) -> Any:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(_CONTINUE)
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
+        self.body = bytearray()
+        return message
+
+
+def _nothing() -> None:
+    return None
+
+
+__all__ = ["STATUS_LINES", "ResponseCycle"]

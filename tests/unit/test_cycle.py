@@ -1,0 +1,217 @@
+"""gateway/edge/cycle.py and the request side of gateway/edge/protocol.py, driven without sockets.
+
+The socket tier and the hostile catalogue hold the protocol to the wire; these pin the response
+framing `ResponseCycle` writes and the parse `PeelHttpProtocol` makes of a head, including what
+uvicorn's cycle did that Peel's must keep (response splitting refused, HTTP/1.0 closes, HEAD has
+no body, chunked when no length is given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from gateway.edge.cycle import ResponseCycle
+from gateway.edge.protocol import PeelHttpProtocol
+from tests.fakes.transport import RecordingTransport
+
+Transport = RecordingTransport
+
+
+class Flow:
+    write_paused = False
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def cycle(method: str = "GET", keep_alive: bool = True) -> tuple[ResponseCycle, Transport, list[int]]:
+    transport = Transport()
+    done: list[int] = []
+    made = ResponseCycle({"method": method}, transport, Flow(), [], False, keep_alive,
+                         lambda: done.append(1))
+    return made, transport, done
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_response_with_a_length_is_written_as_given() -> None:
+    c, t, done = cycle()
+
+    async def go() -> None:
+        await c.send({"type": "http.response.start", "status": 200,
+                      "headers": [(b"content-length", b"5"), (b"x-a", b"1")]})
+        await c.send({"type": "http.response.body", "body": b"hello"})
+
+    run(go())
+    assert bytes(t.written) == b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello"
+    assert c.response_complete and done == [1] and not t.closing
+
+
+def test_no_length_means_chunked_and_the_last_chunk_ends_it() -> None:
+    c, t, _ = cycle()
+
+    async def go() -> None:
+        await c.send({"type": "http.response.start", "status": 200, "headers": []})
+        await c.send({"type": "http.response.body", "body": b"ab", "more_body": True})
+        await c.send({"type": "http.response.body", "body": b"", "more_body": True})
+        await c.send({"type": "http.response.body", "body": b"c"})
+
+    run(go())
+    assert bytes(t.written) == (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                b"2\r\nab\r\n1\r\nc\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses_get_no_chunked_framing(status: int) -> None:
+    c, t, _ = cycle()
+
+    async def go() -> None:
+        await c.send({"type": "http.response.start", "status": status, "headers": []})
+        await c.send({"type": "http.response.body", "body": b""})
+
+    run(go())
+    assert b"transfer-encoding" not in t.written and t.written.endswith(b"\r\n\r\n")
+
+
+def test_head_sends_the_length_but_no_body() -> None:
+    c, t, _ = cycle("HEAD")
+
+    async def go() -> None:
+        await c.send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await c.send({"type": "http.response.body", "body": b"hello"})
+
+    run(go())
+    assert bytes(t.written) == b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+
+
+def test_a_connection_not_kept_says_close_and_closes() -> None:
+    c, t, _ = cycle(keep_alive=False)
+
+    async def go() -> None:
+        await c.send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await c.send({"type": "http.response.body", "body": b""})
+
+    run(go())
+    assert b"connection: close\r\n" in t.written and t.closing
+
+
+@pytest.mark.parametrize("header", [(b"x-a", b"1\r\nset-cookie: evil=1"), (b"x-a\r\nx-b", b"1"),
+                                    (b"x-a", b"1\nx"), (b"x-a", b"1\rx")])
+def test_a_cr_or_lf_in_a_header_is_refused_before_anything_is_written(header: tuple[bytes, bytes]) -> None:
+    c, t, _ = cycle()
+
+    async def go() -> None:
+        await c.send({"type": "http.response.start", "status": 200, "headers": [header]})
+
+    with pytest.raises(RuntimeError, match="CR or an LF"):
+        run(go())
+    assert t.written == b"" and not c.response_started
+
+
+def test_a_body_longer_or_shorter_than_its_length_raises() -> None:
+    c, _, _ = cycle()
+
+    async def longer() -> None:
+        await c.send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await c.send({"type": "http.response.body", "body": b"abc"})
+
+    with pytest.raises(RuntimeError, match="longer"):
+        run(longer())
+    c, _, _ = cycle()
+
+    async def shorter() -> None:
+        await c.send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await c.send({"type": "http.response.body", "body": b"a"})
+
+    with pytest.raises(RuntimeError, match="shorter"):
+        run(shorter())
+
+
+def test_an_app_that_fails_before_answering_gets_a_500_and_the_connection_closes() -> None:
+    c, t, _ = cycle()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise ValueError("boom")
+
+    run(c.run_asgi(app))
+    assert t.written.startswith(b"HTTP/1.1 500 ") and t.closing
+
+
+# --- the protocol's parse ------------------------------------------------------------------------
+
+async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    answer = f"{scope['method']} {scope['path']} {scope['query_string'].decode()} {body.decode()}".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def serve(*chunks: bytes) -> tuple[PeelHttpProtocol, Transport]:
+    async def go() -> tuple[PeelHttpProtocol, Transport]:
+        config = uvicorn.Config(asgi_app, lifespan="off", log_config=None)
+        config.load()
+        state = ServerState()
+        protocol = PeelHttpProtocol(config=config, server_state=state, app_state={})
+        transport = Transport()
+        protocol.connection_made(transport)
+        for chunk in chunks:
+            protocol.data_received(chunk)
+            await asyncio.sleep(0)
+        for _ in range(20):
+            if state.tasks:
+                await asyncio.gather(*state.tasks)
+            await asyncio.sleep(0)
+        return protocol, transport
+
+    result: tuple[PeelHttpProtocol, Transport] = asyncio.run(go())
+    return result
+
+
+def test_a_chunked_body_reaches_the_app_decoded_across_reads() -> None:
+    _, t = serve(b"POST /up?x=1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+                 b"c\r\n2\r\nde\r\n0\r\n\r\n")
+    assert t.written.endswith(b"POST /up x=1 abcde")
+
+
+def test_a_percent_encoded_path_is_decoded_in_path_and_kept_in_the_target() -> None:
+    p, t = serve(b"GET /a%20b HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert t.written.endswith(b"GET /a b  ")
+    assert p.cycle is not None and p.cycle.scope["raw_path"] == b"/a%20b"
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    _, t = serve(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+                 b"POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+                 b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    text = bytes(t.written)
+    assert text.index(b"GET /1") < text.index(b"POST /2  hi") < text.index(b"GET /3")
+    assert text.count(b"HTTP/1.1 200 OK") == 3 and not t.closing
+
+
+@pytest.mark.parametrize(("version", "connection", "kept"), [
+    (b"1.1", b"", True), (b"1.1", b"Connection: close\r\n", False),
+    (b"1.0", b"", False), (b"1.0", b"Connection: keep-alive\r\n", True)])
+def test_keep_alive_follows_the_version_and_connection(version: bytes, connection: bytes, kept: bool) -> None:
+    _, t = serve(b"GET / HTTP/" + version + b"\r\nHost: a\r\n" + connection + b"\r\n")
+    assert t.written.startswith(b"HTTP/1.1 200 OK") and t.closing is not kept
+    assert (b"connection: close" in t.written) is not kept
+
+
+def test_an_upgrade_offer_on_a_plain_request_is_left_out_of_the_headers() -> None:
+    p, t = serve(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nX-A: 1\r\n\r\n")
+    assert p.cycle is not None
+    assert p.cycle.scope["headers"] == [(b"host", b"a"), (b"connection", b"Upgrade"), (b"x-a", b"1")]
+    assert t.written.startswith(b"HTTP/1.1 200 OK")
