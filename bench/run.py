@@ -301,16 +301,33 @@ def pacing_script(directory: Path, rate: int, conns: int) -> Path:
     return path
 
 
-def process_rss_mib(pid: int) -> tuple[float, float]:
-    """(total, largest single process) RSS of `pid` and its descendants, in MiB."""
+def process_tree(pid: int) -> set[int]:
+    """`pid` and its descendants."""
     pids, todo = set(), [pid]
     while todo:
         p = todo.pop()
         pids.add(p)
         with contextlib.suppress(OSError):  # the process may have exited meanwhile
             todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    return pids
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of `pid` and its descendants so far (all their threads), in seconds."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_mib(pid: int) -> tuple[float, float]:
+    """(total, largest single process) RSS of `pid` and its descendants, in MiB."""
     sizes = []
-    for p in pids:
+    for p in process_tree(pid):
         try:
             m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text())
         except OSError:
@@ -436,8 +453,13 @@ def measure(bench: Bench, pids: dict[str, int], bodies: list[str], reps: int, se
         print(f"round {rnd + 1}/{reps} ...", file=sys.stderr, flush=True)
         for body in bodies:
             for target in bench.targets:
+                cpu = process_cpu_seconds(pids[target]) if target in pids else 0.0
                 result = wrk(bench.ports[target], PATHS[body], CONNS, seconds)
                 if target in pids:
+                    # the CPU a request costs the proxy: its processes' CPU time over the requests
+                    # of the run (all its threads: the access-log writer, the exporters)
+                    served = result["rps"] * seconds
+                    result["cpu_us"] = (process_cpu_seconds(pids[target]) - cpu) * 1e6 / max(1.0, served)
                     sample = process_rss_mib(pids[target])
                     result["rss"] = sample[0]
                     if target == "peel":
@@ -463,16 +485,17 @@ def report(rows: dict[tuple[str, str, int], list[dict[str, float]]], rss: list[t
     print(f"\n### Peel ({workers} worker{'s' if workers > 1 else ''}){base} vs nginx (1 worker) vs direct: "
           f"{reps} interleaved rounds, wrk -t1, {seconds} s each, {os.cpu_count()} cores\n")
     print(f"| body | target | req/s c{CONNS} | p50 ms | p99 ms | errors | c1 p50 ms | c1 p99 ms | "
-          "RSS MiB | x nginx | x direct |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "RSS MiB | CPU us/req | x nginx | x direct |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for body in bodies:
         for target in targets:
             key, c1 = (body, target, CONNS), (body, target, 1)
             rps = med(key, "rps")
             errors = sum(r["errors"] for k in (key, c1, (body, target, PACED)) for r in rows.get(k, []))
             mem = f"{max(r['rss'] for r in rows[key]):.1f}" if target in ("peel", BASE) else "-"
+            cpu = f"{med(key, 'cpu_us'):.0f}" if target in ("peel", BASE) else "-"
             print(f"| {body} | {target} | {rps:,.0f} | {med(key, 'p50'):.3f} | {med(key, 'p99'):.3f} | "
-                  f"{errors:.0f} | {med(c1, 'p50'):.3f} | {med(c1, 'p99'):.3f} | {mem} | "
+                  f"{errors:.0f} | {med(c1, 'p50'):.3f} | {med(c1, 'p99'):.3f} | {mem} | {cpu} | "
                   f"{rps / med((body, 'nginx', CONNS), 'rps'):.3f} | "
                   f"{rps / med((body, 'direct', CONNS), 'rps'):.3f} |")
     if paced:
@@ -524,7 +547,9 @@ def compare_baseline(rows: dict[tuple[str, str, int], list[dict[str, float]]], b
     print(f"\n### peel (this checkout) against {BASE} ({baseline}), medians of the same rounds\n")
     print(f"| body | measure | peel | {BASE} | peel x nginx | {BASE} x nginx | peel / {BASE} | peel is |")
     print("|---|---|---|---|---|---|---|---|")
-    measures = [(f"req/s c{CONNS}", CONNS, "rps", True), (f"c{CONNS} p50 ms", CONNS, "p50", False),
+    measures = [(f"req/s c{CONNS}", CONNS, "rps", True), (f"CPU us per request c{CONNS}", CONNS, "cpu_us",
+                                                          False),
+                (f"c{CONNS} p50 ms", CONNS, "p50", False),
                 (f"c{CONNS} p99 ms", CONNS, "p99", False), ("c1 p50 ms", 1, "p50", False),
                 ("c1 p99 ms", 1, "p99", False)]
     if paced:
@@ -532,12 +557,15 @@ def compare_baseline(rows: dict[tuple[str, str, int], list[dict[str, float]]], b
     for body in bodies:
         for label, conns, name, higher_is_better in measures:
             now, before = med(body, "peel", conns, name), med(body, BASE, conns, name)
-            nginx = med(body, "nginx", conns, name)
             ratio = now / before
             change = (ratio - 1) * 100 if higher_is_better else (1 - ratio) * 100
             verdict = f"{abs(change):.1f}% {'better' if change >= 0 else 'worse'}"
-            print(f"| {body} | {label} | {now:,.3f} | {before:,.3f} | {now / nginx:.3f} | "
-                  f"{before / nginx:.3f} | {ratio:.3f} | {verdict} |")
+            if name == "cpu_us":  # nginx's CPU is not sampled
+                against = "- | -"
+            else:
+                nginx = med(body, "nginx", conns, name)
+                against = f"{now / nginx:.3f} | {before / nginx:.3f}"
+            print(f"| {body} | {label} | {now:,.3f} | {before:,.3f} | {against} | {ratio:.3f} | {verdict} |")
     now_rss = max(r["rss"] for k, rs in rows.items() if k[1] == "peel" and k[2] == CONNS for r in rs)
     base_rss = max(r["rss"] for k, rs in rows.items() if k[1] == BASE and k[2] == CONNS for r in rs)
     print(f"\npeak RSS under load, all processes: peel {now_rss:.1f} MiB, {BASE} {base_rss:.1f} MiB "

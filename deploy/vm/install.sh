@@ -220,6 +220,8 @@ bind = "127.0.0.1:9901"
 
 [server]
 role = "gateway"
+# one worker process per core this service may use (the production default; 1: a single process)
+workers = "auto"
 snapshot_path = "$STATE_DIR/snapshot.json"
 run_dir = "/run/peel"
 

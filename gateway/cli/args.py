@@ -21,6 +21,17 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def worker_count(text: str) -> int:
+    """`--workers`: a whole number of at least 1, or `auto` (one per core this process may use)."""
+    from gateway.core.settings import available_cores
+
+    if text == "auto":
+        return available_cores()
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1, nor auto")
+    return int(text)
+
+
 def reason_arg(text: str) -> str:
     """A reason for a config version: no control characters (the admin API refuses them too)."""
     from routes.changes import check_reason

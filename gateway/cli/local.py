@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from gateway.cli.args import Commands, actions, add_command, positive
+from gateway.cli.args import Commands, actions, add_command, worker_count
 from gateway.cli.context import config_path, open_store, settings
 from gateway.cli.output import print_json, table
 from gateway.core.settings import ROLES
@@ -100,7 +100,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(commands: Commands) -> None:
     """serve, db, token and demo."""
     p = add_command(commands, "serve", cmd_serve, "run the gateway (listeners, admin API)")
-    p.add_argument("--workers", type=positive, help="worker processes (default: server.workers)")
+    p.add_argument("--workers", type=worker_count, metavar="N|auto",
+                   help="worker processes, or auto: one per core (default: server.workers)")
     p.add_argument("--role", choices=ROLES, help="gateway (public, admin listeners) or sidecar (beside "
                    "an app: only the outbound and inbound listeners); default: server.role")
     add_command(actions(add_command(commands, "db", None, "the store's schema")), "upgrade",

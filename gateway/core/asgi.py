@@ -9,6 +9,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Respond = Callable[[int, list[tuple[bytes, bytes]], bytes], bool]
 
 # The two `scope["extensions"]` keys Peel's edge (gateway.edge.protocol) fills for the data plane:
 # the request line's raw target bytes, and the connection's `Downstream` handle.
@@ -21,6 +22,9 @@ PEER = "peel.peer"
 # app on this VM); the inbound listener is known by its `PEER`. Cohorts and the dependency graph
 # read it (docs/east-west.md).
 LISTENER = "peel.listener"
+# `respond(status, headers, body) -> bool`: the whole response in one call, without ASGI messages
+# (gateway.edge.cycle.ResponseCycle.respond); absent when the server is not Peel's own.
+RESPOND = "peel.respond"
 
 
 class Peer:
@@ -69,5 +73,5 @@ class Downstream:
             callback()
 
 
-__all__ = ["DOWNSTREAM", "LISTENER", "PEER", "TARGET", "Downstream", "Message", "Peer", "Receive", "Scope",
-           "Send"]
+__all__ = ["DOWNSTREAM", "LISTENER", "PEER", "RESPOND", "TARGET", "Downstream", "Message", "Peer", "Receive",
+           "Respond", "Scope", "Send"]

@@ -14,7 +14,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -506,6 +506,21 @@ def _check_listener(key: str, obj: ListenerSettings) -> None:
                           "tls_certificates sends Strict-Transport-Security")
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which systemd's `CPUAffinity=` and
+    container limits set), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# Words a numeric setting also takes, and the number each stands for when the settings are read.
+NAMED_VALUES: dict[str, dict[str, Callable[[], int]]] = {
+    "server.workers": {"auto": available_cores},  # one worker per core: the production default
+}
+
+
 def _optional(kind: Any) -> Any:
     """`X` of `X | None`; None for any other type."""
     if typing.get_origin(kind) in (types.UnionType, typing.Union):
@@ -566,7 +581,14 @@ def _build(cls: type[T], prefix: str, data: Any, base: T | None = None) -> T:
     for f in fields(cls):  # type: ignore[arg-type]
         where = f"{prefix}.{f.name}" if prefix else f.name
         if f.name in data:
-            values[f.name] = _convert(where, hints[f.name], data[f.name], getattr(default, f.name))
+            value = data[f.name]
+            named = NAMED_VALUES.get(where)
+            if named is not None and isinstance(value, str):
+                if value not in named:
+                    raise ConfigError(where, f"must be a whole number or {' or '.join(map(repr, named))}, "
+                                      f"not {value!r}")
+                value = named[value]()
+            values[f.name] = _convert(where, hints[f.name], value, getattr(default, f.name))
     obj = replace(default, **values)  # type: ignore[type-var]
     _check(prefix, obj)
     return obj
@@ -591,6 +613,8 @@ def env_name(key: str) -> str:
 
 
 def _parse_env(key: str, kind: Any, text: str) -> Any:
+    if text in NAMED_VALUES.get(key, {}):
+        return text  # resolved with the file's values (_build)
     if _optional(kind) is not None:
         kind = _optional(kind)
     if typing.get_origin(kind) in (dict, Mapping):

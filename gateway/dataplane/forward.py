@@ -470,8 +470,10 @@ class Forwarder:
             data = conn.take() if conn.body else b""
             self._finish(conn, upload, req, downstream)
             req.started = True
-            await send(start)
             req.bytes_out = len(data)
+            if req.respond is not None and req.respond(status, headers, data):
+                return  # one call, one write (gateway.edge.cycle.ResponseCycle.respond)
+            await send(start)
             await send({"type": "http.response.body", "body": data, "more_body": False})
             return
         req.started = True

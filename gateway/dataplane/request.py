@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.core import problems
-from gateway.core.asgi import Downstream, Receive, Scope, Send
+from gateway.core.asgi import RESPOND, Downstream, Receive, Respond, Scope, Send
 from gateway.upstream.pool import ExchangeAborted
 
 if TYPE_CHECKING:
@@ -39,14 +39,16 @@ class RequestState:
     __slots__ = ("attempts", "baggage", "body", "bytes_in", "bytes_out", "chunked", "client", "cohort",
                  "compiled", "deadline",
                  "detail", "endpoint", "error", "fallback", "has_body", "host_header", "length", "method",
-                 "path", "query", "receive", "request_id", "response_headers", "route", "scope",
-                 "send", "sent", "service", "side", "started", "status", "trace", "upstream")
+                 "path", "query", "receive", "request_id", "respond", "response_headers", "route",
+                 "scope", "send", "sent", "service", "side", "started", "status", "trace", "upstream")
 
     def __init__(self, request_id: bytes, scope: Scope, receive: Receive, send: Send) -> None:
         self.request_id = request_id
         self.scope = scope
         self.receive = receive
         self.send = send
+        # the edge's one-call answer (None: send ASGI messages; the shadow stage records them)
+        self.respond: Respond | None = (scope.get("extensions") or {}).get(RESPOND)
         self.method: str = scope["method"]
         client = scope.get("client")
         self.client: str | None = client[0] if client else None
@@ -102,6 +104,8 @@ async def send_problem(req: RequestState, status: int, code: str, detail: str, *
                                 request_id=req.request_id.decode("ascii"))
     req.started = True
     req.bytes_out = len(body)
+    if req.respond is not None and req.respond(status, out, body):
+        return
     await req.send({"type": "http.response.start", "status": status, "headers": out})
     await req.send({"type": "http.response.body", "body": body, "more_body": False})
 

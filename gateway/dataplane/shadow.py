@@ -256,6 +256,7 @@ class Shadower:
         headers.append(MARKER)
         pending.headers = route.request_headers.apply(headers)
         req.send = pending.capture(req.send)
+        req.respond = None  # the answer goes through `send`, where it is recorded
         return pending
 
     def submit(self, pending: Pending | None, req: RequestState) -> None:

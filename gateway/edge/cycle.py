@@ -113,7 +113,7 @@ class ResponseCycle:
         if not self.response_started:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {message['type']!r}")
-            self._start(message["status"], message.get("headers", ()))
+            self.transport.write(self._start(message["status"], message.get("headers", ())))
             return
         if self.response_complete:
             raise RuntimeError(f"unexpected {message['type']!r} after the response completed")
@@ -146,7 +146,42 @@ class ResponseCycle:
                 self.transport.close()
             self.on_response()
 
-    def _start(self, status: int, headers: Any) -> None:
+    def respond(self, status: int, headers: Any, body: bytes) -> bool:
+        """A whole response in one call and one write, without ASGI messages: what the data plane
+        sends for the common small answer (the `peel.respond` scope extension).
+
+        Does what `send(start)` then `send(body)` do; False, having done nothing, when that needs
+        waiting (the transport asked to pause writing) or the response already started: the
+        caller then sends the messages.
+        """
+        if self.response_started or (self.flow.write_paused and not self.disconnected):
+            return False
+        if self.disconnected:
+            return True
+        head = self._start(status, headers)
+        if self.head_only:
+            self.length = 0
+        elif self.chunked:
+            if body:
+                head += b"%x\r\n%b\r\n" % (len(body), body)
+            head += _LAST_CHUNK
+        else:
+            size = len(body)
+            if size != self.length:
+                raise RuntimeError(f"response content {'longer' if size > self.length else 'shorter'} "
+                                   "than Content-Length")
+            self.length = 0
+            head += body
+        self.transport.write(head)
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+        return True
+
+    def _start(self, status: int, headers: Any) -> bytes:
+        """The response head for `status` and `headers` (the framing decided from them)."""
         self.response_started = True
         self.waiting_for_100_continue = False
         parts = [STATUS_LINES.get(status) or _status_line(status)]
@@ -190,7 +225,7 @@ class ResponseCycle:
         if head.count(b"\n") != lines + 2 or head.count(b"\r") != lines + 2:
             self.response_started = False
             raise RuntimeError("invalid HTTP header name or value: it holds a CR or an LF")
-        self.transport.write(head)
+        return head
 
     async def receive(self) -> Any:
         if self.waiting_for_100_continue and not self.transport.is_closing():

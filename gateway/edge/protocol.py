@@ -43,7 +43,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
-from gateway.core.asgi import DOWNSTREAM, PEER, TARGET, Downstream, Peer
+from gateway.core.asgi import DOWNSTREAM, PEER, RESPOND, TARGET, Downstream, Peer
 from gateway.core.settings import LimitsSettings
 from gateway.dataplane.websocket_rules import websocket_offer
 from gateway.edge.cycle import ResponseCycle
@@ -373,6 +373,7 @@ class PeelHttpProtocol(asyncio.Protocol):
         }
         cycle = ResponseCycle(scope, self._writer, self.flow, self.server_state.default_headers,
                               head.expect_continue, head.keep_alive, self._response_complete)
+        scope["extensions"][RESPOND] = cycle.respond
         if head.framing == NO_BODY:
             cycle.more_body = False
             cycle.message_event.set()  # the whole request is in: `receive()` answers at once

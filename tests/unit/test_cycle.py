@@ -215,3 +215,33 @@ def test_an_upgrade_offer_on_a_plain_request_is_left_out_of_the_headers() -> Non
     assert p.cycle is not None
     assert p.cycle.scope["headers"] == [(b"host", b"a"), (b"connection", b"Upgrade"), (b"x-a", b"1")]
     assert t.written.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_respond_writes_a_whole_answer_in_one_write_and_completes_it() -> None:
+    c, t, done = cycle()
+    writes: list[bytes] = []
+    t.write = lambda data: writes.append(bytes(data))  # type: ignore[method-assign]
+    assert c.respond(200, [(b"content-length", b"5")], b"hello")
+    assert writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"]
+    assert c.response_complete and done == [1] and c.message_event.is_set()
+
+
+def test_respond_frames_without_a_length_and_keeps_heads_bodiless() -> None:
+    c, t, _ = cycle()
+    assert c.respond(200, [], b"ab")
+    assert t.written.endswith(b"transfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n")
+    c, t, _ = cycle("HEAD")
+    assert c.respond(200, [(b"content-length", b"5")], b"hello")
+    assert t.written.endswith(b"content-length: 5\r\n\r\n")
+
+
+def test_respond_refuses_a_wrong_length_and_leaves_waiting_to_send() -> None:
+    c, t, _ = cycle()
+    with pytest.raises(RuntimeError, match="shorter"):
+        c.respond(200, [(b"content-length", b"9")], b"hello")
+    c, t, done = cycle()
+    c.flow.write_paused = True  # type: ignore[misc]
+    assert not c.respond(200, [(b"content-length", b"5")], b"hello")  # the caller sends (and drains)
+    assert t.written == b"" and not c.response_started and done == []
+    c, t, _ = cycle(keep_alive=False)
+    assert c.respond(204, [], b"") and t.closing and b"connection: close" in t.written

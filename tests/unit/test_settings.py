@@ -84,3 +84,21 @@ def test_split_bind() -> None:
     for bad in ("8080", ":80", "host:", "host:99999"):
         with pytest.raises(ValueError):
             split_bind(bad)
+
+
+def test_workers_auto_is_one_per_core_this_process_may_use(tmp_path: Path) -> None:
+    import os
+
+    from gateway.cli.args import worker_count
+    from gateway.core.settings import available_cores
+
+    cores = len(os.sched_getaffinity(0))
+    assert available_cores() == cores
+    assert load_settings(write(tmp_path, '[server]\nworkers = "auto"\n'), environ={}).server.workers == cores
+    assert load_settings(None, environ={"PEEL_SERVER_WORKERS": "auto"}).server.workers == cores
+    assert load_settings(None, environ={"PEEL_SERVER_WORKERS": "3"}).server.workers == 3
+    assert worker_count("auto") == cores and worker_count("2") == 2
+    with pytest.raises(ConfigError, match=r"server\.workers.*whole number or 'auto'"):
+        load_settings(write(tmp_path, '[server]\nworkers = "many"\n'), environ={})
+    with pytest.raises(ConfigError, match=r"server\.workers"):
+        load_settings(None, environ={"PEEL_SERVER_WORKERS": "many"})
