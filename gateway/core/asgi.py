@@ -23,7 +23,8 @@ PEER = "peel.peer"
 # read it (docs/east-west.md).
 LISTENER = "peel.listener"
 # `respond(status, headers, body) -> bool`: the whole response in one call, without ASGI messages
-# (gateway.edge.cycle.ResponseCycle.respond); absent when the server is not Peel's own.
+# (gateway.edge.cycle.ResponseCycle.respond); absent when the server is not Peel's own. Used only
+# by an app called with the same cycle's `send`: a wrapper that changes `send` turns it off.
 RESPOND = "peel.respond"
 
 

@@ -47,8 +47,12 @@ class RequestState:
         self.scope = scope
         self.receive = receive
         self.send = send
-        # the edge's one-call answer (None: send ASGI messages; the shadow stage records them)
-        self.respond: Respond | None = (scope.get("extensions") or {}).get(RESPOND)
+        # The edge's one-call answer, only while `send` is the edge's own: an ASGI wrapper that
+        # changes responses (HSTS, a recording `send`) sees messages only. None: send messages.
+        respond: Respond | None = (scope.get("extensions") or {}).get(RESPOND)
+        if respond is not None and getattr(send, "__self__", None) is not getattr(respond, "__self__", ()):
+            respond = None
+        self.respond = respond
         self.method: str = scope["method"]
         client = scope.get("client")
         self.client: str | None = client[0] if client else None

@@ -64,13 +64,14 @@ log = logging.getLogger("peel.edge")
 
 
 class CoalescingWriter:
-    """Stands in for the transport in uvicorn's request cycles: pairs of writes leave as one.
+    """Stands in for the transport in the request cycles: pairs of writes leave as one.
 
-    uvicorn writes a response head and its body separately, each a `send()` system call; for the
+    An ASGI response is a head and a body sent separately, each a `send()` system call; for the
     small answers that dominate gateway traffic that is a third of the data plane's CPU. This
     writer holds a write until the next one (then both go out in one call) or until the end of
     the current loop iteration, whichever comes first. Order is always kept; nothing waits
-    longer than one iteration.
+    longer than one iteration. `write_now` is for a write that is complete in itself (a whole
+    response): it goes out at once, after anything held.
     """
 
     __slots__ = ("_held", "_loop", "_transport")
@@ -94,6 +95,13 @@ class CoalescingWriter:
             self._transport.write(held + data)
         else:
             self._transport.writelines((held, data))
+
+    def write_now(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
+        self._transport.write(data)
 
     def flush(self) -> None:
         held = self._held

@@ -16,7 +16,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from gateway.edge.cycle import ResponseCycle
-from gateway.edge.protocol import PeelHttpProtocol
+from gateway.edge.protocol import CoalescingWriter, PeelHttpProtocol
 from tests.fakes.transport import RecordingTransport
 
 Transport = RecordingTransport
@@ -218,12 +218,35 @@ def test_an_upgrade_offer_on_a_plain_request_is_left_out_of_the_headers() -> Non
 
 
 def test_respond_writes_a_whole_answer_in_one_write_and_completes_it() -> None:
-    c, t, done = cycle()
     writes: list[bytes] = []
-    t.write = lambda data: writes.append(bytes(data))  # type: ignore[method-assign]
+
+    class Writes(Transport):
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            writes.append(bytes(data))
+
+    done: list[int] = []
+    c = ResponseCycle({"method": "GET"}, Writes(), Flow(), [], False, True, lambda: done.append(1))
     assert c.respond(200, [(b"content-length", b"5")], b"hello")
     assert writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"]
     assert c.response_complete and done == [1] and c.message_event.is_set()
+
+
+def test_the_coalescing_writer_sends_a_whole_answer_at_once_after_what_it_holds() -> None:
+    async def go() -> list[bytes]:
+        writes: list[bytes] = []
+
+        class Writes(Transport):
+            def write(self, data: bytes | bytearray | memoryview) -> None:
+                writes.append(bytes(data))
+
+        writer = CoalescingWriter(Writes(), asyncio.get_running_loop())
+        writer.write(b"held;")  # held until the next write or the end of this loop iteration
+        writer.write_now(b"whole")
+        writer.write_now(b"next")
+        await asyncio.sleep(0)
+        return writes
+
+    assert run(go()) == [b"held;whole", b"next"]
 
 
 def test_respond_frames_without_a_length_and_keeps_heads_bodiless() -> None:
@@ -240,8 +263,23 @@ def test_respond_refuses_a_wrong_length_and_leaves_waiting_to_send() -> None:
     with pytest.raises(RuntimeError, match="shorter"):
         c.respond(200, [(b"content-length", b"9")], b"hello")
     c, t, done = cycle()
-    c.flow.write_paused = True  # type: ignore[misc]
+    c.flow.write_paused = True
     assert not c.respond(200, [(b"content-length", b"5")], b"hello")  # the caller sends (and drains)
     assert t.written == b"" and not c.response_started and done == []
     c, t, _ = cycle(keep_alive=False)
     assert c.respond(204, [], b"") and t.closing and b"connection: close" in t.written
+
+
+def test_the_data_plane_answers_in_one_call_only_through_the_edges_own_send() -> None:
+    from gateway.core.asgi import RESPOND
+    from gateway.dataplane.request import RequestState
+
+    c, _, _ = cycle()
+    scope = {"method": "GET", "extensions": {RESPOND: c.respond}}
+    assert RequestState(b"id", scope, c.receive, c.send).respond == c.respond
+
+    async def wrapped(message: Any) -> None:  # HSTS, a recording send: they see messages only
+        await c.send(message)
+
+    assert RequestState(b"id", scope, c.receive, wrapped).respond is None
+    assert RequestState(b"id", {"method": "GET"}, c.receive, c.send).respond is None
