@@ -1,8 +1,9 @@
 """RFC 9112 framing rules for downstream requests (pure): the raw head and chunked bodies.
 
-The protocol layer (`gateway.edge.protocol`) hands every request head to `check_head` before the
-HTTP parser sees it, and every chunked body to a `ChunkedBody`, so Peel's rules hold whatever the
-parser underneath tolerates. A request that breaks a rule raises `Refusal`, which carries the
+The protocol layer (`gateway.edge.protocol`) hands every request head to `check_head`, which is
+its one parse of the head (what the request is comes back with the verdict), and every chunked
+body to a `ChunkedBody`, which finds the body's data and its end. A request that breaks a rule
+raises `Refusal`, which carries the
 status and the Peel error code of the problem+json answer; the connection is then closed, because
 after a framing error nobody can tell where the next request would start (request smuggling).
 
@@ -92,8 +93,8 @@ class Refusal(Exception):
 class Head(NamedTuple):
     """What the protocol layer needs from an accepted request head: the parse and its checks in one.
 
-    `head` is the head as it goes on: the original bytes, or (when an `Upgrade` was stripped) the
-    head rebuilt without it. `framing` is NO_BODY, LENGTH or CHUNKED. `headers` are the fields as
+    `head` is the head without an `Upgrade` or `HTTP2-Settings` offer: the original bytes when it
+    had none, else rebuilt without them. `framing` is NO_BODY, LENGTH or CHUNKED. `headers` are the fields as
     ASGI gives them (names lower-cased, values without surrounding whitespace, in order), an
     `Upgrade` or `HTTP2-Settings` offer left out; `keep_alive` whether the client lets the
     connection stay open after this request (RFC 9112 9.3: HTTP/1.1 unless `Connection: close`,
