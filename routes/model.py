@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from routes.errors import RuleError
@@ -172,6 +173,14 @@ class Match:
     headers: tuple[FieldMatch, ...] = ()
     query: tuple[FieldMatch, ...] = ()
     cookies: tuple[FieldMatch, ...] = ()
+    # `key()`, computed once: `Document.build` compares every route's on each build
+    _key: tuple[object, ...] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", (
+            frozenset(self.hosts), self.path, self.path_prefix, self.path_template, self.path_regex,
+            frozenset(self.methods), frozenset(p.key() for p in self.headers),
+            frozenset(p.key() for p in self.query), frozenset(p.key() for p in self.cookies)))
 
     @classmethod
     def parse(cls, data: object, where: str, refused: Refusals = None) -> Match:
@@ -242,9 +251,7 @@ class Match:
 
     def key(self) -> tuple[object, ...]:
         """An order-insensitive identity: two routes with equal keys match the same requests."""
-        return (frozenset(self.hosts), self.path, self.path_prefix, self.path_template,
-                self.path_regex, frozenset(self.methods), frozenset(p.key() for p in self.headers),
-                frozenset(p.key() for p in self.query), frozenset(p.key() for p in self.cookies))
+        return self._key
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,66 +465,67 @@ class Document:
     routes: tuple[Route, ...] = ()
     revocations: tuple[Revocation, ...] = ()
     mesh: Mesh | None = None
+    # what `build` checked, kept for the next build from this document (`RouteIndex`)
+    _index: RouteIndex | None = field(default=None, repr=False, compare=False, hash=False)
 
     @classmethod
     def parse(cls, data: object, *, stored: bool = False, memo: ParseMemo | None = None) -> Document:
         """`stored`: a document read back from the store (lenient about RE2 refusals only).
         `memo`: reuse the services and routes of the last document parsed with it whose data is
-        unchanged (`ParseMemo`)."""
+        unchanged (`ParseMemo`), and check only the routes that changed."""
         if data is None:
             data = {}
         m = mapping(data, "document", ("services", "routes", "revocations", "mesh"))
         service_data = sequence(m.get("services") or [], "services")
         route_data = sequence(m.get("routes") or [], "routes")
+        base = None
         if memo is None:
             services = [Service.parse(s, f"services[{i}]") for i, s in enumerate(service_data)]
             routes = [Route.parse(r, f"routes[{i}]", stored=stored) for i, r in enumerate(route_data)]
         else:
             services, routes = memo.parse(service_data, route_data, stored)
-        return cls.build(services, routes, stored=stored,
-                         revocations=parse_revocations(m.get("revocations")),
-                         mesh=Mesh.parse(m.get("mesh")))
+            base = memo.document
+        document = cls.build(services, routes, stored=stored,
+                             revocations=parse_revocations(m.get("revocations")),
+                             mesh=Mesh.parse(m.get("mesh")), base=base)
+        if memo is not None:
+            memo.document = document
+        return document
 
     def edit(self, services: Iterable[Service], routes: Iterable[Route]) -> Document:
-        """`build` with these services and routes and this document's revocations and mesh."""
-        return Document.build(services, routes, revocations=self.revocations, mesh=self.mesh)
+        """`build` with these services and routes and this document's revocations and mesh (and
+        this document as the base: only the services and routes that are new objects are checked)."""
+        return Document.build(services, routes, revocations=self.revocations, mesh=self.mesh,
+                              base=self)
 
     @classmethod
     def build(cls, services: Iterable[Service], routes: Iterable[Route], *,
               stored: bool = False, revocations: Iterable[Revocation] = (),
-              mesh: Mesh | None = None) -> Document:
+              mesh: Mesh | None = None, base: Document | None = None) -> Document:
         """Check cross-references and return the document in canonical order.
 
         A route with a `refused_regex` is refused (its 422 names the field and the fix) unless the
         document is the stored one being read: an edit never writes such a route again.
+
+        `base`: a document built before whose routes this one mostly shares (the same objects: an
+        edit, or the next version read with the same memo). When it names the same services, only
+        the routes that are not the base's objects are checked, against the base's `RouteIndex`
+        less the routes that left: a one-route change to a 10,000-route document checks one route.
         """
         by_name: dict[str, Service] = {}
         for s in services:
             if s.name in by_name:
                 raise RuleError(f"services[{s.name}].name", "is used by another service", s.name)
             by_name[s.name] = s
-        route_names: set[str] = set()
-        seen_match: dict[tuple[object, ...], str] = {}
         route_list = list(routes)
-        for r in route_list:
-            if r.refused_regex and not stored:
-                raise r.refused_regex[0].error()
-            if r.name in route_names:
-                raise RuleError(f"routes[{r.name}].name", "is used by another route", r.name)
-            route_names.add(r.name)
-            if r.service not in by_name:
-                raise RuleError(f"routes[{r.name}].service", "names no service", r.service)
-            if r.migration is not None and r.migration.to not in by_name:
-                raise RuleError(f"routes[{r.name}].migration.to", "names no service", r.migration.to)
-            key = (r.priority, r.match.key())
-            if key in seen_match:
-                raise RuleError(f"routes[{r.name}].match", f"has the same match and priority as "
-                                f"route {seen_match[key]!r}; give one of them a priority",
-                                r.match.to_dict())
-            seen_match[key] = r.name
-        return cls(tuple(sorted(by_name.values(), key=lambda s: s.name)),
-                   tuple(sorted(route_list, key=lambda r: r.name)), canonical(revocations),
-                   mesh if mesh is not None and mesh.inbound_mtls is not None else None)
+        index = None
+        if base is not None and base._index is not None:
+            index = base._index.derive(route_list, by_name, stored)
+        if index is None:
+            index = RouteIndex.check(route_list, by_name, stored)
+        return cls(tuple(sorted(by_name.values(), key=_NAME)), tuple(sorted(route_list, key=_NAME)),
+                   canonical(revocations),
+                   mesh if mesh is not None and mesh.inbound_mtls is not None else None, index)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"services": [s.to_dict() for s in self.services],
@@ -529,6 +537,8 @@ class Document:
         return out
 
     def service(self, name: str) -> Service | None:
+        if self._index is not None:
+            return self._index.services.get(name)
         return next((s for s in self.services if s.name == name), None)
 
     def refused_regexes(self) -> list[RefusedRegex]:
@@ -541,7 +551,101 @@ class Document:
             raise refusal.error()
 
     def route(self, name: str) -> Route | None:
+        if self._index is not None:
+            return self._index.routes.get(name)
         return next((r for r in self.routes if r.name == name), None)
+
+
+_NAME = attrgetter("name")
+
+
+def _match_key(route: Route) -> tuple[object, ...]:
+    return (route.priority, route.match.key())
+
+
+class RouteIndex:
+    """What `Document.build` checked of a document: its services and routes by name, and which
+    route holds each (priority, match) pair. Built whole by `check`, or by `derive` from the index
+    of a document that shares most routes, checking only the routes that differ."""
+
+    __slots__ = ("by_match", "refused", "routes", "services")
+
+    # `derive` checks whole when more than this share of the routes changed (a whole new document)
+    WHOLE = 0.25
+
+    def __init__(self, services: dict[str, Service], routes: dict[str, Route],
+                 by_match: dict[tuple[object, ...], str], refused: int) -> None:
+        self.services = services
+        self.routes = routes
+        self.by_match = by_match
+        self.refused = refused  # routes holding a regex RE2 refuses (a stored document's)
+
+    @classmethod
+    def check(cls, routes: list[Route], services: dict[str, Service], stored: bool) -> RouteIndex:
+        """Check every route, in order; the first wrong one raises `RuleError`."""
+        by_name: dict[str, Route] = {}
+        by_match: dict[tuple[object, ...], str] = {}
+        refused = 0
+        for r in routes:
+            _check_route(r, by_name, services, by_match, stored)
+            refused += bool(r.refused_regex)
+            by_name[r.name] = r
+        return cls(services, by_name, by_match, refused)
+
+    def derive(self, routes: list[Route], services: dict[str, Service],
+               stored: bool) -> RouteIndex | None:
+        """The index of `routes` checking only those that are not this index's objects, or None
+        when that cannot be done (other service names, a refused regex carried into an edit, a
+        duplicate name, too many changes): the caller then checks whole."""
+        if services.keys() != self.services.keys() or (self.refused and not stored):
+            return None
+        known = self.routes
+        fresh = [r for r in routes if known.get(r.name) is not r]
+        if len(fresh) > self.WHOLE * len(routes) + 16:
+            return None
+        names = {r.name for r in routes}
+        if len(names) != len(routes):
+            return None  # a duplicate name: the whole check names it
+        by_name = dict(known)
+        by_match = dict(self.by_match)
+        refused = self.refused
+        for name in known.keys() - names:
+            refused -= self._drop(by_name.pop(name), by_match)
+        for r in fresh:
+            old = by_name.pop(r.name, None)
+            if old is not None:
+                refused -= self._drop(old, by_match)
+        for r in fresh:
+            _check_route(r, by_name, services, by_match, stored)
+            refused += bool(r.refused_regex)
+            by_name[r.name] = r
+        return RouteIndex(services, by_name, by_match, refused)
+
+    @staticmethod
+    def _drop(route: Route, by_match: dict[tuple[object, ...], str]) -> bool:
+        key = _match_key(route)
+        if by_match.get(key) == route.name:
+            del by_match[key]
+        return bool(route.refused_regex)
+
+
+def _check_route(r: Route, by_name: dict[str, Route], services: dict[str, Service],
+                 by_match: dict[tuple[object, ...], str], stored: bool) -> None:
+    """Check one route against the others already in `by_name` and `by_match`, and add its match."""
+    if r.refused_regex and not stored:
+        raise r.refused_regex[0].error()
+    if r.name in by_name:
+        raise RuleError(f"routes[{r.name}].name", "is used by another route", r.name)
+    if r.service not in services:
+        raise RuleError(f"routes[{r.name}].service", "names no service", r.service)
+    if r.migration is not None and r.migration.to not in services:
+        raise RuleError(f"routes[{r.name}].migration.to", "names no service", r.migration.to)
+    key = _match_key(r)
+    other = by_match.get(key)
+    if other is not None:
+        raise RuleError(f"routes[{r.name}].match", f"has the same match and priority as "
+                        f"route {other!r}; give one of them a priority", r.match.to_dict())
+    by_match[key] = r.name
 
 
 class ParseMemo:
@@ -552,14 +656,16 @@ class ParseMemo:
     same objects for the compiler and the diff to skip.
 
     Safe to share between threads: each parse reads the memo's last state and replaces it whole.
-    It keeps the last document's data (about 0.5 KiB per route).
+    It keeps the last document's data (about 0.5 KiB per route), and the last document, the base
+    of the next one's checks (`Document.build`).
     """
 
-    __slots__ = ("_routes", "_services")
+    __slots__ = ("_routes", "_services", "document")
 
     def __init__(self) -> None:
         self._services: dict[object, tuple[object, Service]] = {}
         self._routes: dict[tuple[object, bool], tuple[object, Route]] = {}
+        self.document: Document | None = None
 
     def parse(self, service_data: list[Any], route_data: list[Any], stored: bool
               ) -> tuple[list[Service], list[Route]]:

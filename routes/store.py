@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import threading
@@ -34,6 +33,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, Operat
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from migrations import SchemaState, alembic_config, read_schema_state
+from routes.document_text import CODEC, DocumentCodec, decode_stored
 from routes.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
 from routes.graph_records import GraphRecords
 from routes.guard_records import GuardRecords
@@ -43,7 +43,7 @@ from routes.migration_records import CountDeltas as CountDeltas
 from routes.migration_records import MigrationRecords
 from routes.migration_records import Transition as Transition
 from routes.migration_records import TransitionInfo as TransitionInfo
-from routes.model import NAME_RE, Document, ParseMemo
+from routes.model import NAME_RE, Document
 from routes.registry import Registration as Registration
 from routes.registry import RegistryRecords
 from routes.schema import admin_tokens, config_versions, migration_transitions
@@ -115,23 +115,14 @@ class TokenInfo:
 EMPTY_VERSION = ConfigVersion(0, _EPOCH, "", "no config version committed yet", Document())
 
 
-def encode_document(document: Document) -> str:
-    """The canonical JSON of a document: equal documents give equal text.
+def encode_document(document: Document, codec: DocumentCodec = CODEC) -> str:
+    """The canonical text of a document (`routes.document_text`): equal documents give equal text.
 
     A document that still holds a regex this Peel refuses (read from an older store) is refused
     here, the one write path: a rollback to such a version included.
     """
     document.check_writable()
-    return json.dumps(document.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def decode_document(text_: str, version: int, memo: ParseMemo | None = None) -> Document:
-    try:
-        # stored: a route with a regex RE2 refuses (written by an older Peel) is kept, unservable
-        return Document.parse(json.loads(text_), stored=True, memo=memo)
-    except (ValueError, RuleError) as exc:
-        raise StoreError(f"config version {version} holds a document this Peel cannot read: {exc}") \
-            from exc
+    return codec.encode(document)
 
 
 def hash_token(token: str) -> str:
@@ -161,10 +152,11 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         self.safe_url = self._url.render_as_string(hide_password=True)
         self._engine = self._make_engine()
         # Stored versions never change: the last few read or committed are kept decoded, and a new
-        # one is decoded reusing the unchanged routes of the one before (`ParseMemo`), so a change
-        # to a large table costs what changed, in the admin API and in every watcher.
-        self._memo = ParseMemo()
+        # one is encoded and decoded reusing the lines and objects of the one before (the process's
+        # `DocumentCodec`), so a change to a large table costs what changed, in the admin API and
+        # in every watcher.
         self._decoded: dict[int, Document] = {}
+        self._codec = CODEC
 
     # -- engine set-up ----------------------------------------------------------------------
 
@@ -304,7 +296,7 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         `If-Match`) and write nothing. `summary` defaults to the diff against the latest document.
         `transitions` are recorded in the same transaction, with the new version's number.
         """
-        body = encode_document(document)
+        body = encode_document(document, self._codec)
         try:
             with self._connect(write=True) as conn:
                 if conn.dialect.name == "postgresql":
@@ -339,7 +331,7 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         """The document of stored `version` (its text `body`), decoded once."""
         document = self._decoded.get(version)
         if document is None:
-            document = decode_document(body, version, self._memo)
+            document = decode_stored(body, version, self._codec)
             self._keep(version, document)
         return document
 

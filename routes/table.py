@@ -10,7 +10,7 @@ and one bucket for routes without hosts. Each bucket is a trie of path segments 
 children and at most one `{param}` child). Exact and template routes hang on the node where their
 path ends; prefix routes, anchored regex routes (on their literal segments) and routes without a
 path hang on the node where they start to accept. A lookup walks the trie along the request's
-segments collecting those candidates, orders them by their precompiled precedence rank and returns
+segments collecting those candidates, orders them by their precedence key and returns
 the first whose remaining predicates hold. The work is proportional to the path's depth and the
 handful of candidates on it, not to the number of routes.
 """
@@ -43,9 +43,13 @@ from routes.rewrite import HeaderEdit, PathRewrite
 if TYPE_CHECKING:
     from routes.registry import Registration
 
-# A candidate: (precedence rank over the whole table, route). Ranks are unique, so sorting a list of
-# candidates compares integers only.
-Entry = tuple[int, "CompiledRoute"]
+# A route's precedence key on one of its hosts (`routes.index.precedence_key`): smaller wins. It
+# ends with the route's name, so no two routes share one.
+PrecedenceKey = tuple[int, int, int, int, int, int, int, str]
+# A candidate: (precedence key, route). Keys are unique, so sorting a list of candidates never
+# compares routes; and a key is the route's own, so a table derived from another by a few changed
+# routes (`routes.index`) keeps every other entry as it is.
+Entry = tuple[PrecedenceKey, "CompiledRoute"]
 
 
 class _Frozen:
@@ -195,7 +199,7 @@ class TrieNode:
             self.param.freeze()
 
 
-def _rank(entry: Entry) -> int:
+def _rank(entry: Entry) -> PrecedenceKey:
     return entry[0]
 
 
@@ -318,6 +322,11 @@ class RouteTable(_Frozen):
         """`match`, plus the `{param}` values a template route captured."""
         route = self.match(method, host, path, query, headers)
         return None if route is None else (route, route.params(path))
+
+    def index(self) -> tuple[dict[str, TrieNode], dict[str, TrieNode], TrieNode]:
+        """The index's roots (exact hosts, wildcard suffixes, no host), for `routes.index` to derive
+        the next table's from; never to be changed."""
+        return self._exact, self._wildcard, self._hostless  # type: ignore[return-value]
 
     def routes_host(self, host: str) -> bool:
         """Whether some route names this host, exactly or by a `*.suffix` (absolute-form targets)."""

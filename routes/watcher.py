@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from routes.compiler import compile_incrementally
+from routes.document_text import CODEC
 from routes.errors import PeelError
 from routes.holder import TableHolder
 from routes.model import Document
@@ -34,12 +35,12 @@ log = logging.getLogger("peel.watcher")
 def write_snapshot(path: Path, version: int, document: Document,
                    registered: Sequence[Registration] = ()) -> None:
     """Write the document (and the registered endpoints it was served with) atomically (temp file,
-    fsync, rename) so a crash never leaves half a file."""
+    fsync, rename) so a crash never leaves half a file. The document is the process's codec's text
+    (`routes.document_text`): the lines of a document just committed or read are not encoded again."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body: dict[str, Any] = {"version": version, "document": document.to_dict()}
-    if registered:
-        body["registered"] = [r.to_dict() for r in registered]
-    data = json.dumps(body, separators=(",", ":"))
+    extra = f',"registered":{json.dumps([r.to_dict() for r in registered], separators=(",", ":"))}' \
+        if registered else ""
+    data = f'{{"version":{int(version)},"document":{CODEC.encode(document)}{extra}}}'
     fd, tmp = tempfile.mkstemp(prefix=".snapshot-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:

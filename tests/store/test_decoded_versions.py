@@ -4,8 +4,9 @@ one before: what it returns is what a fresh decode returns."""
 from __future__ import annotations
 
 from routes.changes import commit_change, put_route
+from routes.document_text import DocumentCodec, decode_stored
 from routes.model import Document, Route
-from routes.store import Store, decode_document
+from routes.store import Store
 
 
 def seed(store: Store, routes: int = 30) -> None:
@@ -48,7 +49,7 @@ def test_another_store_reads_what_this_one_committed(store_url: str, store: Stor
 
             from routes.schema import config_versions
             text = conn.scalar(select(config_versions.c.document).where(config_versions.c.version == 2))
-        assert second == decode_document(str(text), 2)
+        assert second == decode_stored(str(text), 2, DocumentCodec())
         assert sum(r is first.route(r.name) for r in second.routes) == 29
     finally:
         other.close()

@@ -1,0 +1,86 @@
+"""The stored text of a document (`routes.document_text`): one JSON object with a line per item,
+read back equal; a one-route change re-encodes and re-parses one line; text in any other layout
+still reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from routes.changes import put_route
+from routes.document_text import DocumentCodec, decode_stored
+from routes.errors import RuleError, StoreError
+from routes.model import Document, Route
+
+ORDERS = "spiffe://peel.internal/svc/orders"
+
+
+def data(routes: int = 20, **extra: Any) -> dict[str, Any]:
+    return {"services": [{"name": "legacy", "endpoints": ["http://10.0.0.5:8080"]},
+                         {"name": "orders", "endpoints": ["http://10.0.0.7:9000"]}],
+            "routes": [{"name": f"r{i:02d}", "match": {"path_prefix": f"/r{i}"}, "service": "legacy"}
+                       for i in range(routes)], **extra}
+
+
+FULL = data(revocations=[{"identity": ORDERS, "at": "2026-12-03T18:00:00Z"}],
+            mesh={"inbound_mtls": "strict"})
+
+
+@pytest.mark.parametrize("raw", [data(), data(0), FULL, {}], ids=["routes", "no-routes", "full", "empty"])
+def test_the_text_is_the_canonical_json_and_reads_back_equal(raw: dict[str, Any]) -> None:
+    document = Document.parse(raw)
+    text = DocumentCodec().encode(document)
+    assert json.loads(text) == json.loads(json.dumps(document.to_dict(), sort_keys=True))
+    assert text == DocumentCodec().encode(Document.parse(raw))  # equal documents, equal text
+    assert DocumentCodec().decode(text) == document
+    lines = text.split("\n")
+    assert len(lines) == 3 + len(document.routes) + len(document.services)
+    assert lines[1 + len(document.routes)] == '],"services":['
+
+
+def test_a_one_route_change_parses_one_line_and_keeps_the_other_objects() -> None:
+    writer, reader = DocumentCodec(), DocumentCodec()
+    first = reader.decode(writer.encode(Document.parse(data())))
+    moved = Route.parse({"name": "r07", "match": {"path_prefix": "/seven"}, "service": "legacy"}, "r")
+    text = writer.encode(put_route(Document.parse(data()), moved))
+    second = reader.decode(text)
+    assert second == DocumentCodec().decode(text)  # what a fresh decode gives
+    same = [r.name for r in second.routes if r is first.route(r.name)]
+    assert len(same) == 19 and "r07" not in same
+    assert second.services[0] is first.services[0]
+
+
+def test_encoding_reuses_the_lines_of_unchanged_items() -> None:
+    codec = DocumentCodec()
+    document = Document.parse(data())
+    codec.encode(document)
+    line = codec._routes.by_id[id(document.routes[3])][1]
+    again = codec.encode(put_route(document, Route.parse(
+        {"name": "r07", "match": {"path_prefix": "/seven"}, "service": "legacy"}, "r")))
+    assert codec._routes.by_id[id(document.routes[3])][1] is line
+    assert '"/seven"' in again and '"/r7"' not in again
+
+
+def test_text_in_another_layout_still_reads() -> None:
+    document = Document.parse(FULL)
+    for text in (json.dumps(document.to_dict()), json.dumps(document.to_dict(), indent=2)):
+        assert DocumentCodec().decode(text) == document
+
+
+def test_a_document_that_cannot_be_read_names_the_version() -> None:
+    text = DocumentCodec().encode(Document.parse(data(3)))
+    broken = text.replace('"service":"legacy"', '"service":"nowhere"', 1)
+    with pytest.raises(StoreError, match="config version 7"):
+        decode_stored(broken, 7, DocumentCodec())
+    with pytest.raises(StoreError, match="config version 8"):
+        decode_stored(text.replace("/r1", "/r1\\", 1), 8, DocumentCodec())
+
+
+def test_a_changed_line_is_checked_against_the_rest() -> None:
+    codec = DocumentCodec()
+    text = codec.encode(Document.parse(data()))
+    clash = text.replace('"/r7"', '"/r3"', 1)  # r07 now has r03's match
+    with pytest.raises(RuleError, match="same match and priority"):
+        codec.decode(clash, stored=False)
