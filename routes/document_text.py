@@ -28,10 +28,13 @@ from typing import Any, TypeVar
 from routes.errors import RuleError, StoreError
 from routes.model import Document, ParseMemo, Route, Service
 from routes.revocations import Mesh, parse_revocations
+from routes.steps import Steps, missing, run
 
 ROUTES_OPEN = '"routes":['
 SERVICES_LINE = '],"services":['
 CLOSE_LINE = "]}"
+# Items parsed between two steps of `DocumentCodec.decode_steps` (about 5 ms of parsing here)
+PARSED_PER_STEP = 100
 
 Item = TypeVar("Item", Route, Service)
 
@@ -91,6 +94,10 @@ class DocumentCodec:
 
     def decode(self, text: str, *, stored: bool = True) -> Document:
         """The document of `text`; raises `RuleError` or `ValueError` for one it cannot read."""
+        return run(self.decode_steps(text, stored=stored))
+
+    def decode_steps(self, text: str, *, stored: bool = True) -> Steps[Document]:
+        """`decode` in steps of a few milliseconds on a 10,000-route document (`routes.steps`)."""
         lines = text.split("\n")
         try:
             split = lines.index(SERVICES_LINE)
@@ -102,18 +109,26 @@ class DocumentCodec:
             self.document = document
             return document
         head = json.loads(lines[0] + CLOSE_LINE)
+        if set(head) - {"mesh", "revocations", "routes"}:
+            raise RuleError("document", "has unknown fields", sorted(set(head)))
         route_lines = _items(lines[1:split])
         service_lines = _items(lines[split + 1:-1])
         old_routes, old_services = self._routes, self._services
-        routes = _decode(route_lines, old_routes, lambda d, i: Route.parse(d, f"routes[{i}]",
-                                                                             stored=stored))
-        services = _decode(service_lines, old_services, lambda d, i: Service.parse(d, f"services[{i}]"))
-        if set(head) - {"mesh", "revocations", "routes"}:
-            raise RuleError("document", "has unknown fields", sorted(set(head)))
+        yield
+        routes: list[Route] = yield from _decode(
+            route_lines, old_routes, lambda d, i: Route.parse(d, f"routes[{i}]", stored=stored))
+        services: list[Service] = yield from _decode(
+            service_lines, old_services, lambda d, i: Service.parse(d, f"services[{i}]"))
+        yield
         document = Document.build(services, routes, stored=stored,
                                   revocations=parse_revocations(head.get("revocations")),
                                   mesh=Mesh.parse(head.get("mesh")), base=self.document)
-        self._remember(document, routes, route_lines, services, service_lines)
+        yield
+        route_memo = _lines(routes, route_lines)
+        yield
+        self._services = _lines(services, service_lines)
+        self._routes = route_memo
+        self.document = document
         return document
 
     def _encode(self, items: tuple[Item, ...], known: _Lines) -> list[str]:
@@ -146,12 +161,14 @@ def _items(lines: list[str]) -> list[str]:
     return out
 
 
-def _decode(lines: list[str], known: _Lines, parse: Callable[[Any, int], Any]) -> list[Any]:
-    by_line = known.by_line
-    out: list[Any] = []
-    for i, line in enumerate(lines):
-        item = by_line.get(line)
-        out.append(item if item is not None else parse(json.loads(line), i))
+def _decode(lines: list[str], known: _Lines, parse: Callable[[Any, int], Any]) -> Steps[list[Any]]:
+    """The items of `lines`: the known ones as they are, the others parsed (a step every
+    `PARSED_PER_STEP` parsed, so a whole new document does not hold the loop in one piece)."""
+    out: list[Any] = list(map(known.by_line.get, lines))
+    for parsed, i in enumerate(missing(out), 1):
+        out[i] = parse(json.loads(lines[i]), i)
+        if parsed % PARSED_PER_STEP == 0:
+            yield
     return out
 
 
@@ -162,9 +179,14 @@ CODEC = DocumentCodec()
 
 def decode_stored(text: str, version: int, codec: DocumentCodec = CODEC) -> Document:
     """The document of stored config version `version`; `StoreError` when it cannot be read."""
+    return run(decode_stored_steps(text, version, codec))
+
+
+def decode_stored_steps(text: str, version: int, codec: DocumentCodec = CODEC) -> Steps[Document]:
+    """`decode_stored` in steps (`routes.steps`)."""
     try:
         # stored: a route with a regex RE2 refuses (written by an older Peel) is kept, unservable
-        return codec.decode(text, stored=True)
+        return (yield from codec.decode_steps(text, stored=True))
     except (ValueError, RuleError) as exc:
         raise StoreError(f"config version {version} holds a document this Peel cannot read: {exc}") \
             from exc

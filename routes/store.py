@@ -33,7 +33,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, Operat
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from migrations import SchemaState, alembic_config, read_schema_state
-from routes.document_text import CODEC, DocumentCodec, decode_stored
+from routes.document_text import CODEC, DocumentCodec, decode_stored, decode_stored_steps
 from routes.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
 from routes.graph_records import GraphRecords
 from routes.guard_records import GuardRecords
@@ -47,6 +47,7 @@ from routes.model import NAME_RE, Document
 from routes.registry import Registration as Registration
 from routes.registry import RegistryRecords
 from routes.schema import admin_tokens, config_versions, migration_transitions
+from routes.steps import Steps, run
 from routes.tokens import DEFAULT_SCOPES, TokenGrant, closure
 from routes.tokens import decode as decode_scopes
 from routes.tokens import encode as encode_scopes
@@ -90,6 +91,19 @@ class ConfigVersion:
     @property
     def info(self) -> VersionInfo:
         return VersionInfo(self.version, self.created_at, self.actor, self.reason, self.summary)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """A config version as read from the database, its document not decoded yet (`text` is None
+    when the store holds it decoded already): `Store.fetch`, then `Store.decoded_steps`."""
+
+    version: int
+    created_at: datetime
+    actor: str
+    reason: str
+    summary: str
+    text: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,12 +287,37 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         return EMPTY_VERSION if row is None else _config_version(row._mapping, self._decode)
 
     def get(self, version: int) -> ConfigVersion:
+        return run(self.decoded_steps(self.fetch(version)))
+
+    def fetch(self, version: int) -> StoredVersion:
+        """Config version `version` as stored (blocking I/O), its document's text left out when
+        this store holds the document decoded. `NotFoundError` when there is no such version."""
+        c = config_versions.c
+        known = version in self._decoded
+        columns = [c.version, c.created_at, c.actor, c.reason, c.summary]
         with self._connect() as conn:
-            row = conn.execute(select(config_versions)
-                               .where(config_versions.c.version == version)).first()
+            row = conn.execute(select(*columns, *(() if known else (c.document,)))
+                               .where(c.version == version)).first()
         if row is None:
             raise NotFoundError("version", "no such config version", version)
-        return _config_version(row._mapping, self._decode)
+        return StoredVersion(int(row.version), row.created_at, row.actor, row.reason, row.summary,
+                             None if known else str(row.document))
+
+    def decoded_steps(self, stored: StoredVersion) -> Steps[ConfigVersion]:
+        """The fetched version with its document, decoded in steps (`routes.steps`: no I/O, but
+        for a version that left the decoded ones between the fetch and now)."""
+        document = self._decoded.get(stored.version)
+        if document is None:
+            text = stored.text if stored.text is not None else self._text(stored.version)
+            document = yield from decode_stored_steps(text, stored.version, self._codec)
+            self._keep(stored.version, document)
+        return ConfigVersion(stored.version, stored.created_at, stored.actor, stored.reason, document,
+                             stored.summary)
+
+    def _text(self, version: int) -> str:
+        with self._connect() as conn:
+            return str(conn.scalar(select(config_versions.c.document)
+                                   .where(config_versions.c.version == version)))
 
     def history(self, limit: int = 50) -> list[VersionInfo]:
         """The newest `limit` config versions, newest first, without their documents."""

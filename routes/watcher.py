@@ -1,11 +1,13 @@
-"""Keeps one process's route table current: poll the store, compile off the loop, swap whole.
+"""Keeps one process's route table current: poll the store, load in steps, swap whole.
 
 The request path never waits for any of this. Each poll is two cheap queries (the latest config
 version number and the service registry's stamp, `routes.registry`) run in a thread; only when one
-moved are the document and the registered endpoints loaded and compiled, also in a thread, and the
-new table assigned to the holder in one step. When the store cannot be reached the last good table
-keeps serving; at start, when the store is down, the last good document (with the registered
-endpoints it was served with) is read from the snapshot file on local disk.
+moved are the new version and the registered endpoints read (in a thread: I/O), then decoded and
+compiled on the event loop in steps of a few milliseconds (`routes.steps`: the CPU work of a change
+would hold the GIL against the loop from a thread), and the new table assigned to the holder in
+one step. When the store cannot be reached the last good table keeps serving; at start, when the
+store is down, the last good document (with the registered endpoints it was served with) is read
+from the snapshot file on local disk.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from routes.compiler import compile_incrementally
+from routes.compiler import IncrementalCompiler, compile_incrementally
 from routes.document_text import CODEC
 from routes.errors import PeelError
 from routes.holder import TableHolder
 from routes.model import Document
 from routes.registry import Registration, Stamp
-from routes.store import Store
+from routes.steps import Steps, run, run_on_loop
+from routes.store import ConfigVersion, Store, StoredVersion
 from routes.table import RouteTable
 
 log = logging.getLogger("peel.watcher")
@@ -73,6 +76,8 @@ def read_served_snapshot(path: Path) -> tuple[int, Document, tuple[Registration,
 
 
 Compile = Callable[[Document, int, Sequence[Registration]], RouteTable]
+# What a poll read from the store: (latest version, registry stamp, that version, registrations)
+_Fetched = tuple[int, Stamp, "StoredVersion | ConfigVersion", tuple[Registration, ...]]
 
 
 class Watcher:
@@ -139,6 +144,11 @@ class Watcher:
 
     def poll(self) -> tuple[RouteTable, Document, tuple[Registration, ...]] | None:
         """Blocking, thread-safe, no swap: a newer table compiled from the store, or None."""
+        fetched = self._fetch()
+        return None if fetched is None else run(self._load_steps(fetched))
+
+    def _fetch(self) -> _Fetched | None:
+        """The store's side of a poll (blocking I/O): None when nothing moved or it failed."""
         try:
             latest = self.store.latest_version()
             stamp = self.store.registry_stamp()
@@ -152,26 +162,48 @@ class Watcher:
         if stamp == self._stamp and latest in (self.version, self._failing_version):
             return None
         try:
-            current = self.store.get(latest) if latest else self.store.latest()
+            stored: StoredVersion | ConfigVersion = self.store.fetch(latest) if latest \
+                else self.store.latest()
             registered = tuple(self.store.registrations())
-            table = self.compile(current.document, current.version, registered)
         except Exception as exc:
-            # A table that fails to compile leaves the previous one live; say so once per version
-            # (and registry state: the next registry change tries again, not every poll).
-            self._failing_version = latest
-            self._stamp = stamp
-            self.last_error = f"config version {latest} could not be loaded: {exc}"
-            log.error("%s; still serving version %d", self.last_error, self.version)
+            self._failed(latest, stamp, exc)
+            return None
+        return latest, stamp, stored, registered
+
+    def _load_steps(self, fetched: _Fetched
+                    ) -> Steps[tuple[RouteTable, Document, tuple[Registration, ...]] | None]:
+        """The CPU's side of a poll, in steps (`routes.steps`): decode and compile."""
+        latest, stamp, stored, registered = fetched
+        try:
+            current = stored if isinstance(stored, ConfigVersion) \
+                else (yield from self.store.decoded_steps(stored))
+            if isinstance(self.compile, IncrementalCompiler):
+                table = yield from self.compile.steps(current.document, current.version, registered)
+            else:
+                table = self.compile(current.document, current.version, registered)
+        except Exception as exc:
+            self._failed(latest, stamp, exc)
             return None
         self._failing_version = None
         self._stamp = stamp
         return table, current.document, registered
 
+    def _failed(self, latest: int, stamp: Stamp, exc: Exception) -> None:
+        # A table that fails to compile leaves the previous one live; say so once per version
+        # (and registry state: the next registry change tries again, not every poll).
+        self._failing_version = latest
+        self._stamp = stamp
+        self.last_error = f"config version {latest} could not be loaded: {exc}"
+        log.error("%s; still serving version %d", self.last_error, self.version)
+
     async def refresh_async(self) -> bool:
-        """`refresh` for the event loop: poll and compile in a thread, swap on the loop (so the
-        followers run there, before any request sees the table), write the snapshot in a thread."""
+        """`refresh` for the event loop: the store's queries in a thread; decoding and compiling
+        on the loop in steps (`routes.steps`: in a thread they would hold the GIL against the
+        loop), then the swap (the followers run there, before any request sees the table); the
+        snapshot written in a thread."""
         failing = self._failing_version
-        found = await asyncio.to_thread(self.poll)
+        fetched = await asyncio.to_thread(self._fetch)
+        found = None if fetched is None else await run_on_loop(self._load_steps(fetched))
         if found is None:
             if self._failing_version is not None and self._failing_version != failing \
                     and self.on_failed is not None:

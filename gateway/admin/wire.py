@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -25,6 +26,8 @@ MAX_BODY = 32 * 1024 * 1024
 # A document nests about eight levels (routes[].match.headers[].value); 64 leaves room for any
 # future field and refuses bodies built to exhaust the parser's or the model's recursion.
 MAX_DEPTH = 64
+# Bodies larger than this are parsed in a worker thread, not on the event loop (`read_json`).
+PARSE_INLINE = 64 * 1024
 REASON_HEADER = "peel-reason"
 ACTOR_KEY = "peel.actor"
 
@@ -127,6 +130,15 @@ async def read_json(request: Request) -> Any:
             raise BodyTooLarge("body", f"is larger than {MAX_BODY} bytes")
         chunks.append(chunk)
     data = b"".join(chunks)
+    if len(data) > PARSE_INLINE:
+        # A large body (a whole document applied) is parsed off the event loop: checking and
+        # parsing 5 MB takes tens of milliseconds that the data plane's requests would wait.
+        return await run_in_threadpool(parse_json, data)
+    return parse_json(data)
+
+
+def parse_json(data: bytes) -> Any:
+    """A request body as JSON: `BadRequest` (field `body`) when empty, not JSON or too deep."""
     if not data.strip():
         raise BadRequest("body", "is empty; a JSON value is required")
     # Measured on the text, before the parser runs: a RecursionError inside json.loads would be
