@@ -168,8 +168,7 @@ class IndexEditor:
         # longer routed (`RouteTable.routes_host`).
         segments = route.match.path.segments
         for depth in range(len(path) - 1, 0, -1):
-            child = path[depth]
-            if child.through or child.end or child.children or child.param is not None:
+            if not _bare(path[depth]):
                 return True
             parent, segment = path[depth - 1], segments[depth - 1]
             if segment is None:
@@ -177,12 +176,17 @@ class IndexEditor:
             else:
                 del parent.children[segment]
         root = path[0]
-        if host and not (root.through or root.end or root.children or root.param is not None):
+        if host and _bare(root):
             if host.startswith("*."):
                 del self.wildcard[host[2:]]
             else:
                 del self.exact[host]
         return True
+
+
+def _bare(node: TrieNode) -> bool:
+    """Whether `node` holds no entry and leads nowhere."""
+    return not (node.through or node.end or node.children or node.param is not None)
 
 
 def _key(entry: Entry) -> PrecedenceKey:

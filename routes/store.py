@@ -20,7 +20,7 @@ import hmac
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,7 +33,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, Operat
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from migrations import SchemaState, alembic_config, read_schema_state
-from routes.document_text import CODEC, DocumentCodec, decode_stored, decode_stored_steps
+from routes.document_text import CODEC, DocumentCodec, decode_stored_steps
 from routes.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
 from routes.graph_records import GraphRecords
 from routes.guard_records import GuardRecords
@@ -281,10 +281,10 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
             return int(conn.scalar(select(func.coalesce(func.max(config_versions.c.version), 0))) or 0)
 
     def latest(self) -> ConfigVersion:
-        with self._connect() as conn:
-            row = conn.execute(select(config_versions).order_by(config_versions.c.version.desc())
-                               .limit(1)).first()
-        return EMPTY_VERSION if row is None else _config_version(row._mapping, self._decode)
+        """The newest config version (`EMPTY_VERSION` before the first commit); its document's
+        text is read only when this store does not hold it decoded (`fetch`)."""
+        latest = self.latest_version()
+        return self.get(latest) if latest else EMPTY_VERSION
 
     def get(self, version: int) -> ConfigVersion:
         return run(self.decoded_steps(self.fetch(version)))
@@ -306,13 +306,19 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
     def decoded_steps(self, stored: StoredVersion) -> Steps[ConfigVersion]:
         """The fetched version with its document, decoded in steps (`routes.steps`: no I/O, but
         for a version that left the decoded ones between the fetch and now)."""
-        document = self._decoded.get(stored.version)
-        if document is None:
-            text = stored.text if stored.text is not None else self._text(stored.version)
-            document = yield from decode_stored_steps(text, stored.version, self._codec)
-            self._keep(stored.version, document)
+        document = yield from self._document_steps(stored.version, stored.text)
         return ConfigVersion(stored.version, stored.created_at, stored.actor, stored.reason, document,
                              stored.summary)
+
+    def _document_steps(self, version: int, text: str | None) -> Steps[Document]:
+        """The document of stored `version` (its text, None: read it), decoded once and kept."""
+        document = self._decoded.get(version)
+        if document is None:
+            if text is None:
+                text = self._text(version)
+            document = yield from decode_stored_steps(text, version, self._codec)
+            self._keep(version, document)
+        return document
 
     def _text(self, version: int) -> str:
         with self._connect() as conn:
@@ -368,11 +374,7 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
 
     def _decode(self, body: str, version: int) -> Document:
         """The document of stored `version` (its text `body`), decoded once."""
-        document = self._decoded.get(version)
-        if document is None:
-            document = decode_stored(body, version, self._codec)
-            self._keep(version, document)
-        return document
+        return run(self._document_steps(version, body))
 
     def _keep(self, version: int, document: Document) -> None:
         decoded = dict(self._decoded)  # replaced whole: readers in other threads see one or the other
@@ -492,12 +494,6 @@ def _create_private(path: Path) -> None:
         os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
-
-
-def _config_version(row: Any, decode: Callable[[str, int], Document]) -> ConfigVersion:
-    version = int(row["version"])
-    return ConfigVersion(version, row["created_at"], row["actor"], row["reason"],
-                         decode(row["document"], version), row["summary"])
 
 
 def _sqlite_transactions(engine: Engine, *, wal: bool) -> None:

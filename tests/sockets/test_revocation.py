@@ -124,6 +124,9 @@ def test_revoking_a_serial_then_an_identity_refuses_handshakes_and_closes_open_c
         took = timed(lambda: refused(port, client_context(billing, billing.bundle)), 10,
                      "new handshakes with the revoked serial refused")
         assert took < 10, took
+        # a probe that raced the revocation may have been cut as an open connection
+        # (revoked_open); one made now is refused at the handshake (revoked)
+        assert refused(port, client_context(billing, billing.bundle))
         took = timed(kept_billing.closed_by_server, 30, "the revoked serial's open connection closed")
         assert took < 30, took
         # the others are untouched: a new handshake and the kept connection of payments
@@ -136,6 +139,7 @@ def test_revoking_a_serial_then_an_identity_refuses_handshakes_and_closes_open_c
         took = timed(lambda: refused(port, client_context(payments, payments.bundle)), 10,
                      "new handshakes with the revoked identity refused")
         assert took < 10, took
+        assert refused(port, client_context(payments, payments.bundle))
         took = timed(kept_payments.closed_by_server, 30, "the revoked identity's open connection closed")
         assert took < 30, took
         # a VM that joins again gets a certificate issued after the revocation: served
@@ -155,7 +159,10 @@ def test_revoking_a_serial_then_an_identity_refuses_handshakes_and_closes_open_c
         refusals = {line.split("}")[0].split('reason="')[1].rstrip('"'): float(line.split()[-1])
                     for line in text.splitlines()
                     if line.startswith('peel_inbound_refused_total{listener="inbound",reason="revoked')}
-        assert refusals["revoked"] >= 2 and refusals["revoked_open"] == 2, refusals
+        # at least the two probes made after each revocation was in force, and the two kept
+        # connections; a probe that raced a revocation counts as one or the other
+        assert refusals["revoked"] >= 2 and refusals["revoked_open"] >= 2, refusals
+        assert refusals["revoked"] + refusals["revoked_open"] >= 6, refusals
         kept_billing.close()
         kept_payments.close()
         assert "Traceback" not in peel.log.read_text()
