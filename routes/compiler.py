@@ -186,10 +186,16 @@ class IncrementalCompiler:
     goes by identity of immutable objects, so a table compiled for another purpose (the admin API's
     check of a change) is as good a `previous` as the live one."""
 
-    __slots__ = ("last",)
+    __slots__ = ("_last",)
 
     def __init__(self) -> None:
-        self.last: RouteTable | None = None
+        # the table compiled last and the document it was compiled from: one reference, so that
+        # threads replacing it never leave a table paired with another document
+        self._last: tuple[RouteTable, Document] | None = None
+
+    @property
+    def last(self) -> RouteTable | None:
+        return self._last[0] if self._last is not None else None
 
     def __call__(self, document: Document, version: int,
                  registered: Sequence[Registration] = ()) -> RouteTable:
@@ -197,8 +203,14 @@ class IncrementalCompiler:
 
     def steps(self, document: Document, version: int,
               registered: Sequence[Registration] = ()) -> Steps[RouteTable]:
-        table = yield from compile_steps(document, version, registered, previous=self.last)
-        self.last = table
+        last = self._last
+        if last is not None and last[1] is document and last[0].registered == tuple(registered):
+            # compiled already (in a single process: the admin API's check of this very change)
+            table = last[0] if last[0].version == version else last[0].renumbered(version)
+        else:
+            table = yield from compile_steps(document, version, registered,
+                                             previous=last[0] if last is not None else None)
+        self._last = (table, document)
         return table
 
 

@@ -270,6 +270,13 @@ class RouteTable(_Frozen):
                    beta_cookies=frozenset(n for k, n in sources if isinstance(n, str)),
                    revocations=revocations, inbound_mtls=inbound_mtls, registered=registered)
 
+    def renumbered(self, version: int) -> RouteTable:
+        """This table as config version `version`: the same document compiled again."""
+        copy = object.__new__(RouteTable)
+        copy._init(**{name: getattr(self, name) for name in RouteTable.__slots__})
+        object.__setattr__(copy, "version", version)
+        return copy
+
     def _wildcard_roots(self, host: str) -> list[TrieNode]:
         """The wildcard buckets whose suffix `host` ends with (after at least one more label)."""
         roots: list[TrieNode] = []

@@ -31,6 +31,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gateway.core.asgi import RESPOND
+
 log = logging.getLogger("peel.edge")
 
 
@@ -100,6 +102,12 @@ class ResponseCycle:
                 self.transport.close()
         finally:
             self.on_response = _nothing
+            # the scope holds this cycle's `respond` (`gateway.edge.protocol`): a reference cycle,
+            # broken here so that a request leaves no garbage for the cyclic collector, whose
+            # passes would otherwise run every few hundred requests
+            extensions = self.scope.get("extensions")
+            if extensions is not None:
+                extensions.pop(RESPOND, None)
 
     def _write_internal_error(self) -> None:
         self.response_started = self.response_complete = True

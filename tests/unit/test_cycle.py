@@ -159,14 +159,20 @@ async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": answer})
 
 
+def connected(app: Any) -> tuple[PeelHttpProtocol, ServerState, Transport]:
+    """A protocol serving `app` on a recording transport (call on a running loop)."""
+    config = uvicorn.Config(app, lifespan="off", log_config=None)
+    config.load()
+    state = ServerState()
+    protocol = PeelHttpProtocol(config=config, server_state=state, app_state={})
+    transport = Transport()
+    protocol.connection_made(transport)
+    return protocol, state, transport
+
+
 def serve(*chunks: bytes) -> tuple[PeelHttpProtocol, Transport]:
     async def go() -> tuple[PeelHttpProtocol, Transport]:
-        config = uvicorn.Config(asgi_app, lifespan="off", log_config=None)
-        config.load()
-        state = ServerState()
-        protocol = PeelHttpProtocol(config=config, server_state=state, app_state={})
-        transport = Transport()
-        protocol.connection_made(transport)
+        protocol, state, transport = connected(asgi_app)
         for chunk in chunks:
             protocol.data_received(chunk)
             await asyncio.sleep(0)

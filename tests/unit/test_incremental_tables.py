@@ -6,11 +6,13 @@ what the long way gives."""
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from routes.compiler import IncrementalCompiler, compile_document
 from routes.diff import diff
 from routes.model import Document, ParseMemo
+from routes.registry import Registration
 
 
 def data(routes: int = 50, *, endpoint: str = "http://10.0.0.5:8080") -> dict[str, Any]:
@@ -95,6 +97,26 @@ def test_the_incremental_compiler_passes_its_last_table() -> None:
     second = compiler(Document.parse(data(), memo=memo), 2)
     assert second.version == 2 and compiler.last is second
     assert all(a is b for a, b in zip(first.routes, second.routes, strict=True))
+
+
+def test_the_same_document_compiled_again_is_the_last_table_renumbered() -> None:
+    compiler = IncrementalCompiler()
+    document = Document.parse(data())
+    checked = compiler(document, 0)  # the admin API's check of a change
+    live = compiler(document, 7)     # the watcher, once it is committed as version 7
+    assert live.version == 7 and checked.version == 0
+    assert live.routes is checked.routes and live.services is checked.services
+    assert live.match("GET", "a", "/orders", b"", []) is checked.match("GET", "a", "/orders", b"", [])
+    assert compiler(document, 7) is live
+    # another document, even an equal one, or other registrations: compiled (incrementally)
+    again = compiler(Document.parse(data()), 8)
+    assert again.routes is not live.routes
+    assert [r.spec for r in again.routes] == [r.spec for r in live.routes]
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    registered = (Registration("orders", "https://10.0.0.9:9443", "spiffe://peel.test/svc/orders",
+                               now, now, now + timedelta(hours=1)),)
+    moved = compiler(document, 9, registered)
+    assert moved.registered == registered and moved.services["orders"] is not live.services["orders"]
 
 
 def test_the_diff_of_shared_routes_is_what_the_long_way_gives() -> None:
