@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from routes.errors import RuleError, StoreError
 from routes.model import Document, ParseMemo, Route, Service
@@ -44,16 +44,22 @@ def _dumps(data: object) -> str:
 
 
 class _Lines:
-    """The items of one kind of the last document: object by line, and line by object identity."""
+    """The items of one kind of the last document: object by line, and line by object identity.
 
-    __slots__ = ("by_id", "by_line")
+    `items` keeps the objects alive, so that no other object can take the id of one in `by_id`
+    while it is kept. No tuple per item: a burst of 10,000 new tuples made the cyclic collector
+    run ten times in one encode, each pass walking every young container (bench/README.md).
+    """
 
-    def __init__(self, by_line: dict[str, Any], by_id: dict[int, tuple[Any, str]]) -> None:
+    __slots__ = ("by_id", "by_line", "items")
+
+    def __init__(self, items: Sequence[Any], by_line: dict[str, Any], by_id: dict[int, str]) -> None:
+        self.items = items
         self.by_line = by_line
         self.by_id = by_id
 
 
-_NONE = _Lines({}, {})
+_NONE = _Lines((), {}, {})
 
 
 class DocumentCodec:
@@ -98,21 +104,13 @@ class DocumentCodec:
 
     def decode_steps(self, text: str, *, stored: bool = True) -> Steps[Document]:
         """`decode` in steps of a few milliseconds on a 10,000-route document (`routes.steps`)."""
-        lines = text.split("\n")
-        try:
-            split = lines.index(SERVICES_LINE)
-        except ValueError:
-            split = -1
-        if split < 1 or lines[-1] != CLOSE_LINE or not lines[0].endswith(ROUTES_OPEN) \
-                or not lines[0].startswith("{"):
+        layout = text_lines(text)
+        if layout is None:
             document = Document.parse(json.loads(text), stored=stored, memo=self._memo)
             self.document = document
             return document
-        head = json.loads(lines[0] + CLOSE_LINE)
-        if set(head) - {"mesh", "revocations", "routes"}:
-            raise RuleError("document", "has unknown fields", sorted(set(head)))
-        route_lines = _items(lines[1:split])
-        service_lines = _items(lines[split + 1:-1])
+        head = layout.head_fields()
+        route_lines, service_lines = layout.routes, layout.services
         old_routes, old_services = self._routes, self._services
         yield
         routes: list[Route] = yield from _decode(
@@ -132,12 +130,10 @@ class DocumentCodec:
         return document
 
     def _encode(self, items: tuple[Item, ...], known: _Lines) -> list[str]:
-        by_id = known.by_id
-        out: list[str] = []
-        for item in items:
-            found = by_id.get(id(item))
-            out.append(found[1] if found is not None and found[0] is item else _dumps(item.to_dict()))
-        return out
+        out: list[str | None] = list(map(known.by_id.get, map(id, items)))
+        for i in missing(out):
+            out[i] = _dumps(items[i].to_dict())
+        return cast(list[str], out)
 
     def _remember(self, document: Document, routes: Any, route_lines: list[str], services: Any,
                   service_lines: list[str]) -> None:
@@ -146,10 +142,39 @@ class DocumentCodec:
         self.document = document
 
 
+class TextLines(NamedTuple):
+    """A text in the line-per-item layout, cut into its lines."""
+
+    head: str  # `{`, the mesh and revocations fields, `"routes":[`
+    routes: list[str]  # one route each, without the comma between items
+    services: list[str]
+
+    def head_fields(self) -> dict[str, Any]:
+        """The document's fields but for its routes and services (mesh, revocations)."""
+        head: dict[str, Any] = json.loads(self.head + CLOSE_LINE)
+        if set(head) - {"mesh", "revocations", "routes"}:
+            raise RuleError("document", "has unknown fields", sorted(set(head)))
+        del head["routes"]
+        return head
+
+
+def text_lines(text: str) -> TextLines | None:
+    """The lines of `text`, or None when it is not in the line-per-item layout."""
+    lines = text.split("\n")
+    try:
+        split = lines.index(SERVICES_LINE)
+    except ValueError:
+        return None
+    if split < 1 or lines[-1] != CLOSE_LINE or not lines[0].endswith(ROUTES_OPEN) \
+            or not lines[0].startswith("{"):
+        return None
+    return TextLines(lines[0], _items(lines[1:split]), _items(lines[split + 1:-1]))
+
+
 def _lines(items: Sequence[Any], lines: list[str]) -> _Lines:
     # zip and map: 10,000 routes are paired in C, not in bytecode
-    return _Lines(dict(zip(lines, items, strict=True)),
-                  dict(zip(map(id, items), zip(items, lines, strict=True), strict=True)))
+    return _Lines(items, dict(zip(lines, items, strict=True)),
+                  dict(zip(map(id, items), lines, strict=True)))
 
 
 def _items(lines: list[str]) -> list[str]:

@@ -286,6 +286,12 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         latest = self.latest_version()
         return self.get(latest) if latest else EMPTY_VERSION
 
+    def latest_text(self) -> tuple[int, str]:
+        """The newest config version's number and its document's stored text, read as stored (the
+        empty document's text before the first commit)."""
+        latest = self.latest_version()
+        return (latest, self._text(latest)) if latest else (0, DocumentCodec().encode(Document()))
+
     def get(self, version: int) -> ConfigVersion:
         return run(self.decoded_steps(self.fetch(version)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -10,12 +11,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
-from gateway.admin.wire import BadRequest, actor, answer, body_object, if_match, query_int, read_json
+from gateway.admin.wire import (
+    BadRequest,
+    actor,
+    answer,
+    body_object,
+    etag,
+    if_match,
+    query_int,
+    read_json,
+)
 from gateway.admin.writes import check_compiles, commit_edit, diff_body, write_answer
 from routes.changes import rollback_to
 from routes.diff import diff
 from routes.errors import PreconditionFailed, RuleError
 from routes.model import Document, ParseMemo
+from routes.patch import DocumentPatch
 from routes.store import ConfigVersion, Store
 
 HISTORY_DEFAULT = 50
@@ -40,6 +51,7 @@ class ConfigResource:
     def routes(self) -> list[HTTPRoute]:
         base = "/api/v1/config"
         return [HTTPRoute(base, self.latest, methods=["GET"]),
+                HTTPRoute(base + "/stored", self.stored, methods=["GET"]),
                 HTTPRoute(base + "/versions", self.history, methods=["GET"]),
                 HTTPRoute(base + "/versions/{n:int}", self.version, methods=["GET"]),
                 HTTPRoute(base + "/apply", self.apply, methods=["POST"]),
@@ -49,6 +61,12 @@ class ConfigResource:
     async def latest(self, request: Request) -> Response:
         cv = await run_in_threadpool(self.store.latest)
         return answer(version_body(cv), version=cv.version)
+
+    async def stored(self, request: Request) -> Response:
+        """The latest document's stored text, as stored: what `peel apply` computes its changes
+        against (`routes.patch`). Canonical JSON, one line per service and route."""
+        version, text = await run_in_threadpool(self.store.latest_text)
+        return Response(text, media_type="application/json", headers={"ETag": etag(version)})
 
     async def history(self, request: Request) -> Response:
         limit = query_int(request, "limit", HISTORY_DEFAULT, minimum=1) or HISTORY_DEFAULT
@@ -64,14 +82,29 @@ class ConfigResource:
         return answer(version_body(cv), version=live)
 
     async def apply(self, request: Request) -> Response:
-        body = body_object(await read_json(request), ("document", "dry_run", "reason"), ("document",))
+        """The whole document (`document`), or the changes to the version in `If-Match`
+        (`changes`, `routes.patch`: what `peel apply` sends)."""
+        body = body_object(await read_json(request), ("document", "changes", "dry_run", "reason"))
         dry_run = body.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise RuleError("dry_run", "must be true or false", dry_run)
         reason = body.get("reason", "apply")
         if not isinstance(reason, str):
             raise RuleError("reason", "must be a string", reason)
-        document = await run_in_threadpool(partial(Document.parse, body["document"], memo=self._memo))
+        edit: Callable[[Document], Document]
+        if "changes" in body:
+            if "document" in body:
+                raise RuleError("changes", "give the whole document or the changes to a version, "
+                                "not both")
+            if if_match(request) is None:
+                raise BadRequest("If-Match", "is required with changes: the config version they "
+                                 "were computed against")
+            edit = (await run_in_threadpool(DocumentPatch.parse, body["changes"])).apply
+        elif "document" in body:
+            document = await run_in_threadpool(partial(Document.parse, body["document"], memo=self._memo))
+            edit = lambda _: document  # noqa: E731 - the edit that replaces everything
+        else:
+            raise RuleError("document", "is required")
         if dry_run:
             expected = if_match(request)
 
@@ -80,13 +113,13 @@ class ConfigResource:
                 if expected is not None and expected != current.version:
                     raise PreconditionFailed("If-Match", f"config version {expected} is not the "
                                              f"latest ({current.version})", expected)
+                document = edit(current.document)
                 check_compiles(document)
                 return current.version, diff_body(diff(current.document, document))
 
             live, shown = await run_in_threadpool(preview)
             return answer({"version": live, "dry_run": True, "changed": False, **shown}, version=live)
-        info, change, live = await commit_edit(request, self.store, lambda _: document,
-                                               reason or "apply")
+        info, change, live = await commit_edit(request, self.store, edit, reason or "apply")
         return write_answer(info, change, live, extra={"dry_run": False})
 
     async def rollback(self, request: Request) -> Response:

@@ -324,8 +324,21 @@ SCHEMAS: dict[str, Schema] = {
         "processes": _array({"type": "object", "properties": {"pid": {"type": "integer"}}})}},
     "RouteAnswer": {"type": "object", "properties": {"version": {"type": "integer"},
                                                      "route": _ref("Route")}},
-    "ApplyRequest": _obj({"document": _ref("Document"), "dry_run": {"type": "boolean", "default": False},
-                          "reason": {"type": "string"}}, ("document",)),
+    "ApplyRequest": _obj({"document": _ref("Document"), "changes": _ref("DocumentChanges"),
+                          "dry_run": {"type": "boolean", "default": False},
+                          "reason": {"type": "string"}},
+                         description="`document` (the whole document) or `changes` (to the config "
+                         "version named by If-Match, which is then required)",
+                         oneOf=[{"required": ["document"]}, {"required": ["changes"]}]),
+    "DocumentChanges": _obj({"services": _array(_ref("Service")), "routes": _array(_ref("Route")),
+                             "delete_services": _array({"type": "string"}),
+                             "delete_routes": _array({"type": "string"}),
+                             "head": _obj({"mesh": {"type": "object"},
+                                           "revocations": _array({"type": "object"})},
+                                          description="present when the mesh or the revocations "
+                                          "change: they are replaced")},
+                            description="what `peel apply` sends: the services and routes added or "
+                            "replaced (whole), the names of those removed (routes/patch.py)"),
     "RollbackRequest": _obj({"version": {"type": "integer", "minimum": 1}, "reason": {"type": "string"}},
                             ("version",)),
     "MatchRequest": _obj({"method": {"type": "string", "default": "GET"},
@@ -695,6 +708,13 @@ def openapi_document() -> dict[str, Any]:
                      "description": "a duration: 5m, 1h, 24h (at most a day)"}])},
         "/api/v1/config": {"get": _op("The latest config version with its document",
                                       {"200": _ok("ConfigVersion")}, tag="config")},
+        "/api/v1/config/stored": {"get": {
+            "summary": "The latest document's stored text (canonical JSON, a line per service and "
+                       "route): what `peel apply` computes its changes against",
+            "tags": ["config"],
+            "responses": {"200": {"description": "OK", "headers": ETAG,
+                                  "content": {"application/json": {"schema": _ref("Document")}}},
+                          **COMMON}}},
         "/api/v1/config/versions": {"get": _op(
             "History of config versions, newest first", {"200": _ok("History")}, tag="config",
             params=[{"name": "limit", "in": "query", "required": False,
@@ -704,7 +724,8 @@ def openapi_document() -> dict[str, Any]:
             {"200": _ok("ConfigVersion"), "404": _problem("No such config version")}, tag="config",
             params=[{"name": "n", "in": "path", "required": True, "schema": {"type": "integer"}}])},
         "/api/v1/config/apply": {"post": _op(
-            "Replace the whole document; with dry_run only the diff is returned",
+            "Replace the whole document (or apply changes to the version in If-Match); with dry_run "
+            "only the diff is returned",
             {"200": _ok("WriteResult")}, body="ApplyRequest", params=[IF_MATCH], write=True,
             tag="config")},
         "/api/v1/config/rollback": {"post": _op(

@@ -157,6 +157,30 @@ class AdminClient:
             body["reason"] = reason
         return self.request("POST", f"{API}/config/apply", body=body, if_match=if_match)
 
+    def apply_changes(self, changes: dict[str, Any], version: int, *, dry_run: bool = False,
+                      reason: str | None = None) -> dict[str, Any]:
+        """Apply `changes` (`routes.patch`) to config version `version`."""
+        body: dict[str, Any] = {"changes": changes, "dry_run": dry_run}
+        if reason:
+            body["reason"] = reason
+        return self.request("POST", f"{API}/config/apply", body=body, if_match=version)
+
+    def stored_config(self) -> tuple[int, str] | None:
+        """The latest config version's number and stored text; None from an admin API without
+        `GET /config/stored` (an older Peel)."""
+        import httpx
+
+        try:
+            response = self._http.get(f"{API}/config/stored")
+        except httpx.HTTPError:
+            return None  # `request` says why, when the whole document is sent
+        tag = response.headers.get("etag", "").strip('"')
+        if response.status_code in (404, 405) or not tag.isdigit():
+            return None
+        if not response.is_success:
+            self._decode(response)  # raises AdminError with the problem's detail
+        return int(tag), response.text
+
     def rollback(self, version: int, *, reason: str | None = None,
                  if_match: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"version": version}

@@ -7,19 +7,55 @@ import sys
 from typing import Any
 
 from gateway.cli.args import Commands, actions, add_command, cookie_arg, header_arg, write_options
-from gateway.cli.client import AdminError
+from gateway.cli.client import AdminClient, AdminError
 from gateway.cli.context import admin_client
 from gateway.cli.documents import dump_yaml, load_document
 from gateway.cli.output import match_summary, print_json, print_write, table
 from routes.errors import PeelError
+from routes.model import Document
+from routes.patch import changes_between
+
+# Reads of the stored version and applies of the changes to it, while other writers commit in between
+CHANGES_TRIES = 3
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    document = load_document(args.file)
+    data = load_document(args.file)
     with admin_client(args) as client:
-        answer = client.apply(document, dry_run=args.dry_run, reason=args.reason, if_match=args.if_match)
+        answer = apply_document(client, data, dry_run=args.dry_run, reason=args.reason,
+                                if_match=args.if_match)
     print_write(args, answer)
     return 0
+
+
+def apply_document(client: AdminClient, data: Any, *, dry_run: bool = False, reason: str | None = None,
+                   if_match: int | None = None) -> dict[str, Any]:
+    """Apply the document `data` as the changes to the latest stored version (`routes.patch`: the
+    gateway parses and checks only what changed), else whole.
+
+    Whole when the document does not parse here (the gateway's refusal then names the field as
+    for any document), when the gateway cannot give its stored text, when `if_match` is not the
+    latest version (the gateway answers 412), and when other writers keep committing between the
+    read and the apply.
+    """
+    try:
+        document = Document.parse(data)
+    except PeelError:
+        document = None
+    for _ in range(CHANGES_TRIES if document is not None else 0):
+        stored = client.stored_config()
+        if stored is None or (if_match is not None and stored[0] != if_match):
+            break
+        version, text = stored
+        changes = changes_between(text, document) if document is not None else None
+        if changes is None:
+            break
+        try:
+            return client.apply_changes(changes, version, dry_run=dry_run, reason=reason)
+        except AdminError as exc:
+            if exc.status != 412 or if_match is not None:
+                raise
+    return client.apply(data, dry_run=dry_run, reason=reason, if_match=if_match)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
 
+from routes.model import Document
+from routes.patch import changes_between
 from tests.app.conftest import SAMPLE, Admin
 
 pytestmark = pytest.mark.anyio
@@ -131,3 +134,42 @@ async def test_an_applied_document_shares_its_unchanged_routes_with_the_stored_v
     second = admin.store.latest().document
     shared = [r.name for r in second.routes if r is first.route(r.name)]
     assert len(shared) == 19 and "r3" not in shared
+
+
+async def test_the_stored_text_is_the_latest_document_as_stored(admin: Admin) -> None:
+    r = await admin.client.get("/api/v1/config/stored")
+    assert r.status_code == 200 and r.headers["etag"] == '"0"'
+    assert json.loads(r.text) == {"routes": [], "services": []}
+    await admin.apply(SAMPLE)
+    r = await admin.client.get("/api/v1/config/stored")
+    assert r.headers["etag"] == '"1"' and r.headers["content-type"].startswith("application/json")
+    assert json.loads(r.text) == Document.parse(SAMPLE).to_dict()
+    assert r.text.count("\n") >= 4  # a line per service and per route (routes.document_text)
+
+
+async def test_changes_apply_to_the_version_named_and_give_the_whole_documents_result(
+        admin: Admin) -> None:
+    await admin.apply(SAMPLE)
+    edited = copy.deepcopy(SAMPLE)
+    edited["routes"][1]["match"]["path_prefix"] = "/v2/orders"
+    r = await admin.client.get("/api/v1/config/stored")
+    changes = changes_between(r.text, Document.parse(edited))
+    assert changes == {"routes": [Document.parse(edited).route("orders").to_dict()]}  # type: ignore[union-attr]
+    url = "/api/v1/config/apply"
+    r = await admin.client.post(url, json={"changes": changes})
+    assert r.status_code == 400 and r.json()["field"] == "If-Match"
+    r = await admin.client.post(url, json={"changes": changes, "document": edited},
+                                headers={"If-Match": '"1"'})
+    assert r.status_code == 422 and r.json()["field"] == "changes"
+    r = await admin.client.post(url, json={"changes": {"delete_routes": ["nope"]}},
+                                headers={"If-Match": '"1"'})
+    assert r.status_code == 422 and r.json()["field"] == "changes.delete_routes[0]"
+    r = await admin.client.post(url, json={"changes": changes, "dry_run": True},
+                                headers={"If-Match": '"1"'})
+    assert r.status_code == 200 and r.json()["summary"] == "~1 route" and admin.version() == 1
+    r = await admin.client.post(url, json={"changes": changes, "reason": "move orders"},
+                                headers={"If-Match": '"1"'})
+    assert r.status_code == 200 and r.json()["version"] == 2, r.text
+    assert admin.store.latest().document == Document.parse(edited)
+    r = await admin.client.post(url, json={"changes": changes}, headers={"If-Match": '"1"'})
+    assert r.status_code == 412 and admin.version() == 2

@@ -1,0 +1,111 @@
+"""A whole document applied as the items that differ from a stored version: `peel apply` on a large table.
+
+Sent whole, a 10,000-route document is parsed, checked and diffed by the process that owns the admin
+listener, which in a single-process gateway also serves traffic: hundreds of milliseconds of CPU
+that the data plane's requests waited behind (bench/README.md, "A change to a large table"). So the
+CLI does that work itself. It reads the stored text of the latest config version (`GET
+/api/v1/config/stored`, no parsing on the server), encodes its own document the same way
+(`routes.document_text`: equal items give equal lines) and sends, with `If-Match` on the version it
+compared against, only the services and routes whose lines differ, the names of the ones that
+left, and the mesh and revocations when they changed (`changes_between`). The server parses and
+checks only those (`DocumentPatch`) and commits the document the whole file would have given.
+
+The wire form (`{"changes": ...}` in `POST /api/v1/config/apply`):
+
+    {"services": [<service>...], "routes": [<route>...],      # added or replaced, whole
+     "delete_services": [<name>...], "delete_routes": [<name>...],
+     "head": {"mesh": {...}, "revocations": [...]}}           # present only when they changed
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from routes.document_text import DocumentCodec, text_lines
+from routes.errors import RuleError
+from routes.fields import mapping, sequence
+from routes.model import Document, Route, Service
+from routes.revocations import Mesh, Revocation, parse_revocations
+
+CHANGE_FIELDS = ("services", "routes", "delete_services", "delete_routes", "head")
+
+
+def changes_between(stored_text: str, document: Document) -> dict[str, Any] | None:
+    """The changes that turn the document of `stored_text` into `document`, in the wire form;
+    None when the stored text is not in the line-per-item layout (send the whole document)."""
+    theirs = text_lines(stored_text)
+    mine = text_lines(DocumentCodec().encode(document))
+    if theirs is None or mine is None:
+        return None
+    changes: dict[str, Any] = {}
+    for kind, own, stored in (("services", mine.services, theirs.services),
+                              ("routes", mine.routes, theirs.routes)):
+        kept = set(stored)
+        put = [json.loads(line) for line in own if line not in kept]
+        mine_lines = set(own)
+        put_names = {item["name"] for item in put}
+        gone = sorted({json.loads(line)["name"] for line in stored if line not in mine_lines} - put_names)
+        if put:
+            changes[kind] = put
+        if gone:
+            changes[f"delete_{kind}"] = gone
+    if mine.head != theirs.head:
+        changes["head"] = mine.head_fields()
+    return changes
+
+
+@dataclass(frozen=True)
+class DocumentPatch:
+    """Changes to a document, parsed and checked item by item (`parse`), applied by `apply`."""
+
+    services: tuple[Service, ...] = ()
+    routes: tuple[Route, ...] = ()
+    delete_services: tuple[str, ...] = ()
+    delete_routes: tuple[str, ...] = ()
+    # the document's mesh and revocations, when they change
+    head: tuple[Mesh | None, tuple[Revocation, ...]] | None = None
+
+    @classmethod
+    def parse(cls, data: Any, where: str = "changes") -> DocumentPatch:
+        """The changes of the wire form; `RuleError` naming the field for anything wrong."""
+        m = mapping(data, where, CHANGE_FIELDS)
+        services = tuple(Service.parse(s, f"{where}.services[{i}]")
+                         for i, s in enumerate(sequence(m.get("services") or [], f"{where}.services")))
+        routes = tuple(Route.parse(r, f"{where}.routes[{i}]")
+                       for i, r in enumerate(sequence(m.get("routes") or [], f"{where}.routes")))
+        deletes: dict[str, tuple[str, ...]] = {}
+        for kind in ("delete_services", "delete_routes"):
+            names = sequence(m.get(kind) or [], f"{where}.{kind}")
+            for i, name in enumerate(names):
+                if not isinstance(name, str):
+                    raise RuleError(f"{where}.{kind}[{i}]", "must be a name", name)
+            deletes[kind] = tuple(names)
+        head = None
+        if "head" in m:
+            fields = mapping(m["head"], f"{where}.head", ("mesh", "revocations"))
+            head = (Mesh.parse(fields.get("mesh")), parse_revocations(fields.get("revocations")))
+        return cls(services, routes, deletes["delete_services"], deletes["delete_routes"], head)
+
+    def apply(self, document: Document) -> Document:
+        """`document` with these changes: what the whole document they were computed from gives.
+
+        A name to delete that `document` does not hold is refused: the changes were computed
+        against another version (the admin API takes them only with `If-Match`)."""
+        for kind, names, present in (("delete_services", self.delete_services, document.service),
+                                     ("delete_routes", self.delete_routes, document.route)):
+            for i, name in enumerate(names):
+                if present(name) is None:
+                    raise RuleError(f"changes.{kind}[{i}]", "is not in the document the changes "
+                                    "apply to", name)
+        leaving = set(self.delete_services).union(s.name for s in self.services)
+        services = [s for s in document.services if s.name not in leaving] + list(self.services)
+        leaving = set(self.delete_routes).union(r.name for r in self.routes)
+        routes = [r for r in document.routes if r.name not in leaving] + list(self.routes)
+        mesh, revocations = self.head if self.head is not None else (document.mesh, document.revocations)
+        return Document.build(services, routes, revocations=revocations, mesh=mesh, base=document)
+
+    def __bool__(self) -> bool:
+        return bool(self.services or self.routes or self.delete_services or self.delete_routes
+                    or self.head is not None)
