@@ -95,7 +95,8 @@ class DocumentCodec:
         if service_lines:
             parts.append(",\n".join(service_lines))
         parts.append(CLOSE_LINE)
-        self._remember(document, document.routes, route_lines, document.services, service_lines)
+        if document is not self.document:  # the same one again (the snapshot of a commit): known
+            self._remember(document, document.routes, route_lines, document.services, service_lines)
         return "\n".join(parts)
 
     def decode(self, text: str, *, stored: bool = True) -> Document:

@@ -84,3 +84,16 @@ def test_a_changed_line_is_checked_against_the_rest() -> None:
     clash = text.replace('"/r7"', '"/r3"', 1)  # r07 now has r03's match
     with pytest.raises(RuleError, match="same match and priority"):
         codec.decode(clash, stored=False)
+
+
+def test_the_same_document_again_is_encoded_from_what_the_codec_holds() -> None:
+    codec = DocumentCodec()
+    document = Document.parse(FULL)
+    text = codec.encode(document)
+    held = codec._routes
+    assert codec.encode(document) == text and codec._routes is held  # the snapshot of a commit
+    read = codec.decode(text)
+    assert codec.encode(read) == text
+    changed = put_route(read, Route.parse({"name": "r03", "match": {"path_prefix": "/three"},
+                                           "service": "orders"}, "route"))
+    assert DocumentCodec().decode(codec.encode(changed)) == changed and codec._routes is not held
