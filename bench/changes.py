@@ -7,7 +7,8 @@ paced as in the fixed-load runs) to `/`, three times per round:
 - `quiet`: nothing changes;
 - `put`: one route at a time is replaced by `PUT /api/v1/routes/{name}` (its prefix flips between
   `/rN` and `/rN-v2`), back to back with a 0.5 s pause, for the whole run;
-- `apply`: `peel apply -f` of the whole document with one route changed, back to back, the same.
+- `apply`: `peel apply -f` of the whole document with one route changed, back to back, the same
+  (the file is whole; the CLI sends the gateway the items that differ, `routes/patch.py`).
 
 The report gives each run's p50, p99 and max, the errors, how many changes were committed, how long
 a change took (median, as the client saw it) and the p99 of each change run over the quiet one:

@@ -824,6 +824,13 @@ async def run_master(settings: Settings, store: Store, sockets: Sockets, config_
     return 0 if not supervisor.failed else 1
 
 
+# How long a thread that holds the GIL keeps it while another waits (CPython's default: 5 ms). uvloop
+# runs libuv without the GIL and takes it back for every callback; while a thread computes (the
+# access-log writer's batch, an exporter, the admin API's commit), each callback of the event loop
+# waited up to the whole interval (bench/README.md).
+SWITCH_INTERVAL = 0.001
+
+
 def settle_memory(holder: TableHolder) -> None:
     """Collect once, then exempt everything alive (modules, settings, the first table) from the
     cyclic garbage collector: its full collections would otherwise walk those objects again and
@@ -834,6 +841,7 @@ def settle_memory(holder: TableHolder) -> None:
     gc.collect()
     gc.freeze()
     holder.follow(settle_table)
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 def settle_table(table: RouteTable) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -18,10 +19,11 @@ import pytest
 from uvicorn.server import ServerState
 
 from gateway.edge.protocol import PeelHttpProtocol
-from gateway.server.serve import settle_table
+from gateway.server.serve import SWITCH_INTERVAL, settle_memory, settle_table
 from routes.compiler import IncrementalCompiler
 from routes.diff import diff
 from routes.document_text import DocumentCodec
+from routes.holder import TableHolder
 from routes.model import Document
 from tests.unit.test_cycle import connected
 
@@ -123,4 +125,19 @@ def test_settling_a_table_freezes_what_is_alive_and_collects_the_young_garbage()
         _, kinds = garbage()
         assert "Marker" not in kinds, kinds  # collected before the freeze
     finally:
+        gc.unfreeze()
+
+
+def test_a_serving_process_settles_every_table_and_shortens_the_switch_interval() -> None:
+    holder = TableHolder()
+    interval = sys.getswitchinterval()
+    try:
+        settle_memory(holder)
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+        frozen = gc.get_freeze_count()
+        kept = [[i] for i in range(500)]
+        holder.swap(IncrementalCompiler()(Document.parse(document(3)), 1))  # settle_table follows
+        assert gc.get_freeze_count() >= frozen + len(kept)
+    finally:
+        sys.setswitchinterval(interval)
         gc.unfreeze()
