@@ -101,12 +101,14 @@ def compile_steps(document: Document, version: int, registered: Sequence[Registr
             yield
     routes = cast("list[CompiledRoute]", found)
     index: Index | None = None
+    named = None
     if previous is not None and len(added) <= max(16, len(routes) // 8):
         before = dict(zip(map(id, previous.routes), previous.routes, strict=True))
         yield
         removed = [before[gone] for gone in before.keys() - set(map(id, routes))]
         yield
         index = IndexEditor.derive(previous, removed, added)
+        named = previous.named_after(removed, added)
     if index is None:
         index = build_index(routes)
     yield
@@ -114,7 +116,7 @@ def compile_steps(document: Document, version: int, registered: Sequence[Registr
     return RouteTable(version, tuple(routes), services, exact, wildcard, hostless,
                       revocations=Revocations(document.revocations),
                       inbound_mtls=document.mesh.inbound_mtls if document.mesh is not None else None,
-                      registered=tuple(registered))
+                      registered=tuple(registered), named=named)
 
 
 def _compile(spec: Route, services: dict[str, CompiledService]) -> CompiledRoute:

@@ -17,7 +17,8 @@ handful of candidates on it, not to the number of routes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, KeysView, Mapping
+from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,8 @@ PrecedenceKey = tuple[int, int, int, int, int, int, int, str]
 # routes (`routes.index`) keeps every other entry as it is.
 Entry = tuple[PrecedenceKey, "CompiledRoute"]
 
+
+_NAME = attrgetter("name")
 
 class _Frozen:
     """Refuses attribute assignment after construction: a live table is shared by every request."""
@@ -232,7 +235,7 @@ class RouteTable(_Frozen):
     returns the winning `CompiledRoute` or None.
     """
 
-    __slots__ = ("_exact", "_hostless", "_wildcard", "_wildcard_labels", "beta_cookies",
+    __slots__ = ("_exact", "_hostless", "_named", "_wildcard", "_wildcard_labels", "beta_cookies",
                  "beta_headers", "inbound_mtls", "registered", "revocations", "routes", "services",
                  "version")
     version: int
@@ -242,6 +245,7 @@ class RouteTable(_Frozen):
     _wildcard: Mapping[str, TrieNode]
     _wildcard_labels: tuple[int, ...]
     _hostless: TrieNode
+    _named: dict[str, CompiledRoute]  # the routes by name
     # the beta headers (lower-case) and cookies that some migration names: stripped from
     # untrusted downstreams before matching
     beta_headers: frozenset[bytes]
@@ -258,13 +262,16 @@ class RouteTable(_Frozen):
                  services: Mapping[str, CompiledService], exact: dict[str, TrieNode],
                  wildcard: dict[str, TrieNode], hostless: TrieNode, *,
                  revocations: Revocations = NO_REVOCATIONS, inbound_mtls: str | None = None,
-                 registered: tuple[Registration, ...] = ()) -> None:
+                 registered: tuple[Registration, ...] = (),
+                 named: dict[str, CompiledRoute] | None = None) -> None:
+        """`named`: the routes by name when the caller has them (derived from the previous table's)."""
         sources = [r.migration.beta_source for r in routes
                    if r.migration is not None and r.migration.beta_source is not None]
         # The index dicts stay plain dicts (private, never handed out): a MappingProxyType would add
         # an indirection to every lookup on the hot path.
         self._init(version=version, routes=routes, services=MappingProxyType(dict(services)),
                    _exact=exact, _wildcard=wildcard, _hostless=hostless,
+                   _named=named if named is not None else dict(zip(map(_NAME, routes), routes, strict=True)),
                    _wildcard_labels=tuple(sorted({s.count(".") + 1 for s in wildcard}, reverse=True)),
                    beta_headers=frozenset(n for k, n in sources if isinstance(n, bytes)),
                    beta_cookies=frozenset(n for k, n in sources if isinstance(n, str)),
@@ -342,7 +349,23 @@ class RouteTable(_Frozen):
         return bool(self._wildcard_labels) and bool(self._wildcard_roots(host))
 
     def route(self, name: str) -> CompiledRoute | None:
-        return next((r for r in self.routes if r.name == name), None)
+        return self._named.get(name)
+
+    def named_after(self, removed: Iterable[CompiledRoute],
+                    added: Iterable[CompiledRoute]) -> dict[str, CompiledRoute]:
+        """The routes by name of a table with this one's routes less `removed`, plus `added`:
+        a copy of this table's and the changes, not a pass over every route."""
+        named = dict(self._named)
+        for route in removed:
+            if named.get(route.name) is route:
+                del named[route.name]
+        for route in added:
+            named[route.name] = route
+        return named
+
+    def names(self) -> KeysView[str]:
+        """The names of the routes (a set view: membership is one dict lookup)."""
+        return self._named.keys()
 
     def __repr__(self) -> str:
         return f"RouteTable(version={self.version}, {len(self.routes)} routes)"

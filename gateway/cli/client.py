@@ -166,8 +166,8 @@ class AdminClient:
         return self.request("POST", f"{API}/config/apply", body=body, if_match=version)
 
     def stored_config(self) -> tuple[int, str] | None:
-        """The latest config version's number and stored text; None from an admin API without
-        `GET /config/stored` (an older Peel)."""
+        """The latest config version's number and stored text; None when the admin API does not
+        give it (an older Peel without `GET /config/stored`, or any refusal)."""
         import httpx
 
         try:
@@ -175,10 +175,8 @@ class AdminClient:
         except httpx.HTTPError:
             return None  # `request` says why, when the whole document is sent
         tag = response.headers.get("etag", "").strip('"')
-        if response.status_code in (404, 405) or not tag.isdigit():
-            return None
-        if not response.is_success:
-            self._decode(response)  # raises AdminError with the problem's detail
+        if not response.is_success or not tag.isdigit():
+            return None  # the whole document's apply then says what the API refused
         return int(tag), response.text
 
     def rollback(self, version: int, *, reason: str | None = None,

@@ -126,7 +126,7 @@ class ProxyApp:
     def _follow(self, table: RouteTable) -> None:
         """This proxy's part in a new table (a `TableHolder` follower): forget the retry budgets
         and rate-limit buckets of routes that are gone."""
-        self._forward.budgets.prune(frozenset(r.name for r in table.routes))
+        self._forward.budgets.prune(table.names())
         self._resolver.prune(table)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -192,7 +192,7 @@ class Resolver:
     def prune(self, table: RouteTable) -> None:
         """Forget the rate-limit buckets of routes that `table` no longer limits."""
         if self._limiters is not None:
-            self._limiters.prune(frozenset(r.name for r in table.routes if r.rate_limit is not None))
+            self._limiters.prune(_RateLimited(table))
 
     def resolve(self, table: RouteTable | None, incoming: Incoming, now: float,
                 wall: float | None = None) -> Resolution | Refusal:
@@ -316,3 +316,17 @@ class Resolver:
             resolution.cohort = cohort
             resolution.baggage = True
         return resolution
+
+
+class _RateLimited:
+    """The names of `table`'s routes that have a rate limit, as a container: pruning asks about the
+    few routes with limiters, not the whole table."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: RouteTable) -> None:
+        self.table = table
+
+    def __contains__(self, name: object) -> bool:
+        route = self.table.route(name) if isinstance(name, str) else None
+        return route is not None and route.rate_limit is not None

@@ -171,11 +171,11 @@ class Shadower:
 
     def follow(self, table: RouteTable) -> None:
         """A new route table: stop the lanes of routes that are gone or whose shadow changed."""
-        wanted = {r.name: r.migration.shadow for r in table.routes
-                  if r.migration is not None and r.migration.shadow is not None}
         for name in list(self._lanes):
             lane = self._lanes[name]
-            if wanted.get(name) != lane.spec:
+            route = table.route(name)
+            wanted = route.migration.shadow if route is not None and route.migration is not None else None
+            if wanted != lane.spec:
                 lane.stop()
                 del self._lanes[name]
 

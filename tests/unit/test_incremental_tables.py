@@ -146,3 +146,19 @@ def _same_answers(a: Any, b: Any) -> None:
         y = b.match("GET", "example.com", path, b"", [])
         assert (x and (x.name, x.service.name, x.service.endpoints)) == \
             (y and (y.name, y.service.name, y.service.endpoints)), path
+
+
+def test_a_derived_table_finds_its_routes_by_name_as_a_whole_one_does() -> None:
+    memo, compiler = ParseMemo(), IncrementalCompiler()
+    first = compiler(Document.parse(data(), memo=memo), 1)
+    changed = data()
+    changed["routes"][3]["match"]["path_prefix"] = "/elsewhere"   # replaced
+    del changed["routes"][5]                                      # gone
+    changed["routes"].append({"name": "new", "match": {"path_prefix": "/new"}, "service": "legacy"})
+    table = compiler(Document.parse(changed, memo=memo), 2)  # derived: three routes compiled
+    whole = compile_document(Document.parse(changed), 2)
+    assert set(table.names()) == set(whole.names()) == {r["name"] for r in changed["routes"]}
+    for route in table.routes:
+        assert table.route(route.name) is route
+    assert table.route("r5") is None and first.route("r5") is not None
+    assert table.route("r3") is not first.route("r3") and table.route("r4") is first.route("r4")
