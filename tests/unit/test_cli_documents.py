@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,12 @@ def test_python_tags_are_refused(tmp_path: Path) -> None:
     path.write_text("!!python/object/apply:os.system ['true']\n", encoding="utf-8")
     with pytest.raises(PeelError, match="is not valid YAML or JSON"):
         documents.load_document(str(path))
+
+
+def test_a_json_file_gives_what_yaml_gives_and_a_flow_mapping_is_still_yaml(tmp_path: Path) -> None:
+    data = yaml.load(SAMPLE, Loader=yaml.SafeLoader)
+    path = tmp_path / "rules.json"
+    path.write_text("\n  " + json.dumps(data), encoding="utf-8")
+    assert documents.load_document(str(path)) == data
+    path.write_text("{services: [], routes: [{name: a}]}  # flow style\n", encoding="utf-8")
+    assert documents.load_document(str(path)) == {"services": [], "routes": [{"name": "a"}]}
