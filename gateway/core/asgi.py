@@ -67,11 +67,18 @@ class Downstream:
         self._abort()
 
     def connection_lost(self) -> None:
-        """The edge's report that the connection closed: runs `on_lost` once."""
+        """The edge's report that the connection closed: runs `on_lost` once. There is nothing
+        left to reset after it, and dropping `abort` (the edge's protocol's method) leaves the
+        closed connection without a reference cycle, freed without the cyclic collector."""
         self.lost = True
+        self._abort = _closed
         callback, self.on_lost = self.on_lost, None
         if callback is not None:
             callback()
+
+
+def _closed() -> None:
+    """`Downstream.abort` once the connection is closed."""
 
 
 __all__ = ["DOWNSTREAM", "LISTENER", "PEER", "RESPOND", "TARGET", "Downstream", "Message", "Peer", "Receive",

@@ -829,6 +829,8 @@ async def run_master(settings: Settings, store: Store, sockets: Sockets, config_
 # access-log writer's batch, an exporter, the admin API's commit), each callback of the event loop
 # waited up to the whole interval (bench/README.md).
 SWITCH_INTERVAL = 0.001
+# At most this often, a table's arrival thaws the frozen objects for one full collection (`Settler`)
+THAW_EVERY = 600.0
 
 
 def settle_memory(holder: TableHolder) -> None:
@@ -836,25 +838,47 @@ def settle_memory(holder: TableHolder) -> None:
     cyclic garbage collector: its full collections would otherwise walk those objects again and
     again, each a pause of tens of milliseconds on the request path (the p99 in `make bench`).
     Frozen objects are still freed by reference counting when dropped (the first table, on the
-    first reload); only a reference cycle among them would stay, once. Every later table is
-    settled the same way when it arrives (`settle_table`, the holder's last follower)."""
+    first reload). Every later table is settled the same way when it arrives (`Settler`, the
+    holder's last follower)."""
     gc.collect()
     gc.freeze()
-    holder.follow(settle_table)
+    holder.follow(Settler().table)
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
-def settle_table(table: RouteTable) -> None:
-    """Exempt a new table (and what its followers built) from the collector, as the first one.
+class Settler:
+    """Exempts each new table (and what its followers built) from the collector, as the first one.
 
     A 10,000-route table is hundreds of thousands of objects: left to the collector, each full
     collection walked them all (13-45 ms on the event loop), and the young collections of the next
     change walked its new containers again and again. The young generations are collected first,
-    so that the garbage cycles they hold are freed rather than frozen; a request leaves none
-    (`gateway.edge.cycle`), and a table holds no cycle, so an old one is freed by reference
-    counting once dropped, frozen or not (tests/unit/test_settle.py)."""
-    gc.collect(1)
-    gc.freeze()
+    so that the garbage cycles they hold are freed rather than frozen (2-3 ms on 10,000 routes); a
+    request leaves none (`gateway.edge.cycle`), nor does a closed connection (`Downstream`), and a
+    table holds no cycle, so an old one is freed by reference counting once dropped, frozen or not
+    (tests/unit/test_settle.py).
+
+    What is frozen alive and later dies in a reference cycle (an object of some connection that was
+    open when a table arrived) the frozen generation would keep for good; so at most every
+    `thaw_every` seconds, a table's arrival thaws everything for one full collection instead, a
+    pause the length of the old full passes, once in that time.
+    """
+
+    def __init__(self, *, thaw_every: float = THAW_EVERY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.thaw_every = thaw_every
+        self.clock = clock
+        self.thawed = clock()
+
+    def table(self, table: RouteTable) -> None:
+        """A table follower."""
+        now = self.clock()
+        if now - self.thawed >= self.thaw_every:
+            self.thawed = now
+            gc.unfreeze()
+            gc.collect()
+        else:
+            gc.collect(1)
+        gc.freeze()
 
 
 async def _notify_when_started(runtime: Runtime) -> None:

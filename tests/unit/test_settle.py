@@ -1,4 +1,4 @@
-"""What keeps the cyclic garbage collector off the request path (`gateway.server.serve.settle_table`).
+"""What keeps the cyclic garbage collector off the request path (`gateway.server.serve.Settler`).
 
 A serving process freezes every table it loads, which is safe only because neither a table nor a
 request leaves reference cycles behind: an old table is freed by reference counting once dropped,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -19,12 +20,13 @@ import pytest
 from uvicorn.server import ServerState
 
 from gateway.edge.protocol import PeelHttpProtocol
-from gateway.server.serve import SWITCH_INTERVAL, settle_memory, settle_table
+from gateway.server.serve import SWITCH_INTERVAL, Settler, settle_memory
 from routes.compiler import IncrementalCompiler
 from routes.diff import diff
 from routes.document_text import DocumentCodec
 from routes.holder import TableHolder
 from routes.model import Document
+from tests.fakes.transport import RecordingTransport
 from tests.unit.test_cycle import connected
 
 
@@ -106,6 +108,28 @@ def test_requests_on_a_connection_leave_no_reference_cycles(collector_off: None)
     assert found == 0, kinds.most_common(10)
 
 
+def test_a_closed_connection_leaves_no_reference_cycle(collector_off: None) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def go() -> tuple[int, Counter[str]]:
+        first, state, _ = connected(app)  # the server's own objects (its config), made once
+        garbage()
+        for _ in range(5):
+            protocol = PeelHttpProtocol(config=first.config, server_state=state, app_state={})
+            protocol.connection_made(RecordingTransport())
+            protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            for task in list(state.tasks):
+                await task
+            protocol.connection_lost(None)
+            del protocol
+        return garbage()
+
+    found, kinds = asyncio.run(go())
+    assert found == 0, kinds.most_common(10)
+
+
 class Marker:
     """An object in a reference cycle of its own."""
 
@@ -119,7 +143,7 @@ def test_settling_a_table_freezes_what_is_alive_and_collects_the_young_garbage()
     Marker()  # garbage in the young generation: collected, not frozen
     kept = [[i] for i in range(1000)]
     try:
-        settle_table(IncrementalCompiler()(Document.parse(document(3)), 1))
+        Settler().table(IncrementalCompiler()(Document.parse(document(3)), 1))
         assert gc.get_freeze_count() >= before + len(kept)
         gc.unfreeze()
         _, kinds = garbage()
@@ -136,8 +160,28 @@ def test_a_serving_process_settles_every_table_and_shortens_the_switch_interval(
         assert sys.getswitchinterval() == SWITCH_INTERVAL
         frozen = gc.get_freeze_count()
         kept = [[i] for i in range(500)]
-        holder.swap(IncrementalCompiler()(Document.parse(document(3)), 1))  # settle_table follows
+        holder.swap(IncrementalCompiler()(Document.parse(document(3)), 1))  # the settler follows
         assert gc.get_freeze_count() >= frozen + len(kept)
     finally:
         sys.setswitchinterval(interval)
+        gc.unfreeze()
+
+
+def test_a_frozen_object_that_dies_in_a_cycle_is_freed_at_the_next_thaw() -> None:
+    now = [0.0]
+    settler = Settler(thaw_every=600, clock=lambda: now[0])
+    table = IncrementalCompiler()(Document.parse(document(3)), 1)
+    gc.collect()
+    try:
+        alive = Marker()  # say, a connection open when a table arrives
+        gone = weakref.ref(alive)
+        settler.table(table)
+        del alive  # it closes: garbage in a cycle, but frozen
+        now[0] = 599.0
+        settler.table(table)
+        assert gone() is not None
+        now[0] = 600.0
+        settler.table(table)  # the thaw
+        assert gone() is None
+    finally:
         gc.unfreeze()
