@@ -55,6 +55,7 @@ Entry = tuple[PrecedenceKey, "CompiledRoute"]
 
 _NAME = attrgetter("name")
 
+
 class _Frozen:
     """Refuses attribute assignment after construction: a live table is shared by every request."""
 
