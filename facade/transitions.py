@@ -44,7 +44,7 @@ def _migration(route: Route) -> Migration:
 
 def _put(doc: Document, route: Route, migration: Migration) -> Document:
     changed = replace(route, migration=migration)
-    return doc.edit(doc.services, [changed if r.name == route.name else r for r in doc.routes])
+    return doc.replace_items(routes=[changed])
 
 
 def start(doc: Document, name: str, to: str, *, cohort: Cohort | None = None,

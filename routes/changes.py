@@ -41,7 +41,7 @@ class VersionStore(Protocol):
 
 def put_service(doc: Document, service: Service) -> Document:
     """Add `service`, or replace the service of the same name."""
-    return doc.edit([s for s in doc.services if s.name != service.name] + [service], doc.routes)
+    return doc.replace_items(services=[service])
 
 
 def delete_service(doc: Document, name: str) -> Document:
@@ -53,18 +53,18 @@ def delete_service(doc: Document, name: str) -> Document:
     if users:
         raise RuleError(f"services[{name}]", f"is used by route{'s' if len(users) > 1 else ''} "
                         f"{', '.join(users)}; delete them or point them elsewhere first", name)
-    return doc.edit([s for s in doc.services if s.name != name], doc.routes)
+    return doc.replace_items(delete_services=[name])
 
 
 def put_route(doc: Document, route: Route) -> Document:
     """Add `route`, or replace the route of the same name."""
-    return doc.edit(doc.services, [r for r in doc.routes if r.name != route.name] + [route])
+    return doc.replace_items(routes=[route])
 
 
 def delete_route(doc: Document, name: str) -> Document:
     if doc.route(name) is None:
         raise NotFoundError(f"routes[{name}]", "no such route", name)
-    return doc.edit(doc.services, [r for r in doc.routes if r.name != name])
+    return doc.replace_items(delete_routes=[name])
 
 
 def replace_document(new: Document) -> Edit:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import replace
 from operator import attrgetter
@@ -48,6 +49,7 @@ from routes.table import CompiledRoute, CompiledService, RouteTable
 log = logging.getLogger("peel.routes")
 
 _SPEC = attrgetter("spec")
+_NAME = attrgetter("name")
 # Routes compiled between two steps of `compile_steps` (a few milliseconds here)
 COMPILED_PER_STEP = 100
 
@@ -100,23 +102,78 @@ def compile_steps(document: Document, version: int, registered: Sequence[Registr
         if len(added) % COMPILED_PER_STEP == 0:
             yield
     routes = cast("list[CompiledRoute]", found)
-    index: Index | None = None
-    named = None
-    if previous is not None and len(added) <= max(16, len(routes) // 8):
+    removed: list[CompiledRoute] | None = None
+    if previous is not None and _derives(added, routes):
         before = dict(zip(map(id, previous.routes), previous.routes, strict=True))
         yield
         removed = [before[gone] for gone in before.keys() - set(map(id, routes))]
         yield
+    return _table(document, version, routes, services, tuple(registered), previous, removed, added)
+
+
+def _derives(added: list[CompiledRoute], routes: list[CompiledRoute]) -> bool:
+    """Few enough routes changed for the index to be derived from the previous table's."""
+    return len(added) <= max(16, len(routes) // 8)
+
+
+def _table(document: Document, version: int, routes: list[CompiledRoute],
+           services: dict[str, CompiledService], registered: tuple[Registration, ...],
+           previous: RouteTable | None, removed: list[CompiledRoute] | None,
+           added: list[CompiledRoute]) -> RouteTable:
+    """The table of `routes`: its index derived from `previous` less `removed` plus `added` (None:
+    built whole)."""
+    index: Index | None = None
+    named = None
+    if previous is not None and removed is not None:
         index = IndexEditor.derive(previous, removed, added)
         named = previous.named_after(removed, added)
     if index is None:
         index = build_index(routes)
-    yield
     exact, wildcard, hostless = index
     return RouteTable(version, tuple(routes), services, exact, wildcard, hostless,
                       revocations=Revocations(document.revocations),
                       inbound_mtls=document.mesh.inbound_mtls if document.mesh is not None else None,
-                      registered=tuple(registered), named=named)
+                      registered=registered, named=named)
+
+
+def compile_delta(previous: RouteTable, document: Document, version: int) -> RouteTable:
+    """The table of `document` from `previous`, the table of its delta's base, compiling only the
+    routes the delta names (the services must be the base's: a delta of routes alone).
+
+    What `compile_steps` gives with `previous`, without its passes over every route: the routes are
+    `previous`'s with the changed ones replaced in place (by bisection on the names, the order of
+    both), the index is derived from `previous`'s.
+    """
+    delta = document.delta
+    assert delta is not None and not delta.services
+    services = dict(previous.services)
+    held = previous.routes
+    routes = list(held)
+    removed: list[CompiledRoute] = []
+    added: list[CompiledRoute] = []
+    # from the last name to the first, as `Document.replace_items` edits the specs
+    for name in sorted(delta.routes, reverse=True):
+        at = bisect_left(held, name, key=_NAME)
+        old = held[at] if at < len(held) and held[at].name == name else None
+        spec = document.route(name)
+        if old is not None and old.spec is spec:
+            continue
+        if old is not None:
+            removed.append(old)
+        if spec is None:
+            if old is not None:
+                del routes[at]
+            continue
+        compiled = _compile(spec, services)
+        added.append(compiled)
+        if old is not None:
+            routes[at] = compiled
+        else:
+            routes.insert(at, compiled)
+    if len(routes) != len(document.routes):
+        raise AssertionError("a delta that does not match its base's table")  # pragma: no cover
+    return _table(document, version, routes, services, previous.registered, previous,
+                  removed if _derives(added, routes) else None, added)
 
 
 def _compile(spec: Route, services: dict[str, CompiledService]) -> CompiledRoute:
@@ -206,9 +263,14 @@ class IncrementalCompiler:
     def steps(self, document: Document, version: int,
               registered: Sequence[Registration] = ()) -> Steps[RouteTable]:
         last = self._last
+        delta = document.delta
         if last is not None and last[1] is document and last[0].registered == tuple(registered):
             # compiled already (in a single process: the admin API's check of this very change)
             table = last[0] if last[0].version == version else last[0].renumbered(version)
+        elif last is not None and delta is not None and delta.base is last[1] and not delta.services \
+                and last[0].registered == tuple(registered):
+            # an edit of the document compiled last (the admin API's check of a change)
+            table = compile_delta(last[0], document, version)
         else:
             table = yield from compile_steps(document, version, registered,
                                              previous=last[0] if last is not None else None)

@@ -8,7 +8,7 @@ is the same object in both documents is equal without being printed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import not_
@@ -147,8 +147,20 @@ def _compare(kind: Kind, old: Sequence[_Item], new: Sequence[_Item]) -> KindDiff
     # only the items that are not the same object on both sides are paired by name: sets of ids
     # and `compress` in C, not 10,000 names in bytecode
     old_ids, new_ids = set(map(id, old)), set(map(id, new))
-    before = {item.name: item for item in _not_in(old, new_ids)}
-    after = {item.name: item for item in _not_in(new, old_ids)}
+    return _paired(kind, {item.name: item for item in _not_in(old, new_ids)},
+                   {item.name: item for item in _not_in(new, old_ids)})
+
+
+def _named(kind: Kind, names: Iterable[str], old: Callable[[str], _Item | None],
+           new: Callable[[str], _Item | None]) -> KindDiff:
+    """`_compare` of the items of these names alone (a `Delta`: the others are the same objects)."""
+    pairs = [(name, old(name), new(name)) for name in names]
+    return _paired(kind, {name: a for name, a, _ in pairs if a is not None},
+                   {name: b for name, _, b in pairs if b is not None})
+
+
+def _paired(kind: Kind, before: dict[str, _Item], after: dict[str, _Item]) -> KindDiff:
+    """The diff of the items that may differ, by name: `before` the old side's, `after` the new's."""
     defaults = _DEFAULTS[kind]
     changed: list[Changed] = []
     for name in sorted(before.keys() & after.keys()):
@@ -177,9 +189,15 @@ def diff(old: Document, new: Document) -> DocumentDiff:
     after = [r.to_dict() for r in new.revocations]
     old_mesh = old.mesh.to_dict() if old.mesh is not None else {}
     new_mesh = new.mesh.to_dict() if new.mesh is not None else {}
+    delta = new.delta
+    if delta is not None and delta.base is old:
+        services = _named("service", delta.services, old.service, new.service)
+        routes = _named("route", delta.routes, old.route, new.route)
+    else:
+        services = _compare("service", old.services, new.services)
+        routes = _compare("route", old.routes, new.routes)
     return DocumentDiff(
-        _compare("service", old.services, new.services),
-        _compare("route", old.routes, new.routes),
+        services, routes,
         tuple(r for r in after if r not in before), tuple(r for r in before if r not in after),
         (old_mesh, new_mesh) if old_mesh != new_mesh else None,
     )

@@ -22,11 +22,13 @@ whole with `json.loads`, through a `ParseMemo` that still keeps unchanged items 
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar, cast
 
 from routes.errors import RuleError, StoreError
-from routes.model import Document, ParseMemo, Route, Service
+from routes.model import Delta, Document, ParseMemo, Route, Service
 from routes.revocations import Mesh, parse_revocations
 from routes.steps import Steps, missing, run
 
@@ -51,15 +53,49 @@ class _Lines:
     run ten times in one encode, each pass walking every young container (bench/README.md).
     """
 
-    __slots__ = ("by_id", "by_line", "items")
+    __slots__ = ("by_id", "by_line", "items", "lines", "owner")
 
-    def __init__(self, items: Sequence[Any], by_line: dict[str, Any], by_id: dict[int, str]) -> None:
+    def __init__(self, items: Sequence[Any], by_line: dict[str, Any], by_id: dict[int, str],
+                 lines: list[str], owner: Document | None) -> None:
         self.items = items
         self.by_line = by_line
         self.by_id = by_id
+        self.lines = lines  # the line of each of `items`, in their order
+        self.owner = owner  # the document whose routes or services `items` are
+
+    def changed(self, document: Document, base: Document, delta: Delta) -> _Lines:
+        """The lines of `document`'s routes, these being the lines of `base`'s (its delta's base):
+        copies of this one's with the routes the delta names replaced in place (no pass over every
+        route in bytecode)."""
+        held = base.routes
+        lines = list(self.lines)
+        by_id = dict(self.by_id)
+        by_line = dict(self.by_line)
+        # from the last name to the first, as `Document.replace_items` edits the routes
+        for name in sorted(delta.routes, reverse=True):
+            at = bisect_left(held, name, key=_NAME)
+            old = held[at] if at < len(held) and held[at].name == name else None
+            new = document.route(name)
+            if old is new:
+                continue
+            if old is not None:
+                del by_line[by_id.pop(id(old))]
+            if new is None:
+                if old is not None:
+                    del lines[at]
+                continue
+            line = _dumps(new.to_dict())
+            by_id[id(new)] = line
+            by_line[line] = new
+            if old is not None:
+                lines[at] = line
+            else:
+                lines.insert(at, line)
+        return _Lines(document.routes, by_line, by_id, lines, document)
 
 
-_NONE = _Lines((), {}, {})
+_NONE = _Lines((), {}, {}, [], None)
+_NAME = attrgetter("name")
 
 
 class DocumentCodec:
@@ -80,7 +116,15 @@ class DocumentCodec:
     def encode(self, document: Document) -> str:
         """The canonical text of `document` (no check: `routes.store.encode_document` refuses a
         document that still holds a refused regex)."""
-        route_lines = self._encode(document.routes, self._routes)
+        known, delta = self._routes, document.delta
+        base = delta.base if delta is not None else None
+        changed: _Lines | None = None
+        if delta is not None and base is not None and known.items is base.routes:
+            # an edit of the document whose lines are known: the lines of what changed
+            changed = known.changed(document, base, delta)
+            route_lines = changed.lines
+        else:
+            route_lines = self._encode(document.routes, known)
         service_lines = self._encode(document.services, self._services)
         head: dict[str, Any] = {}
         if document.mesh is not None:
@@ -96,7 +140,10 @@ class DocumentCodec:
             parts.append(",\n".join(service_lines))
         parts.append(CLOSE_LINE)
         if document is not self.document:  # the same one again (the snapshot of a commit): known
-            self._remember(document, document.routes, route_lines, document.services, service_lines)
+            self._routes = changed if changed is not None else _lines(document.routes, route_lines,
+                                                                      document)
+            self._services = _lines(document.services, service_lines, document)
+            self.document = document
         return "\n".join(parts)
 
     def decode(self, text: str, *, stored: bool = True) -> Document:
@@ -114,18 +161,28 @@ class DocumentCodec:
         route_lines, service_lines = layout.routes, layout.services
         old_routes, old_services = self._routes, self._services
         yield
-        routes: list[Route] = yield from _decode(
+        routes: list[Route]
+        services: list[Service]
+        routes, fresh = yield from _decode(
             route_lines, old_routes, lambda d, i: Route.parse(d, f"routes[{i}]", stored=stored))
-        services: list[Service] = yield from _decode(
+        services, fresh_services = yield from _decode(
             service_lines, old_services, lambda d, i: Service.parse(d, f"services[{i}]"))
         yield
-        document = Document.build(services, routes, stored=stored,
-                                  revocations=parse_revocations(head.get("revocations")),
-                                  mesh=Mesh.parse(head.get("mesh")), base=self.document)
+        revocations = parse_revocations(head.get("revocations"))
+        mesh = Mesh.parse(head.get("mesh"))
+        base = old_routes.owner
+        edited: Document | None = None
+        if base is not None and old_services.owner is base and not fresh_services \
+                and len(services) == len(base.services):
+            # the next version of the document whose lines are known, with the same services: an
+            # edit of it, by the routes that are new in the text
+            edited = _edited(base, routes, fresh, (mesh, revocations), stored)
+        document = edited if edited is not None else Document.build(
+            services, routes, stored=stored, revocations=revocations, mesh=mesh, base=self.document)
         yield
-        route_memo = _lines(routes, route_lines)
+        route_memo = _lines(routes, route_lines, document)
         yield
-        self._services = _lines(services, service_lines)
+        self._services = _lines(services, service_lines, document)
         self._routes = route_memo
         self.document = document
         return document
@@ -135,12 +192,6 @@ class DocumentCodec:
         for i in missing(out):
             out[i] = _dumps(items[i].to_dict())
         return cast(list[str], out)
-
-    def _remember(self, document: Document, routes: Any, route_lines: list[str], services: Any,
-                  service_lines: list[str]) -> None:
-        self._routes = _lines(routes, route_lines)
-        self._services = _lines(services, service_lines)
-        self.document = document
 
 
 class TextLines(NamedTuple):
@@ -172,10 +223,10 @@ def text_lines(text: str) -> TextLines | None:
     return TextLines(lines[0], _items(lines[1:split]), _items(lines[split + 1:-1]))
 
 
-def _lines(items: Sequence[Any], lines: list[str]) -> _Lines:
+def _lines(items: Sequence[Any], lines: list[str], owner: Document) -> _Lines:
     # zip and map: 10,000 routes are paired in C, not in bytecode
     return _Lines(items, dict(zip(lines, items, strict=True)),
-                  dict(zip(map(id, items), lines, strict=True)))
+                  dict(zip(map(id, items), lines, strict=True)), lines, owner)
 
 
 def _items(lines: list[str]) -> list[str]:
@@ -187,15 +238,33 @@ def _items(lines: list[str]) -> list[str]:
     return out
 
 
-def _decode(lines: list[str], known: _Lines, parse: Callable[[Any, int], Any]) -> Steps[list[Any]]:
-    """The items of `lines`: the known ones as they are, the others parsed (a step every
-    `PARSED_PER_STEP` parsed, so a whole new document does not hold the loop in one piece)."""
+def _decode(lines: list[str], known: _Lines,
+            parse: Callable[[Any, int], Any]) -> Steps[tuple[list[Any], list[Any]]]:
+    """The items of `lines`, and those of them that were parsed: the known ones as they are, the
+    others parsed (a step every `PARSED_PER_STEP` parsed, so a whole new document does not hold
+    the loop in one piece)."""
     out: list[Any] = list(map(known.by_line.get, lines))
+    fresh: list[Any] = []
     for parsed, i in enumerate(missing(out), 1):
-        out[i] = parse(json.loads(lines[i]), i)
+        out[i] = item = parse(json.loads(lines[i]), i)
+        fresh.append(item)
         if parsed % PARSED_PER_STEP == 0:
             yield
-    return out
+    return out, fresh
+
+
+def _edited(base: Document, routes: list[Route], fresh: list[Route],
+            head: tuple[Mesh | None, tuple[Any, ...]], stored: bool) -> Document | None:
+    """The document of `routes` as an edit of `base` (the same services), whose routes are the
+    known ones of `routes`: `fresh` (the others) put, and the routes of `base` that no line holds
+    any more removed; None when the text is not such an edit (the caller builds it whole, which
+    names what is wrong)."""
+    gone: set[str] = set()
+    if len(routes) - len(fresh) != len(base.routes):  # (sets in C, not names in bytecode)
+        gone = set(map(_NAME, base.routes)) - set(map(_NAME, routes))
+    document = base.replace_items(routes=fresh, delete_routes=gone, head=head, stored=stored)
+    # a name held by two lines (one as before, one new) is one route here: the whole build refuses it
+    return document if len(document.routes) == len(routes) else None
 
 
 # The process's one, shared by its stores and the snapshot writer (`routes.watcher`), so that a

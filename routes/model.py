@@ -20,6 +20,8 @@ stored and compiled.
 from __future__ import annotations
 
 import re
+import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -453,12 +455,12 @@ _ROUTE_POLICIES: dict[str, Callable[[object, str], Any]] = {
 # The whole document
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Document:
     """All services and routes of one config version, in a stable order (by name).
 
     `revocations` (by time) and `mesh` are the fleet's certificate revocations and mesh switches
-    (`routes.revocations`); edits of services and routes keep them (`edit`).
+    (`routes.revocations`); edits of services and routes keep them (`replace_items`).
     """
 
     services: tuple[Service, ...] = ()
@@ -467,6 +469,9 @@ class Document:
     mesh: Mesh | None = None
     # what `build` checked, kept for the next build from this document (`RouteIndex`)
     _index: RouteIndex | None = field(default=None, repr=False, compare=False, hash=False)
+    # how this document differs from the one it was edited from (`replace_items`), for the diff,
+    # the compiler and the codec to do what changed and no more; None: not known
+    delta: Delta | None = field(default=None, repr=False, compare=False, hash=False)
 
     @classmethod
     def parse(cls, data: object, *, stored: bool = False, memo: ParseMemo | None = None) -> Document:
@@ -492,11 +497,53 @@ class Document:
             memo.document = document
         return document
 
-    def edit(self, services: Iterable[Service], routes: Iterable[Route]) -> Document:
-        """`build` with these services and routes and this document's revocations and mesh (and
-        this document as the base: only the services and routes that are new objects are checked)."""
-        return Document.build(services, routes, revocations=self.revocations, mesh=self.mesh,
-                              base=self)
+    def replace_items(self, *, services: Iterable[Service] = (), routes: Iterable[Route] = (),
+                      delete_services: Iterable[str] = (), delete_routes: Iterable[str] = (),
+                      head: tuple[Mesh | None, Iterable[Revocation]] | None = None,
+                      stored: bool = False) -> Document:
+        """This document with `services` and `routes` added or put in place of the items of the
+        same names and the named ones removed (a name that is absent is no error here), checked as
+        `build` checks with this document as its base, and carrying its `Delta`. `head`: a new
+        mesh and revocations (else this document's); `stored`: as in `build` (the next version read
+        back from the store).
+
+        A change to routes alone costs what changed: the sorted tuple is this one's with the items
+        replaced in place (found by bisection), and only the changed routes are checked, against
+        this document's `RouteIndex`. A change to services is built whole.
+        """
+        service_list, route_list = list(services), list(routes)
+        put_services = {s.name: s for s in service_list}
+        put_routes = {r.name: r for r in route_list}
+        gone_services = set(delete_services) - put_services.keys()
+        gone_routes = set(delete_routes) - put_routes.keys()
+        delta = Delta(self, frozenset(put_routes.keys() | gone_routes),
+                      frozenset(put_services.keys() | gone_services))
+        mesh, revocations = head if head is not None else (self.mesh, self.revocations)
+        index = self._index
+        if delta.services or index is None or (index.refused and not stored) \
+                or len(put_routes) != len(route_list):
+            # (a name put twice: `build` refuses it, naming the field)
+            kept = [s for s in self.services if s.name not in delta.services]
+            document = Document.build(kept + service_list,
+                                      [r for r in self.routes if r.name not in delta.routes] + route_list,
+                                      revocations=revocations, mesh=mesh, base=self, stored=stored)
+            return _with_delta(document, delta)
+        items = list(self.routes)
+        # from the last name to the first: an insertion or removal at one place leaves the places
+        # of the names before it as they were
+        for name in sorted(delta.routes, reverse=True):
+            at = bisect_left(self.routes, name, key=_NAME)
+            held = at < len(self.routes) and self.routes[at].name == name
+            route = put_routes.get(name)
+            if route is None:
+                if held:
+                    del items[at]
+            elif held:
+                items[at] = route
+            else:
+                items.insert(at, route)
+        checked = index.changed(list(put_routes.values()), gone_routes, stored=stored)
+        return Document(self.services, tuple(items), canonical(revocations), _kept(mesh), checked, delta)
 
     @classmethod
     def build(cls, services: Iterable[Service], routes: Iterable[Route], *,
@@ -524,8 +571,7 @@ class Document:
         if index is None:
             index = RouteIndex.check(route_list, by_name, stored)
         return cls(tuple(sorted(by_name.values(), key=_NAME)), tuple(sorted(route_list, key=_NAME)),
-                   canonical(revocations),
-                   mesh if mesh is not None and mesh.inbound_mtls is not None else None, index)
+                   canonical(revocations), _kept(mesh), index)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"services": [s.to_dict() for s in self.services],
@@ -547,6 +593,8 @@ class Document:
 
     def check_writable(self) -> None:
         """Refuse (RuleError, 422) to write a document that still holds a refused regex."""
+        if self._index is not None and not self._index.refused:
+            return  # counted by the checks (a pass over every route otherwise)
         for refusal in self.refused_regexes():
             raise refusal.error()
 
@@ -557,6 +605,42 @@ class Document:
 
 
 _NAME = attrgetter("name")
+
+
+class Delta:
+    """What an edit changed: the names of the routes and of the services added, replaced or
+    removed (a name whose item was put back equal is listed too) relative to `base`, the document
+    it was made from. Every item of the new document whose name is not listed is `base`'s own
+    object; that is what lets the diff, the compile and the encode of a change skip the rest.
+
+    The base is held weakly: a chain of edits must not keep every earlier version alive. Once it is
+    gone, `base` is None and nothing can use the delta (nothing holds the base to compare with).
+    """
+
+    __slots__ = ("_base", "routes", "services")
+
+    def __init__(self, base: Document, routes: frozenset[str] = frozenset(),
+                 services: frozenset[str] = frozenset()) -> None:
+        self._base = weakref.ref(base)
+        self.routes = routes
+        self.services = services
+
+    @property
+    def base(self) -> Document | None:
+        return self._base()
+
+    def __repr__(self) -> str:
+        return f"Delta(routes={sorted(self.routes)}, services={sorted(self.services)})"
+
+
+def _kept(mesh: Mesh | None) -> Mesh | None:
+    """What a document keeps of a mesh: nothing when it switches nothing."""
+    return mesh if mesh is not None and mesh.inbound_mtls is not None else None
+
+
+def _with_delta(document: Document, delta: Delta) -> Document:
+    return Document(document.services, document.routes, document.revocations, document.mesh,
+                    document._index, delta)
 
 
 def _match_key(route: Route) -> tuple[object, ...]:
@@ -620,6 +704,26 @@ class RouteIndex:
             refused += bool(r.refused_regex)
             by_name[r.name] = r
         return RouteIndex(services, by_name, by_match, refused)
+
+    def changed(self, put: list[Route], removed: set[str], *, stored: bool) -> RouteIndex:
+        """The index after the routes of `put` replaced or joined this one's and the routes named
+        in `removed` left, checking only those of `put` (the services are this index's)."""
+        by_name = dict(self.routes)
+        by_match = dict(self.by_match)
+        refused = self.refused
+        for name in removed:
+            old = by_name.pop(name, None)
+            if old is not None:
+                refused -= self._drop(old, by_match)
+        for r in put:
+            old = by_name.pop(r.name, None)
+            if old is not None:
+                refused -= self._drop(old, by_match)
+        for r in put:
+            _check_route(r, by_name, self.services, by_match, stored)
+            refused += bool(r.refused_regex)
+            by_name[r.name] = r
+        return RouteIndex(self.services, by_name, by_match, refused)
 
     @staticmethod
     def _drop(route: Route, by_match: dict[tuple[object, ...], str]) -> bool:

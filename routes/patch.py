@@ -99,12 +99,9 @@ class DocumentPatch:
                 if present(name) is None:
                     raise RuleError(f"changes.{kind}[{i}]", "is not in the document the changes "
                                     "apply to", name)
-        leaving = set(self.delete_services).union(s.name for s in self.services)
-        services = [s for s in document.services if s.name not in leaving] + list(self.services)
-        leaving = set(self.delete_routes).union(r.name for r in self.routes)
-        routes = [r for r in document.routes if r.name not in leaving] + list(self.routes)
-        mesh, revocations = self.head if self.head is not None else (document.mesh, document.revocations)
-        return Document.build(services, routes, revocations=revocations, mesh=mesh, base=document)
+        return document.replace_items(services=self.services, routes=self.routes,
+                                      delete_services=self.delete_services,
+                                      delete_routes=self.delete_routes, head=self.head)
 
     def __bool__(self) -> bool:
         return bool(self.services or self.routes or self.delete_services or self.delete_routes
