@@ -105,17 +105,23 @@ class DocumentCodec:
     the last document's lines (about 0.1 KiB per route beyond the text itself).
     """
 
-    __slots__ = ("_memo", "_routes", "_services", "document")
+    __slots__ = ("_encoded", "_memo", "_routes", "_services", "document")
 
     def __init__(self) -> None:
         self._routes = _NONE
         self._services = _NONE
         self._memo = ParseMemo()  # for text in another layout
         self.document: Document | None = None  # the last one, the base of the next one's checks
+        # the last document encoded and its text (one reference: threads replace it whole)
+        self._encoded: tuple[Document, str] | None = None
 
     def encode(self, document: Document) -> str:
         """The canonical text of `document` (no check: `routes.store.encode_document` refuses a
-        document that still holds a refused regex)."""
+        document that still holds a refused regex). The same document again (the snapshot of the
+        version just committed) is the same text, at no cost."""
+        encoded = self._encoded
+        if encoded is not None and encoded[0] is document:
+            return encoded[1]
         known, delta = self._routes, document.delta
         base = delta.base if delta is not None else None
         changed: _Lines | None = None
@@ -144,7 +150,9 @@ class DocumentCodec:
                                                                       document)
             self._services = _lines(document.services, service_lines, document)
             self.document = document
-        return "\n".join(parts)
+        text = "\n".join(parts)
+        self._encoded = (document, text)
+        return text
 
     def decode(self, text: str, *, stored: bool = True) -> Document:
         """The document of `text`; raises `RuleError` or `ValueError` for one it cannot read."""

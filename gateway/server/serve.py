@@ -851,16 +851,17 @@ class Settler:
 
     A 10,000-route table is hundreds of thousands of objects: left to the collector, each full
     collection walked them all (13-45 ms on the event loop), and the young collections of the next
-    change walked its new containers again and again. The young generations are collected first,
-    so that the garbage cycles they hold are freed rather than frozen (2-3 ms on 10,000 routes); a
-    request leaves none (`gateway.edge.cycle`), nor does a closed connection (`Downstream`), and a
-    table holds no cycle, so an old one is freed by reference counting once dropped, frozen or not
-    (tests/unit/test_settle.py).
+    change walked its new containers again and again. Nothing is collected first: a request
+    leaves no garbage cycle (`gateway.edge.cycle`), nor does a closed connection (`Downstream`) or
+    a change (its edit, diff, encode, decode and compile), and a table holds no cycle, so an old
+    one is freed by reference counting once dropped, frozen or not (tests/unit/test_settle.py). A
+    young collection before each freeze found nothing on 30 changes to a 10,000-route table and
+    cost 2-6 ms of the event loop each (bench/README.md).
 
-    What is frozen alive and later dies in a reference cycle (an object of some connection that was
-    open when a table arrived) the frozen generation would keep for good; so at most every
-    `thaw_every` seconds, a table's arrival thaws everything for one full collection instead, a
-    pause the length of the old full passes, once in that time.
+    What is frozen and is or becomes garbage in a reference cycle (an object of some connection
+    that was open when a table arrived) the frozen generation would keep for good; so at most
+    every `thaw_every` seconds, a table's arrival thaws everything for one full collection
+    instead, a pause the length of the old full passes, once in that time.
     """
 
     def __init__(self, *, thaw_every: float = THAW_EVERY,
@@ -876,8 +877,6 @@ class Settler:
             self.thawed = now
             gc.unfreeze()
             gc.collect()
-        else:
-            gc.collect(1)
         gc.freeze()
 
 

@@ -225,3 +225,12 @@ def test_a_text_with_a_name_on_two_lines_is_refused_as_before() -> None:
     assert refused.value.field == "routes[r01].name"
     with pytest.raises(RuleError):
         DocumentCodec().decode(twice, stored=False)
+
+
+def test_the_same_document_encoded_again_is_the_same_text_at_no_cost() -> None:
+    codec = DocumentCodec()
+    document = Document.parse(base_data())
+    text = codec.encode(document)
+    assert codec.encode(document) is text  # the snapshot of a commit: no second encode
+    edited = put_route(document, route("r01", "/one"))
+    assert codec.encode(edited) != text and codec.encode(document) == text
