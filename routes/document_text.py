@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from operator import attrgetter
+from itertools import compress
+from operator import attrgetter, itemgetter, not_
 from typing import Any, NamedTuple, TypeVar, cast
 
 from routes.errors import RuleError, StoreError
@@ -96,6 +97,7 @@ class _Lines:
 
 _NONE = _Lines((), {}, {}, [], None)
 _NAME = attrgetter("name")
+_CUT_COMMA = itemgetter(slice(None, -1))  # a line but its last character (in C, over every line)
 
 
 class DocumentCodec:
@@ -241,7 +243,7 @@ def _items(lines: list[str]) -> list[str]:
     """The item lines without the comma that ends every one but the last."""
     if not lines:
         return lines
-    out = [line[:-1] for line in lines[:-1]]
+    out = list(map(_CUT_COMMA, lines[:-1]))
     out.append(lines[-1])
     return out
 
@@ -268,8 +270,12 @@ def _edited(base: Document, routes: list[Route], fresh: list[Route],
     any more removed; None when the text is not such an edit (the caller builds it whole, which
     names what is wrong)."""
     gone: set[str] = set()
-    if len(routes) - len(fresh) != len(base.routes):  # (sets in C, not names in bytecode)
-        gone = set(map(_NAME, base.routes)) - set(map(_NAME, routes))
+    absent = len(base.routes) - (len(routes) - len(fresh))  # routes of `base` no line holds
+    if absent != sum(base.route(r.name) is not None for r in fresh):
+        # not all of them replaced by a new line: some were removed (found by identity, in C)
+        held = set(map(id, routes))
+        gone = set(map(_NAME, compress(base.routes, map(not_, map(held.__contains__, map(id, base.routes))))))
+        gone.difference_update(map(_NAME, fresh))
     document = base.replace_items(routes=fresh, delete_routes=gone, head=head, stored=stored)
     # a name held by two lines (one as before, one new) is one route here: the whole build refuses it
     return document if len(document.routes) == len(routes) else None

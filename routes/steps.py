@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator, Iterator
+from itertools import compress, count, repeat
+from operator import is_
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -43,11 +45,7 @@ async def run_on_loop(steps: Steps[T]) -> T:
 
 
 def missing(items: list[Any]) -> Iterator[int]:
-    """The indexes of the Nones in `items`, found by `list.index` (a scan in C): few among many."""
-    i = -1
-    while True:
-        try:
-            i = items.index(None, i + 1)
-        except ValueError:
-            return
-        yield i
+    """The indexes of the Nones in `items`, found by identity in C: few among many (an item the
+    caller fills in behind the iterator is not seen again). `list.index(None)` compared each item
+    with `==`: a call of a dataclass's `__eq__` in bytecode for each of 10,000 routes."""
+    return compress(count(), map(is_, items, repeat(None)))
