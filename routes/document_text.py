@@ -94,6 +94,24 @@ class _Lines:
                 lines.insert(at, line)
         return _Lines(document.routes, by_line, by_id, lines, document)
 
+    def read(self, items: list[Any], lines: list[str], fresh_at: list[int], base: Document,
+             names: frozenset[str], owner: Document) -> _Lines:
+        """The lines of the next version read back as an edit of `base` (these being `base`'s
+        routes' lines): `items` and `lines` as read, the maps copies of this one's without the
+        routes of `base` the edit names and with the lines parsed (at `fresh_at`)."""
+        by_id = dict(self.by_id)
+        by_line = dict(self.by_line)
+        for old in map(base.route, names):
+            if old is not None:
+                line = by_id.pop(id(old), None)
+                if line is not None:
+                    del by_line[line]
+        for i in fresh_at:
+            item, line = items[i], lines[i]
+            by_id[id(item)] = line
+            by_line[line] = item
+        return _Lines(items, by_line, by_id, lines, owner)
+
 
 _NONE = _Lines((), {}, {}, [], None)
 _NAME = attrgetter("name")
@@ -173,7 +191,7 @@ class DocumentCodec:
         yield
         routes: list[Route]
         services: list[Service]
-        routes, fresh = yield from _decode(
+        routes, fresh_at = yield from _decode(
             route_lines, old_routes, lambda d, i: Route.parse(d, f"routes[{i}]", stored=stored))
         services, fresh_services = yield from _decode(
             service_lines, old_services, lambda d, i: Service.parse(d, f"services[{i}]"))
@@ -186,11 +204,14 @@ class DocumentCodec:
                 and len(services) == len(base.services):
             # the next version of the document whose lines are known, with the same services: an
             # edit of it, by the routes that are new in the text
-            edited = _edited(base, routes, fresh, (mesh, revocations), stored)
+            edited = _edited(base, routes, [routes[i] for i in fresh_at], (mesh, revocations), stored)
         document = edited if edited is not None else Document.build(
             services, routes, stored=stored, revocations=revocations, mesh=mesh, base=self.document)
         yield
-        route_memo = _lines(routes, route_lines, document)
+        if edited is not None and edited.delta is not None and base is not None:
+            route_memo = old_routes.read(routes, route_lines, fresh_at, base, edited.delta.routes, edited)
+        else:
+            route_memo = _lines(routes, route_lines, document)
         yield
         self._services = _lines(services, service_lines, document)
         self._routes = route_memo
@@ -249,15 +270,15 @@ def _items(lines: list[str]) -> list[str]:
 
 
 def _decode(lines: list[str], known: _Lines,
-            parse: Callable[[Any, int], Any]) -> Steps[tuple[list[Any], list[Any]]]:
-    """The items of `lines`, and those of them that were parsed: the known ones as they are, the
-    others parsed (a step every `PARSED_PER_STEP` parsed, so a whole new document does not hold
-    the loop in one piece)."""
+            parse: Callable[[Any, int], Any]) -> Steps[tuple[list[Any], list[int]]]:
+    """The items of `lines`, and the places of those that were parsed: the known ones as they are,
+    the others parsed (a step every `PARSED_PER_STEP` parsed, so a whole new document does not
+    hold the loop in one piece)."""
     out: list[Any] = list(map(known.by_line.get, lines))
-    fresh: list[Any] = []
+    fresh: list[int] = []
     for parsed, i in enumerate(missing(out), 1):
-        out[i] = item = parse(json.loads(lines[i]), i)
-        fresh.append(item)
+        out[i] = parse(json.loads(lines[i]), i)
+        fresh.append(i)
         if parsed % PARSED_PER_STEP == 0:
             yield
     return out, fresh

@@ -74,6 +74,17 @@ def same_answers(a: Any, b: Any) -> None:
             assert (x and (x.name, x.service.name)) == (y and (y.name, y.service.name)), (host, path)
 
 
+def lines_agree(codec: DocumentCodec) -> None:
+    """The codec's memo of its last document's route lines is whole and consistent."""
+    memo = codec._routes
+    assert memo.owner is codec.document and codec.document is not None
+    assert len(memo.items) == len(memo.lines) == len(memo.by_line) == len(memo.by_id) \
+        == len(codec.document.routes)
+    for item, line in zip(memo.items, memo.lines, strict=True):
+        assert memo.by_line[line] is item and memo.by_id[id(item)] == line
+        assert codec.document.route(item.name) is item
+
+
 @settings(max_examples=60, deadline=None)
 @given(edits)
 def test_edits_with_a_delta_give_what_the_long_way_gives(steps: list[tuple[Any, ...]]) -> None:
@@ -115,9 +126,13 @@ def test_edits_with_a_delta_give_what_the_long_way_gives(steps: list[tuple[Any, 
         # the stored text: as a codec that never saw the base writes it, and it reads back
         text = codec.encode(edited)
         assert text == DocumentCodec().encode(edited)
+        lines_agree(codec)
         assert DocumentCodec().decode(text, stored=False) == edited
+        before = {r.name: r for r in worker.document.routes} if worker.document is not None else {}
         read = worker.decode(text)
         assert read == edited and read.delta is not None  # read as an edit of the last version
+        assert {r.name for r in read.routes if before.get(r.name) is not r} <= read.delta.routes
+        lines_agree(worker)
         assert read.routes == tuple(sorted(read.routes, key=lambda r: r.name))
         served = worker_compiler(read, version)
         same_answers(served, whole)
