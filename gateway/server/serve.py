@@ -838,8 +838,8 @@ def settle_memory(holder: TableHolder) -> None:
     cyclic garbage collector: its full collections would otherwise walk those objects again and
     again, each a pause of tens of milliseconds on the request path (the p99 in `make bench`).
     Frozen objects are still freed by reference counting when dropped (the first table, on the
-    first reload). Every later table is settled the same way when it arrives (`Settler`, the
-    holder's last follower)."""
+    first reload). Every later table is frozen when it arrives (`Settler`, the holder's last
+    follower)."""
     gc.collect()
     gc.freeze()
     holder.follow(Settler().table)
