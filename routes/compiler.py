@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import re
-from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import replace
 from operator import attrgetter
@@ -38,7 +37,7 @@ from routes.index import Index, IndexEditor, build_index
 from routes.index import precedence_key as precedence_key
 from routes.matcher import CompiledMatch, regex_literal_segments
 from routes.migration import CompiledMigration
-from routes.model import Document, FieldMatch, Match, Rewrite, Route
+from routes.model import KEEP, Document, FieldMatch, Match, Rewrite, Route, edit_by_name
 from routes.regex import Regex, RegexError
 from routes.registry import Registration, compiled_services
 from routes.revocations import Revocations
@@ -49,7 +48,6 @@ from routes.table import CompiledRoute, CompiledService, RouteTable
 log = logging.getLogger("peel.routes")
 
 _SPEC = attrgetter("spec")
-_NAME = attrgetter("name")
 # Routes compiled between two steps of `compile_steps` (a few milliseconds here)
 COMPILED_PER_STEP = 100
 
@@ -108,7 +106,9 @@ def compile_steps(document: Document, version: int, registered: Sequence[Registr
         yield
         removed = [before[gone] for gone in before.keys() - set(map(id, routes))]
         yield
-    return _table(document, version, routes, services, tuple(registered), previous, removed, added)
+    index, named = _index(routes, previous, removed, added)
+    yield
+    return _table(document, version, routes, services, tuple(registered), index, named)
 
 
 def _derives(added: list[CompiledRoute], routes: list[CompiledRoute]) -> bool:
@@ -116,19 +116,23 @@ def _derives(added: list[CompiledRoute], routes: list[CompiledRoute]) -> bool:
     return len(added) <= max(16, len(routes) // 8)
 
 
-def _table(document: Document, version: int, routes: list[CompiledRoute],
-           services: dict[str, CompiledService], registered: tuple[Registration, ...],
-           previous: RouteTable | None, removed: list[CompiledRoute] | None,
-           added: list[CompiledRoute]) -> RouteTable:
-    """The table of `routes`: its index derived from `previous` less `removed` plus `added` (None:
-    built whole)."""
+def _index(routes: list[CompiledRoute], previous: RouteTable | None,
+           removed: list[CompiledRoute] | None,
+           added: list[CompiledRoute]) -> tuple[Index, dict[str, CompiledRoute] | None]:
+    """The index of `routes` and their dict by name: derived from `previous` less `removed` plus
+    `added` (`removed` None: the index built whole, the dict left to the table)."""
     index: Index | None = None
     named = None
     if previous is not None and removed is not None:
         index = IndexEditor.derive(previous, removed, added)
         named = previous.named_after(removed, added)
-    if index is None:
-        index = build_index(routes)
+    return (index if index is not None else build_index(routes)), named
+
+
+def _table(document: Document, version: int, routes: list[CompiledRoute],
+           services: dict[str, CompiledService], registered: tuple[Registration, ...], index: Index,
+           named: dict[str, CompiledRoute] | None) -> RouteTable:
+    """The table of `routes` with this index."""
     exact, wildcard, hostless = index
     return RouteTable(version, tuple(routes), services, exact, wildcard, hostless,
                       revocations=Revocations(document.revocations),
@@ -147,33 +151,26 @@ def compile_delta(previous: RouteTable, document: Document, version: int) -> Rou
     delta = document.delta
     assert delta is not None and not delta.services
     services = dict(previous.services)
-    held = previous.routes
-    routes = list(held)
+    routes = list(previous.routes)
     removed: list[CompiledRoute] = []
     added: list[CompiledRoute] = []
-    # from the last name to the first, as `Document.replace_items` edits the specs
-    for name in sorted(delta.routes, reverse=True):
-        at = bisect_left(held, name, key=_NAME)
-        old = held[at] if at < len(held) and held[at].name == name else None
+
+    def compiled(name: str, old: CompiledRoute | None) -> CompiledRoute | None:
         spec = document.route(name)
-        if old is not None and old.spec is spec:
-            continue
         if old is not None:
+            if old.spec is spec:
+                return KEEP  # type: ignore[no-any-return]
             removed.append(old)
         if spec is None:
-            if old is not None:
-                del routes[at]
-            continue
-        compiled = _compile(spec, services)
-        added.append(compiled)
-        if old is not None:
-            routes[at] = compiled
-        else:
-            routes.insert(at, compiled)
+            return None
+        added.append(new := _compile(spec, services))
+        return new
+
+    edit_by_name(previous.routes, delta.routes, routes, compiled)
     if len(routes) != len(document.routes):
         raise AssertionError("a delta that does not match its base's table")  # pragma: no cover
-    return _table(document, version, routes, services, previous.registered, previous,
-                  removed if _derives(added, routes) else None, added)
+    index, named = _index(routes, previous, removed if _derives(added, routes) else None, added)
+    return _table(document, version, routes, services, previous.registered, index, named)
 
 
 def _compile(spec: Route, services: dict[str, CompiledService]) -> CompiledRoute:

@@ -22,14 +22,13 @@ whole with `json.loads`, through a `ParseMemo` that still keeps unchanged items 
 from __future__ import annotations
 
 import json
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from itertools import compress
 from operator import attrgetter, itemgetter, not_
 from typing import Any, NamedTuple, TypeVar, cast
 
 from routes.errors import RuleError, StoreError
-from routes.model import Delta, Document, ParseMemo, Route, Service
+from routes.model import KEEP, Delta, Document, ParseMemo, Route, Service, edit_by_name
 from routes.revocations import Mesh, parse_revocations
 from routes.steps import Steps, missing, run
 
@@ -68,30 +67,23 @@ class _Lines:
         """The lines of `document`'s routes, these being the lines of `base`'s (its delta's base):
         copies of this one's with the routes the delta names replaced in place (no pass over every
         route in bytecode)."""
-        held = base.routes
         lines = list(self.lines)
         by_id = dict(self.by_id)
         by_line = dict(self.by_line)
-        # from the last name to the first, as `Document.replace_items` edits the routes
-        for name in sorted(delta.routes, reverse=True):
-            at = bisect_left(held, name, key=_NAME)
-            old = held[at] if at < len(held) and held[at].name == name else None
+
+        def line(name: str, old: Route | None) -> str | None:
             new = document.route(name)
             if old is new:
-                continue
+                return KEEP  # type: ignore[no-any-return]
             if old is not None:
                 del by_line[by_id.pop(id(old))]
             if new is None:
-                if old is not None:
-                    del lines[at]
-                continue
-            line = _dumps(new.to_dict())
-            by_id[id(new)] = line
-            by_line[line] = new
-            if old is not None:
-                lines[at] = line
-            else:
-                lines.insert(at, line)
+                return None
+            by_id[id(new)] = text = _dumps(new.to_dict())
+            by_line[text] = new
+            return text
+
+        edit_by_name(base.routes, delta.routes, lines, line)
         return _Lines(document.routes, by_line, by_id, lines, document)
 
     def read(self, items: list[Any], lines: list[str], fresh_at: list[int], base: Document,

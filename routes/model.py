@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -529,19 +529,7 @@ class Document:
                                       revocations=revocations, mesh=mesh, base=self, stored=stored)
             return _with_delta(document, delta)
         items = list(self.routes)
-        # from the last name to the first: an insertion or removal at one place leaves the places
-        # of the names before it as they were
-        for name in sorted(delta.routes, reverse=True):
-            at = bisect_left(self.routes, name, key=_NAME)
-            held = at < len(self.routes) and self.routes[at].name == name
-            route = put_routes.get(name)
-            if route is None:
-                if held:
-                    del items[at]
-            elif held:
-                items[at] = route
-            else:
-                items.insert(at, route)
+        edit_by_name(self.routes, delta.routes, items, lambda name, _old: put_routes.get(name))
         checked = index.changed(list(put_routes.values()), gone_routes, stored=stored)
         return Document(self.services, tuple(items), canonical(revocations), _kept(mesh), checked, delta)
 
@@ -633,6 +621,34 @@ class Delta:
         return f"Delta(routes={sorted(self.routes)}, services={sorted(self.services)})"
 
 
+KEEP: Any = object()  # what `edit_by_name`'s `value` returns to leave an item as it is
+
+
+def edit_by_name(held: Sequence[Any], names: Iterable[str], out: list[Any],
+                 value: Callable[[str, Any], Any]) -> None:
+    """Edit `out`, a list aligned with `held` (items sorted by name), at the places of `names`,
+    found by bisection (a one-route change to 10,000 routes: a few comparisons, not a pass).
+
+    `value(name, old)`, `old` the item of `held` of that name or None, gives what goes in its place
+    in `out`: `KEEP` leaves it; None removes it (or adds nothing); anything else replaces it or is
+    inserted in order. The names are taken from the last to the first, so that an insertion or a
+    removal leaves the places of those before it as they were.
+    """
+    for name in sorted(names, reverse=True):
+        at = bisect_left(held, name, key=_NAME)
+        old = held[at] if at < len(held) and held[at].name == name else None
+        item = value(name, old)
+        if item is KEEP:
+            continue
+        if old is not None:
+            if item is None:
+                del out[at]
+            else:
+                out[at] = item
+        elif item is not None:
+            out.insert(at, item)
+
+
 def _kept(mesh: Mesh | None) -> Mesh | None:
     """What a document keeps of a mesh: nothing when it switches nothing."""
     return mesh if mesh is not None and mesh.inbound_mtls is not None else None
@@ -690,24 +706,14 @@ class RouteIndex:
         names = {r.name for r in routes}
         if len(names) != len(routes):
             return None  # a duplicate name: the whole check names it
-        by_name = dict(known)
-        by_match = dict(self.by_match)
-        refused = self.refused
-        for name in known.keys() - names:
-            refused -= self._drop(by_name.pop(name), by_match)
-        for r in fresh:
-            old = by_name.pop(r.name, None)
-            if old is not None:
-                refused -= self._drop(old, by_match)
-        for r in fresh:
-            _check_route(r, by_name, services, by_match, stored)
-            refused += bool(r.refused_regex)
-            by_name[r.name] = r
-        return RouteIndex(services, by_name, by_match, refused)
+        return self.changed(fresh, known.keys() - names, stored=stored, services=services)
 
-    def changed(self, put: list[Route], removed: set[str], *, stored: bool) -> RouteIndex:
+    def changed(self, put: list[Route], removed: Iterable[str], *, stored: bool,
+                services: dict[str, Service] | None = None) -> RouteIndex:
         """The index after the routes of `put` replaced or joined this one's and the routes named
-        in `removed` left, checking only those of `put` (the services are this index's)."""
+        in `removed` left, checking only those of `put` against `services` (by default this
+        index's)."""
+        services = self.services if services is None else services
         by_name = dict(self.routes)
         by_match = dict(self.by_match)
         refused = self.refused
@@ -720,10 +726,10 @@ class RouteIndex:
             if old is not None:
                 refused -= self._drop(old, by_match)
         for r in put:
-            _check_route(r, by_name, self.services, by_match, stored)
+            _check_route(r, by_name, services, by_match, stored)
             refused += bool(r.refused_regex)
             by_name[r.name] = r
-        return RouteIndex(self.services, by_name, by_match, refused)
+        return RouteIndex(services, by_name, by_match, refused)
 
     @staticmethod
     def _drop(route: Route, by_match: dict[tuple[object, ...], str]) -> bool:
