@@ -280,17 +280,24 @@ def _edited(base: Document, routes: list[Route], fresh: list[Route],
             head: tuple[Mesh | None, tuple[Any, ...]], stored: bool) -> Document | None:
     """The document of `routes` as an edit of `base` (the same services), whose routes are the
     known ones of `routes`: `fresh` (the others) put, and the routes of `base` that no line holds
-    any more removed; None when the text is not such an edit (the caller builds it whole, which
-    names what is wrong)."""
+    any more removed; None when the text is not such an edit, a name or a line on two lines (the
+    caller builds it whole, which names what is wrong)."""
+    held = set(map(id, routes))  # (in C)
+    if len(held) != len(routes):
+        return None  # a line twice
+    replaced = 0
+    for route in fresh:
+        old = base.route(route.name)
+        if old is not None:
+            if id(old) in held:
+                return None  # a name on two lines, one as before and one new
+            replaced += 1
     gone: set[str] = set()
-    absent = len(base.routes) - (len(routes) - len(fresh))  # routes of `base` no line holds
-    if absent != sum(base.route(r.name) is not None for r in fresh):
-        # not all of them replaced by a new line: some were removed (found by identity, in C)
-        held = set(map(id, routes))
+    if len(base.routes) - (len(routes) - len(fresh)) != replaced:
+        # more routes of `base` are on no line than new lines replace: removed (by identity, in C)
         gone = set(map(_NAME, compress(base.routes, map(not_, map(held.__contains__, map(id, base.routes))))))
         gone.difference_update(map(_NAME, fresh))
     document = base.replace_items(routes=fresh, delete_routes=gone, head=head, stored=stored)
-    # a name held by two lines (one as before, one new) is one route here: the whole build refuses it
     return document if len(document.routes) == len(routes) else None
 
 

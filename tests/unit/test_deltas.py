@@ -228,18 +228,29 @@ def test_a_patch_with_a_new_head_keeps_its_delta_and_changes_the_mesh() -> None:
     assert codec.encode(edited) == DocumentCodec().encode(plain(edited))
 
 
-def test_a_text_with_a_name_on_two_lines_is_refused_as_before() -> None:
+R01 = '{"match":{"path_prefix":"/r1"},"name":"r01","service":"legacy"}'
+R02 = '{"match":{"path_prefix":"/r2"},"name":"r02","service":"legacy"}'
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param(lambda t: t.replace(R01, R01 + ',\n{"match":{"path_prefix":"/one"},"name":"r01",'
+                                     '"service":"legacy"}'), id="a name on two lines"),
+    pytest.param(lambda t: t.replace(R01, R01 + ",\n" + R01), id="a line twice"),
+    # r01 as before and again with another prefix, r02 gone: as many routes as before
+    pytest.param(lambda t: t.replace(R02, '{"match":{"path_prefix":"/one"},"name":"r01",'
+                                     '"service":"legacy"}'), id="a name twice, another gone"),
+])
+def test_a_text_that_repeats_a_route_is_refused_as_the_whole_build_refuses_it(edit: Any) -> None:
     codec = DocumentCodec()
     text = codec.encode(Document.parse(base_data(3)))
-    twice = text.replace('{"match":{"path_prefix":"/r1"},"name":"r01","service":"legacy"}',
-                         '{"match":{"path_prefix":"/r1"},"name":"r01","service":"legacy"},\n'
-                         '{"match":{"path_prefix":"/one"},"name":"r01","service":"legacy"}')
-    assert twice != text
-    with pytest.raises(RuleError) as refused:
-        codec.decode(twice, stored=False)
-    assert refused.value.field == "routes[r01].name"
-    with pytest.raises(RuleError):
-        DocumentCodec().decode(twice, stored=False)
+    reader = DocumentCodec()
+    reader.decode(text, stored=False)  # a worker that read the version before
+    broken = edit(text)
+    assert broken != text
+    for fresh_reader in (reader, codec, DocumentCodec()):
+        with pytest.raises(RuleError) as refused:
+            fresh_reader.decode(broken, stored=False)
+        assert refused.value.field == "routes[r01].name"
 
 
 def test_the_same_document_encoded_again_is_the_same_text_at_no_cost() -> None:
