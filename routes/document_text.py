@@ -22,7 +22,7 @@ whole with `json.loads`, through a `ParseMemo` that still keeps unchanged items 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
 from operator import attrgetter, itemgetter, not_
 from typing import Any, NamedTuple, TypeVar, cast
@@ -65,41 +65,44 @@ class _Lines:
 
     def changed(self, document: Document, base: Document, delta: Delta) -> _Lines:
         """The lines of `document`'s routes, these being the lines of `base`'s (its delta's base):
-        copies of this one's with the routes the delta names replaced in place (no pass over every
-        route in bytecode)."""
+        this one's with the routes the delta names replaced in place (no pass over every route in
+        bytecode)."""
         lines = list(self.lines)
-        by_id = dict(self.by_id)
-        by_line = dict(self.by_line)
+        gone: list[Route] = []
+        new: list[tuple[Route, str]] = []
 
         def line(name: str, old: Route | None) -> str | None:
-            new = document.route(name)
-            if old is new:
+            item = document.route(name)
+            if old is item:
                 return KEEP  # type: ignore[no-any-return]
             if old is not None:
-                del by_line[by_id.pop(id(old))]
-            if new is None:
+                gone.append(old)
+            if item is None:
                 return None
-            by_id[id(new)] = text = _dumps(new.to_dict())
-            by_line[text] = new
+            text = _dumps(item.to_dict())
+            new.append((item, text))
             return text
 
         edit_by_name(base.routes, delta.routes, lines, line)
-        return _Lines(document.routes, by_line, by_id, lines, document)
+        return self._after(document.routes, lines, document, gone, new)
 
     def read(self, items: list[Any], lines: list[str], fresh_at: list[int], base: Document,
              names: frozenset[str], owner: Document) -> _Lines:
         """The lines of the next version read back as an edit of `base` (these being `base`'s
-        routes' lines): `items` and `lines` as read, the maps copies of this one's without the
-        routes of `base` the edit names and with the lines parsed (at `fresh_at`)."""
+        routes' lines): `items` and `lines` as read, less the routes of `base` the edit names, plus
+        the lines parsed (at `fresh_at`)."""
+        gone = [old for old in map(base.route, names) if old is not None]
+        return self._after(items, lines, owner, gone, ((items[i], lines[i]) for i in fresh_at))
+
+    def _after(self, items: Sequence[Any], lines: list[str], owner: Document, gone: Iterable[Any],
+               new: Iterable[tuple[Any, str]]) -> _Lines:
+        """The lines of `items`: this one's maps copied (two copies in C), without the lines of the
+        items `gone` and with the `new` items' lines."""
         by_id = dict(self.by_id)
         by_line = dict(self.by_line)
-        for old in map(base.route, names):
-            if old is not None:
-                line = by_id.pop(id(old), None)
-                if line is not None:
-                    del by_line[line]
-        for i in fresh_at:
-            item, line = items[i], lines[i]
+        for old in gone:
+            del by_line[by_id.pop(id(old))]
+        for item, line in new:
             by_id[id(item)] = line
             by_line[line] = item
         return _Lines(items, by_line, by_id, lines, owner)
