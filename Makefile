@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench soak clean
+.PHONY: demo test lint typecheck check bench soak clean native
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -15,10 +15,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The request path compiled to C by mypyc (gateway/core/native.py): a minute or two the first time
+# and after a change to one of its modules, nothing when up to date; where no C compiler or Python
+# headers are found it says so and Peel runs as pure Python.
+native: $(STAMP)
+	@$(BIN)/peel native build
+
 demo: $(STAMP)
 	$(BIN)/peel demo
 
-test: $(STAMP)
+test: native
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 lint: $(STAMP)
@@ -30,10 +36,10 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-bench: $(STAMP)
+bench: native
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-soak: $(STAMP)
+soak: native
 	$(BIN)/python bench/soak.py
 
 clean:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from gateway.cli import ca, config, doctor, graph, join, local, migrate, mtls, rules, shadow
+from gateway.cli import ca, config, doctor, graph, join, local, migrate, mtls, native, rules, shadow
 from gateway.cli.args import Commands, global_options
 
 COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
@@ -23,6 +23,7 @@ COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     mtls.register,     # mtls readiness
     graph.register,    # graph (the dependency graph)
     doctor.register,   # doctor proxy-env (local: measures this machine's HTTP clients)
+    native.register,   # native build, status (local: the data path compiled by mypyc)
 )
 
 

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, cast
 from urllib.parse import unquote
 
 import httptools
+from mypy_extensions import mypyc_attr
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
@@ -127,6 +128,7 @@ _HOLD_BELOW = 16 * 1024
 _JOIN_BELOW = 64 * 1024
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # `configured()` subclasses it per listener
 class PeelHttpProtocol(asyncio.Protocol):
     """The HTTP/1.1 protocol Peel's listeners run (pass `configured(limits)` as uvicorn's `http`).
 
@@ -162,7 +164,8 @@ class PeelHttpProtocol(asyncio.Protocol):
         self.loop = _loop or asyncio.get_event_loop()
         self.ws_protocol_class = config.ws_protocol_class
         self.app_state = app_state
-        self.timeout_keep_alive = config.timeout_keep_alive
+        # a float where Peel sets it (uvicorn's annotation says int; compiled code checks)
+        self.timeout_keep_alive: float = cast(Any, config).timeout_keep_alive
         self.server_state = server_state
         self.connections = server_state.connections
         self.tasks = server_state.tasks
@@ -354,7 +357,8 @@ class PeelHttpProtocol(asyncio.Protocol):
             raw_path, query = target, b""  # the common origin-form target: nothing to split
         else:
             try:
-                parsed = httptools.parse_url(target)
+                # Any: httptools's stubs say bytes, but a part the URL lacks is None
+                parsed: Any = httptools.parse_url(target)
             except httptools.HttpParserInvalidURLError:
                 raw_path, query = b"/", b""  # `*` (OPTIONS): nothing routes it; the app answers
             else:

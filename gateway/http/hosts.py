@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Any
 
 import httptools
 
@@ -87,7 +88,8 @@ def absolute_target(target: bytes) -> tuple[str, bytes] | None:
     if not (target[:7].lower() == b"http://" or target[:8].lower() == b"https://"):
         return None
     try:
-        url = httptools.parse_url(target)
+        # Any: httptools's stubs say bytes, but a part the URL lacks is None (compiled code checks)
+        url: Any = httptools.parse_url(target)
     except httptools.HttpParserInvalidURLError:
         return None
     if not url.host:

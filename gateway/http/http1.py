@@ -197,11 +197,12 @@ class ResponseReader:
             if data:
                 self.reusable = False  # bytes after the response: the connection is out of step
             return b""
-        if self.head is None:
-            data = self._feed_head(data)
-            if self.head is None:
+        head = self.head
+        if head is None:
+            head, data = self._feed_head(data)
+            if head is None:
                 return b""
-        framing = self.head.framing
+        framing = head.framing
         if framing == LENGTH:
             if not data:
                 return b""
@@ -237,7 +238,8 @@ class ResponseReader:
         head = self.head
         self.reusable = head is not None and head.keep_alive and not surplus
 
-    def _feed_head(self, data: bytes) -> bytes:
+    def _feed_head(self, data: bytes) -> tuple[ResponseHead | None, bytes]:
+        """The head once complete (None before), and the bytes after it."""
         buf = self._buf + data if self._buf else data
         while True:
             end = buf.find(b"\r\n\r\n")
@@ -245,7 +247,7 @@ class ResponseReader:
                 if len(buf) > MAX_HEAD:
                     raise ProtocolError("the response head is too large")
                 self._buf = buf
-                return b""
+                return None, b""
             if end > MAX_HEAD:
                 raise ProtocolError("the response head is too large")
             head = parse_head(buf[:end], head_request=self._head_request, drop=self._drop)
@@ -264,7 +266,7 @@ class ResponseReader:
             # Extensions are ignored and trailers dropped (Peel forwards none), so they are held
             # only to the framing rules.
             self._chunked = ChunkedDecoder(_protocol_error, max_trailers=MAX_TRAILERS, strict=False)
-        return buf
+        return head, buf
 
     def _feed_chunked(self, data: bytes) -> bytes:
         decoder = self._chunked

@@ -48,6 +48,7 @@ from facade.counts import TrafficCounts
 from facade.flusher import CountsFlusher, instance_id
 from facade.shadow_counts import ShadowFlusher, ShadowStats
 from facade.window import GuardSamples, SamplesFlusher
+from gateway.core import native
 from gateway.core.errors import ConfigError
 from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, is_loopback, load_settings
 from gateway.dataplane.outbound import (
@@ -904,6 +905,18 @@ async def _notify_when_started(runtime: Runtime) -> None:
         runtime._tasks.append(asyncio.create_task(systemd.watchdog(period)))
 
 
+def log_native() -> None:
+    """Say whether the request path runs compiled (gateway.core.native); a build that is there but
+    cannot be used is a warning: the operator built it to be used."""
+    state = native.state()
+    if state.active:
+        log.info("data path compiled: %s", state.reason)
+    elif state.manifest is not None:
+        log.warning("data path as pure Python: %s (`peel native build`)", state.reason)
+    else:
+        log.info("data path as pure Python: %s", state.reason)
+
+
 def _run(main: Coroutine[Any, Any, int]) -> int:
     import uvloop
 
@@ -916,6 +929,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     # SIGHUP's default action ends the process; until the loop handles it, a reload is ignored.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(settings.server.log_level)
+    log_native()
     tls = load_tls(settings)
     identity = load_identity(settings)
     if settings.server.source == "control" and settings.server.role != "sidecar":

@@ -70,7 +70,7 @@ class AccessLog:
         self._stop = threading.Event()
         self._file: IO[bytes] | None = None
         self._owns_file = False
-        self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
         self._second = -1
         self._second_text = ""
         self._torn = False  # a failed write may have left half a line: start the next on a new one
@@ -85,8 +85,8 @@ class AccessLog:
                 # behind in a buffer that a later flush would write out of order.
                 self._file = open_private(target)
                 self._owns_file = True
-            self._thread = threading.Thread(target=self._run, name="peel-access-log", daemon=True)
-            self._thread.start()
+            self._writer = threading.Thread(target=self._run, name="peel-access-log", daemon=True)
+            self._writer.start()
 
     @property
     def dropped(self) -> int:
@@ -117,10 +117,10 @@ class AccessLog:
 
     def close(self) -> None:
         """Write everything queued, flush, and stop the writer thread."""
-        if self._thread is not None:
+        if self._writer is not None:
             self._stop.set()
-            self._thread.join()
-            self._thread = None
+            self._writer.join()
+            self._writer = None
         if self._file is not None:
             self._write_queued()
             if self._owns_file:

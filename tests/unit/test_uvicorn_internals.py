@@ -67,7 +67,14 @@ def test_uvicorns_server_builds_protocols_as_peels_takes_them() -> None:
           and "config=config" in source(uvicorn.Server.startup),
           "Server.startup builds config.http_protocol_class(config=, server_state=, app_state=)",
           f"{PROTOCOL} and {DRAIN}")
-    assert params(PeelHttpProtocol.__init__) == ["config", "server_state", "app_state", "_loop"]
+    # by keyword, as uvicorn does (a compiled class's signature cannot be read: it is built instead)
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = PeelHttpProtocol(config=loaded_config(), server_state=ServerState(), app_state={},
+                                    _loop=loop)
+    finally:
+        loop.close()
+    assert protocol.app_state == {}
     needs(params(WebSocketsSansIOProtocol.__init__)[:3] == ["config", "server_state", "app_state"],
           "WebSocketsSansIOProtocol(config=, server_state=, app_state=)", f"{PROTOCOL} (_upgrade)")
 

@@ -1,0 +1,145 @@
+"""`peel native build` and `peel native status`: the data path compiled to C by mypyc.
+
+`build` compiles `gateway.core.native.NATIVE_MODULES` with mypyc (part of the mypy distribution)
+and a C compiler into `<venv>/lib/peel-native/`, in a temporary directory first, then swapped in
+whole, the manifest last: a process starting meanwhile sees the old build or the new one, never half
+of one. Needs mypy (the `dev` extra, or `pip install mypy`), a C compiler and Python's headers; where
+one is missing it says which and exits 0 (Peel then runs as pure Python) unless `--require` asks
+for exit 1. Exit 1 when the compiler fails.
+
+`status` prints whether this Python would run the build, and why not (a source edited since the
+build, no build, `PEEL_NATIVE=off`); `--json` for scripts. Exit 0 either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from gateway.cli.args import Commands, actions, add_command
+from gateway.cli.output import print_json
+from gateway.core import native
+
+
+def missing_tools() -> str | None:
+    """What this machine lacks to build, in one line, or None."""
+    try:
+        import mypyc  # noqa: F401
+    except ImportError:
+        return "mypyc is not installed (it comes with mypy: pip install mypy)"
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler}; on Debian: apt-get install gcc)"
+    include = Path(sysconfig.get_paths()["include"])
+    if not (include / "Python.h").exists():
+        return f"Python's headers are not in {include} (on Debian: apt-get install python3-dev)"
+    return None
+
+
+def build(target: Path, jobs: int, quiet: bool = True) -> native.Manifest:
+    """Compile the modules into `target` (replaced whole); the manifest of what was compiled."""
+    from mypyc.build import mypycify  # heavy, and only needed here
+    from setuptools import Distribution
+
+    root = native.SOURCE_ROOT
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="peel-native-", dir=target.parent))
+    try:
+        hashes = {name: native.source_hash(native.source_path(name)) for name in native.NATIVE_MODULES}
+        paths = [str(native.source_path(name).relative_to(root)) for name in native.NATIVE_MODULES]
+        output = work / "lib"
+        cwd = os.getcwd()
+        os.chdir(root)  # mypy reads pyproject.toml's [tool.mypy] and finds the packages from here
+        try:
+            extensions = mypycify(paths, opt_level="3", target_dir=str(work / "c"), verbose=not quiet)
+            # A Distribution of our own: setuptools' setup() would read pyproject.toml as a project
+            distribution = Distribution({"name": "peel-native", "ext_modules": extensions})
+            command = distribution.get_command_obj("build_ext")
+            command.build_lib = str(output)
+            command.build_temp = str(work / "tmp")
+            command.parallel = jobs
+            command.ensure_finalized()
+            command.run()
+        finally:
+            os.chdir(cwd)
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        files = {name: str(Path(*name.split(".")).with_suffix("")) + suffix for name in native.NATIVE_MODULES}
+        shared = [p for p in output.glob(f"*__mypyc{suffix}")]
+        if len(shared) != 1 or not all((output / f).exists() for f in files.values()):
+            raise RuntimeError(f"mypyc did not produce the expected files in {output}")
+        import mypy.version
+
+        manifest = native.Manifest(
+            modules={name: (hashes[name], files[name]) for name in native.NATIVE_MODULES},
+            shared=(shared[0].name.removesuffix(suffix), shared[0].name),
+            python=sys.implementation.cache_tag, compiler=f"mypyc {mypy.version.__version__}",
+            built=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        # the sources must not have changed while they compiled
+        for name, (digest, _) in manifest.modules.items():
+            if native.source_hash(native.source_path(name)) != digest:
+                raise RuntimeError(f"{native.source_path(name)} changed during the build")
+        (output / native.MANIFEST).write_text(manifest.to_json() + "\n", "utf-8")
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        output.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+        return manifest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    target = native.native_dir()
+    missing = missing_tools()
+    if missing is not None:
+        print(f"peel native build: not built: {missing}; Peel runs as pure Python", file=sys.stderr)
+        return 1 if args.require else 0
+    state, _ = native.check(target)
+    if state.active and not args.force:
+        print(f"peel native build: up to date in {target}: {state.reason}")
+        return 0
+    print(f"peel native build: compiling {len(native.NATIVE_MODULES)} modules into {target} "
+          f"(a minute or two)", flush=True)
+    try:
+        manifest = build(target, args.jobs, quiet=not args.verbose)
+    except Exception as exc:  # the compiler's own output is above
+        print(f"peel native build: failed: {exc}; Peel runs as pure Python", file=sys.stderr)
+        return 1
+    print(f"peel native build: built {len(manifest.modules)} modules with {manifest.compiler}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state, _ = native.check()
+    running = native.state()
+    answer = {"usable": state.active, "reason": state.reason, "directory": str(native.native_dir()),
+              "modules": list(native.NATIVE_MODULES),
+              "this_process": running.active}
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"native: {'usable' if state.active else 'not used'}: {state.reason}")
+    return 0
+
+
+def register(commands: Commands) -> None:
+    """native build, native status."""
+    group = actions(add_command(commands, "native", None,
+                                "the data path compiled to C (mypyc): build, status"))
+    p = add_command(group, "build", cmd_build, "compile the request path's modules into this "
+                    "virtualenv (used when every source matches the build)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="C compilations at once (default: the number of cores)")
+    p.add_argument("--force", action="store_true", help="build even when the build is up to date")
+    p.add_argument("--require", action="store_true",
+                   help="exit 1 when this machine cannot build (default: say why and exit 0)")
+    p.add_argument("--verbose", action="store_true", help="show mypyc's own output")
+    add_command(group, "status", cmd_status, "whether the compiled data path is used, and why not")
