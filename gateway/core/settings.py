@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.core.errors import ConfigError
+from gateway.core.native import ENV as NATIVE_ENV
 from routes.grammar import TOKEN_RE
 
-# Environment variables that steer the CLI, not settings keys.
-NOT_SETTINGS = frozenset({"PEEL_CONFIG", "PEEL_ADMIN_URL", "PEEL_ADMIN_TOKEN", "PEEL_ADMIN_CA"})
+# Environment variables that steer the CLI (and PEEL_NATIVE, the compiled request path), not settings.
+NOT_SETTINGS = frozenset({"PEEL_CONFIG", "PEEL_ADMIN_URL", "PEEL_ADMIN_TOKEN", "PEEL_ADMIN_CA", NATIVE_ENV})
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 TLS_VERSIONS = ("1.2", "1.3")
 

@@ -36,7 +36,8 @@ trusted_proxies = ["10.0.0.0/8"]
 connect_timeout = 2
 """)
     s = load_settings(path, {"PEEL_LISTENERS_PUBLIC_BIND": "127.0.0.1:8000",
-                             "PEEL_SERVER_WORKERS": "4", "PEEL_ADMIN_TOKEN": "not a setting"})
+                             "PEEL_SERVER_WORKERS": "4", "PEEL_ADMIN_TOKEN": "not a setting",
+                             "PEEL_NATIVE": "off"})
     assert s.database.url == "sqlite:////var/lib/peel/peel.db"
     assert s.listeners.public.bind == "127.0.0.1:8000"
     assert s.listeners.admin.bind == "127.0.0.1:9901"  # the untouched sibling keeps its default
