@@ -44,7 +44,8 @@ def missing_tools() -> str | None:
 
 def build(target: Path, jobs: int, quiet: bool = True) -> native.Manifest:
     """Compile the modules into `target` (replaced whole); the manifest of what was compiled."""
-    from mypyc.build import mypycify  # heavy, and only needed here
+    import mypy.version  # heavy, and only needed here
+    from mypyc.build import mypycify
     from setuptools import Distribution
 
     root = native.SOURCE_ROOT
@@ -70,11 +71,9 @@ def build(target: Path, jobs: int, quiet: bool = True) -> native.Manifest:
             os.chdir(cwd)
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
         files = {name: str(Path(*name.split(".")).with_suffix("")) + suffix for name in native.NATIVE_MODULES}
-        shared = [p for p in output.glob(f"*__mypyc{suffix}")]
+        shared = list(output.glob(f"*__mypyc{suffix}"))
         if len(shared) != 1 or not all((output / f).exists() for f in files.values()):
             raise RuntimeError(f"mypyc did not produce the expected files in {output}")
-        import mypy.version
-
         manifest = native.Manifest(
             modules={name: (hashes[name], files[name]) for name in native.NATIVE_MODULES},
             shared=(shared[0].name.removesuffix(suffix), shared[0].name),
