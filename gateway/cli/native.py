@@ -52,7 +52,7 @@ def build(target: Path, jobs: int, quiet: bool = True) -> native.Manifest:
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="peel-native-", dir=target.parent))
     try:
-        hashes = {name: native.source_hash(native.source_path(name)) for name in native.NATIVE_MODULES}
+        hashes = native.source_hashes()
         paths = [str(native.source_path(name).relative_to(root)) for name in native.NATIVE_MODULES]
         output = work / "lib"
         cwd = os.getcwd()
@@ -80,9 +80,9 @@ def build(target: Path, jobs: int, quiet: bool = True) -> native.Manifest:
             python=sys.implementation.cache_tag, compiler=f"mypyc {mypy.version.__version__}",
             built=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         # the sources must not have changed while they compiled
-        for name, (digest, _) in manifest.modules.items():
-            if native.source_hash(native.source_path(name)) != digest:
-                raise RuntimeError(f"{native.source_path(name)} changed during the build")
+        changed = [name for name, digest in native.source_hashes().items() if hashes[name] != digest]
+        if changed:
+            raise RuntimeError(f"{native.source_path(changed[0])} changed during the build")
         (output / native.MANIFEST).write_text(manifest.to_json() + "\n", "utf-8")
         old = target.with_name(target.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -101,7 +101,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if missing is not None:
         print(f"peel native build: not built: {missing}; Peel runs as pure Python", file=sys.stderr)
         return 1 if args.require else 0
-    state, _ = native.check(target)
+    # up to date whatever PEEL_NATIVE says (it chooses what runs, not what is built)
+    state, _ = native.check(target, environ={})
     if state.active and not args.force:
         print(f"peel native build: up to date in {target}: {state.reason}")
         return 0
@@ -117,11 +118,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state, _ = native.check()
-    running = native.state()
+    state = native.state()  # this process's own check: the next process makes the same
     answer = {"usable": state.active, "reason": state.reason, "directory": str(native.native_dir()),
-              "modules": list(native.NATIVE_MODULES),
-              "this_process": running.active}
+              "modules": list(native.NATIVE_MODULES)}
     if args.json:
         print_json(answer)
     else:

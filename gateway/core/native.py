@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
 from pathlib import Path
@@ -82,6 +82,16 @@ def source_path(module: str, root: Path = SOURCE_ROOT) -> Path:
 
 def source_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def source_hashes(root: Path = SOURCE_ROOT) -> dict[str, str]:
+    """Each native module's source hash, as a build records it."""
+    return {name: source_hash(source_path(name, root)) for name in NATIVE_MODULES}
+
+
+def turned_off(environ: Mapping[str, str] = os.environ) -> bool:
+    """`PEEL_NATIVE` says to run the sources even where a build matches."""
+    return environ.get(ENV, "").strip().lower() in ("0", "off", "false", "no")
 
 
 @dataclass(frozen=True)
@@ -140,11 +150,10 @@ class NativeFinder:
 
 
 def check(directory: Path | None = None, root: Path = SOURCE_ROOT,
-          environ: dict[str, str] | os._Environ[str] = os.environ) -> tuple[NativeState, NativeFinder | None]:
+          environ: Mapping[str, str] = os.environ) -> tuple[NativeState, NativeFinder | None]:
     """Whether the build in `directory` may be used with the sources under `root`, and its finder."""
     directory = directory if directory is not None else native_dir()
-    setting = environ.get(ENV, "").strip().lower()
-    if setting in ("0", "off", "false", "no"):
+    if turned_off(environ):
         return NativeState(False, f"turned off by {ENV}={environ[ENV]}"), None
     manifest_path = directory / MANIFEST
     if not manifest_path.exists():
@@ -195,4 +204,4 @@ def is_compiled(module: ModuleType) -> bool:
 
 
 __all__ = ["ENV", "NATIVE_MODULES", "Manifest", "NativeFinder", "NativeState", "check", "install",
-           "is_compiled", "native_dir", "source_path", "state"]
+           "is_compiled", "native_dir", "source_hashes", "source_path", "state", "turned_off"]
