@@ -30,7 +30,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 from operator import attrgetter
-from typing import cast
+from typing import NamedTuple, cast
 
 from routes.errors import RuleError
 from routes.index import Index, IndexEditor, build_index
@@ -106,9 +106,9 @@ def compile_steps(document: Document, version: int, registered: Sequence[Registr
         yield
         removed = [before[gone] for gone in before.keys() - set(map(id, routes))]
         yield
-    index, named = _index(routes, previous, removed, added)
+    index, derived = _index(routes, previous, removed, added)
     yield
-    return _table(document, version, routes, services, tuple(registered), index, named)
+    return _table(document, version, routes, services, tuple(registered), index, derived)
 
 
 def _derives(added: list[CompiledRoute], routes: list[CompiledRoute]) -> bool:
@@ -116,31 +116,39 @@ def _derives(added: list[CompiledRoute], routes: list[CompiledRoute]) -> bool:
     return len(added) <= max(16, len(routes) // 8)
 
 
+class _Derived(NamedTuple):
+    """What a table derived from the previous one takes from it besides the index."""
+
+    named: dict[str, CompiledRoute]  # the routes by name (`RouteTable.named_after`)
+    beta: tuple[frozenset[bytes], frozenset[str]] | None  # `RouteTable.beta_after`
+
+
 def _index(routes: list[CompiledRoute], previous: RouteTable | None,
            removed: list[CompiledRoute] | None,
-           added: list[CompiledRoute]) -> tuple[Index, dict[str, CompiledRoute] | None]:
-    """The index of `routes` and their dict by name: derived from `previous` less `removed` plus
-    `added` (`removed` None: the index built whole, the dict left to the table)."""
+           added: list[CompiledRoute]) -> tuple[Index, _Derived | None]:
+    """The index of `routes`, and their dict by name and beta names: derived from `previous` less
+    `removed` plus `added` (`removed` None: the index built whole, the rest left to the table)."""
     index: Index | None = None
-    named = None
+    derived = None
     if previous is not None and removed is not None:
         index = IndexEditor.derive(previous, removed, added)
-        named = previous.named_after(removed, added)
-    return (index if index is not None else build_index(routes)), named
+        derived = _Derived(previous.named_after(removed, added), previous.beta_after(removed, added))
+    return (index if index is not None else build_index(routes)), derived
 
 
 def _table(document: Document, version: int, routes: list[CompiledRoute],
            services: dict[str, CompiledService], registered: tuple[Registration, ...], index: Index,
-           named: dict[str, CompiledRoute] | None) -> RouteTable:
+           derived: _Derived | None) -> RouteTable:
     """The table of `routes` with this index."""
     exact, wildcard, hostless = index
     return RouteTable(version, tuple(routes), services, exact, wildcard, hostless,
                       revocations=Revocations(document.revocations),
                       inbound_mtls=document.mesh.inbound_mtls if document.mesh is not None else None,
-                      registered=registered, named=named)
+                      registered=registered, named=derived.named if derived is not None else None,
+                      beta=derived.beta if derived is not None else None)
 
 
-def compile_delta(previous: RouteTable, document: Document, version: int) -> RouteTable:
+def compile_delta_steps(previous: RouteTable, document: Document, version: int) -> Steps[RouteTable]:
     """The table of `document` from `previous`, the table of its delta's base, compiling only the
     routes the delta names (the services must be the base's: a delta of routes alone).
 
@@ -169,8 +177,10 @@ def compile_delta(previous: RouteTable, document: Document, version: int) -> Rou
     edit_by_name(previous.routes, delta.routes, routes, compiled)
     if len(routes) != len(document.routes):
         raise AssertionError("a delta that does not match its base's table")  # pragma: no cover
-    index, named = _index(routes, previous, removed if _derives(added, routes) else None, added)
-    return _table(document, version, routes, services, previous.registered, index, named)
+    yield
+    index, derived = _index(routes, previous, removed if _derives(added, routes) else None, added)
+    yield
+    return _table(document, version, routes, services, previous.registered, index, derived)
 
 
 def _compile(spec: Route, services: dict[str, CompiledService]) -> CompiledRoute:
@@ -267,7 +277,7 @@ class IncrementalCompiler:
         elif last is not None and delta is not None and delta.base is last[1] and not delta.services \
                 and last[0].registered == tuple(registered):
             # an edit of the document compiled last (the admin API's check of a change)
-            table = compile_delta(last[0], document, version)
+            table = yield from compile_delta_steps(last[0], document, version)
         else:
             table = yield from compile_steps(document, version, registered,
                                              previous=last[0] if last is not None else None)

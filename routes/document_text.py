@@ -10,10 +10,14 @@
 It is one JSON object (the newlines are whitespace between values), keys sorted, no other
 whitespace, so equal documents give equal text, and any JSON reader reads it. The layout is what
 makes a change to a large table cost what changed: `DocumentCodec` keeps each item of the last
-document it wrote or read with its line, so encoding the next one joins the lines of the unchanged
-items, and decoding the next one splits the text on newlines and parses only the lines it has not
-seen (a dict lookup each, in C). Neither the 5 MB `json.dumps` nor the `json.loads` of a 10,000-route
-document runs on a one-route change; both held the GIL of a serving process for tens of milliseconds.
+document it wrote or read with its line, and the last text, so encoding the next one joins the lines
+of the unchanged items, and decoding the next one, when only route lines changed, compares the two
+texts from each end (`memcmp` in C) and parses only the lines between: what a serving process does
+for every change committed elsewhere. Any other text is cut into its lines and only the lines not
+seen before are parsed (a dict lookup each, in C). Neither the 5 MB `json.dumps` nor the
+`json.loads` of a 10,000-route document runs on a one-route change; both held the GIL of a serving
+process for tens of milliseconds, and the passes over every line that replaced them still held a
+serving process's event loop for 4-8 ms a change (bench/README.md, "A change to a large table").
 
 Text in any other layout (a version stored by an earlier Peel, a document written by hand) is read
 whole with `json.loads`, through a `ParseMemo` that still keeps unchanged items the same objects.
@@ -24,13 +28,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
-from operator import attrgetter, itemgetter, not_
+from operator import attrgetter, not_
 from typing import Any, NamedTuple, TypeVar, cast
 
 from routes.errors import RuleError, StoreError
 from routes.model import KEEP, Delta, Document, ParseMemo, Route, Service, edit_by_name
 from routes.revocations import Mesh, parse_revocations
-from routes.steps import Steps, missing, run
+from routes.steps import Steps, ids_steps, map_steps, missing, run, split_steps
 
 ROUTES_OPEN = '"routes":['
 SERVICES_LINE = '],"services":['
@@ -41,7 +45,8 @@ PARSED_PER_STEP = 100
 Item = TypeVar("Item", Route, Service)
 
 
-def _dumps(data: object) -> str:
+def item_line(data: object) -> str:
+    """The line of an item's data (its `to_dict()`) in the stored text."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -53,7 +58,7 @@ class _Lines:
     run ten times in one encode, each pass walking every young container (bench/README.md).
     """
 
-    __slots__ = ("by_id", "by_line", "items", "lines", "owner")
+    __slots__ = ("by_id", "by_line", "items", "lines", "owner", "text")
 
     def __init__(self, items: Sequence[Any], by_line: dict[str, Any], by_id: dict[int, str],
                  lines: list[str], owner: Document | None) -> None:
@@ -62,6 +67,8 @@ class _Lines:
         self.by_id = by_id
         self.lines = lines  # the line of each of `items`, in their order
         self.owner = owner  # the document whose routes or services `items` are
+        # the routes' memo: the whole text these lines are of (written or read), when known
+        self.text: str | None = None
 
     def changed(self, document: Document, base: Document, delta: Delta) -> _Lines:
         """The lines of `document`'s routes, these being the lines of `base`'s (its delta's base):
@@ -79,7 +86,7 @@ class _Lines:
                 gone.append(old)
             if item is None:
                 return None
-            text = _dumps(item.to_dict())
+            text = item_line(item.to_dict())
             new.append((item, text))
             return text
 
@@ -110,7 +117,10 @@ class _Lines:
 
 _NONE = _Lines((), {}, {}, [], None)
 _NAME = attrgetter("name")
-_CUT_COMMA = itemgetter(slice(None, -1))  # a line but its last character (in C, over every line)
+_BETWEEN = ",\n"  # between two items
+_BLOCK = 1 << 15  # characters compared at once when two texts are compared
+_SERVICES = f"\n{SERVICES_LINE}\n"
+_CLOSING = f"\n{CLOSE_LINE}"
 
 
 class DocumentCodec:
@@ -152,7 +162,7 @@ class DocumentCodec:
             head["mesh"] = document.mesh.to_dict()
         if document.revocations:
             head["revocations"] = [r.to_dict() for r in document.revocations]
-        opening = _dumps(head)[:-1] + ("," if head else "") + ROUTES_OPEN
+        opening = item_line(head)[:-1] + ("," if head else "") + ROUTES_OPEN
         parts = [opening]
         if route_lines:
             parts.append(",\n".join(route_lines))
@@ -160,12 +170,13 @@ class DocumentCodec:
         if service_lines:
             parts.append(",\n".join(service_lines))
         parts.append(CLOSE_LINE)
+        text = "\n".join(parts)
         if document is not self.document:  # the same one again (the snapshot of a commit): known
-            self._routes = changed if changed is not None else _lines(document.routes, route_lines,
-                                                                      document)
+            routes = changed if changed is not None else _lines(document.routes, route_lines, document)
+            routes.text = text
+            self._routes = routes
             self._services = _lines(document.services, service_lines, document)
             self.document = document
-        text = "\n".join(parts)
         self._encoded = (document, text)
         return text
 
@@ -174,8 +185,13 @@ class DocumentCodec:
         return run(self.decode_steps(text, stored=stored))
 
     def decode_steps(self, text: str, *, stored: bool = True) -> Steps[Document]:
-        """`decode` in steps of a few milliseconds on a 10,000-route document (`routes.steps`)."""
-        layout = text_lines(text)
+        """`decode` in steps of a few milliseconds on a 10,000-route document (`routes.steps`).
+        The next version of the last document, changed in its routes alone, costs what changed
+        (`_edit_steps`)."""
+        document = yield from self._edit_steps(text, stored)
+        if document is not None:
+            return document
+        layout = yield from text_lines_steps(text)
         if layout is None:
             document = Document.parse(json.loads(text), stored=stored, memo=self._memo)
             self.document = document
@@ -183,7 +199,6 @@ class DocumentCodec:
         head = layout.head_fields()
         route_lines, service_lines = layout.routes, layout.services
         old_routes, old_services = self._routes, self._services
-        yield
         routes: list[Route]
         services: list[Service]
         routes, fresh_at = yield from _decode(
@@ -199,7 +214,10 @@ class DocumentCodec:
                 and len(services) == len(base.services):
             # the next version of the document whose lines are known, with the same services: an
             # edit of it, by the routes that are new in the text
-            edited = _edited(base, routes, [routes[i] for i in fresh_at], (mesh, revocations), stored)
+            held = yield from ids_steps(routes)
+            yield
+            edited = _edited(base, routes, held, [routes[i] for i in fresh_at], (mesh, revocations),
+                             stored)
         document = edited if edited is not None else Document.build(
             services, routes, stored=stored, revocations=revocations, mesh=mesh, base=self.document)
         yield
@@ -208,15 +226,91 @@ class DocumentCodec:
         else:
             route_memo = _lines(routes, route_lines, document)
         yield
+        route_memo.text = text
         self._services = _lines(services, service_lines, document)
         self._routes = route_memo
         self.document = document
         return document
 
+    def _edit_steps(self, text: str, stored: bool) -> Steps[Document | None]:
+        """The document of `text` when it is the text of the last document with some route lines
+        changed, put or removed (what a one-route change stores): found by comparing the two texts
+        from each end (a `memcmp` in C: no line is cut, looked up or parsed but the changed ones),
+        and made by `Document.replace_items` of the last document, as an edit of it. None, having
+        changed nothing, for anything else (the head or the services changed, no known text, a
+        line that repeats another): `decode_steps` then reads the text whole."""
+        known, services = self._routes, self._services
+        old, base = known.text, known.owner
+        if old is None or base is None or base is not self.document or services.owner is not base:
+            return None
+        if text == old:  # a version that changed nothing: as an edit of nothing
+            document = base.replace_items(stored=stored)
+            routes = _Lines(known.items, known.by_line, known.by_id, known.lines, document)
+            routes.text = text
+            self._adopt(routes, services, document)
+            return document
+        head_end = old.find("\n")
+        services_at = old.find(_SERVICES, head_end)  # the newline before SERVICES_LINE
+        same = _common_prefix(text, old)
+        if head_end < 0 or services_at <= head_end or same <= head_end:
+            return None  # no route in the last text, or its head changed
+        tail = _common_suffix(text, old, min(len(text), len(old)) - same)
+        if len(old) - tail > services_at:
+            return None  # the services or the closing line changed
+        # the changed lines, whole: from the start of the first changed line to the newline that
+        # ends the last (its comma, if any, taken off)
+        start = old.rfind("\n", 0, same) + 1
+        old_end = old.find("\n", len(old) - tail)
+        new_end = text.find("\n", len(text) - tail)
+        first = old.count("\n", head_end + 1, start)
+        stop = first + old.count("\n", start, old_end) + 1
+        segment = text[start:new_end]
+        if not segment:
+            return None
+        yield
+        lines = segment[:-1].split(_BETWEEN) if segment.endswith(",") else segment.split(_BETWEEN)
+        replaced = known.items[first:stop]
+        among = set(map(id, replaced))
+        items: list[Any] = list(map(known.by_line.get, lines))
+        reused: set[int] = set()
+        fresh: list[tuple[Route, str]] = []
+        for i, (item, line) in enumerate(zip(items, lines, strict=True)):
+            if item is None:
+                items[i] = route = Route.parse(json.loads(line), f"routes[{first + i}]", stored=stored)
+                fresh.append((route, line))
+            elif id(item) not in among or id(item) in reused:
+                return None  # a line that another one repeats: the whole read names it
+            else:
+                reused.add(id(item))
+        gone = [old_item for old_item in replaced if id(old_item) not in reused]
+        put = [route for route, _ in fresh]
+        document = base.replace_items(routes=put, delete_routes={r.name for r in gone} -
+                                      {r.name for r in put}, stored=stored)
+        count = len(known.items) - len(replaced) + len(items)
+        if len(document.routes) != count:
+            return None  # a name on two lines: the whole read names it
+        yield
+        all_items = [*known.items[:first], *items, *known.items[stop:]]
+        all_lines = [*known.lines[:first], *lines, *known.lines[stop:]]
+        yield
+        routes = known._after(all_items, all_lines, document, gone, fresh)
+        routes.text = text
+        self._adopt(routes, services, document)
+        return document
+
+    def _adopt(self, routes: _Lines, services: _Lines, document: Document) -> None:
+        """Hold `routes`, and `services` (the last document's: they are unchanged), as the lines of
+        `document`, an edit of the last document. (The maps are shared: a `_Lines` is never changed
+        once made.)"""
+        self._services = _Lines(services.items, services.by_line, services.by_id, services.lines,
+                                document)
+        self._routes = routes
+        self.document = document
+
     def _encode(self, items: tuple[Item, ...], known: _Lines) -> list[str]:
         out: list[str | None] = list(map(known.by_id.get, map(id, items)))
         for i in missing(out):
-            out[i] = _dumps(items[i].to_dict())
+            out[i] = item_line(items[i].to_dict())
         return cast(list[str], out)
 
 
@@ -238,15 +332,25 @@ class TextLines(NamedTuple):
 
 def text_lines(text: str) -> TextLines | None:
     """The lines of `text`, or None when it is not in the line-per-item layout."""
-    lines = text.split("\n")
-    try:
-        split = lines.index(SERVICES_LINE)
-    except ValueError:
+    return run(text_lines_steps(text))
+
+
+def text_lines_steps(text: str) -> Steps[TextLines | None]:
+    """`text_lines` in steps (`routes.steps`). The items are cut on the comma and newline between
+    them: one pass in C that leaves no comma to take off each line."""
+    head_end = text.find("\n")
+    if head_end < 1 or not text.startswith("{") or not text.endswith(_CLOSING) \
+            or not text.endswith(ROUTES_OPEN, 0, head_end):
         return None
-    if split < 1 or lines[-1] != CLOSE_LINE or not lines[0].endswith(ROUTES_OPEN) \
-            or not lines[0].startswith("{"):
+    # the first line that is SERVICES_LINE, between the head and the closing line
+    close = len(text) - len(CLOSE_LINE)
+    at = text.find(_SERVICES, head_end, close)
+    if at < 0:
         return None
-    return TextLines(lines[0], _items(lines[1:split]), _items(lines[split + 1:-1]))
+    routes = (yield from split_steps(text, _BETWEEN, head_end + 1, at)) if at > head_end else []
+    start = at + len(_SERVICES)
+    services = (yield from split_steps(text, _BETWEEN, start, close - 1)) if start < close else []
+    return TextLines(text[:head_end], routes, services)
 
 
 def _lines(items: Sequence[Any], lines: list[str], owner: Document) -> _Lines:
@@ -255,13 +359,43 @@ def _lines(items: Sequence[Any], lines: list[str], owner: Document) -> _Lines:
                   dict(zip(map(id, items), lines, strict=True)), lines, owner)
 
 
-def _items(lines: list[str]) -> list[str]:
-    """The item lines without the comma that ends every one but the last."""
-    if not lines:
-        return lines
-    out = list(map(_CUT_COMMA, lines[:-1]))
-    out.append(lines[-1])
-    return out
+def _common_prefix(a: str, b: str) -> int:
+    """How many characters `a` and `b` share from their start (compared a block at a time, in C)."""
+    limit = min(len(a), len(b))
+    at = 0
+    while at < limit and a[at:at + _BLOCK] == b[at:at + _BLOCK]:
+        at += _BLOCK
+    if at >= limit:
+        return limit
+    low, high = at, min(at + _BLOCK, limit)  # the first difference is in [low, high)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if a[low:mid] == b[low:mid]:
+            low = mid
+        else:
+            high = mid
+    return low if a[low] != b[low] else high
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    """How many characters, at most `limit`, `a` and `b` share at their end."""
+    la, lb = len(a), len(b)
+    at = 0
+    while at < limit:
+        size = min(_BLOCK, limit - at)
+        if a[la - at - size:la - at] != b[lb - at - size:lb - at]:
+            break
+        at += size
+    else:
+        return limit
+    low, high = at, min(at + _BLOCK, limit)  # the first difference from the end is in [low, high)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if a[la - mid:la - low] == b[lb - mid:lb - low]:
+            low = mid
+        else:
+            high = mid
+    return low if a[la - low - 1] != b[lb - low - 1] else high
 
 
 def _decode(lines: list[str], known: _Lines,
@@ -269,7 +403,8 @@ def _decode(lines: list[str], known: _Lines,
     """The items of `lines`, and the places of those that were parsed: the known ones as they are,
     the others parsed (a step every `PARSED_PER_STEP` parsed, so a whole new document does not
     hold the loop in one piece)."""
-    out: list[Any] = list(map(known.by_line.get, lines))
+    out: list[Any] = yield from map_steps(known.by_line.get, lines)
+    yield
     fresh: list[int] = []
     for parsed, i in enumerate(missing(out), 1):
         out[i] = parse(json.loads(lines[i]), i)
@@ -279,13 +414,12 @@ def _decode(lines: list[str], known: _Lines,
     return out, fresh
 
 
-def _edited(base: Document, routes: list[Route], fresh: list[Route],
+def _edited(base: Document, routes: list[Route], held: set[int], fresh: list[Route],
             head: tuple[Mesh | None, tuple[Any, ...]], stored: bool) -> Document | None:
-    """The document of `routes` as an edit of `base` (the same services), whose routes are the
-    known ones of `routes`: `fresh` (the others) put, and the routes of `base` that no line holds
-    any more removed; None when the text is not such an edit, a name or a line on two lines (the
-    caller builds it whole, which names what is wrong)."""
-    held = set(map(id, routes))  # (in C)
+    """The document of `routes` (`held`: their ids) as an edit of `base` (the same services),
+    whose routes are the known ones of `routes`: `fresh` (the others) put, and the routes of `base`
+    that no line holds any more removed; None when the text is not such an edit, a name or a line
+    on two lines (the caller builds it whole, which names what is wrong)."""
     if len(held) != len(routes):
         return None  # a line twice
     replaced = 0

@@ -18,7 +18,8 @@ handful of candidates on it, not to the number of routes.
 from __future__ import annotations
 
 from collections.abc import Iterable, KeysView, Mapping
-from operator import attrgetter
+from functools import partial
+from operator import attrgetter, is_not
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,20 @@ Entry = tuple[PrecedenceKey, "CompiledRoute"]
 
 
 _NAME = attrgetter("name")
+_MIGRATION = attrgetter("migration")
+_IS_SOME = partial(is_not, None)
+_NO_BETA: tuple[frozenset[bytes], frozenset[str]] = (frozenset(), frozenset())
+
+
+def _beta_names(routes: Iterable[CompiledRoute]) -> tuple[frozenset[bytes], frozenset[str]]:
+    """The beta headers (lower-case) and cookies that the migrations of `routes` name (the
+    migrations picked out in C: most routes have none)."""
+    sources = [m.beta_source for m in filter(_IS_SOME, map(_MIGRATION, routes))
+               if m.beta_source is not None]
+    if not sources:
+        return _NO_BETA
+    return (frozenset(n for _, n in sources if isinstance(n, bytes)),
+            frozenset(n for _, n in sources if isinstance(n, str)))
 
 
 class _Frozen:
@@ -264,18 +279,19 @@ class RouteTable(_Frozen):
                  wildcard: dict[str, TrieNode], hostless: TrieNode, *,
                  revocations: Revocations = NO_REVOCATIONS, inbound_mtls: str | None = None,
                  registered: tuple[Registration, ...] = (),
-                 named: dict[str, CompiledRoute] | None = None) -> None:
-        """`named`: the routes by name when the caller has them (derived from the previous table's)."""
-        sources = [r.migration.beta_source for r in routes
-                   if r.migration is not None and r.migration.beta_source is not None]
+                 named: dict[str, CompiledRoute] | None = None,
+                 beta: tuple[frozenset[bytes], frozenset[str]] | None = None) -> None:
+        """`named` and `beta`: the routes by name and the beta names when the caller has them
+        (derived from the previous table's: `named_after`, `beta_after`)."""
+        if beta is None:
+            beta = _beta_names(routes)
         # The index dicts stay plain dicts (private, never handed out): a MappingProxyType would add
         # an indirection to every lookup on the hot path.
         self._init(version=version, routes=routes, services=MappingProxyType(dict(services)),
                    _exact=exact, _wildcard=wildcard, _hostless=hostless,
                    _named=named if named is not None else dict(zip(map(_NAME, routes), routes, strict=True)),
                    _wildcard_labels=tuple(sorted({s.count(".") + 1 for s in wildcard}, reverse=True)),
-                   beta_headers=frozenset(n for k, n in sources if isinstance(n, bytes)),
-                   beta_cookies=frozenset(n for k, n in sources if isinstance(n, str)),
+                   beta_headers=beta[0], beta_cookies=beta[1],
                    revocations=revocations, inbound_mtls=inbound_mtls, registered=registered)
 
     def renumbered(self, version: int) -> RouteTable:
@@ -363,6 +379,16 @@ class RouteTable(_Frozen):
         for route in added:
             named[route.name] = route
         return named
+
+    def beta_after(self, removed: Iterable[CompiledRoute], added: Iterable[CompiledRoute]
+                   ) -> tuple[frozenset[bytes], frozenset[str]] | None:
+        """The beta names of a table with this one's routes less `removed`, plus `added`, without a
+        pass over every route (0.4 ms on 10,000); None when a removed route named one (another
+        route may name it too: the table then looks at every route)."""
+        if _beta_names(removed) != _NO_BETA:
+            return None
+        headers, cookies = _beta_names(added)
+        return self.beta_headers | headers, self.beta_cookies | cookies
 
     def names(self) -> KeysView[str]:
         """The names of the routes (a set view: membership is one dict lookup)."""

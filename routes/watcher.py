@@ -177,6 +177,7 @@ class Watcher:
         try:
             current = stored if isinstance(stored, ConfigVersion) \
                 else (yield from self.store.decoded_steps(stored))
+            yield
             if isinstance(self.compile, IncrementalCompiler):
                 table = yield from self.compile.steps(current.document, current.version, registered)
             else:

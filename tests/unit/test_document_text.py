@@ -5,10 +5,12 @@ still reads."""
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
 
+from routes import document_text
 from routes.changes import put_route
 from routes.document_text import DocumentCodec, decode_stored
 from routes.errors import RuleError, StoreError
@@ -97,3 +99,78 @@ def test_the_same_document_again_is_encoded_from_what_the_codec_holds() -> None:
     changed = put_route(read, Route.parse({"name": "r03", "match": {"path_prefix": "/three"},
                                            "service": "orders"}, "route"))
     assert DocumentCodec().decode(codec.encode(changed)) == changed and codec._routes is not held
+
+
+def _route(name: str, path: str, service: str = "legacy") -> dict[str, Any]:
+    return {"name": name, "match": {"path_prefix": path}, "service": service}
+
+
+def _outcome(codec: DocumentCodec, text: str) -> Document | tuple[type, str]:
+    try:
+        return codec.decode(text)
+    except (RuleError, ValueError) as exc:
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_an_edit_read_from_both_ends_is_what_a_whole_read_gives(seed: int,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next version of the last document read, with routes put, changed and removed anywhere
+    (first, last, none left but one, several at once): the reader compares the texts from both ends
+    and parses only the changed lines; what it gives is what a fresh codec's whole read gives, the
+    unchanged routes are the last version's objects, and it encodes back to the same text."""
+    rng = random.Random(seed)
+    routes = {f"r{i:03d}": _route(f"r{i:03d}", f"/r{i}") for i in range(rng.randint(1, 25))}
+    writer, reader = DocumentCodec(), DocumentCodec()
+    last = reader.decode(writer.encode(Document.parse({**data(0), "routes": list(routes.values())})))
+    whole = document_text.text_lines_steps
+
+    def not_whole(text: str) -> Any:
+        raise AssertionError("read whole")
+
+    for _ in range(12):
+        for _ in range(rng.randint(1, 3)):
+            kind = rng.choice(("put", "change", "remove"))
+            if kind == "put" or not routes:
+                name = rng.choice((f"a{rng.randint(0, 999):03d}", f"r{rng.randint(0, 99):03d}x",
+                                   f"z{rng.randint(0, 999):03d}"))
+                routes[name] = _route(name, f"/{name}", rng.choice(("legacy", "orders")))
+            elif kind == "change":
+                name = rng.choice(sorted(routes))
+                routes[name] = _route(name, f"/{name}/v{rng.randint(0, 9)}")
+            elif len(routes) > 1:
+                del routes[rng.choice(sorted(routes))]
+        text = writer.encode(Document.parse({**data(0), "routes": list(routes.values())}))
+        monkeypatch.setattr(document_text, "text_lines_steps", not_whole)
+        read = reader.decode(text)
+        monkeypatch.setattr(document_text, "text_lines_steps", whole)
+        assert read == DocumentCodec().decode(text)
+        assert read.delta is not None and read.delta.base is last
+        unchanged = [r for r in read.routes if last.route(r.name) == r]
+        assert all(last.route(r.name) is r for r in unchanged)
+        assert reader._routes.text is text
+        assert reader.encode(read) == text
+        last = read
+
+
+def test_a_read_that_is_no_plain_edit_gives_what_a_whole_read_gives() -> None:
+    """Texts that change the services or the head, repeat a line, or put a name on two lines are
+    read whole, with the same result or error as a fresh codec's."""
+    base_text = DocumentCodec().encode(Document.parse(data(6)))
+    lines = base_text.split("\n")
+    repeated = "\n".join([*lines[:3], lines[2], *lines[3:]])
+    same_name = base_text.replace('{"match":{"path_prefix":"/r4"},"name":"r04"',
+                                  '{"match":{"path_prefix":"/four"},"name":"r03"')
+    variants = {
+        "services": base_text.replace("http://10.0.0.7:9000", "http://10.0.0.8:9000"),
+        "head": DocumentCodec().encode(Document.parse({**data(6), "mesh": {"inbound_mtls": "strict"}})),
+        "repeated line": repeated,
+        "a name on two lines": same_name,
+        "the same text": base_text,
+        "an unknown service": base_text.replace('"/r2"},"name":"r02","service":"legacy"',
+                                                '"/r2"},"name":"r02","service":"nowhere"'),
+    }
+    for name, text in variants.items():
+        reader = DocumentCodec()
+        reader.decode(base_text)
+        assert _outcome(reader, text) == _outcome(DocumentCodec(), text), name
