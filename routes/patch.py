@@ -7,8 +7,9 @@ CLI does that work itself. It reads the stored text of the latest config version
 /api/v1/config/stored`, no parsing on the server), encodes its own document the same way
 (`routes.document_text`: equal items give equal lines) and sends, with `If-Match` on the version it
 compared against, only the services and routes whose lines differ, the names of the ones that
-left, and the mesh and revocations when they changed (`changes_between`). The server parses and
-checks only those (`DocumentPatch`) and commits the document the whole file would have given.
+left, and the mesh and revocations when they changed (`changes_between`; `changes_from_data`
+parses only the file's routes that are not as stored). The server parses and checks only those
+(`DocumentPatch`) and commits the document the whole file would have given.
 
 The wire form (`{"changes": ...}` in `POST /api/v1/config/apply`):
 
@@ -21,15 +22,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
-from routes.document_text import DocumentCodec, text_lines
+from routes.document_text import DocumentCodec, TextLines, item_line, text_lines
 from routes.errors import RuleError
 from routes.fields import mapping, sequence
 from routes.model import Document, Route, Service
 from routes.revocations import Mesh, Revocation, parse_revocations
 
 CHANGE_FIELDS = ("services", "routes", "delete_services", "delete_routes", "head")
+_NAME = itemgetter("name")
 
 
 def changes_between(stored_text: str, document: Document) -> dict[str, Any] | None:
@@ -39,11 +42,70 @@ def changes_between(stored_text: str, document: Document) -> dict[str, Any] | No
     mine = text_lines(DocumentCodec().encode(document))
     if theirs is None or mine is None:
         return None
+    return _changes(theirs, mine.services, mine.routes, mine.head_fields())
+
+
+def changes_from_data(stored_text: str, data: Any) -> dict[str, Any] | None:
+    """`changes_between` the stored text and the document of `data` (a file's), without parsing
+    the routes that are as stored: a route whose data is its stored line's (what `peel export`
+    wrote, or any route in canonical form) is that route, and only the others are parsed, each
+    checked for the services it names. A 10,000-route file with one route changed is parsed in a
+    few milliseconds instead of half a second, in the CLI that competes for the gateway's cores.
+
+    None when the changes cannot be told this way and the whole document must go (the stored text
+    in another layout, a route name twice, a service that is not in the document: the gateway's
+    whole check then names the field); `RuleError` for what does not parse, naming it as the
+    whole document's parse does."""
+    theirs = text_lines(stored_text)
+    if theirs is None or not isinstance(data, dict):
+        return None
+    route_data = data.get("routes") or []
+    if not isinstance(route_data, list):
+        return None
+    rest = Document.parse({key: value for key, value in data.items() if key != "routes"})
+    services = {service.name for service in rest.services}
+    stored = set(theirs.routes)
+    lines: list[str] = []
+    names: set[str] = set()
+    for i, raw in enumerate(route_data):
+        line = _line(raw)
+        if line in stored:
+            name = raw["name"]
+        else:
+            route = Route.parse(raw, f"routes[{i}]")
+            if route.service not in services or \
+                    (route.migration is not None and route.migration.to not in services):
+                return None
+            name, line = route.name, item_line(route.to_dict())
+        if name in names:
+            return None
+        names.add(name)
+        lines.append(line)
+    head: dict[str, Any] = {}
+    if rest.mesh is not None:
+        head["mesh"] = rest.mesh.to_dict()
+    if rest.revocations:
+        head["revocations"] = [r.to_dict() for r in rest.revocations]
+    return _changes(theirs, [item_line(s.to_dict()) for s in rest.services], lines, head)
+
+
+def _line(raw: Any) -> str | None:
+    """The line of `raw` as stored, if it were a route in canonical form (None: it cannot be)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return item_line(raw)
+    except (TypeError, ValueError):  # a value JSON has no form for (a YAML date): parsed instead
+        return None
+
+
+def _changes(theirs: TextLines, services: list[str], routes: list[str],
+             head: dict[str, Any]) -> dict[str, Any]:
+    """The changes from the stored lines `theirs` to these lines and head fields."""
     changes: dict[str, Any] = {}
-    for kind, own, stored in (("services", mine.services, theirs.services),
-                              ("routes", mine.routes, theirs.routes)):
+    for kind, own, stored in (("services", services, theirs.services), ("routes", routes, theirs.routes)):
         kept = set(stored)
-        put = [json.loads(line) for line in own if line not in kept]
+        put = sorted((json.loads(line) for line in own if line not in kept), key=_NAME)
         mine_lines = set(own)
         put_names = {item["name"] for item in put}
         gone = sorted({json.loads(line)["name"] for line in stored if line not in mine_lines} - put_names)
@@ -51,8 +113,8 @@ def changes_between(stored_text: str, document: Document) -> dict[str, Any] | No
             changes[kind] = put
         if gone:
             changes[f"delete_{kind}"] = gone
-    if mine.head != theirs.head:
-        changes["head"] = mine.head_fields()
+    if head != theirs.head_fields():
+        changes["head"] = head
     return changes
 
 

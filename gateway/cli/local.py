@@ -8,13 +8,16 @@ import re
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from gateway.cli.args import Commands, actions, add_command, worker_count
 from gateway.cli.context import config_path, open_store, settings
 from gateway.cli.output import print_json, table
 from gateway.core.settings import ROLES
-from routes.store import TokenInfo
 from routes.tokens import DEFAULT_SCOPES, SCOPES
+
+if TYPE_CHECKING:
+    from routes.store import TokenInfo  # (the store, and SQLAlchemy, only for commands that open it)
 
 _DURATION = re.compile(r"(\d+)([mhdw])")
 _UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),

@@ -12,8 +12,7 @@ from gateway.cli.context import admin_client
 from gateway.cli.documents import dump_yaml, load_document
 from gateway.cli.output import match_summary, print_json, print_write, table
 from routes.errors import PeelError
-from routes.model import Document
-from routes.patch import changes_between
+from routes.patch import changes_from_data
 
 # Reads of the stored version and applies of the changes to it, while other writers commit in between
 CHANGES_TRIES = 3
@@ -34,20 +33,20 @@ def apply_document(client: AdminClient, data: Any, *, dry_run: bool = False, rea
     gateway parses and checks only what changed), else whole.
 
     Whole when the document does not parse here (the gateway's refusal then names the field as
-    for any document), when the gateway cannot give its stored text, when `if_match` is not the
+    for any document), when a route names a service the document does not hold or a name is on two
+    routes (likewise), when the gateway cannot give its stored text, when `if_match` is not the
     latest version (the gateway answers 412), and when other writers keep committing between the
     read and the apply.
     """
-    try:
-        document = Document.parse(data)
-    except PeelError:
-        document = None
-    for _ in range(CHANGES_TRIES if document is not None else 0):
+    for _ in range(CHANGES_TRIES):
         stored = client.stored_config()
         if stored is None or (if_match is not None and stored[0] != if_match):
             break
         version, text = stored
-        changes = changes_between(text, document) if document is not None else None
+        try:
+            changes = changes_from_data(text, data)
+        except PeelError:
+            changes = None
         if changes is None:
             break
         try:

@@ -13,8 +13,8 @@ from gateway.cli.client import AdminError
 from gateway.cli.rules import CHANGES_TRIES, apply_document
 from routes.document_text import DocumentCodec
 from routes.errors import RuleError
-from routes.model import Document
-from routes.patch import DocumentPatch, changes_between
+from routes.model import Document, Route
+from routes.patch import DocumentPatch, changes_between, changes_from_data
 
 BASE: dict[str, Any] = {
     "services": [{"name": "legacy", "endpoints": ["http://10.0.0.5:8080"]},
@@ -71,6 +71,51 @@ def test_no_difference_is_no_change_and_the_head_goes_back() -> None:
     back = changes_between(text, Document.parse({k: v for k, v in edited().items() if k != "mesh"}))
     assert back == {"head": {}}
     assert DocumentPatch.parse(back).apply(old).mesh is None
+
+
+def test_a_file_gives_the_same_changes_parsing_only_the_routes_not_as_stored(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    text, old = stored(BASE)
+    parsed: list[str] = []
+    parse = Route.parse
+
+    def counting(data: Any, where: str, **kwargs: Any) -> Route:
+        parsed.append(where)
+        return parse(data, where, **kwargs)
+
+    monkeypatch.setattr(Route, "parse", staticmethod(counting))
+    changes = changes_from_data(text, edited())
+    assert sorted(parsed) == ["routes[20]", "routes[21]", "routes[3]"]  # r3, orders, billing
+    monkeypatch.setattr(Route, "parse", parse)
+    assert changes == changes_between(text, Document.parse(edited()))
+    assert DocumentPatch.parse(changes).apply(old) == Document.parse(edited())
+    # a route written otherwise than its stored line (a default spelled out) is parsed and, being
+    # equal, not sent
+    spelled = copy.deepcopy(BASE)
+    spelled["routes"][5]["priority"] = Document.parse(BASE).route("r5").priority  # type: ignore[union-attr]
+    assert changes_from_data(text, spelled) == {}
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    (lambda d: d["routes"].append(dict(d["routes"][0])), "a name on two routes"),
+    (lambda d: d["routes"].append({"name": "x", "match": {"path_prefix": "/x"}, "service": "nowhere"}),
+     "a service the document does not hold"),
+    (lambda d: d.update(routes={"r0": {}}), "routes that are not a list"),
+])
+def test_a_file_the_changes_cannot_tell_goes_whole(change: Any, why: str) -> None:
+    data = copy.deepcopy(BASE)
+    change(data)
+    assert changes_from_data(stored(BASE)[0], data) is None, why
+
+
+def test_a_file_route_that_does_not_parse_is_named_as_in_the_whole_document() -> None:
+    data = copy.deepcopy(BASE)
+    data["routes"][7]["match"] = {"path_prefix": "no-slash"}
+    with pytest.raises(RuleError) as here:
+        changes_from_data(stored(BASE)[0], data)
+    with pytest.raises(RuleError) as whole:
+        Document.parse(data)
+    assert here.value.field == whole.value.field == "routes[r7].match.path_prefix"
 
 
 def test_text_in_another_layout_gives_no_changes() -> None:
