@@ -36,14 +36,21 @@ def plain(document: Document) -> Document:
 
 
 def route(name: str, prefix: str, service: str = "legacy") -> Route:
-    return Route.parse({"name": name, "match": {"path_prefix": prefix}, "service": service}, "route")
+    """A plain route; with `service` "beta:header" or "beta:cookie", a canary with a beta list
+    picked by that header or cookie (the table's beta names follow it)."""
+    data: dict[str, Any] = {"name": name, "match": {"path_prefix": prefix}, "service": service}
+    if service.startswith("beta:"):
+        data["service"] = "legacy"
+        data["migration"] = {"to": "orders", "stage": "canary", "percent": 10,
+                             "beta": {service[5:]: "x-beta", "allow": ["ada"]}}
+    return Route.parse(data, "route")
 
 
 # an edit: ("put", name, prefix, service) or ("delete", name)
 edits = st.lists(st.one_of(
     st.tuples(st.just("put"), st.sampled_from([f"r{i:02d}" for i in range(35)] + ["hosted", "zz", "a"]),
               st.sampled_from(["/a", "/b", "/r3", "/r3/x", "/orders/x", "/zz"]),
-              st.sampled_from(["legacy", "orders"])),
+              st.sampled_from(["legacy", "orders", "beta:header", "beta:cookie"])),
     st.tuples(st.just("delete"), st.sampled_from([f"r{i:02d}" for i in range(35)] + ["hosted"]))),
     min_size=1, max_size=8)
 
@@ -123,6 +130,7 @@ def test_edits_with_a_delta_give_what_the_long_way_gives(steps: list[tuple[Any, 
         for compiled in table.routes:
             assert table.route(compiled.name) is compiled
         same_answers(table, whole)
+        assert (table.beta_headers, table.beta_cookies) == (whole.beta_headers, whole.beta_cookies)
         # the stored text: as a codec that never saw the base writes it, and it reads back
         text = codec.encode(edited)
         assert text == DocumentCodec().encode(edited)
@@ -136,6 +144,7 @@ def test_edits_with_a_delta_give_what_the_long_way_gives(steps: list[tuple[Any, 
         assert read.routes == tuple(sorted(read.routes, key=lambda r: r.name))
         served = worker_compiler(read, version)
         same_answers(served, whole)
+        assert (served.beta_headers, served.beta_cookies) == (whole.beta_headers, whole.beta_cookies)
         assert set(served.names()) == set(whole.names())
         document = edited
 
