@@ -49,8 +49,9 @@ def changes_from_data(stored_text: str, data: Any) -> dict[str, Any] | None:
     """`changes_between` the stored text and the document of `data` (a file's), without parsing
     the routes that are as stored: a route whose data is its stored line's (what `peel export`
     wrote, or any route in canonical form) is that route, and only the others are parsed, each
-    checked for the services it names. A 10,000-route file with one route changed is parsed in a
-    few milliseconds instead of half a second, in the CLI that competes for the gateway's cores.
+    checked for the services it names. For a 10,000-route file with one route changed that is a
+    tenth of a second (a `json.dumps` of each route, in C) instead of half a second of parsing, in
+    a CLI that may share the gateway's cores.
 
     None when the changes cannot be told this way and the whole document must go (the stored text
     in another layout, a route name twice, a service that is not in the document: the gateway's
