@@ -7,6 +7,9 @@ of one. Needs mypy (the `dev` extra, or `pip install mypy`), a C compiler and Py
 one is missing it says which and exits 0 (Peel then runs as pure Python) unless `--require` asks
 for exit 1. Exit 1 when the compiler fails.
 
+Two builds at once into one virtualenv (two `make test` in one checkout) take turns on a lock
+file beside the build: the second waits, then finds the first's build up to date.
+
 `status` prints whether this Python would run the build, and why not (a source edited since the
 build, no build, `PEEL_NATIVE=off`); `--json` for scripts. Exit 0 either way.
 """
@@ -14,12 +17,15 @@ build, no build, `PEEL_NATIVE=off`); `--json` for scripts. Exit 0 either way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import os
 import shutil
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.cli.args import Commands, actions, add_command
@@ -101,20 +107,37 @@ def cmd_build(args: argparse.Namespace) -> int:
     if missing is not None:
         print(f"peel native build: not built: {missing}; Peel runs as pure Python", file=sys.stderr)
         return 1 if args.require else 0
-    # up to date whatever PEEL_NATIVE says (it chooses what runs, not what is built)
-    state, _ = native.check(target, environ={})
-    if state.active and not args.force:
-        print(f"peel native build: up to date in {target}: {state.reason}")
-        return 0
-    print(f"peel native build: compiling {len(native.NATIVE_MODULES)} modules into {target} "
-          f"(a minute or two)", flush=True)
-    try:
-        manifest = build(target, args.jobs, quiet=not args.verbose)
-    except Exception as exc:  # the compiler's own output is above
-        print(f"peel native build: failed: {exc}; Peel runs as pure Python", file=sys.stderr)
-        return 1
+    with building(target):
+        # up to date whatever PEEL_NATIVE says (it chooses what runs, not what is built)
+        state, _ = native.check(target, environ={})
+        if state.active and not args.force:
+            print(f"peel native build: up to date in {target}: {state.reason}")
+            return 0
+        print(f"peel native build: compiling {len(native.NATIVE_MODULES)} modules into {target} "
+              f"(a minute or two)", flush=True)
+        try:
+            manifest = build(target, args.jobs, quiet=not args.verbose)
+        except Exception as exc:  # the compiler's own output is above
+            print(f"peel native build: failed: {exc}; Peel runs as pure Python", file=sys.stderr)
+            return 1
     print(f"peel native build: built {len(manifest.modules)} modules with {manifest.compiler}")
     return 0
+
+
+@contextlib.contextmanager
+def building(target: Path) -> Iterator[None]:
+    """Hold the build lock of `target` (`<target>.lock`, beside it), waiting for another build."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"peel native build: waiting for another build into {target}", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

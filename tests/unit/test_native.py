@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.machinery
 import os
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import gateway.edge.protocol
 import gateway.http.framing
+from gateway.cli import native as native_cli
 from gateway.core import native
 
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
@@ -131,3 +136,36 @@ def test_ci_runs_the_compiled_data_path() -> None:
         pytest.skip("PEEL_NATIVE turns the compiled data path off for this run")
     assert state.active, state.reason
     assert native.is_compiled(gateway.edge.protocol) and native.is_compiled(gateway.http.framing)
+
+
+def test_two_builds_at_once_take_turns_and_the_second_finds_the_first_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "venv" / "lib" / "peel-native"
+    built: list[tuple[float, float]] = []
+
+    def slow_build(into: Path, jobs: int, quiet: bool = True) -> native.Manifest:
+        start = time.monotonic()
+        time.sleep(0.3)
+        into.mkdir(parents=True, exist_ok=True)
+        built.append((start, time.monotonic()))
+        return native.Manifest(modules={}, shared=("x", "x"), python=TAG, compiler="mypyc 0",
+                               built="2026-12-04T00:00:00Z")
+
+    def check(into: Path, environ: dict[str, str]) -> tuple[native.NativeState, None]:
+        return native.NativeState(into.exists(), "built" if into.exists() else "no build"), None
+
+    monkeypatch.setattr(native_cli, "native", SimpleNamespace(
+        check=check, native_dir=lambda: target, NATIVE_MODULES=native.NATIVE_MODULES))
+    monkeypatch.setattr(native_cli, "missing_tools", lambda: None)
+    monkeypatch.setattr(native_cli, "build", slow_build)
+    args = argparse.Namespace(require=False, force=False, jobs=1, verbose=False)
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda: codes.append(native_cli.cmd_build(args))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    out = capsys.readouterr().out
+    assert codes == [0, 0] and len(built) == 1
+    assert "waiting for another build" in out and "up to date" in out
