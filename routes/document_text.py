@@ -185,7 +185,7 @@ class DocumentCodec:
         return run(self.decode_steps(text, stored=stored))
 
     def decode_steps(self, text: str, *, stored: bool = True) -> Steps[Document]:
-        """`decode` in steps (`routes.steps`), each well under a millisecond on a 10,000-route
+        """`decode` in steps (`routes.steps`), each about a millisecond at most on a 10,000-route
         document. The next version of the last document, changed in its routes alone, costs what changed
         (`_edit_steps`)."""
         document = yield from self._edit_steps(text, stored)

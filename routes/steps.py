@@ -6,8 +6,8 @@ it all the same: uvloop runs libuv without the GIL and takes it back for every c
 each write completion), and each time waits up to the interpreter's switch interval (5 ms) while
 the thread computes. A 20 ms compile in a thread added 30-60 ms to the requests in flight
 (bench/README.md, "A change to a large table"). Written as steps, the same work runs on the loop
-itself, one step per turn (`run_on_loop`): a request that arrives meanwhile waits for one step, well
-under a millisecond on a 10,000-route table (a pass over every route in C is split too:
+itself, one step per turn (`run_on_loop`): a request that arrives meanwhile waits for one step, about
+a millisecond at most on a 10,000-route table (a pass over every route in C is split too:
 `map_steps`, `ids_steps`, `split_steps`), never for the GIL. `run` does it all at once, for
 threads, tools and tests.
 """
