@@ -105,8 +105,8 @@ class _Lines:
                new: Iterable[tuple[Any, str]]) -> _Lines:
         """The lines of `items`: this one's maps copied (two copies in C), without the lines of the
         items `gone` and with the `new` items' lines."""
-        by_id = dict(self.by_id)
-        by_line = dict(self.by_line)
+        by_id = self.by_id.copy()
+        by_line = self.by_line.copy()
         for old in gone:
             del by_line[by_id.pop(id(old))]
         for item, line in new:

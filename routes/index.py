@@ -97,7 +97,7 @@ class IndexEditor:
         if id(node) in self._made:
             return node
         copy = TrieNode()
-        copy.children = dict(node.children)
+        copy.children = node.children.copy()
         copy.param = node.param
         copy.through = node.through
         copy.end = node.end

@@ -714,8 +714,8 @@ class RouteIndex:
         in `removed` left, checking only those of `put` against `services` (by default this
         index's)."""
         services = self.services if services is None else services
-        by_name = dict(self.routes)
-        by_match = dict(self.by_match)
+        by_name = self.routes.copy()
+        by_match = self.by_match.copy()
         refused = self.refused
         for name in removed:
             old = by_name.pop(name, None)

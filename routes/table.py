@@ -372,7 +372,7 @@ class RouteTable(_Frozen):
                     added: Iterable[CompiledRoute]) -> dict[str, CompiledRoute]:
         """The routes by name of a table with this one's routes less `removed`, plus `added`:
         a copy of this table's and the changes, not a pass over every route."""
-        named = dict(self._named)
+        named = self._named.copy()
         for route in removed:
             if named.get(route.name) is route:
                 del named[route.name]
