@@ -714,6 +714,8 @@ class RouteIndex:
         in `removed` left, checking only those of `put` against `services` (by default this
         index's)."""
         services = self.services if services is None else services
+        # .copy(), not dict(): dict() copies a dict that ever lost a key item by item (0.3-0.6 ms
+        # for 10,000 routes), .copy() as one block while at most a third of its entries are deleted
         by_name = self.routes.copy()
         by_match = self.by_match.copy()
         refused = self.refused
