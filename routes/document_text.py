@@ -50,6 +50,17 @@ def item_line(data: object) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def document_head(document: Document) -> dict[str, Any]:
+    """The fields of `document` on the stored text's first line: its mesh and revocations, when
+    it has them (`TextLines.head_fields` reads them back)."""
+    head: dict[str, Any] = {}
+    if document.mesh is not None:
+        head["mesh"] = document.mesh.to_dict()
+    if document.revocations:
+        head["revocations"] = [r.to_dict() for r in document.revocations]
+    return head
+
+
 class _Lines:
     """The items of one kind of the last document: object by line, and line by object identity.
 
@@ -157,11 +168,7 @@ class DocumentCodec:
         else:
             route_lines = self._encode(document.routes, known)
         service_lines = self._encode(document.services, self._services)
-        head: dict[str, Any] = {}
-        if document.mesh is not None:
-            head["mesh"] = document.mesh.to_dict()
-        if document.revocations:
-            head["revocations"] = [r.to_dict() for r in document.revocations]
+        head = document_head(document)
         opening = item_line(head)[:-1] + ("," if head else "") + ROUTES_OPEN
         parts = [opening]
         if route_lines:
@@ -301,7 +308,7 @@ class DocumentCodec:
     def _adopt(self, routes: _Lines, services: _Lines, document: Document) -> None:
         """Hold `routes`, and `services` (the last document's: they are unchanged), as the lines of
         `document`, an edit of the last document. (The maps are shared: a `_Lines` is never changed
-        once made.)"""
+        once the codec holds it.)"""
         self._services = _Lines(services.items, services.by_line, services.by_id, services.lines,
                                 document)
         self._routes = routes

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from routes.document_text import DocumentCodec, TextLines, item_line, text_lines
+from routes.document_text import DocumentCodec, TextLines, document_head, item_line, text_lines
 from routes.errors import RuleError
 from routes.fields import mapping, sequence
 from routes.model import Document, Route, Service
@@ -82,12 +82,7 @@ def changes_from_data(stored_text: str, data: Any) -> dict[str, Any] | None:
             return None
         names.add(name)
         lines.append(line)
-    head: dict[str, Any] = {}
-    if rest.mesh is not None:
-        head["mesh"] = rest.mesh.to_dict()
-    if rest.revocations:
-        head["revocations"] = [r.to_dict() for r in rest.revocations]
-    return _changes(theirs, [item_line(s.to_dict()) for s in rest.services], lines, head)
+    return _changes(theirs, [item_line(s.to_dict()) for s in rest.services], lines, document_head(rest))
 
 
 def _line(raw: Any) -> str | None:
