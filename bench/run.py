@@ -18,10 +18,14 @@ then the headline figures against DESIGN.md's targets. Finally `bench/match.py -
 against table size) when it exists. See bench/README.md for how to read the output.
 
 `--baseline DIR` adds a fourth target, `peel-base`: DIR is another checkout of Peel (a `git worktree`
-of an older commit), started with the same settings, store content and telemetry as `peel`, by this
-same interpreter with cwd=DIR and PYTHONPATH=DIR so DIR's packages shadow the editable install
-(checked before it starts). It is interleaved with the others in every round, and the report adds its
-rows and the ratios peel / peel-base: the before/after comparison a change on the request path reports.
+of an older commit), started with the same settings, store content and telemetry as `peel`, with
+cwd=DIR and PYTHONPATH=DIR so DIR's packages shadow the editable install (checked before it starts),
+by DIR's own virtualenv when it has one (`make native` in DIR: the baseline then runs its own
+compiled data path, a build matching its sources) and by this interpreter otherwise (where the
+data path's sources differ, the baseline then runs interpreted: a build serves one tree). The report
+says which data path each Peel ran. It is interleaved with the others in every round, and the report
+adds its rows and the ratios peel / peel-base: the before/after comparison a change on the request
+path reports.
 
 `--tls` measures HTTPS instead: a test CA and one server certificate (bench/tls_certs.py) in the temp
 dir, nginx listening with `ssl` and Peel with `tls_certificates`, both with that certificate and key,
@@ -151,6 +155,21 @@ finally:
 WHERE = "import gateway, routes; print(gateway.__file__); print(routes.__file__)"
 
 
+def data_path(log: Path) -> str:
+    """What `peel serve` said at start about its data path (compiled or interpreted, and why)."""
+    for line in log.read_text(errors="replace").splitlines():
+        found = line.find("data path ")
+        if found >= 0:
+            return line[found:]
+    return "data path: not said in its log"
+
+
+def baseline_python(root: Path) -> str:
+    """The interpreter the baseline runs on: DIR/.venv's when there is one, else this one."""
+    own = root / ".venv" / "bin" / "python"
+    return str(own) if own.exists() else sys.executable
+
+
 def baseline_env(root: Path) -> dict[str, str]:
     """This environment without PEEL_ settings, with `root`'s packages first on the import path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
@@ -161,7 +180,7 @@ def baseline_env(root: Path) -> dict[str, str]:
 def check_baseline(root: Path) -> None:
     """Fail unless `gateway` and `routes` import from `root` under `baseline_env(root)`, not from
     the editable install of this checkout."""
-    out = subprocess.run([sys.executable, "-c", WHERE], cwd=root, env=baseline_env(root),
+    out = subprocess.run([baseline_python(root), "-c", WHERE], cwd=root, env=baseline_env(root),
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise BenchError(f"--baseline {root}: importing gateway and routes failed: {out.stderr.strip()}")
@@ -412,15 +431,18 @@ class Bench:
             env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
         else:
             env = baseline_env(root)
-            seeded = subprocess.run([sys.executable, "-c", SEED_BASELINE, url, json.dumps(document), REASON],
+            seeded = subprocess.run([baseline_python(root), "-c", SEED_BASELINE, url, json.dumps(document),
+                                     REASON],
                                     cwd=root, env=env, capture_output=True, text=True, check=False)
             if seeded.returncode != 0:
                 raise BenchError(f"filling the {BASE} store with {root}'s code failed: "
                                  f"{seeded.stderr.strip()}")
-        peel = self.spawn([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+        python = sys.executable if root is None else baseline_python(root)
+        peel = self.spawn([python, "-m", "gateway.cli", "serve", "--config", str(config)],
                           f"{name}.log", env=env, cwd=root)
         wait_until(f"{name} serve answering / from the origin", self.answers(self.ports[name], self.tls),
                    60, self.procs)
+        print(f"{name}: {data_path(self.dir / f'{name}.log')}", flush=True)
         return peel
 
     @staticmethod

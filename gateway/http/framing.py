@@ -43,8 +43,13 @@ CHUNKED = 2
 
 _TOKEN = TOKEN.encode("ascii")  # RFC 9110 5.6.2, as a bytes pattern source
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ ]+) HTTP/(\d)\.(\d)")
+_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})  # tokens
+_HTTP11 = (1, 1)
 # Field values: HTAB, SP, visible ASCII, obs-text. Everything else is a control character.
 _VALUE_BYTES = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+# The field lines of a head (each `name: value` with its CRLF) that break none of `_field`'s rules:
+# every name a token (so no line starts with whitespace), every value free of control characters.
+_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 # Targets: visible ASCII only (RFC 3986 has no raw space, control or non-ASCII byte in a URI).
 _TARGET_BYTES = bytes(range(0x21, 0x7F))
 # A Host value: reg-name, IPv4, IP-literal and port characters.
@@ -120,21 +125,28 @@ def check_head(block: bytes, limits: HeadLimits) -> Head:
     Raises `Refusal`. The checks run once per request on bytes already in memory; the common
     head costs a few C-level passes.
     """
-    if block.count(b"\n") != block.count(b"\r\n") or block.count(b"\r") != block.count(b"\r\n"):
+    crlf = block.count(b"\r\n")
+    if block.count(b"\n") != crlf or block.count(b"\r") != crlf:
         raise Refusal(400, "bare-line-ending", "the request head holds a CR or LF outside a CRLF pair")
-    lines = block[:-4].split(b"\r\n")
-    line = lines[0]
+    end = block.find(b"\r\n")
+    line = block[:end]
     if len(line) > limits.max_request_line:
         raise Refusal(414, "request-line-too-long",
                       f"the request line is longer than {limits.max_request_line} bytes")
     method, target, version = _request_line(line)
-    fields = lines[1:]
-    if len(fields) > limits.max_headers:
+    if crlf - 2 > limits.max_headers:  # a CRLF ends the request line, each field and the head
         raise Refusal(431, "too-many-headers",
                       f"the request has more than {limits.max_headers} header fields")
     if len(block) - len(line) > limits.max_header_bytes:
         raise Refusal(431, "header-too-large",
                       f"the header section is larger than {limits.max_header_bytes} bytes")
+    section = block[end + 2:-2]  # the field lines, each with its CRLF
+    # One C-level pass checks every name and value; only a head that fails it, or one with an "_"
+    # (in a name, maybe), is read field by field, which finds the rule broken and names it.
+    if _FIELDS.fullmatch(section) is None or (b"_" in section and not limits.allow_underscore_headers):
+        for field in section[:-2].split(b"\r\n"):
+            _field(field, limits)
+    fields = section[:-2].split(b"\r\n") if section else []
 
     hosts = 0
     host = b""
@@ -146,11 +158,12 @@ def check_head(block: bytes, limits: HeadLimits) -> Head:
     headers: list[tuple[bytes, bytes]] = []
     append = headers.append
     for index, field in enumerate(fields, 1):
-        name, value = _field(field, limits)
+        name, _, value = field.partition(b":")
         lowered = name.lower()
         if lowered == b"upgrade" or lowered == b"http2-settings":
             upgrade_lines.append(index)
             continue
+        value = value.strip(b" \t")
         append((lowered, value))
         if lowered == b"host":
             hosts += 1
@@ -191,14 +204,19 @@ def check_head(block: bytes, limits: HeadLimits) -> Head:
 
 
 def _request_line(line: bytes) -> tuple[bytes, bytes, tuple[int, int]]:
-    match = _REQUEST_LINE.fullmatch(line)
-    if match is None:
-        raise Refusal(400, "bad-request-line", "the request line is not `METHOD TARGET HTTP/x.y`")
-    method, target, major, minor = match.groups()
-    version = (int(major), int(minor))
-    if version not in ((1, 1), (1, 0)):
-        raise Refusal(505, "http-version-not-supported",
-                      f"HTTP/{version[0]}.{version[1]} is not supported; use HTTP/1.1")
+    method, _, rest = line.partition(b" ")
+    target, _, protocol = rest.partition(b" ")
+    if protocol == b"HTTP/1.1" and target and (method in _METHODS or TOKEN_BYTES_RE.fullmatch(method)):
+        version = _HTTP11  # the common line, without the pattern
+    else:
+        match = _REQUEST_LINE.fullmatch(line)
+        if match is None:
+            raise Refusal(400, "bad-request-line", "the request line is not `METHOD TARGET HTTP/x.y`")
+        method, target, major, minor = match.groups()
+        version = (int(major), int(minor))
+        if version not in (_HTTP11, (1, 0)):
+            raise Refusal(505, "http-version-not-supported",
+                          f"HTTP/{version[0]}.{version[1]} is not supported; use HTTP/1.1")
     if target.translate(None, _TARGET_BYTES):
         raise Refusal(400, "bad-target", "the request target holds bytes that are not visible ASCII")
     return method, target, version

