@@ -198,6 +198,25 @@ def test_spans_arrive_as_otlp_protobuf_with_names_and_attributes(collector: Coll
     assert got.names() == ["GET orders", "GET"]
 
 
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_batch_encoded_in_chunks_reads_as_the_whole_batch(gzipped: bool,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = spans(*(f"span-{n}" for n in range(2 * trace_export.ENCODE_CHUNK + 3)))
+    turns: list[float] = []
+    monkeypatch.setattr(trace_export.time, "sleep", turns.append)
+    body = trace_export.encode(batch, gzipped)
+    assert turns == [0, 0]  # the event loop's turns between the three chunks
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(gzip.decompress(body) if gzipped else body)
+    got = [(span.name, span.span_id, span.attributes[0].value.int_value)
+           for resource in request.resource_spans for scope in resource.scope_spans for span in scope.spans]
+    assert got == [(span.name, span.context.span_id.to_bytes(8, "big"), n) for n, span in enumerate(batch)]
+    whole = ExportTraceServiceRequest()
+    whole.ParseFromString(trace_export.encode_spans(batch).SerializeToString())
+    assert {resource.resource.SerializeToString() for resource in request.resource_spans} == \
+        {whole.resource_spans[0].resource.SerializeToString()}
+
+
 def test_one_connection_carries_successive_exports(collector: Collector) -> None:
     exporter = OtlpHttpExporter(collector.url, timeout=5.0)
     for name in ("first", "second", "third"):
