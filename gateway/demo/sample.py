@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from routes.model import Document
 
 
@@ -26,6 +24,8 @@ def sample_document(monolith_url: str, orders_url: str) -> dict[str, Any]:
 
 
 def sample_yaml(monolith_url: str, orders_url: str) -> str:
+    import yaml  # here: the CLI (and so `peel serve`) imports this module, and reads no YAML
+
     header = ("# Peel demo: the starting rules. Everything still goes to the monolith (`legacy`);\n"
               "# `peel routes set orders --service orders ...` peels /orders off it.\n")
     return header + yaml.safe_dump(sample_document(monolith_url, orders_url), sort_keys=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,8 +29,15 @@ routes:
 def test_the_c_classes_are_used_when_libyaml_is_there() -> None:
     if not yaml.__with_libyaml__:
         pytest.skip("this PyYAML wheel was built without libyaml")
-    assert documents.SafeLoader is yaml.CSafeLoader
-    assert documents.SafeDumper is yaml.CSafeDumper
+    assert documents.yaml_classes() == (yaml, yaml.CSafeLoader, yaml.CSafeDumper)
+
+
+def test_the_cli_imports_yaml_only_when_it_reads_or_writes_yaml() -> None:
+    # `peel serve` runs through the CLI: a serving process never reads YAML
+    code = ("import sys; from gateway.cli.parser import build_parser; build_parser(); "
+            "assert 'yaml' not in sys.modules, 'imported'; "
+            "from gateway.cli.documents import dump_yaml; dump_yaml({}); assert 'yaml' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_loading_gives_what_the_python_loader_gives(tmp_path: Path) -> None:
