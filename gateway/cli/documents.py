@@ -5,7 +5,7 @@ read and write the same safe subset about 7 and 3 times faster than the pure-Pyt
 10,000-route document: 1.3 s against 8.8 s to load on a busy 2-core machine), which was most of a
 large `peel apply`. Without libyaml the pure-Python classes give the same documents. A text that is
 a JSON object is read by the json module first. PyYAML is imported on first use: `peel serve` runs
-through the CLI and reads no YAML (1.4 MiB of the serving process's memory).
+through the CLI and reads no YAML (0.8 MiB of the serving process's memory).
 """
 
 from __future__ import annotations
