@@ -2,7 +2,8 @@
 """`make bench`: Peel against nginx (1 worker) and the bare origin, on this machine, in one run.
 
     python bench/run.py [--seconds 8] [--reps 3] [--workers 1] [--bodies hello,16k] [--no-match]
-                        [--telemetry on|off|tracing|metrics] [--paced 4000] [--baseline DIR]
+                        [--telemetry on|off|tracing|metrics|unsampled] [--paced 4000]
+                        [--baseline DIR]
                         [--tls [--tls-clients 4]] [--routes N [--changes [--changes-rate 1500]]]
                         [--profile FILE]
 
@@ -10,7 +11,8 @@ Starts an nginx origin ("hello", 5 bytes, at `/`; 16 KiB at `/16k`), nginx with 
 reference proxy, and `peel serve` with `--workers` workers (temp dir: settings, an upgraded SQLite
 store holding one route `/` → the origin, access log on to a file, tracing at its default sampling
 exporting to a sink on the origin and metrics on, as DESIGN.md asks; `--telemetry off` turns
-tracing and metrics off to measure what they cost). Then `wrk -t1` at 1 and 50
+tracing and metrics off to measure what they cost, `unsampled` keeps both with `sample_ratio = 0`:
+trace ids and headers, no spans). Then `wrk -t1` at 1 and 50
 connections, and at 50 connections paced to a fixed offered load (`--paced`, where p99 is compared
 with nginx's), against each target, targets interleaved within each round so machine drift hits them
 alike, and prints the medians of `--reps` rounds with the ratios to nginx and to the direct origin,
@@ -417,8 +419,9 @@ class Bench:
             f'run_dir = "{self.dir / f"{files}run"}"\n\n'
             f'[access_log]\ntarget = "{self.dir / f"{files}access.log"}"\n\n'
             + (f'[tracing]\nendpoint = "http://127.0.0.1:{self.ports["direct"]}/v1/traces"\n'
-               if self.telemetry in ("on", "tracing") else '[tracing]\nenabled = false\n')
-            + ('' if self.telemetry in ("on", "metrics") else '[metrics]\nenabled = false\n'))
+               + ('sample_ratio = 0.0\n' if self.telemetry == "unsampled" else '')
+               if self.telemetry in ("on", "tracing", "unsampled") else '[tracing]\nenabled = false\n')
+            + ('' if self.telemetry in ("on", "metrics", "unsampled") else '[metrics]\nenabled = false\n'))
         document = route_document(self.ports["direct"], self.routes)
         if root is None:
             store = Store(url)
@@ -697,10 +700,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="peel serve workers (default 1)")
     ap.add_argument("--bodies", default="hello,16k", help="hello (5 B) and/or 16k (default both)")
     ap.add_argument("--no-match", action="store_true", help="skip bench/match.py")
-    ap.add_argument("--telemetry", choices=("on", "off", "tracing", "metrics"), default="on",
+    ap.add_argument("--telemetry", choices=("on", "off", "tracing", "metrics", "unsampled"), default="on",
                     help="on (default): tracing at its default sampling, exporting OTLP/HTTP to a "
                          "sink, and metrics; off: both disabled, to measure their cost; tracing or "
-                         "metrics: only that one")
+                         "metrics: only that one; unsampled: both, with sample_ratio = 0 (what the "
+                         "sampled requests cost)")
     ap.add_argument("--paced", type=int, default=PACED_RATE, metavar="REQ_PER_S",
                     help=f"offered load of the fixed-load runs, where p99 is compared (default "
                          f"{PACED_RATE}; 0 skips them)")
