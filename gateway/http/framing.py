@@ -141,12 +141,12 @@ def check_head(block: bytes, limits: HeadLimits) -> Head:
         raise Refusal(431, "header-too-large",
                       f"the header section is larger than {limits.max_header_bytes} bytes")
     section = block[end + 2:-2]  # the field lines, each with its CRLF
+    fields = section[:-2].split(b"\r\n") if section else []
     # One C-level pass checks every name and value; only a head that fails it, or one with an "_"
     # (in a name, maybe), is read field by field, which finds the rule broken and names it.
     if _FIELDS.fullmatch(section) is None or (b"_" in section and not limits.allow_underscore_headers):
-        for field in section[:-2].split(b"\r\n"):
+        for field in fields:
             _field(field, limits)
-    fields = section[:-2].split(b"\r\n") if section else []
 
     hosts = 0
     host = b""

@@ -165,6 +165,7 @@ class Tracing:
         export = self._export
         if export is None or not self.recording:
             return
+        trace_number = int(trace_id, 16)
         parent: SpanContext | None = None
         state: TraceState | None = None
         if parent_id is not None:
@@ -173,9 +174,9 @@ class Tracing:
                     state = TraceState.from_header([tracestate.decode("ascii")])
                 except ValueError:
                     state = None
-            parent = SpanContext(int(trace_id, 16), int(parent_id, 16), is_remote=remote,
+            parent = SpanContext(trace_number, int(parent_id, 16), is_remote=remote,
                                  trace_flags=_SAMPLED, trace_state=state)
-        context = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=_SAMPLED,
+        context = SpanContext(trace_number, int(span_id, 16), is_remote=False, trace_flags=_SAMPLED,
                               trace_state=state)
         export.on_end(ReadableSpan(name, context, parent, self._resource, attributes, kind=kind,
                                    status=_UNSET if error is None else Status(StatusCode.ERROR, error),
