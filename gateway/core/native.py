@@ -50,6 +50,7 @@ NATIVE_MODULES: tuple[str, ...] = (
     "gateway.telemetry.accesslog",
     "gateway.telemetry.graph",
     "gateway.telemetry.metrics",
+    "gateway.telemetry.otlp",
     "gateway.telemetry.propagation",
     "gateway.telemetry.tracing",
     "gateway.upstream.balancer",

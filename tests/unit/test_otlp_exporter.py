@@ -212,7 +212,7 @@ def test_a_batch_encoded_in_chunks_reads_as_the_whole_batch(gzipped: bool,
            for resource in request.resource_spans for scope in resource.scope_spans for span in scope.spans]
     assert got == [(span.name, span.context.span_id.to_bytes(8, "big"), n) for n, span in enumerate(batch)]
     whole = ExportTraceServiceRequest()
-    whole.ParseFromString(trace_export.encode_spans(batch).SerializeToString())
+    whole.ParseFromString(trace_export.encode_spans(batch))
     assert {resource.resource.SerializeToString() for resource in request.resource_spans} == \
         {whole.resource_spans[0].resource.SerializeToString()}
 
@@ -451,14 +451,19 @@ def test_tls_files_that_cannot_be_loaded_are_refused_naming_the_variable(
 
 # --- what the serving process loads -------------------------------------------------------------
 
-def test_making_the_exporter_leaves_requests_unloaded() -> None:
+def test_making_the_exporter_leaves_requests_and_protobuf_unloaded() -> None:
     program = (
         "import sys, gateway.telemetry.export as t\n"
         "from gateway.core.settings import TracingSettings\n"
         "e = t.make_exporter(TracingSettings(endpoint='http://127.0.0.1:1/v1/traces'))\n"
         "assert type(e).__name__ == 'OtlpHttpExporter', e\n"
+        "from opentelemetry.sdk.trace import ReadableSpan\n"
+        "from opentelemetry.trace import SpanContext\n"
+        "assert t.encode([ReadableSpan('s', SpanContext(1, 2, False), attributes={'a': 1})], True)\n"
         "loaded = sorted(m for m in ('requests', 'urllib3', 'certifi', 'idna', 'charset_normalizer',\n"
-        "                            'opentelemetry.exporter.otlp.proto.http') if m in sys.modules)\n"
+        "                            'opentelemetry.exporter.otlp.proto.http', 'google.protobuf',\n"
+        "                            'opentelemetry.proto', 'opentelemetry.exporter.otlp.proto.common')\n"
+        "                if m in sys.modules)\n"
         "print(loaded)\n")
     done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, check=False)
