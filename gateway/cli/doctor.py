@@ -19,15 +19,19 @@ import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from gateway.cli.args import Commands, actions, add_command
 from gateway.cli.context import config_path
 from gateway.cli.output import print_json, table
-from gateway.cli.proxyprobe import Result, discover, probe
 from gateway.core.errors import ConfigError
 from gateway.core.settings import split_bind
+
+if TYPE_CHECKING:
+    # (the probe, with http.server and subprocess, only for `peel doctor`: every `peel serve` parses
+    # its arguments with this module loaded)
+    from gateway.cli.proxyprobe import Result
 
 DEFAULT_PROXY = "http://127.0.0.1:15001"
 DEFAULT_NO_PROXY = ("localhost", "127.0.0.1", "::1")
@@ -212,6 +216,8 @@ def print_report(results: Sequence[Result], answer: Mapping[str, Any]) -> None:
 
 
 def cmd_proxy_env(args: argparse.Namespace) -> int:
+    from gateway.cli.proxyprobe import discover, probe
+
     proxy = args.proxy or outbound_proxy(config_path(args))
     with tempfile.TemporaryDirectory(prefix="peel-doctor-") as workdir:
         results = probe(discover(args.python, Path(workdir)))

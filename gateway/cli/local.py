@@ -14,6 +14,7 @@ from gateway.cli.args import Commands, actions, add_command, worker_count
 from gateway.cli.context import config_path, open_store, settings
 from gateway.cli.output import print_json, table
 from gateway.core.settings import ROLES
+from gateway.demo.options import add_arguments
 from routes.tokens import DEFAULT_SCOPES, SCOPES
 
 if TYPE_CHECKING:
@@ -121,6 +122,4 @@ def register(commands: Commands) -> None:
     add_command(tokens, "list", cmd_token_list, "list tokens")
     add_command(tokens, "revoke", cmd_token_revoke, "revoke a token").add_argument("name")
     demo = add_command(commands, "demo", cmd_demo, "run a sample monolith, a new service and a gateway")
-    from gateway.demo.run import add_arguments
-
     add_arguments(demo)

@@ -33,10 +33,10 @@ from types import FrameType
 from typing import TextIO
 
 from gateway.demo.children import Child, Children
+from gateway.demo.options import add_arguments
 from gateway.demo.sample import sample_yaml
 from gateway.demo.walkthrough import strangler_steps
 
-DEFAULT_DIR = "./.peel/demo"
 STARTUP_SECONDS = 60.0
 # The gateway's drain period in the demo: Ctrl-C should not wait the production 30 s.
 GRACE_SECONDS = 3.0
@@ -66,17 +66,6 @@ class Ports:
                 ("the sample monolith", "--monolith-port", self.monolith),
                 ("the sample orders service", "--orders-port", self.orders)]
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `peel demo` (the CLI calls this on its `demo` subparser)."""
-    parser.add_argument("--dir", default=DEFAULT_DIR,
-                        help="where the demo keeps its settings, store and logs (default: %(default)s)")
-    for option, default, what in (("--public-port", 8080, "the gateway's public listener"),
-                                  ("--admin-port", 9901, "the admin API"),
-                                  ("--monolith-port", 8081, "the sample monolith"),
-                                  ("--orders-port", 8082, "the sample orders service")):
-        parser.add_argument(option, type=int, default=default, metavar="PORT",
-                            help=f"{what} on 127.0.0.1 (default: %(default)s)")
 
 def check_ports(ports: Ports) -> None:
     """Refuse busy or repeated ports up front, naming the option that changes each."""

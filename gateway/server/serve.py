@@ -50,6 +50,7 @@ from facade.shadow_counts import ShadowFlusher, ShadowStats
 from facade.window import GuardSamples, SamplesFlusher
 from gateway.core import native
 from gateway.core.errors import ConfigError
+from gateway.core.heap import release_free_heap
 from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, is_loopback, load_settings
 from gateway.dataplane.outbound import (
     OutboundApp,
@@ -840,9 +841,10 @@ def settle_memory(holder: TableHolder) -> None:
     again, each a pause of tens of milliseconds on the request path (the p99 in `make bench`).
     Frozen objects are still freed by reference counting when dropped (the first table, on the
     first reload). Every later table is frozen when it arrives (`Settler`, the holder's last
-    follower)."""
+    follower). What start-up freed goes back to the operating system (`release_free_heap`)."""
     gc.collect()
     gc.freeze()
+    release_free_heap()
     holder.follow(Settler().table)
     sys.setswitchinterval(SWITCH_INTERVAL)
 
@@ -862,7 +864,8 @@ class Settler:
     What is frozen and is or becomes garbage in a reference cycle (an object of some connection
     that was open when a table arrived) the frozen generation would keep for good; so at most
     every `thaw_every` seconds, a table's arrival thaws everything for one full collection
-    instead, a pause the length of the old full passes, once in that time.
+    instead, a pause the length of the old full passes, once in that time, after which the heap
+    that collection freed goes back to the operating system.
     """
 
     def __init__(self, *, thaw_every: float = THAW_EVERY,
@@ -878,6 +881,9 @@ class Settler:
             self.thawed = now
             gc.unfreeze()
             gc.collect()
+            gc.freeze()
+            release_free_heap()
+            return
         gc.freeze()
 
 

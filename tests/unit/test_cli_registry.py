@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -57,3 +59,13 @@ def test_a_failed_usage_check_is_a_usage_error(capsys: pytest.CaptureFixture[str
         main(["routes", "set", "r", "--path", "/x"])
     assert exit_.value.code == 2
     assert "--service is required unless -f gives the route" in capsys.readouterr().err
+
+
+def test_parsing_serve_loads_no_other_commands_machinery() -> None:
+    # every `peel serve` builds the whole parser: what a command needs only when it runs (the demo's
+    # runner, the proxy probe's HTTP server, YAML) is imported by its handler, not at registration
+    code = ("import sys; from gateway.cli.parser import build_parser; build_parser().parse_args(['serve']); "
+            "print(sorted(m for m in ('gateway.demo.run', 'gateway.cli.proxyprobe', 'http.server', "
+            "'urllib.request', 'yaml') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

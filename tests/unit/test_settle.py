@@ -20,6 +20,7 @@ import pytest
 from uvicorn.server import ServerState
 
 from gateway.edge.protocol import PeelHttpProtocol
+from gateway.server import serve
 from gateway.server.serve import SWITCH_INTERVAL, Settler, settle_memory
 from routes.changes import put_route
 from routes.compiler import IncrementalCompiler
@@ -178,6 +179,28 @@ def test_a_serving_process_settles_every_table_and_shortens_the_switch_interval(
         kept = [[i] for i in range(500)]
         holder.swap(IncrementalCompiler()(Document.parse(document(3)), 1))  # the settler follows
         assert gc.get_freeze_count() >= frozen + len(kept)
+    finally:
+        sys.setswitchinterval(interval)
+        gc.unfreeze()
+
+
+def test_the_heap_goes_back_to_the_os_after_start_up_and_after_each_thaw(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    released: list[int] = []
+    monkeypatch.setattr(serve, "release_free_heap", lambda: released.append(gc.get_freeze_count()) or True)
+    holder = TableHolder()
+    interval = sys.getswitchinterval()
+    now = [0.0]
+    try:
+        settle_memory(holder)
+        assert len(released) == 1 and released[0] > 0  # after the freeze
+        settler = Settler(thaw_every=600, clock=lambda: now[0])
+        table = IncrementalCompiler()(Document.parse(document(3)), 1)
+        settler.table(table)
+        assert len(released) == 1  # an ordinary table: no trim on the event loop
+        now[0] = 600.0
+        settler.table(table)
+        assert len(released) == 2  # the thaw's full collection freed what it could
     finally:
         sys.setswitchinterval(interval)
         gc.unfreeze()
