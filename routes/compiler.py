@@ -37,7 +37,7 @@ from routes.index import Index, IndexEditor, build_index
 from routes.index import precedence_key as precedence_key
 from routes.matcher import CompiledMatch, regex_literal_segments
 from routes.migration import CompiledMigration
-from routes.model import KEEP, Document, FieldMatch, Match, Rewrite, Route, edit_by_name
+from routes.model import KEEP, NO_REWRITE, Document, FieldMatch, Match, Route, edit_by_name
 from routes.regex import Regex, RegexError
 from routes.registry import Registration, compiled_services
 from routes.revocations import Revocations
@@ -241,7 +241,7 @@ def _unservable(spec: Route) -> CompiledRoute:
     # An empty stand-in service, outside the table's services: no endpoint, so the data plane
     # answers 503 (no-endpoint) without dialing anything, and no health check or pool follows it.
     nowhere = CompiledService(f"unservable route {spec.name}", ())
-    return CompiledRoute(spec, nowhere, match, compile_path_rewrite(spec.match, Rewrite()),
+    return CompiledRoute(spec, nowhere, match, compile_path_rewrite(spec.match, NO_REWRITE),
                          compile_header_rules(spec.rewrite.request_headers),
                          compile_header_rules(spec.rewrite.response_headers), None)
 

@@ -162,6 +162,14 @@ class FieldMatch:
         return (self.name.lower(), self.value, self.regex, self.present)
 
 
+_EMPTY_SET: frozenset[Any] = frozenset()
+
+
+def _set(items: Sequence[Any]) -> frozenset[Any]:
+    """`items` as a frozenset; the empty one shared (each is 216 bytes: five a route, mostly empty)."""
+    return frozenset(items) if items else _EMPTY_SET
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """The predicates of a route. An empty match accepts every request."""
@@ -180,9 +188,9 @@ class Match:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_key", (
-            frozenset(self.hosts), self.path, self.path_prefix, self.path_template, self.path_regex,
-            frozenset(self.methods), frozenset(p.key() for p in self.headers),
-            frozenset(p.key() for p in self.query), frozenset(p.key() for p in self.cookies)))
+            _set(self.hosts), self.path, self.path_prefix, self.path_template, self.path_regex,
+            _set(self.methods), _set([p.key() for p in self.headers]),
+            _set([p.key() for p in self.query]), _set([p.key() for p in self.cookies])))
 
     @classmethod
     def parse(cls, data: object, where: str, refused: Refusals = None) -> Match:
@@ -277,7 +285,8 @@ class HeaderRules:
 
         remove = tuple(header_name(h, f"{where}.remove[{i}]")
                        for i, h in enumerate(sequence(m.get("remove", []), f"{where}.remove")))
-        return cls(pairs("set"), pairs("add"), remove)
+        set_, add = pairs("set"), pairs("add")
+        return cls(set_, add, remove) if set_ or add or remove else NO_HEADER_RULES
 
     def __bool__(self) -> bool:
         return bool(self.set or self.add or self.remove)
@@ -293,6 +302,10 @@ class HeaderRules:
         return out
 
 
+# The rules of a route that edits no header (most): one object shared by every such route.
+NO_HEADER_RULES = HeaderRules()
+
+
 @dataclass(frozen=True, slots=True)
 class Rewrite:
     """What a route changes before forwarding and on the way back.
@@ -306,13 +319,15 @@ class Rewrite:
     path_regex: str | None = None
     replacement: str | None = None
     host: str | None = None
-    request_headers: HeaderRules = field(default_factory=HeaderRules)
-    response_headers: HeaderRules = field(default_factory=HeaderRules)
+    request_headers: HeaderRules = NO_HEADER_RULES
+    response_headers: HeaderRules = NO_HEADER_RULES
 
     @classmethod
     def parse(cls, data: object, where: str, refused: Refusals = None) -> Rewrite:
         m = mapping(data, where, ("path_prefix", "path_regex", "replacement", "host",
                                    "request_headers", "response_headers"))
+        if not m:
+            return NO_REWRITE
         prefix = plain_path(m["path_prefix"], f"{where}.path_prefix") if "path_prefix" in m else None
         count = len(refused) if refused is not None else 0
         regex = _regex(m["path_regex"], f"{where}.path_regex", refused) if "path_regex" in m else None
@@ -361,6 +376,10 @@ class Rewrite:
         return out
 
 
+# The rewrite of a route that rewrites nothing (most): one object shared by every such route.
+NO_REWRITE = Rewrite()
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """A stored rule: a match, what to change, and the service that answers.
@@ -375,7 +394,7 @@ class Route:
     match: Match
     service: str
     priority: int = 0
-    rewrite: Rewrite = field(default_factory=Rewrite)
+    rewrite: Rewrite = NO_REWRITE
     migration: Migration | None = None
     max_body: int | None = None
     # what a stored parse kept instead of refusing (never printed: the patterns themselves are)

@@ -189,3 +189,32 @@ def test_a_service_of_sidecars_may_leave_its_endpoints_to_the_registry() -> None
     assert [e.url for e in service.endpoints] == ["https://10.0.2.15:15443"]
     assert service.endpoints[0].tls is not None and service.endpoints[0].tls.identity == identity
     assert service.health_check is not None  # the document's policies apply to registered endpoints
+
+
+def test_what_routes_do_not_set_is_shared_not_held_per_route() -> None:
+    # a 10,000-route table keeps every Route in memory: empty sets, header rules and rewrites were
+    # a third of a plain route's size (five 216-byte frozensets, two HeaderRules, a Rewrite)
+    import tracemalloc
+
+    from routes.model import NO_HEADER_RULES, NO_REWRITE
+
+    data = {"routes": [{"name": f"r{i}", "match": {"path_prefix": f"/r{i}"}, "service": "s"}
+                       for i in range(2000)],
+            "services": [{"name": "s", "endpoints": ["http://127.0.0.1:9"]}]}
+    tracemalloc.start()
+    try:
+        document = Document.parse(data)
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size / len(document.routes) < 1000, size / len(document.routes)  # 1,772 before
+    plain = document.routes[0]
+    assert plain.rewrite is NO_REWRITE and plain.rewrite.request_headers is NO_HEADER_RULES
+    assert document.routes[1].match.key()[0] is plain.match.key()[0]  # the empty host set
+    edited = Document.parse({**data, "routes": [
+        {"name": "e", "match": {"methods": ["GET"]}, "service": "s",
+         "rewrite": {"request_headers": {"set": {"x-a": "1"}}}}]})
+    route = edited.routes[0]
+    assert route.rewrite.request_headers.set == (("x-a", "1"),)
+    assert route.rewrite.response_headers is NO_HEADER_RULES
+    assert route.match.key()[5] == frozenset({"GET"})
