@@ -831,12 +831,6 @@ async def run_master(settings: Settings, store: Store, sockets: Sockets, config_
 # access-log writer's batch, an exporter, the admin API's commit), each callback of the event loop
 # waited up to the whole interval (bench/README.md).
 SWITCH_INTERVAL = 0.001
-# The collector's young-generation threshold in a serving process (CPython's default: 700). The
-# threshold counts tracked objects allocated and not yet freed: at 50 concurrent requests, what the
-# requests in flight hold passed 700 every few milliseconds, and each young collection (0.1 ms, a
-# full one 1.5-2 ms every second) only promoted objects about to be freed by reference counting.
-# Requests leave no garbage cycles (`Settler`), so a young pass almost never finds anything.
-YOUNG_THRESHOLD = 10_000
 # At most this often, a table's arrival thaws the frozen objects for one full collection (`Settler`)
 THAW_EVERY = 600.0
 
@@ -847,12 +841,10 @@ def settle_memory(holder: TableHolder) -> None:
     again, each a pause of tens of milliseconds on the request path (the p99 in `make bench`).
     Frozen objects are still freed by reference counting when dropped (the first table, on the
     first reload). Every later table is frozen when it arrives (`Settler`, the holder's last
-    follower). What start-up freed goes back to the operating system (`release_free_heap`), and the
-    young generation is collected after `YOUNG_THRESHOLD` objects rather than 700."""
+    follower). What start-up freed goes back to the operating system (`release_free_heap`)."""
     gc.collect()
     gc.freeze()
     release_free_heap()
-    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     holder.follow(Settler().table)
     sys.setswitchinterval(SWITCH_INTERVAL)
 

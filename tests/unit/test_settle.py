@@ -172,18 +172,15 @@ def test_settling_a_table_freezes_the_young_generation_without_a_collection() ->
 def test_a_serving_process_settles_every_table_and_shortens_the_switch_interval() -> None:
     holder = TableHolder()
     interval = sys.getswitchinterval()
-    threshold = gc.get_threshold()
     try:
         settle_memory(holder)
         assert sys.getswitchinterval() == SWITCH_INTERVAL
-        assert gc.get_threshold() == (serve.YOUNG_THRESHOLD, *threshold[1:])
         frozen = gc.get_freeze_count()
         kept = [[i] for i in range(500)]
         holder.swap(IncrementalCompiler()(Document.parse(document(3)), 1))  # the settler follows
         assert gc.get_freeze_count() >= frozen + len(kept)
     finally:
         sys.setswitchinterval(interval)
-        gc.set_threshold(*threshold)
         gc.unfreeze()
 
 
@@ -193,7 +190,6 @@ def test_the_heap_goes_back_to_the_os_after_start_up_and_after_each_thaw(
     monkeypatch.setattr(serve, "release_free_heap", lambda: released.append(gc.get_freeze_count()) or True)
     holder = TableHolder()
     interval = sys.getswitchinterval()
-    threshold = gc.get_threshold()
     now = [0.0]
     try:
         settle_memory(holder)
@@ -207,7 +203,6 @@ def test_the_heap_goes_back_to_the_os_after_start_up_and_after_each_thaw(
         assert len(released) == 2  # the thaw's full collection freed what it could
     finally:
         sys.setswitchinterval(interval)
-        gc.set_threshold(*threshold)
         gc.unfreeze()
 
 
