@@ -1,7 +1,7 @@
 """Handing the C allocator's free memory back to the operating system (`release_free_heap`).
 
 CPython asks the C library's `malloc` for every object above 512 bytes (dicts' tables, lists' item
-arrays, long strings) and for its own 1 MiB arenas' bookkeeping. What a serving process frees after
+arrays, long strings). What a serving process frees after
 start-up (settings, the document the first table was compiled from, what the store's first reads
 decoded) stays in glibc's heap, free but counted in the process's resident memory: glibc returns
 only the top of its heap on its own. `malloc_trim(0)` gives back every whole free page, wherever it
