@@ -19,23 +19,24 @@ from collections.abc import Callable
 
 log = logging.getLogger("peel.heap")
 
-_trim: Callable[[int], int] | None = None
-_looked_up = False
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, typed; None where the C library has none."""
+    try:
+        function = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        log.debug("no malloc_trim in this C library: free heap memory stays with the process")
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return function
+
+
+_trim = _malloc_trim()
 
 
 def release_free_heap() -> bool:
     """Return the C heap's free pages to the OS; False where the C library cannot (not glibc)."""
-    global _trim, _looked_up
-    if not _looked_up:
-        _looked_up = True
-        try:
-            function = ctypes.CDLL(None).malloc_trim
-        except (AttributeError, OSError):
-            log.debug("no malloc_trim in this C library: free heap memory stays with the process")
-        else:
-            function.argtypes = [ctypes.c_size_t]
-            function.restype = ctypes.c_int
-            _trim = function
     if _trim is None:
         return False
     _trim(0)  # (ctypes releases the GIL for the call)

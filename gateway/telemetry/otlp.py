@@ -60,8 +60,7 @@ _SMALL = [bytes((n,)) for n in range(0x80)]  # the one-byte varints
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (a string, bytes or a message)."""
-    size = len(payload)
-    return _BYTES_TAG[number] + (_SMALL[size] if size < 0x80 else _varint(size)) + payload
+    return _BYTES_TAG[number] + _varint(len(payload)) + payload
 
 
 def _text(number: int, value: str | None) -> bytes:
