@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.core.errors import ProtocolError
+from gateway.http import http1
 from gateway.http.http1 import (
     CHUNKED,
     LAST_CHUNK,
@@ -105,6 +106,60 @@ def test_until_close_is_never_reusable() -> None:
 def test_ambiguous_or_malformed_heads_are_refused(head: bytes) -> None:
     with pytest.raises(ProtocolError):
         parse_head(head)
+
+
+def fields(head: http1.ResponseHead) -> tuple[object, ...]:
+    return (head.status, head.reason, head.headers, head.framing, head.content_length, head.keep_alive)
+
+
+def test_a_line_read_before_reads_the_same_from_the_field_cache() -> None:
+    raw = (b"HTTP/1.1 200 OK\r\nServer: up \t\r\nContent-Length: 5\r\nX-Request-Id: up\r\n"
+           b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nVary:\tAccept")
+    drop = frozenset({b"x-request-id"})
+    http1._FIELDS.clear()
+    first = fields(parse_head(raw, drop=drop))
+    assert http1._FIELDS[b"Server: up \t"] == (b"server", b"up")
+    assert fields(parse_head(raw, drop=drop)) == first == (
+        200, b"OK", [(b"server", b"up"), (b"vary", b"Accept"), (b"content-length", b"5")], LENGTH, 5, True)
+    # what is cached is a whole line: the same field folded, or with a space before its colon, fails
+    for bad in (b"HTTP/1.1 200 OK\r\n Server: up \t", b"HTTP/1.1 200 OK\r\nServer : up \t"):
+        with pytest.raises(ProtocolError):
+            parse_head(bad)
+
+
+def test_the_field_cache_is_bounded_and_keeps_no_long_line() -> None:
+    for second in range(3 * http1._FIELDS_MAX):
+        assert parse_head(b"HTTP/1.1 200 OK\r\nDate: %d\r\nContent-Length: 0" % second).status == 200
+        assert len(http1._FIELDS) <= http1._FIELDS_MAX
+    cookie = b"Set-Cookie: " + b"a" * http1._FIELD_KEPT_BELOW
+    assert parse_head(b"HTTP/1.1 200 OK\r\n" + cookie).headers == [(b"set-cookie", cookie[12:])]
+    assert cookie not in http1._FIELDS
+
+
+_NAMES = st.sampled_from([b"Server", b"content-TYPE", b"Content-Length", b"X-Thing", b"Keep-Alive",
+                          b"Connection", b"Set-Cookie", b"ETag", b"x-request-id", b"Vary"])
+_VALUES = st.sampled_from([b"1", b"12", b" 7 ", b"\tclose", b"keep-alive", b"a=1; b", b"", b"X-Thing",
+                           b"up", b"\"tag\"  ", b"x" * 300])
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=8), st.booleans())
+def test_a_head_reads_the_same_with_its_lines_cached_or_not(pairs: list[tuple[bytes, bytes]],
+                                                           clear: bool) -> None:
+    raw = b"HTTP/1.1 200 OK" + b"".join(b"\r\n" + name + b":" + value for name, value in pairs)
+    drop = frozenset({b"x-request-id"})
+
+    def read() -> tuple[object, ...] | str:
+        try:
+            return fields(parse_head(raw, drop=drop))
+        except ProtocolError as exc:
+            return str(exc)
+
+    if clear:
+        http1._FIELDS.clear()
+    cold = read()
+    assert read() == cold
+    http1._FIELDS.clear()
+    assert read() == cold
 
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world"
