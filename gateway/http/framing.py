@@ -30,7 +30,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import NamedTuple
 
 from gateway.core import problems
 from gateway.http.chunked import ChunkedDecoder
@@ -95,7 +94,7 @@ class Refusal(Exception):
         self.detail = detail
 
 
-class Head(NamedTuple):
+class Head:
     """What the protocol layer needs from an accepted request head: the parse and its checks in one.
 
     `head` is the head without an `Upgrade` or `HTTP2-Settings` offer: the original bytes when it
@@ -103,20 +102,28 @@ class Head(NamedTuple):
     ASGI gives them (names lower-cased, values without surrounding whitespace, in order), an
     `Upgrade` or `HTTP2-Settings` offer left out; `keep_alive` whether the client lets the
     connection stay open after this request (RFC 9112 9.3: HTTP/1.1 unless `Connection: close`,
-    HTTP/1.0 only with `Connection: keep-alive`). A NamedTuple: one is built per request, and a
-    frozen dataclass costs several times more to construct.
+    HTTP/1.0 only with `Connection: keep-alive`). A plain class with slots: one is built per
+    request, and compiled (gateway.core.native) it is built and read as a C struct, where a
+    NamedTuple's constructor and fields are Python-level calls (called from Python, 0.15 against
+    0.30 us to build; from the compiled protocol, a direct call).
     """
 
-    head: bytes
-    method: bytes
-    framing: int
-    length: int
-    expect_continue: bool
-    upgrade_stripped: bool
-    target: bytes
-    version: tuple[int, int]
-    headers: list[tuple[bytes, bytes]]
-    keep_alive: bool
+    __slots__ = ("expect_continue", "framing", "head", "headers", "keep_alive", "length", "method",
+                 "target", "upgrade_stripped", "version")
+
+    def __init__(self, head: bytes, method: bytes, framing: int, length: int, expect_continue: bool,
+                 upgrade_stripped: bool, target: bytes, version: tuple[int, int],
+                 headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        self.head = head
+        self.method = method
+        self.framing = framing
+        self.length = length
+        self.expect_continue = expect_continue
+        self.upgrade_stripped = upgrade_stripped
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
 
 
 def check_head(block: bytes, limits: HeadLimits) -> Head:
