@@ -477,7 +477,7 @@ def measure(bench: Bench, pids: dict[str, int], bodies: list[str], reps: int, se
     for rnd in range(reps):
         print(f"round {rnd + 1}/{reps} ...", file=sys.stderr, flush=True)
         for body in bodies:
-            for target in bench.targets:
+            for target in round_order(bench.targets, rnd):
                 cpu = process_cpu_seconds(pids[target]) if target in pids else 0.0
                 result = wrk(bench.ports[target], PATHS[body], CONNS, seconds)
                 if target in pids:
@@ -496,6 +496,21 @@ def measure(bench: Bench, pids: dict[str, int], bodies: list[str], reps: int, se
                     rows.setdefault((body, target, PACED), []).append(
                         wrk(bench.ports[target], PATHS[body], CONNS, max(3, seconds // 2), script=script))
     return rows, rss
+
+
+def round_order(targets: tuple[str, ...], rnd: int) -> tuple[str, ...]:
+    """The order of `targets` in round `rnd`: as given, but peel and peel-base change places every
+    other round, so neither always runs first (the machine's speed drifts within a round too)."""
+    if rnd % 2 == 0 or "peel" not in targets or BASE not in targets:
+        return targets
+    swap = {"peel": BASE, BASE: "peel"}
+    return tuple(swap.get(target, target) for target in targets)
+
+
+def paired_ratio(now: list[float], before: list[float]) -> float:
+    """The median of the rounds' own ratios, now / before: each pair ran minutes apart at most, so
+    the drift between rounds cancels out of it (the medians' ratio keeps it)."""
+    return statistics.median(a / b for a, b in zip(now, before, strict=True) if b)
 
 
 def report(rows: dict[tuple[str, str, int], list[dict[str, float]]], rss: list[tuple[float, float]],
@@ -570,8 +585,11 @@ def compare_baseline(rows: dict[tuple[str, str, int], list[dict[str, float]]], b
         return statistics.median(r[name] for r in rows[(body, target, conns)])
 
     print(f"\n### peel (this checkout) against {BASE} ({baseline}), medians of the same rounds\n")
-    print(f"| body | measure | peel | {BASE} | peel x nginx | {BASE} x nginx | peel / {BASE} | peel is |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("(paired: the median of each round's own peel / peel-base; the two change places every other "
+          "round)\n")
+    print(f"| body | measure | peel | {BASE} | peel x nginx | {BASE} x nginx | peel / {BASE} | paired | "
+          "peel is |")
+    print("|---|---|---|---|---|---|---|---|---|")
     measures = [(f"req/s c{CONNS}", CONNS, "rps", True), (f"CPU us per request c{CONNS}", CONNS, "cpu_us",
                                                           False),
                 (f"c{CONNS} p50 ms", CONNS, "p50", False),
@@ -583,14 +601,17 @@ def compare_baseline(rows: dict[tuple[str, str, int], list[dict[str, float]]], b
         for label, conns, name, higher_is_better in measures:
             now, before = med(body, "peel", conns, name), med(body, BASE, conns, name)
             ratio = now / before
-            change = (ratio - 1) * 100 if higher_is_better else (1 - ratio) * 100
+            paired = paired_ratio([r[name] for r in rows[(body, "peel", conns)]],
+                                  [r[name] for r in rows[(body, BASE, conns)]])
+            change = (paired - 1) * 100 if higher_is_better else (1 - paired) * 100
             verdict = f"{abs(change):.1f}% {'better' if change >= 0 else 'worse'}"
             if name == "cpu_us":  # nginx's CPU is not sampled
                 against = "- | -"
             else:
                 nginx = med(body, "nginx", conns, name)
                 against = f"{now / nginx:.3f} | {before / nginx:.3f}"
-            print(f"| {body} | {label} | {now:,.3f} | {before:,.3f} | {against} | {ratio:.3f} | {verdict} |")
+            print(f"| {body} | {label} | {now:,.3f} | {before:,.3f} | {against} | {ratio:.3f} | "
+                  f"{paired:.3f} | {verdict} |")
     now_rss = max(r["rss"] for k, rs in rows.items() if k[1] == "peel" and k[2] == CONNS for r in rs)
     base_rss = max(r["rss"] for k, rs in rows.items() if k[1] == BASE and k[2] == CONNS for r in rs)
     print(f"\npeak RSS under load, all processes: peel {now_rss:.1f} MiB, {BASE} {base_rss:.1f} MiB "
