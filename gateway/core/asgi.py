@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Final
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -13,19 +13,19 @@ Respond = Callable[[int, list[tuple[bytes, bytes]], bytes], bool]
 
 # The two `scope["extensions"]` keys Peel's edge (gateway.edge.protocol) fills for the data plane:
 # the request line's raw target bytes, and the connection's `Downstream` handle.
-TARGET = "peel.target"
-DOWNSTREAM = "peel.downstream"
+TARGET: Final = "peel.target"
+DOWNSTREAM: Final = "peel.downstream"
 # On the inbound listener: the connection's `Peer` (its verified SPIFFE ID, or None in plaintext
 # or without a client certificate); None on the other listeners. Read once per connection.
-PEER = "peel.peer"
+PEER: Final = "peel.peer"
 # The kind of listener a request came in on when it is not the app's default ("outbound": a local
 # app on this VM); the inbound listener is known by its `PEER`. Cohorts and the dependency graph
 # read it (docs/east-west.md).
-LISTENER = "peel.listener"
+LISTENER: Final = "peel.listener"
 # `respond(status, headers, body) -> bool`: the whole response in one call, without ASGI messages
 # (gateway.edge.cycle.ResponseCycle.respond); absent when the server is not Peel's own. Used only
 # by an app called with the same cycle's `send`: a wrapper that changes `send` turns it off.
-RESPOND = "peel.respond"
+RESPOND: Final = "peel.respond"
 
 
 class Peer:

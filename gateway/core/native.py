@@ -13,6 +13,9 @@ modules call each other directly in C, so a build with one module edited since w
 beside new; a source that changed since the build turns the whole build off (`state()` names the
 file), and Peel runs as pure Python, as it does where no C compiler was found.
 
+Their module-level constants are `Final` (tests/unit/test_native.py checks it): compiled, a `Final`
+name is a C static, any other global a lookup in the module's dict each time it is read.
+
 `PEEL_NATIVE=off` in the environment turns a valid build off too (the pure-Python path for a
 comparison, or for a suspected difference between the two).
 """

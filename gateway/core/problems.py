@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from gateway.core.errors import UpstreamError
 from routes.errors import RuleError
 
-CONTENT_TYPE = "application/problem+json"
-_CONTENT_TYPE = CONTENT_TYPE.encode("ascii")
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+CONTENT_TYPE: Final = "application/problem+json"
+_CONTENT_TYPE: Final = CONTENT_TYPE.encode("ascii")
+_TITLES: Final = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 412: "Precondition Failed",
            413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
            422: "Unprocessable Content", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
@@ -42,7 +42,7 @@ def encode(body: dict[str, Any]) -> bytes:
 
 # What a client is told about failures whose own text names the gateway's insides (endpoint URLs,
 # TLS errors, exception classes): the specifics stay in the log and the access-log line (`detail`).
-PUBLIC_DETAILS = {
+PUBLIC_DETAILS: Final = {
     "upstream-error": "the upstream service failed",
     "no-endpoint": "the service has no endpoint available",
     "circuit-open": "the service is refusing requests for a moment (circuit open); try again later",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Final
 
 from gateway.core.asgi import Message, Receive
 from gateway.dataplane.request import BodyTooLarge
@@ -30,7 +30,7 @@ from routes.migration import CompiledMigration
 from routes.policies import RATE_GRACE
 
 # Bytes read from the temporary file per message when a held body is replayed.
-FILE_CHUNK = 64 * 1024
+FILE_CHUNK: Final = 64 * 1024
 
 
 class Watch:

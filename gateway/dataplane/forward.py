@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from facade.cohort import with_side
 from gateway.core.asgi import Downstream, Receive
@@ -55,10 +55,10 @@ if TYPE_CHECKING:
     from routes.model import Endpoint
     from routes.table import CompiledRoute, CompiledService
 
-log = logging.getLogger("peel.proxy")
-_perf = time.perf_counter
-_now = time.monotonic
-_RETRY_AFTER_ONE = (b"retry-after", b"1")
+log: Final = logging.getLogger("peel.proxy")
+_perf: Final = time.perf_counter
+_now: Final = time.monotonic
+_RETRY_AFTER_ONE: Final = (b"retry-after", b"1")
 
 
 class Forwarder:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Final
 
 from facade.beta import BetaTrust
 from facade.counts import FALLBACK, FROM, RETIRED_MISSES, TO, TrafficCounts
@@ -49,9 +50,9 @@ from routes.holder import TableHolder
 from routes.migration import CompiledMigration
 from routes.table import CompiledRoute, RouteTable
 
-log = logging.getLogger("peel.proxy")
-_perf = time.perf_counter
-_now = time.monotonic
+log: Final = logging.getLogger("peel.proxy")
+_perf: Final = time.perf_counter
+_now: Final = time.monotonic
 
 
 class ProxyApp:

@@ -30,7 +30,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Final
 
 from facade.compare import CREDENTIAL_HEADERS, REDACTED, Comparison, Reply, compare
 from facade.shadow_counts import ShadowStats
@@ -47,15 +47,15 @@ from routes.migration import FULL_SHARE, SAFE_METHODS, CompiledMigration, Shadow
 from routes.services import Endpoint
 from routes.table import CompiledRoute, RouteTable
 
-log = logging.getLogger("peel.shadow")
-MARKER_NAME = b"peel-shadow"
-MARKER = (MARKER_NAME, b"1")
-_DROP = frozenset({b"content-length", b"transfer-encoding", b"peel-shadow"})
+log: Final = logging.getLogger("peel.shadow")
+MARKER_NAME: Final = b"peel-shadow"
+MARKER: Final = (MARKER_NAME, b"1")
+_DROP: Final = frozenset({b"content-length", b"transfer-encoding", b"peel-shadow"})
 # Differences kept in one example pair.
-EXAMPLE_DIFFERENCES = 10
+EXAMPLE_DIFFERENCES: Final = 10
 # Bytes (request bodies and recorded answers) one route's lane holds while copies wait or run: a
 # full queue of 1 MiB bodies would otherwise hold hundreds of MiB. Past it, copies are dropped.
-LANE_BYTES = 16 << 20
+LANE_BYTES: Final = 16 << 20
 
 
 class ShadowTooLarge(Exception):

@@ -29,11 +29,11 @@ import asyncio
 import http
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from gateway.core.asgi import RESPOND
 
-log = logging.getLogger("peel.edge")
+log: Final = logging.getLogger("peel.edge")
 
 
 def _status_line(status: int) -> bytes:
@@ -44,12 +44,12 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
 
-STATUS_LINES: dict[int, bytes] = {status: _status_line(status) for status in range(100, 600)}
+STATUS_LINES: Final[dict[int, bytes]] = {status: _status_line(status) for status in range(100, 600)}
 
-_INTERNAL_ERROR = (b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
+_INTERNAL_ERROR: Final = (b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
                    b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error")
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 class ResponseCycle:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Final, cast
 from urllib.parse import unquote
 
 import httptools
@@ -61,7 +61,7 @@ from gateway.http.framing import (
 )
 from gateway.identity.bundle import peer_identity
 
-log = logging.getLogger("peel.edge")
+log: Final = logging.getLogger("peel.edge")
 
 
 class CoalescingWriter:
@@ -124,8 +124,8 @@ class CoalescingWriter:
 
 # A write this large goes out at once (nothing to gain by waiting); two writes whose sum is below
 # _JOIN_BELOW are joined (a copy is cheaper than a vectored write for small buffers).
-_HOLD_BELOW = 16 * 1024
-_JOIN_BELOW = 64 * 1024
+_HOLD_BELOW: Final = 16 * 1024
+_JOIN_BELOW: Final = 64 * 1024
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # `configured()` subclasses it per listener
@@ -512,11 +512,11 @@ class PeelHttpProtocol(asyncio.Protocol):
             self._downstream.abort()
 
 
-_ASGI: Any = {"version": "3.0", "spec_version": "2.3"}  # the same in every scope
-_HEAD = 0
-_LENGTH = 1
-_CHUNKED = 2
-_UPGRADED = 3  # the connection belongs to the WebSocket protocol now
+_ASGI: Final[Any] = {"version": "3.0", "spec_version": "2.3"}  # the same in every scope
+_HEAD: Final = 0
+_LENGTH: Final = 1
+_CHUNKED: Final = 2
+_UPGRADED: Final = 3  # the connection belongs to the WebSocket protocol now
 
 
 def _incomplete_head_refusal(buf: bytes, limits: HeadLimits) -> Refusal | None:

@@ -16,24 +16,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Final
 
 from routes.grammar import TOKEN
 
 # error(status, code, detail): what a leg raises for a malformed or oversize body.
 ChunkErrorFactory = Callable[[int, str, str], Exception]
 
-MAX_LINE = 4096  # a chunk-size line, with its extensions
-_SIZE = 0  # states: a chunk-size line,
-_DATA = 1  # chunk data,
-_DATA_END = 2  # the CRLF after chunk data,
-_TRAILERS = 3  # the trailer section, up to its empty line
-_HEX = b"0123456789abcdefABCDEF"
-_TOKEN = TOKEN.encode("ascii")
+MAX_LINE: Final = 4096  # a chunk-size line, with its extensions
+_SIZE: Final = 0  # states: a chunk-size line,
+_DATA: Final = 1  # chunk data,
+_DATA_END: Final = 2  # the CRLF after chunk data,
+_TRAILERS: Final = 3  # the trailer section, up to its empty line
+_HEX: Final = b"0123456789abcdefABCDEF"
+_TOKEN: Final = TOKEN.encode("ascii")
 # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
-_CHUNK_EXT = re.compile(rb'(?:[ \t]*;[ \t]*' + _TOKEN + rb'(?:[ \t]*=[ \t]*(?:' + _TOKEN
+_CHUNK_EXT: Final = re.compile(rb'(?:[ \t]*;[ \t]*' + _TOKEN + rb'(?:[ \t]*=[ \t]*(?:' + _TOKEN
                         + rb'|"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*"))?)*')
 # Field values: HTAB, SP, visible ASCII, obs-text.
-_VALUE_BYTES = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_VALUE_BYTES: Final = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
 
 
 class ChunkedDecoder:

@@ -30,47 +30,48 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Final
 
 from gateway.core import problems
 from gateway.http.chunked import ChunkedDecoder
 from routes.grammar import TOKEN, TOKEN_BYTES_RE
 
 # Body framing of a request.
-NO_BODY = 0
-LENGTH = 1
-CHUNKED = 2
+NO_BODY: Final = 0
+LENGTH: Final = 1
+CHUNKED: Final = 2
 
-_TOKEN = TOKEN.encode("ascii")  # RFC 9110 5.6.2, as a bytes pattern source
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ ]+) HTTP/(\d)\.(\d)")
-_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})  # tokens
-_HTTP11 = (1, 1)
+_TOKEN: Final = TOKEN.encode("ascii")  # RFC 9110 5.6.2, as a bytes pattern source
+_REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") ([^ ]+) HTTP/(\d)\.(\d)")
+_METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})  # tokens
+_HTTP11: Final = (1, 1)
 # Field values: HTAB, SP, visible ASCII, obs-text. Everything else is a control character.
-_VALUE_BYTES = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_VALUE_BYTES: Final = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
 # The field lines of a head (each `name: value` with its CRLF) that break none of `_field`'s rules:
 # every name a token (so no line starts with whitespace), every value free of control characters.
-_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_FIELDS: Final = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 # Targets: visible ASCII only (RFC 3986 has no raw space, control or non-ASCII byte in a URI).
-_TARGET_BYTES = bytes(range(0x21, 0x7F))
+_TARGET_BYTES: Final = bytes(range(0x21, 0x7F))
 # A Host value: reg-name, IPv4, IP-literal and port characters.
-_HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:%[]"
-_ABSOLUTE = re.compile(rb"(?i:https?)://[^/?#]+(?:[/?].*)?")
-_DIGITS = b"0123456789"
+_HOST_BYTES: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:%[]"
+_ABSOLUTE: Final = re.compile(rb"(?i:https?)://[^/?#]+(?:[/?].*)?")
+_DIGITS: Final = b"0123456789"
 # The trailer section of a chunked request body, in all.
-_MAX_TRAILERS = 16 * 1024
+_MAX_TRAILERS: Final = 16 * 1024
 # ... and its fields. Trailers never reach the upstream (RFC 9110 §6.5.1: they are not merged into
 # the header section; Peel drops them), so a request needs few; past either limit: 431 and close.
-_MAX_TRAILER_FIELDS = 32
+_MAX_TRAILER_FIELDS: Final = 32
 
 # Headers a `Connection` field may not nominate: stripping them as hop-by-hop would change how
 # the request is framed or routed, or remove what Peel sets for the upstream.
-PROTECTED = frozenset({
+PROTECTED: Final = frozenset({
     b"host", b"content-length", b"transfer-encoding", b"expect",
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip",
     b"x-request-id", b"traceparent", b"tracestate",
 })
 # A header name with "_" is refused (by default) when, read with "-" for "_", it is one of these or
 # starts with one of the prefixes: a server that folds "_" into "-" would take it for the real one.
-_TRUSTED_PREFIXES = (b"x-forwarded-", b"x-peel-", b"peel-")
+_TRUSTED_PREFIXES: Final = (b"x-forwarded-", b"x-peel-", b"peel-")
 
 
 @dataclass(frozen=True, slots=True)

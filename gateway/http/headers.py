@@ -20,29 +20,30 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from gateway.core.trust import TrustedNetworks
 
 Headers = list[tuple[bytes, bytes]]
-_getrandbits = random.getrandbits
+_getrandbits: Final = random.getrandbits
 
 # RFC 9110 section 7.6.1, plus the pre-standard Keep-Alive and Proxy-Connection, and `Proxy`: no
 # HTTP header at all, but a CGI-style app reads it as its HTTP_PROXY variable (httpoxy), so it never
 # reaches an upstream from any listener.
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
     b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"proxy",
 })
-_XFF = b"x-forwarded-for"
-_XFP = b"x-forwarded-proto"
-_XFH = b"x-forwarded-host"
-_FORWARDED = b"forwarded"
-_FORWARDING = frozenset({_XFF, _XFP, _XFH, _FORWARDED})
+_XFF: Final = b"x-forwarded-for"
+_XFP: Final = b"x-forwarded-proto"
+_XFH: Final = b"x-forwarded-host"
+_FORWARDED: Final = b"forwarded"
+_FORWARDING: Final = frozenset({_XFF, _XFP, _XFH, _FORWARDED})
 # Claims that only a trusted proxy may make (every other `x-forwarded-*` too): who the client is
 # (address), which URL or method it "really" asked for, and who it is (TLS client certificates and
 # users a proxy in front authenticated). Read with "-" for "_": frameworks that map both to one
 # variable (CGI/WSGI `HTTP_X_REAL_IP`, PHP) take `X_Real_IP` for `X-Real-IP`.
-CLIENT_CLAIMS = frozenset({
+CLIENT_CLAIMS: Final = frozenset({
     # client address
     b"x-real-ip", b"x-client-ip", b"client-ip", b"true-client-ip", b"x-cluster-client-ip",
     b"cf-connecting-ip", b"fastly-client-ip", b"x-original-forwarded-for", b"x-forwarded",
@@ -58,18 +59,18 @@ CLIENT_CLAIMS = frozenset({
 })
 # Prefixes of claims: the forwarded family, and the TLS client fields proxies pass on
 # (`X-SSL-Client-Verify`, `-DN`, `-S-DN`, `-Cert`, `SSL-Client-*`, `X-Client-SSL-*`).
-CLAIM_PREFIXES = (b"x-forwarded-", b"x-ssl-client-", b"ssl-client-", b"x-client-ssl-")
-_MAX_REQUEST_ID = 200
+CLAIM_PREFIXES: Final = (b"x-forwarded-", b"x-ssl-client-", b"ssl-client-", b"x-client-ssl-")
+_MAX_REQUEST_ID: Final = 200
 # Connection tokens that name no header (a field called "close" is legal but would be silly).
-_NOT_NOMINATIONS = frozenset({b"close", b"keep-alive", b""})
+_NOT_NOMINATIONS: Final = frozenset({b"close", b"keep-alive", b""})
 # Visible ASCII only: request ids end up in logs and in other systems' headers.
-_VISIBLE = bytes(range(0x21, 0x7F))
+_VISIBLE: Final = bytes(range(0x21, 0x7F))
 
 
 # Verdicts of `is_claim` by header name: the data plane asks for every header of every request
 # from an untrusted client, and names repeat. Bounded: hostile names cannot grow it.
-_CLAIMS: dict[bytes, bool] = {}
-_MAX_CLAIMS = 4096
+_CLAIMS: Final[dict[bytes, bool]] = {}
+_MAX_CLAIMS: Final = 4096
 
 
 def claim_verdict(name: bytes) -> bool:

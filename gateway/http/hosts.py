@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
 # RFC 3986 reg-name characters (unreserved, pct-encoded, sub-delims); ":" only before the port.
-_REG_NAME = re.compile(r"[a-z0-9\-._~!$&'()*+,;=%]*\Z")
-_PORT = re.compile(r"[0-9]{0,5}\Z")
+_REG_NAME: Final = re.compile(r"[a-z0-9\-._~!$&'()*+,;=%]*\Z")
+_PORT: Final = re.compile(r"[0-9]{0,5}\Z")
 
 
 def _canonical(name: str) -> str | None:
@@ -37,8 +37,8 @@ def _canonical(name: str) -> str | None:
 
 
 # Host headers repeat (a gateway serves a handful of names): each is read once, then looked up.
-_PARSED: dict[bytes, str | None] = {}
-_MAX_PARSED = 4096
+_PARSED: Final[dict[bytes, str | None]] = {}
+_MAX_PARSED: Final = 4096
 
 
 def parse_host(host: bytes) -> str | None:

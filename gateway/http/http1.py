@@ -13,6 +13,7 @@ response has no body whatever its headers say). Interim 1xx responses are skippe
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from gateway.core.errors import ProtocolError
 from gateway.http.chunked import ChunkedDecoder
@@ -21,31 +22,31 @@ from routes.grammar import TOKEN
 
 Headers = list[tuple[bytes, bytes]]
 
-MAX_HEAD = 64 * 1024
-MAX_TRAILERS = 64 * 1024
+MAX_HEAD: Final = 64 * 1024
+MAX_TRAILERS: Final = 64 * 1024
 
 # Body framing of a response.
-NO_BODY = 0
-LENGTH = 1
-CHUNKED = 2
-UNTIL_CLOSE = 3
+NO_BODY: Final = 0
+LENGTH: Final = 1
+CHUNKED: Final = 2
+UNTIL_CLOSE: Final = 3
 
 # Bytes a response head may hold: HT, CR, LF, visible ASCII, space and obs-text. CR and LF are
 # then checked to come only as CRLF pairs.
-_HEAD_BYTES = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
-_DIGITS = b"0123456789"
-_FIELD_LINE = re.compile(rb"(" + TOKEN.encode("ascii") + rb"):[ \t]*(.*)", re.DOTALL)
+_HEAD_BYTES: Final = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_DIGITS: Final = b"0123456789"
+_FIELD_LINE: Final = re.compile(rb"(" + TOKEN.encode("ascii") + rb"):[ \t]*(.*)", re.DOTALL)
 # Field lines already read, each as the `(name lower-cased, value)` pair it reads as. An upstream
 # repeats most of its lines from one response to the next (Server, Content-Type, Connection, Vary,
 # Cache-Control; Date for a second; Content-Length for answers of one size), and a line found here
 # costs a dict lookup instead of a pattern match, a lower-casing, a strip and a tuple. Bounded:
 # emptied when full, and long lines (cookies, tokens) are never kept.
-_FIELDS: dict[bytes, tuple[bytes, bytes]] = {}
-_FIELDS_MAX = 1024
-_FIELD_KEPT_BELOW = 256
+_FIELDS: Final[dict[bytes, tuple[bytes, bytes]]] = {}
+_FIELDS_MAX: Final = 1024
+_FIELD_KEPT_BELOW: Final = 256
 # Headers the reader handles itself: framing, and the hop-by-hop ones that never go downstream.
-_SPECIAL = HOP_BY_HOP | {b"content-length"}
-_NOT_NOMINATIONS = frozenset({b"close", b"keep-alive", b""})
+_SPECIAL: Final = HOP_BY_HOP | {b"content-length"}
+_NOT_NOMINATIONS: Final = frozenset({b"close", b"keep-alive", b""})
 
 
 def request_head(method: str, target: bytes, headers: Headers) -> bytes:
@@ -62,7 +63,7 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 class ResponseHead:

@@ -27,16 +27,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Final
 
 from gateway.core.settings import PathSettings
 
 # pchar (RFC 3986: unreserved, sub-delims, ":" and "@") in segments that are not empty and do not
 # start with "." (so no dot segment, no "//"): such a path is already normal under every rule
 # set, and the common case returns after this one regex.
-_PLAIN = re.compile(rb"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*)*/?")
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/")
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+_PLAIN: Final = re.compile(rb"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*)*/?")
+_SAFE: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/")
+_UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 _SLASH, _BACKSLASH, _NUL = 0x2F, 0x5C, 0x00
 
 
@@ -53,7 +54,7 @@ class PathRules:
     merge_slashes: bool = True
 
 
-DEFAULT_RULES = PathRules()
+DEFAULT_RULES: Final = PathRules()
 
 
 @lru_cache(maxsize=8)

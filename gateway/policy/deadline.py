@@ -14,28 +14,29 @@ stripped before forwarding.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from gateway.core.settings import DeadlineSettings
 from gateway.core.trust import TrustedNetworks
 
 Headers = list[tuple[bytes, bytes]]
 
-GRPC_TIMEOUT = b"grpc-timeout"
+GRPC_TIMEOUT: Final = b"grpc-timeout"
 # gRPC over HTTP/2, "Requests": TimeoutUnit -> seconds
-GRPC_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6,
+GRPC_UNITS: Final = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6,
               ord("n"): 1e-9}
-GRPC_MAX_DIGITS = 8
-_GRPC_MAX = 99_999_999
+GRPC_MAX_DIGITS: Final = 8
+_GRPC_MAX: Final = 99_999_999
 # More digits than this (over 30,000 years) is not a deadline anyone means; refusing it also keeps
 # a 60 KiB run of digits from being parsed at all.
-MAX_MS_DIGITS = 15
+MAX_MS_DIGITS: Final = 15
 # A nanosecond, in milliseconds: 16.089 s is 16088.999... ms in floats, and rounding that down
 # would take a millisecond off the deadline at every hop.
-_FLOAT_NOISE_MS = 1e-6
+_FLOAT_NOISE_MS: Final = 1e-6
 # Less than this left and a deadline has passed: what goes upstream is whole milliseconds, and
 # `Peel-Timeout-Ms: 0` / `grpc-timeout: 0m` would hand the next hop a request its caller has given
 # up on (Peel refuses that value on arrival itself).
-MIN_REMAINING = 0.001
+MIN_REMAINING: Final = 0.001
 
 
 def expired(deadline: float, now: float) -> bool:

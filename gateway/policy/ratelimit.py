@@ -30,20 +30,20 @@ from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable
 from functools import lru_cache
 from itertools import islice
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from routes.policies import RateLimit
 
 Headers = list[tuple[bytes, bytes]]
 
-POLICY_HEADER = b"ratelimit-policy"
-LIMIT_HEADER = b"ratelimit"
-RETRY_AFTER = b"retry-after"
+POLICY_HEADER: Final = b"ratelimit-policy"
+LIMIT_HEADER: Final = b"ratelimit"
+RETRY_AFTER: Final = b"retry-after"
 # How many of the least recently used buckets are looked at for a full one before evicting.
-_EVICTION_SCAN = 8
+_EVICTION_SCAN: Final = 8
 # Header values longer than this are keyed by their digest: a bucket's key stays small even when
 # a client sends 60 KiB values, and distinct values still get distinct buckets.
-_MAX_KEY = 128
+_MAX_KEY: Final = 128
 
 
 class Verdict(NamedTuple):

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Container
 from datetime import UTC
 from functools import lru_cache
+from typing import Final
 
 from gateway.core.errors import (
     ConnectError,
@@ -37,10 +38,10 @@ from routes.policies import RetryPolicy
 Headers = list[tuple[bytes, bytes]]
 
 # Failures that are not statuses (see routes.policies.RETRY_ON).
-FAILURES = ("connect-failure", "reset", "timeout")
-_BUCKETS = 10
+FAILURES: Final = ("connect-failure", "reset", "timeout")
+_BUCKETS: Final = 10
 # 2 ** 62 * any sane base is beyond every cap: no need to compute bigger powers (or overflow floats).
-_MAX_DOUBLINGS = 62
+_MAX_DOUBLINGS: Final = 62
 
 
 def backoff(retry: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:

@@ -26,17 +26,17 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from routes.model import Endpoint
 
-FIELDS = ("time", "trace_id", "span_id", "request_id", "client", "method", "path", "route", "service",
+FIELDS: Final = ("time", "trace_id", "span_id", "request_id", "client", "method", "path", "route", "service",
           "endpoint", "side", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "attempts",
           "fallback", "error", "detail", "peer")
-_BATCH = 256  # lines written per GIL hand-over: a long batch would stall the event loop
-_COMPLAIN_EVERY = 60.0  # seconds between two reports of a failing target
+_BATCH: Final = 256  # lines written per GIL hand-over: a long batch would stall the event loop
+_COMPLAIN_EVERY: Final = 60.0  # seconds between two reports of a failing target
 
-log = logging.getLogger("peel.accesslog")
+log: Final = logging.getLogger("peel.accesslog")
 
 
 def open_private(path: str) -> IO[bytes]:
@@ -209,8 +209,8 @@ class AccessLog:
             ',"detail":', _text(detail), ',"peer":', _text(peer), "}\n"))
 
 
-_quote = json.encoder.encode_basestring
-_MILLIS = tuple(f"{millis:03d}" for millis in range(1000))  # the milliseconds of a time, as written
+_quote: Final = json.encoder.encode_basestring
+_MILLIS: Final = tuple(f"{millis:03d}" for millis in range(1000))  # the milliseconds of a time, as written
 
 
 def _url(endpoint: Endpoint | str | None) -> str | None:

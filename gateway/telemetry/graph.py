@@ -29,19 +29,19 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from facade.flusher import Flusher
 from gateway.telemetry.metrics import BUCKETS
 from routes.errors import StoreError
 
-log = logging.getLogger("peel.graph")
+log: Final = logging.getLogger("peel.graph")
 
-MAX_EDGES = 1000
-MAX_SOURCE = 255  # longer names (a SPIFFE ID may have 2048 bytes) count as `other`
-OTHER = "other"
-EXTERNAL = "external"
-LISTENERS = ("outbound", "inbound", "public")  # the order a pair's observations are preferred in
+MAX_EDGES: Final = 1000
+MAX_SOURCE: Final = 255  # longer names (a SPIFFE ID may have 2048 bytes) count as `other`
+OTHER: Final = "other"
+EXTERNAL: Final = "external"
+LISTENERS: Final = ("outbound", "inbound", "public")  # the order a pair's observations are preferred in
 # (listener, source, destination) -> [requests, errors, bucket 0 .. bucket n-1, +Inf]
 Key = tuple[str, str, str]
 Deltas = Mapping[Key, Sequence[int]]
@@ -120,8 +120,8 @@ class GraphStore(Protocol):
 
 
 # edges are kept this long in the store (the longest window `GET /api/v1/graph` reads)
-RETENTION = 24 * 3600.0
-MAX_WINDOW = RETENTION
+RETENTION: Final = 24 * 3600.0
+MAX_WINDOW: Final = RETENTION
 
 
 def minute(now: float) -> int:

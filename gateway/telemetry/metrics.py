@@ -24,21 +24,22 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 if TYPE_CHECKING:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # Seconds; from a cache hit on loopback (0.5 ms) to a slow legacy page (10 s).
-BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+BUCKETS: Final[tuple[float, ...]] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                               1.0, 2.5, 5.0, 10.0)
-MAX_SERIES = 10_000
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # prometheus-client's CONTENT_TYPE_PLAIN_0_0_4
+MAX_SERIES: Final = 10_000
+# prometheus-client's CONTENT_TYPE_PLAIN_0_0_4
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Index status // 100; "none": no response was sent (the downstream went away first).
-_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
-_ROUTE_COUNTERS = ("retries", "fallbacks", "rate_limited", "authz_dry_run", "authz_denied")
+_CLASSES: Final = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+_ROUTE_COUNTERS: Final = ("retries", "fallbacks", "rate_limited", "authz_dry_run", "authz_denied")
 # distinct sources counted per process on the inbound listener; more are "other"
-MAX_SOURCES = 1000
+MAX_SOURCES: Final = 1000
 
 
 def status_class(status: int) -> str:
@@ -401,12 +402,12 @@ class PeelCollector:
             yield family
 
 
-_PROCESS_GAUGES = (
+_PROCESS_GAUGES: Final = (
     ("resident_memory_bytes", "Resident memory of each serving process"),
     ("open_fds", "Open file descriptors of each serving process"),
     ("start_time_seconds", "Start time of each serving process (unix seconds)"),
 )
-_CONFIG_GAUGES = (
+_CONFIG_GAUGES: Final = (
     ("version", "Config version each serving process serves (-1: none yet)"),
     ("last_reload_timestamp_seconds", "When each serving process last tried to load a config version"),
     ("last_reload_success", "1 when the last load succeeded, 0 when the version was refused"),

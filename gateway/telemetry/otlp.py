@@ -22,23 +22,23 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
 
-log = logging.getLogger("peel.tracing.export")
+log: Final = logging.getLogger("peel.tracing.export")
 
 # Span.flags (fixed32): the context's is_remote is known (always), and true (a remote parent).
-HAS_IS_REMOTE = 0x100
-IS_REMOTE = 0x200
+HAS_IS_REMOTE: Final = 0x100
+IS_REMOTE: Final = 0x200
 
-_FIXED64 = struct.Struct("<Q")
-_FIXED32 = struct.Struct("<I")
-_DOUBLE = struct.Struct("<d")
+_FIXED64: Final = struct.Struct("<Q")
+_FIXED32: Final = struct.Struct("<I")
+_DOUBLE: Final = struct.Struct("<d")
 # Tags, (field number << 3) | wire type (0 varint, 1 fixed64, 2 length-delimited, 5 fixed32),
 # written as their varint: every field number here is below 16 but Span.flags' 16 (two bytes).
-_BYTES_TAG = [bytes([(number << 3) | 2]) for number in range(16)]
+_BYTES_TAG: Final = [bytes([(number << 3) | 2]) for number in range(16)]
 
 
 def _varint(value: int) -> bytes:
@@ -55,7 +55,7 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-_SMALL = [bytes((n,)) for n in range(0x80)]  # the one-byte varints
+_SMALL: Final = [bytes((n,)) for n in range(0x80)]  # the one-byte varints
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -97,8 +97,8 @@ def _value(value: Any) -> bytes:
 
 
 # A `KeyValue`'s key field by key: Peel's spans repeat the same dozen keys.
-_KEYS: dict[str, bytes] = {}
-_MAX_KEYS = 1024
+_KEYS: Final[dict[str, bytes]] = {}
+_MAX_KEYS: Final = 1024
 
 
 def _key_value(key: str, value: Any) -> bytes:

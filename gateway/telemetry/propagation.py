@@ -25,42 +25,43 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
-TRACEPARENT = b"traceparent"
-TRACESTATE = b"tracestate"
-BAGGAGE = b"baggage"
-B3 = b"b3"
-B3_TRACE_ID = b"x-b3-traceid"
-B3_SPAN_ID = b"x-b3-spanid"
-B3_PARENT_ID = b"x-b3-parentspanid"
-B3_SAMPLED = b"x-b3-sampled"
-B3_FLAGS = b"x-b3-flags"
+TRACEPARENT: Final = b"traceparent"
+TRACESTATE: Final = b"tracestate"
+BAGGAGE: Final = b"baggage"
+B3: Final = b"b3"
+B3_TRACE_ID: Final = b"x-b3-traceid"
+B3_SPAN_ID: Final = b"x-b3-spanid"
+B3_PARENT_ID: Final = b"x-b3-parentspanid"
+B3_SAMPLED: Final = b"x-b3-sampled"
+B3_FLAGS: Final = b"x-b3-flags"
 
 # Every header that carries trace context: removed from what goes upstream, since Peel sends its
 # own per attempt (and a context from an untrusted downstream must not reach the upstream at all).
-TRACE_HEADERS = frozenset({TRACEPARENT, TRACESTATE, BAGGAGE, B3, B3_TRACE_ID, B3_SPAN_ID,
+TRACE_HEADERS: Final = frozenset({TRACEPARENT, TRACESTATE, BAGGAGE, B3, B3_TRACE_ID, B3_SPAN_ID,
                            B3_PARENT_ID, B3_SAMPLED, B3_FLAGS})
 
-MAX_TRACESTATE = 512
-MAX_BAGGAGE = 8192
+MAX_TRACESTATE: Final = 512
+MAX_BAGGAGE: Final = 8192
 
-_TRACEPARENT_RE = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
-_TRACEPARENT_00_RE = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
-_ODD_HEX = frozenset("13579bdf")  # flags whose low bit, `sampled`, is set
-_HEX_ID_RE = re.compile(rb"(?:[0-9a-f]{16}){1,2}\Z")
-_SPAN_ID_RE = re.compile(rb"[0-9a-f]{16}\Z")
+_TRACEPARENT_RE: Final = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
+_TRACEPARENT_00_RE: Final = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+_ODD_HEX: Final = frozenset("13579bdf")  # flags whose low bit, `sampled`, is set
+_HEX_ID_RE: Final = re.compile(rb"(?:[0-9a-f]{16}){1,2}\Z")
+_SPAN_ID_RE: Final = re.compile(rb"[0-9a-f]{16}\Z")
 # Printable ASCII without DEL: what both list headers allow (their finer grammar is the
 # producer's business; Peel only refuses what could not be a header value worth forwarding).
-_LIST_RE = re.compile(rb"[\x20-\x7e]*\Z")
-_ZERO_TRACE = "0" * 32
-_ZERO_SPAN = "0" * 16
+_LIST_RE: Final = re.compile(rb"[\x20-\x7e]*\Z")
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
 
 # The B3 single-header sampling field: sampled? and debug?
-_B3_SAMPLING: dict[bytes, tuple[bool, bool]] = {b"0": (False, False), b"1": (True, False),
+_B3_SAMPLING: Final[dict[bytes, tuple[bool, bool]]] = {b"0": (False, False), b"1": (True, False),
                                                 b"d": (True, True)}
-_B3_SAMPLED_VALUES: dict[bytes, bool] = {b"1": True, b"0": False, b"true": True, b"false": False}
+_B3_SAMPLED_VALUES: Final[dict[bytes, bool]] = {b"1": True, b"0": False, b"true": True, b"false": False}
 
 
 class Incoming:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from operator import itemgetter
 from random import getrandbits
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -44,15 +44,15 @@ from gateway.telemetry import propagation
 from gateway.telemetry.export import BoundedExport, make_exporter
 from gateway.telemetry.propagation import TRACE_HEADERS, Incoming, b3_multi, b3_single, traceparent
 
-log = logging.getLogger("peel.tracing")
+log: Final = logging.getLogger("peel.tracing")
 
 Headers = list[tuple[bytes, bytes]]
 
-_MASK64 = (1 << 64) - 1
-_name = itemgetter(0)
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_UNSET = Status(StatusCode.UNSET)
-_SCOPE = InstrumentationScope("peel")  # what the SDK's `get_tracer("peel")` names its spans' scope
+_MASK64: Final = (1 << 64) - 1
+_name: Final = itemgetter(0)
+_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_UNSET: Final = Status(StatusCode.UNSET)
+_SCOPE: Final = InstrumentationScope("peel")  # what the SDK's `get_tracer("peel")` names its spans' scope
 
 
 def _new_span_id() -> str:

@@ -31,7 +31,7 @@ from bisect import bisect_left
 from collections.abc import Collection, Sequence
 from functools import lru_cache
 from hashlib import blake2b
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from routes.grammar import cookie_value
 from routes.policies import Balancer, HashOn
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 
 # Virtual nodes per unit of weight on the hash ring, and a cap on the ring's size so that heavy
 # weights cannot make a reload slow (each point costs one blake2b).
-POINTS_PER_WEIGHT = 128
-MAX_RING_POINTS = 65_536
+POINTS_PER_WEIGHT: Final = 128
+MAX_RING_POINTS: Final = 65_536
 
 
 class Picker(Protocol):

@@ -38,7 +38,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from gateway.core.errors import NoEndpoint
 from gateway.upstream.balancer import Picker, make_picker
@@ -54,12 +54,12 @@ if TYPE_CHECKING:
 Outcome = Literal["ok", "5xx", "failure", "cancelled"]
 
 # The latency estimate of an endpoint of a service that has no other endpoint to compare with.
-DEFAULT_LATENCY = 0.01
+DEFAULT_LATENCY: Final = 0.01
 # Scores never go below this latency, so that in-flight counts still order endpoints whose
 # estimates have decayed to nothing.
-LATENCY_FLOOR = 1e-5
-MIN_DECAY = 0.001
-SLOW_START_MIN = 0.1  # the share of an endpoint at the start of its ramp
+LATENCY_FLOOR: Final = 1e-5
+MIN_DECAY: Final = 0.001
+SLOW_START_MIN: Final = 0.1  # the share of an endpoint at the start of its ramp
 
 
 def _policies(compiled: CompiledService) -> tuple[Balancer, HealthCheck | None, OutlierDetection | None,

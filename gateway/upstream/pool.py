@@ -25,6 +25,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from gateway.core.errors import ConnectError, ProtocolError, UpstreamTimeout
 from gateway.core.settings import ProxySettings
@@ -33,9 +34,9 @@ from gateway.upstream.dial import Dial, Dialer
 from routes.model import Endpoint
 
 # Response body buffered per connection before reading from the upstream pauses.
-HIGH_WATER = 256 * 1024
+HIGH_WATER: Final = 256 * 1024
 # A deadline this close is due: the event loop's timers are no finer (uvloop counts milliseconds).
-RESOLUTION = 0.001
+RESOLUTION: Final = 0.001
 # Wall-clock time, which certificates' lives are counted in (a test moves it).
 _now = time.time
 

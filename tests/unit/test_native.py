@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.machinery
 import os
 import subprocess
@@ -118,6 +119,31 @@ def test_every_native_module_is_a_gateway_module_that_exists() -> None:
     assert len(set(native.NATIVE_MODULES)) == len(native.NATIVE_MODULES)
     for name in native.NATIVE_MODULES:
         assert native.source_path(name).exists(), name
+
+
+# Module-level names of the native modules that are not constants: type aliases (no runtime use
+# in annotations), `__all__`, and what a test replaces (`pool._now`: the clock of the certificate
+# expiry test). Anything else at module level is `Final`.
+NOT_FINAL = {"Scope", "Message", "Receive", "Send", "Respond", "ChunkErrorFactory", "Headers", "Key",
+             "Deltas", "Outcome", "__all__", "gateway.upstream.pool._now"}
+
+
+def test_the_native_modules_constants_are_final() -> None:
+    """Compiled, a `Final` module-level name is a C static; any other is a dict lookup in the
+    module's globals each time it is read (mypyc's `CPyDict_GetItem`), on the request path."""
+    plain = []
+    for name in native.NATIVE_MODULES:
+        tree = ast.parse(native.source_path(name).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Assign):
+                targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
+                annotation = ast.unparse(node.annotation)
+                targets = [] if annotation.startswith("Final") else [node.target.id]
+            else:
+                continue
+            plain += [f"{name}.{t}" for t in targets if t not in NOT_FINAL and f"{name}.{t}" not in NOT_FINAL]
+    assert plain == []
 
 
 def test_status_says_what_this_python_would_do() -> None:
