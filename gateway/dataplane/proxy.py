@@ -148,7 +148,9 @@ class ProxyApp:
         deadline = False
         baggage = False
         marked = False  # a `Peel-Shadow` header from the client: never passed on
-        for name, value in scope["headers"]:
+        # typed: compiled, the loop reads the list and its tuples directly and compares bytes in C
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        for name, value in headers:
             if name == b"host":
                 host = value
                 hosts += 1
@@ -174,7 +176,7 @@ class ProxyApp:
         peer: Peer | None = extensions.get(PEER)
         listener = "inbound" if peer is not None else extensions.get(LISTENER) or self.listener
         if self._tracing is not None:
-            req.trace = self._tracing.start(scope["headers"], req.client, req.method,
+            req.trace = self._tracing.start(headers, req.client, req.method,
                                             scope.get("path", ""), host_name,
                                             trusted=from_gateway(peer, self._resolver.trust_domain))
             if peer is not None and peer.identity is not None:

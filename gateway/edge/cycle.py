@@ -123,7 +123,7 @@ class ResponseCycle:
         if not self.response_started:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {message['type']!r}")
-            self.transport.write(self._start(message["status"], message.get("headers", ())))
+            self.transport.write(self._start(message["status"], _header_list(message.get("headers", ()))))
             return
         if self.response_complete:
             raise RuntimeError(f"unexpected {message['type']!r} after the response completed")
@@ -156,7 +156,7 @@ class ResponseCycle:
                 self.transport.close()
             self.on_response()
 
-    def respond(self, status: int, headers: Any, body: bytes) -> bool:
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
         """A whole response in one call and one write, without ASGI messages: what the data plane
         sends for the common small answer (the `peel.respond` scope extension).
 
@@ -190,16 +190,19 @@ class ResponseCycle:
         self.on_response()
         return True
 
-    def _start(self, status: int, headers: Any) -> bytes:
-        """The response head for `status` and `headers` (the framing decided from them)."""
+    def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The response head for `status` and `headers` (the framing decided from them).
+
+        Typed as a list of tuples of bytes so that, compiled, the loop below reads the list and its
+        tuples directly and compares bytes in C (with `Any` every step was a generic Python call).
+        """
         self.response_started = True
         self.waiting_for_100_continue = False
         parts = [STATUS_LINES.get(status) or _status_line(status)]
-        append = parts.append
         lines = 0
         length: bytes | None = None
         chunked = close = False
-        for name, value in (self.default_headers + list(headers)) if self.default_headers else headers:
+        for name, value in (self.default_headers + headers) if self.default_headers else headers:
             if name == b"content-length":
                 if length is None:
                     length = value
@@ -209,13 +212,13 @@ class ResponseCycle:
             elif name == b"connection" and b"close" in value.lower():
                 self.keep_alive = False
                 close = True
-            append(name)
-            append(b": ")
-            append(value)
-            append(b"\r\n")
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
             lines += 1
         if not self.keep_alive and not close:
-            append(b"connection: close\r\n")
+            parts.append(b"connection: close\r\n")
             lines += 1
         if chunked:
             self.chunked = True
@@ -226,9 +229,9 @@ class ResponseCycle:
                 raise RuntimeError("invalid Content-Length in the response") from None
         elif not self.head_only and status not in (204, 304):
             self.chunked = True
-            append(b"transfer-encoding: chunked\r\n")
+            parts.append(b"transfer-encoding: chunked\r\n")
             lines += 1
-        append(b"\r\n")
+        parts.append(b"\r\n")
         head = b"".join(parts)
         # one CRLF per header line, the status line and the end: anything else is a CR or an LF
         # inside a name or value (response splitting), refused before a byte is written
@@ -250,6 +253,14 @@ class ResponseCycle:
         message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
         self.body = bytearray()
         return message
+
+
+def _header_list(headers: Any) -> list[tuple[bytes, bytes]]:
+    """An ASGI app's response headers as `_start` takes them. ASGI allows any iterable of two-item
+    sequences; Peel's apps and Starlette send a list of tuples, passed on as it is."""
+    if type(headers) is list and all(type(header) is tuple for header in headers):
+        return headers
+    return [(name, value) for name, value in headers]
 
 
 def _nothing() -> None:

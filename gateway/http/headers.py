@@ -173,7 +173,7 @@ class ForwardingRules:
                 return value
         return new_request_id()
 
-    def upstream_request(self, headers: Iterable[tuple[bytes, bytes]], *, client: str | None,
+    def upstream_request(self, headers: Headers, *, client: str | None,
                          scheme: str, host: bytes | None, request_id: bytes) -> Headers:
         """The headers to send upstream, before route edits and without Host (the caller's job).
 

@@ -54,6 +54,22 @@ def test_a_response_with_a_length_is_written_as_given() -> None:
     assert c.response_complete and done == [1] and not t.closing
 
 
+@pytest.mark.parametrize("headers", [
+    [[b"content-length", b"5"], [b"x-a", b"1"]],  # lists, as ASGI allows
+    ((b"content-length", b"5"), (b"x-a", b"1")),  # a tuple of tuples
+    iter([(b"content-length", b"5"), (b"x-a", b"1")]),  # any iterable
+])
+def test_any_iterable_of_two_item_sequences_is_a_header_list(headers: Any) -> None:
+    c, t, _ = cycle()
+
+    async def go() -> None:
+        await c.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await c.send({"type": "http.response.body", "body": b"hello"})
+
+    run(go())
+    assert bytes(t.written) == b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello"
+
+
 def test_no_length_means_chunked_and_the_last_chunk_ends_it() -> None:
     c, t, _ = cycle()
 
