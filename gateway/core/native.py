@@ -40,6 +40,7 @@ from types import ModuleType
 # imports `routes` first, and would then exist twice).
 NATIVE_MODULES: tuple[str, ...] = (
     "gateway.core.asgi",
+    "gateway.core.memo",
     "gateway.core.problems",
     "gateway.http.chunked",
     "gateway.http.framing",

@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from gateway.core.memo import remember
 from gateway.core.trust import TrustedNetworks
 
 Headers = list[tuple[bytes, bytes]]
@@ -77,10 +78,7 @@ def claim_verdict(name: bytes) -> bool:
     """`is_claim(name)`, remembered per name."""
     verdict = _CLAIMS.get(name)
     if verdict is None:
-        verdict = is_claim(name)
-        if len(_CLAIMS) >= _MAX_CLAIMS:
-            _CLAIMS.clear()
-        _CLAIMS[name] = verdict
+        verdict = remember(_CLAIMS, name, is_claim(name), _MAX_CLAIMS)
     return verdict
 
 

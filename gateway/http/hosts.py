@@ -19,6 +19,8 @@ from typing import Any, Final
 
 import httptools
 
+from gateway.core.memo import remember
+
 # RFC 3986 reg-name characters (unreserved, pct-encoded, sub-delims); ":" only before the port.
 _REG_NAME: Final = re.compile(r"[a-z0-9\-._~!$&'()*+,;=%]*\Z")
 _PORT: Final = re.compile(r"[0-9]{0,5}\Z")
@@ -47,11 +49,8 @@ def parse_host(host: bytes) -> str | None:
         return _PARSED[host]
     except KeyError:
         pass
-    parsed = _parse_host(host)
-    if len(_PARSED) >= _MAX_PARSED:
-        _PARSED.clear()  # bounded: hostile Host values cannot grow it
-    _PARSED[host] = parsed
-    return parsed
+    # bounded: hostile Host values cannot grow it
+    return remember(_PARSED, host, _parse_host(host), _MAX_PARSED)
 
 
 def _parse_host(host: bytes) -> str | None:

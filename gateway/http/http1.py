@@ -16,6 +16,7 @@ import re
 from typing import Final
 
 from gateway.core.errors import ProtocolError
+from gateway.core.memo import remember
 from gateway.http.chunked import ChunkedDecoder
 from gateway.http.headers import HOP_BY_HOP
 from routes.grammar import TOKEN
@@ -187,9 +188,7 @@ def _field(line: bytes) -> tuple[bytes, bytes]:
         raise ProtocolError("malformed header line in the response head")
     field = (match.group(1).lower(), match.group(2).rstrip(b" \t"))
     if len(line) < _FIELD_KEPT_BELOW:
-        if len(_FIELDS) >= _FIELDS_MAX:
-            _FIELDS.clear()
-        _FIELDS[line] = field
+        remember(_FIELDS, line, field, _FIELDS_MAX)
     return field
 
 

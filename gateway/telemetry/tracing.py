@@ -38,6 +38,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 
+from gateway.core.memo import remember
 from gateway.core.settings import TracingSettings
 from gateway.core.trust import TrustedNetworks
 from gateway.telemetry import propagation
@@ -123,10 +124,7 @@ class Tracing:
         if known is None:
             parts = urlsplit(url)
             port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-            known = (parts.hostname or url, port)
-            if len(self._endpoints) >= 4096:
-                self._endpoints.clear()
-            self._endpoints[url] = known
+            known = remember(self._endpoints, url, (parts.hostname or url, port), 4096)
         return known
 
     def stats(self) -> dict[str, int]:
