@@ -36,7 +36,6 @@ from gateway.admin.graph import GraphResource
 from gateway.admin.matching import MatchResource
 from gateway.admin.migrations import migration_routes
 from gateway.admin.mtls import mtls_routes
-from gateway.admin.openapi import openapi_document
 from gateway.admin.rules import rule_routes
 from gateway.admin.shadow import shadow_routes
 from gateway.admin.wire import problem_response
@@ -161,10 +160,15 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         *mtls_routes(),
         *GraphResource(store).routes(),
     ]
-    document = openapi_document()
+    encoded: list[bytes] = []  # the document, built and encoded on its first request
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(document)
+        if not encoded:
+            # Imported here: the schemas are about 0.25 MiB of dicts that a serving process
+            # carries only once someone reads them.
+            from gateway.admin.openapi import openapi_document
+            encoded.append(bytes(JSONResponse(openapi_document()).body))
+        return Response(encoded[0], media_type="application/json")
 
     routes.append(HTTPRoute("/openapi.json", openapi, methods=["GET"]))
     open_paths = OPEN_PATHS

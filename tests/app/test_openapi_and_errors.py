@@ -51,6 +51,12 @@ async def test_openapi_is_3_1_and_covers_every_route_and_method(admin: Admin) ->
     assert described == registered
 
 
+async def test_openapi_is_built_once_and_served_the_same(admin: Admin) -> None:
+    first, second = (await admin.client.get("/openapi.json")), (await admin.client.get("/openapi.json"))
+    assert first.headers["content-type"] == "application/json"
+    assert first.content == second.content and json.loads(first.content)["openapi"] == "3.1.0"
+
+
 async def test_openapi_request_bodies_and_refs_resolve(admin: Admin) -> None:
     doc = (await admin.client.get("/openapi.json")).json()
     schemas = doc["components"]["schemas"]

@@ -69,3 +69,30 @@ def test_parsing_serve_loads_no_other_commands_machinery() -> None:
             "'urllib.request', 'yaml') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_parser_is_freed_before_the_command_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `peel serve` runs for months: the parser of every command (some 0.4 MiB) must not stay alive
+    # in its frame, nor be frozen with what start-up leaves (gateway.server.serve.settle_memory)
+    import gc
+
+    import gateway.cli
+
+    alive: list[int] = []
+    real = gateway.cli.parse
+
+    def probe(args: argparse.Namespace) -> int:
+        gc.collect()
+        alive.append(sum(isinstance(o, argparse.ArgumentParser) for o in gc.get_objects()))
+        return 0
+
+    def parse(argv: list[str] | None = None) -> argparse.Namespace:
+        args = real(argv)
+        args.handler = probe
+        return args
+
+    monkeypatch.setattr(gateway.cli, "parse", parse)
+    gc.collect()
+    before = sum(isinstance(o, argparse.ArgumentParser) for o in gc.get_objects())
+    assert main(["routes", "list"]) == 0
+    assert alive == [before]
