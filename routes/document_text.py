@@ -184,6 +184,10 @@ class DocumentCodec:
             self._routes = routes
             self._services = _lines(document.services, service_lines, document)
             self.document = document
+        elif text == self._routes.text:
+            # the document just read (a serving process's snapshot of the version it loaded): the
+            # text read is this one, kept once (a 10,000-route text is 0.7 MB)
+            text = self._routes.text
         self._encoded = (document, text)
         return text
 

@@ -20,6 +20,7 @@ stored and compiled.
 from __future__ import annotations
 
 import re
+import sys
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -418,7 +419,8 @@ class Route:
         where = f"routes[{name}]"
         if "service" not in m:
             raise RuleError(f"{where}.service", "is required")
-        service = rule_name(m["service"], f"{where}.service")
+        # one string for the service's name in all its routes (10,000 routes of one service: 0.5 MB)
+        service = sys.intern(rule_name(m["service"], f"{where}.service"))
         priority = m.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool) or \
                 not -1_000_000 <= priority <= 1_000_000:

@@ -212,10 +212,18 @@ class TrieNode:
     def freeze(self) -> None:
         self.through = tuple(sorted(self.through, key=_rank))
         self.end = tuple(sorted(self.end, key=_rank))
+        if not self.children:
+            # A leaf (most nodes: one per route) shares one empty dict: 64 bytes a route. Nodes
+            # are never changed once frozen: `routes.index` edits copies.
+            self.children = LEAF
         for node in self.children.values():
             node.freeze()
         if self.param is not None:
             self.param.freeze()
+
+
+# the children of every frozen leaf: always empty
+LEAF: dict[str, TrieNode] = {}
 
 
 def _rank(entry: Entry) -> PrecedenceKey:

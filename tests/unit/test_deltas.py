@@ -17,6 +17,7 @@ from routes.document_text import DocumentCodec
 from routes.errors import RuleError
 from routes.model import Document, Route, Service
 from routes.patch import DocumentPatch
+from routes.table import LEAF
 
 
 def base_data(routes: int = 30) -> dict[str, Any]:
@@ -97,7 +98,8 @@ def lines_agree(codec: DocumentCodec) -> None:
 def test_edits_with_a_delta_give_what_the_long_way_gives(steps: list[tuple[Any, ...]]) -> None:
     document = Document.parse(base_data())
     compiler = IncrementalCompiler()
-    table = compiler(document, 1)
+    table = first = compiler(document, 1)
+    first_whole = compile_document(plain(document), 1)
     codec = DocumentCodec()
     # a worker: reads every version back from its text, compiles it with its own compiler
     worker, worker_compiler = DocumentCodec(), IncrementalCompiler()
@@ -131,6 +133,8 @@ def test_edits_with_a_delta_give_what_the_long_way_gives(steps: list[tuple[Any, 
             assert table.route(compiled.name) is compiled
         same_answers(table, whole)
         assert (table.beta_headers, table.beta_cookies) == (whole.beta_headers, whole.beta_cookies)
+        same_answers(first, first_whole)  # the tables before it are untouched
+        assert not LEAF  # the frozen leaves' shared children: never written
         # the stored text: as a codec that never saw the base writes it, and it reads back
         text = codec.encode(edited)
         assert text == DocumentCodec().encode(edited)

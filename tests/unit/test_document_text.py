@@ -101,6 +101,15 @@ def test_the_same_document_again_is_encoded_from_what_the_codec_holds() -> None:
     assert DocumentCodec().decode(codec.encode(changed)) == changed and codec._routes is not held
 
 
+def test_the_snapshot_of_a_document_just_read_is_the_text_read() -> None:
+    # a serving process reads its version, then writes its snapshot: one copy of the text, not two
+    stored = DocumentCodec().encode(Document.parse(data(50)))
+    codec = DocumentCodec()
+    read = codec.decode("".join(list(stored)))  # a text object of its own, as a database gives
+    snapshot = codec.encode(read)
+    assert snapshot == stored and snapshot is codec._routes.text
+
+
 def _route(name: str, path: str, service: str = "legacy") -> dict[str, Any]:
     return {"name": name, "match": {"path_prefix": path}, "service": service}
 

@@ -218,3 +218,14 @@ def test_what_routes_do_not_set_is_shared_not_held_per_route() -> None:
     assert route.rewrite.request_headers.set == (("x-a", "1"),)
     assert route.rewrite.response_headers is NO_HEADER_RULES
     assert route.match.key()[5] == frozenset({"GET"})
+
+
+def test_the_routes_of_one_service_share_its_name() -> None:
+    # each route's service name comes from its own JSON string; one object for all of them
+    import json
+    data = json.loads(json.dumps(doc(routes=[route(name=f"r{i}", match={"path_prefix": f"/r{i}"})
+                                             for i in range(3)])))
+    names = [r["service"] for r in data["routes"]]
+    assert names[0] is not names[1]
+    routes = Document.parse(data).routes
+    assert routes[0].service is routes[1].service is routes[2].service == "legacy"
