@@ -50,7 +50,7 @@ from facade.shadow_counts import ShadowFlusher, ShadowStats
 from facade.window import GuardSamples, SamplesFlusher
 from gateway.core import native
 from gateway.core.errors import ConfigError
-from gateway.core.heap import fix_mmap_threshold, release_free_heap
+from gateway.core.heap import fix_mmap_threshold, one_arena, release_free_heap
 from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, is_loopback, load_settings
 from gateway.dataplane.outbound import (
     OutboundApp,
@@ -932,7 +932,9 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
 
 def serve(settings: Settings, config_path: str | None = None) -> int:
     """Run the gateway until a signal stops it. Raises PeelError for what an operator must fix."""
-    fix_mmap_threshold()  # before anything large is allocated and freed (gateway.core.heap)
+    # before anything large is allocated and freed, and before threads start (gateway.core.heap)
+    fix_mmap_threshold()
+    one_arena()
     # SIGHUP's default action ends the process; until the loop handles it, a reload is ignored.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(settings.server.log_level)
@@ -975,6 +977,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
 def worker_main(argv: list[str]) -> int:
     """Entry of a worker process started by the master (not a user command)."""
     fix_mmap_threshold()
+    one_arena()
     config_path = argv[argv.index("--config") + 1] if "--config" in argv else None
     fd = int(argv[argv.index("--fd") + 1])
     inbound_fd = int(argv[argv.index("--inbound-fd") + 1]) if "--inbound-fd" in argv else None

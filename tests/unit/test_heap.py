@@ -1,8 +1,12 @@
-"""`gateway.core.heap.release_free_heap`: free C-heap pages go back to the operating system."""
+"""`gateway.core.heap`: free C-heap pages go back to the operating system, large blocks keep mappings
+of their own, and threads share the main arena."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,12 +55,10 @@ print(fixed, any(lo <= id(block) < hi for lo, hi in heaps))
 """
 
 
-def _probe(mode: str, **env: str) -> str:
-    import os
-    import subprocess
-    import sys
+def _probe(mode: str, script: str = PROBE, **env: str) -> str:
+    """What `script` prints in a fresh interpreter (glibc's settings are made once per process)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
-    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                           env=environ, check=True, timeout=60)
     return done.stdout.strip()
 
@@ -76,3 +78,33 @@ def test_the_operators_own_threshold_is_left_alone() -> None:
 def test_without_mallopt_it_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heap, "_set", None)
     assert heap.fix_mmap_threshold() is False
+
+
+THREAD_PROBE = """
+import sys, threading
+from gateway.core import heap
+one = heap.one_arena() if sys.argv[1] == "one" else False
+where = []
+def allocate():
+    block = bytes(64 << 10)  # below the mmap threshold: from the thread's arena
+    maps = open("/proc/self/maps").read()
+    heaps = [[int(x, 16) for x in line.split()[0].split("-")] for line in maps.splitlines()
+             if line.endswith("[heap]")]
+    where.append(any(lo <= id(block) < hi for lo, hi in heaps))
+thread = threading.Thread(target=allocate)
+thread.start()
+thread.join()
+print(one, where[0])
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt's arena count is glibc's")
+def test_a_threads_blocks_come_from_the_main_arena() -> None:
+    assert _probe("glibc", THREAD_PROBE) == "False False"  # an arena of the thread's own
+    assert _probe("one", THREAD_PROBE) == "True True"
+    assert _probe("one", THREAD_PROBE, MALLOC_ARENA_MAX="4") == "False False"  # the operator's own
+
+
+def test_without_mallopt_the_arenas_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heap, "_set", None)
+    assert heap.one_arena() is False
