@@ -237,3 +237,38 @@ def test_the_websocket_handshake_makes_its_scope_before_its_app_runs() -> None:
     needs('self.scope' in connect and '"extensions": {' in connect and "create_task" in connect,
           "WebSocketsSansIOProtocol.handle_connect builds scope['extensions'], then schedules the app",
           PROTOCOL)
+
+
+NAMES_PROBE = """
+import json, sys
+if sys.argv[1] == "peel":
+    import gateway  # installs gateway.core.lazy_uvicorn first
+import uvicorn
+import uvicorn.config, uvicorn.server
+loaded = sorted(m for m in ("click", "uvicorn.main", "multiprocessing") if m in sys.modules)
+names = {n: f"{getattr(uvicorn, n).__module__}.{getattr(uvicorn, n).__name__}"
+         for n in ("Config", "Server", "run")}
+print(json.dumps([loaded, names, uvicorn.__version__, sorted(uvicorn.__all__), type(uvicorn.main).__name__]))
+"""
+
+
+def _names(mode: str) -> list[Any]:
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", NAMES_PROBE, mode], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    result: list[Any] = json.loads(out)
+    return result
+
+
+def test_the_package_without_its_command_line_has_the_packages_names() -> None:
+    # gateway.core.lazy_uvicorn: the serving process does not load the `uvicorn` command (click,
+    # the supervisors), and every name uvicorn's __init__ exports is still there, the same object
+    from gateway.core.lazy_uvicorn import NAMES
+    plain, peel = _names("plain"), _names("peel")
+    needs(set(plain[3]) | {"__version__"} == set(NAMES), "the names uvicorn/__init__.py exports",
+          "gateway/core/lazy_uvicorn.py")
+    assert plain[0] == ["click", "multiprocessing", "uvicorn.main"]
+    assert peel[0] == []
+    assert peel[1:] == plain[1:]
