@@ -1,5 +1,5 @@
 """Handing the C allocator's free memory back to the operating system (`release_free_heap`,
-`fix_mmap_threshold`, `one_arena`).
+`one_arena`).
 
 CPython asks the C library's `malloc` for every object above 512 bytes (dicts' tables, lists' item
 arrays, long strings). What a serving process frees after
@@ -7,24 +7,18 @@ start-up (settings, the document the first table was compiled from, what the sto
 decoded) stays in glibc's heap, free but counted in the process's resident memory: glibc returns
 only the top of its heap on its own. `malloc_trim(0)` gives back every whole free page, wherever it
 is. Measured on the bench's one-process gateway: 63.2 -> 61.1 MiB right after start, in about a
-third of a millisecond.
-
-glibc serves a block of 128 KiB or more with a mapping of its own, returned whole when freed, but
-raises that threshold to the size of each such block freed (up to 32 MiB): after the first change
-to a 10,000-route table, the copies of its maps (0.3-0.6 MB each) and its text (0.7 MB) that every
-change makes and drops came from the heap, and left it fragmented. `fix_mmap_threshold` keeps the
-threshold at 128 KiB: measured on the bench's one-process gateway with 10,000 routes, 93 -> 86 MiB
-after a series of one-route changes (82 before them), 62.3 -> 61.9 MiB after load with one route.
-The request path allocates nothing that large (a body is read in pieces).
+third of a millisecond. A serving process does it again a second after each new route table
+(`gateway.server.serve.Settler`): a change to a 10,000-route table copies its maps and its text
+(0.3-0.7 MB each) and drops them, and glibc kept that space: 79 MiB at start, 93 after ten one-route
+changes, 83 with the trim.
 
 glibc also gives each thread that allocates an arena of its own (up to 8 per core), whose free
 memory stays with it: the access-log writer, the span exporter and the store's threads held 1.1 MiB
 after load in the one-process gateway. Its threads allocate while holding the GIL, so there is no
 contention to avoid: `one_arena` keeps them all in the main one (62.3-62.4 -> 61.7-61.9 MiB).
 
-Only glibc has `malloc_trim` and these `mallopt` settings; elsewhere (musl, macOS) this does nothing.
-An operator's `MALLOC_MMAP_THRESHOLD_` or `MALLOC_ARENA_MAX` in the environment is glibc's own
-setting, and left alone.
+Only glibc has `malloc_trim` and this `mallopt` setting; elsewhere (musl, macOS) this does nothing.
+An operator's `MALLOC_ARENA_MAX` in the environment is glibc's own setting, and left alone.
 """
 
 from __future__ import annotations
@@ -62,10 +56,8 @@ def _mallopt() -> Callable[[int, int], int] | None:
 
 _trim = _malloc_trim()
 _set = _mallopt()
-# mallopt's parameters (glibc's malloc.h), and the threshold kept: glibc's own starting value
-M_MMAP_THRESHOLD = -3
+# mallopt's parameter (glibc's malloc.h)
 M_ARENA_MAX = -8
-MMAP_THRESHOLD = 128 * 1024
 
 
 def release_free_heap() -> bool:
@@ -74,14 +66,6 @@ def release_free_heap() -> bool:
         return False
     _trim(0)  # (ctypes releases the GIL for the call)
     return True
-
-
-def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
-    """Serve every C block of `size` bytes or more from a mapping of its own, for good (see the
-    module's docstring). False where the C library cannot, or the environment already sets it."""
-    if _set is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    return _set(M_MMAP_THRESHOLD, size) == 1
 
 
 def one_arena() -> bool:

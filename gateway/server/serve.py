@@ -50,7 +50,7 @@ from facade.shadow_counts import ShadowFlusher, ShadowStats
 from facade.window import GuardSamples, SamplesFlusher
 from gateway.core import native
 from gateway.core.errors import ConfigError
-from gateway.core.heap import fix_mmap_threshold, one_arena, release_free_heap
+from gateway.core.heap import one_arena, release_free_heap
 from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, is_loopback, load_settings
 from gateway.dataplane.outbound import (
     OutboundApp,
@@ -833,6 +833,8 @@ async def run_master(settings: Settings, store: Store, sockets: Sockets, config_
 SWITCH_INTERVAL = 0.001
 # At most this often, a table's arrival thaws the frozen objects for one full collection (`Settler`)
 THAW_EVERY = 600.0
+# How long after a table its change's freed memory goes back to the operating system (`Settler`)
+TRIM_AFTER = 1.0
 
 
 def settle_memory(holder: TableHolder) -> None:
@@ -866,13 +868,19 @@ class Settler:
     every `thaw_every` seconds, a table's arrival thaws everything for one full collection
     instead, a pause the length of the old full passes, once in that time, after which the heap
     that collection freed goes back to the operating system.
+
+    Otherwise, `trim_after` seconds after a table (once for a burst of them), what the change
+    freed goes back to the operating system, on a thread: by then the admin request or the store
+    read that made the table has dropped its copies (gateway.core.heap).
     """
 
-    def __init__(self, *, thaw_every: float = THAW_EVERY,
+    def __init__(self, *, thaw_every: float = THAW_EVERY, trim_after: float = TRIM_AFTER,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.thaw_every = thaw_every
+        self.trim_after = trim_after
         self.clock = clock
         self.thawed = clock()
+        self.trimming = False  # a trim is due
 
     def table(self, table: RouteTable) -> None:
         """A table follower."""
@@ -885,6 +893,21 @@ class Settler:
             release_free_heap()
             return
         gc.freeze()
+        self._trim_soon()
+
+    def _trim_soon(self) -> None:
+        if self.trimming:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving yet: `settle_memory` trims once it has frozen
+            return
+        self.trimming = True
+        loop.call_later(self.trim_after, self._trim, loop)
+
+    def _trim(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.trimming = False
+        loop.run_in_executor(None, release_free_heap)
 
 
 async def _notify_when_started(runtime: Runtime) -> None:
@@ -932,9 +955,7 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
 
 def serve(settings: Settings, config_path: str | None = None) -> int:
     """Run the gateway until a signal stops it. Raises PeelError for what an operator must fix."""
-    # before anything large is allocated and freed, and before threads start (gateway.core.heap)
-    fix_mmap_threshold()
-    one_arena()
+    one_arena()  # before threads start (gateway.core.heap)
     # SIGHUP's default action ends the process; until the loop handles it, a reload is ignored.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(settings.server.log_level)
@@ -976,7 +997,6 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
 
 def worker_main(argv: list[str]) -> int:
     """Entry of a worker process started by the master (not a user command)."""
-    fix_mmap_threshold()
     one_arena()
     config_path = argv[argv.index("--config") + 1] if "--config" in argv else None
     fd = int(argv[argv.index("--fd") + 1])

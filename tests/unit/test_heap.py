@@ -1,5 +1,5 @@
-"""`gateway.core.heap`: free C-heap pages go back to the operating system, large blocks keep mappings
-of their own, and threads share the main arena."""
+"""`gateway.core.heap`: free C-heap pages go back to the operating system, and threads share the main
+arena."""
 
 from __future__ import annotations
 
@@ -41,43 +41,12 @@ def test_without_malloc_trim_it_does_nothing(monkeypatch: pytest.MonkeyPatch) ->
     assert heap.release_free_heap() is False
 
 
-PROBE = """
-import re, sys
-from gateway.core import heap
-fixed = heap.fix_mmap_threshold() if sys.argv[1] == "fixed" else False
-big = bytes(8 << 20)  # served by a mapping; freeing it raises glibc's threshold to 8 MiB
-del big
-block = bytes(512 << 10)  # above 128 KiB, below 8 MiB
-maps = open("/proc/self/maps").read()
-heaps = [[int(x, 16) for x in line.split()[0].split("-")] for line in maps.splitlines()
-         if line.endswith("[heap]")]
-print(fixed, any(lo <= id(block) < hi for lo, hi in heaps))
-"""
-
-
-def _probe(mode: str, script: str = PROBE, **env: str) -> str:
+def _probe(mode: str, script: str, **env: str) -> str:
     """What `script` prints in a fresh interpreter (glibc's settings are made once per process)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
     done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                           env=environ, check=True, timeout=60)
     return done.stdout.strip()
-
-
-@pytest.mark.skipif(not GLIBC, reason="mallopt's mmap threshold is glibc's")
-def test_a_large_block_keeps_a_mapping_of_its_own_after_larger_ones_were_freed() -> None:
-    # glibc alone: the freed 8 MiB block raised the threshold, the 512 KiB one came from the heap
-    assert _probe("glibc") == "False True"
-    assert _probe("fixed") == "True False"
-
-
-@pytest.mark.skipif(not GLIBC, reason="mallopt's mmap threshold is glibc's")
-def test_the_operators_own_threshold_is_left_alone() -> None:
-    assert _probe("fixed", MALLOC_MMAP_THRESHOLD_="1048576") == "False True"
-
-
-def test_without_mallopt_it_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heap, "_set", None)
-    assert heap.fix_mmap_threshold() is False
 
 
 THREAD_PROBE = """

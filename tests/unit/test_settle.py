@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Iterator
@@ -203,6 +204,40 @@ def test_the_heap_goes_back_to_the_os_after_start_up_and_after_each_thaw(
         assert len(released) == 2  # the thaw's full collection freed what it could
     finally:
         sys.setswitchinterval(interval)
+        gc.unfreeze()
+
+
+def test_a_second_after_a_table_what_its_change_freed_goes_back_to_the_os(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    released: list[str] = []
+    monkeypatch.setattr(serve, "release_free_heap",
+                        lambda: released.append(threading.current_thread().name) or True)
+    settler = Settler(thaw_every=600, trim_after=0.05)
+    table = IncrementalCompiler()(Document.parse(document(3)), 1)
+
+    async def until(count: int) -> None:
+        for _ in range(100):
+            if len(released) >= count:
+                return
+            await asyncio.sleep(0.01)
+
+    async def serving() -> None:
+        for _ in range(3):  # a burst of changes: one trim, after the first of them is due
+            settler.table(table)
+        await asyncio.sleep(0.02)
+        assert released == []
+        await until(1)
+        await asyncio.sleep(0.1)
+        assert len(released) == 1 and released[0] != threading.current_thread().name  # not the loop
+        settler.table(table)  # the next change: its own trim
+        await until(2)
+        assert len(released) == 2
+
+    try:
+        asyncio.run(serving())
+        settler.table(table)  # no event loop (not serving yet): settle_memory trims
+        assert len(released) == 2
+    finally:
         gc.unfreeze()
 
 
