@@ -907,7 +907,9 @@ class Settler:
 
     def _trim(self, loop: asyncio.AbstractEventLoop) -> None:
         self.trimming = False
-        loop.run_in_executor(None, release_free_heap)
+        # (a RuntimeError: the process is stopping, its executor takes no more work)
+        with contextlib.suppress(RuntimeError):
+            loop.run_in_executor(None, release_free_heap)
 
 
 async def _notify_when_started(runtime: Runtime) -> None:
