@@ -14,6 +14,7 @@ traceback, then `BearerAuth`. Errors raised on purpose (`RuleError` and its subc
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -127,6 +128,14 @@ def _nothing() -> None:
     return None
 
 
+@functools.cache
+def _openapi_body() -> bytes:
+    """The OpenAPI document as served, built and encoded on its first request. Imported here: the
+    schemas are about 0.25 MiB of dicts that a serving process carries only once someone reads them."""
+    from gateway.admin.openapi import openapi_document
+    return bytes(JSONResponse(openapi_document()).body)
+
+
 def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settings,
                     token_cache_seconds: float = 5.0, live: LiveView | None = None) -> Starlette:
     """The admin API over `store`. `ready()` answers `/readyz` (a table is loaded, not draining,
@@ -160,15 +169,9 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         *mtls_routes(),
         *GraphResource(store).routes(),
     ]
-    encoded: list[bytes] = []  # the document, built and encoded on its first request
 
     async def openapi(request: Request) -> Response:
-        if not encoded:
-            # Imported here: the schemas are about 0.25 MiB of dicts that a serving process
-            # carries only once someone reads them.
-            from gateway.admin.openapi import openapi_document
-            encoded.append(bytes(JSONResponse(openapi_document()).body))
-        return Response(encoded[0], media_type="application/json")
+        return Response(_openapi_body(), media_type="application/json")
 
     routes.append(HTTPRoute("/openapi.json", openapi, methods=["GET"]))
     open_paths = OPEN_PATHS

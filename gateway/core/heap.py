@@ -31,31 +31,21 @@ from collections.abc import Callable
 log = logging.getLogger("peel.heap")
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's `malloc_trim`, typed; None where the C library has none."""
+def _libc(name: str, *argtypes: type) -> Callable[..., int] | None:
+    """The C library's function `name` returning an int, typed; None where it has none."""
     try:
-        function = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        log.debug("no malloc_trim in this C library: free heap memory stays with the process")
-        return None
-    function.argtypes = [ctypes.c_size_t]
-    function.restype = ctypes.c_int
-    return function
-
-
-def _mallopt() -> Callable[[int, int], int] | None:
-    """glibc's `mallopt`, typed; None where the C library has none."""
-    try:
-        function = ctypes.CDLL(None).mallopt
+        function = getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int]
+    function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
-    return function
+    return function  # type: ignore[no-any-return]
 
 
-_trim = _malloc_trim()
-_set = _mallopt()
+_trim: Callable[[int], int] | None = _libc("malloc_trim", ctypes.c_size_t)
+_set: Callable[[int, int], int] | None = _libc("mallopt", ctypes.c_int, ctypes.c_int)
+if _trim is None:
+    log.debug("no malloc_trim in this C library: free heap memory stays with the process")
 # mallopt's parameter (glibc's malloc.h)
 M_ARENA_MAX = -8
 

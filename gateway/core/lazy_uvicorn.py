@@ -39,7 +39,8 @@ def install() -> bool:
     if spec is None or spec.submodule_search_locations is None:
         return False
     package = importlib.util.module_from_spec(spec)
-    package.__dict__.update(__getattr__=_loader(package), __all__=["main", "run", "Config", "Server"])
+    exported = [name for name in NAMES if not name.startswith("__")]
+    package.__dict__.update(__getattr__=_loader(package), __all__=exported)
     sys.modules["uvicorn"] = package
     return True
 
