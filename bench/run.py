@@ -42,6 +42,10 @@ for the RSS and throughput of a large table. With `--changes`, instead of the ru
 bench/changes.py measures whether a one-route change stalls that table: p99 at a fixed load with no
 change, with `PUT /api/v1/routes/{name}` changes and with `peel apply -f` changes (see its docstring).
 
+Every `peel serve` runs with the Python settings of `deploy/vm/peel.service` (`PYTHONOPTIMIZE=2`,
+no bytecode written), its bytecode compiled ahead of time into `build/bytecode` as `install.sh`
+compiles it into a release (gateway/core/bytecode.py): what is measured is what a VM runs.
+
 `--profile FILE` runs no comparison: it samples `peel` with py-spy during one c50 run per body and
 prints where the CPU went by layer (bench/profile.py).
 
@@ -57,6 +61,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -155,6 +160,39 @@ finally:
     store.close()
 """
 WHERE = "import gateway, routes; print(gateway.__file__); print(routes.__file__)"
+# The unit `peel serve` runs under in production, whose Python settings the bench applies, and the
+# directory its ahead-of-time bytecode goes to here (install.sh: the release's `pycache`).
+UNIT = ROOT / "deploy" / "vm" / "peel.service"
+BYTECODE = ROOT / "build" / "bytecode"
+# gateway/core/bytecode.py run as a file, by whichever interpreter a target runs on: a baseline
+# checkout may predate the module
+RUN_FILE = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+
+
+def service_environment(unit: Path = UNIT, pycache: Path = BYTECODE) -> dict[str, str]:
+    """The PYTHON* variables of the unit's `Environment=` lines, PYTHONPYCACHEPREFIX pointed at
+    `pycache`: the bench runs `peel serve` as systemd does on a VM (optimized bytecode, compiled
+    ahead of time, none written at start)."""
+    found: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in shlex.split(line.removeprefix("Environment=")):
+                key, _, value = item.partition("=")
+                if key.startswith("PYTHON"):
+                    found[key] = value
+    if "PYTHONPYCACHEPREFIX" in found:
+        found["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return found
+
+
+def compile_bytecode(python: str, env: dict[str, str], cwd: Path | None, pycache: Path = BYTECODE) -> None:
+    """What install.sh does for a release, for the interpreter and packages of one target."""
+    done = subprocess.run([python, "-c", RUN_FILE, str(ROOT / "gateway" / "core" / "bytecode.py"),
+                           str(pycache)], env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode == 1:  # some file did not compile: that module compiles at start, as on a VM
+        print(f"bytecode: {done.stdout.strip()} {done.stderr.strip()}", flush=True)
+    elif done.returncode != 0:
+        raise BenchError(f"compiling the bytecode for {python} failed: {done.stderr.strip()}")
 
 
 def data_path(log: Path) -> str:
@@ -441,8 +479,9 @@ class Bench:
                 raise BenchError(f"filling the {BASE} store with {root}'s code failed: "
                                  f"{seeded.stderr.strip()}")
         python = sys.executable if root is None else baseline_python(root)
+        compile_bytecode(python, env, root)
         peel = self.spawn([python, "-m", "gateway.cli", "serve", "--config", str(config)],
-                          f"{name}.log", env=env, cwd=root)
+                          f"{name}.log", env={**env, **service_environment()}, cwd=root)
         wait_until(f"{name} serve answering / from the origin", self.answers(self.ports[name], self.tls),
                    60, self.procs)
         print(f"{name}: {data_path(self.dir / f'{name}.log')}", flush=True)
@@ -782,6 +821,8 @@ def main(argv: list[str] | None = None) -> int:
             need("openssl")
             bench.tls = make_certs(d)
         bench.start_nginx()
+        print("peel serve runs as deploy/vm/peel.service runs it: "
+              + " ".join(f"{k}={v}" for k, v in service_environment().items()), flush=True)
         pids = {name: bench.start_peel(name).pid for name in bench.targets if name in ("peel", BASE)}
         for name in pids:
             for body in bodies:

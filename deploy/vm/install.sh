@@ -192,6 +192,10 @@ if [ -n "$wheelhouse" ]; then
 else
   "$release/bin/pip" install --quiet "$source_dir"
 fi
+# peel.service runs with PYTHONOPTIMIZE=2 and PYTHONPYCACHEPREFIX=/opt/peel/current/pycache, and
+# never writes bytecode: compile it here (the standard library and the virtualenv, 10-30 s)
+"$release/bin/python" -m gateway.core.bytecode "$release/pycache" \
+  || say "warning: the files named above did not compile; the service compiles them at each start"
 version=$("$release/bin/python" -c 'from importlib.metadata import version; print(version("peel"))')
 previous=$(readlink "$PREFIX/current" 2>/dev/null || true)
 ln -sfn "$release" "$PREFIX/current.new" && mv -T "$PREFIX/current.new" "$PREFIX/current"

@@ -230,6 +230,31 @@ def test_install_reaches_active_with_ready_notified(installed: Vm) -> None:
     assert vm.run("stat", "-c", "%U", "/var/lib/peel/peel.db").stdout.strip() == "peel"
 
 
+def test_the_service_runs_optimized_bytecode_the_installer_compiled(installed: Vm) -> None:
+    """peel.service runs with PYTHONOPTIMIZE=2 from the cache install.sh compiled into the release
+    (gateway/core/bytecode.py): nothing the service imports is compiled at its start."""
+    vm = installed
+    pid = vm.show("MainPID")
+    environ = vm.run("cat", f"/proc/{pid}/environ").stdout.split("\0")
+    assert "PYTHONOPTIMIZE=2" in environ and "PYTHONDONTWRITEBYTECODE=1" in environ
+    assert "PYTHONPYCACHEPREFIX=/opt/peel/current/pycache" in environ
+    cache = vm.run("readlink", "-f", "/opt/peel/current/pycache").stdout.strip()
+    assert cache.startswith("/opt/peel/releases/"), cache
+    assert vm.run("stat", "-c", "%U", cache).stdout.strip() == "root"
+    assert vm.run("runuser", "-u", "peel", "--", "test", "-w", cache, check=False).returncode != 0
+    # the interpreter ExecStart's script runs: the release's, by its own path
+    python = vm.run("head", "-n1", "/opt/peel/bin/peel").stdout.strip().removeprefix("#!")
+    assert re.fullmatch(r"/opt/peel/releases/[^/]+/bin/python[0-9.]*", python), python
+    imports = vm.run("runuser", "-u", "peel", "--", "env", *[e for e in environ if e.startswith("PYTHON")],
+                     python, "-v", "-c",
+                     "import gateway.cli, gateway.server.serve, gateway.admin.app, "
+                     "sqlalchemy.dialects.sqlite").stderr
+    loaded = [line for line in imports.splitlines() if line.startswith("# code object from ")]
+    assert len(loaded) > 300, imports[-2000:]
+    compiled_at_start = [line for line in loaded if not line.endswith(".opt-2.pyc'")]
+    assert compiled_at_start == [], compiled_at_start
+
+
 def test_unit_verifies_and_rates_ok(installed: Vm) -> None:
     verify = installed.run("systemd-analyze", "verify", "/etc/systemd/system/peel.service",
                            "/etc/systemd/system/peel.socket", "/etc/systemd/system/peel-admin.socket",
