@@ -59,8 +59,12 @@ class ConfigResource:
                 HTTPRoute(base + "/diff", self.diff, methods=["GET"])]
 
     async def latest(self, request: Request) -> Response:
-        cv = await run_in_threadpool(self.store.latest)
-        return answer(version_body(cv), version=cv.version)
+        # the whole document: built and encoded on a worker thread, as `RuleResource.list`
+        def build() -> Response:
+            cv = self.store.latest()
+            return answer(version_body(cv), version=cv.version)
+
+        return await run_in_threadpool(build)
 
     async def stored(self, request: Request) -> Response:
         """The latest document's stored text, as stored: what `peel apply` computes its changes
@@ -77,9 +81,11 @@ class ConfigResource:
         return answer({"version": live, "versions": versions}, version=live)
 
     async def version(self, request: Request) -> Response:
-        cv = await run_in_threadpool(self.store.get, request.path_params["n"])
-        live = await run_in_threadpool(self.store.latest_version)
-        return answer(version_body(cv), version=live)
+        def build() -> Response:
+            cv = self.store.get(request.path_params["n"])
+            return answer(version_body(cv), version=self.store.latest_version())
+
+        return await run_in_threadpool(build)
 
     async def apply(self, request: Request) -> Response:
         """The whole document (`document`), or the changes to the version in `If-Match`

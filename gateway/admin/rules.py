@@ -86,14 +86,18 @@ class RuleResource:
                 HTTPRoute(base + "/{name}", self.delete, methods=["DELETE"])]
 
     async def list(self, request: Request) -> Response:
-        latest = await run_in_threadpool(self.store.latest)
+        # Built and encoded on a worker thread: for 10,000 routes that is ~30 ms of Python (75 ms
+        # before `plain`'s fast paths) the event loop, and the data plane sharing it, would wait for.
+        return await run_in_threadpool(self._list)
+
+    def _list(self) -> Response:
+        latest = self.store.latest()
         items = [item.to_dict() for item in self.kind.items(latest.document)]
         body: dict[str, Any] = {"version": latest.version, self.kind.plural: items}
         if self.kind is SERVICES:
             # the service registry's endpoints (routes.registry), expired ones not yet pruned too
             now = datetime.now(UTC)
-            found = await run_in_threadpool(lambda: self.store.registrations(now=now, expired=True))
-            body["registered"] = [r.to_dict(now) for r in found]
+            body["registered"] = [r.to_dict(now) for r in self.store.registrations(now=now, expired=True)]
         return answer(body, version=latest.version)
 
     async def get(self, request: Request) -> Response:
