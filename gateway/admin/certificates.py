@@ -244,8 +244,8 @@ class CertificateResource:
 
         why = f"revoke {revocation.subject}" + (f": {revocation.reason}" if revocation.reason else "")
         info, diff, live = await commit_edit(request, self.store, edit, why)
-        return write_answer(info, diff, live, status=201 if info is not None else 200,
-                            extra={"revocation": revocation.to_dict()})
+        return await write_answer(info, diff, live, status=201 if info is not None else 200,
+                                  extra={"revocation": revocation.to_dict()})
 
 
 def _identity_problem(exc: Exception) -> Response:

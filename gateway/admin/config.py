@@ -124,9 +124,10 @@ class ConfigResource:
                 return current.version, diff_body(diff(current.document, document))
 
             live, shown = await run_in_threadpool(preview)
-            return answer({"version": live, "dry_run": True, "changed": False, **shown}, version=live)
+            return await run_in_threadpool(
+                partial(answer, {"version": live, "dry_run": True, "changed": False, **shown}, version=live))
         info, change, live = await commit_edit(request, self.store, edit, reason or "apply")
-        return write_answer(info, change, live, extra={"dry_run": False})
+        return await write_answer(info, change, live, extra={"dry_run": False})
 
     async def rollback(self, request: Request) -> Response:
         body = body_object(await read_json(request), ("version", "reason"), ("version",))
@@ -142,7 +143,7 @@ class ConfigResource:
             lambda: rollback_to(self.store, target, who, reason or f"rollback to {target}",
                                 if_match=expected, check=check_compiles))
         live = info.version if info is not None else await run_in_threadpool(self.store.latest_version)
-        return write_answer(info, change, live, extra={"rolled_back_to": target})
+        return await write_answer(info, change, live, extra={"rolled_back_to": target})
 
     async def diff(self, request: Request) -> Response:
         start = query_int(request, "from", None)
@@ -158,4 +159,4 @@ class ConfigResource:
             return live, {"from": start, "to": stop, **diff_body(diff(old, new))}
 
         live, shown = await run_in_threadpool(load)
-        return answer(shown, version=live)
+        return await run_in_threadpool(partial(answer, shown, version=live))

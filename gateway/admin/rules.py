@@ -127,8 +127,8 @@ class RuleResource:
 
         reason = reason_header(request, f"create {kind.singular} {item.name}")
         info, diff, live = await commit_edit(request, self.store, edit, reason)
-        return write_answer(info, diff, live, status=201 if info is not None else 200,
-                            extra={kind.singular: item.to_dict()})
+        return await write_answer(info, diff, live, status=201 if info is not None else 200,
+                                  extra={kind.singular: item.to_dict()})
 
     async def put(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -136,14 +136,14 @@ class RuleResource:
         reason = reason_header(request, f"set {self.kind.singular} {name}")
         kind = self.kind
         info, diff, live = await commit_edit(request, self.store, lambda d: kind.put(d, item), reason)
-        return write_answer(info, diff, live, extra={kind.singular: item.to_dict()})
+        return await write_answer(info, diff, live, extra={kind.singular: item.to_dict()})
 
     async def delete(self, request: Request) -> Response:
         name = request.path_params["name"]
         reason = reason_header(request, f"delete {self.kind.singular} {name}")
         kind = self.kind
         info, diff, live = await commit_edit(request, self.store, lambda d: kind.delete(d, name), reason)
-        return write_answer(info, diff, live)
+        return await write_answer(info, diff, live)
 
 
 def rule_routes(store: Store) -> list[HTTPRoute]:

@@ -22,12 +22,9 @@ from tests.app.conftest import SAMPLE, Admin
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.parametrize("path", ["/api/v1/routes", "/api/v1/services", "/api/v1/config",
-                                  "/api/v1/config/versions/1"])
-async def test_a_table_sized_answer_is_encoded_off_the_event_loop(
-        admin: Admin, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
-    await admin.apply(SAMPLE)
-    loop_thread = threading.get_ident()
+@pytest.fixture
+def render_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The threads every JSON answer is encoded on, from now on."""
     threads: list[int] = []
     render = wire.JSON.render
 
@@ -36,10 +33,34 @@ async def test_a_table_sized_answer_is_encoded_off_the_event_loop(
         return render(self, content)
 
     monkeypatch.setattr(wire.JSON, "render", recording)
+    return threads
+
+
+@pytest.mark.parametrize("path", ["/api/v1/routes", "/api/v1/services", "/api/v1/config",
+                                  "/api/v1/config/versions/1"])
+async def test_a_table_sized_answer_is_encoded_off_the_event_loop(
+        admin: Admin, render_threads: list[int], path: str) -> None:
+    await admin.apply(SAMPLE)
+    render_threads.clear()
     r = await admin.client.get(path)
     assert r.status_code == 200, r.text
     assert r.headers["etag"] == '"1"'
-    assert threads and loop_thread not in threads
+    assert render_threads and threading.get_ident() not in render_threads
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("PUT", "/api/v1/routes/orders", {"match": {"path_prefix": "/o"}, "service": "orders"}),
+    ("POST", "/api/v1/config/apply", {"document": SAMPLE, "dry_run": True}),
+    ("GET", "/api/v1/config/diff?from=0", None),
+])
+async def test_a_write_or_diff_answer_is_encoded_off_the_event_loop(
+        admin: Admin, render_threads: list[int], method: str, path: str, body: Any) -> None:
+    """Their diffs grow with the change: a whole table's at the first apply."""
+    await admin.apply(SAMPLE)
+    render_threads.clear()
+    r = await admin.client.request(method, path, json=body)
+    assert r.status_code == 200, r.text
+    assert render_threads and threading.get_ident() not in render_threads
 
 
 @dataclasses.dataclass(frozen=True)
