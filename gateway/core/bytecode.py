@@ -90,14 +90,20 @@ def compile_into(prefix: Path, dirs: Sequence[Path], *, workers: int = 0) -> boo
         except ImportError:
             workers = 1
     ok, skip = True, skip_pattern()
-    before = sys.pycache_prefix
-    sys.pycache_prefix = str(prefix.resolve())  # what importlib.util.cache_from_source reads
+    before, before_env = sys.pycache_prefix, os.environ.get("PYTHONPYCACHEPREFIX")
+    # what importlib.util.cache_from_source reads, here and in compileall's workers (forked, or
+    # started anew where that is the default)
+    sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = str(prefix.resolve())
     try:
         for directory in dirs:
             ok = compileall.compile_dir(str(directory), quiet=1, rx=skip, optimize=LEVEL,
                                         workers=workers) and ok
     finally:
         sys.pycache_prefix = before
+        if before_env is None:
+            del os.environ["PYTHONPYCACHEPREFIX"]
+        else:
+            os.environ["PYTHONPYCACHEPREFIX"] = before_env
     return ok
 
 

@@ -49,6 +49,7 @@ def test_a_compiled_module_is_loaded_from_the_prefix_without_docstrings(tmp_path
     assert compiled.is_file()
     assert not (source / "pkg" / "__pycache__").exists()  # nothing beside the sources
     assert sys.pycache_prefix is None  # set while compiling only
+    assert os.environ.get("PYTHONPYCACHEPREFIX") is None
 
     done = run_optimized(prefix, source, "import pkg.mod as m; print(m.__doc__, m.answer.__doc__, "
                                          "m.answer())")
