@@ -57,7 +57,7 @@ SPLIT = 256
 
 
 def encode(value: Any) -> bytes:
-    """`value` (plain: str keys) as compact JSON, the bytes `json.dumps` gives, with every list
+    """`value` as compact JSON, the bytes `json.dumps` gives, with every list
     longer than `SPLIT` encoded in slices: one `json.dumps` call holds the GIL until it returns,
     and over 10,000 routes that is 10 ms in which an event loop sharing the process (the data
     plane's) serves nothing; between two slices, the interpreter lets it run."""
@@ -67,8 +67,9 @@ def encode(value: Any) -> bytes:
 def _pieces(value: Any) -> str:
     # Dicts are walked (an answer's envelope, a document's); a long list is encoded `SPLIT`
     # elements a call (about a quarter of a millisecond of routes), each call's brackets dropped.
+    # A dict with a key that is not a string is left to json.dumps whole (it spells such keys).
     kind = type(value)
-    if kind is dict:
+    if kind is dict and all(type(k) is str for k in value):
         return "{" + ",".join(_dumps(k) + ":" + _pieces(v) for k, v in value.items()) + "}"
     if kind is list and len(value) > SPLIT:
         return "[" + ",".join(_dumps(value[i:i + SPLIT])[1:-1]

@@ -110,7 +110,8 @@ def test_plain_gives_what_it_gave_before_its_fast_paths() -> None:
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=7) | st.dictionaries(st.text(max_size=5), inner, max_size=5),
+    lambda inner: st.lists(inner, max_size=7) | st.dictionaries(
+        st.text(max_size=5) | st.integers() | st.booleans() | st.none(), inner, max_size=5),
     max_leaves=40)
 
 
