@@ -57,10 +57,10 @@ SPLIT = 256
 
 
 def encode(value: Any) -> bytes:
-    """`value` as compact JSON, the bytes `json.dumps` gives, with every list
-    longer than `SPLIT` encoded in slices: one `json.dumps` call holds the GIL until it returns,
-    and over 10,000 routes that is 10 ms in which an event loop sharing the process (the data
-    plane's) serves nothing; between two slices, the interpreter lets it run."""
+    """`value` as compact JSON, the bytes `json.dumps` gives, with every list longer than `SPLIT`
+    encoded in slices: one `json.dumps` call holds the GIL until it returns, and over 10,000
+    routes that is 10 ms in which an event loop sharing the process (the data plane's) serves
+    nothing; between two slices, the interpreter lets it run."""
     return _pieces(value).encode()
 
 
