@@ -114,18 +114,20 @@ class ConfigResource:
         if dry_run:
             expected = if_match(request)
 
-            def preview() -> tuple[int, dict[str, Any]]:
+            def preview() -> Response:
+                # the diff and its answer built and encoded on the worker thread, as every answer
+                # that grows with the change
                 current = self.store.latest()
                 if expected is not None and expected != current.version:
                     raise PreconditionFailed("If-Match", f"config version {expected} is not the "
                                              f"latest ({current.version})", expected)
                 document = edit(current.document)
                 check_compiles(document)
-                return current.version, diff_body(diff(current.document, document))
+                live = current.version
+                return answer({"version": live, "dry_run": True, "changed": False,
+                               **diff_body(diff(current.document, document))}, version=live)
 
-            live, shown = await run_in_threadpool(preview)
-            return await run_in_threadpool(
-                partial(answer, {"version": live, "dry_run": True, "changed": False, **shown}, version=live))
+            return await run_in_threadpool(preview)
         info, change, live = await commit_edit(request, self.store, edit, reason or "apply")
         return await write_answer(info, change, live, extra={"dry_run": False})
 
@@ -151,12 +153,11 @@ class ConfigResource:
         if start is None:
             raise BadRequest("from", "is required (a config version; 0 is the empty document)")
 
-        def load() -> tuple[int, dict[str, Any]]:
+        def load() -> Response:
             live = self.store.latest_version()
             old = self.store.get(start).document if start else Document()
             stop = live if end is None else end
             new = self.store.get(stop).document if stop else Document()
-            return live, {"from": start, "to": stop, **diff_body(diff(old, new))}
+            return answer({"from": start, "to": stop, **diff_body(diff(old, new))}, version=live)
 
-        live, shown = await run_in_threadpool(load)
-        return await run_in_threadpool(partial(answer, shown, version=live))
+        return await run_in_threadpool(load)
