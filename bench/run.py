@@ -245,11 +245,19 @@ def need(tool: str) -> None:
         raise BenchError(f"apt-get installed no {tool}")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port nothing listens on, never one this run handed out before (the kernel may
+    give two binds in a row the same ephemeral port once the first socket is closed)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def fetch(port: int, path: str, tls: BenchCerts | None = None) -> bytes | None:

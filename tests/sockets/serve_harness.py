@@ -16,11 +16,22 @@ from routes.model import Document
 from routes.store import Store
 from tests.sockets.conftest import ROOT, wait_for
 
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, never one this process handed out before.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first socket is
+    closed: a CI run got one port for a gateway's public and admin listeners.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass
