@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,21 +18,41 @@ from routes.store import Store
 from tests.sockets.conftest import ROOT, wait_for
 
 _handed_out: set[int] = set()
+_LOWEST = 10000  # ports below are left to well-known and registered services
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (its source ports for outgoing connections)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def free_port() -> int:
     """A loopback port nothing listens on, never one this process handed out before.
 
-    The kernel may give the same ephemeral port to two binds in a row once the first socket is
-    closed: a CI run got one port for a gateway's public and admin listeners.
+    The port is returned closed and bound later by the process under test, so two things could take
+    it in between, and both happened or could happen here: another `free_port()` (binding port 0
+    twice in a row may give the same ephemeral port once the first socket is closed: a CI run got
+    one port for a gateway's public and admin listeners), and an outgoing connection of any test,
+    whose source port the kernel takes from the same ephemeral range. So ports come from below
+    that range, at random, checked by binding.
     """
-    while True:
+    rng = random.Random()
+    high = _ephemeral_low()
+    for _ in range(1000):
+        port = rng.randrange(_LOWEST, high) if high - _LOWEST >= 1000 else 0
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             port = int(sock.getsockname()[1])
         if port not in _handed_out:
             _handed_out.add(port)
             return port
+    raise RuntimeError("no free loopback port found in 1,000 tries")
 
 
 @dataclass
