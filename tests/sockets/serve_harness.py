@@ -33,11 +33,11 @@ def free_port() -> int:
     """A loopback port nothing listens on, never one this process handed out before.
 
     The port is returned closed and bound later by the process under test, so two things could take
-    it in between, and both happened or could happen here: another `free_port()` (binding port 0
-    twice in a row may give the same ephemeral port once the first socket is closed: a CI run got
-    one port for a gateway's public and admin listeners), and an outgoing connection of any test,
-    whose source port the kernel takes from the same ephemeral range. So ports come from below
-    that range, at random, checked by binding.
+    it in between: another `free_port()` (binding port 0 twice in a row may give the same ephemeral
+    port once the first socket is closed; a CI run got one port for a gateway's public and admin
+    listeners that way), and an outgoing connection of any test, whose source port the kernel takes
+    from the same ephemeral range. So ports come from below that range, at random, checked by
+    binding.
     """
     rng = random.Random()
     high = _ephemeral_low()
