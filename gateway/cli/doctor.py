@@ -63,8 +63,8 @@ def no_proxy_arg(text: str) -> tuple[str, ...]:
 
 def outbound_proxy(path: str | None) -> str:
     """The outbound listener as a proxy URL: `[listeners.outbound] bind` in the settings file (a
-    wildcard bind is reached on 127.0.0.1), else the default. Read from the TOML directly: the
-    settings schema gains the outbound listener with the east-west issue (issue 14 item 1)."""
+    wildcard bind is reached on 127.0.0.1), else the default. Only this key is read from the TOML,
+    so the doctor still answers for a file whose other settings `peel serve` would refuse."""
     if path is None:
         return DEFAULT_PROXY
     try:
