@@ -51,26 +51,32 @@ def route(i: int, flipped: bool = False) -> dict[str, object]:
 
 
 class Changer(threading.Thread):
-    """Makes changes back to back until stopped; records how long each took."""
+    """Makes changes back to back until stopped; records how long each took.
 
-    def __init__(self, change: Callable[[int], None]) -> None:
+    Change `n` is the `n`-th of its kind over the whole bench: a round starts at `start`, where the
+    one before stopped (`self.n` after the run). Starting every round at 0 would repeat the first
+    round's edits, which the store answers as "nothing changed" without a new version: the
+    second round of `put` measured no change at all until 2026-12-05.
+    """
+
+    def __init__(self, change: Callable[[int], None], start: int = 0) -> None:
         super().__init__(daemon=True)
         self.change = change
+        self.n = start
         self.took: list[float] = []
         self.failed: list[str] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
-        n = 0
         while not self.halt.is_set():
             start = time.perf_counter()
             try:
-                self.change(n)
+                self.change(self.n)
             except Exception as exc:  # reported, not raised: the run goes on
                 self.failed.append(str(exc))
             else:
                 self.took.append(time.perf_counter() - start)
-            n += 1
+            self.n += 1
             self.halt.wait(PAUSE)
 
 
@@ -112,16 +118,18 @@ def measure_changes(bench: Bench, pid: int, reps: int, seconds: int, rate: int
     work = Path(tempfile.mkdtemp(dir=bench.dir))
     makers = {"put": put_change(admin, token),
               "apply": apply_change(admin, token, origin, bench.routes, work)}
+    made = dict.fromkeys(makers, 0)  # changes of each kind so far: every change edits the table
     for rnd in range(reps):
         print(f"changes round {rnd + 1}/{reps} ...", file=sys.stderr, flush=True)
         for kind in ("quiet", "put", "apply"):
-            changer = Changer(makers[kind]) if kind != "quiet" else None
+            changer = Changer(makers[kind], made[kind]) if kind != "quiet" else None
             if changer is not None:
                 changer.start()
             result = wrk(port, "/", CONNS, seconds, script=script)
             if changer is not None:
                 changer.halt.set()
                 changer.join()
+                made[kind] = changer.n
                 result["changes"] = float(len(changer.took))
                 result["change_s"] = statistics.median(changer.took) if changer.took else float("nan")
                 result["change_errors"] = float(len(changer.failed))

@@ -1,0 +1,68 @@
+"""bench/changes.py: every change a change run makes edits the table, in every round.
+
+Until 2026-12-05 each round's `Changer` started again at change 0, so the second round of `put`
+repeated the first round's edits and the store answered each with "nothing changed": half of the
+`put` figures measured no change at all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import bench.changes
+from bench.changes import Changer, large_document, put_change, route
+
+
+def test_a_round_goes_on_where_the_one_before_stopped() -> None:
+    seen: list[int] = []
+    changer: Changer
+
+    def change(n: int) -> None:
+        seen.append(n)
+        if len(seen) % 3 == 0:
+            changer.halt.set()
+
+    changer = Changer(change)
+    changer.run()
+    changer = Changer(change, changer.n)
+    changer.run()
+    assert seen == [0, 1, 2, 3, 4, 5]
+    assert changer.n == 6
+
+
+def test_every_put_replaces_its_route_with_something_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    class Answer:
+        def __enter__(self) -> Answer:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def read(self) -> bytes:
+            return b"{}"
+
+    def urlopen(request: Any, timeout: float) -> Answer:
+        sent.append((request.full_url, json.loads(request.data)))
+        return Answer()
+
+    monkeypatch.setattr(bench.changes.urllib.request, "urlopen", urlopen)
+    change = put_change(9901, "token")
+    for n in range(450):  # four and a half rounds' worth over the 100 routes it cycles through
+        change(n)
+    current = {f"r{i}": route(i) for i in range(100)}  # the table as large_document made it
+    for url, body in sent:
+        name = url.rsplit("/", 1)[1]
+        assert body["name"] == name
+        assert body != current[name], f"change of {name} repeats what the table holds"
+        current[name] = body
+
+
+def test_the_large_document_holds_the_routes_put_cycles_through() -> None:
+    document = large_document(8080, 200)
+    names = [r["name"] for r in document["routes"]]  # type: ignore[index, union-attr]
+    assert names[:100] == [f"r{i}" for i in range(100)] and names[-1] == "all"
