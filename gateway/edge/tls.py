@@ -169,7 +169,11 @@ def load_certificate(pair: TlsCertificateSettings, setting: str, min_version: st
         context.load_cert_chain(pair.cert, pair.key)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(key_key, f"OpenSSL refused {pair.cert} with {pair.key}: {exc}") from None
-    names = _names(leaf)
+    try:
+        names = _names(leaf)
+    except ValueError as exc:  # cryptography parses the extensions when first read
+        raise ConfigError(cert_key, f"the certificate in {pair.cert} has extensions that do not "
+                          f"parse: {exc}") from None
     now = now or datetime.datetime.now(datetime.UTC)
     if leaf.not_valid_after_utc <= now:
         log.warning("%s: the certificate in %s (%s) expired on %s; serving it anyway: clients will "

@@ -171,6 +171,9 @@ def check_csr(csr: x509.CertificateSigningRequest, allowed: SpiffeId) -> PublicK
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise CsrRefused(f"the CSR asks for no SPIFFE ID; it must ask for {allowed}") from None
+    except ValueError as exc:
+        # cryptography parses the extensions when first read: from 51 on, an empty SAN is an error
+        raise CsrRefused(f"the CSR's extensions do not parse ({exc}); it must ask for {allowed}") from None
     names = list(san)
     if len(names) != 1 or not isinstance(names[0], x509.UniformResourceIdentifier):
         raise CsrRefused(f"the CSR must ask for exactly one name, the URI {allowed}; it asks for "
@@ -212,11 +215,14 @@ def build_leaf(csr: x509.CertificateSigningRequest, identity: SpiffeId, issuer: 
 
 
 def uri_names(cert: x509.Certificate) -> list[str] | None:
-    """The URI names of a certificate's subjectAltName; None when it has no SAN at all."""
+    """The URI names of a certificate's subjectAltName; None when it has no SAN at all, none when
+    its extensions do not parse (a chain a client presents is read before it is trusted)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
+    except ValueError:
+        return []
     return list(san.get_values_for_type(x509.UniformResourceIdentifier))
 
 

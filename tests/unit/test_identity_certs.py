@@ -4,13 +4,13 @@ extension read back with cryptography's x509 API; CSR checks."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from gateway.identity import certs
 from gateway.identity.errors import CaError, CsrRefused
@@ -158,11 +158,17 @@ def test_a_leaf_lifetime_is_capped_by_its_issuer(chain: Chain) -> None:
         certs.build_leaf(csr, ORDERS, inter, inter_key, now=NOW, lifetime=timedelta(0))
 
 
+# A subjectAltName extension holding no name: an empty DER SEQUENCE. cryptography 51 refuses to
+# build one (`SubjectAlternativeName([])`) and to parse one; a client can still send it.
+EMPTY_SAN: Final = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x00")
+
+
 def _csr(key: certs.PrivateKey, names: list[x509.GeneralName] | None) -> x509.CertificateSigningRequest:
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "orders")]))
     if names is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        builder = builder.add_extension(x509.SubjectAlternativeName(names) if names else EMPTY_SAN,
+                                        critical=False)
     return builder.sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
 
 
@@ -171,7 +177,7 @@ URI = x509.UniformResourceIdentifier
 
 @pytest.mark.parametrize(("names", "reason"), [
     (None, "asks for no SPIFFE ID"),
-    ([], "asks for none"),
+    ([], "asks for none|extensions do not parse"),  # cryptography < 51 reads an empty list; 51 refuses
     ([URI("spiffe://peel.internal/svc/billing")], "only spiffe://peel.internal/svc/orders"),
     ([URI("spiffe://other.internal/svc/orders")], "only spiffe://peel.internal/svc/orders"),
     ([URI("spiffe://peel.internal/svc/orders/x")], "only spiffe://peel.internal/svc/orders"),
@@ -182,6 +188,19 @@ URI = x509.UniformResourceIdentifier
 def test_a_csr_must_ask_for_exactly_the_allowed_id(names: list[x509.GeneralName] | None, reason: str) -> None:
     with pytest.raises(CsrRefused, match=reason):
         certs.check_csr(_csr(certs.new_key(), names), ORDERS)
+
+
+def test_a_certificate_whose_names_do_not_parse_has_no_uri_name(chain: Chain) -> None:
+    # a chain a client presents for renewal is read before it is trusted: never an exception
+    _, _, inter_key, inter = chain
+    key = certs.new_key()
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+            .issuer_name(inter.subject).public_key(key.public_key()).serial_number(7)
+            .not_valid_before(NOW).not_valid_after(NOW + timedelta(hours=1))
+            .add_extension(EMPTY_SAN, critical=False).sign(inter_key, hashes.SHA256()))
+    assert certs.uri_names(cert) == []
+    with pytest.raises(CsrRefused, match="0 URI names"):
+        certs.spiffe_id_of(cert)
 
 
 def test_a_csr_with_a_bad_signature_is_refused(chain: Chain) -> None:
