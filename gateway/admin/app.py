@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -38,7 +39,6 @@ from gateway.admin.migrations import migration_routes
 from gateway.admin.mtls import mtls_routes
 from gateway.admin.rules import rule_routes
 from gateway.admin.shadow import shadow_routes
-from gateway.admin.threads import run_in_threadpool
 from gateway.admin.wire import problem_response
 from gateway.core import problems
 from gateway.core.settings import Settings

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.admin.threads import run_in_threadpool
 from gateway.admin.wire import ACTOR_KEY
 from gateway.core import problems
 from routes.errors import StoreError

@@ -34,12 +34,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HTTPRoute
 
 from gateway.admin.auth import FailureThrottle, TooManyFailures
-from gateway.admin.threads import run_in_threadpool
 from gateway.admin.wire import BadRequest, BodyTooLarge, answer, body_object, problem_response, read_json
 from gateway.admin.writes import commit_edit, write_answer
 from gateway.core import problems

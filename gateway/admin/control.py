@@ -36,12 +36,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HTTPRoute
 
 from gateway.admin import control_counts
-from gateway.admin.threads import run_in_threadpool
 from gateway.admin.wire import BadRequest, BodyTooLarge, body_object, encode, problem_response
 from gateway.core import problems
 from gateway.core.settings import Settings

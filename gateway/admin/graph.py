@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.admin.matching import TableCache
-from gateway.admin.threads import run_in_threadpool
 from gateway.telemetry.graph import MAX_WINDOW, merge, minute, summarise
 from routes.errors import RuleError
 from routes.fields import duration

@@ -17,13 +17,13 @@ import time
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from facade.beta import BetaTrust
 from facade.bucketing import bucket
-from gateway.admin.threads import run_in_threadpool
 from gateway.admin.wire import BadRequest, answer, body_object, read_json
 from gateway.core.settings import DeadlineSettings, Settings
 from gateway.dataplane.resolve import Incoming, Refusal, Resolution, Resolver

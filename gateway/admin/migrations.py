@@ -21,6 +21,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
@@ -28,7 +29,6 @@ from starlette.routing import Route as HTTPRoute
 from facade import transitions
 from facade.counts import SIDES
 from facade.guard_run import assess, set_guard, step_start, unchanged_since
-from gateway.admin.threads import run_in_threadpool
 from gateway.admin.wire import (
     BadRequest,
     actor,

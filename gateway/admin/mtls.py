@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.admin.threads import run_in_threadpool
 from gateway.telemetry.procstats import LiveView
 from routes.fields import duration
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
-from gateway.admin.threads import run_in_threadpool
 from gateway.admin.wire import answer, read_json, reason_header
 from gateway.admin.writes import commit_edit, write_answer
 from routes import changes

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from facade.noise import report
 from facade.shadow_counts import ShadowTotals, shadow_examples_of, shadow_since
-from gateway.admin.threads import run_in_threadpool
 from gateway.admin.wire import answer, query_int
 from routes.errors import NotFoundError
 from routes.store import Store

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.admin.threads import run_in_threadpool
 from gateway.admin.wire import actor, answer, if_match
 from routes.changes import commit_change
 from routes.compiler import compile_incrementally
