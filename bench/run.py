@@ -149,13 +149,15 @@ def route_document(origin: int, routes: int = 1) -> dict[str, object]:
 
 REASON = "bench: everything to the origin"
 # Run by the baseline's interpreter environment, so its own schema and store code fill its store.
+# The document comes on stdin: with --routes 10000 it is about a megabyte, more than one argument
+# may hold (Linux's MAX_ARG_STRLEN, 128 KiB).
 SEED_BASELINE = """import json, sys
 from routes.model import Document
 from routes.store import Store
 store = Store(sys.argv[1])
 try:
     store.upgrade()
-    store.commit(Document.parse(json.loads(sys.argv[2])), actor="bench", reason=sys.argv[3])
+    store.commit(Document.parse(json.load(sys.stdin)), actor="bench", reason=sys.argv[2])
 finally:
     store.close()
 """
@@ -480,9 +482,9 @@ class Bench:
             env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
         else:
             env = baseline_env(root)
-            seeded = subprocess.run([baseline_python(root), "-c", SEED_BASELINE, url, json.dumps(document),
-                                     REASON],
-                                    cwd=root, env=env, capture_output=True, text=True, check=False)
+            seeded = subprocess.run([baseline_python(root), "-c", SEED_BASELINE, url, REASON],
+                                    input=json.dumps(document), cwd=root, env=env, capture_output=True,
+                                    text=True, check=False)
             if seeded.returncode != 0:
                 raise BenchError(f"filling the {BASE} store with {root}'s code failed: "
                                  f"{seeded.stderr.strip()}")

@@ -8,12 +8,17 @@ repeated the first round's edits and the store answered each with "nothing chang
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import bench.changes
 from bench.changes import Changer, large_document, put_change, route
+from bench.run import ROOT, SEED_BASELINE
+from routes.store import Store
 
 
 def test_a_round_goes_on_where_the_one_before_stopped() -> None:
@@ -66,3 +71,18 @@ def test_the_large_document_holds_the_routes_put_cycles_through() -> None:
     document = large_document(8080, 200)
     names = [r["name"] for r in document["routes"]]  # type: ignore[index, union-attr]
     assert names[:100] == [f"r{i}" for i in range(100)] and names[-1] == "all"
+
+
+def test_a_baseline_store_takes_a_10000_route_document(tmp_path: Path) -> None:
+    # The document goes on stdin: as an argument (until 2026-12-05) it was more than Linux lets one
+    # argument hold, and `--baseline DIR --routes 10000` could not start.
+    url = f"sqlite:///{tmp_path / 'base.db'}"
+    document = large_document(8080, 10000)
+    seeded = subprocess.run([sys.executable, "-c", SEED_BASELINE, url, "seed"], input=json.dumps(document),
+                            capture_output=True, text=True, check=False, cwd=ROOT)
+    assert seeded.returncode == 0, seeded.stderr
+    store = Store(url)
+    try:
+        assert len(store.latest().document.routes) == 10000
+    finally:
+        store.close()
