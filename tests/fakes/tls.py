@@ -7,7 +7,8 @@
 
 Leaves are ECDSA P-256 by default (RSA 2048 with `rsa_key=True`), valid from an hour ago for a day unless
 `not_before`/`not_after` say otherwise; `uris` adds URI SANs (SPIFFE IDs) and `client=True` makes a
-client certificate, for the mTLS work that follows.
+client certificate, for the mTLS work that follows; `extensions` adds any other (non-critical), such as
+`EMPTY_SAN`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+
+# A subjectAltName extension holding no name: an empty DER SEQUENCE. cryptography 51 refuses to build
+# one (`SubjectAlternativeName([])`) and to parse one; a client or an operator's file can still hold it.
+EMPTY_SAN = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x00")
 
 
 def _now() -> datetime.datetime:
@@ -83,7 +88,8 @@ class TestCA:
 
     def issue(self, stem: Path, dns: Sequence[str], *, ips: Sequence[str] = (), uris: Sequence[str] = (),
               not_before: datetime.datetime | None = None, not_after: datetime.datetime | None = None,
-              rsa_key: bool = False, client: bool = False) -> Leaf:
+              rsa_key: bool = False, client: bool = False,
+              extensions: Sequence[x509.ExtensionType] = ()) -> Leaf:
         """A leaf for `dns` names (and `ips`, `uris`) written to `<stem>.pem` and `<stem>.key`."""
         key: CertificateIssuerPrivateKeyTypes = (
             rsa.generate_private_key(65537, 2048) if rsa_key else ec.generate_private_key(ec.SECP256R1()))
@@ -101,6 +107,8 @@ class TestCA:
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
         certificate = builder.sign(self.key, hashes.SHA256())
         cert_path, key_path = stem.with_suffix(".pem"), stem.with_suffix(".key")
         cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))

@@ -15,6 +15,7 @@ import re
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.identity.ca import CertificateAuthority
 from tests.sockets.conftest import wait_for
@@ -106,9 +107,11 @@ def test_sidecars_follow_the_control_plane_and_find_each_other_in_the_registry(t
         assert _request(outbound, "GET", "http://payments/restarted")[0] == 200
         assert _request(outbound, "GET", "http://orders/restarted")[0] == 200
         assert "loaded from the snapshot" in monolith.log.read_text()
-        # the database's port is 1: a word boundary keeps the control plane's own port (say 18609) out
+        # NOWHERE's host and port, ending there: not the control plane's own address (say :18609)
+        nowhere = urlsplit(NOWHERE)
         log = monolith.log.read_text()
-        assert "sqlite" not in log and not re.search(r"127\.0\.0\.1:1\b", log)
+        assert "sqlite" not in log and not re.search(re.escape(f"{nowhere.hostname}:{nowhere.port}") + r"\b",
+                                                     log)
 
         # the control plane is back: the sidecars reconnect; orders stopping cleanly deregisters
         control.start()

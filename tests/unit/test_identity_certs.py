@@ -4,17 +4,18 @@ extension read back with cryptography's x509 API; CSR checks."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Final, TypeVar
+from typing import TypeVar
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.identity import certs
 from gateway.identity.errors import CaError, CsrRefused
 from gateway.identity.spiffe import service_id
+from tests.fakes.tls import EMPTY_SAN
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TD = "peel.internal"
@@ -156,11 +157,6 @@ def test_a_leaf_lifetime_is_capped_by_its_issuer(chain: Chain) -> None:
         certs.build_leaf(csr, ORDERS, inter, inter_key, now=inter.not_valid_after_utc)
     with pytest.raises(CaError, match="positive"):
         certs.build_leaf(csr, ORDERS, inter, inter_key, now=NOW, lifetime=timedelta(0))
-
-
-# A subjectAltName extension holding no name: an empty DER SEQUENCE. cryptography 51 refuses to
-# build one (`SubjectAlternativeName([])`) and to parse one; a client can still send it.
-EMPTY_SAN: Final = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x00")
 
 
 def _csr(key: certs.PrivateKey, names: list[x509.GeneralName] | None) -> x509.CertificateSigningRequest:

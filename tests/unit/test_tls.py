@@ -17,7 +17,7 @@ from gateway.core.errors import ConfigError
 from gateway.core.settings import ListenerSettings, TlsCertificateSettings, load_settings
 from gateway.edge.https import Hsts, RedirectApp
 from gateway.edge.tls import CIPHERS_TLS12, TlsListener, load_certificates
-from tests.fakes.tls import Leaf, TestCA
+from tests.fakes.tls import EMPTY_SAN, Leaf, TestCA
 
 
 @pytest.fixture(scope="module")
@@ -192,25 +192,7 @@ def test_hsts_is_added_unless_the_response_has_its_own() -> None:
 def test_a_certificate_whose_names_do_not_parse_is_refused_by_name(ca: TestCA, tmp_path: Path) -> None:
     # A subjectAltName holding no name (an empty SEQUENCE): cryptography 51 refuses to parse it
     # when the names are read; the operator gets the setting and the file, not a traceback.
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtensionOID, NameOID
-
-    from tests.fakes.tls import key_pem
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
-            .issuer_name(ca.certificate.subject).public_key(key.public_key()).serial_number(9)
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x00"),
-                           critical=False)
-            .sign(ca.key, hashes.SHA256()))
-    leaf = Leaf(tmp_path / "empty.pem", tmp_path / "empty.key", cert)
-    leaf.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    leaf.key.write_bytes(key_pem(key))
+    leaf = ca.issue(tmp_path / "empty", [], extensions=[EMPTY_SAN])
     with pytest.raises(ConfigError) as caught:
         load_certificates(listener(leaf), "listeners.public")
     assert caught.value.key.startswith("listeners.public.tls_certificates")
