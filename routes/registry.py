@@ -180,13 +180,22 @@ class RegistryRecords:
 
     def registry_stamp(self, *, now: datetime | None = None) -> Stamp:
         """One aggregate that changes whenever the set of live registrations does (module docstring)."""
+        return self.registry_poll(now=now)[0]
+
+    def registry_poll(self, *, now: datetime | None = None) -> tuple[Stamp, datetime | None]:
+        """`registry_stamp`, and when the first live registration expires (None: none is live).
+        Until then the stamp changes only with a write (a watcher's `CommitProbe` sees those)."""
         c = service_endpoints.c
+        now = now or _now()
         with self._connect() as conn:
             row = conn.execute(select(func.count(c.id), func.coalesce(func.sum(c.id), 0),
-                                      func.max(c.changed_at))
-                               .where(c.expires_at > (now or _now()))).one()
-        newest = row[2]
-        return int(row[0]), int(row[1]), newest.isoformat() if isinstance(newest, datetime) else str(newest)
+                                      func.max(c.changed_at), func.min(c.expires_at))
+                               .where(c.expires_at > now)).one()
+        newest, first_expiry = row[2], row[3]
+        stamp = int(row[0]), int(row[1]), newest.isoformat() if isinstance(newest, datetime) else str(newest)
+        if first_expiry is not None and not isinstance(first_expiry, datetime):
+            first_expiry = now  # not a time this code can compare: due at once, so nothing is skipped
+        return stamp, first_expiry
 
     def prune_registry(self, *, now: datetime | None = None, after: timedelta = PRUNE_AFTER) -> int:
         """Delete the rows expired more than `after` ago; how many."""

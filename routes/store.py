@@ -44,6 +44,7 @@ from routes.migration_records import MigrationRecords
 from routes.migration_records import Transition as Transition
 from routes.migration_records import TransitionInfo as TransitionInfo
 from routes.model import NAME_RE, Document
+from routes.probe import CommitProbe
 from routes.registry import Registration as Registration
 from routes.registry import RegistryRecords
 from routes.schema import admin_tokens, config_versions, migration_transitions
@@ -171,6 +172,7 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         # in every watcher.
         self._decoded: dict[int, Document] = {}
         self._codec = CODEC
+        self._probes: list[CommitProbe] = []  # handed out by `commit_probe`, closed with the store
 
     # -- engine set-up ----------------------------------------------------------------------
 
@@ -211,7 +213,20 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         return engine
 
     def close(self) -> None:
+        for probe in self._probes:
+            probe.close()
         self._engine.dispose()
+
+    def commit_probe(self) -> CommitProbe | None:
+        """A `CommitProbe` of this store's SQLite file, for one thread at a time; None where there is
+        no cheap way to tell (PostgreSQL: the watcher is woken by NOTIFY; an in-memory store)."""
+        database = self._url.database
+        if self.dialect != "sqlite" or database in (None, "", ":memory:"):
+            return None
+        assert database is not None
+        probe = CommitProbe(database)
+        self._probes.append(probe)
+        return probe
 
     def __enter__(self) -> Store:
         return self

@@ -1,8 +1,12 @@
 """Keeps one process's route table current: poll the store, load in steps, swap whole.
 
-The request path never waits for any of this. Each poll is two cheap queries (the latest config
-version number and the service registry's stamp, `routes.registry`) run in a thread; only when one
-moved are the new version and the registered endpoints read (in a thread: I/O), then decoded and
+The request path never waits for any of this. On SQLite a poll first asks the store's
+`CommitProbe` (`routes.probe`, a pragma read on the event loop, about 2 µs) whether anything was
+committed since the last read; when nothing was, no live registration has expired since and the
+last read is recent (`FULL_READ_EVERY` polls), the poll ends there. Otherwise (and always on
+PostgreSQL) it reads two cheap queries (the latest config version number and the service
+registry's stamp, `routes.registry`) in a thread; only when one moved are the new version and
+the registered endpoints read (in a thread: I/O), then decoded and
 compiled on the event loop in steps of a few milliseconds (`routes.steps`: the CPU work of a change
 would hold the GIL against the loop from a thread), and the new table assigned to the holder in
 one step. When the store cannot be reached the last good table keeps serving; at start, when the
@@ -19,6 +23,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,10 @@ from routes.store import ConfigVersion, Store, StoredVersion
 from routes.table import RouteTable
 
 log = logging.getLogger("peel.watcher")
+
+# A poll reads the store at least every this many polls, whatever its `CommitProbe` says (5 s at the
+# default interval): the probe is a hint, and a read also tells whether the store is reachable.
+FULL_READ_EVERY = 20
 
 
 def write_snapshot(path: Path, version: int, document: Document,
@@ -107,6 +116,12 @@ class Watcher:
         self.on_failed: Callable[[int], None] | None = None
         # set by wake(): run() polls at once instead of at the end of its interval
         self._woken = asyncio.Event()
+        # SQLite: tells the event loop's polls whether anything was committed (None: always read)
+        self._probe = store.commit_probe()
+        # when the first live registration expires, as of the last read (its stamp changes then)
+        self._expiry: datetime | None = None
+        self._polls_unread = 0  # polls the probe ended since the last read
+        self.reads = 0  # polls that read the store (for tests and curious operators)
 
     @property
     def failing_version(self) -> int | None:
@@ -151,7 +166,7 @@ class Watcher:
         """The store's side of a poll (blocking I/O): None when nothing moved or it failed."""
         try:
             latest = self.store.latest_version()
-            stamp = self.store.registry_stamp()
+            stamp, self._expiry = self.store.registry_poll()
             self._set_store_ok(True)
         except PeelError as exc:
             self._set_store_ok(False, str(exc))
@@ -202,6 +217,8 @@ class Watcher:
         on the loop in steps (`routes.steps`: in a thread they would hold the GIL against the
         loop), then the swap (the followers run there, before any request sees the table); the
         snapshot written in a thread."""
+        if self._nothing_committed():
+            return False
         failing = self._failing_version
         fetched = await asyncio.to_thread(self._fetch)
         found = None if fetched is None else await run_on_loop(self._load_steps(fetched))
@@ -213,6 +230,21 @@ class Watcher:
         table, document, registered = found
         self._swap(table, source="store")
         await asyncio.to_thread(self._write_snapshot, table.version, document, registered)
+        return True
+
+    def _nothing_committed(self) -> bool:
+        """True when this poll can end without reading the store: its probe saw no commit since the
+        last read, the store was reachable then, no live registration has expired since, and the
+        last read is less than `FULL_READ_EVERY` polls old. Counts the reads."""
+        probe = self._probe
+        moved = probe is None or probe.moved()  # asked every poll: it compares with its last answer
+        expiry = self._expiry
+        if moved or not self.store_ok or self._polls_unread >= FULL_READ_EVERY \
+                or (expiry is not None and datetime.now(UTC) >= expiry):
+            self._polls_unread = 0
+            self.reads += 1
+            return False
+        self._polls_unread += 1
         return True
 
     def wake(self) -> None:

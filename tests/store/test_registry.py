@@ -77,6 +77,17 @@ def test_the_stamp_moves_on_changes_and_expiry_but_not_on_heartbeats(store: Stor
     assert not store.deregister_endpoint("orders", "https://10.0.2.16:15443")
 
 
+def test_the_registry_poll_says_when_the_first_live_registration_expires(store: Store) -> None:
+    assert store.registry_poll(now=T0) == (store.registry_stamp(now=T0), None)
+    store.register_endpoint("orders", "https://10.0.2.15:15443", ORDERS, now=T0)
+    store.register_endpoint("orders", "https://10.0.2.16:15443", ORDERS, now=T0 + timedelta(seconds=6))
+    stamp, first = store.registry_poll(now=T0 + timedelta(seconds=6))
+    assert stamp == store.registry_stamp(now=T0 + timedelta(seconds=6))
+    assert first == T0 + timedelta(seconds=30)  # the default 30 s TTL
+    # once the first has expired, the second is the next
+    assert store.registry_poll(now=T0 + timedelta(seconds=31))[1] == T0 + timedelta(seconds=36)
+
+
 def test_the_watcher_serves_registered_endpoints_and_follows_them(store: Store, tmp_path: Path) -> None:
     store.commit(Document.parse(DOC), actor="t", reason="one")
     holder = TableHolder()
