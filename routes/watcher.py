@@ -5,13 +5,13 @@ The request path never waits for any of this. On SQLite a poll first asks the st
 committed since the last read; when nothing was, no live registration has expired since and the
 last read is recent (`FULL_READ_EVERY` polls), the poll ends there. Otherwise (and always on
 PostgreSQL) it reads two cheap queries (the latest config version number and the service
-registry's stamp, `routes.registry`) in a thread; only when one moved are the new version and
-the registered endpoints read (in a thread: I/O), then decoded and
-compiled on the event loop in steps of a few milliseconds (`routes.steps`: the CPU work of a change
-would hold the GIL against the loop from a thread), and the new table assigned to the holder in
-one step. When the store cannot be reached the last good table keeps serving; at start, when the
-store is down, the last good document (with the registered endpoints it was served with) is read
-from the snapshot file on local disk.
+registry's stamp, `routes.registry`) in a thread; only when one moved are the new version and the
+registered endpoints read (in a thread: I/O), then decoded and compiled on the event loop in steps
+of a few milliseconds (`routes.steps`: the CPU work of a change would hold the GIL against the
+loop from a thread), and the new table assigned to the holder in one step. When the store cannot
+be reached the last good table keeps serving; at start, when the store is down, the last good
+document (with the registered endpoints it was served with) is read from the snapshot file on
+local disk.
 """
 
 from __future__ import annotations
