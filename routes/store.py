@@ -191,12 +191,12 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
             raise StoreError(f"database.url: Peel stores rules in SQLite or PostgreSQL, not {backend!r} "
                              f"({self.safe_url})")
         kwargs: dict[str, Any] = {}
-        memory = backend == "sqlite" and self._url.database in (None, "", ":memory:")
+        file = self._sqlite_file()
+        memory = backend == "sqlite" and file is None
         if memory:
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
-        elif backend == "sqlite":
-            assert self._url.database is not None
-            _create_private(Path(self._url.database))
+        elif file is not None:
+            _create_private(Path(file))
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
                                       "check_same_thread": False}
         else:
@@ -217,14 +217,20 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
             probe.close()
         self._engine.dispose()
 
-    def commit_probe(self) -> CommitProbe | None:
-        """A `CommitProbe` of this store's SQLite file, for one thread at a time; None where there is
-        no cheap way to tell (PostgreSQL: the watcher is woken by NOTIFY; an in-memory store)."""
+    def _sqlite_file(self) -> str | None:
+        """The path of this store's SQLite file; None for PostgreSQL and an in-memory SQLite store."""
         database = self._url.database
         if self.dialect != "sqlite" or database in (None, "", ":memory:"):
             return None
-        assert database is not None
-        probe = CommitProbe(database)
+        return database
+
+    def commit_probe(self) -> CommitProbe | None:
+        """A `CommitProbe` of this store's SQLite file, for one thread at a time; None where there is
+        no cheap way to tell (PostgreSQL: the watcher is woken by NOTIFY; an in-memory store)."""
+        path = self._sqlite_file()
+        if path is None:
+            return None
+        probe = CommitProbe(path)
         self._probes.append(probe)
         return probe
 
