@@ -4,7 +4,8 @@ Measured, not assumed (`gateway.cli.proxyprobe`): each client found here (curl, 
 and requests, Node, Java) fetches an unreachable URL with one case of the variables set, and a local
 probe proxy records whether the request came through it. Then it prints the variables to export
 (both cases), the JVM flags (the JVM reads no variable) and a systemd drop-in, for the proxy URL
-(`--proxy`, else `[listeners.outbound] bind` of the settings file, else http://127.0.0.1:15001).
+(`--proxy`, else `listeners.outbound.bind` from the environment or the settings file, as `peel serve`
+reads it, else http://127.0.0.1:15001).
 Needs no store and no admin API. Exit 0 with the report, 1 when the probe cannot run, 2 usage.
 See docs/east-west.md.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import shlex
 import sys
 import tempfile
@@ -26,7 +28,7 @@ from gateway.cli.args import Commands, actions, add_command
 from gateway.cli.context import config_path
 from gateway.cli.output import print_json, table
 from gateway.core.errors import ConfigError
-from gateway.core.settings import split_bind
+from gateway.core.settings import env_name, split_bind
 
 if TYPE_CHECKING:
     # (the probe, with http.server and subprocess, only for `peel doctor`: every `peel serve` parses
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from gateway.cli.proxyprobe import Result
 
 DEFAULT_PROXY = "http://127.0.0.1:15001"
+# `peel serve` reads listeners.outbound.bind from here before the settings file
+OUTBOUND_BIND_ENV = env_name("listeners.outbound.bind")
 DEFAULT_NO_PROXY = ("localhost", "127.0.0.1", "::1")
 COLUMNS = (("http_proxy", "http_proxy"), ("HTTP_PROXY", "HTTP_PROXY"), ("no_proxy", "no_proxy"),
            ("NO_PROXY", "NO_PROXY"), ("cidr", "NO_PROXY CIDR"))
@@ -61,26 +65,30 @@ def no_proxy_arg(text: str) -> tuple[str, ...]:
     return entries
 
 
-def outbound_proxy(path: str | None) -> str:
-    """The outbound listener as a proxy URL: `[listeners.outbound] bind` in the settings file (a
-    wildcard bind is reached on 127.0.0.1), else the default. Only this key is read from the TOML,
-    so the doctor still answers for a file whose other settings `peel serve` would refuse."""
-    if path is None:
-        return DEFAULT_PROXY
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(path, f"cannot read the settings file: {exc}") from exc
-    listeners = data.get("listeners")
-    outbound = listeners.get("outbound") if isinstance(listeners, dict) else None
-    bind = outbound.get("bind") if isinstance(outbound, dict) else None
+def outbound_proxy(path: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The outbound listener as a proxy URL: `listeners.outbound.bind` as `peel serve` reads it (its
+    environment variable, else the settings file; a wildcard bind is reached on 127.0.0.1), else the
+    default. Only this key is read, so the doctor still answers for settings whose other keys
+    `peel serve` would refuse."""
+    env = os.environ if environ is None else environ
+    bind: object = env.get(OUTBOUND_BIND_ENV)
+    where = OUTBOUND_BIND_ENV
+    if bind is None and path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(path, f"cannot read the settings file: {exc}") from exc
+        listeners = data.get("listeners")
+        outbound = listeners.get("outbound") if isinstance(listeners, dict) else None
+        bind = outbound.get("bind") if isinstance(outbound, dict) else None
+        where = "listeners.outbound.bind"
     if bind is None:
         return DEFAULT_PROXY
     try:
         host, port = split_bind(str(bind))
     except ValueError as exc:
-        raise ConfigError("listeners.outbound.bind", str(exc)) from exc
+        raise ConfigError(where, str(exc)) from exc
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
@@ -236,8 +244,8 @@ def register(commands: Commands) -> None:
     p = add_command(doctor, "proxy-env", cmd_proxy_env, "which HTTP clients here honour the proxy "
                     "variables (measured), and the variables, NO_PROXY list and JVM flags to set")
     p.add_argument("--proxy", type=proxy_url_arg, metavar="URL",
-                   help=f"the proxy to print settings for (default: [listeners.outbound] bind of the "
-                        f"settings file, else {DEFAULT_PROXY})")
+                   help=f"the proxy to print settings for (default: listeners.outbound.bind from "
+                        f"{OUTBOUND_BIND_ENV} or the settings file, else {DEFAULT_PROXY})")
     p.add_argument("--no-proxy", type=no_proxy_arg, metavar="LIST", default=DEFAULT_NO_PROXY,
                    help="hosts that bypass the proxy, comma-separated "
                         f"(default: {','.join(DEFAULT_NO_PROXY)})")

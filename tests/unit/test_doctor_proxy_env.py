@@ -74,7 +74,8 @@ def test_jvm_non_proxy_hosts_translates_what_it_can() -> None:
     assert skipped == ["172.16.0.0/12", "fd00::/8"]
 
 
-def test_outbound_proxy_from_the_settings_file(tmp_path: Path) -> None:
+def test_outbound_proxy_from_the_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PEEL_LISTENERS_OUTBOUND_BIND", raising=False)
     assert outbound_proxy(None) == DEFAULT_PROXY
     settings = tmp_path / "peel.toml"
     settings.write_text("[listeners.public]\nbind = '0.0.0.0:8080'\n")
@@ -91,6 +92,18 @@ def test_outbound_proxy_from_the_settings_file(tmp_path: Path) -> None:
     settings.write_text("[listeners\n")
     with pytest.raises(ConfigError, match="cannot read"):
         outbound_proxy(str(settings))
+
+
+def test_outbound_proxy_from_the_environment_before_the_file(tmp_path: Path) -> None:
+    # as `peel serve` reads it: PEEL_LISTENERS_OUTBOUND_BIND (a systemd Environment= line) wins
+    settings = tmp_path / "peel.toml"
+    settings.write_text("[listeners.outbound]\nbind = '127.0.0.1:15002'\n")
+    env = {"PEEL_LISTENERS_OUTBOUND_BIND": "0.0.0.0:15009"}
+    assert outbound_proxy(str(settings), env) == "http://127.0.0.1:15009"
+    assert outbound_proxy(None, env) == "http://127.0.0.1:15009"
+    assert outbound_proxy(str(settings), {}) == "http://127.0.0.1:15002"
+    with pytest.raises(ConfigError, match="PEEL_LISTENERS_OUTBOUND_BIND"):
+        outbound_proxy(None, {"PEEL_LISTENERS_OUTBOUND_BIND": "15001"})
 
 
 def test_unreadable_settings_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
