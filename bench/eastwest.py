@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import NGINX_ORIGIN, free_port, pacing_script, wait_until, wrk
+from bench.run import NGINX_ORIGIN, free_port, pacing_script, stop_on_sigterm, wait_until, wrk
 from gateway.identity.ca import CertificateAuthority
 from routes.model import Document
 from routes.store import Store
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=8, help="per run (default 8)")
     ap.add_argument("--reps", type=int, default=3, help="rounds (default 3)")
     args = ap.parse_args(argv)
+    stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="peel-bench-eastwest-"))
     procs: list[subprocess.Popen[bytes]] = []
 

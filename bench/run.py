@@ -231,6 +231,15 @@ def check_baseline(root: Path) -> None:
             raise BenchError(f"--baseline {root}: the baseline would import {file}, not {root}'s code")
 
 
+def stop_on_sigterm() -> None:
+    """Make a SIGTERM (a CI job's timeout, `kill`) stop a bench as Ctrl-C does, through its `finally`
+    that stops nginx, Peel and wrk: by default it ended Python at once and left them running."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def need(tool: str) -> None:
     """Make sure `tool` is on PATH, installing its Debian package when root."""
     if shutil.which(tool):
@@ -799,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--changes-rate", type=int, default=CHANGE_RATE, metavar="REQ_PER_S",
                     help=f"--changes: the fixed offered load (default {CHANGE_RATE})")
     args = ap.parse_args(argv)
+    stop_on_sigterm()
     bodies = [b for b in args.bodies.split(",") if b]
     unknown = [b for b in bodies if b not in PATHS]
     if unknown or not bodies:

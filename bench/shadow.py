@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import fetch, free_port, pacing_script, wait_until, wrk
+from bench.run import fetch, free_port, pacing_script, stop_on_sigterm, wait_until, wrk
 from routes.model import Document
 from routes.store import Store
 
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="rounds (default 3)")
     ap.add_argument("--percent", type=float, default=20, help="shadow sampling (default 20)")
     args = ap.parse_args(argv)
+    stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="peel-bench-shadow-"))
     procs: list[subprocess.Popen[bytes]] = []
     # `to` for /hanging: a listening socket nobody accepts on (connections wait in the backlog).

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import Bench, BenchError, need, process_rss_mib
+from run import Bench, BenchError, need, process_rss_mib, stop_on_sigterm
 
 from routes.model import Document
 from routes.store import Store
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-every", type=float, default=5.0, metavar="SECONDS",
                     help="RSS sampling period (default 5)")
     args = ap.parse_args(argv)
+    stop_on_sigterm()
     if args.minutes * 60 < 2 * WARM_UP + 60:
         ap.error(f"--minutes must leave a minute after {WARM_UP:.0f} s of warm-up and the first "
                  "measured minute (at least 3)")

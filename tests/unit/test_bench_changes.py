@@ -1,4 +1,5 @@
-"""bench/changes.py: every change a change run makes edits the table, in every round.
+"""bench/changes.py: every change a change run makes edits the table, in every round; each round is
+compared with its own quiet run.
 
 Until 2026-12-05 each round's `Changer` started again at change 0, so the second round of `put`
 repeated the first round's edits and the store answered each with "nothing changed": half of the
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 import bench.changes
-from bench.changes import Changer, large_document, put_change, route
+from bench.changes import Changer, large_document, put_change, round_ratios, route
 from bench.run import ROOT, SEED_BASELINE
 from routes.store import Store
 
@@ -86,3 +87,10 @@ def test_a_baseline_store_takes_a_10000_route_document(tmp_path: Path) -> None:
         assert len(store.latest().document.routes) == 10000
     finally:
         store.close()
+
+
+def test_each_round_is_compared_with_its_own_quiet_run() -> None:
+    rows = {"quiet": [{"p99": 1.0}, {"p99": 0.8}, {"p99": 0.0}],
+            "put": [{"p99": 2.0}, {"p99": 2.4}, {"p99": 1.0}]}
+    assert round_ratios(rows, "put") == "2.00, 3.00, -"
+    assert round_ratios(rows, "quiet") == ""
