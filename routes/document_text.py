@@ -45,6 +45,16 @@ PARSED_PER_STEP = 100
 Item = TypeVar("Item", Route, Service)
 
 
+class Splice(NamedTuple):
+    """A text made by `apply_delta`: from `base`, keeping its first `head` and last `tail`
+    characters. Handed to `DocumentCodec.decode_steps`, it spares comparing the two texts."""
+
+    text: str
+    base: str
+    head: int
+    tail: int
+
+
 def item_line(data: object) -> str:
     """The line of an item's data (its `to_dict()`) in the stored text."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -195,11 +205,13 @@ class DocumentCodec:
         """The document of `text`; raises `RuleError` or `ValueError` for one it cannot read."""
         return run(self.decode_steps(text, stored=stored))
 
-    def decode_steps(self, text: str, *, stored: bool = True) -> Steps[Document]:
+    def decode_steps(self, text: str, *, stored: bool = True, splice: Splice | None = None
+                     ) -> Steps[Document]:
         """`decode` in steps (`routes.steps`), each about a millisecond at most on a 10,000-route
         document. The next version of the last document, changed in its routes alone, costs what changed
-        (`_edit_steps`)."""
-        document = yield from self._edit_steps(text, stored)
+        (`_edit_steps`); `splice`, when `text` was made from the last text by `apply_delta`, says
+        where they differ without comparing them."""
+        document = yield from self._edit_steps(text, stored, splice)
         if document is not None:
             return document
         layout = yield from text_lines_steps(text)
@@ -243,7 +255,7 @@ class DocumentCodec:
         self.document = document
         return document
 
-    def _edit_steps(self, text: str, stored: bool) -> Steps[Document | None]:
+    def _edit_steps(self, text: str, stored: bool, splice: Splice | None = None) -> Steps[Document | None]:
         """The document of `text` when it is the text of the last document with some route lines
         changed, put or removed (what a one-route change stores): found by comparing the two texts
         from each end (a `memcmp` in C: no line is cut, looked up or parsed but the changed ones),
@@ -254,18 +266,22 @@ class DocumentCodec:
         old, base = known.text, known.owner
         if old is None or base is None or base is not self.document or services.owner is not base:
             return None
-        if text == old:  # a version that changed nothing: as an edit of nothing
+        hint = splice if splice is not None and splice.base is old and splice.text is text else None
+        if hint.head == len(old) == len(text) if hint is not None else text == old:
+            # a version that changed nothing: as an edit of nothing
             document = base.replace_items(stored=stored)
             routes = _Lines(known.items, known.by_line, known.by_id, known.lines, document)
             routes.text = text
             self._adopt(routes, services, document)
             return document
         head_end = old.find("\n")
-        services_at = old.find(_SERVICES, head_end)  # the newline before SERVICES_LINE
-        same = _common_prefix(text, old)
+        # the newline before SERVICES_LINE: only there is a newline followed by a "]" (an item's
+        # line is JSON, a newline in it is escaped), found from the end, where the services are
+        services_at = old.rfind(_SERVICES)
+        same = hint.head if hint is not None else _common_prefix(text, old)
         if head_end < 0 or services_at <= head_end or same <= head_end:
             return None  # no route in the last text, or its head changed
-        tail = _common_suffix(text, old, min(len(text), len(old)) - same)
+        tail = hint.tail if hint is not None else _common_suffix(text, old, min(len(text), len(old)) - same)
         if len(old) - tail > services_at:
             return None  # the services or the closing line changed
         # the changed lines, whole: from the start of the first changed line to the newline that
@@ -370,6 +386,34 @@ def _lines(items: Sequence[Any], lines: list[str], owner: Document) -> _Lines:
                   dict(zip(map(id, items), lines, strict=True)), lines, owner)
 
 
+def text_delta(old: str, new: str, base: str) -> str | None:
+    """`new` as a splice of `old`: how many characters of `old`'s start and end it keeps, `old`'s
+    length, `base` (what names `old`, digits: a reader holding another text of the same length
+    must not splice it), then the characters between: `"<head>:<tail>:<length>:<base>:<between>"`.
+    A one-route change to a 10,000-route text is a line of it. None when the splice would hold
+    more than half of `new`. `apply_delta` reads it back."""
+    head = _common_prefix(old, new)
+    tail = _common_suffix(old, new, min(len(old), len(new)) - head)
+    between = new[head:len(new) - tail]
+    if 2 * len(between) > len(new):
+        return None
+    return f"{head}:{tail}:{len(old)}:{base}:{between}"
+
+
+def apply_delta(old: str, delta: str, base: str) -> Splice | None:
+    """The text `text_delta(old, new, base)` was made from, as a `Splice` of `old`; None when
+    `delta` is not a splice of this `old` and `base` (another text, or not a delta at all): the
+    caller reads the whole text."""
+    fields = delta.split(":", 4)
+    if len(fields) != 5 or fields[3] != base or \
+            not all(f.isascii() and f.isdigit() for f in fields[:3]):
+        return None
+    head, tail, length = int(fields[0]), int(fields[1]), int(fields[2])
+    if length != len(old) or head + tail > length:
+        return None
+    return Splice(old[:head] + fields[4] + old[length - tail:], old, head, tail)
+
+
 def _common_prefix(a: str, b: str) -> int:
     """How many characters `a` and `b` share from their start (compared a block at a time, in C)."""
     limit = min(len(a), len(b))
@@ -459,11 +503,12 @@ def decode_stored(text: str, version: int, codec: DocumentCodec = CODEC) -> Docu
     return run(decode_stored_steps(text, version, codec))
 
 
-def decode_stored_steps(text: str, version: int, codec: DocumentCodec = CODEC) -> Steps[Document]:
-    """`decode_stored` in steps (`routes.steps`)."""
+def decode_stored_steps(text: str, version: int, codec: DocumentCodec = CODEC,
+                        splice: Splice | None = None) -> Steps[Document]:
+    """`decode_stored` in steps (`routes.steps`); `splice`: `text` as made by `apply_delta`."""
     try:
         # stored: a route with a regex RE2 refuses (written by an older Peel) is kept, unservable
-        return (yield from codec.decode_steps(text, stored=True))
+        return (yield from codec.decode_steps(text, stored=True, splice=splice))
     except (ValueError, RuleError) as exc:
         raise StoreError(f"config version {version} holds a document this Peel cannot read: {exc}") \
             from exc

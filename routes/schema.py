@@ -72,6 +72,10 @@ config_versions = Table(
     # a short line such as "+1 route, ~1 service", so history needs no document parsing
     Column("summary", Text, nullable=False),
     Column("document", Text, nullable=False),
+    # the change from the version before, as a splice of its text (`routes.document_text.text_delta`);
+    # NULL for the first version, a change that rewrote most of the text, or a writer that did not
+    # hold the text before. `document` always holds the whole text.
+    Column("delta", Text, nullable=True),
 )
 
 # Admin API bearer tokens. Only the SHA-256 of a token is kept: tokens are 32 random bytes, so a

@@ -33,7 +33,14 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, Operat
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from migrations import SchemaState, alembic_config, read_schema_state
-from routes.document_text import CODEC, DocumentCodec, decode_stored_steps
+from routes.document_text import (
+    CODEC,
+    DocumentCodec,
+    Splice,
+    apply_delta,
+    decode_stored_steps,
+    text_delta,
+)
 from routes.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
 from routes.graph_records import GraphRecords
 from routes.guard_records import GuardRecords
@@ -105,6 +112,7 @@ class StoredVersion:
     reason: str
     summary: str
     text: str | None
+    splice: Splice | None = None  # `text` made from the version before's (`Store.fetch`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +148,13 @@ def encode_document(document: Document, codec: DocumentCodec = CODEC) -> str:
     return codec.encode(document)
 
 
+def text_base(created_at: datetime) -> str:
+    """What names a stored version's text in the splice of the next one (`text_delta`): when it was
+    committed, in microseconds. Only a version of the same number and moment (the same row) is that
+    text: after a restore from a backup and other commits, a number can name another one."""
+    return str((created_at - _EPOCH) // timedelta(microseconds=1))
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -172,6 +187,10 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         # in every watcher.
         self._decoded: dict[int, Document] = {}
         self._codec = CODEC
+        # The newest version this store read or committed whole: its number, `text_base` and
+        # text (the codec holds the same string). The next version is written as a splice of it,
+        # and read from its splice (`config_versions.delta`), not whole.
+        self._last_text: tuple[int, str, str] | None = None
         self._probes: list[CommitProbe] = []  # handed out by `commit_probe`, closed with the store
 
     # -- engine set-up ----------------------------------------------------------------------
@@ -318,34 +337,55 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
 
     def fetch(self, version: int) -> StoredVersion:
         """Config version `version` as stored (blocking I/O), its document's text left out when
-        this store holds the document decoded. `NotFoundError` when there is no such version."""
+        this store holds the document decoded. When it holds the text of the version before, the
+        text is made from the stored splice of that one (a few hundred bytes read instead of the
+        whole text). `NotFoundError` when there is no such version."""
         c = config_versions.c
         known = version in self._decoded
+        base = None if known else self._last_text
+        if base is not None and base[0] != version - 1:
+            base = None
+        text_column = () if known else (c.document,) if base is None else (c.delta,)
         columns = [c.version, c.created_at, c.actor, c.reason, c.summary]
         with self._connect() as conn:
-            row = conn.execute(select(*columns, *(() if known else (c.document,)))
-                               .where(c.version == version)).first()
+            row = conn.execute(select(*columns, *text_column).where(c.version == version)).first()
         if row is None:
             raise NotFoundError("version", "no such config version", version)
-        return StoredVersion(int(row.version), row.created_at, row.actor, row.reason, row.summary,
-                             None if known else str(row.document))
+        text: str | None = None
+        splice = None
+        if base is not None:
+            splice = apply_delta(base[2], row.delta, base[1]) if row.delta is not None else None
+            text = splice.text if splice is not None else self._text(version)
+        elif not known:
+            text = str(row.document)
+        return StoredVersion(int(row.version), row.created_at, row.actor, row.reason, row.summary, text,
+                             splice)
 
     def decoded_steps(self, stored: StoredVersion) -> Steps[ConfigVersion]:
         """The fetched version with its document, decoded in steps (`routes.steps`: no I/O, but
         for a version that left the decoded ones between the fetch and now)."""
-        document = yield from self._document_steps(stored.version, stored.text)
+        document = yield from self._document_steps(stored.version, stored.text, stored.splice)
+        if stored.text is not None:
+            self._keep_text(stored.version, stored.created_at, stored.text)
         return ConfigVersion(stored.version, stored.created_at, stored.actor, stored.reason, document,
                              stored.summary)
 
-    def _document_steps(self, version: int, text: str | None) -> Steps[Document]:
+    def _document_steps(self, version: int, text: str | None, splice: Splice | None = None
+                        ) -> Steps[Document]:
         """The document of stored `version` (its text, None: read it), decoded once and kept."""
         document = self._decoded.get(version)
         if document is None:
             if text is None:
                 text = self._text(version)
-            document = yield from decode_stored_steps(text, version, self._codec)
+            document = yield from decode_stored_steps(text, version, self._codec, splice)
             self._keep(version, document)
         return document
+
+    def _keep_text(self, version: int, created_at: datetime, text: str) -> None:
+        """Hold `text` as the base of the next version's splice, when `version` is the newest yet."""
+        last = self._last_text
+        if last is None or version > last[0]:
+            self._last_text = (version, text_base(created_at), text)
 
     def _text(self, version: int) -> str:
         with self._connect() as conn:
@@ -382,9 +422,12 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
                 if summary is None:
                     summary = self._summary_against(conn, latest, document)
                 info = VersionInfo(latest + 1, _now(), actor, reason, summary)
+                base = self._last_text
+                delta = text_delta(base[2], body, base[1]) if base is not None and base[0] == latest \
+                    else None
                 conn.execute(insert(config_versions).values(
                     version=info.version, created_at=info.created_at, actor=actor, reason=reason,
-                    summary=summary, document=body))
+                    summary=summary, document=body, delta=delta))
                 for t in transitions:
                     conn.execute(insert(migration_transitions).values(
                         route=t.route, action=t.action, from_stage=t.from_stage, to_stage=t.to_stage,
@@ -397,6 +440,7 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
             raise ConflictError("version", "another change was committed at the same time; retry") \
                 from exc
         self._keep(info.version, document)
+        self._keep_text(info.version, info.created_at, body)
         return info
 
     def _decode(self, body: str, version: int) -> Document:

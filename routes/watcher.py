@@ -5,8 +5,10 @@ The request path never waits for any of this. On SQLite a poll first asks the st
 committed since the last read; when nothing was, no live registration has expired since and the
 last read is recent (`FULL_READ_EVERY` polls), the poll ends there. Otherwise (and always on
 PostgreSQL) it reads two cheap queries (the latest config version number and the service
-registry's stamp, `routes.registry`) in a thread; only when one moved are the new version and the
-registered endpoints read (in a thread: I/O), then decoded and compiled on the event loop in steps
+registry's stamp, `routes.registry`) in a thread; only when one moved is the new version read (as
+its splice of the version before, `config_versions.delta`, when the process holds that one: a
+few hundred bytes for a one-route change, not the whole text), and the registered endpoints when
+the stamp moved (in a thread: I/O), then decoded and compiled on the event loop in steps
 of a few milliseconds (`routes.steps`: the CPU work of a change would hold the GIL against the
 loop from a thread), and the new table assigned to the holder in one step. When the store cannot
 be reached the last good table keeps serving; at start, when the store is down, the last good
@@ -110,8 +112,10 @@ class Watcher:
         self.last_error: str | None = None
         self.reloads = 0
         self._failing_version: int | None = None
-        # the registry's stamp the current table was compiled with (`routes.registry`)
+        # the registry's stamp the current table was compiled with (`routes.registry`), and the
+        # registrations read with it: a new config version with the same stamp reuses them
         self._stamp: Stamp | None = None
+        self._registered: tuple[Registration, ...] | None = None
         # told the number of a stored config version that failed to compile (once per version)
         self.on_failed: Callable[[int], None] | None = None
         # set by wake(): run() polls at once instead of at the end of its interval
@@ -179,7 +183,9 @@ class Watcher:
         try:
             stored: StoredVersion | ConfigVersion = self.store.fetch(latest) if latest \
                 else self.store.latest()
-            registered = tuple(self.store.registrations())
+            registered = self._registered
+            if registered is None or stamp != self._stamp:
+                registered = tuple(self.store.registrations())
         except Exception as exc:
             self._failed(latest, stamp, exc)
             return None
@@ -202,6 +208,7 @@ class Watcher:
             return None
         self._failing_version = None
         self._stamp = stamp
+        self._registered = registered
         return table, current.document, registered
 
     def _failed(self, latest: int, stamp: Stamp, exc: Exception) -> None:

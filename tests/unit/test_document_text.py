@@ -9,12 +9,15 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routes import document_text
 from routes.changes import put_route
-from routes.document_text import DocumentCodec, decode_stored
+from routes.document_text import DocumentCodec, apply_delta, decode_stored, text_delta
 from routes.errors import RuleError, StoreError
 from routes.model import Document, Route
+from routes.steps import run
 
 ORDERS = "spiffe://peel.internal/svc/orders"
 
@@ -121,18 +124,22 @@ def _outcome(codec: DocumentCodec, text: str) -> Document | tuple[type, str]:
         return type(exc), str(exc)
 
 
+@pytest.mark.parametrize("spliced", [False, True], ids=["compared", "spliced"])
 @pytest.mark.parametrize("seed", range(30))
-def test_an_edit_read_from_both_ends_is_what_a_whole_read_gives(seed: int,
+def test_an_edit_read_from_both_ends_is_what_a_whole_read_gives(seed: int, spliced: bool,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The next version of the last document read, with routes put, changed and removed anywhere
     (first, last, none left but one, several at once): the reader compares the texts from both ends
-    and parses only the changed lines; what it gives is what a fresh codec's whole read gives, the
-    unchanged routes are the last version's objects, and it encodes back to the same text."""
+    (or, `spliced`, is told where they differ: the text made from the last one by `apply_delta`,
+    as a store reads `config_versions.delta`) and parses only the changed lines; what it gives is
+    what a fresh codec's whole read gives, the unchanged routes are the last version's objects, and
+    it encodes back to the same text."""
     rng = random.Random(seed)
     routes = {f"r{i:03d}": _route(f"r{i:03d}", f"/r{i}") for i in range(rng.randint(1, 25))}
     writer, reader = DocumentCodec(), DocumentCodec()
     last = reader.decode(writer.encode(Document.parse({**data(0), "routes": list(routes.values())})))
-    whole = document_text.text_lines_steps
+    whole, compare = document_text.text_lines_steps, document_text._common_prefix
+    spliced_reads = 0
 
     def not_whole(text: str) -> Any:
         raise AssertionError("read whole")
@@ -150,9 +157,21 @@ def test_an_edit_read_from_both_ends_is_what_a_whole_read_gives(seed: int,
             elif len(routes) > 1:
                 del routes[rng.choice(sorted(routes))]
         text = writer.encode(Document.parse({**data(0), "routes": list(routes.values())}))
+        splice = None
+        if spliced:
+            old = reader._routes.text
+            assert old is not None
+            delta = text_delta(old, text, "7")  # None: a change of most of the text, compared
+            splice = None if delta is None else apply_delta(old, delta, "7")
+            if splice is not None:
+                spliced_reads += 1
+                assert splice.text == text
+                text = splice.text
+                monkeypatch.setattr(document_text, "_common_prefix", not_whole)
         monkeypatch.setattr(document_text, "text_lines_steps", not_whole)
-        read = reader.decode(text)
+        read = run(reader.decode_steps(text, splice=splice))
         monkeypatch.setattr(document_text, "text_lines_steps", whole)
+        monkeypatch.setattr(document_text, "_common_prefix", compare)
         assert read == DocumentCodec().decode(text)
         assert read.delta is not None and read.delta.base is last
         unchanged = [r for r in read.routes if last.route(r.name) == r]
@@ -160,6 +179,7 @@ def test_an_edit_read_from_both_ends_is_what_a_whole_read_gives(seed: int,
         assert reader._routes.text is text
         assert reader.encode(read) == text
         last = read
+    assert spliced_reads >= 3 or not spliced, spliced_reads  # of 12: the rest changed most of the text
 
 
 def test_a_read_that_is_no_plain_edit_gives_what_a_whole_read_gives() -> None:
@@ -183,3 +203,16 @@ def test_a_read_that_is_no_plain_edit_gives_what_a_whole_read_gives() -> None:
         reader = DocumentCodec()
         reader.decode(base_text)
         assert _outcome(reader, text) == _outcome(DocumentCodec(), text), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab:\n{}", max_size=40), st.text(alphabet="ab:\n{}", max_size=40))
+def test_a_splice_reads_back_only_onto_its_own_text(old: str, new: str) -> None:
+    delta = text_delta(old, new, "42")
+    if delta is None:  # a change of more than half of the new text is not worth a splice
+        return
+    made = apply_delta(old, delta, "42")
+    assert made is not None and made.text == new and made.base is old
+    assert new[:made.head] == old[:made.head] and new[len(new) - made.tail:] == old[len(old) - made.tail:]
+    assert apply_delta(old, delta, "43") is None  # another text of the same number
+    assert apply_delta(old + "x", delta, "42") is None  # another text
