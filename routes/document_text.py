@@ -258,7 +258,8 @@ class DocumentCodec:
     def _edit_steps(self, text: str, stored: bool, splice: Splice | None = None) -> Steps[Document | None]:
         """The document of `text` when it is the text of the last document with some route lines
         changed, put or removed (what a one-route change stores): found by comparing the two texts
-        from each end (a `memcmp` in C: no line is cut, looked up or parsed but the changed ones),
+        from each end (a `memcmp` in C: no line is cut, looked up or parsed but the changed ones;
+        with a `splice` of the last text, as `apply_delta` made it, not even that),
         and made by `Document.replace_items` of the last document, as an edit of it. None, having
         changed nothing, for anything else (the head or the services changed, no known text, a
         line that repeats another): `decode_steps` then reads the text whole."""

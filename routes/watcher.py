@@ -216,6 +216,7 @@ class Watcher:
         # (and registry state: the next registry change tries again, not every poll).
         self._failing_version = latest
         self._stamp = stamp
+        self._registered = None  # read with another stamp, or not at all: read them again
         self.last_error = f"config version {latest} could not be loaded: {exc}"
         log.error("%s; still serving version %d", self.last_error, self.version)
 

@@ -146,3 +146,33 @@ def test_a_version_that_fails_to_compile_is_tried_once_per_registry_change(store
     store.register_endpoint("orders", "https://10.0.2.16:15443", ORDERS)
     assert not watcher.refresh() and not watcher.refresh()
     assert tried == [1, 2, 2] and watcher.version == 1
+
+
+def test_a_new_version_reads_the_registrations_only_when_the_registry_moved(store: Store, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch
+                                                                            ) -> None:
+    store.commit(Document.parse(DOC), actor="t", reason="one")
+    reads: list[int] = []
+    read = store.registrations
+    monkeypatch.setattr(store, "registrations", lambda **kw: reads.append(1) or read(**kw))
+
+    def compile_or_fail(document: Document, version: int, registered: Sequence[Registration]) -> RouteTable:
+        if version == 3:
+            raise ValueError("cannot compile")
+        return compile_document(document, version, registered)
+
+    holder = TableHolder()
+    watcher = Watcher(store, holder, interval=600, snapshot=tmp_path / "snap.json", compile=compile_or_fail)
+    assert watcher.refresh() and len(reads) == 1
+    store.commit(Document.parse({**DOC, "routes": [{**DOC["routes"][0], "name": "two"}]}),  # type: ignore[index]
+                 actor="t", reason="two")
+    assert watcher.refresh() and len(reads) == 1  # a new version, the same registry
+    # the registry moves with a version that fails: the next version is compiled with what the
+    # registry holds now, not with what was read with the table before
+    store.register_endpoint("orders", "https://10.0.2.15:15443", ORDERS)
+    store.commit(Document.parse({**DOC, "routes": []}), actor="t", reason="three")
+    assert not watcher.refresh() and watcher.version == 2
+    store.commit(Document.parse(DOC), actor="t", reason="four")
+    assert watcher.refresh() and holder.table is not None and holder.table.version == 4
+    assert [e.url for e in holder.table.services["orders"].endpoints] == [
+        "http://10.0.0.7:9000", "https://10.0.2.15:15443"]
