@@ -268,8 +268,8 @@ class DocumentCodec:
         if old is None or base is None or base is not self.document or services.owner is not base:
             return None
         hint = splice if splice is not None and splice.base is old and splice.text is text else None
-        if hint.head == len(old) == len(text) if hint is not None else text == old:
-            # a version that changed nothing: as an edit of nothing
+        unchanged = hint.head == len(old) == len(text) if hint is not None else text == old
+        if unchanged:  # a version that changed nothing: as an edit of nothing
             document = base.replace_items(stored=stored)
             routes = _Lines(known.items, known.by_line, known.by_id, known.lines, document)
             routes.text = text
