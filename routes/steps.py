@@ -6,10 +6,10 @@ it all the same: uvloop runs libuv without the GIL and takes it back for every c
 each write completion), and each time waits up to the interpreter's switch interval (5 ms) while
 the thread computes. A 20 ms compile in a thread added 30-60 ms to the requests in flight
 (bench/README.md, "A change to a large table"). Written as steps, the same work runs on the loop
-itself, one step per turn (`run_on_loop`): a request that arrives meanwhile waits for one step, about
-a millisecond at most on a 10,000-route table (a pass over every route in C is split too:
-`map_steps`, `ids_steps`, `split_steps`), never for the GIL. `run` does it all at once, for
-threads, tools and tests.
+itself, one step at a time with the loop free between them (`run_on_loop`, `STEP_GAP`): a request
+that arrives meanwhile waits for one step, about a millisecond at most on a 10,000-route table (a
+pass over every route in C is split too: `map_steps`, `ids_steps`, `split_steps`), never for the
+GIL. `run` does it all at once, for threads, tools and tests.
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ Steps = Generator[None, None, T]
 PASS_PER_STEP = 2500
 # Characters one step of `split_steps` cuts: some 3,500 lines of a stored document.
 CHARS_PER_STEP = 1 << 18
+# Seconds of the event loop's time left to requests between two steps of `run_on_loop`. A request
+# needs several turns of the loop (its head read, the upstream's answer read, the answer written),
+# each an upstream round trip after the one before; steps one per turn (a gap of 0) met such a
+# request at each of those turns, so it waited behind most of a change's steps (7 steps, 2.7 ms
+# in all, for one route of a 10,000-route table), not behind one. With 2 ms between steps the
+# `PUT` run's p99 fell from 2.28 to 1.91 x the quiet one (bench/README.md, "A change to a large
+# table"); a change takes a few milliseconds longer to be served, the loop stays two thirds free.
+STEP_GAP = 0.002
 
 
 def run(steps: Steps[T]) -> T:
@@ -42,14 +50,14 @@ def run(steps: Steps[T]) -> T:
             return done.value  # type: ignore[no-any-return]
 
 
-async def run_on_loop(steps: Steps[T]) -> T:
-    """One step per turn of the running event loop; their result."""
+async def run_on_loop(steps: Steps[T], gap: float = STEP_GAP) -> T:
+    """One step, then `gap` seconds of the running event loop for everything else; their result."""
     while True:
         try:
             next(steps)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
-        await asyncio.sleep(0)
+        await asyncio.sleep(gap)
 
 
 def map_steps(function: Callable[[Any], T], items: Sequence[Any],
