@@ -55,9 +55,14 @@ class Splice(NamedTuple):
     tail: int
 
 
+# `json.dumps` with these arguments builds an encoder at every call: a third of the time of a
+# route's line, 10,000 of them at each `peel apply` of a large table.
+_ITEM_LINE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def item_line(data: object) -> str:
     """The line of an item's data (its `to_dict()`) in the stored text."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ITEM_LINE(data)
 
 
 def document_head(document: Document) -> dict[str, Any]:

@@ -53,6 +53,11 @@ class AdminClient:
             except (OSError, ssl.SSLError) as exc:
                 raise AdminError(f"cannot read the admin CA file {cacert} (--cacert or PEEL_ADMIN_CA):"
                                  f" {getattr(exc, 'strerror', None) or exc}") from None
+        elif self.base_url[:7].lower() == "http://":
+            # A plain-http admin URL makes no TLS connection (redirects are not followed), so the
+            # trust store is not loaded: 40 ms of CPU at every command, a sixth of a `peel apply`.
+            # A context that trusts no CA refuses any certificate, were one ever asked for.
+            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
                                   verify=verify,
                                   headers={"Authorization": f"Bearer {token}",
