@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import Select, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from routes.errors import RuleError
 from routes.fields import NAME_RE
 from routes.policies import ServiceTls
-from routes.schema import service_endpoints
+from routes.schema import config_versions, service_endpoints
 from routes.services import Endpoint, Service
 from routes.table import CompiledService
 
@@ -50,6 +50,17 @@ _IDENTITY = re.compile(r"spiffe://([a-z0-9._-]{1,255})/svc/([a-z0-9](?:[a-z0-9._
 
 # (live rows, sum of their ids, newest changed_at): equal stamps, equal live registry
 Stamp = tuple[int, int, str]
+
+
+def _watch_poll() -> Select[Any]:
+    c = service_endpoints.c
+    latest = select(func.coalesce(func.max(config_versions.c.version), 0)).scalar_subquery()
+    return select(func.count(c.id), func.coalesce(func.sum(c.id), 0), func.max(c.changed_at),
+                  func.min(c.expires_at), latest).where(c.expires_at > bindparam("now"))
+
+
+# `watch_poll`'s statement, built once: building it took more of SQLAlchemy's time than running it.
+_WATCH_POLL = _watch_poll()
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,17 +196,22 @@ class RegistryRecords:
     def registry_poll(self, *, now: datetime | None = None) -> tuple[Stamp, datetime | None]:
         """`registry_stamp`, and when the first live registration expires (None: none is live).
         Until then the stamp changes only with a write (a watcher's `CommitProbe` sees those)."""
-        c = service_endpoints.c
+        return self.watch_poll(now=now)[1:]
+
+    def watch_poll(self, *, now: datetime | None = None) -> tuple[int, Stamp, datetime | None]:
+        """The newest config version number (`Store.latest_version`) and `registry_poll`, in one
+        statement: what a watcher's read asks first, every few polls and at every change, in each
+        serving process. As two, each on its own pooled connection and transaction, they cost
+        twice the round trips on PostgreSQL and twice SQLAlchemy's own work, in a thread whose
+        GIL the event loop waits for."""
         now = now or _now()
         with self._connect() as conn:
-            row = conn.execute(select(func.count(c.id), func.coalesce(func.sum(c.id), 0),
-                                      func.max(c.changed_at), func.min(c.expires_at))
-                               .where(c.expires_at > now)).one()
+            row = conn.execute(_WATCH_POLL, {"now": now}).one()
         newest, first_expiry = row[2], row[3]
         stamp = int(row[0]), int(row[1]), newest.isoformat() if isinstance(newest, datetime) else str(newest)
         if first_expiry is not None and not isinstance(first_expiry, datetime):
             first_expiry = now  # not a time this code can compare: due at once, so nothing is skipped
-        return stamp, first_expiry
+        return int(row[4] or 0), stamp, first_expiry
 
     def prune_registry(self, *, now: datetime | None = None, after: timedelta = PRUNE_AFTER) -> int:
         """Delete the rows expired more than `after` ago; how many."""

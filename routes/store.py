@@ -27,7 +27,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    Engine,
+    Select,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
@@ -161,6 +173,20 @@ def hash_token(token: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _fetch_statement(text_column: str | None) -> Select[Any]:
+    c = config_versions.c
+    texts = () if text_column is None else (c[text_column],)
+    return select(c.version, c.created_at, c.actor, c.reason, c.summary, *texts) \
+        .where(c.version == bindparam("version"))
+
+
+# The statements every serving process runs at each change, built once (building one took
+# SQLAlchemy longer than running it): the latest version's number, and `fetch`'s row with no text,
+# the whole text or the splice.
+_LATEST_VERSION = select(func.coalesce(func.max(config_versions.c.version), 0))
+_FETCH = {text: _fetch_statement(text) for text in (None, "document", "delta")}
 
 
 class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, GraphRecords):
@@ -318,7 +344,7 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
     def latest_version(self) -> int:
         """The newest config version number; 0 when nothing was ever committed."""
         with self._connect() as conn:
-            return int(conn.scalar(select(func.coalesce(func.max(config_versions.c.version), 0))) or 0)
+            return int(conn.scalar(_LATEST_VERSION) or 0)
 
     def latest(self) -> ConfigVersion:
         """The newest config version (`EMPTY_VERSION` before the first commit); its document's
@@ -340,15 +366,13 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         this store holds the document decoded. When it holds the text of the version before, the
         text is made from the stored splice of that one (a few hundred bytes read instead of the
         whole text). `NotFoundError` when there is no such version."""
-        c = config_versions.c
         known = version in self._decoded
         base = None if known else self._last_text
         if base is not None and base[0] != version - 1:
             base = None
-        text_column = () if known else (c.document,) if base is None else (c.delta,)
-        columns = [c.version, c.created_at, c.actor, c.reason, c.summary]
+        statement = _FETCH[None if known else "document" if base is None else "delta"]
         with self._connect() as conn:
-            row = conn.execute(select(*columns, *text_column).where(c.version == version)).first()
+            row = conn.execute(statement, {"version": version}).first()
         if row is None:
             raise NotFoundError("version", "no such config version", version)
         text: str | None = None

@@ -4,8 +4,8 @@ The request path never waits for any of this. On SQLite a poll first asks the st
 `CommitProbe` (`routes.probe`, a pragma read on the event loop, about 2 µs) whether anything was
 committed since the last read; when nothing was, no live registration has expired since and the
 last read is recent (`FULL_READ_EVERY` polls), the poll ends there. Otherwise (and always on
-PostgreSQL) it reads two cheap queries (the latest config version number and the service
-registry's stamp, `routes.registry`) in a thread; only when one moved is the new version read (as
+PostgreSQL) it reads one cheap query (the latest config version number and the service registry's
+stamp, `routes.registry.watch_poll`) in a thread; only when one moved is the new version read (as
 its splice of the version before, `config_versions.delta`, when the process holds that one: a
 few hundred bytes for a one-route change, not the whole text), and the registered endpoints when
 the stamp moved (in a thread: I/O), then decoded and compiled on the event loop in steps
@@ -169,8 +169,7 @@ class Watcher:
     def _fetch(self) -> _Fetched | None:
         """The store's side of a poll (blocking I/O): None when nothing moved or it failed."""
         try:
-            latest = self.store.latest_version()
-            stamp, self._expiry = self.store.registry_poll()
+            latest, stamp, self._expiry = self.store.watch_poll()
             self._set_store_ok(True)
         except PeelError as exc:
             self._set_store_ok(False, str(exc))

@@ -88,6 +88,22 @@ def test_the_registry_poll_says_when_the_first_live_registration_expires(store: 
     assert store.registry_poll(now=T0 + timedelta(seconds=31))[1] == T0 + timedelta(seconds=36)
 
 
+def test_the_watch_poll_is_the_latest_version_and_the_registry_poll_in_one(store: Store) -> None:
+    """A watcher's first read, one statement: the latest config version (0 before any commit) and
+    the registry's stamp and first expiry, each as asked alone."""
+    assert store.watch_poll(now=T0) == (0, store.registry_stamp(now=T0), None)
+    store.commit(Document.parse(DOC), actor="t", reason="one")
+    store.register_endpoint("orders", "https://10.0.2.15:15443", ORDERS, now=T0)
+    store.commit(Document.parse(DOC).replace_items(delete_routes=("all",)), actor="t", reason="two")
+    later = T0 + timedelta(seconds=6)
+    assert store.latest_version() == 2
+    assert store.watch_poll(now=later) == (2, *store.registry_poll(now=later))
+    assert store.watch_poll(now=later)[2] == T0 + timedelta(seconds=30)
+    # nothing live: the version is still read (the aggregate row is there with no registration)
+    assert store.watch_poll(now=T0 + timedelta(minutes=5)) == (2, store.registry_stamp(
+        now=T0 + timedelta(minutes=5)), None)
+
+
 def test_the_watcher_serves_registered_endpoints_and_follows_them(store: Store, tmp_path: Path) -> None:
     store.commit(Document.parse(DOC), actor="t", reason="one")
     holder = TableHolder()
