@@ -36,8 +36,8 @@ CHARS_PER_STEP = 1 << 18
 # each an upstream round trip after the one before; steps one per turn (a gap of 0) met such a
 # request at each of those turns, so it waited behind most of a change's steps (7 steps, 2.7 ms
 # in all, for one route of a 10,000-route table), not behind one. With 2 ms between steps the
-# `PUT` run's p99 fell from 2.28 to 1.91 x the quiet one (bench/README.md, "A change to a large
-# table"); a change takes a few milliseconds longer to be served, the loop stays two thirds free.
+# `PUT` run's p99 fell from 2.28 to 1.91 x the quiet one, per-round medians with 2 workers
+# (bench/README.md, "A change to a large table"); a change is served a few milliseconds later.
 STEP_GAP = 0.002
 
 
