@@ -72,9 +72,8 @@ class ChangeFeed:
 
     def read(self) -> str:
         """Blocking: the tag now, `<config version>-<digest of the registry's stamp>` (URL-safe)."""
-        version = self.store.latest_version()
-        stamp = repr(self.store.registry_stamp()).encode()
-        return f"{version}-{hashlib.sha256(stamp).hexdigest()[:16]}"
+        version, stamp, _ = self.store.watch_poll()  # one statement, as a watcher's read
+        return f"{version}-{hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]}"
 
     def invalidate(self) -> None:
         """Read the store again at the next ask (this process just changed the registry)."""
