@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from tests.access_log import records
 from tests.e2e.test_fleet_netns import REASON, free_network, ip
 from tests.fakes.tls import TestCA
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -201,8 +202,7 @@ class NsSidecar(PeelServe):
         return all(listening(self.process.pid, p) for p in self.ports)
 
     def access(self) -> list[dict[str, Any]]:
-        log = self.tmp / "access.log"
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return records(self.tmp / "access.log")
 
 
 class Receiver(OtlpReceiver):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.identity.ca import CertificateAuthority
+from tests.access_log import records
 from tests.sockets.conftest import wait_for
 from tests.sockets.serve_harness import PeelServe, free_port
 from tests.sockets.test_mtls import TD, write_identity
@@ -154,6 +155,6 @@ def test_the_hop_between_the_gateways_is_mtls_with_the_edges_identity(hops: Hops
     assert hops.edge.get("/pay/6", headers={"X-Beta-User": "ada"})[0] == 200
 
     def peers() -> set[str | None]:
-        log = (hops.second.tmp / "access.log").read_text().splitlines()
-        return {json.loads(line).get("peer") for line in log if '"/pay/6"' in line}
+        log = records(hops.second.tmp / "access.log")
+        return {line.get("peer") for line in log if line["path"] == "/pay/6"}
     wait_for(lambda: peers() == {f"spiffe://{TD}/svc/edge"}, 10, "the access log line of /pay/6")

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from gateway.identity.ca import CertificateAuthority
+from tests.access_log import records
 from tests.sockets.conftest import ROOT, wait_for
 from tests.sockets.serve_harness import PeelServe, free_port
 from tests.sockets.test_mtls import TD, client_context, write_identity
@@ -179,9 +180,8 @@ def test_curl_with_http_proxy_reaches_the_service_over_mtls_and_proxy_is_strippe
     assert len(mesh.app.seen) == before + 1
     # It crossed the orders sidecar's inbound listener with the monolith's identity.
     def line(sidecar: Sidecar) -> dict[str, object] | None:
-        log = sidecar.tmp / "access.log"
-        lines = [json.loads(text) for text in log.read_text().splitlines()] if log.exists() else []
-        return next((found for found in lines if found["path"] == "/orders/7"), None)
+        return next((found for found in records(sidecar.tmp / "access.log") if found["path"] == "/orders/7"),
+                    None)
 
     wait_for(lambda: line(mesh.orders) is not None and line(mesh.monolith) is not None, 30,
              "both sidecars' access log lines")

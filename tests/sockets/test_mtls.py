@@ -28,6 +28,7 @@ from gateway.identity import certs
 from gateway.identity.ca import CertificateAuthority
 from gateway.identity.files import KEY_MODE, PUBLIC_MODE, private_dir, write_atomic
 from gateway.identity.spiffe import service_id
+from tests.access_log import records
 from tests.sockets.conftest import wait_for
 from tests.sockets.serve_harness import PeelServe, free_port
 from tests.sockets.upstreams import ScriptedUpstream
@@ -193,8 +194,7 @@ def test_strict_refuses_plaintext_foreign_expired_and_other_identities(world: Wo
         assert 'peel_inbound_refused_total{listener="inbound",reason="handshake"} 3.0' in text
 
         def allowed_peers() -> set[str]:
-            lines = [json.loads(line) for line in (peel.tmp / "access.log").read_text().splitlines()]
-            return {line["peer"] for line in lines if line["route"] == "allowed"}
+            return {line["peer"] for line in records(peel.tmp / "access.log") if line["route"] == "allowed"}
 
         # the writer thread writes every 50 ms: a loaded machine may not have run it yet
         wait_for(lambda: allowed_peers() != set(), 10, "the access log line of /allowed/x")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.identity.ca import CertificateAuthority
 from gateway.identity.files import PUBLIC_MODE, write_atomic
+from tests.access_log import records
 from tests.sockets.serve_harness import PeelServe, free_port
 from tests.sockets.test_mtls import client_context, get, write_identity
 from tests.sockets.test_rotation import wait_until
@@ -23,8 +24,8 @@ TD = "peel.internal"
 
 
 def last_line(peel: PeelServe) -> dict[str, object]:
-    lines = (peel.tmp / "access.log").read_text().splitlines()
-    return dict(json.loads(lines[-1])) if lines else {}
+    lines = records(peel.tmp / "access.log")
+    return lines[-1] if lines else {}
 
 
 def test_a_gateway_refuses_a_peer_with_an_expired_or_foreign_certificate(tmp_path: Path) -> None:

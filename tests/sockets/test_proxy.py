@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.access_log import records
 from tests.sockets.conftest import Proxy, wait_for
 from tests.sockets.upstreams import Seen, Upstreams
 
@@ -313,8 +314,7 @@ def test_access_log_has_one_line_per_request(proxy: Proxy) -> None:
     assert response.status == 200
 
     def logged() -> dict[str, object] | None:
-        for line in proxy.access_log.read_text().splitlines():
-            record: dict[str, object] = json.loads(line)
+        for record in records(proxy.access_log):
             if record["request_id"] == "log-me-1":
                 return record
         return None

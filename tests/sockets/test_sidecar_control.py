@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway.identity.ca import CertificateAuthority
+from tests.access_log import records
 from tests.sockets.conftest import wait_for
 from tests.sockets.serve_harness import PeelServe, free_port
 from tests.sockets.test_eastwest import Sidecar, _request
@@ -79,8 +80,8 @@ def test_sidecars_follow_the_control_plane_and_find_each_other_in_the_registry(t
         seen = app.seen[-1]
         assert seen.target == "/hello"
         access = orders.tmp / "access.log"
-        wait_for(lambda: access.exists() and access.read_text().strip() != "", 10, "the access log line")
-        line = json.loads(access.read_text().splitlines()[-1])
+        wait_for(lambda: records(access) != [], 10, "the access log line")
+        line = records(access)[-1]
         assert line["peer"] == f"spiffe://{TD}/svc/monolith"
         # both sidecars saw the call (the monolith's outbound, orders' inbound listener) and, having
         # no database, reported it to the control plane, whose graph shows it

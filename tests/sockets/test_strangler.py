@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import yaml
 
 from facade.beta import sign
 from facade.bucketing import in_share
+from tests.access_log import records
 from tests.sockets.conftest import ROOT, wait_for
 from tests.sockets.serve_harness import PeelServe
 from tests.sockets.upstreams import Refusing, ThreadServer, read_body, read_head
@@ -222,10 +222,10 @@ def test_access_log_marks_the_fallback(gateway: PeelServe) -> None:
     call(gateway, "GET", "/refused/log")
     log = Path(gateway.tmp / "access.log")
     def logged() -> bool:
-        return log.exists() and any('"/refused/log"' in line for line in log.read_text().splitlines())
+        return any(record["path"] == "/refused/log" for record in records(log))
 
     wait_for(logged, 5, "the access log line")
-    line = json.loads(next(li for li in log.read_text().splitlines() if '"/refused/log"' in li))
+    line = next(record for record in records(log) if record["path"] == "/refused/log")
     assert line["route"] == "refused" and line["service"] == "legacy" and line["status"] == 200
     assert line["side"] == "from" and line["fallback"] == "upstream-connect-failed"
     assert line["error"] is None

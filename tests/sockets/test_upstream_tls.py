@@ -25,6 +25,7 @@ from gateway.upstream.dial import Dialer
 from gateway.upstream.health import check_endpoint
 from routes.model import Endpoint, Service
 from routes.policies import HealthCheck, ServiceTls
+from tests.access_log import records
 from tests.fakes.tls import TestCA
 from tests.sockets.conftest import Proxy, start_proxy, stop_proxy, wait_for
 
@@ -175,8 +176,7 @@ def get(proxy: Proxy, path: str) -> tuple[int, dict[str, Any]]:
 
 def logged_detail(proxy: Proxy, request_id: str) -> str:
     def line() -> dict[str, Any] | None:
-        for text in proxy.access_log.read_text().splitlines():
-            record: dict[str, Any] = json.loads(text)
+        for record in records(proxy.access_log):
             if record["request_id"] == request_id:
                 return record
         return None
