@@ -12,6 +12,7 @@ import asyncio
 import gc
 import sys
 import threading
+import time
 import weakref
 from collections import Counter
 from collections.abc import Iterator
@@ -222,7 +223,7 @@ def test_a_second_after_a_table_what_its_change_freed_goes_back_to_the_os(
             await asyncio.sleep(0.01)
 
     async def serving() -> None:
-        for _ in range(3):  # a burst of changes: one trim, due after the first of them
+        for _ in range(3):  # a burst of changes: one trim, due after the last of them
             settler.table(table)
         assert settler.trimming and released == []  # due, not done on the spot
         await until(1)
@@ -236,6 +237,59 @@ def test_a_second_after_a_table_what_its_change_freed_goes_back_to_the_os(
         asyncio.run(serving())
         settler.table(table)  # no event loop (not serving yet): settle_memory trims
         assert len(released) == 2
+    finally:
+        gc.unfreeze()
+
+
+def test_changes_closer_than_the_trim_delay_trim_once_after_the_last(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trim in the middle of a series of changes handed back the pages the next change took
+    again (a page fault each): the trim waits until `trim_after` passed with no new table."""
+    released: list[float] = []
+    monkeypatch.setattr(serve, "release_free_heap", lambda: released.append(time.monotonic()) or True)
+    settler = Settler(thaw_every=600, trim_after=0.3)
+    table = IncrementalCompiler()(Document.parse(document(3)), 1)
+
+    async def serving() -> float:
+        for _ in range(16):  # a change every 0.04 s for 0.64 s: two trim delays and more
+            settler.table(table)
+            last = time.monotonic()
+            await asyncio.sleep(0.04)
+        assert released == []  # none during the series
+        for _ in range(200):
+            if released:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.4)
+        return last
+
+    try:
+        last = asyncio.run(serving())
+        assert len(released) == 1 and released[0] - last >= 0.3
+    finally:
+        gc.unfreeze()
+
+
+def test_a_series_of_changes_that_does_not_pause_is_trimmed_at_the_latest_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables that never stop coming (closer than `trim_after` for good) still get a trim once
+    `trim_at_latest` after the first of them, and the next one as long after that."""
+    released: list[float] = []
+    monkeypatch.setattr(serve, "release_free_heap", lambda: released.append(time.monotonic()) or True)
+    settler = Settler(thaw_every=600, trim_after=0.3, trim_at_latest=0.5)
+    table = IncrementalCompiler()(Document.parse(document(3)), 1)
+
+    async def serving() -> float:
+        first = time.monotonic()
+        for _ in range(30):  # a change every 0.04 s for 1.2 s: never 0.3 s without one
+            settler.table(table)
+            await asyncio.sleep(0.04)
+        return first
+
+    try:
+        first = asyncio.run(serving())
+        assert len(released) == 2
+        assert released[0] - first >= 0.5 and released[1] - released[0] >= 0.45
     finally:
         gc.unfreeze()
 
