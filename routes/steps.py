@@ -14,7 +14,6 @@ GIL. `run` does it all at once, for threads, tools and tests.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Generator, Iterator, Sequence
 from itertools import compress, count, repeat
 from operator import is_
@@ -52,6 +51,8 @@ def run(steps: Steps[T]) -> T:
 
 async def run_on_loop(steps: Steps[T], gap: float = STEP_GAP) -> T:
     """One step, then `gap` seconds of the running event loop for everything else; their result."""
+    import asyncio  # here: the CLI decodes documents in steps too (`run`), and has no event loop
+
     while True:
         try:
             next(steps)

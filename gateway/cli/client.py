@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import sys
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -42,7 +43,12 @@ class AdminClient:
             raise AdminError("no admin token: pass --token or set PEEL_ADMIN_TOKEN "
                              "(an operator creates one with `peel token create NAME`)")
         # Imported here: `peel serve` reaches this module through the CLI's arguments, and httpx
-        # (which pulls in click, rich and pygments when present) would stay in every worker's memory.
+        # would stay in every worker's memory. Without its command line: httpx's package imports
+        # `httpx._main` (the `httpx` command: click, rich and pygments where installed), 35 ms of
+        # every `peel` command; None in `sys.modules` makes that import fail as when they are not
+        # installed, and httpx falls back to a stub (its own `except ImportError`).
+        if "httpx" not in sys.modules:
+            sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
         import httpx
 
         self.base_url = base_url.rstrip("/")
