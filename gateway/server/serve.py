@@ -49,7 +49,6 @@ from facade.flusher import CountsFlusher, instance_id
 from facade.shadow_counts import ShadowFlusher, ShadowStats
 from facade.window import GuardSamples, SamplesFlusher
 from gateway.core import native
-from gateway.core.asgi import Receive, Scope, Send
 from gateway.core.errors import ConfigError
 from gateway.core.heap import one_arena, release_free_heap
 from gateway.core.settings import LimitsSettings, ListenerSettings, Settings, is_loopback, load_settings
@@ -429,9 +428,8 @@ class Runtime:
         live = LiveView(settings.server.run_dir, interval=settings.metrics.publish_interval,
                         local=self.state if serving else None, gateway=settings.listeners.public.bind)
         self.live = live
-        app: Any = build_admin_app(store, ready=self.ready, settings=settings, live=live)
-        if serving:
-            app = SwitchingOften(app)
+        app = build_admin_app(store, ready=self.ready, settings=settings, live=live,
+                              switch_interval=SWITCH_INTERVAL_ADMIN if serving else None)
         tls = self.tls.get("admin")
         server = make_server(uvicorn_config(app, self.settings, listener="admin",
                                             ssl_context_factory=tls.factory if tls else None))
@@ -836,9 +834,9 @@ async def run_master(settings: Settings, store: Store, sockets: Sockets, config_
 SWITCH_INTERVAL = 0.001
 # The same while an admin request is in flight in a process that also serves traffic: the request's
 # work in threads (a commit: 6 ms of CPU for a one-route change to a 10,000-route table) otherwise
-# made each callback of the loop wait up to SWITCH_INTERVAL for the GIL (`SwitchingOften`).
+# made each callback of the loop wait up to SWITCH_INTERVAL for the GIL
+# (`gateway.admin.app.SwitchingOften`).
 SWITCH_INTERVAL_ADMIN = 0.0002
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # At most this often, a table's arrival thaws the frozen objects for one full collection (`Settler`)
 THAW_EVERY = 600.0
 # How long after the last table of a series of changes (no new one meanwhile) what they freed goes
@@ -935,40 +933,6 @@ class Settler:
         # (a RuntimeError: the process is stopping, its executor takes no more work)
         with contextlib.suppress(RuntimeError):
             loop.run_in_executor(None, release_free_heap)
-
-
-class SwitchingOften:
-    """The admin API's ASGI app in a process that also serves traffic (one process, no workers):
-    while at least one admin request is in flight, the interpreter hands the GIL between threads
-    every `SWITCH_INTERVAL_ADMIN` seconds instead of `SWITCH_INTERVAL`. One-route changes to a
-    10,000-route table in one process at 1,500 req/s, 3 alternating pairs: each round's p99 over
-    the quiet one, median, 2.41 -> 1.99 x for a `PUT`, 3.19 -> 2.70 x for a `peel apply`
-    (bench/README.md). Only then: the shorter interval all the time did as much for the changes
-    and raised the quiet p99 (the access-log writer's batches cut in more often).
-
-    Runs on the event loop only (an ASGI app is called there), so the count needs no lock.
-    """
-
-    def __init__(self, app: ASGIApp, interval: float = SWITCH_INTERVAL_ADMIN) -> None:
-        self.app = app
-        self.interval = interval
-        self.in_flight = 0
-        self._saved = SWITCH_INTERVAL
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight == 0:
-            self._saved = sys.getswitchinterval()
-            sys.setswitchinterval(self.interval)
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                sys.setswitchinterval(self._saved)
 
 
 async def _notify_when_started(runtime: Runtime) -> None:

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from gateway.admin.app import SwitchingOften
 from gateway.core.settings import load_settings
-from gateway.server.serve import SWITCH_INTERVAL, SWITCH_INTERVAL_ADMIN, Runtime, SwitchingOften
+from gateway.server.serve import SWITCH_INTERVAL, SWITCH_INTERVAL_ADMIN, Runtime
 from routes.store import Store
 
 
@@ -35,7 +36,7 @@ def test_the_interval_is_short_while_any_admin_request_is_in_flight() -> None:
     async def dropped(message: dict[str, Any]) -> None:
         pass
 
-    wrapped = SwitchingOften(app)
+    wrapped = SwitchingOften(app, interval=SWITCH_INTERVAL_ADMIN)
     before = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
 
@@ -66,7 +67,7 @@ def test_a_failing_request_restores_the_interval() -> None:
     before = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
-        wrapped = SwitchingOften(app)
+        wrapped = SwitchingOften(app, interval=SWITCH_INTERVAL_ADMIN)
         with pytest.raises(RuntimeError, match="refused"):
             asyncio.run(wrapped({"type": "http"}, None, None))  # type: ignore[arg-type]
         assert interval() == SWITCH_INTERVAL and wrapped.in_flight == 0
@@ -81,5 +82,6 @@ def test_only_the_admin_api_of_a_process_that_serves_traffic_is_wrapped(tmp_path
         store.upgrade()
         runtime = Runtime(settings, store, write_snapshots=False)
         one_process, master = runtime.admin(store, serving=True), runtime.admin(store, serving=False)
-    assert isinstance(one_process.config.app, SwitchingOften)
-    assert not isinstance(master.config.app, SwitchingOften)
+    outermost = one_process.config.app.user_middleware[0]
+    assert outermost.cls is SwitchingOften and outermost.kwargs == {"interval": SWITCH_INTERVAL_ADMIN}
+    assert all(m.cls is not SwitchingOften for m in master.config.app.user_middleware)
