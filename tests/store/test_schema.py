@@ -139,6 +139,19 @@ def test_sqlite_store_creates_its_directory_and_uses_wal(tmp_path: Path) -> None
     assert path.exists()
 
 
+def test_every_sqlite_connection_keeps_a_small_page_cache(tmp_path: Path) -> None:
+    # SQLite's default is 2,000 KiB a connection; a pooled connection kept that much of document pages
+    # that nothing reads twice (versions are kept decoded)
+    from routes.store import SQLITE_CACHE_KIB
+
+    with Store(f"sqlite:///{tmp_path}/peel.db") as store:
+        store.upgrade()
+        with store.engine.connect() as first, store.engine.connect() as second:
+            for conn in (first, second):
+                assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
+    assert SQLITE_CACHE_KIB < 2000
+
+
 def test_the_sqlite_file_and_its_wal_are_private_whatever_the_umask(tmp_path: Path) -> None:
     import os
     import stat
