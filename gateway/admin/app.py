@@ -88,6 +88,7 @@ class SwitchingOften:
             if self.in_flight == 0:
                 sys.setswitchinterval(self._saved)
 
+
 class ProblemGuard:
     """Answers 500 problem+json for any exception that escaped the app, before the head was sent.
 

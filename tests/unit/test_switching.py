@@ -75,7 +75,6 @@ def test_a_failing_request_restores_the_interval() -> None:
         sys.setswitchinterval(before)
 
 
-
 def test_only_the_admin_api_of_a_process_that_serves_traffic_is_wrapped(tmp_path: Path) -> None:
     settings = load_settings(None, environ={"PEEL_SERVER_RUN_DIR": str(tmp_path)})
     with Store("sqlite://") as store:
