@@ -4,6 +4,7 @@
     bundle.server_context(strict=True)        # the inbound listener's context for a new connection
     bundle.client_context()                   # the context of an mTLS dial to a peer's inbound
     await bundle.watch()                      # reload when the files change (and reload() on SIGHUP)
+    bundle.refresh(why="renewed")             # the same check at once (this process just renewed)
 
 `peel join` and renewal (`gateway.identity`'s writers) keep these files in the state directory,
 each replaced atomically: `key.pem` (0600), `cert.pem` (the leaf, then the intermediate),
@@ -170,6 +171,15 @@ class IdentityBundle:
         now = signature(self.directory)
         return now != self._loaded.signature and now != self._refused
 
+    @property
+    def not_after(self) -> str:
+        """The loaded certificate's expiry as `identity.json` gives it (ISO 8601; empty if unknown)."""
+        return self._loaded.not_after
+
+    def refresh(self, *, why: str) -> bool:
+        """Reload if the files changed since the last load (and differ from a refused state)."""
+        return self.changed() and self.reload(why=why)
+
     def reload(self, *, why: str = "SIGHUP") -> bool:
         """Load the files again and swap them in; on any error keep the running identity."""
         seen = signature(self.directory)  # refused as seen before the load: a later change is retried
@@ -187,8 +197,7 @@ class IdentityBundle:
         """Reload when the files change; runs until cancelled."""
         while True:
             await asyncio.sleep(interval)
-            if self.changed():
-                self.reload(why="identity files changed")
+            self.refresh(why="identity files changed")
 
 
 __all__ = ["FILES", "IdentityBundle", "exists", "load", "peer_identity"]

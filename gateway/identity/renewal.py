@@ -8,8 +8,11 @@ serving process. It renews at half the certificate's life, with jitter (`renewal
 chain, a CSR for a fresh key and a proof of possession by the current key
 (`gateway.identity.proof`) to the control plane the identity came from (`identity.json`'s
 `control`, verified with `[identity] control_cacert`), and writes the new pair
-(`gateway.identity.join.write_state`). The listeners see the new files and load them
-(`gateway.identity.bundle`); nothing is restarted.
+(`gateway.identity.join.write_state`). The process that renewed loads the new files into its TLS
+contexts at once (`on_new_certificate`, `IdentityBundle.refresh`); the other processes see them at
+their next poll (`gateway.identity.bundle`, 2 s); nothing is restarted. At once matters when a
+renewal comes late (a stalled machine, a control plane that was down): a certificate renewed a second
+before it expires must not be presented for two more seconds after.
 
 The processes of one gateway take turns through a lock on the state directory: the first one due
 renews, the others find a certificate that is not theirs to renew any more and reschedule on it.
@@ -111,10 +114,12 @@ class Renewer:
     """Renews the identity in `state_dir` (see the module docstring); `run()` until cancelled."""
 
     def __init__(self, state_dir: Path, *, cafile: str | None = None,
+                 on_new_certificate: Callable[[], object] | None = None,
                  rand: Callable[[], float] = random.random,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.state_dir = state_dir
         self.cafile = cafile
+        self.on_new_certificate = on_new_certificate
         self._rand = rand
         self._now = now
         self.identity: str | None = None
@@ -178,10 +183,12 @@ class Renewer:
             delay = renewal_delay(leaf.not_valid_before_utc, leaf.not_valid_after_utc, self._now(),
                                   self._rand)
             if delay > 0 and await self._changed_within(delay):
+                self._new_certificate()
                 continue  # someone else renewed (or joined again): schedule on the new certificate
             try:
                 await asyncio.to_thread(self.renew_if_due, leaf.serial_number)
                 self.failures = 0
+                self._new_certificate()  # renewed here, or found renewed by another process
             except IdentityError as exc:
                 self.failures += 1
                 left = (leaf.not_valid_after_utc - self._now()).total_seconds()
@@ -196,6 +203,10 @@ class Renewer:
                                 state.identity, self.failures, left, exc, wait)
                 await asyncio.sleep(wait)
 
+    def _new_certificate(self) -> None:
+        if self.on_new_certificate is not None:
+            self.on_new_certificate()
+
     async def _changed_within(self, delay: float) -> bool:
         """Sleep `delay` seconds, looking at cert.pem every POLL_SECONDS: True when it changed."""
         stamp = self._stamp()
@@ -207,12 +218,16 @@ class Renewer:
         return False
 
 
-def start_renewal(settings: _IdentitySettings, state: _Publishes) -> list[asyncio.Task[None]]:
+def start_renewal(settings: _IdentitySettings, state: _Publishes,
+                  on_new_certificate: Callable[[], object] | None = None) -> list[asyncio.Task[None]]:
     """The renewal task of this process when the state directory holds an identity (else none);
-    the `Renewer` is put on `state.identity` for the metrics."""
+    the `Renewer` is put on `state.identity` for the metrics. `on_new_certificate` is called on
+    the event loop when this process renewed, or saw that another one did (the identity's
+    `refresh`, so its TLS contexts present the new certificate without waiting for their poll)."""
     directory = Path(settings.state_dir)
     if not ((directory / CERT_FILE).is_file() and (directory / KEY_FILE).is_file()):
         return []
-    renewer = Renewer(directory, cafile=settings.control_cacert or None)
+    renewer = Renewer(directory, cafile=settings.control_cacert or None,
+                      on_new_certificate=on_new_certificate)
     state.identity = renewer
     return [asyncio.create_task(renewer.run())]

@@ -321,7 +321,10 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.identity.watch()))
         # this gateway's certificate renewed at half its life (when joined); expiries in /metrics
         self.state.edge_tls = self.tls
-        self._tasks += start_renewal(self.settings.identity, self.state)
+        identity = self.identity
+        self._tasks += start_renewal(
+            self.settings.identity, self.state,
+            None if identity is None else lambda: identity.refresh(why="renewed"))
         if publish:
             publisher = Publisher(self.state, self.settings.server.run_dir,
                                   self.settings.metrics.publish_interval)

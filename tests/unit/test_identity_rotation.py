@@ -1,24 +1,29 @@
 """What the rotation proofs (tests/sockets/test_rotation.py) found, pinned down without processes:
 during a root rotation the previous generation signs for one leaf lifetime; a renewal's retries
 are capped by the certificate's remaining life; an identity reload refused while the files were
-still changing is retried."""
+still changing is retried; a late renewal is presented at once by the process that made it, not at
+the next poll (the rotation under load once refused handshakes for the 1.4 s between the two)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway.core.errors import ConfigError
 from gateway.identity import bundle as bundle_module
-from gateway.identity import certs
+from gateway.identity import certs, renewal
 from gateway.identity.bundle import IdentityBundle
 from gateway.identity.ca import CertificateAuthority
 from gateway.identity.files import KEY_MODE, PUBLIC_MODE, private_dir, write_atomic
 from gateway.identity.issuer import Issuer
-from gateway.identity.renewal import backoff
+from gateway.identity.join import State, parse_answer, read_state, write_state
+from gateway.identity.renewal import backoff, start_renewal
 from gateway.identity.spiffe import service_id
 
 TD = "peel.internal"
@@ -105,3 +110,49 @@ def test_a_reload_refused_while_the_files_changed_is_tried_again(tmp_path: Path,
     # the files are whole now and differ from what was refused: the next poll loads them
     assert identity.changed()
     assert identity.reload(why="test") and str(identity.identity) == f"spiffe://{TD}/svc/billing"
+
+
+def joined(issuer: Issuer, directory: Path, now: datetime) -> None:
+    """What `peel join` writes, issued at `now` by `issuer` without a control plane in between."""
+    key = certs.new_key()
+    pem = certs.build_csr(key, service_id(TD, "orders")).public_bytes(serialization.Encoding.PEM)
+    answer = parse_answer(issuer.join(pem, "orders", now=now).to_json(), key, service_id(TD, "orders"))
+    write_state(directory, key, answer, "https://control.invalid")
+
+
+def test_the_renewing_process_presents_its_new_certificate_without_waiting_for_the_poll(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = datetime.now(UTC)
+    CertificateAuthority.init(tmp_path / "ca", TD, now=now - timedelta(days=1))
+    issuer, state_dir = Issuer(tmp_path / "ca", MINUTE), tmp_path / "identity"
+    joined(issuer, state_dir, now - timedelta(seconds=40))  # a late renewal: 20 s of life left
+
+    def renew_here(state: State, *, cafile: str | None, now: datetime) -> State:
+        joined(issuer, state.directory, now)  # the control plane's part, in this process
+        return read_state(state.directory)
+
+    monkeypatch.setattr(renewal, "renew_state", renew_here)
+    identity = IdentityBundle(str(state_dir))  # its watch() is not running: no poll will reload
+    before = identity.not_after
+    seen: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        renewed = asyncio.Event()
+
+        def on_new_certificate() -> None:
+            identity.refresh(why="renewed")
+            written = json.loads((state_dir / "identity.json").read_text())["not_after"]
+            seen.append((identity.not_after, written))
+            renewed.set()
+
+        (task,) = start_renewal(SimpleNamespace(state_dir=str(state_dir), control_cacert=""),
+                                SimpleNamespace(identity=None), on_new_certificate)
+        try:
+            await asyncio.wait_for(renewed.wait(), 30)
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+    (loaded, written), = seen
+    assert loaded == written != before
+    assert identity.refresh(why="poll") is False  # nothing left for the poll to load
