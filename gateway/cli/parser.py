@@ -9,7 +9,20 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from gateway.cli import ca, config, doctor, graph, join, local, migrate, mtls, native, rules, shadow
+from gateway.cli import (
+    ca,
+    config,
+    doctor,
+    graph,
+    inventory,
+    join,
+    local,
+    migrate,
+    mtls,
+    native,
+    rules,
+    shadow,
+)
 from gateway.cli.args import Commands, global_options
 
 COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
@@ -18,6 +31,7 @@ COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     config.register,   # config history, show, diff, rollback
     migrate.register,  # migrate start, shift, promote, retire, rollback, status, history; beta sign
     shadow.register,   # shadow report
+    inventory.register,  # inventory (local: reads access logs; --routes asks the admin API)
     ca.register,       # ca init, rotate, status, issue (local: the CA's directory)
     join.register,     # join-token create, list, revoke (local); join (to the control plane)
     mtls.register,     # mtls readiness

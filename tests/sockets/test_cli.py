@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -337,3 +339,53 @@ def test_match_names_the_side_of_a_migration_for_a_user(peel: Peel, tmp_path: Pa
     assert answer["migration"]["beta"]["sent"] is True and answer["migration"]["beta"]["trusted"] is False
     assert "argument --cookie: 'nope' is not NAME=VALUE" in peel.fails("match", "GET", "/orders",
                                                                        "--cookie", "nope", code=2)
+
+
+# the canary's route, and the catch-all that answers the rest
+INVENTORY_DOCUMENT = CANARY_DOCUMENT + """\
+  - name: legacy-default
+    match: {path_prefix: /}
+    service: legacy
+"""
+
+
+def test_inventory_of_nginx_and_peel_logs_with_the_routes_that_answer_now(peel: Peel, tmp_path: Path) -> None:
+    peel("apply", "-f", _write(tmp_path, "doc.yaml", INVENTORY_DOCUMENT), "--reason", "inventory")
+    nginx = [f'10.0.0.1 - - [06/Dec/2026:10:00:00 +0000] "GET /orders/{i} HTTP/1.1" 200 512 "-" "curl" '
+             f'rt=0.0{i % 10}' for i in range(40)]
+    nginx += ['10.0.0.1 - - [06/Dec/2026:10:00:01 +0000] "POST /cart/checkout HTTP/1.1" 502 0 "-" "c" rt=1.2',
+              '10.0.0.1 - - [06/Dec/2026:10:00:02 +0000] "-" 400 0 "-" "-"']
+    rotated = tmp_path / "access.log.1.gz"
+    with gzip.open(rotated, "wt") as file:
+        file.write("\n".join(nginx) + "\n")
+    peel_log = _write(tmp_path, "peel.log", "".join(
+        json.dumps({"method": "GET", "path": f"/orders/{i}", "status": 200, "duration_ms": 2.0,
+                    "service": "orders" if i < 2 else "legacy", "side": "to" if i < 2 else "from"}) + "\n"
+        for i in range(20)))
+    result = peel("inventory", str(rotated), peel_log, "--routes")
+    assert result.stderr.startswith("peel: 1 of 62 lines hold no request to map")
+    lines = result.stdout.splitlines()
+    assert lines[0] == "61 requests in 2 templates:"
+    assert lines[1].split() == ["METHOD", "TEMPLATE", "REQUESTS", "SHARE", "4XX", "5XX", "P50", "MS", "P99",
+                                "MS", "ON", "LEGACY", "ROUTE", "NOW"]
+    assert lines[2].split()[:4] == ["GET", "/orders/{int}", "60", "98.4%"]
+    # 18 of the 20 lines that name a service were answered by the migration's `from` side
+    assert lines[2].split()[8] == "90.0%"
+    assert lines[2].endswith("orders: legacy -> orders (canary 50%)")
+    assert lines[3].split()[:6] == ["POST", "/cart/checkout", "1", "1.6%", "0.0%", "100.0%"]
+    assert lines[3].endswith("legacy-default: legacy")
+    answer = json.loads(peel("inventory", str(rotated), peel_log, "--routes", "--json", "--top", "1").stdout)
+    assert (answer["lines"], answer["unreadable"], answer["requests"], answer["templates"]) == (62, 1, 61, 2)
+    (row,) = answer["rows"]
+    assert row["now"] == {"route": "orders", "service": None,
+                          "migration": {"from": "legacy", "to": "orders", "stage": "canary", "percent": 50}}
+    assert row["statuses"]["2xx"] == 60 and row["on_legacy"] == 0.9
+    peel("routes", "delete", "legacy-default", "--reason", "gone")
+    out = peel("inventory", str(rotated), "--routes").stdout
+    assert out.splitlines()[3].endswith("(no route)")
+    # the log files are read here: no admin API needed without --routes
+    alone = peel("inventory", peel_log, env={"PEEL_ADMIN_URL": "http://127.0.0.1:9"}).stdout
+    assert alone.splitlines()[0] == "20 requests in 1 template:"
+    assert peel.fails("inventory", str(tmp_path / "nope.log")) == \
+        f"cannot read {tmp_path / 'nope.log'}: No such file or directory"
+    assert "argument --top: must be 0 or more" in peel.fails("inventory", peel_log, "--top", "-1", code=2)

@@ -181,6 +181,22 @@ def test_demo_peels_orders_off_the_monolith_and_stops_cleanly(demo: DemoProcess)
         assert moved.json()["served_by"] == "orders-service"
         assert client.get("/").headers["x-served-by"] == "legacy-monolith"
 
+        # Step 9, as printed: the access log's templates, and the route that answers each now.
+        step = shlex.split(demo.line_with(" inventory "), comments=True)
+        command = step[step.index("inventory"):]
+
+        def inventory() -> str:
+            done = subprocess.run([sys.executable, "-m", "gateway.cli", *command], capture_output=True,
+                                  text=True, env={**env, **exports}, timeout=60)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        wait_for("the access log to hold /orders/1 twice", lambda: re.search(
+            r"^GET +/orders/\{int\} +2 ", inventory(), re.MULTILINE) is not None, 10)
+        rows = {tuple(line.split()[:2]): line for line in inventory().splitlines()[2:]}
+        assert rows[("GET", "/orders/{int}")].endswith("orders: orders")
+        assert rows[("GET", "/")].split()[2] == "2"
+
     pids = demo.child_pids()
     assert set(pids) == {"monolith", "orders", "peel"}, demo.output
     demo.proc.send_signal(signal.SIGINT)
