@@ -34,6 +34,8 @@ from gateway.admin.auth import OPEN_PATHS, BearerAuth, TokenCache
 from gateway.admin.certificates import CertificateResource
 from gateway.admin.config import ConfigResource
 from gateway.admin.control import ControlResource
+from gateway.admin.dashboard import OPEN_PATHS as DASHBOARD_PATHS
+from gateway.admin.dashboard import dashboard_routes
 from gateway.admin.graph import GraphResource
 from gateway.admin.matching import MatchResource
 from gateway.admin.migrations import migration_routes
@@ -207,13 +209,14 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
         *ControlResource(store, settings, serving=ready).routes(),
         *mtls_routes(),
         *GraphResource(store).routes(),
+        *dashboard_routes(),
     ]
 
     async def openapi(request: Request) -> Response:
         return Response(_openapi_body(), media_type="application/json")
 
     routes.append(HTTPRoute("/openapi.json", openapi, methods=["GET"]))
-    open_paths = OPEN_PATHS
+    open_paths = OPEN_PATHS | DASHBOARD_PATHS  # the page and its script: no data (dashboard.py)
     if settings.metrics.enabled:
         routes.append(HTTPRoute("/metrics", _metrics, methods=["GET"]))
         if settings.metrics.open:

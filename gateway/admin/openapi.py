@@ -685,6 +685,12 @@ def openapi_document() -> dict[str, Any]:
                                   "responses": {"200": {"description": "OpenAPI 3.1",
                                                         "content": {"application/json": {}}},
                                                 **COMMON}}},
+        **{path: {"get": {"summary": summary, "tags": ["meta"], "security": unauthenticated,
+                          "responses": {"200": {"description": summary, "content": {media: {}}}}}}
+           for path, summary, media in (
+               ("/dashboard", "The dashboard page (no data in it; docs/dashboard.md)", "text/html"),
+               ("/dashboard/app.js", "The dashboard's script", "text/javascript"),
+               ("/dashboard/app.css", "The dashboard's styles", "text/css"))},
         "/metrics": {"get": {"summary": "Prometheus metrics of every serving process (absent when "
                                         "metrics.enabled is false; no token needed when metrics.open)",
                              "tags": ["meta"],

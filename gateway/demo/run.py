@@ -239,6 +239,7 @@ class Demo:
             f"  store    {self.dir / 'peel.db'}   access log {self.dir / 'access.log'}",
             "",
             f"  admin token (shown once): {self.token}",
+            f"  dashboard  {self.admin_url}/dashboard#token={self.token}",
             "",
             "In another shell:",
             f"  export PEEL_ADMIN_URL={self.admin_url} PEEL_ADMIN_TOKEN={self.token}",

@@ -1,4 +1,5 @@
-"""No token, no access: every path but the health probes needs a valid bearer token."""
+"""No token, no access: every path but the health probes (and the dashboard's files, which hold no
+data) needs a valid bearer token."""
 
 from __future__ import annotations
 
@@ -14,17 +15,20 @@ from gateway.admin.auth import (
     CACHE_SECONDS,
     FAILURE_BURST,
     FAILURE_RATE,
+    OPEN_PATHS,
     SELF_AUTHENTICATED,
     TokenCache,
     TooManyFailures,
     required_scope,
 )
+from gateway.admin.dashboard import OPEN_PATHS as DASHBOARD_PATHS
 from gateway.core.settings import Settings
 from routes.store import Store
 from routes.tokens import TokenGrant, closure
 from tests.app.conftest import Admin
 
 pytestmark = pytest.mark.anyio
+OPEN = OPEN_PATHS | DASHBOARD_PATHS  # the health probes, and the dashboard's files: no data in them
 
 
 def _every_path(store: Store) -> list[tuple[str, str]]:
@@ -48,7 +52,7 @@ async def test_every_path_refuses_without_a_valid_token(admin: Admin, authorizat
     async with admin.other(headers) as anonymous:
         for method, path in _every_path(admin.store):
             r = await anonymous.request(method, path, json={})
-            if path in ("/healthz", "/readyz"):
+            if path in OPEN:
                 assert r.status_code == 200, (method, path)
                 continue
             assert r.status_code == 401, (method, path, r.text)
@@ -191,7 +195,7 @@ async def test_every_path_needs_the_scope_of_its_method(admin: Admin, scope: str
     held = closure(SCOPED[scope])
     async with admin.other({"Authorization": f"Bearer {token}"}) as client:
         for method, path in _every_path(admin.store):
-            if path in ("/healthz", "/readyz"):
+            if path in OPEN:
                 continue
             needed = required_scope(method, path)
             r = await client.request(method, path, json={})

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import uvicorn
 import yaml
 
+from gateway.admin.app import build_admin_app
+from gateway.core.settings import Settings
+from routes.store import Store
 from tests.sockets.upstreams import Upstreams
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,3 +143,30 @@ def proxy(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory) -> Ite
                           PROXY_SETTINGS)
     yield running
     stop_proxy(running)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, str, Store]]:
+    """(database URL, admin URL, store): an admin API on a free loopback port, served by uvicorn in
+    a thread over a SQLite store in `tmp_path` (`peel` commands and a browser talk to it)."""
+    url = f"sqlite:///{tmp_path / 'peel.db'}"
+    store = Store(url)
+    store.upgrade()
+    app = build_admin_app(store, ready=lambda: True, settings=Settings())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", proxy_headers=False))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the admin API did not start"
+        assert thread.is_alive(), "the admin API thread died"
+        time.sleep(0.01)
+    yield url, f"http://127.0.0.1:{port}", store
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+    store.close()

@@ -7,7 +7,6 @@ a separate process with only its own `PEEL_*` environment, as an operator would 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gzip
 import hashlib
 import json
@@ -15,18 +14,13 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 import yaml
 
-from gateway.admin.app import build_admin_app
 from gateway.cli import build_parser
-from gateway.core.settings import Settings
 from routes.store import Store
 
 DOCUMENT = """\
@@ -74,32 +68,6 @@ class Peel:
 
 def _clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, str, Store]]:
-    """(database URL, admin URL, store): an admin API on a free loopback port."""
-    url = f"sqlite:///{tmp_path / 'peel.db'}"
-    store = Store(url)
-    store.upgrade()
-    app = build_admin_app(store, ready=lambda: True, settings=Settings())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", proxy_headers=False))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the admin API did not start"
-        assert thread.is_alive(), "the admin API thread died"
-        time.sleep(0.01)
-    yield url, f"http://127.0.0.1:{port}", store
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
-    store.close()
 
 
 @pytest.fixture

@@ -167,6 +167,9 @@ def test_demo_peels_orders_off_the_monolith_and_stops_cleanly(demo: DemoProcess)
         exports = dict(part.split("=", 1) for part in shlex.split(demo.line_with("PEEL_ADMIN_TOKEN="))[1:])
         assert exports["PEEL_ADMIN_URL"] == f"http://127.0.0.1:{admin}"
         assert exports["PEEL_ADMIN_TOKEN"] in demo.line_with("admin token")
+        dashboard = demo.line_with("dashboard  ").split()[-1]
+        assert dashboard == f"http://127.0.0.1:{admin}/dashboard#token={exports['PEEL_ADMIN_TOKEN']}"
+        assert httpx.get(dashboard.split("#")[0], timeout=10).status_code == 200
         step = shlex.split(demo.line_with("routes set orders"), comments=True)
         command = step[step.index("routes"):]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
