@@ -19,7 +19,7 @@ it, and the ones after go there). That is the cap OpenTelemetry's `http.route` a
 Grafana Beyla applies (10 by default): an inventory of a log with a million distinct paths stays a
 few hundred templates, and the memory it takes is bounded by the templates, not by the log's size
 (past `max_nodes` positions, a new literal counts as `{param}`: one more position at most per
-prefix).
+prefix; past 16 methods on a template, a method that is not a standard one counts as `OTHER`).
 
 **Lines.** Peel's access log (a JSON object a line: `method`, `path`, `status`, `duration_ms`,
 `service`, `side`); nginx's and Apache's combined and common formats (`"GET /path HTTP/1.1" 200
@@ -50,6 +50,9 @@ MAX_NODES = 100_000
 MAX_DEPTH = 32  # segments; deeper paths end in `{rest}`
 EXAMPLES = 3
 SERVICES_KEPT = 16  # distinct (service, side) pairs counted per template; more count as "other"
+MAX_METHODS = 16  # per template; a scanner's made-up methods past them count as OTHER
+OTHER = "OTHER"
+_STANDARD = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 
 PARAM, REST = "{param}", "{rest}"
 _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -296,9 +299,12 @@ class Inventory:
             segments = [*segments[:MAX_DEPTH], REST]
         for segment in segments:
             node = self._child(node, segment)
-        stats = node.ends.get(entry.method)
+        method = entry.method
+        if method not in node.ends and len(node.ends) >= MAX_METHODS and method not in _STANDARD:
+            method = OTHER
+        stats = node.ends.get(method)
         if stats is None:
-            stats = node.ends[entry.method] = Stats()
+            stats = node.ends[method] = Stats()
         stats.add(entry)
 
     def _child(self, node: _Node, segment: str) -> _Node:

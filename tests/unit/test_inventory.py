@@ -137,6 +137,16 @@ def test_the_node_bound_holds_against_any_cap() -> None:
     assert sum(r.requests for r in inventory.rows()) == 2000
 
 
+def test_made_up_methods_past_the_bound_count_as_other() -> None:
+    inventory = Inventory()
+    for i in range(100):
+        inventory.add(Entry("X" + "ABCDEFGHIJ"[i % 10] + "ABCDEFGHIJ"[i // 10], "/", 405))
+    inventory.add(Entry("GET", "/", 200))
+    methods = {r.method: r.requests for r in inventory.rows()}
+    assert len(methods) == 18 and methods["OTHER"] == 84 and methods["GET"] == 1  # standard: kept
+    assert sum(methods.values()) == 101
+
+
 def test_the_share_on_legacy_from_peel_s_lines() -> None:
     inventory = Inventory()
     for line in [peel_line("/orders/1", service="monolith", side="from")] * 3 + \
