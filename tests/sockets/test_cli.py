@@ -354,6 +354,9 @@ def test_inventory_of_nginx_and_peel_logs_with_the_routes_that_answer_now(peel: 
     # the log files are read here: no admin API needed without --routes
     alone = peel("inventory", peel_log, env={"PEEL_ADMIN_URL": "http://127.0.0.1:9"}).stdout
     assert alone.splitlines()[0] == "20 requests in 1 template:"
+    # standard input, as `journalctl -u peel -o cat | peel inventory -` gives it
+    piped = peel("inventory", "-", stdin=Path(peel_log).read_text()).stdout
+    assert piped == alone
     assert peel.fails("inventory", str(tmp_path / "nope.log")) == \
         f"cannot read {tmp_path / 'nope.log'}: No such file or directory"
     assert "argument --top: must be 0 or more" in peel.fails("inventory", peel_log, "--top", "-1", code=2)
