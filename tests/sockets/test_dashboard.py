@@ -1,12 +1,14 @@
 """The dashboard in a real browser: headless Chromium (Debian's package) loads `/dashboard` from an
 admin API on a free port, runs its script, and the DOM it leaves is read back: migrations with their
-share on legacy, the retired route's alert, the latest changes, the token taken from the URL's
+share on legacy, the guard's verdict, the alerts (a retired route's misses, a guard rolling
+back), the latest changes, the token taken from the URL's
 fragment, a refused token sending the page back to its token form, a hostile reason shown as text."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,7 @@ def test_migrations_their_share_on_legacy_and_the_retired_route_s_alert(
             assert answer.status_code == 200, answer.text
 
         act("orders", "start", {"to": "orders"})
+        act("orders", "guard", {"guard": {"steps": [25, 50, "migrated"], "window": "30s"}})
         act("orders", "shift", {"percent": 25}, reason=HOSTILE)
         act("billing", "start", {"to": "billing"})
         act("billing", "promote")
@@ -134,6 +137,12 @@ def test_migrations_their_share_on_legacy_and_the_retired_route_s_alert(
     store.add_traffic("gw-a", {("orders", since["orders"]): (30, 90, 2, 0),
                                ("billing", since["billing"]): (50, 0, 0, 3)})
     store.add_traffic("gw-b", {("orders", since["orders"]): (10, 70, 0, 0)})
+    # the guard's window (the last 30 s but 3): `to` fails 40 % of its requests, `from` none (per
+    # second: requests, errors, latency histogram), from before it to a minute after now, however
+    # long the browser takes; the admin API assesses it: the guard would roll back
+    now = int(time.time())
+    store.add_guard_samples("gw-a", {(("orders", side, second)): (100, 40 if side == "to" else 0, {10: 100})
+                                     for side in ("to", "from") for second in range(now - 40, now + 60)})
 
     dom = Dom(rendered(f"{admin}/dashboard#token={reader}", tmp_path))
     assert dom.hidden("login") and not dom.hidden("board")
@@ -141,10 +150,13 @@ def test_migrations_their_share_on_legacy_and_the_retired_route_s_alert(
     rows = {row["route"]: row["cells"] for row in dom.table("migrations")}
     assert set(rows) == {"orders", "billing"}
     orders = rows["orders"]
-    assert orders[:7] == ["orders", "legacy → orders", "canary 25%", "80.0%", "200", "2", "-"]
+    assert orders[:6] == ["orders", "legacy → orders", "canary 25%", "80.0%", "200", "2"]
+    assert orders[6].startswith("rollback: to's error rate 1200/3000 exceeds from's 0/3000")  # 30 s
     assert orders[7].endswith(f"by ops ({HOSTILE})")  # the reason as text
-    assert rows["billing"][:6] == ["billing", "legacy → billing", "retired", "0.0%", "50", "0"]
-    assert len(dom.alerts) == 1 and dom.alerts[0].startswith("Route billing is retired, yet 3 request(s)")
+    assert rows["billing"][:7] == ["billing", "legacy → billing", "retired", "0.0%", "50", "0", "-"]
+    assert len(dom.alerts) == 2
+    assert dom.alerts[0].startswith("Route billing is retired, yet 3 request(s) failed on billing")
+    assert dom.alerts[1].startswith("The guard of orders rolls back: to's error rate")
     assert "img" not in dom.tags  # the hostile reason made no element
     versions = dom.table("versions")
     assert [row["cells"][0] for row in versions] == [str(v) for v in range(max(since.values()), 0, -1)]
