@@ -1,8 +1,8 @@
 """The dashboard in a real browser: headless Chromium (Debian's package) loads `/dashboard` from an
 admin API on a free port, runs its script, and the DOM it leaves is read back: migrations with their
-share on legacy, the guard's verdict, the alerts (a retired route's misses, a guard rolling
-back), the latest changes, the token taken from the URL's
-fragment, a refused token sending the page back to its token form, a hostile reason shown as text."""
+share on legacy, the guard's verdict, the alerts (a retired route's misses, a guard rolling back),
+the latest changes, the token taken from the URL's fragment, a refused token sending the page back
+to its token form, a hostile reason shown as text."""
 
 from __future__ import annotations
 
