@@ -11,6 +11,11 @@ each replaced atomically: `key.pem` (0600), `cert.pem` (the leaf, then the inter
 `bundle.pem` (the trusted roots, two during a root rotation) and `identity.json` (`spiffe_id`,
 `serial`, `not_before`, `not_after`, `control`). This module only reads them.
 
+The files are looked at every `POLL_SECONDS`, and every `URGENT_POLL_SECONDS` within
+`URGENT_WITHIN` seconds of the loaded certificate's expiry: a renewal that came late (a stalled
+machine, a control plane that was down) is presented by every worker before the old certificate
+expires, not up to 2 s after (the worker that renewed loads it at once: `refresh`).
+
 Contexts are built whole off to the side and swapped in one assignment (`_Loaded`); a connection
 gets the context current when it was accepted or dialled and keeps it, so a renewal drops nothing.
 The inbound listener passes the context per accepted connection (`gateway.edge.inbound`), which
@@ -33,7 +38,9 @@ import json
 import logging
 import os
 import ssl
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,10 @@ log = logging.getLogger("peel.identity")
 KEY_FILE, CERT_FILE, BUNDLE_FILE, INFO_FILE = "key.pem", "cert.pem", "bundle.pem", "identity.json"
 FILES = (KEY_FILE, CERT_FILE, BUNDLE_FILE, INFO_FILE)
 POLL_SECONDS = 2.0
+# In the last seconds of the loaded certificate's life (and the first after it), the files are
+# looked at 8 times as often: another worker's late renewal is presented within a quarter second.
+URGENT_POLL_SECONDS = 0.25
+URGENT_WITHIN = 10.0
 SETTING = "identity.state_dir"
 
 Signature = tuple[tuple[str, int, int, int] | tuple[str, None, None, None], ...]
@@ -176,6 +187,15 @@ class IdentityBundle:
         """The loaded certificate's expiry as `identity.json` gives it (ISO 8601; empty if unknown)."""
         return self._loaded.not_after
 
+    def next_poll(self, interval: float = POLL_SECONDS, now: float | None = None) -> float:
+        """Seconds until the files are looked at again (module docstring)."""
+        try:
+            expires = datetime.fromisoformat(self._loaded.not_after).timestamp()
+        except ValueError:
+            return interval
+        left = expires - (time.time() if now is None else now)
+        return min(interval, URGENT_POLL_SECONDS) if -URGENT_WITHIN < left < URGENT_WITHIN else interval
+
     def refresh(self, *, why: str) -> bool:
         """Reload if the files changed since the last load (and differ from a refused state)."""
         return self.changed() and self.reload(why=why)
@@ -196,7 +216,7 @@ class IdentityBundle:
     async def watch(self, interval: float = POLL_SECONDS) -> None:
         """Reload when the files change; runs until cancelled."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.next_poll(interval))
             self.refresh(why="identity files changed")
 
 

@@ -10,7 +10,8 @@ chain, a CSR for a fresh key and a proof of possession by the current key
 `control`, verified with `[identity] control_cacert`), and writes the new pair
 (`gateway.identity.join.write_state`). The process that renewed loads the new files into its TLS
 contexts at once (`on_new_certificate`, `IdentityBundle.refresh`); the other processes see them at
-their next poll (`gateway.identity.bundle`, 2 s); nothing is restarted. At once matters when a
+their next poll (`gateway.identity.bundle`: 2 s, a quarter second near the expiry); nothing is
+restarted. At once matters when a
 renewal comes late (a stalled machine, a control plane that was down): a certificate renewed a second
 before it expires must not be presented for two more seconds after.
 

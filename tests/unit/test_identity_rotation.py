@@ -2,12 +2,14 @@
 during a root rotation the previous generation signs for one leaf lifetime; a renewal's retries
 are capped by the certificate's remaining life; an identity reload refused while the files were
 still changing is retried; a late renewal is presented at once by the process that made it, not at
-the next poll (the rotation under load once refused handshakes for the 1.4 s between the two)."""
+the next poll (the rotation under load once refused handshakes for the 1.4 s between the two), and
+within a quarter second by the others."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -156,3 +158,43 @@ def test_the_renewing_process_presents_its_new_certificate_without_waiting_for_t
     (loaded, written), = seen
     assert loaded == written != before
     assert identity.refresh(why="poll") is False  # nothing left for the poll to load
+
+
+def test_the_files_are_looked_at_more_often_near_the_certificate_s_expiry(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    CertificateAuthority.init(tmp_path / "ca", TD, now=now - timedelta(days=1))
+    issuer, state_dir = Issuer(tmp_path / "ca", MINUTE), tmp_path / "identity"
+    joined(issuer, state_dir, now)
+    identity = IdentityBundle(str(state_dir))
+    expires = datetime.fromisoformat(identity.not_after).timestamp()
+    assert identity.next_poll(now=expires - 30) == bundle_module.POLL_SECONDS
+    # the last seconds of its life, and the first after it: another worker's late renewal is
+    # presented within a quarter second
+    assert identity.next_poll(now=expires - 5) == bundle_module.URGENT_POLL_SECONDS
+    assert identity.next_poll(now=expires + 5) == bundle_module.URGENT_POLL_SECONDS
+    assert identity.next_poll(now=expires + 3600) == bundle_module.POLL_SECONDS  # long gone: join again
+    assert identity.next_poll(0.1, now=expires - 5) == 0.1  # never slower than asked
+
+
+def test_another_worker_s_late_renewal_is_loaded_within_a_quarter_second(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    CertificateAuthority.init(tmp_path / "ca", TD, now=now - timedelta(days=1))
+    issuer, state_dir = Issuer(tmp_path / "ca", MINUTE), tmp_path / "identity"
+    joined(issuer, state_dir, now - timedelta(seconds=55))  # 5 s of life left
+    identity = IdentityBundle(str(state_dir))
+    before = identity.not_after
+
+    async def main() -> float:
+        watcher = asyncio.create_task(identity.watch())
+        try:
+            await asyncio.sleep(0.05)
+            joined(issuer, state_dir, datetime.now(UTC))  # renewed by another process
+            written = time.monotonic()
+            while identity.not_after == before:
+                assert time.monotonic() - written < 1.0, "not loaded within a second"
+                await asyncio.sleep(0.01)
+            return time.monotonic() - written
+        finally:
+            watcher.cancel()
+
+    assert asyncio.run(main()) < 1.0
