@@ -256,8 +256,8 @@ class Demo:
             f"  7. {peel} export",
             f"  8. curl -o /dev/null -w '%{{size_download}} bytes in %{{time_total}} s\\n' "
             f"'{public}/download?mb=100'    # 100 MiB streamed through the gateway",
-            f"  9. {peel} inventory {shlex.quote(str(self.dir / 'access.log'))} --routes    # the paths "
-            "served, as templates, and the route answering each now",
+            f"  9. {peel} inventory {shlex.quote(str(self.dir / 'access.log'))} --legacy legacy --routes"
+            "    # the paths served, as templates: how much the monolith answered, which route now",
             "",
             *strangler_steps(peel, public),
             "",

@@ -197,8 +197,11 @@ def test_demo_peels_orders_off_the_monolith_and_stops_cleanly(demo: DemoProcess)
         wait_for("the access log to hold /orders/1 twice", lambda: re.search(
             r"^GET +/orders/\{int\} +2 ", inventory(), re.MULTILINE) is not None, 10)
         rows = {tuple(line.split()[:2]): line for line in inventory().splitlines()[2:]}
+        # /orders/1 once from the monolith, once from the orders service since step 3
+        assert rows[("GET", "/orders/{int}")].split()[2] == "2"
+        assert rows[("GET", "/orders/{int}")].split()[8] == "50.0%"
         assert rows[("GET", "/orders/{int}")].endswith("orders: orders")
-        assert rows[("GET", "/")].split()[2] == "2"
+        assert rows[("GET", "/")].split()[2] == "2" and rows[("GET", "/")].split()[8] == "100.0%"
 
     pids = demo.child_pids()
     assert set(pids) == {"monolith", "orders", "peel"}, demo.output
