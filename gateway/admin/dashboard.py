@@ -4,11 +4,12 @@
     GET /dashboard/app.js       its script
     GET /dashboard/app.css      its styles
 
-The page polls `GET /api/v1/migrations` and `GET /api/v1/config/versions` every 5 seconds with a
-bearer token of `read` scope, and shows each migration's stage, the share of its requests still
-answered by legacy since the stage began, fallbacks, the guard's verdict, an alert for every retired
-route that still met requests only legacy could have answered, and the latest config versions
-([docs/dashboard.md](../../docs/dashboard.md)).
+The page polls `GET /api/v1/migrations` (and `.../{route}/shadow` for the migrations in the shadow
+stage) and `GET /api/v1/config/versions` every 5 seconds with a bearer token of `read` scope, and
+shows each migration's stage, the share of its requests still answered by legacy since the stage
+began, fallbacks, the guard's verdict, the shadow's comparison, alerts (a retired route that still
+met requests only legacy could have answered, a guard rolling back, a shadow's regression), and the
+latest config versions ([docs/dashboard.md](../../docs/dashboard.md)).
 
 The three files are the only paths of the admin API open without a token (with `/healthz` and
 `/readyz`): they are the same for everyone and hold nothing of the gateway's; every figure comes

@@ -1,6 +1,7 @@
 """The dashboard in a real browser: headless Chromium (Debian's package) loads `/dashboard` from an
 admin API on a free port, runs its script, and the DOM it leaves is read back: migrations with their
-share on legacy, the guard's verdict, the alerts (a retired route's misses, a guard rolling back),
+share on legacy, the guard's verdict, the shadow's comparison, the alerts (a retired route's misses,
+a guard rolling back, a shadow finding a regression),
 the latest changes, the token taken from the URL's fragment, a refused token sending the page back
 to its token form, a hostile reason shown as text."""
 
@@ -16,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from facade.compare import CompareRules, Reply, compare
+from facade.shadow_counts import ShadowStats, add_shadow
 from routes.store import Store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -24,12 +27,20 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian
 DOCUMENT = {
     "services": [{"name": "legacy", "endpoints": ["http://10.0.0.5:8080"]},
                  {"name": "orders", "endpoints": ["http://10.0.0.7:9000"]},
-                 {"name": "billing", "endpoints": ["http://10.0.0.8:9000"]}],
+                 {"name": "billing", "endpoints": ["http://10.0.0.8:9000"]},
+                 {"name": "cart", "endpoints": ["http://10.0.0.9:9000"]}],
     "routes": [{"name": "orders", "match": {"path_prefix": "/orders"}, "service": "legacy"},
                {"name": "billing", "match": {"path_prefix": "/billing"}, "service": "legacy"},
+               {"name": "cart", "match": {"path_prefix": "/cart"}, "service": "legacy"},
                {"name": "legacy-default", "match": {"path_prefix": "/"}, "service": "legacy"}],
 }
 HOSTILE = '<img src=x onerror="document.title=1">'
+RULES = CompareRules()
+
+
+def reply(price: int, nonce: str) -> Reply:
+    return Reply(200, ((b"content-type", b"application/json"),),
+                 b'{"price": %d, "nonce": "%s"}' % (price, nonce.encode()))
 
 
 def rendered(url: str, tmp_path: Path) -> str:
@@ -132,11 +143,20 @@ def test_migrations_their_share_on_legacy_and_the_retired_route_s_alert(
         act("billing", "start", {"to": "billing"})
         act("billing", "promote")
         act("billing", "retire")
+        act("cart", "start", {"to": "cart"})
+        act("cart", "shadow")
         since = {m["route"]: m["since"]["config_version"]
                  for m in client.get("/api/v1/migrations").json()["migrations"]}
     store.add_traffic("gw-a", {("orders", since["orders"]): (30, 90, 2, 0),
                                ("billing", since["billing"]): (50, 0, 0, 3)})
     store.add_traffic("gw-b", {("orders", since["orders"]): (10, 70, 0, 0)})
+    # the cart's shadow: 200 pairs, `$.price` differs old-vs-new only (a regression), `$.nonce` in
+    # both (noise)
+    shadow = ShadowStats()
+    for i in range(200):
+        shadow.compared("cart", since["cart"], compare(reply(10, f"a{i}"), reply(11, f"b{i}"), RULES),
+                        compare(reply(10, f"a{i}"), reply(10, f"c{i}"), RULES))
+    add_shadow(store, "gw-a", *shadow.take())
     # the guard's window (the last 30 s but 3): `to` fails 40 % of its requests, `from` none (per
     # second: requests, errors, latency histogram), from before it to a minute after now, however
     # long the browser takes; the admin API assesses it: the guard would roll back
@@ -148,15 +168,22 @@ def test_migrations_their_share_on_legacy_and_the_retired_route_s_alert(
     assert dom.hidden("login") and not dom.hidden("board")
     assert dom.by_id["state"]["text"].startswith(f"config version {max(since.values())} ")
     rows = {row["route"]: row["cells"] for row in dom.table("migrations")}
-    assert set(rows) == {"orders", "billing"}
+    assert set(rows) == {"orders", "billing", "cart"}
     orders = rows["orders"]
     assert orders[:6] == ["orders", "legacy → orders", "canary 25%", "80.0%", "200", "2"]
     assert orders[6].startswith("rollback: to's error rate 1200/3000 exceeds from's 0/3000")  # 30 s
-    assert orders[7].endswith(f"by ops ({HOSTILE})")  # the reason as text
-    assert rows["billing"][:7] == ["billing", "legacy → billing", "retired", "0.0%", "50", "0", "-"]
-    assert len(dom.alerts) == 2
-    assert dom.alerts[0].startswith("Route billing is retired, yet 3 request(s) failed on billing")
-    assert dom.alerts[1].startswith("The guard of orders rolls back: to's error rate")
+    assert orders[7] == "-"  # not in the shadow stage
+    assert orders[8].endswith(f"by ops ({HOSTILE})")  # the reason as text
+    assert rows["billing"][:8] == ["billing", "legacy → billing", "retired", "0.0%", "50", "0", "-", "-"]
+    assert rows["cart"][2:4] == ["shadow", "-"]  # every request on legacy; no counts reported
+    assert rows["cart"][7].startswith("100.0% differ of 200 pairs (") and \
+        rows["cart"][7].endswith("), 1 regression(s)")
+    alerts = sorted(dom.alerts)
+    assert len(alerts) == 3
+    assert alerts[0].startswith("Route billing is retired, yet 3 request(s) failed on billing")
+    assert alerts[1].startswith("The guard of orders rolls back: to's error rate")
+    assert alerts[2] == ("The shadow of cart finds 1 field(s) where cart answers differently from legacy "
+                         "beyond the noise: $.price (peel shadow report cart).")
     assert "img" not in dom.tags  # the hostile reason made no element
     versions = dom.table("versions")
     assert [row["cells"][0] for row in versions] == [str(v) for v in range(max(since.values()), 0, -1)]

@@ -55,7 +55,15 @@ function guardText(guard) {
   return guard.reason ? head + ": " + guard.reason : head;
 }
 
-function renderMigrations(migrations) {
+function shadowText(report) {
+  if (!report) return "-";
+  if (!report.pairs) return "no pairs compared yet";
+  const [low, high] = report.interval;
+  return pct(report.mismatch_rate) + " differ of " + report.pairs + " pairs (" + pct(low) + "–" + pct(high) +
+    "), " + report.regressions + " regression(s)";
+}
+
+function renderMigrations(migrations, shadows) {
   const body = $("migrations").querySelector("tbody");
   body.replaceChildren();
   const alerts = $("alerts");
@@ -80,6 +88,8 @@ function renderMigrations(migrations) {
     cell(row, String(served), "requests");
     cell(row, String(counts.fallback), "fallbacks");
     cell(row, guardText(m.guard), "guard");
+    const shadow = shadows[m.route];
+    cell(row, m.stage === "shadow" ? shadowText(shadow) : "-", "shadow");
     const since = m.since;
     cell(row, since ? when(since.time) + " by " + since.actor + (since.reason ? " (" + since.reason + ")" : "")
                     : "-");
@@ -91,6 +101,16 @@ function renderMigrations(migrations) {
       p.textContent = "Route " + m.route + " is retired, yet " + counts.retired_misses + " request(s) " +
         "failed on " + m.to + " that legacy would have answered (retired misses since " +
         when(since && since.time) + ").";
+      alerts.appendChild(p);
+    }
+    if (m.stage === "shadow" && shadow && shadow.regressions > 0) {
+      const fields = shadow.fields.filter((f) => f.verdict === "regression").map((f) => f.field);
+      const p = document.createElement("p");
+      p.className = "alert";
+      p.dataset.route = m.route;
+      p.textContent = "The shadow of " + m.route + " finds " + shadow.regressions + " field(s) where " + m.to +
+        " answers differently from " + m.from + " beyond the noise: " + fields.join(", ") +
+        " (peel shadow report " + m.route + ").";
       alerts.appendChild(p);
     }
     if (m.guard && m.guard.action === "rollback") {
@@ -130,7 +150,13 @@ async function refresh() {
   try {
     const [migrations, history] = await Promise.all([api("/api/v1/migrations"),
                                                      api("/api/v1/config/versions?limit=10")]);
-    renderMigrations(migrations.migrations);
+    // the shadow stage's comparison, for the migrations in it (counted since that transition)
+    const shadows = {};
+    await Promise.all(migrations.migrations.filter((m) => m.stage === "shadow").map(async (m) => {
+      shadows[m.route] = (await api("/api/v1/migrations/" + encodeURIComponent(m.route) +
+                                    "/shadow?top=10&examples=0")).shadow;
+    }));
+    renderMigrations(migrations.migrations, shadows);
     renderVersions(history.versions);
     $("login").hidden = true;
     $("board").hidden = false;
