@@ -63,11 +63,18 @@ function shadowText(report) {
     "), " + report.regressions + " regression(s)";
 }
 
+function addAlert(route, text) {
+  const p = document.createElement("p");
+  p.className = "alert";
+  p.dataset.route = route;
+  p.textContent = text;
+  $("alerts").appendChild(p);
+}
+
 function renderMigrations(migrations, shadows) {
   const body = $("migrations").querySelector("tbody");
   body.replaceChildren();
-  const alerts = $("alerts");
-  alerts.replaceChildren();
+  $("alerts").replaceChildren();
   $("no-migrations").hidden = migrations.length > 0;
   $("migrations").hidden = migrations.length === 0;
   for (const m of migrations) {
@@ -95,30 +102,18 @@ function renderMigrations(migrations, shadows) {
                     : "-");
     body.appendChild(row);
     if (m.stage === "retired" && counts.retired_misses > 0) {
-      const p = document.createElement("p");
-      p.className = "alert";
-      p.dataset.route = m.route;
-      p.textContent = "Route " + m.route + " is retired, yet " + counts.retired_misses + " request(s) " +
-        "failed on " + m.to + " that legacy would have answered (retired misses since " +
-        when(since && since.time) + ").";
-      alerts.appendChild(p);
+      addAlert(m.route, "Route " + m.route + " is retired, yet " + counts.retired_misses + " request(s) " +
+        "failed on " + m.to + " that " + m.from + " would have answered (retired misses since " +
+        when(since && since.time) + ").");
     }
     if (m.stage === "shadow" && shadow && shadow.regressions > 0) {
       const fields = shadow.fields.filter((f) => f.verdict === "regression").map((f) => f.field);
-      const p = document.createElement("p");
-      p.className = "alert";
-      p.dataset.route = m.route;
-      p.textContent = "The shadow of " + m.route + " finds " + shadow.regressions + " field(s) where " + m.to +
+      addAlert(m.route, "The shadow of " + m.route + " finds " + shadow.regressions + " field(s) where " + m.to +
         " answers differently from " + m.from + " beyond the noise: " + fields.join(", ") +
-        " (peel shadow report " + m.route + ").";
-      alerts.appendChild(p);
+        " (peel shadow report " + m.route + ").");
     }
     if (m.guard && m.guard.action === "rollback") {
-      const p = document.createElement("p");
-      p.className = "alert";
-      p.dataset.route = m.route;
-      p.textContent = "The guard of " + m.route + " rolls back: " + (m.guard.reason || m.guard.rule || "");
-      alerts.appendChild(p);
+      addAlert(m.route, "The guard of " + m.route + " rolls back: " + (m.guard.reason || m.guard.rule || ""));
     }
   }
 }
