@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
-from gateway.cli.args import Commands, add_command
+from gateway.cli.args import Commands, add_command, positive
 from gateway.cli.client import AdminClient, AdminError
 from gateway.cli.context import admin_client
-from gateway.cli.output import print_json, table
+from gateway.cli.output import percent, print_json, table
 from routes.errors import PeelError
 
 if TYPE_CHECKING:
@@ -60,10 +60,6 @@ def read(names: list[str], max_values: int) -> Inventory:
             except (OSError, EOFError) as exc:  # a truncated .gz, a read error
                 raise InventoryError(f"cannot read {name}: {exc}") from None
     return inventory
-
-
-def _pct(share: float | None) -> str:
-    return "-" if share is None else f"{share * 100:.1f}%"
 
 
 def _ms(value: float | None) -> str:
@@ -110,21 +106,21 @@ def cmd_inventory(args: argparse.Namespace) -> int:
         print(f"peel: {inventory.unreadable} of {inventory.lines} lines hold no request to map (not an "
               f"access-log line, or no request line in it; the first: {inventory.first_unreadable!r})",
               file=sys.stderr)
+    requests = sum(r.requests for r in rows)
     if args.json:
         out = [row.to_json() | ({} if routes is None else {"now": routes[i]}) for i, row in enumerate(shown)]
         print_json({"lines": inventory.lines, "unreadable": inventory.unreadable,
-                    "requests": sum(r.requests for r in rows), "templates": len(rows), "rows": out})
+                    "requests": requests, "templates": len(rows), "rows": out})
         return 0
-    requests = sum(r.requests for r in rows)
     print(f"{requests} request{'' if requests == 1 else 's'} in {len(rows)} "
           f"template{'' if len(rows) == 1 else 's'}"
           + (f", the {len(shown)} busiest:" if len(shown) < len(rows) else ":"))
     if not shown:
         return 0
     header = ["METHOD", "TEMPLATE", "REQUESTS", "SHARE", "4XX", "5XX", "P50 MS", "P99 MS", "ON LEGACY"]
-    cells = [[row.method, row.template, row.requests, _pct(row.share),
-              _pct(row.statuses[4] / row.requests), _pct(row.errors), _ms(row.p50_ms), _ms(row.p99_ms),
-              _pct(row.on_legacy)] for row in shown]
+    cells = [[row.method, row.template, row.requests, percent(row.share),
+              percent(row.statuses[4] / row.requests), percent(row.errors), _ms(row.p50_ms), _ms(row.p99_ms),
+              percent(row.on_legacy)] for row in shown]
     if routes is not None:
         header.append("ROUTE NOW")
         for cell, found in zip(cells, routes, strict=True):
@@ -133,18 +129,10 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     return 0
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def _zero_or_more(text: str) -> int:
-    value = int(text)
-    if value < 0:
+    if not text.isdigit():
         raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+    return int(text)
 
 
 def register(commands: Commands) -> None:
@@ -155,7 +143,7 @@ def register(commands: Commands) -> None:
                    help="nginx, Apache (combined or common) or Peel access logs; .gz read too; - is stdin")
     p.add_argument("--top", type=_zero_or_more, default=50, metavar="N",
                    help="the N templates with the most requests (default 50; 0: all)")
-    p.add_argument("--max-values", type=_at_least_one, default=DEFAULT_MAX_VALUES, metavar="N",
+    p.add_argument("--max-values", type=positive, default=DEFAULT_MAX_VALUES, metavar="N",
                    help="more distinct segments than N after one prefix become {param} "
                         f"(default {DEFAULT_MAX_VALUES})")
     p.add_argument("--legacy", action="append", metavar="SERVICE",

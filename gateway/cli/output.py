@@ -40,6 +40,11 @@ def match_summary(match: dict[str, Any]) -> str:
     return " ".join(parts) or "*"
 
 
+def percent(share: float | None) -> str:
+    """A share (0 to 1) as a percentage with one decimal; `-` when there is none."""
+    return "-" if share is None else f"{share * 100:.1f}%"
+
+
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 

@@ -7,11 +7,7 @@ from typing import Any
 
 from gateway.cli.args import Commands, actions, add_command, positive
 from gateway.cli.context import admin_client
-from gateway.cli.output import print_json, table
-
-
-def _pct(rate: float) -> str:
-    return f"{rate * 100:.1f}%"
+from gateway.cli.output import percent, print_json, table
 
 
 def _interval(pair: list[float]) -> str:
@@ -27,13 +23,13 @@ def describe(report: dict[str, Any]) -> list[str]:
     return [
         f"route {report['route']}: {report['from']} -> {report['to']}, stage {report['stage']} ({when})",
         f"  pairs     {report['pairs']} compared, {report['mismatched']} differ: "
-        f"{_pct(report['mismatch_rate'])} {_interval(report['interval'])} at 95%",
+        f"{percent(report['mismatch_rate'])} {_interval(report['interval'])} at 95%",
         f"  baseline  {base['pairs']} old-vs-old pairs, {base['mismatched']} differ: "
-        f"{_pct(base['rate'])} {_interval(base['interval'])}",
+        f"{percent(base['rate'])} {_interval(base['interval'])}",
         f"  copies    {report['dropped']} dropped (queue full), {report['skipped']} skipped "
         f"(method, body size, failed primary), {report['failed']} failed (no answer in time)",
         f"  fields    {report['regressions']} regression(s); excess over noise up to "
-        f"{_pct(report['excess'][1])} (surely at least {_pct(max(report['excess'][0], 0.0))})",
+        f"{percent(report['excess'][1])} (surely at least {percent(max(report['excess'][0], 0.0))})",
     ]
 
 
@@ -48,8 +44,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     print("\n".join(describe(report)))
     if report["fields"]:
         print()
-        table([(f["field"], f["verdict"], f"{f['new_diffs']} ({_pct(f['new_rate'])})",
-                f"{f['old_diffs']} ({_pct(f['old_rate'])})" if report["baseline"]["pairs"] else "-")
+        table([(f["field"], f["verdict"], f"{f['new_diffs']} ({percent(f['new_rate'])})",
+                f"{f['old_diffs']} ({percent(f['old_rate'])})" if report["baseline"]["pairs"] else "-")
                for f in report["fields"]],
               ("FIELD", "VERDICT", "OLD-VS-NEW", "OLD-VS-OLD"))
     for example in report["examples"]:
