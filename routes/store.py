@@ -20,7 +20,7 @@ import hmac
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -226,6 +226,8 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
         # and read from its splice (`config_versions.delta`), not whole.
         self._last_text: tuple[int, str, str] | None = None
         self._probes: list[CommitProbe] = []  # handed out by `commit_probe`, closed with the store
+        # told each version this store committed, in the committing thread (`on_commit`)
+        self._committed: list[Callable[[int], None]] = []
 
     # -- engine set-up ----------------------------------------------------------------------
 
@@ -477,7 +479,15 @@ class Store(MigrationRecords, JoinTokenRecords, GuardRecords, RegistryRecords, G
                 from exc
         self._keep(info.version, document)
         self._keep_text(info.version, info.created_at, body)
+        for observer in self._committed:
+            observer(info.version)
         return info
+
+    def on_commit(self, observer: Callable[[int], None]) -> None:
+        """Call `observer(version)` after each version this store commits, in the thread that
+        committed it, in registration order (the serving process wakes its watcher, the admin API
+        notes the version its request made: `gateway.admin.served`). An observer must not raise."""
+        self._committed.append(observer)
 
     def _decode(self, body: str, version: int) -> Document:
         """The document of stored `version` (its text `body`), decoded once."""

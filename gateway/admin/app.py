@@ -7,7 +7,9 @@ gateway from `live` (a `gateway.telemetry.procstats.LiveView`, kept as `app.stat
 show live state); it needs the bearer token unless `metrics.open`.
 
 Middleware is pure ASGI (no `BaseHTTPMiddleware`, which breaks the contextvars OpenTelemetry
-relies on): `SwitchingOften` first where the process also serves traffic, then `ProblemGuard`,
+relies on): `SwitchingOften` first where the process also serves traffic, then `ServedWrites`
+where the process follows a table (a write answers once it is served, `gateway.admin.served`), then
+`ProblemGuard`,
 which turns anything unexpected into a 500 problem without a traceback, then `BearerAuth`. Errors
 raised on purpose (`RuleError` and its subclasses, starlette's 404/405) are mapped once, here.
 """
@@ -41,6 +43,7 @@ from gateway.admin.matching import MatchResource
 from gateway.admin.migrations import migration_routes
 from gateway.admin.mtls import mtls_routes
 from gateway.admin.rules import rule_routes
+from gateway.admin.served import Served, ServedWrites, note_commit
 from gateway.admin.shadow import shadow_routes
 from gateway.admin.wire import problem_response
 from gateway.core import problems
@@ -177,14 +180,16 @@ def _openapi_body() -> bytes:
 
 def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settings,
                     token_cache_seconds: float = 5.0, live: LiveView | None = None,
-                    switch_interval: float | None = None) -> Starlette:
+                    switch_interval: float | None = None, served: Served | None = None) -> Starlette:
     """The admin API over `store`. `ready()` answers `/readyz` (a table is loaded, not draining,
     and with several workers at least one of them alive).
 
     `settings` are the process's static settings (kept on `app.state` for handlers that need them).
     `live` is the merged live state of the gateway's serving processes (`app.state.live`; None: not
     known here, `/metrics` then has only the admin process's own). `switch_interval`: the GIL's
-    switch interval while a request is in flight (`SwitchingOften`; None: left alone).
+    switch interval while a request is in flight (`SwitchingOften`; None: left alone). `served`:
+    this process's `TableHolder.served`; a write then answers once the version it committed is
+    served here (`ServedWrites`; None: at once).
     """
 
     async def healthz(request: Request) -> Response:
@@ -223,6 +228,9 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
             open_paths = open_paths | {"/metrics"}
     tokens = TokenCache(store.grant, ttl=token_cache_seconds)
     middleware = [Middleware(ProblemGuard), Middleware(BearerAuth, tokens=tokens, open_paths=open_paths)]
+    if served is not None:  # outside the guard: the answer is held whatever it is
+        store.on_commit(note_commit)
+        middleware.insert(0, Middleware(ServedWrites, served=served))
     if switch_interval is not None:  # outermost: the token lookup's thread too
         middleware.insert(0, Middleware(SwitchingOften, interval=switch_interval))
     app = Starlette(

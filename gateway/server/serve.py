@@ -13,7 +13,9 @@ requests in flight and those already accepted get `server.grace_period` to finis
 exits 0. The master forwards the signal to its workers at once and keeps the admin listener until
 they are done. A second Ctrl-C forces. SIGHUP re-reads the settings file and applies what can change
 at run time (log level, drain timings, limits, the TLS certificates); the master forwards it to the
-workers.
+workers. SIGUSR1 makes a process read the store's latest config version now: the master sends it to
+its workers after each version it commits, so they serve the change within milliseconds, not at
+their next poll (`gateway.admin.served`).
 
 TLS (`docs/tls.md`): a listener with `tls_certificates` serves HTTPS. The certificates are loaded
 (and checked) before any socket is bound, so a bad one stops `peel serve` with the setting's name;
@@ -332,16 +334,31 @@ class Runtime:
             self._closers.append(lambda: asyncio.to_thread(publisher.remove))
 
     def listen_for_changes(self) -> None:
-        """On PostgreSQL, LISTEN for committed versions and wake the watcher (docs/fleet.md)."""
+        """Wake the watcher when a config version is committed: by this process (its store's
+        `on_commit`: `committed`), and on PostgreSQL by any gateway (LISTEN, docs/fleet.md)."""
         if not isinstance(self.watcher, Watcher):
             return
         store, loop = self.watcher.store, asyncio.get_running_loop()
+
+        def committed(version: int) -> None:  # in the committing thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
+                loop.call_soon_threadsafe(self.committed)
+
+        store.on_commit(committed)
         if store.dialect != "postgresql":
             return
         listener = ConfigListener(store.engine.url,
                                   lambda: loop.call_soon_threadsafe(self.watcher.wake))
         listener.start()
         self._closers.append(lambda: asyncio.to_thread(listener.stop))
+
+    def committed(self) -> None:
+        """This process committed a config version (its admin API, or the leader's jobs): its
+        watcher reads it now rather than at its next poll, and so does each worker's (SIGUSR1), so
+        the admin API's answer follows the change within milliseconds (`gateway.admin.served`)."""
+        self.watcher.wake()
+        if self.forward is not None and not self.stopping:
+            self.forward(signal.SIGUSR1)
 
     def lead(self) -> None:
         """Compete for the fleet's leadership (the advisory lock; alone on SQLite) and run the
@@ -432,7 +449,8 @@ class Runtime:
                         local=self.state if serving else None, gateway=settings.listeners.public.bind)
         self.live = live
         app = build_admin_app(store, ready=self.ready, settings=settings, live=live,
-                              switch_interval=SWITCH_INTERVAL_ADMIN if serving else None)
+                              switch_interval=SWITCH_INTERVAL_ADMIN if serving else None,
+                              served=self.holder.served)
         tls = self.tls.get("admin")
         server = make_server(uvicorn_config(app, self.settings, listener="admin",
                                             ssl_context_factory=tls.factory if tls else None))
@@ -607,6 +625,8 @@ def install_signals(runtime: Runtime, config_path: str | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stop, sig)
     loop.add_signal_handler(signal.SIGHUP, reload_settings, runtime, config_path)
+    # the master committed a config version: read it now (Runtime.committed)
+    loop.add_signal_handler(signal.SIGUSR1, runtime.watcher.wake)
 
 
 def reload_settings(runtime: Runtime, config_path: str | None) -> bool:

@@ -24,7 +24,7 @@ from typing import Protocol
 log = logging.getLogger("peel.serve")
 
 # The signals Peel handles; blocked in a new worker until its event loop handles them.
-HANDLED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+HANDLED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1})
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 # A worker that ran this long before exiting restarts after BACKOFF_FIRST again: twice the longest

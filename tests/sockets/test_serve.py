@@ -1,13 +1,15 @@
 """`peel serve` as an operator runs it: real processes, a real store, real upstream sockets.
 
-Hot reload (a committed change is served within a second, and no request fails while changes are
-applied under steady load), several workers, the SIGTERM drain, the refusal of an un-migrated
+Hot reload (a committed change is served within a second, a change made through the admin API
+when its write answers, and no request fails while changes are applied under steady load), several
+workers, the SIGTERM drain, the refusal of an un-migrated
 store, and starting from the snapshot when the store is down.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -89,6 +91,66 @@ def test_a_committed_change_is_served_within_a_second(gateway: PeelServe, echo: 
     # Polled every 0.25 s: about 0.3 s unloaded. The bound keeps the promise's order of magnitude
     # with a margin for a loaded 2-core machine (a watcher polling every 5 s still fails it).
     assert time.monotonic() - committed < 2.5
+
+
+def admin_write(peel: PeelServe, method: str, path: str, token: str, body: dict[str, Any]) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", peel.admin_port, timeout=30)
+    try:
+        conn.request(method, path, body=json.dumps(body), headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def published(peel: PeelServe) -> set[str]:
+    run = peel.tmp / "run"
+    return {p.name for p in run.iterdir()} if run.exists() else set()
+
+
+def main_route(version: int) -> dict[str, Any]:
+    return document("", version)["routes"][0]
+
+
+def test_an_admin_write_answers_once_the_gateway_serves_it(tmp_path: Path, echo: ScriptedUpstream
+                                                           ) -> None:
+    # A poll every 30 s: only the commit's own wake-up can explain a change served at once.
+    peel = PeelServe(tmp_path, extra_settings="poll_interval = 30")
+    token = peel.upgrade_with_token()
+    peel.commit(document(echo.url, 1))
+    peel.start()
+    try:
+        for version in (2, 3, 4):
+            assert admin_write(peel, "PUT", "/api/v1/routes/main", token, main_route(version)) == 200
+            # the very first request after the answer: one process, so the whole gateway
+            assert served_version(peel) == str(version)
+        assert admin_write(peel, "POST", "/api/v1/config/rollback", token, {"version": 2}) == 200
+        assert served_version(peel) == "2"
+    finally:
+        assert peel.stop() == 0
+
+
+def test_workers_are_told_of_a_change_the_admin_api_commits(tmp_path: Path, echo: ScriptedUpstream
+                                                           ) -> None:
+    peel = PeelServe(tmp_path, workers=2, extra_settings="poll_interval = 30")
+    token = peel.upgrade_with_token()
+    peel.commit(document(echo.url, 1))
+    peel.start()
+    try:
+        # both workers past their first table, watching (each publishes its state from then on):
+        # a worker still starting would load the latest version as its first table anyway
+        wait_for(lambda: {f"proc-{pid}.json" for pid in peel.children()} <= published(peel)
+                 and len(peel.children()) == 2, 20, "two workers serving")
+        for version in (2, 3):
+            assert admin_write(peel, "PUT", "/api/v1/routes/main", token, main_route(version)) == 200
+            # every fresh connection, whichever worker accepts it: the master's SIGUSR1, not the
+            # 30 s poll (they load it the same few milliseconds after the master)
+            wait_for(lambda v=version: all(served_version(peel) == str(v) for _ in range(10)), 2,
+                     f"version {version} in both workers")
+    finally:
+        assert peel.stop() == 0
 
 
 class Load:

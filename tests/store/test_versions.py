@@ -98,6 +98,24 @@ def test_stale_expected_version_is_refused_and_nothing_is_written(store: Store) 
     assert store.commit(Document(), actor="a", reason="fresh", expected=2).version == 3
 
 
+def test_observers_hear_of_each_committed_version_in_the_committing_thread(store: Store) -> None:
+    heard: list[tuple[str, int, str]] = []
+    store.on_commit(lambda v: heard.append(("a", v, threading.current_thread().name)))
+    store.on_commit(lambda v: heard.append(("b", v, threading.current_thread().name)))
+    store.commit(document(), actor="a", reason="one")
+    worker = threading.Thread(target=lambda: commit_change(
+        store, lambda d: put_service(d, service("orders")), actor="a", reason="two"), name="writer")
+    worker.start()
+    worker.join()
+    main = threading.current_thread().name
+    assert heard == [("a", 1, main), ("b", 1, main), ("a", 2, "writer"), ("b", 2, "writer")]
+    # a refused commit and a change of nothing are not commits
+    with pytest.raises(PreconditionFailed):
+        store.commit(Document(), actor="a", reason="stale", expected=1)
+    commit_change(store, lambda d: put_service(d, service("orders")), actor="a", reason="same")
+    assert len(heard) == 4
+
+
 def test_commit_change_with_stale_if_match_writes_nothing(store: Store) -> None:
     commit_change(store, lambda d: document(), actor="a", reason="one")
     commit_change(store, lambda d: put_service(d, service("orders")), actor="a", reason="two")

@@ -81,3 +81,47 @@ def test_the_watcher_swaps_on_the_loop_and_reports_a_failing_version_once(tmp_pa
     assert holder.table is not None and holder.table.version == 1
     assert (tmp_path / "snap.json").exists()
     store.close()
+
+
+async def settle() -> None:
+    """A few turns of the loop: a waiter's result reaches its caller through `wait_for`'s task."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_served_waits_for_the_swap_that_brings_the_version_or_a_later_one() -> None:
+    async def main() -> None:
+        holder = TableHolder()
+        order: list[str] = []
+        holder.follow(lambda t: order.append(f"follower {t.version}"))
+
+        async def wait(version: int) -> None:
+            assert await holder.served(version, 5.0)
+            order.append(f"served {version}")
+
+        waiting = [asyncio.create_task(wait(2)), asyncio.create_task(wait(3))]
+        await settle()
+        holder.swap(_table(1))
+        await settle()
+        assert order == ["follower 1"]  # version 1 serves neither
+        holder.swap(_table(2))
+        await settle()
+        assert order == ["follower 1", "follower 2", "served 2"]  # after the followers
+        holder.swap(_table(4))  # a later version serves 3 as well
+        await asyncio.gather(*waiting)
+        assert order[-1] == "served 3"
+        assert await holder.served(4, 0.0)  # already served: at once
+        assert holder._waiting == []
+
+    asyncio.run(main())
+
+
+def test_served_says_false_when_the_version_does_not_come_in_time() -> None:
+    async def main() -> None:
+        holder = TableHolder()
+        holder.swap(_table(1))
+        assert not await holder.served(2, 0.05)
+        assert holder._waiting == []  # nothing left behind for the next swap
+        holder.swap(_table(2))
+
+    asyncio.run(main())
