@@ -45,6 +45,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from facade.histogram import quantile_bucket
+
 MAX_VALUES = 10
 MAX_NODES = 100_000
 MAX_DEPTH = 32  # segments; deeper paths end in `{rest}`
@@ -202,15 +204,9 @@ class Stats:
 
     def quantile(self, q: float) -> float | None:
         """The duration (ms) below which `q` of the timed requests fell; None when none was timed."""
-        if not self.timed:
+        found = quantile_bucket(self.durations, q)
+        if found is None:
             return None
-        rank, seen = q * self.timed, 0
-        found = max(self.durations)
-        for bucket in sorted(self.durations):
-            seen += self.durations[bucket]
-            if seen >= rank:
-                found = bucket
-                break
         return min(max(_value(found), self.fastest), self.slowest)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from facade.flusher import Flusher
+from facade.histogram import quantile_bucket
 from routes.guard_records import GuardDeltas
 
 log = logging.getLogger("peel.facade")
@@ -74,16 +75,8 @@ class SideWindow:
     def percentile_ms(self, q: float) -> float | None:
         """The `q` quantile (0.99: the p99) in milliseconds, as its bucket's upper bound; None when
         nothing was measured."""
-        total = sum(self.histogram.values())
-        if not total:
-            return None
-        rank = math.ceil(q * total)
-        seen = 0
-        for index in sorted(self.histogram):
-            seen += self.histogram[index]
-            if seen >= rank:
-                return round(bucket_bound(index), 3)
-        return round(bucket_bound(max(self.histogram)), 3)  # pragma: no cover - rank <= total
+        index = quantile_bucket(self.histogram, q)
+        return None if index is None else round(bucket_bound(index), 3)
 
     def p99_ms(self) -> float | None:
         return self.percentile_ms(0.99)
