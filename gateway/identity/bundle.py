@@ -110,6 +110,7 @@ class _Loaded:
     required: ssl.SSLContext
     client: ssl.SSLContext
     signature: Signature
+    expires: float | None  # `not_after` as a Unix time, read once (None: unknown)
 
 
 def _server(directory: Path, verify: ssl.VerifyMode) -> ssl.SSLContext:
@@ -152,7 +153,11 @@ def load(directory: Path) -> _Loaded:
         client.load_cert_chain(str(directory / CERT_FILE), str(directory / KEY_FILE))
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(SETTING, f"OpenSSL refused the identity in {directory}: {exc}") from None
-    return _Loaded(identity, not_after, optional, required, client, before)
+    try:
+        expires: float | None = datetime.fromisoformat(not_after).timestamp()
+    except ValueError:
+        expires = None
+    return _Loaded(identity, not_after, optional, required, client, before, expires)
 
 
 class IdentityBundle:
@@ -189,9 +194,8 @@ class IdentityBundle:
 
     def next_poll(self, interval: float = POLL_SECONDS, now: float | None = None) -> float:
         """Seconds until the files are looked at again (module docstring)."""
-        try:
-            expires = datetime.fromisoformat(self._loaded.not_after).timestamp()
-        except ValueError:
+        expires = self._loaded.expires
+        if expires is None:
             return interval
         left = expires - (time.time() if now is None else now)
         return min(interval, URGENT_POLL_SECONDS) if -URGENT_WITHIN < left < URGENT_WITHIN else interval
