@@ -25,7 +25,7 @@ def strangler_steps(peel: str, public: str) -> list[str]:
         "fallback",
         f"     {peel} migrate status orders    # requests per side since the last transition",
         f"  e. {peel} migrate rollback orders --reason \"orders looks wrong\"    # all traffic back "
-        "within a second",
+        "when it returns",
         f"  f. {peel} migrate history orders    # who did what, when, at which config version",
         f"  g. {peel} migrate shift orders --percent 150    # refused: says why, writes nothing",
         "  Beta users are honoured only from facade.trusted_networks or with a signed value:",
