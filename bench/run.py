@@ -3,7 +3,7 @@
 
     python bench/run.py [--seconds 8] [--reps 3] [--workers 1] [--bodies hello,16k] [--no-match]
                         [--telemetry on|off|tracing|metrics|unsampled] [--paced 4000]
-                        [--baseline DIR]
+                        [--baseline DIR] [--floor]
                         [--tls [--tls-clients 4]] [--routes N [--changes [--changes-rate 1500]]]
                         [--profile FILE]
 
@@ -28,6 +28,11 @@ data path's sources differ, the baseline then runs interpreted: a build serves o
 says which data path each Peel ran. It is interleaved with the others in every round, and the report
 adds its rows and the ratios peel / peel-base: the before/after comparison a change on the request
 path reports.
+
+`--floor` adds the target `relay`: bench/relay.py, a byte relay on uvloop (a connection to the
+origin per client connection, each side's bytes written to the other as they arrive, nothing
+parsed), interleaved like the others, with its CPU a request: the floor any Python forwarder on this
+loop pays, so the report can say how much of Peel's CPU is its own work.
 
 `--tls` measures HTTPS instead: a test CA and one server certificate (bench/tls_certs.py) in the temp
 dir, nginx listening with `ssl` and Peel with `tls_certificates`, both with that certificate and key,
@@ -95,9 +100,12 @@ PATHS = {"hello": "/", "16k": "/16k"}
 SIZES = {"hello": 5, "16k": 16384}
 TARGETS = ("direct", "nginx", "peel")
 BASE = "peel-base"  # the --baseline checkout, a fourth target
-# DESIGN.md's performance targets, per worker, as ratios in one run.
-TARGET_THROUGHPUT = 0.25
-TARGET_ADDED_P50_MS = 0.2
+FLOOR = "relay"  # --floor: bench/relay.py, a raw byte relay on uvloop
+# DESIGN.md's performance targets, per worker, as ratios in one run (throughput by body).
+TARGET_THROUGHPUT = {"hello": 0.35, "16k": 0.5}
+# the HTTPS throughput's aim (issue 12), both bodies
+TARGET_HTTPS_THROUGHPUT = 0.25
+TARGET_ADDED_P50_MS = 0.15
 TARGET_P99_RATIO = 3.0
 TARGET_RSS_MIB = 60.0
 
@@ -426,13 +434,22 @@ class Bench:
     baseline: Path | None = None  # --baseline: another checkout, started as the target BASE
     tls: BenchCerts | None = None  # --tls: nginx and the Peels listen with TLS, with this certificate
     routes: int = 1  # --routes: how many routes the stores hold
+    floor: bool = False  # --floor: bench/relay.py as the target FLOOR
     token: str = ""  # an admin token of the "peel" target (--changes)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def targets(self) -> tuple[str, ...]:
-        return TARGETS + ((BASE,) if self.baseline is not None else ())
+        return TARGETS + ((BASE,) if self.baseline is not None else ()) + ((FLOOR,) if self.floor else ())
+
+    def start_relay(self) -> subprocess.Popen[bytes]:
+        """Start bench/relay.py as the target FLOOR, relaying to the origin."""
+        self.ports[FLOOR] = free_port()
+        relay = self.spawn([sys.executable, str(Path(__file__).with_name("relay.py")),
+                            str(self.ports[FLOOR]), str(self.ports["direct"])], f"{FLOOR}.log")
+        wait_until(f"{FLOOR} answering", self.answers(self.ports[FLOOR]), 15, self.procs)
+        return relay
 
     def spawn(self, argv: list[str], log: str, env: dict[str, str] | None = None,
               cwd: Path | None = None) -> subprocess.Popen[bytes]:
@@ -573,8 +590,8 @@ def paired_ratio(now: list[float], before: list[float]) -> float:
 
 def report(rows: dict[tuple[str, str, int], list[dict[str, float]]], rss: list[tuple[float, float]],
            bodies: list[str], reps: int, seconds: int, workers: int, paced: int,
-           baseline: Path | None = None) -> None:
-    targets = TARGETS + ((BASE,) if baseline is not None else ())
+           baseline: Path | None = None, floor: bool = False) -> None:
+    targets = TARGETS + ((BASE,) if baseline is not None else ()) + ((FLOOR,) if floor else ())
 
     def med(key: tuple[str, str, int], name: str) -> float:
         return statistics.median(r[name] for r in rows[key])
@@ -590,8 +607,8 @@ def report(rows: dict[tuple[str, str, int], list[dict[str, float]]], rss: list[t
             key, c1 = (body, target, CONNS), (body, target, 1)
             rps = med(key, "rps")
             errors = sum(r["errors"] for k in (key, c1, (body, target, PACED)) for r in rows.get(k, []))
-            mem = f"{max(r['rss'] for r in rows[key]):.1f}" if target in ("peel", BASE) else "-"
-            cpu = f"{med(key, 'cpu_us'):.0f}" if target in ("peel", BASE) else "-"
+            mem = f"{max(r['rss'] for r in rows[key]):.1f}" if "rss" in rows[key][0] else "-"
+            cpu = f"{med(key, 'cpu_us'):.1f}" if "cpu_us" in rows[key][0] else "-"
             print(f"| {body} | {target} | {rps:,.0f} | {med(key, 'p50'):.3f} | {med(key, 'p99'):.3f} | "
                   f"{errors:.0f} | {med(c1, 'p50'):.3f} | {med(c1, 'p99'):.3f} | {mem} | {cpu} | "
                   f"{rps / med((body, 'nginx', CONNS), 'rps'):.3f} | "
@@ -620,9 +637,16 @@ def report(rows: dict[tuple[str, str, int], list[dict[str, float]]], rss: list[t
                     f"{verdict(p99 <= TARGET_P99_RATIO)}; saturated: {saturated:.2f} x)")
         else:
             tail = f"c{CONNS} p99 saturated {saturated:.2f} x nginx (not compared with the target)"
-        print(f"{body}: throughput per worker {ratio:.3f} x nginx (target ≥ {TARGET_THROUGHPUT}: "
-              f"{verdict(ratio >= TARGET_THROUGHPUT)}); added c1 p50 over direct {added:.3f} ms "
+        print(f"{body}: throughput per worker {ratio:.3f} x nginx (target ≥ {TARGET_THROUGHPUT[body]}: "
+              f"{verdict(ratio >= TARGET_THROUGHPUT[body])}); added c1 p50 over direct {added:.3f} ms "
               f"(target ≤ {TARGET_ADDED_P50_MS}: {verdict(added <= TARGET_ADDED_P50_MS)}); {tail}")
+    if floor:
+        for body in bodies:
+            relay, peel = med((body, FLOOR, CONNS), "cpu_us"), med((body, "peel", CONNS), "cpu_us")
+            print(f"{body}: the floor (bench/relay.py, a byte relay on uvloop) "
+                  f"{med((body, FLOOR, CONNS), 'rps') / med((body, 'nginx', CONNS), 'rps'):.3f} x nginx "
+                  f"at {relay:.1f} us of CPU a request; Peel {peel:.1f} us, {peel - relay:.1f} us of its "
+                  f"own work above the floor")
     if rss:
         total = max(t for t, _ in rss)
         largest = max(one for _, one in rss)
@@ -747,8 +771,8 @@ def report_tls(rows: TlsRows, bodies: list[str], reps: int, seconds: int, worker
     print()
     for body in bodies:
         ratio = med(("peel", "https", body), "rps") / med(("nginx", "https", body), "rps") / workers
-        print(f"{body}: HTTPS throughput per worker {ratio:.3f} x nginx (aim ≥ {TARGET_THROUGHPUT}: "
-              f"{verdict(ratio >= TARGET_THROUGHPUT)})")
+        print(f"{body}: HTTPS throughput per worker {ratio:.3f} x nginx (aim ≥ {TARGET_HTTPS_THROUGHPUT}: "
+              f"{verdict(ratio >= TARGET_HTTPS_THROUGHPUT)})")
     shares = {v: min(r["resumed"] for r in rows[("peel", v, "reuse")]) for v in TLS_VERSIONS}
     print("peel session resumption: " + ", ".join(f"TLS {v} {shares[v] * 100:.1f}% of -reuse connections "
                                                    "resumed" for v in TLS_VERSIONS)
@@ -800,6 +824,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of the runs, sample peel with py-spy during one c50 run per body: "
                          "folded stacks to FILE (FILE.16k for 16k), a summary by layer printed "
                          "(bench/profile.py)")
+    ap.add_argument("--floor", action="store_true",
+                    help="add a fifth target, relay: bench/relay.py, a raw byte relay on uvloop (what "
+                         "any Python forwarder pays), measured in the same rounds")
     ap.add_argument("--routes", type=int, default=1, metavar="N",
                     help="routes in the Peels' stores (default 1: only the catch-all)")
     ap.add_argument("--changes", action="store_true",
@@ -821,6 +848,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--routes and --changes-rate must be at least 1")
     if args.changes and (args.tls or args.baseline is not None):
         ap.error("--changes measures one Peel over plain HTTP: not with --tls or --baseline")
+    if args.floor and (args.tls or args.changes or args.profile is not None):
+        ap.error("--floor adds a plain-HTTP target to the comparison: not with --tls, --changes or --profile")
     if args.paced < 0:
         ap.error("--paced must be a rate in requests a second, or 0")
     baseline: Path | None = args.baseline.resolve() if args.baseline is not None else None
@@ -830,7 +859,8 @@ def main(argv: list[str] | None = None) -> int:
 
     d = Path(tempfile.mkdtemp(prefix="peel-bench-"))
     os.chmod(d, 0o755)  # nginx workers run as an unprivileged user and must read 16k.txt
-    bench = Bench(d, args.workers, telemetry=args.telemetry, baseline=baseline, routes=args.routes)
+    bench = Bench(d, args.workers, telemetry=args.telemetry, baseline=baseline, routes=args.routes,
+                  floor=args.floor)
     keep_logs = False
     try:
         if baseline is not None:
@@ -844,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
         print("peel serve runs as deploy/vm/peel.service runs it: "
               + " ".join(f"{k}={v}" for k, v in service_environment().items()), flush=True)
         pids = {name: bench.start_peel(name).pid for name in bench.targets if name in ("peel", BASE)}
+        if bench.floor:
+            pids[FLOOR] = bench.start_relay().pid
         for name in pids:
             for body in bodies:
                 got = fetch(bench.ports[name], PATHS[body], bench.tls)
@@ -871,7 +903,8 @@ def main(argv: list[str] | None = None) -> int:
             report_tls(tls_rows, bodies, args.reps, args.seconds, args.workers, args.tls_clients, baseline)
         else:
             rows, rss = measure(bench, pids, bodies, args.reps, args.seconds, args.paced)
-            report(rows, rss, bodies, args.reps, args.seconds, args.workers, args.paced, baseline)
+            report(rows, rss, bodies, args.reps, args.seconds, args.workers, args.paced, baseline,
+                   floor=args.floor)
     except (BenchError, subprocess.CalledProcessError) as exc:
         keep_logs = True
         print(f"bench: {exc} (logs kept in {d})", file=sys.stderr)
