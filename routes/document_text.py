@@ -26,8 +26,9 @@ whole with `json.loads`, through a `ParseMemo` that still keeps unchanged items 
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from itertools import compress
+from itertools import compress, repeat
 from operator import attrgetter, not_
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -77,20 +78,21 @@ def document_head(document: Document) -> dict[str, Any]:
 
 
 class _Lines:
-    """The items of one kind of the last document: object by line, and line by object identity.
+    """The items of one kind of the last document: object by line (an object's own line is its
+    `_line`, set when its line is first written or read: `_set_lines`).
 
-    `items` keeps the objects alive, so that no other object can take the id of one in `by_id`
-    while it is kept. No tuple per item: a burst of 10,000 new tuples made the cyclic collector
-    run ten times in one encode, each pass walking every young container (bench/README.md).
+    No tuple per item: a burst of 10,000 new tuples made the cyclic collector run ten times in one
+    encode, each pass walking every young container (bench/README.md). No map from the objects'
+    ids to their lines either: with its ints it was 0.6 MiB for 10,000 routes, and a copy of it at
+    every change.
     """
 
-    __slots__ = ("by_id", "by_line", "items", "lines", "owner", "text")
+    __slots__ = ("by_line", "items", "lines", "owner", "text")
 
-    def __init__(self, items: Sequence[Any], by_line: dict[str, Any], by_id: dict[int, str],
-                 lines: list[str], owner: Document | None) -> None:
+    def __init__(self, items: Sequence[Any], by_line: dict[str, Any], lines: list[str],
+                 owner: Document | None) -> None:
         self.items = items
         self.by_line = by_line
-        self.by_id = by_id
         self.lines = lines  # the line of each of `items`, in their order
         self.owner = owner  # the document whose routes or services `items` are
         # the routes' memo: the whole text these lines are of (written or read), when known
@@ -129,19 +131,18 @@ class _Lines:
 
     def _after(self, items: Sequence[Any], lines: list[str], owner: Document, gone: Iterable[Any],
                new: Iterable[tuple[Any, str]]) -> _Lines:
-        """The lines of `items`: this one's maps copied (two copies in C), without the lines of the
-        items `gone` and with the `new` items' lines."""
-        by_id = self.by_id.copy()
+        """The lines of `items`: this one's map copied (in C), without the lines of the items `gone`
+        and with the `new` items' lines."""
         by_line = self.by_line.copy()
         for old in gone:
-            del by_line[by_id.pop(id(old))]
+            del by_line[old._line]
         for item, line in new:
-            by_id[id(item)] = line
+            object.__setattr__(item, "_line", line)
             by_line[line] = item
-        return _Lines(items, by_line, by_id, lines, owner)
+        return _Lines(items, by_line, lines, owner)
 
 
-_NONE = _Lines((), {}, {}, [], None)
+_NONE = _Lines((), {}, [], None)
 _NAME = attrgetter("name")
 _BETWEEN = ",\n"  # between two items
 _BLOCK = 1 << 15  # characters compared at once when two texts are compared
@@ -181,8 +182,8 @@ class DocumentCodec:
             changed = known.changed(document, base, delta)
             route_lines = changed.lines
         else:
-            route_lines = self._encode(document.routes, known)
-        service_lines = self._encode(document.services, self._services)
+            route_lines = self._encode(document.routes)
+        service_lines = self._encode(document.services)
         head = document_head(document)
         opening = item_line(head)[:-1] + ("," if head else "") + ROUTES_OPEN
         parts = [opening]
@@ -276,7 +277,7 @@ class DocumentCodec:
         unchanged = hint.head == len(old) == len(text) if hint is not None else text == old
         if unchanged:  # a version that changed nothing: as an edit of nothing
             document = base.replace_items(stored=stored)
-            routes = _Lines(known.items, known.by_line, known.by_id, known.lines, document)
+            routes = _Lines(known.items, known.by_line, known.lines, document)
             routes.text = text
             self._adopt(routes, services, document)
             return document
@@ -335,15 +336,19 @@ class DocumentCodec:
         """Hold `routes`, and `services` (the last document's: they are unchanged), as the lines of
         `document`, an edit of the last document. (The maps are shared: a `_Lines` is never changed
         once the codec holds it.)"""
-        self._services = _Lines(services.items, services.by_line, services.by_id, services.lines,
-                                document)
+        self._services = _Lines(services.items, services.by_line, services.lines, document)
         self._routes = routes
         self.document = document
 
-    def _encode(self, items: tuple[Item, ...], known: _Lines) -> list[str]:
-        out: list[str | None] = list(map(known.by_id.get, map(id, items)))
+    @staticmethod
+    def _encode(items: tuple[Item, ...]) -> list[str]:
+        """The lines of `items`: each one's own when it has one (written or read before), else
+        made and kept on it."""
+        out: list[str | None] = list(map(_LINE, items))
         for i in missing(out):
-            out[i] = item_line(items[i].to_dict())
+            item = items[i]
+            out[i] = line = item_line(item.to_dict())
+            object.__setattr__(item, "_line", line)
         return cast(list[str], out)
 
 
@@ -387,9 +392,22 @@ def text_lines_steps(text: str) -> Steps[TextLines | None]:
 
 
 def _lines(items: Sequence[Any], lines: list[str], owner: Document) -> _Lines:
-    # zip and map: 10,000 routes are paired in C, not in bytecode
-    return _Lines(items, dict(zip(lines, items, strict=True)),
-                  dict(zip(map(id, items), lines, strict=True)), lines, owner)
+    _set_lines(items, lines)
+    # zip: 10,000 routes are paired in C, not in bytecode
+    return _Lines(items, dict(zip(lines, items, strict=True)), lines, owner)
+
+
+# an item's own line (None until it is first written or read)
+_LINE = attrgetter("_line")
+
+
+def _set_lines(items: Sequence[Any], lines: Sequence[str]) -> None:
+    """Keep each item's line on it (`_line`, a slot outside the item's fields: not compared, not
+    printed), in C: the frozen dataclass's own `__setattr__` refuses, `object.__setattr__` does
+    not. An item is immutable, so its line never changes."""
+    if len(items) != len(lines):
+        raise ValueError(f"{len(items)} items for {len(lines)} lines")
+    deque(map(object.__setattr__, items, repeat("_line"), lines), maxlen=0)
 
 
 def text_delta(old: str, new: str, base: str) -> str | None:

@@ -184,14 +184,6 @@ class Match:
     headers: tuple[FieldMatch, ...] = ()
     query: tuple[FieldMatch, ...] = ()
     cookies: tuple[FieldMatch, ...] = ()
-    # `key()`, computed once: `Document.build` compares every route's on each build
-    _key: tuple[object, ...] = field(init=False, repr=False, compare=False, hash=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", (
-            _set(self.hosts), self.path, self.path_prefix, self.path_template, self.path_regex,
-            _set(self.methods), _set([p.key() for p in self.headers]),
-            _set([p.key() for p in self.query]), _set([p.key() for p in self.cookies])))
 
     @classmethod
     def parse(cls, data: object, where: str, refused: Refusals = None) -> Match:
@@ -261,8 +253,22 @@ class Match:
         return out
 
     def key(self) -> tuple[object, ...]:
-        """An order-insensitive identity: two routes with equal keys match the same requests."""
-        return self._key
+        """An order-insensitive identity: two matches with equal keys accept the same requests.
+
+        The path's kind (its place in `PATH_KINDS`, or 4 for none) and pattern, then the hosts, the
+        methods and the header, query and cookie predicates as sets, the trailing empty ones left
+        out: a match with a path and nothing else (most routes) is two items. Computed when asked:
+        only the route index keeps it, as a key (`RouteIndex.by_match`).
+        """
+        kind, pattern = next(((i, v) for i, v in enumerate((self.path, self.path_prefix,
+                                                            self.path_template, self.path_regex))
+                              if v is not None), (4, None))
+        key: list[object] = [kind, pattern, _set(self.hosts), _set(self.methods),
+                             _set([p.key() for p in self.headers]), _set([p.key() for p in self.query]),
+                             _set([p.key() for p in self.cookies])]
+        while key[-1] is _EMPTY_SET:
+            key.pop()
+        return tuple(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +413,9 @@ class Route:
     buffering: Buffering | None = None
     # who may call the route, by the calling gateway's identity (docs/mtls.md); None: no policy
     authorization: Authorization | None = None
+    # its line in the stored text, once written or read (`routes.document_text`); not a field of
+    # the route: not compared, not printed
+    _line: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, data: object, where: str, *, stored: bool = False) -> Route:
@@ -681,7 +690,9 @@ def _with_delta(document: Document, delta: Delta) -> Document:
 
 
 def _match_key(route: Route) -> tuple[object, ...]:
-    return (route.priority, route.match.key())
+    """(priority, *the match's key): one tuple a route, of three items for most (a 2-tuple around
+    a 9-tuple kept on every `Match` until 2026-12-06: 1 MiB more for 10,000 routes)."""
+    return (route.priority, *route.match.key())
 
 
 class RouteIndex:

@@ -109,6 +109,9 @@ class Service:
     timeouts: Timeouts = field(default_factory=Timeouts)
     buffering: Buffering = field(default_factory=Buffering)
     tls: ServiceTls | None = None
+    # its line in the stored text, once written or read (`routes.document_text`); not a field of
+    # the service: not compared, not printed
+    _line: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if any(e.tls != self.tls for e in self.endpoints):

@@ -68,12 +68,13 @@ async def test_openapi_request_bodies_and_refs_resolve(admin: Admin) -> None:
         assert "requestBody" in doc["paths"][path][method], (path, method)
     # the schemas list exactly the fields of the model, so a new route, service or policy field
     # cannot be forgotten
-    # (refused_regex is what a stored parse kept, never a field of the document)
+    # (refused_regex is what a stored parse kept, never a field of the document; _line is the
+    # item's line in the stored text, routes.document_text)
     assert set(schemas["Route"]["properties"]) == \
-        {f.name for f in dataclasses.fields(RouteRule)} - {"refused_regex"}
+        {f.name for f in dataclasses.fields(RouteRule)} - {"refused_regex", "_line"}
     # (identity is kept in the service's tls policy: ServiceTls.identity, docs/mtls.md)
     assert set(schemas["Service"]["properties"]) == \
-        {f.name for f in dataclasses.fields(ServiceRule)} | {"identity"}
+        {f.name for f in dataclasses.fields(ServiceRule)} - {"_line"} | {"identity"}
     for policy in (HashOn, Balancer, HealthCheck, OutlierDetection, CircuitBreaker, RetryPolicy,
                    Timeouts, RateLimit):
         assert set(schemas[policy.__name__]["properties"]) == \

@@ -86,10 +86,9 @@ def lines_agree(codec: DocumentCodec) -> None:
     """The codec's memo of its last document's route lines is whole and consistent."""
     memo = codec._routes
     assert memo.owner is codec.document and codec.document is not None
-    assert len(memo.items) == len(memo.lines) == len(memo.by_line) == len(memo.by_id) \
-        == len(codec.document.routes)
+    assert len(memo.items) == len(memo.lines) == len(memo.by_line) == len(codec.document.routes)
     for item, line in zip(memo.items, memo.lines, strict=True):
-        assert memo.by_line[line] is item and memo.by_id[id(item)] == line
+        assert memo.by_line[line] is item and item._line == line
         assert codec.document.route(item.name) is item
 
 

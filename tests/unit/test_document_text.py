@@ -61,10 +61,15 @@ def test_encoding_reuses_the_lines_of_unchanged_items() -> None:
     codec = DocumentCodec()
     document = Document.parse(data())
     codec.encode(document)
-    line = codec._routes.by_id[id(document.routes[3])][1]
+    line = document.routes[3]._line
+    assert line is codec._routes.lines[3] and '"r03"' in line  # kept on the route
     again = codec.encode(put_route(document, Route.parse(
         {"name": "r07", "match": {"path_prefix": "/seven"}, "service": "legacy"}, "r")))
-    assert codec._routes.by_id[id(document.routes[3])][1] is line
+    assert codec._routes.lines[3] is line  # the same string: not encoded again
+    # a route that was never in the codec's last document, but was encoded before: its own line
+    other = DocumentCodec()
+    other.encode(document)
+    assert other._routes.lines[3] is line
     assert '"/seven"' in again and '"/r7"' not in again
 
 

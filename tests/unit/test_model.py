@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from routes.errors import RuleError
-from routes.model import Document, Endpoint
+from routes.model import Document, Endpoint, Match
 
 SAMPLE = """
 services:
@@ -210,14 +210,30 @@ def test_what_routes_do_not_set_is_shared_not_held_per_route() -> None:
     assert size / len(document.routes) < 1000, size / len(document.routes)  # 1,772 before
     plain = document.routes[0]
     assert plain.rewrite is NO_REWRITE and plain.rewrite.request_headers is NO_HEADER_RULES
-    assert document.routes[1].match.key()[0] is plain.match.key()[0]  # the empty host set
+    assert plain.match.key() == (1, "/r0")  # a prefix and nothing else: no empty sets in its key
     edited = Document.parse({**data, "routes": [
         {"name": "e", "match": {"methods": ["GET"]}, "service": "s",
          "rewrite": {"request_headers": {"set": {"x-a": "1"}}}}]})
     route = edited.routes[0]
     assert route.rewrite.request_headers.set == (("x-a", "1"),)
     assert route.rewrite.response_headers is NO_HEADER_RULES
-    assert route.match.key()[5] == frozenset({"GET"})
+    assert route.match.key() == (4, None, frozenset(), frozenset({"GET"}))
+
+
+def test_a_match_key_is_the_same_for_matches_that_take_the_same_requests() -> None:
+    def key(**match: Any) -> tuple[object, ...]:
+        return Match.parse(match, "m").key()
+
+    assert key(hosts=["b.example", "a.example"], methods=["POST", "GET"], path_prefix="/x") == \
+        key(path_prefix="/x", methods=["GET", "POST"], hosts=["a.example", "b.example"])
+    assert key(headers=[{"name": "X-A", "value": "1"}, {"name": "x-b", "present": True}]) == \
+        key(headers=[{"name": "x-b", "present": True}, {"name": "x-a", "value": "1"}])
+    # the path's kind counts, and so does each predicate, wherever it stands
+    assert len({key(path="/x"), key(path_prefix="/x"), key(path_template="/x"),
+                key(path_regex="/x"), key()}) == 5
+    assert key(path="/x", cookies=[{"name": "c", "value": "1"}]) != key(path="/x")
+    assert key(path="/x", query=[{"name": "c", "value": "1"}]) != \
+        key(path="/x", cookies=[{"name": "c", "value": "1"}])
 
 
 def test_the_routes_of_one_service_share_its_name() -> None:
