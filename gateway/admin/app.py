@@ -188,8 +188,8 @@ def build_admin_app(store: Store, *, ready: Callable[[], bool], settings: Settin
     `live` is the merged live state of the gateway's serving processes (`app.state.live`; None: not
     known here, `/metrics` then has only the admin process's own). `switch_interval`: the GIL's
     switch interval while a request is in flight (`SwitchingOften`; None: left alone). `served`:
-    this process's `TableHolder.served`; a write then answers once the version it committed is
-    served here (`ServedWrites`; None: at once).
+    whether the gateway serves a version (`Runtime.served`); a write then answers once the version
+    it committed is served (`ServedWrites`; None: at once).
     """
 
     async def healthz(request: Request) -> Response:

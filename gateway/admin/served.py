@@ -1,17 +1,18 @@
 """A write answers once this process serves what it committed.
 
     store.on_commit(note_commit)                           # build_admin_app does it
-    Middleware(ServedWrites, served=holder.served, timeout=SERVED_TIMEOUT)
+    Middleware(ServedWrites, served=runtime.served, timeout=SERVED_TIMEOUT)
 
-Without it, the admin API answered a write as soon as the version was stored, and the process's
-watcher loaded it at its next poll (`server.poll_interval`, 0.25 s): a script, or an operator
+Without it, the admin API answered a write as soon as the version was stored, and each serving
+process loaded it at its next poll (`server.poll_interval`, 0.25 s): a script, or an operator
 pasting the README's steps, that sent a request right after `peel routes set` still got the old
 route. Now the process that owns the admin API wakes its watcher on each commit (and, as the master
 of several workers, sends each worker `SIGUSR1`, which wakes theirs: `gateway.server.serve`), and
-this middleware holds the answer's head until that process's table is the version the request
-committed. With one process (the default) the whole gateway serves the change when the client reads
-the answer; with workers, they load it the same few milliseconds later; other gateways sharing a
-PostgreSQL store hear of it by `NOTIFY` (docs/fleet.md).
+this middleware holds the answer's head until `served` says the gateway serves the version the
+request committed: that process's table and, with workers, every live worker's
+(`gateway.server.served_tables`). So when the client reads the answer, every process of this
+gateway serves the change; other gateways sharing a PostgreSQL store hear of it by `NOTIFY`
+(docs/fleet.md).
 
 The versions a request committed are collected in a context variable that the request's own
 worker threads see (`run_in_threadpool` copies the context), so a commit made by the leader's jobs
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("peel.admin")
 
-# How long a write's answer waits for this process to serve the version it committed: a one-route
+# How long a write's answer waits for the gateway to serve the version it committed: a one-route
 # change to a 10,000-route table loads in about 10 ms, a first whole apply of it in about a second.
 SERVED_TIMEOUT = 2.0
 # Methods that never change rules: not watched (a commit cannot come from them).
@@ -69,7 +70,7 @@ class ServedWrites:
             if message["type"] == "http.response.start" and made:
                 version = max(made)
                 if not await self.served(version, self.timeout):
-                    log.warning("answering %s %s before this process serves config version %d "
+                    log.warning("answering %s %s before this gateway serves config version %d "
                                 "(still loading after %g s)", scope["method"], scope["path"],
                                 version, self.timeout)
             await send(message)

@@ -76,6 +76,7 @@ from gateway.server import systemd
 from gateway.server.follow_control import ControlFollower, control_follower
 from gateway.server.leader import AlwaysLease, Leader, cancel, leader_jobs
 from gateway.server.report_control import ControlReport
+from gateway.server.served_tables import TableVersionFile, workers_serve
 from gateway.server.supervisor import HANDLED, Supervisor
 from gateway.telemetry.accesslog import AccessLog
 from gateway.telemetry.graph import EdgeCounts, GraphFlusher
@@ -272,6 +273,8 @@ class Runtime:
         self.forward: Callable[[signal.Signals], None] | None = None
         # the master's Supervisor.running: whether any worker process is alive (readiness)
         self.workers: Callable[[], bool] | None = None
+        # the master's Supervisor.pids: the live workers, whose tables a write waits for (`served`)
+        self.worker_pids: Callable[[], list[int]] | None = None
         # data-plane servers, each with a spare descriptor of its listening socket (see _drain)
         self._data: list[tuple[uvicorn.Server, socket.socket]] = []
         self._forcing = asyncio.Event()
@@ -359,6 +362,18 @@ class Runtime:
         self.watcher.wake()
         if self.forward is not None and not self.stopping:
             self.forward(signal.SIGUSR1)
+
+    async def served(self, version: int, timeout: float) -> bool:
+        """This gateway serves config version `version` (or a later one): this process's table and,
+        in a master, every live worker's (`gateway.server.served_tables`); at most `timeout`
+        seconds in all. What the admin API's writes wait for (`gateway.admin.served`)."""
+        started = time.monotonic()
+        if not await self.holder.served(version, timeout):
+            return False
+        if self.worker_pids is None:
+            return True
+        left = max(0.0, timeout - (time.monotonic() - started))
+        return await workers_serve(self.settings.server.run_dir, self.worker_pids, version, left)
 
     def lead(self) -> None:
         """Compete for the fleet's leadership (the advisory lock; alone on SQLite) and run the
@@ -450,7 +465,7 @@ class Runtime:
         self.live = live
         app = build_admin_app(store, ready=self.ready, settings=settings, live=live,
                               switch_interval=SWITCH_INTERVAL_ADMIN if serving else None,
-                              served=self.holder.served)
+                              served=self.served)
         tls = self.tls.get("admin")
         server = make_server(uvicorn_config(app, self.settings, listener="admin",
                                             ssl_context_factory=tls.factory if tls else None))
@@ -801,6 +816,10 @@ async def run_worker(settings: Settings, fd: int, config_path: str | None,
     runtime = Runtime(settings, store, write_snapshots=False, tls=load_tls(settings, ("public",)),
                       identity=load_identity(settings))
     await runtime.load_first_table()
+    # the version of each table this worker serves, for the master's admin API (its writes wait)
+    version_file = TableVersionFile(settings.server.run_dir, os.getpid())
+    runtime.holder.follow(version_file.table)
+    runtime._closers.append(lambda: asyncio.to_thread(version_file.remove))
     server = runtime.data_plane(public)
     inbound_server = runtime.inbound(inbound) if inbound is not None else None
     install_signals(runtime, config_path)
@@ -830,6 +849,7 @@ async def run_master(settings: Settings, store: Store, sockets: Sockets, config_
                             lambda: runtime.stopping, inbound=sockets.inbound)
     runtime.forward = supervisor.forward
     runtime.workers = supervisor.running
+    runtime.worker_pids = supervisor.pids
     install_signals(runtime, config_path)
     runtime.start_background(counts=False)
     supervising = asyncio.create_task(supervisor.run())

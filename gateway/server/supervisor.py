@@ -112,6 +112,10 @@ class Supervisor:
         """Whether at least one worker process is alive."""
         return any(proc.poll() is None for proc in self.procs.values())
 
+    def pids(self) -> list[int]:
+        """The process ids of the live workers."""
+        return [proc.pid for proc in self.procs.values() if proc.poll() is None]
+
     def step(self) -> None:
         """One look at every slot: schedule the restart of a worker that exited, start the ones
         whose pause is over. Never waits."""

@@ -94,4 +94,4 @@ async def test_a_table_that_does_not_come_in_time_does_not_hold_the_answer(
         r = await client.post("/api/v1/config/apply", json={"document": SAMPLE, "reason": "seed"})
         assert r.status_code == 200 and r.json()["version"] == 1
         assert holder.table is None
-    assert "before this process serves config version 1 (still loading after 0.1 s)" in caplog.text
+    assert "before this gateway serves config version 1 (still loading after 0.1 s)" in caplog.text
