@@ -77,10 +77,11 @@ COMMIT_LOCK_KEY = int.from_bytes(hashlib.sha256(b"peel-commit").digest()[:8], "b
 # NOTIFY channel told about every new config version (payload: the version number).
 NOTIFY_CHANNEL = "peel_config"
 # decoded config versions a Store keeps: the latest (the next commit's summary is its diff against
-# it) and the one before (a rollback to it, the diff of the last change). Each costs its own name
-# and match indexes (about 0.6 MiB for 10,000 routes; the route objects are shared); an older
-# version is decoded again when asked for.
-DECODED_KEPT = 2
+# it; the watcher of the same process takes it as committed). Each costs its own name and match
+# indexes (about 0.6 MiB for 10,000 routes; the route objects are shared). An older one is decoded
+# again when asked for (a rollback, a diff), as an edit of the codec's last document: about 2 ms
+# for the one before on a 10,000-route table, so keeping it too (until stop 22) bought little.
+DECODED_KEPT = 1
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # SQLite's page cache per connection (PRAGMA cache_size, KiB; SQLite's default is 2,000). A version
 # is read once and kept decoded, so cached document pages were never read again, yet each pooled
