@@ -590,8 +590,8 @@ def paired_ratio(now: list[float], before: list[float]) -> float:
 
 def report(rows: dict[tuple[str, str, int], list[dict[str, float]]], rss: list[tuple[float, float]],
            bodies: list[str], reps: int, seconds: int, workers: int, paced: int,
-           baseline: Path | None = None, floor: bool = False) -> None:
-    targets = TARGETS + ((BASE,) if baseline is not None else ()) + ((FLOOR,) if floor else ())
+           targets: tuple[str, ...], baseline: Path | None = None) -> None:
+    """The tables and the verdicts of the runs of `targets` (`Bench.targets`)."""
 
     def med(key: tuple[str, str, int], name: str) -> float:
         return statistics.median(r[name] for r in rows[key])
@@ -640,7 +640,7 @@ def report(rows: dict[tuple[str, str, int], list[dict[str, float]]], rss: list[t
         print(f"{body}: throughput per worker {ratio:.3f} x nginx (target ≥ {TARGET_THROUGHPUT[body]}: "
               f"{verdict(ratio >= TARGET_THROUGHPUT[body])}); added c1 p50 over direct {added:.3f} ms "
               f"(target ≤ {TARGET_ADDED_P50_MS}: {verdict(added <= TARGET_ADDED_P50_MS)}); {tail}")
-    if floor:
+    if FLOOR in targets:
         for body in bodies:
             relay, peel = med((body, FLOOR, CONNS), "cpu_us"), med((body, "peel", CONNS), "cpu_us")
             print(f"{body}: the floor (bench/relay.py, a byte relay on uvloop) "
@@ -903,8 +903,8 @@ def main(argv: list[str] | None = None) -> int:
             report_tls(tls_rows, bodies, args.reps, args.seconds, args.workers, args.tls_clients, baseline)
         else:
             rows, rss = measure(bench, pids, bodies, args.reps, args.seconds, args.paced)
-            report(rows, rss, bodies, args.reps, args.seconds, args.workers, args.paced, baseline,
-                   floor=args.floor)
+            report(rows, rss, bodies, args.reps, args.seconds, args.workers, args.paced, bench.targets,
+                   baseline)
     except (BenchError, subprocess.CalledProcessError) as exc:
         keep_logs = True
         print(f"bench: {exc} (logs kept in {d})", file=sys.stderr)

@@ -392,9 +392,10 @@ def text_lines_steps(text: str) -> Steps[TextLines | None]:
 
 
 def _lines(items: Sequence[Any], lines: list[str], owner: Document) -> _Lines:
+    # zip: 10,000 routes are paired in C, not in bytecode (and as many lines as items, or nothing)
+    by_line = dict(zip(lines, items, strict=True))
     _set_lines(items, lines)
-    # zip: 10,000 routes are paired in C, not in bytecode
-    return _Lines(items, dict(zip(lines, items, strict=True)), lines, owner)
+    return _Lines(items, by_line, lines, owner)
 
 
 # an item's own line (None until it is first written or read)
@@ -404,9 +405,8 @@ _LINE = attrgetter("_line")
 def _set_lines(items: Sequence[Any], lines: Sequence[str]) -> None:
     """Keep each item's line on it (`_line`, a slot outside the item's fields: not compared, not
     printed), in C: the frozen dataclass's own `__setattr__` refuses, `object.__setattr__` does
-    not. An item is immutable, so its line never changes."""
-    if len(items) != len(lines):
-        raise ValueError(f"{len(items)} items for {len(lines)} lines")
+    not. An item is immutable, so its line never changes. As many lines as items (the caller's
+    strict zip has checked)."""
     deque(map(object.__setattr__, items, repeat("_line"), lines), maxlen=0)
 
 

@@ -295,7 +295,8 @@ class Runtime:
 
     def start_background(self, *, counts: bool, publish: bool = False, lead: bool = True) -> None:
         """The watcher (and, where requests are served, the traffic-count flusher, the followers
-        of new tables and, in a worker, the publisher of its live state for the master's admin)."""
+        of new tables and, in a worker, the publisher of its live state and of its table's version
+        for the master's admin)."""
         if counts:
             self.follow_tables()
         self._tasks.append(asyncio.create_task(self.watcher.run()))
@@ -335,6 +336,10 @@ class Runtime:
                                   self.settings.metrics.publish_interval)
             self._tasks.append(asyncio.create_task(publisher.run()))
             self._closers.append(lambda: asyncio.to_thread(publisher.remove))
+            # the version of each table this worker serves: the master's admin API waits for it
+            version_file = TableVersionFile(self.settings.server.run_dir, os.getpid())
+            self.holder.follow(version_file.table)
+            self._closers.append(lambda: asyncio.to_thread(version_file.remove))
 
     def listen_for_changes(self) -> None:
         """Wake the watcher when a config version is committed: by this process (its store's
@@ -816,10 +821,6 @@ async def run_worker(settings: Settings, fd: int, config_path: str | None,
     runtime = Runtime(settings, store, write_snapshots=False, tls=load_tls(settings, ("public",)),
                       identity=load_identity(settings))
     await runtime.load_first_table()
-    # the version of each table this worker serves, for the master's admin API (its writes wait)
-    version_file = TableVersionFile(settings.server.run_dir, os.getpid())
-    runtime.holder.follow(version_file.table)
-    runtime._closers.append(lambda: asyncio.to_thread(version_file.remove))
     server = runtime.data_plane(public)
     inbound_server = runtime.inbound(inbound) if inbound is not None else None
     install_signals(runtime, config_path)
