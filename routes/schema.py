@@ -60,8 +60,12 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-# One row per config version. The whole document is stored (canonical JSON), so reading or rolling
-# back to any version never replays a chain of edits.
+# One row per config version: its document's text (canonical JSON, `routes.document_text`) and its
+# change from the version before as a splice of that one's text. The newest version and every
+# `routes.store.TEXT_KEPT_EVERY`-th keep the whole text; another version's is left out (NULL) once a
+# newer one is committed, when its splice fits the version before it, and is rebuilt from the
+# nearest whole text before it and the splices after that (`routes.store.rebuild_text`): a
+# one-route change to a 10,000-route table adds a few hundred bytes to the store, not 0.7 MB.
 config_versions = Table(
     "config_versions",
     metadata,
@@ -71,10 +75,11 @@ config_versions = Table(
     Column("reason", Text, nullable=False),
     # a short line such as "+1 route, ~1 service", so history needs no document parsing
     Column("summary", Text, nullable=False),
-    Column("document", Text, nullable=False),
+    # NULL: left out, rebuilt from the versions before (never for a version without a `delta`)
+    Column("document", Text, nullable=True),
     # the change from the version before, as a splice of its text (`routes.document_text.text_delta`);
     # NULL for the first version, a change that rewrote most of the text, or a writer that did not
-    # hold the text before. `document` always holds the whole text.
+    # hold the text before.
     Column("delta", Text, nullable=True),
 )
 
