@@ -2,13 +2,18 @@
 
 Peel is started by bench/run.py with a table of `--routes` routes (`/r0` ... plus the catch-all `/`
 to the origin). wrk offers a fixed load (`--changes-rate`, default 1,500 req/s over 50 connections,
-paced as in the fixed-load runs) to `/`, three times per round:
+paced as in the fixed-load runs) to `/`, four times per round:
 
 - `quiet`: nothing changes;
 - `put`: one route at a time is replaced by `PUT /api/v1/routes/{name}` (its prefix flips between
   `/rN` and `/rN-v2`), back to back with a 0.5 s pause, for the whole run;
 - `apply`: `peel apply -f` of the whole document with one route changed, back to back, the same
-  (the file is whole; the CLI sends the gateway the items that differ, `routes/patch.py`).
+  (the file is whole; the CLI sends the gateway the items that differ, `routes/patch.py`);
+- `apply-elsewhere`, the control: the same `peel apply -f` changes, sent to a second Peel
+  (`peel-control`, the same table, started by bench/run.py) that no load goes to. Whatever this run
+  raises the p99 by is the machine's, not the serving process's: the CLI and the other gateway's
+  work on the same cores. Not held to the target; it says how much of `apply`'s window is left to
+  the serving process.
 
 The report gives each run's p50, p99 and max, the errors, how many changes were committed, how long
 a change took (median, as the client saw it) and the p99 of each change run over the quiet one:
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
     from bench.run import Bench
 
 CHANGE_RATE = 1500
+KINDS = ("quiet", "put", "apply", "apply-elsewhere")  # the runs of a round, in order
 TARGET_CHANGE_P99 = 2.0
 PAUSE = 0.5  # seconds between two changes of one run
 
@@ -124,18 +130,22 @@ def measure_changes(bench: Bench, pid: int, reps: int, seconds: int, rate: int
     from bench.run import CONNS, pacing_script, process_rss_mib, wrk
 
     script = pacing_script(bench.dir, rate, CONNS)
-    port, admin, token = bench.ports["peel"], bench.ports["peel-admin"], bench.token
+    from bench.run import CONTROL
+
+    port, admin, token = bench.ports["peel"], bench.ports["peel-admin"], bench.tokens["peel"]
     origin = bench.ports["direct"]
     rows: dict[str, list[dict[str, float]]] = {}
     rows["rss"] = [{"mib": process_rss_mib(pid)[0]}]
     wrk(port, "/", CONNS, 2)  # warm-up
     work = Path(tempfile.mkdtemp(dir=bench.dir))
     makers = {"put": put_change(admin, token),
-              "apply": apply_change(admin, token, origin, bench.routes, work)}
+              "apply": apply_change(admin, token, origin, bench.routes, work),
+              "apply-elsewhere": apply_change(bench.ports[f"{CONTROL}-admin"], bench.tokens[CONTROL],
+                                              origin, bench.routes, Path(tempfile.mkdtemp(dir=bench.dir)))}
     made = dict.fromkeys(makers, 0)  # changes of each kind so far: every change edits the table
     for rnd in range(reps):
         print(f"changes round {rnd + 1}/{reps} ...", file=sys.stderr, flush=True)
-        for kind in ("quiet", "put", "apply"):
+        for kind in KINDS:
             changer = Changer(makers[kind], made[kind]) if kind != "quiet" else None
             if changer is not None:
                 changer.start()
@@ -175,7 +185,7 @@ def report_changes(rows: dict[str, list[dict[str, float]]], routes: int, reps: i
           "each round's p99 / its quiet p99 |")
     print("|---|---|---|---|---|---|---|---|---|")
     quiet = med("quiet", "p99")
-    for kind in ("quiet", "put", "apply"):
+    for kind in KINDS:
         ratio = med(kind, "p99") / quiet if quiet else float("nan")
         changes = "" if kind == "quiet" else f"{med(kind, 'changes'):.0f}"
         took = "" if kind == "quiet" else f"{med(kind, 'change_s'):.2f}"
@@ -187,3 +197,9 @@ def report_changes(rows: dict[str, list[dict[str, float]]], routes: int, reps: i
     print(f"\nworst change-run p99 / quiet p99: {worst:.2f} x (target <= {TARGET_CHANGE_P99:.0f} x: "
           f"{verdict}); RSS {rows['rss'][0]['mib']:.1f} MiB at start, {rows['rss'][-1]['mib']:.1f} MiB "
           f"after the changes")
+    elsewhere = med("apply-elsewhere", "p99")
+    machine = elsewhere / quiet if quiet else float("nan")
+    own = med("apply", "p99") / elsewhere if elsewhere else float("nan")
+    print(f"the control: the same applies sent to another gateway raise this one's p99 to {machine:.2f} x "
+          f"(the machine's share of an apply's window, not held to the target); `apply` over it: "
+          f"{own:.2f} x (the serving process's own share)")

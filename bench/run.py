@@ -101,6 +101,7 @@ SIZES = {"hello": 5, "16k": 16384}
 TARGETS = ("direct", "nginx", "peel")
 BASE = "peel-base"  # the --baseline checkout, a fourth target
 FLOOR = "relay"  # --floor: bench/relay.py, a raw byte relay on uvloop
+CONTROL = "peel-control"  # --changes: a second Peel with the same table, which no load is sent to
 # DESIGN.md's performance targets, per worker, as ratios in one run (throughput by body).
 TARGET_THROUGHPUT = {"hello": 0.35, "16k": 0.5}
 # the HTTPS throughput's aim (issue 12), both bodies
@@ -435,7 +436,7 @@ class Bench:
     tls: BenchCerts | None = None  # --tls: nginx and the Peels listen with TLS, with this certificate
     routes: int = 1  # --routes: how many routes the stores hold
     floor: bool = False  # --floor: bench/relay.py as the target FLOOR
-    token: str = ""  # an admin token of the "peel" target (--changes)
+    tokens: dict[str, str] = field(default_factory=dict)  # an admin token of each Peel (--changes)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -476,7 +477,7 @@ class Bench:
         """Start `peel serve` as target `name`: this checkout for "peel", the baseline for BASE
         (same settings but for its ports and files, same store content, its own code and schema)."""
         root = self.baseline if name == BASE else None
-        files = "" if root is None else f"{BASE}-"  # the peel target's file names are unchanged
+        files = "" if name == "peel" else f"{name}-"  # the peel target's file names are unchanged
         self.ports[name], admin = free_port(), free_port()
         self.ports[f"{name}-admin"] = admin
         url = f"sqlite:///{self.dir / f'{name}.db'}"
@@ -502,7 +503,7 @@ class Bench:
             try:
                 store.upgrade()
                 store.commit(Document.parse(document), actor="bench", reason=REASON)
-                self.token = store.create_token("bench")
+                self.tokens[name] = store.create_token("bench")
             finally:
                 store.close()
             env = {k: v for k, v in os.environ.items() if not k.startswith("PEEL_")}
@@ -883,6 +884,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise BenchError(f"{name} answered {PATHS[body]} with "
                                      f"{None if got is None else len(got)} bytes, not {SIZES[body]}")
         if args.changes:
+            bench.start_peel(CONTROL)
             change_rows = measure_changes(bench, pids["peel"], args.reps, args.seconds, args.changes_rate)
             report_changes(change_rows, args.routes, args.reps, args.seconds, args.changes_rate)
             return 0

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import bench.changes
-from bench.changes import Changer, large_document, put_change, round_ratios, route
+from bench.changes import Changer, large_document, put_change, report_changes, round_ratios, route
 from bench.run import ROOT, SEED_BASELINE
 from routes.store import Store
 
@@ -94,3 +94,16 @@ def test_each_round_is_compared_with_its_own_quiet_run() -> None:
             "put": [{"p99": 2.0}, {"p99": 2.4}, {"p99": 1.0}]}
     assert round_ratios(rows, "put") == "2.00, 3.00, -"
     assert round_ratios(rows, "quiet") == ""
+
+
+def test_the_control_run_is_reported_and_not_held_to_the_target(capsys: pytest.CaptureFixture[str]) -> None:
+    def run(p99: float) -> dict[str, float]:
+        return {"p50": 0.3, "p99": p99, "max": 3.0, "errors": 0.0, "changes": 10.0, "change_s": 0.3}
+
+    rows = {"rss": [{"mib": 70.0}, {"mib": 75.0}], "quiet": [run(1.0)], "put": [run(1.5)],
+            "apply": [run(1.8)], "apply-elsewhere": [run(2.4)]}
+    report_changes(rows, 10000, 1, 8, 1500)
+    out = capsys.readouterr().out
+    assert "| apply-elsewhere | 0.30 | 2.40 |" in out
+    assert "worst change-run p99 / quiet p99: 1.80 x (target <= 2 x: met)" in out
+    assert "raise this one's p99 to 2.40 x" in out and "`apply` over it: 0.75 x" in out
