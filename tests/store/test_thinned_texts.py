@@ -137,8 +137,26 @@ def test_a_downgrade_writes_every_left_out_text_back(store_url: str, store: Stor
     with fresh.engine.connect() as conn:
         stored = {row.version: row.document for row in conn.execute(select(c.version, c.document))}
     assert stored == texts
+    # the upgrade leaves out the stored versions' texts as the commits did
     command.upgrade(alembic_config(store_url), "head")
-    assert fresh.latest_text() == (9, texts[9])
+    assert left_out(fresh) == set(range(2, 9))
+    assert all(fresh._text(version) == text for version, text in texts.items())
+
+
+def test_the_upgrade_leaves_out_only_texts_their_splice_rebuilds(store_url: str, store: Store,
+                                                                 fresh: Store) -> None:
+    texts = history(store, 8)
+    store.close()
+    command.downgrade(alembic_config(store_url), "0009")
+    set_row(fresh, 4, delta="not a splice")
+    c = config_versions.c
+    with fresh.engine.connect() as conn:
+        delta = conn.scalar(select(c.delta).where(c.version == 6))
+    assert delta is not None
+    set_row(fresh, 6, delta=delta[:-1] + ("x" if delta[-1] != "x" else "y"))  # another text
+    command.upgrade(alembic_config(store_url), "head")
+    assert left_out(fresh) == {2, 3, 5, 7}
+    assert all(fresh._text(version) == text for version, text in texts.items())
 
 
 def test_the_store_does_not_grow_by_a_whole_text_a_change(tmp_path: Path) -> None:
