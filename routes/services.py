@@ -52,10 +52,17 @@ class Endpoint:
     tls: ServiceTls | None = field(default=None, repr=False)
     # `scheme://host:port`, made once: the data plane reads it on every attempt (metrics, traces)
     url: str = field(init=False, compare=False, repr=False)
+    # the hash of the fields compared, made once: the upstream pool looks an endpoint up by it on
+    # every attempt, and the generated `__hash__` hashed a new tuple each time, `tls`'s fields too
+    _hash: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         host = f"[{self.host}]" if ":" in self.host else self.host
         object.__setattr__(self, "url", f"{self.scheme}://{host}:{self.port}")
+        object.__setattr__(self, "_hash", hash((self.scheme, self.host, self.port, self.tls)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def parse(cls, value: object, where: str) -> Endpoint:

@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from gateway.edge.cycle import ResponseCycle
+from gateway.edge.cycle import ResponseCycle, Signal
 from gateway.edge.protocol import CoalescingWriter, PeelHttpProtocol
 from tests.fakes.transport import RecordingTransport
 
@@ -305,3 +305,27 @@ def test_the_data_plane_answers_in_one_call_only_through_the_edges_own_send() ->
 
     assert RequestState(b"id", scope, c.receive, wrapped).respond is None
     assert RequestState(b"id", {"method": "GET"}, c.receive, c.send).respond is None
+
+
+def test_the_cycles_signal_wakes_every_waiter_and_forgets_a_cancelled_one() -> None:
+    async def main() -> None:
+        signal = Signal()
+        first = asyncio.ensure_future(signal.wait())
+        second = asyncio.ensure_future(signal.wait())
+        gone = asyncio.ensure_future(signal.wait())
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert not first.done() and not second.done() and not signal.is_set()
+        signal.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 1)
+        assert signal.is_set()
+        await asyncio.wait_for(signal.wait(), 1)  # set: no wait at all
+        signal.clear()
+        late = asyncio.ensure_future(signal.wait())
+        await asyncio.sleep(0)
+        assert not late.done()
+        signal.set()
+        await asyncio.wait_for(late, 1)
+
+    asyncio.run(main())

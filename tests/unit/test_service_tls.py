@@ -90,6 +90,18 @@ def test_the_policy_is_part_of_an_endpoints_identity() -> None:
     assert Service("s", (one,)).endpoints[0] == bare  # a service without tls drops it
 
 
+def test_an_endpoints_hash_agrees_with_its_equality() -> None:
+    # made once (the pool looks an endpoint up on every attempt): equal endpoints, whatever their
+    # weight, hash alike; the policy and the address make them differ
+    light = Endpoint.parse({"url": "https://a:443", "weight": 1}, "e")
+    heavy = Endpoint.parse({"url": "https://a:443", "weight": 50}, "e")
+    assert light == heavy and hash(light) == hash(heavy) and {light: 1}[heavy] == 1
+    other = Endpoint.parse("https://a:8443", "e")
+    policy = Service("s", (light,), tls=ServiceTls(ca="/one.pem")).endpoints[0]
+    assert len({light, heavy, other, policy}) == 3
+    assert hash(Service("s", (policy,)).endpoints[0]) == hash(light)  # the policy dropped again
+
+
 @pytest.mark.parametrize(("tls", "field", "says"), [
     ({"insecure": True}, "services[payments].tls.insecure", "cannot be turned off"),
     ({"verify": False}, "services[payments].tls.verify", "give the CA"),
