@@ -127,11 +127,9 @@ def apply_change(admin: int, token: str, origin: int, routes: int, directory: Pa
 
 def measure_changes(bench: Bench, pid: int, reps: int, seconds: int, rate: int
                     ) -> dict[str, list[dict[str, float]]]:
-    from bench.run import CONNS, pacing_script, process_rss_mib, wrk
+    from bench.run import CONNS, CONTROL, pacing_script, process_rss_mib, wrk
 
     script = pacing_script(bench.dir, rate, CONNS)
-    from bench.run import CONTROL
-
     port, admin, token = bench.ports["peel"], bench.ports["peel-admin"], bench.tokens["peel"]
     origin = bench.ports["direct"]
     rows: dict[str, list[dict[str, float]]] = {}

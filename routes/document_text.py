@@ -424,6 +424,13 @@ def text_delta(old: str, new: str, base: str) -> str | None:
     return f"{head}:{tail}:{len(old)}:{base}:{between}"
 
 
+def splice_base(delta: str) -> str | None:
+    """What names the text a stored splice was made from (`text_delta`'s `base`); None when
+    `delta` is not a splice."""
+    fields = delta.split(":", 4)
+    return fields[3] if len(fields) == 5 else None
+
+
 def apply_delta(old: str, delta: str, base: str) -> Splice | None:
     """The text `text_delta(old, new, base)` was made from, as a `Splice` of `old`; None when
     `delta` is not a splice of this `old` and `base` (another text, or not a delta at all): the

@@ -51,6 +51,7 @@ from routes.document_text import (
     Splice,
     apply_delta,
     decode_stored_steps,
+    splice_base,
     text_delta,
 )
 from routes.errors import ConflictError, NotFoundError, PreconditionFailed, RuleError, StoreError
@@ -194,12 +195,6 @@ def rebuild_text(text: str, created_at: datetime, later: Iterable[tuple[datetime
             return None
         text, base = splice.text, text_base(committed)
     return text
-
-
-def _splice_base(delta: str) -> str | None:
-    """What names the text a stored splice was made from (`text_delta`'s fourth field)."""
-    fields = delta.split(":", 4)
-    return fields[3] if len(fields) == 5 else None
 
 
 def hash_token(token: str) -> str:
@@ -707,5 +702,5 @@ def _thin(conn: Connection, version: int) -> None:
     row, before = rows.get(version), rows.get(version - 1)
     if row is None or before is None or row.delta is None:
         return
-    if _splice_base(row.delta) == text_base(before.created_at):
+    if splice_base(row.delta) == text_base(before.created_at):
         conn.execute(_THIN, {"thinned": version})
