@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -96,3 +97,15 @@ def test_the_parser_is_freed_before_the_command_runs(monkeypatch: pytest.MonkeyP
     before = sum(isinstance(o, argparse.ArgumentParser) for o in gc.get_objects())
     assert main(["routes", "list"]) == 0
     assert alive == [before]
+
+
+def test_a_reader_that_went_away_gets_no_traceback() -> None:
+    # `peel config show 3 | head -2`: the reader closes the pipe before the output is written
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "gateway.cli", "native", "status"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")
