@@ -42,6 +42,7 @@ NATIVE_MODULES: tuple[str, ...] = (
     "gateway.core.asgi",
     "gateway.core.memo",
     "gateway.core.problems",
+    "gateway.core.writes",
     "gateway.http.chunked",
     "gateway.http.framing",
     "gateway.http.headers",

@@ -394,7 +394,7 @@ class Forwarder:
             t_sent = _perf()
             if payload is not None:
                 conn.begin(head_request=head_request, drop=self._drop)
-                conn.write(payload)
+                conn.write_whole(payload)
                 req.sent = True
             reader = conn.reader
             assert reader is not None
@@ -413,7 +413,7 @@ class Forwarder:
                         if downstream is not None:
                             downstream.on_lost = conn.abort_exchange
                         conn.begin(head_request=head_request, drop=self._drop)
-                        conn.write(payload)
+                        conn.write_whole(payload)
                         reader = conn.reader
                         assert reader is not None
                         continue

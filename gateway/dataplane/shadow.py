@@ -335,7 +335,7 @@ class Shadower:
             conn.begin(head_request=head_request)
             reader = conn.reader
             assert reader is not None
-            conn.write(request)
+            conn.write_whole(request)
             while reader.head is None:
                 if conn.error is not None:
                     raise conn.error

@@ -109,14 +109,14 @@ class ResponseCycle:
 
     __slots__ = ("body", "chunked", "default_headers", "disconnected", "flow", "head_only", "keep_alive",
                  "length", "message_event", "more_body", "on_response", "response_complete",
-                 "response_started", "scope", "transport", "waiting_for_100_continue", "write_now")
+                 "response_started", "scope", "transport", "waiting_for_100_continue", "write_whole")
 
     def __init__(self, scope: Any, transport: Any, flow: Any, default_headers: list[tuple[bytes, bytes]],
                  expect_100_continue: bool, keep_alive: bool, on_response: Callable[[], None]) -> None:
         self.scope = scope
         self.transport = transport
         # a whole response at once (the coalescing writer's, which holds nothing back)
-        self.write_now: Callable[[bytes], None] = getattr(transport, "write_now", transport.write)
+        self.write_whole: Callable[[bytes], None] = getattr(transport, "write_whole", transport.write)
         self.flow = flow
         self.default_headers = default_headers
         self.message_event = Signal()
@@ -234,7 +234,7 @@ class ResponseCycle:
                                    "than Content-Length")
             self.length = 0
             head += body
-        self.write_now(head)
+        self.write_whole(head)
         self.response_complete = True
         self.message_event.set()
         if not self.keep_alive:

@@ -29,6 +29,7 @@ from typing import Final
 
 from gateway.core.errors import ConnectError, ProtocolError, UpstreamTimeout
 from gateway.core.settings import ProxySettings
+from gateway.core.writes import Held, batch_for
 from gateway.http.http1 import ResponseReader
 from gateway.upstream.dial import Dial, Dialer
 from routes.model import Endpoint
@@ -45,7 +46,7 @@ class ExchangeAborted(Exception):
     """The downstream went away, so the upstream exchange was cancelled (nothing to answer)."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.Protocol, Held):
     """One HTTP/1.1 connection to an endpoint, carrying one exchange at a time.
 
     The proxy calls `begin()`, writes the request (`write`, `drain`), waits with `wait()` until
@@ -80,6 +81,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.high_water = HIGH_WATER
         # called once when the response is complete (set by a proxy that is not waiting here)
         self.on_done: Callable[[], None] | None = None
+        self._held: bytes | None = None
+        self._batch = batch_for(loop)
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -177,7 +180,31 @@ class UpstreamConnection(asyncio.Protocol):
         return self.reused and self.closed and not self.got_bytes
 
     def write(self, data: bytes) -> None:
+        """Write a part of a request (a streamed body's), at once, after anything held."""
+        if self._held is not None:
+            self.flush()
         self.transport.write(data)
+
+    def write_whole(self, data: bytes) -> None:
+        """Write a whole request: at once when it is the loop iteration's first whole message,
+        otherwise at the iteration's end with the others (gateway.core.writes)."""
+        batch = self._batch
+        if self._held is None and batch.busy:
+            self._held = data
+            batch.hold(self)
+            return
+        if self._held is not None:
+            self.flush()
+        else:
+            batch.wrote()
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
 
     async def drain(self, timeout: float) -> None:
         """Wait while the upstream's socket buffer is full (request body backpressure).

@@ -261,14 +261,44 @@ def test_the_coalescing_writer_sends_a_whole_answer_at_once_after_what_it_holds(
             def write(self, data: bytes | bytearray | memoryview) -> None:
                 writes.append(bytes(data))
 
+        await asyncio.sleep(0)  # a fresh iteration: nothing written in it yet
         writer = CoalescingWriter(Writes(), asyncio.get_running_loop())
         writer.write(b"held;")  # held until the next write or the end of this loop iteration
-        writer.write_now(b"whole")
-        writer.write_now(b"next")
-        await asyncio.sleep(0)
+        writer.write_whole(b"whole")
+        assert writes == [b"held;whole"]
         return writes
 
-    assert run(go()) == [b"held;whole", b"next"]
+    assert run(go()) == [b"held;whole"]
+
+
+def test_the_coalescing_writer_holds_the_iterations_later_whole_answers_to_its_end() -> None:
+    async def go() -> list[bytes]:
+        writes: list[bytes] = []
+
+        class Writes(Transport):
+            def __init__(self, name: bytes) -> None:
+                super().__init__()
+                self.name = name
+
+            def write(self, data: bytes | bytearray | memoryview) -> None:
+                writes.append(self.name + bytes(data))
+
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0)
+        a, b, c = (CoalescingWriter(Writes(name), loop) for name in (b"a:", b"b:", b"c:"))
+        a.write_whole(b"1")  # the iteration's first: at once
+        b.write_whole(b"2")  # later ones: at the iteration's end, in order
+        c.write_whole(b"3")
+        b.write(b"4")  # after what b holds, joined with it
+        assert writes == [b"a:1", b"b:24"]
+        await asyncio.sleep(0)
+        assert writes == [b"a:1", b"b:24", b"c:3"]
+        c.write_whole(b"5")  # a new iteration's first: at once again
+        assert writes[-1] == b"c:5"
+        c.close()  # closing writes what is held first
+        return writes
+
+    assert run(go()) == [b"a:1", b"b:24", b"c:3", b"c:5"]
 
 
 def test_respond_frames_without_a_length_and_keeps_heads_bodiless() -> None:
