@@ -115,7 +115,8 @@ class ResponseCycle:
                  expect_100_continue: bool, keep_alive: bool, on_response: Callable[[], None]) -> None:
         self.scope = scope
         self.transport = transport
-        # a whole response at once (the coalescing writer's, which holds nothing back)
+        # a whole response: the coalescing writer's `write_whole` (at once, or with the loop
+        # iteration's others at its end: gateway.core.writes); a plain transport's `write`
         self.write_whole: Callable[[bytes], None] = getattr(transport, "write_whole", transport.write)
         self.flow = flow
         self.default_headers = default_headers

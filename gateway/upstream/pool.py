@@ -49,9 +49,10 @@ class ExchangeAborted(Exception):
 class UpstreamConnection(asyncio.Protocol, Held):
     """One HTTP/1.1 connection to an endpoint, carrying one exchange at a time.
 
-    The proxy calls `begin()`, writes the request (`write`, `drain`), waits with `wait()` until
-    `reader.head` is set, then alternates `take()` and `wait()` until `reader.done`. Any failure is
-    stored in `error` (and wakes the waiter); the connection is then never reused.
+    The proxy calls `begin()`, writes the request (`write_whole` for a whole one; `write` and
+    `drain` for a streamed one), waits with `wait()` until `reader.head` is set, then alternates
+    `take()` and `wait()` until `reader.done`. Any failure is stored in `error` (and wakes the
+    waiter); the connection is then never reused.
     """
 
     def __init__(self, pool: UpstreamPool, endpoint: Endpoint,
