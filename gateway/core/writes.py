@@ -21,17 +21,52 @@ import asyncio
 import logging
 from typing import Final
 
-from mypy_extensions import trait
-
 log: Final = logging.getLogger("peel.edge")
 
 
-@trait
-class Held:
-    """A writer whose bytes a `WriteBatch` may hold: `flush` writes them."""
+class BatchedWriter:
+    """Writes to one transport; a whole message may wait in the loop's `WriteBatch`.
+
+    `write_whole` takes a message complete in itself (a whole response, a whole request): after
+    anything held, it goes out at once when it is the iteration's first, and otherwise is held and
+    written at the iteration's end with the others. `write` takes a part of a message (a streamed
+    body's): at once, after anything held. The edge's `CoalescingWriter` and the upstream pool's
+    connections both write through one.
+    """
+
+    __slots__ = ("_batch", "_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+        self._batch = batch_for(loop)
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self.flush()
+        self._transport.write(data)
+
+    def write_whole(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+            return
+        batch = self._batch
+        if batch.busy:
+            self._held = data
+            batch.hold(self)
+        else:
+            batch.wrote()
+            self._transport.write(data)
 
     def flush(self) -> None:
-        raise NotImplementedError
+        """Write what is held (nothing when the transport closed meanwhile)."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
 
 
 class WriteBatch:
@@ -41,7 +76,7 @@ class WriteBatch:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._held: list[Held] = []
+        self._held: list[BatchedWriter] = []
         self._due = False  # a flush is scheduled
         # A whole message went out in this iteration: the next ones are held to its end.
         self.busy = False
@@ -53,7 +88,7 @@ class WriteBatch:
             self._due = True
             self._loop.call_soon(self.flush)
 
-    def hold(self, holder: Held) -> None:
+    def hold(self, holder: BatchedWriter) -> None:
         """`holder` holds bytes: flush it at the end of this iteration."""
         self._held.append(holder)
         if not self._due:

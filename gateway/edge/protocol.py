@@ -46,7 +46,7 @@ from uvicorn.server import ServerState
 
 from gateway.core.asgi import DOWNSTREAM, PEER, RESPOND, TARGET, Downstream, Peer
 from gateway.core.settings import LimitsSettings
-from gateway.core.writes import Held, batch_for
+from gateway.core.writes import BatchedWriter
 from gateway.dataplane.websocket_rules import websocket_offer
 from gateway.edge.cycle import ResponseCycle
 from gateway.http.framing import (
@@ -65,7 +65,7 @@ from gateway.identity.bundle import peer_identity
 log: Final = logging.getLogger("peel.edge")
 
 
-class CoalescingWriter(Held):
+class CoalescingWriter(BatchedWriter):
     """Stands in for the transport in the request cycles: fewer writes, fewer wake-ups.
 
     An ASGI response is a head and a body sent separately, each a `send()` system call; for the
@@ -77,12 +77,7 @@ class CoalescingWriter(Held):
     Order is always kept; nothing waits longer than one iteration.
     """
 
-    __slots__ = ("_batch", "_held", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._held: bytes | None = None
-        self._batch = batch_for(loop)
+    __slots__ = ()
 
     def write(self, data: bytes) -> None:
         held = self._held
@@ -98,27 +93,6 @@ class CoalescingWriter(Held):
             self._transport.write(held + data)
         else:
             self._transport.writelines((held, data))
-
-    def write_whole(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held + data)
-            return
-        batch = self._batch
-        if batch.busy:
-            self._held = data
-            batch.hold(self)
-        else:
-            batch.wrote()
-            self._transport.write(data)
-
-    def flush(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            if not self._transport.is_closing():
-                self._transport.write(held)
 
     def close(self) -> None:
         self.flush()

@@ -29,7 +29,7 @@ from typing import Final
 
 from gateway.core.errors import ConnectError, ProtocolError, UpstreamTimeout
 from gateway.core.settings import ProxySettings
-from gateway.core.writes import Held, batch_for
+from gateway.core.writes import BatchedWriter
 from gateway.http.http1 import ResponseReader
 from gateway.upstream.dial import Dial, Dialer
 from routes.model import Endpoint
@@ -46,7 +46,7 @@ class ExchangeAborted(Exception):
     """The downstream went away, so the upstream exchange was cancelled (nothing to answer)."""
 
 
-class UpstreamConnection(asyncio.Protocol, Held):
+class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to an endpoint, carrying one exchange at a time.
 
     The proxy calls `begin()`, writes the request (`write_whole` for a whole one; `write` and
@@ -82,13 +82,13 @@ class UpstreamConnection(asyncio.Protocol, Held):
         self.high_water = HIGH_WATER
         # called once when the response is complete (set by a proxy that is not waiting here)
         self.on_done: Callable[[], None] | None = None
-        self._held: bytes | None = None
-        self._batch = batch_for(loop)
+        self._out: BatchedWriter = None  # type: ignore[assignment]  # with the transport
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._out = BatchedWriter(self.transport, self._loop)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:  # made after the handshake: the peer's certificate is known
             self.trusted_until = _not_after(ssl_object)
@@ -182,30 +182,12 @@ class UpstreamConnection(asyncio.Protocol, Held):
 
     def write(self, data: bytes) -> None:
         """Write a part of a request (a streamed body's), at once, after anything held."""
-        if self._held is not None:
-            self.flush()
-        self.transport.write(data)
+        self._out.write(data)
 
     def write_whole(self, data: bytes) -> None:
         """Write a whole request: at once when it is the loop iteration's first whole message,
         otherwise at the iteration's end with the others (gateway.core.writes)."""
-        batch = self._batch
-        if self._held is None and batch.busy:
-            self._held = data
-            batch.hold(self)
-            return
-        if self._held is not None:
-            self.flush()
-        else:
-            batch.wrote()
-        self.transport.write(data)
-
-    def flush(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            if not self.transport.is_closing():
-                self.transport.write(held)
+        self._out.write_whole(data)
 
     async def drain(self, timeout: float) -> None:
         """Wait while the upstream's socket buffer is full (request body backpressure).
