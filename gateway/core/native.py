@@ -52,6 +52,7 @@ NATIVE_MODULES: tuple[str, ...] = (
     "gateway.policy.deadline",
     "gateway.policy.ratelimit",
     "gateway.policy.retry",
+    "gateway.telemetry.accesslines",
     "gateway.telemetry.accesslog",
     "gateway.telemetry.graph",
     "gateway.telemetry.metrics",

@@ -1,11 +1,11 @@
-"""The access log: one JSON line per request, written off the event loop.
+"""The access log: one JSON line per request, made and written off the event loop.
 
 `AccessLog.log(...)` only appends a tuple to a bounded in-memory queue; a writer thread turns the
-tuples into JSON lines and writes them in batches. Writing never stalls a request: when the writer
-falls behind and the queue is full, new lines are dropped; when a write fails (a full disk, a closed
-stdout), that batch is dropped; both are counted in `dropped` (exported as
-`peel_access_log_dropped_total`), and a failing target is reported on the log at most once a minute
-while the thread keeps going. `close()` writes what is queued and flushes.
+tuples into JSON lines and writes them in batches (`gateway.telemetry.accesslines.LineWriter`).
+Writing never stalls a request: when the writer falls behind and the queue is full, new lines are
+dropped; when a write fails (a full disk, a closed stdout), that batch is dropped; both are counted
+in `dropped` (exported as `peel_access_log_dropped_total`), and a failing target is reported on the
+log at most once a minute while the thread keeps going. `close()` writes what is queued and flushes.
 
 Fields, in this order: time (RFC 3339 UTC, the request's start), trace_id and span_id (of the
 request's server span; null without tracing), request_id, client, method, path, route, service,
@@ -19,22 +19,20 @@ a generic text; else null).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import threading
 import time
 from collections import deque
-from typing import IO, Any, Final
+from typing import IO, Final
 
+from gateway.telemetry.accesslines import FIELDS, LineWriter, Record
 from routes.model import Endpoint
 
-FIELDS: Final = ("time", "trace_id", "span_id", "request_id", "client", "method", "path", "route", "service",
-          "endpoint", "side", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "attempts",
-          "fallback", "error", "detail", "peer")
+__all__ = ["FIELDS", "AccessLog", "open_private"]
+
 _BATCH: Final = 256  # lines written per GIL hand-over: a long batch would stall the event loop
-_COMPLAIN_EVERY: Final = 60.0  # seconds between two reports of a failing target
 
 log: Final = logging.getLogger("peel.accesslog")
 
@@ -63,18 +61,14 @@ class AccessLog:
         self.target = target
         self.enabled = target != "off"
         self.full_drops = 0  # counted by the event loop
-        self.write_drops = 0  # counted by the writer thread
         self._max = max_queue
         self._interval = interval
-        self._queue: deque[tuple[Any, ...]] = deque()
+        self._queue: deque[Record] = deque()
         self._stop = threading.Event()
         self._file: IO[bytes] | None = None
+        self._lines: LineWriter | None = None
         self._owns_file = False
         self._writer: threading.Thread | None = None
-        self._second = -1
-        self._second_text = ""  # the line's start up to the current second's fraction
-        self._torn = False  # a failed write may have left half a line: start the next on a new one
-        self._complained = -_COMPLAIN_EVERY
         if self.enabled:
             if stream is not None:
                 self._file = stream
@@ -85,8 +79,14 @@ class AccessLog:
                 # behind in a buffer that a later flush would write out of order.
                 self._file = open_private(target)
                 self._owns_file = True
+            self._lines = LineWriter(self._file, target, self._complain)
             self._writer = threading.Thread(target=self._run, name="peel-access-log", daemon=True)
             self._writer.start()
+
+    @property
+    def write_drops(self) -> int:
+        """Lines lost in batches whose write failed (counted by the writer thread)."""
+        return self._lines.drops if self._lines is not None else 0
 
     @property
     def dropped(self) -> int:
@@ -100,11 +100,10 @@ class AccessLog:
             attempts: int = 0, detail: str | None = None, peer: str | None = None) -> None:
         """Queue one line; never blocks. `duration` and `upstream` are in seconds.
 
-        `endpoint` may be the `Endpoint` itself: its URL is then formatted by the writer thread.
-        `side` is "from" or "to" on a migrated route; `fallback` the error code of the `to`
-        attempt that `from` answered for; `trace_id`/`span_id` hex ids of the request's server
-        span; `attempts` the upstream attempts made; `peer` the caller's identity (SPIFFE ID) on the
-        inbound listener.
+        `endpoint` may be the `Endpoint` itself (its URL is written). `side` is "from" or "to" on a
+        migrated route; `fallback` the error code of the `to` attempt that `from` answered for;
+        `trace_id`/`span_id` hex ids of the request's server span; `attempts` the upstream attempts
+        made; `peer` the caller's identity (SPIFFE ID) on the inbound listener.
         """
         queue = self._queue
         if len(queue) >= self._max or not self.enabled:
@@ -112,8 +111,9 @@ class AccessLog:
                 self.full_drops += 1
             return
         queue.append((time.time() - duration, trace_id, span_id, request_id, client, method, path, route,
-                      service, endpoint, side, status, bytes_in, bytes_out, duration, upstream, attempts,
-                      fallback, error, detail, peer))
+                      service, endpoint if endpoint is None or isinstance(endpoint, str) else endpoint.url,
+                      side, status, bytes_in, bytes_out, duration, upstream, attempts, fallback, error,
+                      detail, peer))
 
     def close(self) -> None:
         """Write everything queued, flush, and stop the writer thread."""
@@ -141,81 +141,14 @@ class AccessLog:
 
     def _write_queued(self) -> None:
         queue = self._queue
-        file = self._file
-        if file is None:
+        lines = self._lines
+        if lines is None or self._file is None:  # off, or closed
             return
         while queue:
-            lines = []
-            for _ in range(_BATCH):
-                if not queue:
-                    break
-                lines.append(self._line(queue.popleft()))
-            self._write(file, "".join(lines).encode("utf-8", "backslashreplace"), len(lines))
+            lines.write([queue.popleft() for _ in range(min(len(queue), _BATCH))])
             # Hand the GIL back to the event loop between batches.
             time.sleep(0)
-        try:
-            file.flush()
-        except OSError as exc:
-            self._failed(exc, 0)
+        lines.flush()
 
-    def _write(self, file: IO[bytes], data: bytes, lines: int) -> None:
-        """Write a batch whole, or drop and count it: a full disk must not stop the thread."""
-        if self._torn:
-            data = b"\n" + data
-        view = memoryview(data)
-        try:
-            while view:
-                written = file.write(view)
-                if written is None:  # a non-blocking target that is full: drop like a full disk
-                    raise BlockingIOError("the access-log target would block")
-                view = view[written:]
-                self._torn = bool(view)
-        except OSError as exc:
-            self._failed(exc, lines)
-        else:
-            self._torn = False
-
-    def _failed(self, exc: OSError, lines: int) -> None:
-        self.write_drops += lines
-        now = time.monotonic()
-        if now - self._complained >= _COMPLAIN_EVERY:
-            self._complained = now
-            log.error("access log %s: write failed (%s); dropping lines, %d so far", self.target,
-                      exc.strerror or exc, self.dropped)
-
-    def _line(self, record: tuple[Any, ...]) -> str:
-        # Joined by hand: json.dumps of a dict costs several times more, and this thread competes
-        # with the event loop for the GIL. No format spec either: compiled by mypyc, an f-string
-        # with `:d` or `:.3f` fields took 4.2 us a line, this join 1.9 us. Strings go through the
-        # C JSON escaper.
-        (when, trace_id, span_id, request_id, client, method, path, route, service, endpoint, side,
-         status, bytes_in, bytes_out, duration, upstream, attempts, fallback, error, detail, peer) = record
-        second = int(when)
-        if second != self._second:
-            self._second = second
-            self._second_text = '{"time":"' + time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-        millis = int((when - second) * 1000)
-        return "".join((
-            self._second_text, _MILLIS[millis] if 0 <= millis < 1000 else "999",
-            'Z","trace_id":', _text(trace_id), ',"span_id":', _text(span_id),
-            ',"request_id":', _quote(request_id.decode("ascii", "replace")),
-            ',"client":', _text(client), ',"method":', _quote(method), ',"path":', _quote(path),
-            ',"route":', _text(route), ',"service":', _text(service),
-            ',"endpoint":', _text(_url(endpoint)), ',"side":', _text(side),
-            ',"status":', str(status), ',"bytes_in":', str(bytes_in), ',"bytes_out":', str(bytes_out),
-            ',"duration_ms":', "%.3f" % (duration * 1000),
-            ',"upstream_ms":', "null" if upstream is None else "%.3f" % (upstream * 1000),
-            ',"attempts":', str(attempts), ',"fallback":', _text(fallback), ',"error":', _text(error),
-            ',"detail":', _text(detail), ',"peer":', _text(peer), "}\n"))
-
-
-_quote: Final = json.encoder.encode_basestring
-_MILLIS: Final = tuple(f"{millis:03d}" for millis in range(1000))  # the milliseconds of a time, as written
-
-
-def _url(endpoint: Endpoint | str | None) -> str | None:
-    return endpoint if endpoint is None or isinstance(endpoint, str) else endpoint.url
-
-
-def _text(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
+    def _complain(self, text: str) -> None:
+        log.error("%s, %d so far", text, self.dropped)

@@ -10,6 +10,8 @@ import io
 import json
 import logging
 import os
+import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.telemetry.accesslines import LineWriter, _millis
 from gateway.telemetry.accesslog import FIELDS, AccessLog
 from routes.model import Endpoint
 
@@ -150,3 +153,28 @@ def test_dev_full_drops_and_counts() -> None:
     line(log, 10)
     log.close()  # the last line fails too, without raising
     assert log.dropped == 11 and log.full_drops == 0
+
+
+def test_milliseconds_are_written_to_the_microsecond_as_a_format_spec_would() -> None:
+    rng = random.Random(16)
+    values = [0.0, 0.0000004, 0.0000005, 0.0009995, 0.001, 0.0123, 1.25, 59.9999996, 3600.0]
+    values += [rng.uniform(0, 2) for _ in range(2000)] + [rng.uniform(0, 0.002) for _ in range(2000)]
+    for seconds in values:
+        text = _millis(seconds)
+        assert re.fullmatch(r"\d+\.\d{3}", text), text
+        assert abs(float(text) - seconds * 1000) <= 0.0005 + 1e-9, (seconds, text)
+        # the same text as "%.3f" but where the two round a value half way between differently
+        assert text == "%.3f" % (seconds * 1000) or abs(seconds * 1e6 % 1 - 0.5) < 1e-3
+    assert _millis(-0.001) == "-1.000"  # a clock stepped back: still a JSON number
+
+
+def test_repeated_strings_are_quoted_once_and_the_memory_of_them_is_bounded() -> None:
+    writer = LineWriter(io.BytesIO(), "test", lambda text: None)
+    record = (1796466031.0, None, None, b"r", 'cl"ient', "GET", "/", "ro\\ute", "s", "http://h:80", None,
+              200, 0, 0, 0.001, None, 0, None, None, None, None)
+    first = json.loads(writer.line(record))
+    assert first["client"] == 'cl"ient' and first["route"] == "ro\\ute"
+    assert json.loads(writer.line(record)) == first
+    for i in range(10_000):
+        writer.line((*record[:4], f"10.0.{i // 256}.{i % 256}", *record[5:]))
+    assert len(writer._quoted) <= 4096
