@@ -18,6 +18,7 @@ believes `X-SSL-Client-Verify: SUCCESS` would let anyone in.
 
 from __future__ import annotations
 
+import binascii
 import random
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -27,6 +28,7 @@ from gateway.core.trust import TrustedNetworks
 
 Headers = list[tuple[bytes, bytes]]
 _getrandbits: Final = random.getrandbits
+_hexlify: Final = binascii.hexlify
 
 # RFC 9110 section 7.6.1, plus the pre-standard Keep-Alive and Proxy-Connection, and `Proxy`: no
 # HTTP header at all, but a CGI-style app reads it as its HTTP_PROXY variable (httpoxy), so it never
@@ -98,9 +100,10 @@ def new_request_id() -> bytes:
 
     From the process's Mersenne Twister rather than os.urandom: a request id must be unique, not
     unguessable, and a getrandom() system call per request is measurable on the data plane. The
-    generator is reseeded in every forked worker (`random` registers that at fork).
+    generator is reseeded in every forked worker (`random` registers that at fork). Compiled,
+    hexlify of the 16 bytes costs half of `b"%032x" %` (the same text, zero-padded).
     """
-    return b"%032x" % _getrandbits(128)
+    return _hexlify(_getrandbits(128).to_bytes(16, "big"))
 
 
 def valid_request_id(value: bytes) -> bool:

@@ -120,10 +120,16 @@ _MILLIS: Final = tuple(f"{millis:03d}" for millis in range(1000))  # three digit
 
 
 def _millis(seconds: float) -> str:
-    """`seconds` in milliseconds with three decimals (rounded to the microsecond)."""
-    micros = round(seconds * 1_000_000)
-    if micros < 0:
-        return "%.3f" % (seconds * 1000)
+    """`seconds` in milliseconds with three decimals (rounded to the microsecond).
+
+    Compiled, `int(x + 0.5)` costs half of `round(x)` (a generic call), and "%.3f" as much as
+    `round`; most upstream times are under a millisecond.
+    """
+    micros = int(seconds * 1_000_000 + 0.5)
+    if micros < 1000:
+        if micros >= 0:
+            return "0." + _MILLIS[micros]
+        return "%.3f" % (seconds * 1000)  # a clock stepped back
     return str(micros // 1000) + "." + _MILLIS[micros % 1000]
 
 
