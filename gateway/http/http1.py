@@ -32,9 +32,9 @@ LENGTH: Final = 1
 CHUNKED: Final = 2
 UNTIL_CLOSE: Final = 3
 
-# Bytes a response head may hold: HT, CR, LF, visible ASCII, space and obs-text. CR and LF are
-# then checked to come only as CRLF pairs.
-_HEAD_BYTES: Final = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
+# Bytes a line of a response head may hold (the head split on CRLF): HT, visible ASCII, space and
+# obs-text. A CR or LF left in a line came alone.
+_LINE_BYTES: Final = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _DIGITS: Final = b"0123456789"
 _FIELD_LINE: Final = re.compile(rb"(" + TOKEN.encode("ascii") + rb"):[ \t]*(.*)", re.DOTALL)
 # Field lines already read, each as the `(name lower-cased, value)` pair it reads as. An upstream
@@ -44,6 +44,9 @@ _FIELD_LINE: Final = re.compile(rb"(" + TOKEN.encode("ascii") + rb"):[ \t]*(.*)"
 # emptied when full, and long lines (cookies, tokens) are never kept.
 _FIELDS: Final[dict[bytes, tuple[bytes, bytes]]] = {}
 _FIELDS_MAX: Final = 1024
+# Status lines already read, the same way: (code, reason phrase, HTTP/1.0).
+_STATUS_LINES: Final[dict[bytes, tuple[int, bytes, bool]]] = {}
+_STATUS_LINES_MAX: Final = 64
 _FIELD_KEPT_BELOW: Final = 256
 # Headers the reader handles itself: framing, and the hop-by-hop ones that never go downstream.
 _SPECIAL: Final = HOP_BY_HOP | {b"content-length"}
@@ -93,37 +96,24 @@ def parse_head(block: bytes, *, head_request: bool = False,
                drop: frozenset[bytes] = frozenset()) -> ResponseHead:
     """Parse a response head (`block` without the final empty line).
 
-    This runs once per proxied request, so it leans on C-level bytes methods (the whole block's
-    bytes and line endings checked in three passes) and reads a field line only the first time it
-    is seen (`_FIELDS`), rather than a Python loop per character.
+    This runs once per proxied request, so it leans on C-level bytes methods and on what it read
+    before: a status line or a field line seen before (`_STATUS_LINES`, `_FIELDS`) was checked and
+    read then and costs a dict lookup now; a new line is checked for control characters and bare
+    CR or LF (one C-level pass) and read, rather than a Python loop per character.
     """
-    if block.translate(None, _HEAD_BYTES):
-        raise ProtocolError("the response head holds control characters")
-    crlf = block.count(b"\r\n")
-    if block.count(b"\r") != crlf or block.count(b"\n") != crlf:
-        raise ProtocolError("the response head holds a bare CR or LF")
-    end = block.find(b"\r\n")
-    status_line = block if end < 0 else block[:end]
-    if status_line.startswith(b"HTTP/1.1 "):
-        keep_alive = True
-        http10 = False
-    elif status_line.startswith(b"HTTP/1.0 "):
-        keep_alive = False
-        http10 = True
-    else:
-        raise ProtocolError(f"not an HTTP/1.1 status line: {status_line[:40]!r}")
-    code = status_line[9:12]
-    if len(code) != 3 or code.translate(None, _DIGITS) or status_line[12:13] not in (b" ", b""):
-        raise ProtocolError(f"malformed status line: {status_line[:40]!r}")
-    status = int(code)
-    if not 100 <= status <= 599:
-        raise ProtocolError(f"status {status} is out of range")
+    lines = block.split(b"\r\n")
+    status_line = lines[0]
+    read = _STATUS_LINES.get(status_line)
+    if read is None:
+        read = _status(status_line)
+    status, reason, http10 = read
+    keep_alive = not http10
     headers: Headers = []
     length: int | None = None
+    length_field: tuple[bytes, bytes] | None = None  # the field as received, when canonical
     te: bytes | None = None
     nominated: set[bytes] | None = None
-    # The block holds only CRLF pairs (checked above): splitting on them gives the lines whole.
-    for line in block.split(b"\r\n")[1:]:
+    for line in lines[1:]:
         field = _FIELDS.get(line)
         if field is None:
             field = _field(line)
@@ -132,7 +122,10 @@ def parse_head(block: bytes, *, head_request: bool = False,
             if name == b"content-length":
                 if value.isdigit() and len(value) <= 18 and length is None:
                     length = int(value)
+                    if value[0] != 48 or len(value) == 1:  # no leading zero: sent as received
+                        length_field = field
                     continue
+                length_field = None
                 for part in value.split(b","):
                     part = part.strip(b" \t")
                     if not part or part.translate(None, _DIGITS) or len(part) > 18:
@@ -168,21 +161,52 @@ def parse_head(block: bytes, *, head_request: bool = False,
         # have no body; bytes that follow anyway make the connection unusable (see feed).
         framing = NO_BODY
         if length is not None and status not in (204, 304):
-            headers.append((b"content-length", b"%d" % length))
+            headers.append(length_field or (b"content-length", b"%d" % length))
     elif te is not None:
         framing = CHUNKED
     elif length is not None:
         framing = NO_BODY if length == 0 else LENGTH
-        headers.append((b"content-length", b"%d" % length))
+        headers.append(length_field or (b"content-length", b"%d" % length))
     else:
         framing = UNTIL_CLOSE
         keep_alive = False
-    return ResponseHead(status, status_line[13:], headers, framing, length, keep_alive)
+    return ResponseHead(status, reason, headers, framing, length, keep_alive)
+
+
+def _checked(line: bytes) -> None:
+    """A line of a response head not seen before: no control characters, no bare CR or LF."""
+    if line.translate(None, _LINE_BYTES):
+        if b"\r" in line or b"\n" in line:
+            raise ProtocolError("the response head holds a bare CR or LF")
+        raise ProtocolError("the response head holds control characters")
+
+
+def _status(line: bytes) -> tuple[int, bytes, bool]:
+    """A status line read: its code, its reason phrase and whether it is HTTP/1.0."""
+    _checked(line)
+    if line.startswith(b"HTTP/1.1 "):
+        http10 = False
+    elif line.startswith(b"HTTP/1.0 "):
+        http10 = True
+    else:
+        raise ProtocolError(f"not an HTTP/1.1 status line: {line[:40]!r}")
+    code = line[9:12]
+    if len(code) != 3 or code.translate(None, _DIGITS) or line[12:13] not in (b" ", b""):
+        raise ProtocolError(f"malformed status line: {line[:40]!r}")
+    status = int(code)
+    if not 100 <= status <= 599:
+        raise ProtocolError(f"status {status} is out of range")
+    read = (status, line[13:], http10)
+    if len(line) < _FIELD_KEPT_BELOW:
+        remember(_STATUS_LINES, line, read, _STATUS_LINES_MAX)
+    return read
 
 
 def _field(line: bytes) -> tuple[bytes, bytes]:
-    """One field line read: its name lower-cased and its value without surrounding blanks. A line
-    that is not `token ":" value` (obs-fold, a space before the colon, no colon) raises."""
+    """A field line not seen before, checked and read: its name lower-cased and its value without
+    surrounding blanks. A line that is not `token ":" value` (obs-fold, a space before the colon,
+    no colon) raises."""
+    _checked(line)
     match = _FIELD_LINE.fullmatch(line)
     if match is None:
         raise ProtocolError("malformed header line in the response head")

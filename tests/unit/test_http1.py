@@ -136,6 +136,32 @@ def test_the_field_cache_is_bounded_and_keeps_no_long_line() -> None:
     assert cookie not in http1._FIELDS
 
 
+def test_a_status_line_read_before_reads_the_same_and_the_memo_is_bounded() -> None:
+    http1._STATUS_LINES.clear()
+    cold = [fields(parse_head(b"HTTP/1.%d %d Reason %d\r\nContent-Length: 0" % (minor, code, code)))
+            for minor in (0, 1) for code in (200, 404, 503)]
+    assert len(http1._STATUS_LINES) == 6
+    hot = [fields(parse_head(b"HTTP/1.%d %d Reason %d\r\nContent-Length: 0" % (minor, code, code)))
+           for minor in (0, 1) for code in (200, 404, 503)]
+    assert hot == cold and cold[0][:2] == (200, b"Reason 200") and cold[0][5] is False
+    for bad in (b"HTTP/1.1 200 O\x00K", b"HTTP/1.1 200 O\rK", b"HTTP/1.1 2x0 OK", b"HTTP/1.1 200OK"):
+        for _ in range(2):  # refused again: a refused line is never remembered
+            with pytest.raises(ProtocolError):
+                parse_head(bad)
+        assert bad not in http1._STATUS_LINES
+    for code in range(100, 600):
+        parse_head(b"HTTP/1.1 %d Any" % code)
+        assert len(http1._STATUS_LINES) <= http1._STATUS_LINES_MAX
+
+
+def test_a_content_length_goes_on_as_received_or_canonical() -> None:
+    assert parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 12").headers == [(b"content-length", b"12")]
+    assert parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 012").headers == [(b"content-length", b"12")]
+    assert parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 0").headers == [(b"content-length", b"0")]
+    assert parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 007").headers == [
+        (b"content-length", b"7")]
+
+
 _NAMES = st.sampled_from([b"Server", b"content-TYPE", b"Content-Length", b"X-Thing", b"Keep-Alive",
                           b"Connection", b"Set-Cookie", b"ETag", b"x-request-id", b"Vary"])
 _VALUES = st.sampled_from([b"1", b"12", b" 7 ", b"\tclose", b"keep-alive", b"a=1; b", b"", b"X-Thing",
