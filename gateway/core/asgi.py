@@ -9,7 +9,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-Respond = Callable[[int, list[tuple[bytes, bytes]], bytes], bool]
+Respond = Callable[[int, list[tuple[bytes, bytes]], bytes | memoryview], bool]
 
 # The two `scope["extensions"]` keys Peel's edge (gateway.edge.protocol) fills for the data plane:
 # the request line's raw target bytes, and the connection's `Downstream` handle.

@@ -32,13 +32,18 @@ class BatchedWriter:
     written at the iteration's end with the others. `write` takes a part of a message (a streamed
     body's): at once, after anything held. The edge's `CoalescingWriter` and the upstream pool's
     connections both write through one.
+
+    A whole message may come as its head and a large body (`APART_FROM` bytes or more, often a
+    view of the upstream's read): the two then go out in one vectored write (`writelines`), the
+    body never copied after the head.
     """
 
-    __slots__ = ("_batch", "_held", "_transport")
+    __slots__ = ("_batch", "_held", "_held_body", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._held: bytes | None = None
+        self._held_body: bytes | memoryview | None = None  # a large body held after `_held`
         self._batch = batch_for(loop)
 
     def write(self, data: bytes) -> None:
@@ -46,27 +51,52 @@ class BatchedWriter:
             self.flush()
         self._transport.write(data)
 
-    def write_whole(self, data: bytes) -> None:
+    def write_whole(self, data: bytes, body: bytes | memoryview | None = None) -> None:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held + data)
+            held_body = self._held_body
+            if body is None and held_body is None:
+                self._transport.write(held + data)
+                return
+            self._held_body = None
+            parts: list[bytes | memoryview] = [held] if held_body is None else [held, held_body]
+            parts.append(data)
+            if body is not None:
+                parts.append(body)
+            self._transport.writelines(parts)
             return
         batch = self._batch
         if batch.busy:
             self._held = data
+            self._held_body = body
             batch.hold(self)
         else:
             batch.wrote()
-            self._transport.write(data)
+            if body is None:
+                self._transport.write(data)
+            else:
+                self._transport.writelines((data, body))
 
     def flush(self) -> None:
         """Write what is held (nothing when the transport closed meanwhile)."""
         held = self._held
         if held is not None:
             self._held = None
+            body = self._held_body
+            if body is not None:
+                self._held_body = None
             if not self._transport.is_closing():
-                self._transport.write(held)
+                if body is None:
+                    self._transport.write(held)
+                else:
+                    self._transport.writelines((held, body))
+
+
+# A body at least this large goes after its head in one vectored write rather than copied after it
+# (and an upstream's response body that large, read with its head, is handed on as a view of the
+# read: gateway.http.http1.ResponseReader.feed). Below it a copy costs less than the vector.
+APART_FROM: Final = 8 * 1024
 
 
 class WriteBatch:

@@ -467,13 +467,15 @@ class Forwarder:
         start = {"type": "http.response.start", "status": status, "headers": headers}
         if reader.done:
             # The whole response came with the head (the common small answer): two sends.
-            data = conn.take() if conn.body else b""
+            # (a large body as a view of the read it came in: written from there, not copied)
+            whole = conn.take_view() if conn.body else b""
             self._finish(conn, upload, req, downstream)
             req.started = True
-            req.bytes_out = len(data)
-            if req.respond is not None and req.respond(status, headers, data):
+            req.bytes_out = len(whole)
+            if req.respond is not None and req.respond(status, headers, whole):
                 return  # one call, one write (gateway.edge.cycle.ResponseCycle.respond)
             await send(start)
+            data = whole if isinstance(whole, bytes) else bytes(whole)
             await send({"type": "http.response.body", "body": data, "more_body": False})
             return
         req.started = True

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from gateway.core.asgi import RESPOND
+from gateway.core.writes import APART_FROM, BatchedWriter
 
 log: Final = logging.getLogger("peel.edge")
 
@@ -209,7 +210,7 @@ class ResponseCycle:
                 self.transport.close()
             self.on_response()
 
-    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | memoryview) -> bool:
         """A whole response in one call and one write, without ASGI messages: what the data plane
         sends for the common small answer (the `peel.respond` scope extension).
 
@@ -222,11 +223,12 @@ class ResponseCycle:
         if self.disconnected:
             return True
         head = self._start(status, headers)
+        apart: bytes | memoryview | None = None  # a large body, written after the head uncopied
         if self.head_only:
             self.length = 0
         elif self.chunked:
             if body:
-                head += b"%x\r\n%b\r\n" % (len(body), body)
+                head += b"%x\r\n%b\r\n" % (len(body), body if isinstance(body, bytes) else bytes(body))
             head += _LAST_CHUNK
         else:
             size = len(body)
@@ -234,8 +236,14 @@ class ResponseCycle:
                 raise RuntimeError(f"response content {'longer' if size > self.length else 'shorter'} "
                                    "than Content-Length")
             self.length = 0
-            head += body
-        self.write_whole(head)
+            if size >= APART_FROM and isinstance(self.transport, BatchedWriter):
+                apart = body
+            else:
+                head += body
+        if apart is None:
+            self.write_whole(head)
+        else:
+            self.transport.write_whole(head, apart)  # one vectored write
         self.response_complete = True
         self.message_event.set()
         if not self.keep_alive:

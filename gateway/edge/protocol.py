@@ -81,6 +81,9 @@ class CoalescingWriter(BatchedWriter):
 
     def write(self, data: bytes) -> None:
         held = self._held
+        if held is not None and self._held_body is not None:
+            self.flush()  # a whole message with a large body: out first, as it is
+            held = None
         if held is None:
             if len(data) >= _HOLD_BELOW:
                 self._transport.write(data)

@@ -17,6 +17,7 @@ from typing import Final
 
 from gateway.core.errors import ProtocolError
 from gateway.core.memo import remember
+from gateway.core.writes import APART_FROM
 from gateway.http.chunked import ChunkedDecoder
 from gateway.http.headers import HOP_BY_HOP
 from routes.grammar import TOKEN
@@ -236,27 +237,33 @@ class ResponseReader:
         self.done = False
         self.reusable = False
 
-    def feed(self, data: bytes) -> bytes:
-        """Take received bytes; return the body bytes they complete (maybe empty)."""
+    def feed(self, data: bytes) -> bytes | memoryview:
+        """Take received bytes; return the body bytes they complete (maybe empty).
+
+        A large body that came in one read with the head (at least `APART_FROM` bytes of it) is
+        returned as a view of that read rather than copied out of it: the proxy writes it
+        downstream from there (gateway.core.writes).
+        """
         if self.done:
             if data:
                 self.reusable = False  # bytes after the response: the connection is out of step
             return b""
         head = self.head
         if head is None:
-            head, data = self._feed_head(data)
+            head, read, start = self._feed_head(data)
             if head is None:
                 return b""
+            if head.framing == LENGTH and len(read) - start >= APART_FROM:
+                view = memoryview(read)[start:]
+                used = self._length_part(len(view))
+                return view[:used] if used < len(view) else view
+            data = read[start:]
         framing = head.framing
         if framing == LENGTH:
             if not data:
                 return b""
-            left = self._left
-            if len(data) >= left:
-                self._finish(len(data) > left)
-                return data[:left] if len(data) > left else data
-            self._left = left - len(data)
-            return data
+            used = self._length_part(len(data))
+            return data[:used] if used < len(data) else data
         if framing == CHUNKED:
             return self._feed_chunked(data)
         if framing == UNTIL_CLOSE:
@@ -283,20 +290,22 @@ class ResponseReader:
         head = self.head
         self.reusable = head is not None and head.keep_alive and not surplus
 
-    def _feed_head(self, data: bytes) -> tuple[ResponseHead | None, bytes]:
-        """The head once complete (None before), and the bytes after it."""
+    def _feed_head(self, data: bytes) -> tuple[ResponseHead | None, bytes, int]:
+        """The head once complete (None before), the bytes read so far and where the body begins
+        in them."""
         buf = self._buf + data if self._buf else data
+        start = 0
         while True:
-            end = buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n", start)
             if end < 0:
-                if len(buf) > MAX_HEAD:
+                if len(buf) - start > MAX_HEAD:
                     raise ProtocolError("the response head is too large")
-                self._buf = buf
-                return None, b""
-            if end > MAX_HEAD:
+                self._buf = buf[start:] if start else buf
+                return None, b"", 0
+            if end - start > MAX_HEAD:
                 raise ProtocolError("the response head is too large")
-            head = parse_head(buf[:end], head_request=self._head_request, drop=self._drop)
-            buf = buf[end + 4:]
+            head = parse_head(buf[start:end], head_request=self._head_request, drop=self._drop)
+            start = end + 4
             if head.status >= 200:
                 break
             if head.status == 101:
@@ -304,14 +313,23 @@ class ResponseReader:
         self._buf = b""
         self.head = head
         if head.framing == NO_BODY:
-            self._finish(bool(buf))
+            self._finish(start < len(buf))
         elif head.framing == LENGTH:
             self._left = head.content_length or 0
         elif head.framing == CHUNKED:
             # Extensions are ignored and trailers dropped (Peel forwards none), so they are held
             # only to the framing rules.
             self._chunked = ChunkedDecoder(_protocol_error, max_trailers=MAX_TRAILERS, strict=False)
-        return head, buf
+        return head, buf, start
+
+    def _length_part(self, size: int) -> int:
+        """How many of `size` bytes read (LENGTH framing) are the body's; the rest is surplus."""
+        left = self._left
+        if size >= left:
+            self._finish(size > left)
+            return left
+        self._left = left - size
+        return size
 
     def _feed_chunked(self, data: bytes) -> bytes:
         decoder = self._chunked

@@ -63,7 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchanges = 0  # exchanges begun: who holds a connection that may be back in the pool
         self.error: BaseException | None = None
         self.reader: ResponseReader | None = None
-        self.body: list[bytes] = []
+        self.body: list[bytes | memoryview] = []  # see ResponseReader.feed for the views
         self.got_bytes = False
         self.idle_since = 0.0
         # unix time the upstream's certificate expires (0: not TLS, or no expiry to read)
@@ -234,6 +234,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def take(self) -> bytes:
         """All body bytes received so far (resumes reading when it was paused)."""
+        data = self.take_view()
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def take_view(self) -> bytes | memoryview:
+        """`take`, where a body that came whole in one read is a view of that read, not a copy
+        (for a write: see ResponseReader.feed)."""
         body = self.body
         data = body[0] if len(body) == 1 else b"".join(body)
         self.body = []

@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
+from gateway.core.writes import APART_FROM
 from gateway.edge.cycle import ResponseCycle, Signal
 from gateway.edge.protocol import CoalescingWriter, PeelHttpProtocol
 from tests.fakes.transport import RecordingTransport
@@ -251,6 +252,36 @@ def test_respond_writes_a_whole_answer_in_one_write_and_completes_it() -> None:
     assert c.respond(200, [(b"content-length", b"5")], b"hello")
     assert writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"]
     assert c.response_complete and done == [1] and c.message_event.is_set()
+
+
+def test_respond_writes_a_large_body_after_the_head_without_copying_it() -> None:
+    async def go() -> None:
+        calls: list[tuple[str, object]] = []
+
+        class Writes(Transport):
+            def write(self, data: bytes | bytearray | memoryview) -> None:
+                calls.append(("write", bytes(data)))
+
+            def writelines(self, parts: object) -> None:
+                calls.append(("writelines", list(parts)))  # type: ignore[call-overload]
+
+        await asyncio.sleep(0)  # a fresh iteration: the answer goes out at once
+        read = b"head;" + b"b" * APART_FROM
+        body = memoryview(read)[5:]
+        done: list[int] = []
+        c = ResponseCycle({"method": "GET"}, CoalescingWriter(Writes(), asyncio.get_running_loop()), Flow(),
+                          [], False, True, lambda: done.append(1))
+        assert c.respond(200, [(b"content-length", b"%d" % APART_FROM)], body)
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % APART_FROM
+        assert calls == [("writelines", [head, body])] and calls[0][1][1] is body  # type: ignore[index]
+        assert c.response_complete and done == [1]
+        # a plain transport (no coalescing writer): one write of both, as before
+        t = Transport()
+        c = ResponseCycle({"method": "GET"}, t, Flow(), [], False, True, lambda: None)
+        assert c.respond(200, [(b"content-length", b"%d" % APART_FROM)], body)
+        assert bytes(t.written) == head + body
+
+    run(go())
 
 
 def test_the_coalescing_writer_sends_a_whole_answer_at_once_after_what_it_holds() -> None:

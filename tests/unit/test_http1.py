@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.core.errors import ProtocolError
+from gateway.core.writes import APART_FROM
 from gateway.http import http1
 from gateway.http.http1 import (
     CHUNKED,
@@ -306,3 +307,38 @@ def test_oversize_head_is_refused() -> None:
 def test_connection_close_response_is_not_reusable() -> None:
     reader, _ = read_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
     assert reader.done and not reader.reusable
+
+
+LARGE = b"y" * APART_FROM + b"z" * 3
+LARGE_RESPONSE = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(LARGE)
+                  + LARGE)
+
+
+def test_a_large_body_read_with_its_head_is_a_view_of_the_read() -> None:
+    reader = ResponseReader()
+    body = reader.feed(LARGE_RESPONSE)
+    assert isinstance(body, memoryview) and body.obj is LARGE_RESPONSE  # not copied out
+    assert body == LARGE and reader.done and reader.reusable
+    # more than the body in the read: the view ends with the body, the connection is out of step
+    reader = ResponseReader()
+    body = reader.feed(LARGE_RESPONSE + b"HTTP/1.1 200 OK")
+    assert isinstance(body, memoryview) and body == LARGE and reader.done and not reader.reusable
+    # a part of it: a view, then the rest as read
+    reader = ResponseReader()
+    cut = len(LARGE_RESPONSE) - 2  # APART_FROM + 1 bytes of the body with the head
+    first = reader.feed(LARGE_RESPONSE[:cut])
+    assert isinstance(first, memoryview) and not reader.done
+    assert bytes(first) + reader.feed(LARGE_RESPONSE[cut:]) == LARGE and reader.done
+    # a small body, or one read apart from its head, is bytes as before
+    assert type(ResponseReader().feed(RESPONSE)) is bytes
+    reader = ResponseReader()
+    end = LARGE_RESPONSE.index(b"\r\n\r\ny") + 4
+    assert reader.feed(LARGE_RESPONSE[:end]) == b""
+    assert type(reader.feed(LARGE_RESPONSE[end:])) is bytes and reader.done
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(LARGE_RESPONSE)), max_size=6))
+def test_a_large_body_survives_any_split(cuts: list[int]) -> None:
+    reader, body = read_all(LARGE_RESPONSE, pieces=cuts)
+    assert body == LARGE and reader.done and reader.reusable
+    assert reader.head is not None and reader.head.status == 200
