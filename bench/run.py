@@ -5,7 +5,7 @@
                         [--telemetry on|off|tracing|metrics|unsampled] [--paced 4000]
                         [--baseline DIR] [--floor]
                         [--tls [--tls-clients 4]] [--routes N [--changes [--changes-rate 1500]]]
-                        [--profile FILE]
+                        [--profile FILE | --perf FILE]
 
 Starts an nginx origin ("hello", 5 bytes, at `/`; 16 KiB at `/16k`), nginx with one worker as the
 reference proxy, and `peel serve` with `--workers` workers (temp dir: settings, an upgraded SQLite
@@ -52,7 +52,9 @@ no bytecode written), its bytecode compiled ahead of time into `build/bytecode` 
 compiles it into a release (gateway/core/bytecode.py): what is measured is what a VM runs.
 
 `--profile FILE` runs no comparison: it samples `peel` with py-spy during one c50 run per body and
-prints where the CPU went by layer (bench/profile.py).
+prints where the CPU went by layer (bench/profile.py). `--perf FILE` does the same with `perf
+record`, which names the compiled request path's functions (bench/perf.py): the profile to quote
+when `make native` built the data path.
 
 Needs nginx and wrk (and openssl for --tls): installed with apt-get when missing and running as
 root. Every process this script starts is stopped by its PID (its process group) at the end.
@@ -85,7 +87,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import profile  # noqa: E402
+from bench import perf, profile  # noqa: E402
 from bench.changes import CHANGE_RATE, large_document, measure_changes, report_changes  # noqa: E402
 from bench.tls_certs import BenchCerts, make_certs  # noqa: E402
 from routes.model import Document  # noqa: E402
@@ -249,14 +251,16 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def need(tool: str) -> None:
-    """Make sure `tool` is on PATH, installing its Debian package when root."""
+def need(tool: str, package: str | None = None) -> None:
+    """Make sure `tool` is on PATH, installing its Debian package (`package`, else named as the
+    tool) when root."""
     if shutil.which(tool):
         return
+    package = package or tool
     if os.geteuid() != 0:
-        raise BenchError(f"{tool} is missing; install it (Debian: apt-get install {tool}) or run as root")
+        raise BenchError(f"{tool} is missing; install it (Debian: apt-get install {package}) or run as root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", tool]
+    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
     if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=False).returncode != 0:
         # A fresh machine has no package lists yet.
         subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL, check=True)
@@ -825,6 +829,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of the runs, sample peel with py-spy during one c50 run per body: "
                          "folded stacks to FILE (FILE.16k for 16k), a summary by layer printed "
                          "(bench/profile.py)")
+    ap.add_argument("--perf", type=Path, metavar="FILE",
+                    help="instead of the runs, sample peel with perf during one c50 run per body: "
+                         "perf data to FILE (FILE.16k for 16k), a summary by compiled function "
+                         "printed (bench/perf.py)")
     ap.add_argument("--floor", action="store_true",
                     help="add a fifth target, relay: bench/relay.py, a raw byte relay on uvloop (what "
                          "any Python forwarder pays), measured in the same rounds")
@@ -849,8 +857,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--routes and --changes-rate must be at least 1")
     if args.changes and (args.tls or args.baseline is not None):
         ap.error("--changes measures one Peel over plain HTTP: not with --tls or --baseline")
-    if args.floor and (args.tls or args.changes or args.profile is not None):
-        ap.error("--floor adds a plain-HTTP target to the comparison: not with --tls, --changes or --profile")
+    if args.profile is not None and args.perf is not None:
+        ap.error("--profile and --perf each sample peel: one at a time")
+    if args.floor and (args.tls or args.changes or args.profile is not None or args.perf is not None):
+        ap.error("--floor adds a plain-HTTP target to the comparison: not with --tls, --changes, "
+                 "--profile or --perf")
     if args.paced < 0:
         ap.error("--paced must be a rate in requests a second, or 0")
     baseline: Path | None = args.baseline.resolve() if args.baseline is not None else None
@@ -868,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
             check_baseline(baseline)
         need("nginx")
         need("wrk")
+        if args.perf is not None:
+            need("perf", "linux-perf")
         if args.tls:
             need("openssl")
             bench.tls = make_certs(d)
@@ -888,14 +901,15 @@ def main(argv: list[str] | None = None) -> int:
             change_rows = measure_changes(bench, pids["peel"], args.reps, args.seconds, args.changes_rate)
             report_changes(change_rows, args.routes, args.reps, args.seconds, args.changes_rate)
             return 0
-        if args.profile is not None:
+        sampled = args.profile if args.profile is not None else args.perf
+        if sampled is not None:
+            sampler = profile.record if args.profile is not None else perf.record
             for body in bodies:
                 wrk(bench.ports["peel"], PATHS[body], CONNS, 2)  # warm-up
-                out = args.profile if body == bodies[0] else args.profile.with_name(
-                    f"{args.profile.name}.{body}")
+                out = sampled if body == bodies[0] else sampled.with_name(f"{sampled.name}.{body}")
                 print(f"-- {body}: wrk -t1 -c{CONNS} {args.seconds} s, sampled into {out}")
                 load = functools.partial(wrk, bench.ports["peel"], PATHS[body], CONNS, args.seconds)
-                print(profile.record(pids["peel"], out, args.seconds, lambda load=load: print(load())))
+                print(sampler(pids["peel"], out, args.seconds, lambda load=load: print(load())))
             return 0
         if bench.tls is not None:
             served = {name: served_certificate(bench.ports[name], bench.tls) for name in ("nginx", *pids)}
