@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any, Final
 
+from gateway.core.memo import remember
+
 FIELDS: Final = ("time", "trace_id", "span_id", "request_id", "client", "method", "path", "route", "service",
           "endpoint", "side", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "attempts",
           "fallback", "error", "detail", "peer")
@@ -108,10 +110,7 @@ class LineWriter:
             return "null"
         text = self._quoted.get(value)
         if text is None:
-            text = _quote(value)
-            if len(self._quoted) >= _KNOWN:
-                self._quoted.clear()
-            self._quoted[value] = text
+            text = remember(self._quoted, value, _quote(value), _KNOWN)
         return text
 
 
