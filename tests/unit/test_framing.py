@@ -262,19 +262,62 @@ def _field_verdict(field: bytes) -> str | None:
     return None
 
 
+def _verdict(block: bytes, limits: HeadLimits) -> object:
+    """Everything `check_head` says of `block`: the Head's fields, or the refusal."""
+    try:
+        checked = check_head(block, limits)
+    except Refusal as refusal:
+        return refusal.status, refusal.code, refusal.detail
+    return (checked.head, checked.method, checked.framing, checked.length, checked.expect_continue,
+            checked.upgrade_stripped, checked.target, checked.version, checked.headers, checked.keep_alive)
+
+
 @settings(max_examples=2000)
-@given(st.lists(st.lists(_LINE_BYTES, max_size=6).map(b"".join), min_size=1, max_size=4))
-def test_the_one_pass_over_the_fields_passes_exactly_what_each_field_passes(fields: list[bytes]) -> None:
-    if any(b"\r" in field or b"\n" in field for field in fields):
-        return  # bare CR and LF are refused before the fields are read
-    section = b"".join(field + b"\r\n" for field in fields)
-    each = all(_field_verdict(field) is None for field in fields)
-    assert (framing._FIELDS.fullmatch(section) is not None) == each
+@given(st.lists(st.lists(_LINE_BYTES | st.sampled_from([b"Host", b"Content-Length", b"Transfer-Encoding",
+                                                          b"Connection", b"Upgrade", b"Expect", b"5",
+                                                          b"chunked", b"close", b"host"]),
+                         max_size=6).map(b"".join), max_size=5),
+       st.lists(st.booleans(), min_size=3, max_size=3))
+def test_a_head_reads_the_same_whether_its_lines_were_remembered_or_not(fields: list[bytes],
+                                                                          allowed: list[bool]) -> None:
+    block = b"\r\n".join((b"POST / HTTP/1.1", *fields)) + b"\r\n\r\n"
+    strict, allowing = HeadLimits(), HeadLimits(allow_underscore_headers=True)
+    framing._FIELD_LINES.clear()
+    fresh = {False: _verdict(block, strict), True: _verdict(block, allowing)}
+    framing._FIELD_LINES.clear()
+    for allow in allowed:  # read again and again, the lines remembered under either setting
+        assert _verdict(block, allowing if allow else strict) == fresh[allow]
+
+
+def test_field_lines_are_read_once_and_the_memo_keeps_only_what_holds_for_every_setting() -> None:
+    framing._FIELD_LINES.clear()
+    agent = b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+    cookie = b"Cookie: " + b"s" * 300
+    block = head(b"Host: a", agent, b"Content-Length: 5", cookie, b"X_Trace: 1", b"Accept:  */* \t")
+    first = check_head(block, HeadLimits())
+    assert framing._FIELD_LINES[agent] == ((b"user-agent", agent[12:]), framing._OTHER)
+    assert framing._FIELD_LINES[b"Content-Length: 5"] == ((b"content-length", b"5"), framing._CONTENT_LENGTH)
+    assert framing._FIELD_LINES[b"Accept:  */* \t"][0] == (b"accept", b"*/*")
+    assert cookie not in framing._FIELD_LINES  # long
+    assert b"X_Trace: 1" not in framing._FIELD_LINES  # refused or not by the setting
+    again = check_head(block, HeadLimits())
+    assert (again.headers, again.framing, again.length) == (first.headers, LENGTH, 5)
+    # a refused line is never remembered, and stays refused
+    bad = b"X-Bad: a\x01b"
+    for _ in range(2):
+        assert refused(head(b"Host: a", bad)) == (400, "bad-header-value")
+    assert bad not in framing._FIELD_LINES
+    assert refused(head(b"Host: a", b"X_Forwarded_For: 1.2.3.4")) == (400, "underscore-header")
+    # bounded, like every memo: a stream of distinct lines never grows it past its size
+    for n in range(3 * framing._FIELD_LINES_MAX):
+        check_head(head(b"Host: a", b"X-N: %d" % n), LIMITS)
+        assert len(framing._FIELD_LINES) <= framing._FIELD_LINES_MAX
+    framing._FIELD_LINES.clear()
 
 
 @settings(max_examples=1000)
 @given(st.lists(st.lists(_LINE_BYTES, max_size=6).map(b"".join), max_size=4))
-def test_a_head_refused_by_the_one_pass_names_the_field_rule_it_broke(fields: list[bytes]) -> None:
+def test_a_refused_head_names_the_field_rule_it_broke(fields: list[bytes]) -> None:
     block = b"\r\n".join((b"GET / HTTP/1.1", b"Host: a", *fields)) + b"\r\n\r\n"
     first = next((code for code in map(_field_verdict, fields) if code is not None), None)
     try:
