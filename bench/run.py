@@ -3,7 +3,7 @@
 
     python bench/run.py [--seconds 8] [--reps 3] [--workers 1] [--bodies hello,16k] [--no-match]
                         [--telemetry on|off|tracing|metrics|unsampled] [--paced 4000]
-                        [--baseline DIR] [--floor]
+                        [--baseline DIR] [--floor] [--browser]
                         [--tls [--tls-clients 4]] [--routes N [--changes [--changes-rate 1500]]]
                         [--profile FILE | --perf FILE]
 
@@ -28,6 +28,11 @@ data path's sources differ, the baseline then runs interpreted: a build serves o
 says which data path each Peel ran. It is interleaved with the others in every round, and the report
 adds its rows and the ratios peel / peel-base: the before/after comparison a change on the request
 path reports.
+
+`--browser` sends every request with a desktop browser's head (`BROWSER_HEADERS`: User-Agent,
+Accept, Accept-Language, Accept-Encoding, Connection, a Cookie, four more; about 480 bytes) instead
+of wrk's single Host line, to nginx and Peel alike: the head a gateway in front of a monolith's web
+pages reads, where the per-field work (the edge's checks, the upstream head) counts ten times over.
 
 `--floor` adds the target `relay`: bench/relay.py, a byte relay on uvloop (a connection to the
 origin per client connection, each side's bytes written to the other as they arrive, nothing
@@ -80,7 +85,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +151,21 @@ HANDSHAKES = ("new", "reuse")  # s_time's -new (full handshakes) and -reuse (res
 # s_time -www PATH sends "GET PATH HTTP/1.0\r\n\r\n": no Host, which nginx passes on empty and the
 # origin answers 400, while Peel proxies a 200. This "path" completes an HTTP/1.1 request with a
 # Host and `Connection: close` (the rest of s_time's line becomes a header), so both proxy a 200.
+# --browser: the field lines a desktop browser sends with a page request (Firefox on Linux), besides
+# the Host wrk sends: what a gateway in front of a monolith's web pages reads, where wrk's own
+# request is a single Host line.
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+    "Accept-Language: en-US,en;q=0.5",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Connection: keep-alive",
+    "Cookie: session=3f1c0a9e6b7d4e2f8a5c1b0d9e7f6a3c; theme=dark",
+    "Upgrade-Insecure-Requests: 1",
+    "Sec-Fetch-Dest: document",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-Site: none",
+)
 WWW_REQUEST = "/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Bench:"
 
 
@@ -321,9 +341,12 @@ def wait_until(what: str, ready: Callable[[], bool], seconds: float,
 
 
 def wrk(port: int, path: str, conns: int, seconds: int, *, script: Path | None = None,
-        scheme: str = "http") -> dict[str, float]:
-    """One wrk run; `script` a Lua file (the pacing one for a fixed offered load)."""
+        scheme: str = "http", headers: Sequence[str] = ()) -> dict[str, float]:
+    """One wrk run; `script` a Lua file (the pacing one for a fixed offered load); `headers` field
+    lines sent with every request besides wrk's Host (`BROWSER_HEADERS` for `--browser`)."""
     extra = ["-s", str(script)] if script is not None else []
+    for line in headers:
+        extra += ["-H", line]
     out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *extra,
                           f"{scheme}://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, check=True).stdout
@@ -544,22 +567,24 @@ class Bench:
                 p.wait()
 
 
-def measure(bench: Bench, pids: dict[str, int], bodies: list[str], reps: int, seconds: int, paced: int
+def measure(bench: Bench, pids: dict[str, int], bodies: list[str], reps: int, seconds: int, paced: int,
+            headers: Sequence[str] = ()
             ) -> tuple[dict[tuple[str, str, int], list[dict[str, float]]], list[tuple[float, float]]]:
     """Rows keyed (body, target, connections), and (body, target, PACED) for the fixed-load runs;
-    `pids` the Peel targets' processes, whose RSS is sampled after each c50 run (returned: peel's)."""
+    `pids` the Peel targets' processes, whose RSS is sampled after each c50 run (returned: peel's);
+    `headers` sent with every request (`wrk`)."""
     rows: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     script = pacing_script(bench.dir, paced, CONNS) if paced else None
     rss: list[tuple[float, float]] = []
     for body in bodies:
         for target in bench.targets:  # warm-up: connections, caches, the upstream pool
-            wrk(bench.ports[target], PATHS[body], CONNS, 2)
+            wrk(bench.ports[target], PATHS[body], CONNS, 2, headers=headers)
     for rnd in range(reps):
         print(f"round {rnd + 1}/{reps} ...", file=sys.stderr, flush=True)
         for body in bodies:
             for target in round_order(bench.targets, rnd):
                 cpu = process_cpu_seconds(pids[target]) if target in pids else 0.0
-                result = wrk(bench.ports[target], PATHS[body], CONNS, seconds)
+                result = wrk(bench.ports[target], PATHS[body], CONNS, seconds, headers=headers)
                 if target in pids:
                     # the CPU a request costs the proxy: its processes' CPU time over the requests
                     # of the run (all its threads: the access-log writer, the exporters)
@@ -571,10 +596,11 @@ def measure(bench: Bench, pids: dict[str, int], bodies: list[str], reps: int, se
                         rss.append(sample)
                 rows.setdefault((body, target, CONNS), []).append(result)
                 rows.setdefault((body, target, 1), []).append(
-                    wrk(bench.ports[target], PATHS[body], 1, max(3, seconds // 2)))
+                    wrk(bench.ports[target], PATHS[body], 1, max(3, seconds // 2), headers=headers))
                 if script is not None:
                     rows.setdefault((body, target, PACED), []).append(
-                        wrk(bench.ports[target], PATHS[body], CONNS, max(3, seconds // 2), script=script))
+                        wrk(bench.ports[target], PATHS[body], CONNS, max(3, seconds // 2), script=script,
+                            headers=headers))
     return rows, rss
 
 
@@ -833,6 +859,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of the runs, sample peel with perf during one c50 run per body: "
                          "perf data to FILE (FILE.16k for 16k), a summary by compiled function "
                          "printed (bench/perf.py)")
+    ap.add_argument("--browser", action="store_true",
+                    help="every request carries a browser's head (ten more field lines, "
+                         "BROWSER_HEADERS) instead of wrk's Host line alone")
     ap.add_argument("--floor", action="store_true",
                     help="add a fifth target, relay: bench/relay.py, a raw byte relay on uvloop (what "
                          "any Python forwarder pays), measured in the same rounds")
@@ -846,6 +875,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     stop_on_sigterm()
     bodies = [b for b in args.bodies.split(",") if b]
+    headers = BROWSER_HEADERS if args.browser else ()
     unknown = [b for b in bodies if b not in PATHS]
     if unknown or not bodies:
         ap.error(f"--bodies takes hello and/or 16k, not {args.bodies!r}")
@@ -862,6 +892,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.floor and (args.tls or args.changes or args.profile is not None or args.perf is not None):
         ap.error("--floor adds a plain-HTTP target to the comparison: not with --tls, --changes, "
                  "--profile or --perf")
+    if args.browser and (args.tls or args.changes):
+        ap.error("--browser applies to the plain-HTTP comparison and --profile/--perf: not with "
+                 "--tls or --changes")
     if args.paced < 0:
         ap.error("--paced must be a rate in requests a second, or 0")
     baseline: Path | None = args.baseline.resolve() if args.baseline is not None else None
@@ -905,10 +938,11 @@ def main(argv: list[str] | None = None) -> int:
         if sampled is not None:
             sampler = profile.record if args.profile is not None else perf.record
             for body in bodies:
-                wrk(bench.ports["peel"], PATHS[body], CONNS, 2)  # warm-up
+                wrk(bench.ports["peel"], PATHS[body], CONNS, 2, headers=headers)  # warm-up
                 out = sampled if body == bodies[0] else sampled.with_name(f"{sampled.name}.{body}")
                 print(f"-- {body}: wrk -t1 -c{CONNS} {args.seconds} s, sampled into {out}")
-                load = functools.partial(wrk, bench.ports["peel"], PATHS[body], CONNS, args.seconds)
+                load = functools.partial(wrk, bench.ports["peel"], PATHS[body], CONNS, args.seconds,
+                                         headers=headers)
                 print(sampler(pids["peel"], out, args.seconds, lambda load=load: print(load())))
             return 0
         if bench.tls is not None:
@@ -918,7 +952,10 @@ def main(argv: list[str] | None = None) -> int:
             tls_rows = measure_tls(bench, pids, bodies, args.reps, args.seconds, args.tls_clients)
             report_tls(tls_rows, bodies, args.reps, args.seconds, args.workers, args.tls_clients, baseline)
         else:
-            rows, rss = measure(bench, pids, bodies, args.reps, args.seconds, args.paced)
+            if headers:
+                print(f"every request carries a browser's head: Host and {len(headers)} more field "
+                      "lines (--browser)", flush=True)
+            rows, rss = measure(bench, pids, bodies, args.reps, args.seconds, args.paced, headers)
             report(rows, rss, bodies, args.reps, args.seconds, args.workers, args.paced, bench.targets,
                    baseline)
     except (BenchError, subprocess.CalledProcessError) as exc:
