@@ -35,6 +35,7 @@ from typing import Final
 from gateway.core import problems
 from gateway.core.memo import remember
 from gateway.http.chunked import ChunkedDecoder
+from gateway.http.headers import PLAIN_CONNECTION
 from routes.grammar import TOKEN, TOKEN_BYTES_RE
 
 # Body framing of a request.
@@ -296,6 +297,11 @@ def _check_connection(values: list[bytes], version: tuple[int, int]) -> bool:
     """Refuse a `Connection` that nominates a protected header; whether the connection is kept."""
     close = keep = False
     for value in values:
+        plain = PLAIN_CONNECTION.get(value)
+        if plain is not None:  # a value as clients spell it: read without a split
+            close = close or plain
+            keep = keep or not plain
+            continue
         for token in value.split(b","):
             token = token.strip(b" \t").lower()
             if token in PROTECTED:

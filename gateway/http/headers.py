@@ -70,18 +70,21 @@ _NOT_NOMINATIONS: Final = frozenset({b"close", b"keep-alive", b""})
 _VISIBLE: Final = bytes(range(0x21, 0x7F))
 
 
-# Verdicts of `is_claim` by header name: the data plane asks for every header of every request
-# from an untrusted client, and names repeat. Bounded: hostile names cannot grow it.
-_CLAIMS: Final[dict[bytes, bool]] = {}
-_MAX_CLAIMS: Final = 4096
-
-
-def claim_verdict(name: bytes) -> bool:
-    """`is_claim(name)`, remembered per name."""
-    verdict = _CLAIMS.get(name)
-    if verdict is None:
-        verdict = remember(_CLAIMS, name, is_claim(name), _MAX_CLAIMS)
-    return verdict
+# What `ForwardingRules.upstream_request` does with a request header, by its name
+# (`ForwardingRules._actions`, each name classified once): keep it, drop it as hop-by-hop (a
+# Connection field's nominations read first), merge it into the forwarded headers Peel sets, drop
+# it for Peel's own (Host, Expect, the request id), or keep it only from a trusted client (a claim).
+_KEEP: Final = 0
+_HOP: Final = 1
+_CONNECTION: Final = 2
+_FORWARDING_FIELD: Final = 3
+_REPLACED: Final = 4
+_CLAIM: Final = 5
+# Names remembered (bounded: hostile names cannot grow it).
+_MAX_ACTIONS: Final = 4096
+# `Connection` values as clients and upstreams spell them, which nominate no header: read without
+# a split. Each says whether it is `close` (else `keep-alive`).
+PLAIN_CONNECTION: Final = {b"keep-alive": False, b"Keep-Alive": False, b"close": True, b"Close": True}
 
 
 def is_claim(name: bytes) -> bool:
@@ -121,6 +124,8 @@ def _add_nominated(extra: set[bytes] | None, value: bytes) -> set[bytes] | None:
     One call per `Connection` field, so the two single-pass header loops below share it without
     adding a call per header.
     """
+    if value in PLAIN_CONNECTION:
+        return extra
     names = {t.strip().lower() for t in value.split(b",")} - _NOT_NOMINATIONS
     if not names:
         return extra
@@ -157,7 +162,7 @@ class ForwardingRules:
     set forwarded headers (no `trusted_proxies`: nobody may).
     """
 
-    __slots__ = ("request_id_name", "trusts")
+    __slots__ = ("_actions", "request_id_name", "trusts")
 
     trusts: Callable[[str | None], bool]
 
@@ -165,6 +170,7 @@ class ForwardingRules:
         # The bound method itself, not a wrapper: one call per request, as an inline check would be.
         self.trusts = TrustedNetworks(trusted_proxies).contains
         self.request_id_name = request_id_header.lower().encode("ascii")
+        self._actions: dict[bytes, int] = {}
 
     def request_id(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The client's request id when it sent a valid one, else a new one."""
@@ -173,6 +179,20 @@ class ForwardingRules:
             if name == rid_name and valid_request_id(value):
                 return value
         return new_request_id()
+
+    def _action(self, name: bytes) -> int:
+        """What `upstream_request` does with the header `name`, found once and remembered."""
+        if name in HOP_BY_HOP:
+            action = _CONNECTION if name == b"connection" else _HOP
+        elif name in _FORWARDING:
+            action = _FORWARDING_FIELD
+        elif name == self.request_id_name or name == b"host" or name == b"expect":
+            action = _REPLACED
+        elif is_claim(name):
+            action = _CLAIM
+        else:
+            action = _KEEP
+        return remember(self._actions, name, action, _MAX_ACTIONS)
 
     def upstream_request(self, headers: Headers, *, client: str | None,
                          scheme: str, host: bytes | None, request_id: bytes) -> Headers:
@@ -188,22 +208,20 @@ class ForwardingRules:
         forwarded: dict[bytes, bytes] = {}
         rid_name = self.request_id_name
         trusted = self.trusts(client)
-        claims = _CLAIMS
-        for name, value in headers:
-            if name in HOP_BY_HOP:
-                if name == b"connection":
-                    extra = _add_nominated(extra, value)
-                continue
-            if name in _FORWARDING:
+        actions = self._actions
+        for pair in headers:
+            name = pair[0]
+            action = actions.get(name)
+            if action is None:
+                action = self._action(name)
+            if action == _KEEP or (action == _CLAIM and trusted):
+                out.append(pair)
+            elif action == _FORWARDING_FIELD:
                 # Several fields of one name are one comma-separated list (RFC 9110 5.3).
                 seen = forwarded.get(name)
-                forwarded[name] = value if seen is None else seen + b", " + value
-                continue
-            if name == rid_name or name == b"host" or name == b"expect":
-                continue
-            if not trusted and (claims[name] if name in claims else claim_verdict(name)):
-                continue
-            out.append((name, value))
+                forwarded[name] = pair[1] if seen is None else seen + b", " + pair[1]
+            elif action == _CONNECTION:
+                extra = _add_nominated(extra, pair[1])
         if extra:
             out = [(n, v) for n, v in out if n not in extra]
         out.append((rid_name, request_id))

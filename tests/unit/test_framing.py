@@ -21,6 +21,7 @@ from gateway.http.framing import (
     check_head,
     refusal_response,
 )
+from gateway.http.headers import PLAIN_CONNECTION
 
 LIMITS = HeadLimits(max_request_line=100, max_header_bytes=300, max_headers=5, max_body=1000)
 
@@ -79,6 +80,16 @@ def test_body_framing_is_reported() -> None:
 ])
 def test_refusals(lines: tuple[bytes, ...], request_line: bytes, status: int, code: str) -> None:
     assert refused(head(*lines, request=request_line)) == (status, code)
+
+
+@pytest.mark.parametrize("value", sorted(PLAIN_CONNECTION))
+@pytest.mark.parametrize("request_line", [b"GET / HTTP/1.1", b"GET / HTTP/1.0"])
+def test_a_plain_connection_value_reads_as_its_tokens_do(value: bytes, request_line: bytes) -> None:
+    # "close," is read token by token; "close" as clients spell it, without a split
+    plain = check_head(head(b"Host: a", b"Connection: " + value, request=request_line), LIMITS)
+    split = check_head(head(b"Host: a", b"Connection: " + value + b",", request=request_line), LIMITS)
+    assert plain.keep_alive == split.keep_alive == (not PLAIN_CONNECTION[value] and
+                                                    (request_line.endswith(b"1.1") or b"eep" in value))
 
 
 def test_underscore_names_pass_when_allowed_or_harmless() -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gateway.http.headers import (
     HOP_BY_HOP,
     ForwardingRules,
+    is_claim,
     new_request_id,
     nominated,
     strip_hop_by_hop,
@@ -126,3 +127,50 @@ def test_host_is_quoted_safely_in_forwarded() -> None:
     out = ForwardingRules(()).upstream_request([], client="1.2.3.4", scheme="http",
                                                host=b'a"b\\c', request_id=b"r")
     assert values(out, b"forwarded") == [b'for=1.2.3.4;proto=http;host="a\\"b\\\\c"']
+
+
+def _reference_kept(rules: ForwardingRules, headers: H, trusted: bool) -> H:
+    """The headers `upstream_request` keeps from `headers`, by its rules read one at a time (before
+    Peel's own are added): what the remembered per-name actions must give."""
+    out: H = []
+    extra: set[bytes] = set()
+    for name, value in headers:
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                extra |= nominated(value)
+            continue
+        if name in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"):
+            continue
+        if name in (rules.request_id_name, b"host", b"expect"):
+            continue
+        if not trusted and is_claim(name):
+            continue
+        out.append((name, value))
+    return [(n, v) for n, v in out if n not in extra]
+
+
+_NAMES = st.sampled_from([*sorted(HOP_BY_HOP), b"x-forwarded-for", b"forwarded", b"x-forwarded-port",
+                          b"x-real-ip", b"x_real_ip", b"host", b"expect", b"x-request-id", b"x-trace",
+                          b"accept", b"cookie", b"x-a", b"ssl-client-cert"])
+_VALUES = st.sampled_from([b"keep-alive", b"Keep-Alive", b"close", b"Close", b"x-a", b"accept, close",
+                           b"X-Trace", b"v", b""])
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=12), st.booleans(),
+       st.sampled_from(["X-Request-Id", "X-Trace"]))
+def test_the_remembered_actions_keep_what_the_rules_keep(headers: H, trusted: bool, rid: str) -> None:
+    rules = ForwardingRules(["127.0.0.0/8"] if trusted else [], request_id_header=rid)
+    for _ in range(2):  # the second time, every name's action is remembered
+        out = rules.upstream_request(headers, client="127.0.0.1", scheme="http", host=b"h", request_id=b"r")
+        ours = {rules.request_id_name, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                b"forwarded"}
+        assert [(n, v) for n, v in out if n not in ours] == _reference_kept(rules, headers, trusted)
+        assert values(out, rules.request_id_name) == [b"r"]
+
+
+def test_the_actions_memo_is_bounded() -> None:
+    rules = ForwardingRules([])
+    for n in range(3 * 4096):
+        rules.upstream_request([(b"x-n-%d" % n, b"1")], client="10.0.0.1", scheme="http", host=None,
+                               request_id=b"r")
+    assert len(rules._actions) <= 4096
