@@ -80,8 +80,8 @@ _CONNECTION: Final = 2
 _FORWARDING_FIELD: Final = 3
 _REPLACED: Final = 4
 _CLAIM: Final = 5
-# Names remembered (bounded: hostile names cannot grow it).
-_MAX_ACTIONS: Final = 4096
+# Entries each of a ForwardingRules' memos keeps (bounded: hostile names and clients cannot grow them).
+_REMEMBERED: Final = 4096
 # `Connection` values as clients and upstreams spell them, which nominate no header: read without
 # a split. Each says whether it is `close` (else `keep-alive`).
 PLAIN_CONNECTION: Final = {b"keep-alive": False, b"Keep-Alive": False, b"close": True, b"Close": True}
@@ -149,9 +149,15 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], drop: tuple[bytes, 
     return out
 
 
-def _forwarded_node(client: str) -> str:
+def _forwarded_element(client: str, scheme: str, host: bytes | None) -> bytes:
+    """This hop's `Forwarded` element (RFC 7239): for=, proto= and, with a Host, host=."""
     # RFC 7239 section 6: IPv6 nodes are bracketed and then need quoting.
-    return f'"[{client}]"' if ":" in client else client
+    node = f'"[{client}]"' if ":" in client else client
+    element = f"for={node};proto={scheme}"
+    if host:
+        quoted = host.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
+        element += f';host="{quoted}"'
+    return element.encode("latin-1")
 
 
 class ForwardingRules:
@@ -162,7 +168,7 @@ class ForwardingRules:
     set forwarded headers (no `trusted_proxies`: nobody may).
     """
 
-    __slots__ = ("_actions", "request_id_name", "trusts")
+    __slots__ = ("_actions", "_own", "request_id_name", "trusts")
 
     trusts: Callable[[str | None], bool]
 
@@ -171,6 +177,8 @@ class ForwardingRules:
         self.trusts = TrustedNetworks(trusted_proxies).contains
         self.request_id_name = request_id_header.lower().encode("ascii")
         self._actions: dict[bytes, int] = {}
+        # the forwarded fields for an untrusted client, by (client, scheme, host)
+        self._own: dict[tuple[str, str, bytes | None], tuple[tuple[bytes, bytes], ...]] = {}
 
     def request_id(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The client's request id when it sent a valid one, else a new one."""
@@ -192,7 +200,15 @@ class ForwardingRules:
             action = _CLAIM
         else:
             action = _KEEP
-        return remember(self._actions, name, action, _MAX_ACTIONS)
+        return remember(self._actions, name, action, _REMEMBERED)
+
+    def _own_fields(self, client: str, scheme: str, host: bytes | None) -> tuple[tuple[bytes, bytes], ...]:
+        """The forwarded fields for an untrusted `client`, built and remembered."""
+        fields = [(_XFF, client.encode()), (_XFP, scheme.encode("ascii"))]
+        if host:
+            fields.append((_XFH, host))
+        fields.append((_FORWARDED, _forwarded_element(client, scheme, host)))
+        return remember(self._own, (client, scheme, host), tuple(fields), _REMEMBERED)
 
     def upstream_request(self, headers: Headers, *, client: str | None,
                          scheme: str, host: bytes | None, request_id: bytes) -> Headers:
@@ -217,6 +233,8 @@ class ForwardingRules:
             if action == _KEEP or (action == _CLAIM and trusted):
                 out.append(pair)
             elif action == _FORWARDING_FIELD:
+                if not trusted:
+                    continue  # replaced below by what Peel says
                 # Several fields of one name are one comma-separated list (RFC 9110 5.3).
                 seen = forwarded.get(name)
                 forwarded[name] = pair[1] if seen is None else seen + b", " + pair[1]
@@ -227,25 +245,21 @@ class ForwardingRules:
         out.append((rid_name, request_id))
 
         client_text = client or "unknown"
-        proto = scheme.encode("ascii")
-        node = _forwarded_node(client_text)
-        element = f"for={node};proto={scheme}"
-        if host:
-            quoted = host.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
-            element += f';host="{quoted}"'
-        if trusted:
-            xff = forwarded.get(_XFF)
-            out.append((_XFF, (xff + b", " if xff else b"") + client_text.encode()))
-            out.append((_XFP, forwarded.get(_XFP) or proto))
-            xfh = forwarded.get(_XFH) or host
-            if xfh:
-                out.append((_XFH, xfh))
-            fwd = forwarded.get(_FORWARDED)
-            out.append((_FORWARDED, (fwd + b", " if fwd else b"") + element.encode("latin-1")))
-        else:
-            out.append((_XFF, client_text.encode()))
-            out.append((_XFP, proto))
-            if host:
-                out.append((_XFH, host))
-            out.append((_FORWARDED, element.encode("latin-1")))
+        if not trusted:
+            # What Peel says of the client replaces what it claimed: the same four fields for
+            # every request of one client to one host, built once.
+            own = self._own.get((client_text, scheme, host))
+            if own is None:
+                own = self._own_fields(client_text, scheme, host)
+            out += own
+            return out
+        xff = forwarded.get(_XFF)
+        out.append((_XFF, (xff + b", " if xff else b"") + client_text.encode()))
+        out.append((_XFP, forwarded.get(_XFP) or scheme.encode("ascii")))
+        xfh = forwarded.get(_XFH) or host
+        if xfh:
+            out.append((_XFH, xfh))
+        fwd = forwarded.get(_FORWARDED)
+        element = _forwarded_element(client_text, scheme, host)
+        out.append((_FORWARDED, (fwd + b", " if fwd else b"") + element))
         return out

@@ -174,3 +174,23 @@ def test_the_actions_memo_is_bounded() -> None:
         rules.upstream_request([(b"x-n-%d" % n, b"1")], client="10.0.0.1", scheme="http", host=None,
                                request_id=b"r")
     assert len(rules._actions) <= 4096
+
+
+@pytest.mark.parametrize(("client", "host", "element"), [
+    ("10.0.0.7", b"shop.example", b'for=10.0.0.7;proto=https;host="shop.example"'),
+    ("2001:db8::1", b'a"b\\c', b'for="[2001:db8::1]";proto=https;host="a\\"b\\\\c"'),
+    (None, None, b"for=unknown;proto=https"),
+])
+def test_an_untrusted_clients_forwarded_fields_are_the_same_built_or_remembered(
+        client: str | None, host: bytes | None, element: bytes) -> None:
+    rules = ForwardingRules([])
+    outs = [rules.upstream_request([(b"x-forwarded-for", b"6.6.6.6"), (b"accept", b"*/*")], client=client,
+                                   scheme="https", host=host, request_id=b"r") for _ in range(3)]
+    assert outs[0] == outs[1] == outs[2]
+    assert outs[0] == [(b"accept", b"*/*"), (b"x-request-id", b"r"),
+                       (b"x-forwarded-for", (client or "unknown").encode()), (b"x-forwarded-proto", b"https"),
+                       *([(b"x-forwarded-host", host)] if host else []), (b"forwarded", element)]
+    for n in range(2 * 4096):  # one client after another: the remembered fields stay bounded
+        rules.upstream_request([], client=f"10.1.{n // 256}.{n % 256}", scheme="http", host=None,
+                               request_id=b"r")
+    assert len(rules._own) <= 4096
