@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.http import headers as header_rules
 from gateway.http.headers import (
     HOP_BY_HOP,
     ForwardingRules,
@@ -173,7 +174,7 @@ def test_the_actions_memo_is_bounded() -> None:
     for n in range(3 * 4096):
         rules.upstream_request([(b"x-n-%d" % n, b"1")], client="10.0.0.1", scheme="http", host=None,
                                request_id=b"r")
-    assert len(rules._actions) <= 4096
+    assert len(rules._actions) <= header_rules._REMEMBERED
 
 
 @pytest.mark.parametrize(("client", "host", "element"), [
@@ -193,4 +194,4 @@ def test_an_untrusted_clients_forwarded_fields_are_the_same_built_or_remembered(
     for n in range(2 * 4096):  # one client after another: the remembered fields stay bounded
         rules.upstream_request([], client=f"10.1.{n // 256}.{n % 256}", scheme="http", host=None,
                                request_id=b"r")
-    assert len(rules._own) <= 4096
+    assert len(rules._own) <= header_rules._CLIENTS_REMEMBERED
