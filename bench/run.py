@@ -148,9 +148,6 @@ NGINX_TLS_PROXY = NGINX_PROXY.replace(
     "    ssl_session_cache shared:SSL:10m; ssl_session_timeout 1h; ssl_session_tickets on;")
 TLS_VERSIONS = ("1.2", "1.3")
 HANDSHAKES = ("new", "reuse")  # s_time's -new (full handshakes) and -reuse (resumed)
-# s_time -www PATH sends "GET PATH HTTP/1.0\r\n\r\n": no Host, which nginx passes on empty and the
-# origin answers 400, while Peel proxies a 200. This "path" completes an HTTP/1.1 request with a
-# Host and `Connection: close` (the rest of s_time's line becomes a header), so both proxy a 200.
 # --browser: the field lines a desktop browser sends with a page request (Firefox on Linux), besides
 # the Host wrk sends: what a gateway in front of a monolith's web pages reads, where wrk's own
 # request is a single Host line.
@@ -166,6 +163,9 @@ BROWSER_HEADERS = (
     "Sec-Fetch-Mode: navigate",
     "Sec-Fetch-Site: none",
 )
+# s_time -www PATH sends "GET PATH HTTP/1.0\r\n\r\n": no Host, which nginx passes on empty and the
+# origin answers 400, while Peel proxies a 200. This "path" completes an HTTP/1.1 request with a
+# Host and `Connection: close` (the rest of s_time's line becomes a header), so both proxy a 200.
 WWW_REQUEST = "/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Bench:"
 
 
