@@ -19,7 +19,7 @@ from gateway.core.errors import ProtocolError
 from gateway.core.memo import remember
 from gateway.core.writes import APART_FROM
 from gateway.http.chunked import ChunkedDecoder
-from gateway.http.headers import HOP_BY_HOP
+from gateway.http.headers import HOP_BY_HOP, PLAIN_CONNECTION
 from routes.grammar import TOKEN
 
 Headers = list[tuple[bytes, bytes]]
@@ -137,11 +137,11 @@ def parse_head(block: bytes, *, head_request: bool = False,
             elif name == b"transfer-encoding":
                 te = value if te is None else te + b", " + value
             elif name == b"connection":
-                lowered = value.lower()
-                if lowered == b"keep-alive":  # the usual value, without a set of tokens
-                    keep_alive = keep_alive or http10
+                plain = PLAIN_CONNECTION.get(value)
+                if plain is not None:  # the usual values, without a set of tokens
+                    keep_alive = not plain and (keep_alive or http10)
                     continue
-                tokens = {t.strip(b" \t").lower() for t in lowered.split(b",")}
+                tokens = {t.strip(b" \t").lower() for t in value.lower().split(b",")}
                 if b"close" in tokens:
                     keep_alive = False
                 elif http10 and b"keep-alive" in tokens:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from gateway.core.errors import ProtocolError
 from gateway.core.writes import APART_FROM
 from gateway.http import http1
+from gateway.http.headers import PLAIN_CONNECTION
 from gateway.http.http1 import (
     CHUNKED,
     LAST_CHUNK,
@@ -161,6 +162,16 @@ def test_a_content_length_goes_on_as_received_or_canonical() -> None:
     assert parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 0").headers == [(b"content-length", b"0")]
     assert parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 007").headers == [
         (b"content-length", b"7")]
+
+
+@pytest.mark.parametrize("value", sorted(PLAIN_CONNECTION))
+@pytest.mark.parametrize("status_line", [b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK"])
+def test_a_plain_connection_value_reads_as_its_tokens_do(value: bytes, status_line: bytes) -> None:
+    # "close," is read token by token; "close" as upstreams spell it, without a split
+    plain = parse_head(status_line + b"\r\nConnection: " + value + b"\r\nContent-Length: 1")
+    split = parse_head(status_line + b"\r\nConnection: " + value + b",\r\nContent-Length: 1")
+    assert plain.keep_alive == split.keep_alive == (not PLAIN_CONNECTION[value])
+    assert plain.headers == split.headers == [(b"content-length", b"1")]
 
 
 _NAMES = st.sampled_from([b"Server", b"content-TYPE", b"Content-Length", b"X-Thing", b"Keep-Alive",
