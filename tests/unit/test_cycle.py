@@ -18,6 +18,7 @@ from uvicorn.server import ServerState
 from gateway.core.writes import APART_FROM
 from gateway.edge.cycle import ResponseCycle, Signal
 from gateway.edge.protocol import CoalescingWriter, PeelHttpProtocol
+from tests.fakes.served import until_served
 from tests.fakes.transport import RecordingTransport
 
 Transport = RecordingTransport
@@ -193,9 +194,8 @@ def serve(*chunks: bytes) -> tuple[PeelHttpProtocol, Transport]:
         for chunk in chunks:
             protocol.data_received(chunk)
             await asyncio.sleep(0)
+        await until_served(state)
         for _ in range(20):
-            if state.tasks:
-                await asyncio.gather(*state.tasks)
             await asyncio.sleep(0)
         return protocol, transport
 
@@ -222,6 +222,86 @@ def test_pipelined_requests_are_answered_in_order() -> None:
     text = bytes(t.written)
     assert text.index(b"GET /1") < text.index(b"POST /2  hi") < text.index(b"GET /3")
     assert text.count(b"HTTP/1.1 200 OK") == 3 and not t.closing
+
+
+def recording_app(tasks: list[asyncio.Task[Any] | None]) -> Any:
+    """An app answering 204 that notes the task each request runs in."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        tasks.append(asyncio.current_task())
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    return app
+
+
+def test_a_keep_alive_connections_requests_share_one_task_that_ends_with_it() -> None:
+    async def go() -> None:
+        ran: list[asyncio.Task[Any] | None] = []
+        protocol, state, transport = connected(recording_app(ran))
+        for n in range(3):
+            protocol.data_received(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % n)
+            assert state.tasks  # running the request: uvicorn's drain waits for it
+            await until_served(state)
+        await asyncio.sleep(0)  # a response held to the end of the iteration (CoalescingWriter)
+        task = ran[0]
+        assert task is not None and ran == [task] * 3 and not task.done()  # waiting, not in `tasks`
+        assert transport.written.count(b"HTTP/1.1 204") == 3
+        protocol.connection_lost(None)
+        await asyncio.sleep(0)
+        assert task.done() and not task.cancelled()
+
+    asyncio.run(go())
+
+
+def test_a_connection_not_kept_alive_leaves_no_task_waiting() -> None:
+    async def go() -> None:
+        ran: list[asyncio.Task[Any] | None] = []
+        protocol, state, transport = connected(recording_app(ran))
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        await until_served(state)
+        await asyncio.sleep(0)
+        task = ran[0]
+        assert task is not None and task.done() and transport.closing
+
+    asyncio.run(go())
+
+
+def test_a_request_after_the_waiting_task_was_cancelled_runs_in_a_new_one() -> None:
+    async def go() -> None:
+        ran: list[asyncio.Task[Any] | None] = []
+        protocol, state, transport = connected(recording_app(ran))
+        protocol.data_received(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until_served(state)
+        first = ran[0]
+        assert first is not None
+        first.cancel()
+        await asyncio.sleep(0)
+        assert first.cancelled()
+        for n in (2, 3):
+            protocol.data_received(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % n)
+            await until_served(state)
+        await asyncio.sleep(0)
+        assert transport.written.count(b"HTTP/1.1 204") == 3
+        assert ran[1] is not first and ran[2] is ran[1]  # the new task waits in its turn
+
+    asyncio.run(go())
+
+
+def test_pipelined_requests_leave_one_task_waiting() -> None:
+    async def go() -> None:
+        ran: list[asyncio.Task[Any] | None] = []
+        protocol, state, transport = connected(recording_app(ran))
+        protocol.data_received(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n" * 3)
+        await until_served(state)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert transport.written.count(b"HTTP/1.1 204") == 3
+        waiting = [task for task in set(ran) if task is not None and not task.done()]
+        assert len(waiting) == 1
+        protocol.data_received(b"GET /4 HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until_served(state)
+        assert ran[-1] is waiting[0]
+
+    asyncio.run(go())
 
 
 @pytest.mark.parametrize(("version", "connection", "kept"), [

@@ -30,6 +30,7 @@ from routes.diff import diff
 from routes.document_text import DocumentCodec
 from routes.holder import TableHolder
 from routes.model import Document, Route
+from tests.fakes.served import until_served
 from tests.fakes.transport import RecordingTransport
 from tests.unit.test_cycle import connected
 
@@ -104,8 +105,7 @@ def test_requests_on_a_connection_leave_no_reference_cycles(collector_off: None)
 
     async def one(protocol: PeelHttpProtocol, state: ServerState) -> None:
         protocol.data_received(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
-        for task in list(state.tasks):
-            await task
+        await until_served(state)
 
     async def go() -> tuple[int, Counter[str], bytes]:
         protocol, state, transport = connected(app)
@@ -133,8 +133,7 @@ def test_a_closed_connection_leaves_no_reference_cycle(collector_off: None) -> N
             protocol = PeelHttpProtocol(config=first.config, server_state=state, app_state={})
             protocol.connection_made(RecordingTransport())
             protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            for task in list(state.tasks):
-                await task
+            await until_served(state)
             protocol.connection_lost(None)
             del protocol
         return garbage()

@@ -23,6 +23,7 @@ from uvicorn.server import ServerState
 from gateway.core.settings import Settings
 from gateway.edge.listener import QuietServer, uvicorn_config
 from gateway.edge.protocol import PeelHttpProtocol
+from tests.fakes.served import until_served
 from tests.fakes.transport import RecordingTransport
 
 PROTOCOL = "gateway/edge/protocol.py (PeelHttpProtocol)"
@@ -102,7 +103,7 @@ def test_a_request_served_by_peels_protocol_has_the_state_peel_and_the_drain_rea
         assert protocol in state.connections
         protocol.data_received(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n")
         cycle = protocol.cycle
-        await asyncio.wait_for(asyncio.gather(*state.tasks), 30)
+        await until_served(state)
         return protocol, transport, cycle
 
     protocol, transport, cycle = asyncio.run(serve())
