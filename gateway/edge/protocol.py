@@ -175,7 +175,7 @@ class PeelHttpProtocol(asyncio.Protocol):
         self._peer: Peer | None = None
         # The connection's task waiting for its next request (`_serve`), and that task
         self._idle: asyncio.Future[ResponseCycle | None] | None = None
-        self._idle_task: asyncio.Task[None] | None = None
+        self._idle_task: asyncio.Task[Any] | None = None
         # Since when this connection waits for a complete request head (None while a request is
         # served), since when its body is being read, since when a write is blocked: see _EdgeTimer.
         self.waiting_since: float | None = None
@@ -415,22 +415,30 @@ class PeelHttpProtocol(asyncio.Protocol):
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
-    async def _serve(self, first: ResponseCycle) -> None:
-        """The app on `first`, then on each next request of this connection that finds this task
-        waiting; returns when the connection will serve no more, or another task already waits."""
-        cycle: ResponseCycle | None = first
+    async def _serve(self, cycle: ResponseCycle | None) -> None:
+        """The app on `cycle`, then on each next request of this connection that finds this task
+        waiting; returns when the connection will serve no more, or another task already waits.
+        While it waits it holds no request's objects, and itself only through `_idle_task` (no
+        reference cycle of the task and its coroutine is left when it ends)."""
         while cycle is not None:
             await cycle.run_asgi(self.app)
             if not cycle.keep_alive or self._idle is not None or self.transport.is_closing():
                 return
+            cycle = None
             task = asyncio.current_task(self.loop)
             if task is None or task.cancelling():
                 return  # cancelled (the app's cycle caught it): end as asked
-            cycle = None  # the answered request is not kept while the connection idles
-            waiter: asyncio.Future[ResponseCycle | None] = self.loop.create_future()
-            self._idle, self._idle_task = waiter, task
-            self.tasks.discard(task)
-            cycle = await waiter
+            waiting = self._wait_for_next(task)
+            task = None
+            cycle = await waiting
+
+    def _wait_for_next(self, task: asyncio.Task[Any]) -> asyncio.Future[ResponseCycle | None]:
+        """`task` (running `_serve`) waits for this connection's next request, out of the server's
+        tasks until it has one: the future it gets it from (or None, when the connection ends)."""
+        waiter: asyncio.Future[ResponseCycle | None] = self.loop.create_future()
+        self._idle, self._idle_task = waiter, task
+        self.tasks.discard(task)
+        return waiter
 
     def _end_idle(self) -> None:
         """The connection will serve no more requests: its waiting task, if any, ends."""

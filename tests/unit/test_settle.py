@@ -136,6 +136,8 @@ def test_a_closed_connection_leaves_no_reference_cycle(collector_off: None) -> N
             await until_served(state)
             protocol.connection_lost(None)
             del protocol
+        for _ in range(3):  # the last connection's task ends too
+            await asyncio.sleep(0)
         return garbage()
 
     found, kinds = asyncio.run(go())
