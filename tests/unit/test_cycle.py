@@ -286,6 +286,47 @@ def test_a_request_after_the_waiting_task_was_cancelled_runs_in_a_new_one() -> N
     asyncio.run(go())
 
 
+def test_a_websocket_upgrade_after_a_request_ends_the_waiting_task() -> None:
+    class WebSocketProtocol:  # stands in for uvicorn's: takes the connection and its bytes
+        def __init__(self, **kwargs: Any) -> None:
+            self.received = b""
+
+        def connection_made(self, transport: Any) -> None:
+            return None
+
+        def data_received(self, data: bytes) -> None:
+            self.received += data
+
+    class Switching(RecordingTransport):
+        protocol: Any = None
+
+        def set_protocol(self, protocol: Any) -> None:
+            self.protocol = protocol
+
+    async def go() -> None:
+        ran: list[asyncio.Task[Any] | None] = []
+        config = uvicorn.Config(recording_app(ran), lifespan="off", log_config=None)
+        config.load()
+        state = ServerState()
+        protocol = PeelHttpProtocol(config=config, server_state=state, app_state={})
+        protocol.ws_protocol_class = WebSocketProtocol  # type: ignore[assignment]
+        transport = Switching()
+        protocol.connection_made(transport)
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until_served(state)
+        task = ran[0]
+        assert task is not None and not task.done()
+        protocol.data_received(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                               b"Sec-WebSocket-Version: 13\r\n\r\n")
+        assert isinstance(transport.protocol, WebSocketProtocol)
+        assert transport.protocol.received.startswith(b"GET /ws HTTP/1.1")
+        await asyncio.sleep(0)
+        assert task.done() and not task.cancelled() and len(ran) == 1
+
+    asyncio.run(go())
+
+
 def test_pipelined_requests_leave_one_task_waiting() -> None:
     async def go() -> None:
         ran: list[asyncio.Task[Any] | None] = []
