@@ -402,15 +402,8 @@ class PeelHttpProtocol(asyncio.Protocol):
         server's `tasks` hold only the tasks running a request: uvicorn's drain waits for those,
         and an idle one ends when its connection closes (`_end_idle`).
         """
-        idle = self._idle
-        if idle is not None:
-            task = self._idle_task
-            self._idle = self._idle_task = None
-            if not idle.done():  # (done: the waiting task was cancelled)
-                if task is not None:
-                    self.tasks.add(task)
-                idle.set_result(cycle)
-                return
+        if self._wake(cycle):
+            return
         task = self.loop.create_task(self._serve(cycle))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
@@ -442,11 +435,21 @@ class PeelHttpProtocol(asyncio.Protocol):
 
     def _end_idle(self) -> None:
         """The connection will serve no more requests: its waiting task, if any, ends."""
-        idle = self._idle
-        if idle is not None:
-            self._idle = self._idle_task = None
-            if not idle.done():
-                idle.set_result(None)
+        self._wake(None)
+
+    def _wake(self, cycle: ResponseCycle | None) -> bool:
+        """Hand the waiting task (if any) `cycle` to run, back among the server's tasks, or None
+        to end; whether there was one to wake (not when it was cancelled while it waited)."""
+        idle, task = self._idle, self._idle_task
+        if idle is None:
+            return False
+        self._idle = self._idle_task = None
+        if idle.done():
+            return False
+        if cycle is not None and task is not None:
+            self.tasks.add(task)
+        idle.set_result(cycle)
+        return True
 
     def _upgrade(self, block: bytes, rest: bytes) -> None:
         """Hand the connection to uvicorn's WebSocket protocol with the handshake's head (it answers
