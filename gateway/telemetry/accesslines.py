@@ -1,8 +1,9 @@
-"""The access log's lines: records made JSON and written to the target, batch by batch.
+"""The access log's lines: a request's fields made a JSON line, and lines written to the target.
 
-A record is the tuple `AccessLog.log` queues: the fields of `FIELDS`, in order, the first a Unix
-time, the endpoint already its URL. `LineWriter` runs in the access log's writer thread: it turns a
-batch of records into lines and writes them with one `write` (a few after a partial write).
+`LineWriter.line` takes the fields of `FIELDS`, in order, the first a Unix time, the endpoint
+already its URL, and returns the line; `AccessLog.log` calls it on the event loop, as the request
+ends, and appends the line's bytes to the pending batch. `LineWriter.write` runs in the access log's
+writer thread: it writes a batch of lines with one `write` (a few after a partial write).
 
 A failed write (a full disk, a closed stdout) drops that batch and counts its lines in `drops`; a
 write that failed half way leaves a torn line, and the next batch starts on a new line; failures
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from typing import IO, Any, Final
+from collections.abc import Callable
+from typing import IO, Final
 
 from gateway.core.memo import remember
 
@@ -23,8 +24,6 @@ FIELDS: Final = ("time", "trace_id", "span_id", "request_id", "client", "method"
           "fallback", "error", "detail", "peer")
 COMPLAIN_EVERY: Final = 60.0  # seconds between two reports of a failing target
 _KNOWN: Final = 4096  # quoted strings remembered (route, service, endpoint, client, method names)
-
-Record = tuple[Any, ...]
 
 
 class LineWriter:
@@ -43,11 +42,10 @@ class LineWriter:
         # JSON texts of the strings that repeat from line to line (names, URLs, addresses)
         self._quoted: dict[str, str] = {}
 
-    def write(self, records: Sequence[Record]) -> None:
-        """Write `records` as lines, whole, or drop and count them: a full disk must not stop us."""
-        if not records:
+    def write(self, data: bytes | bytearray, lines: int) -> None:
+        """Write `data`, `lines` whole lines, or drop and count them: a full disk must not stop us."""
+        if not data:
             return
-        data = "".join([self.line(record) for record in records]).encode("utf-8", "backslashreplace")
         if self._torn:
             data = b"\n" + data
         view = memoryview(data)
@@ -59,7 +57,7 @@ class LineWriter:
                 view = view[written:]
                 self._torn = bool(view)
         except OSError as exc:
-            self.failed(exc, len(records))
+            self.failed(exc, lines)
         else:
             self._torn = False
 
@@ -78,13 +76,18 @@ class LineWriter:
             self._complain(f"access log {self.target}: write failed ({exc.strerror or exc}); "
                            "dropping lines")
 
-    def line(self, record: Record) -> str:
-        # Joined by hand: json.dumps of a dict costs several times more. No format spec either:
-        # compiled by mypyc, an f-string with `:d` or `:.3f` fields took 4.2 us a line, this join
-        # 1.9 us; the repeated strings' JSON texts remembered and the milliseconds from a table,
-        # 1.4 us. Other strings go through the C JSON escaper.
-        (when, trace_id, span_id, request_id, client, method, path, route, service, endpoint, side,
-         status, bytes_in, bytes_out, duration, upstream, attempts, fallback, error, detail, peer) = record
+    def line(self, when: float, trace_id: str | None, span_id: str | None, request_id: bytes,
+             client: str | None, method: str, path: str, route: str | None, service: str | None,
+             endpoint: str | None, side: str | None, status: int, bytes_in: int, bytes_out: int,
+             duration: float, upstream: float | None, attempts: int, fallback: str | None,
+             error: str | None, detail: str | None, peer: str | None) -> str:
+        """The line of one request (the fields of `FIELDS`); not thread-safe (one caller: the loop).
+
+        Joined by hand: json.dumps of a dict costs several times more. No format spec either:
+        compiled by mypyc, an f-string with `:d` or `:.3f` fields took 4.2 us a line, this join
+        1.9 us; the repeated strings' JSON texts remembered and the milliseconds from a table,
+        1.4 us. Other strings go through the C JSON escaper.
+        """
         second = int(when)
         if second != self._second:
             self._second = second

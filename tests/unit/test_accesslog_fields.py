@@ -144,6 +144,31 @@ def test_a_write_torn_by_a_full_disk_does_not_glue_the_next_line_to_half_a_line(
     assert json.loads(whole)["request_id"] == "r2"
 
 
+class CountedWrites(io.BytesIO):
+    """A file that counts the writes it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.writes += 1
+        return super().write(data)
+
+
+def test_lines_made_while_the_writer_takes_them_arrive_whole_once_and_in_order() -> None:
+    stream = CountedWrites()
+    log = AccessLog("test", stream=stream, interval=0.0005)
+    for i in range(20_000):
+        line(log, i)
+        if i % 1000 == 0:
+            time.sleep(0.002)  # the writer takes the batch between two lines at least this often
+    log.close()
+    ids = [json.loads(text)["request_id"] for text in stream.getvalue().decode().splitlines()]
+    assert ids == [f"r{i}" for i in range(20_000)]
+    assert stream.writes > 10 and log.dropped == 0
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
 def test_dev_full_drops_and_counts() -> None:
     log = AccessLog("/dev/full", interval=0.005)
@@ -172,9 +197,9 @@ def test_repeated_strings_are_quoted_once_and_the_memory_of_them_is_bounded() ->
     writer = LineWriter(io.BytesIO(), "test", lambda text: None)
     record = (1796466031.0, None, None, b"r", 'cl"ient', "GET", "/", "ro\\ute", "s", "http://h:80", None,
               200, 0, 0, 0.001, None, 0, None, None, None, None)
-    first = json.loads(writer.line(record))
+    first = json.loads(writer.line(*record))
     assert first["client"] == 'cl"ient' and first["route"] == "ro\\ute"
-    assert json.loads(writer.line(record)) == first
+    assert json.loads(writer.line(*record)) == first
     for i in range(10_000):
-        writer.line((*record[:4], f"10.0.{i // 256}.{i % 256}", *record[5:]))
+        writer.line(*record[:4], f"10.0.{i // 256}.{i % 256}", *record[5:])
     assert len(writer._quoted) <= 4096
